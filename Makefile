@@ -1,0 +1,56 @@
+# modelloop — every target does its own set-up on a fresh machine.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+VENV      ?= .venv
+PY        := $(VENV)/bin/python
+STAMP     := $(VENV)/.installed
+CLUSTER   := hack/cluster.sh
+export KUBECONFIG := $(CURDIR)/.cluster/kubeconfig
+
+.PHONY: help venv lock crds cluster cluster-down lint typecheck unit e2e test demo clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+$(STAMP): requirements/operator.lock requirements/dev.lock pyproject.toml
+	@test -x $(PY) || python3.11 -m venv $(VENV) 2>/dev/null || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements/operator.lock -r requirements/dev.lock
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
+	@touch $@
+
+venv: $(STAMP) ## create the Python environment (.venv) from the lock files
+
+lock: ## re-resolve the lock files from requirements/*.in
+	hack/lock.sh
+
+crds: $(STAMP) ## regenerate crds/ (and the chart's copy) from the API models
+	$(VENV)/bin/modelloop crds --output-dir crds
+
+cluster: ## build (once, cached) and start the local control plane; kubeconfig in .cluster/kubeconfig
+	$(CLUSTER) up
+
+cluster-down: ## stop the local control plane and remove its state
+	$(CLUSTER) down
+
+lint: $(STAMP) ## ruff
+	$(VENV)/bin/ruff check operator tests e2e
+	$(VENV)/bin/ruff format --check operator tests e2e
+
+typecheck: $(STAMP) ## mypy --strict on operator/modelloop
+	$(VENV)/bin/mypy
+
+unit: $(STAMP) ## unit tests (no cluster)
+	$(VENV)/bin/pytest tests -q
+
+e2e: $(STAMP) ## end-to-end tests on the local control plane (started and stopped by the tests)
+	$(VENV)/bin/pytest e2e -q
+
+test: lint typecheck unit e2e ## everything: lint, types, unit, e2e
+
+demo: $(STAMP) ## the whole show on a local control plane
+	hack/demo.sh
+
+clean: cluster-down ## remove the environment and local state (the binary cache stays)
+	rm -rf $(VENV) .cluster .mypy_cache .ruff_cache .pytest_cache

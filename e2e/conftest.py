@@ -1,0 +1,102 @@
+"""Fixtures of the e2e suite: one real control plane per run, a namespace per test, the operator as a
+separate process started the way a user starts it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from e2e.harness import ROOT, SHARED_CRDS, Cluster, cluster_script, wait_for
+
+E2E_STATE = ROOT / ".cluster" / "e2e"
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    """Start the local control plane (its own state, apart from `make cluster`'s), install our CRDs and
+    KServe's and Seldon Core's real ones, and tear it all down at the end, also when tests fail."""
+    env = {
+        **os.environ,
+        "MODELLOOP_CLUSTER_DIR": str(E2E_STATE),
+        "MODELLOOP_CLUSTER_NAME": "modelloop-e2e",
+    }
+    bin_dir = Path(cluster_script("bin-dir", env=env).strip())
+    try:
+        cluster_script("up", env=env)
+        c = Cluster(kubeconfig=E2E_STATE / "kubeconfig", bin_dir=bin_dir, state_dir=E2E_STATE)
+        third_party = sorted(SHARED_CRDS.glob("*.yaml"))
+        assert third_party, f"no third-party CRDs found in {SHARED_CRDS}"
+        # Server-side apply: KServe's and Seldon's CRDs exceed client-side apply's annotation limit.
+        for path in [*sorted((ROOT / "crds").glob("*.yaml")), *third_party]:
+            c.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path), timeout=120)
+        c.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+        yield c
+    finally:
+        cluster_script("down", env=env)
+
+
+@pytest.fixture
+def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace for one test, deleted afterwards (without waiting for it to be gone)."""
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    cluster.kubectl("create", "namespace", name)
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture
+def operator(cluster: Cluster, namespace: str, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """`modelloop run` as its own process, watching the test's namespace, with a liveness endpoint;
+    its log is printed when a test fails."""
+    log_path = tmp_path / "operator.log"
+    port = _free_port()
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [
+                str(Path(sys.executable).with_name("modelloop")),
+                "run",
+                "--namespace",
+                namespace,
+                "--liveness",
+                f"http://127.0.0.1:{port}/healthz",
+            ],
+            env=cluster.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_for(lambda: process.poll() is not None or _healthy(port), timeout=60, what="operator liveness")
+        assert process.poll() is None, f"operator exited early:\n{log_path.read_text()}"
+        yield process
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        sys.stdout.write(f"\n--- operator log ---\n{log_path.read_text()[-20000:]}\n")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _healthy(port: int) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False

@@ -1,0 +1,95 @@
+"""The ``modelloop`` command: ``modelloop run`` starts the operator, ``modelloop crds`` prints the CRDs."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import click
+
+from modelloop import __version__
+from modelloop.settings import LOG_FORMATS, Settings
+
+
+@click.group()
+@click.version_option(__version__, prog_name="modelloop")
+def main() -> None:
+    """modelloop: train, register, serve, watch for drift and retrain, as Kubernetes resources."""
+
+
+@main.command()
+@click.option(
+    "-n",
+    "--namespace",
+    "namespaces",
+    multiple=True,
+    help="Namespace (or glob pattern) to watch; repeat for several. Default: MODELLOOP_NAMESPACES, "
+    "or the whole cluster.",
+)
+@click.option(
+    "-A", "--all-namespaces", is_flag=True, help="Watch the whole cluster, whatever the environment says."
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(LOG_FORMATS),
+    default=None,
+    help="plain, full or json. Default: MODELLOOP_LOG_FORMAT, or full.",
+)
+@click.option(
+    "--liveness",
+    "liveness_endpoint",
+    default=None,
+    help="Serve liveness at this URL, e.g. http://0.0.0.0:8080/healthz. Default: MODELLOOP_LIVENESS_ENDPOINT.",
+)
+@click.option(
+    "--peering",
+    default=None,
+    help="Name of the kopf peering object shared by several replicas (only one of them handles "
+    "objects at a time). Default: MODELLOOP_PEERING, or standalone.",
+)
+@click.option("-v", "--verbose", is_flag=True, default=None, help="Log at DEBUG level.")
+def run(
+    namespaces: tuple[str, ...],
+    all_namespaces: bool,
+    log_format: str | None,
+    liveness_endpoint: str | None,
+    peering: str | None,
+    verbose: bool | None,
+) -> None:
+    """Run the operator until interrupted."""
+    settings = Settings.from_env()
+    overrides: dict[str, object] = {}
+    if all_namespaces:
+        overrides["namespaces"] = ()
+    elif namespaces:
+        overrides["namespaces"] = namespaces
+    for name, value in (
+        ("log_format", log_format),
+        ("liveness_endpoint", liveness_endpoint),
+        ("peering", peering),
+        ("verbose", verbose),
+    ):
+        if value is not None:
+            overrides[name] = value
+    from modelloop.runner import run_operator  # kopf is imported only when the operator runs
+
+    run_operator(dataclasses.replace(settings, **overrides))  # type: ignore[arg-type]
+
+
+@main.command()
+@click.option(
+    "-o",
+    "--output-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Write one file per CRD into this folder instead of printing them.",
+)
+def crds(output_dir: Path | None) -> None:
+    """Print (or write) the CustomResourceDefinitions generated from the API models."""
+    from modelloop.api.crd import dump_crd, render_crds, write_crds
+
+    if output_dir is None:
+        click.echo("---\n".join(dump_crd(crd) for crd in render_crds()), nl=False)
+        return
+    for path in write_crds(output_dir):
+        click.echo(f"wrote {path}")

@@ -1,0 +1,67 @@
+"""Status conditions in the Kubernetes API conventions, as pure functions over plain dicts.
+
+Conditions are kept as the dicts that travel to and from the API server; these functions never mutate
+their inputs, so a handler can compute the new status and compare it with the old one.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+ConditionStatus = Literal["True", "False", "Unknown"]
+
+
+def utc_now() -> str:
+    """The current time as Kubernetes writes it: RFC 3339, UTC, whole seconds."""
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def find_condition(conditions: Sequence[Mapping[str, Any]] | None, type_: str) -> Mapping[str, Any] | None:
+    """The condition of the given type, or None."""
+    for condition in conditions or ():
+        if condition.get("type") == type_:
+            return condition
+    return None
+
+
+def set_condition(
+    conditions: Sequence[Mapping[str, Any]] | None,
+    *,
+    type_: str,
+    status: ConditionStatus,
+    reason: str,
+    message: str,
+    observed_generation: int | None,
+    now: str | None = None,
+) -> list[dict[str, Any]]:
+    """Return the conditions with one condition added or replaced.
+
+    ``lastTransitionTime`` moves only when the status changes, as the API conventions ask, so that
+    "since when has this been Ready" stays answerable. The order of the other conditions is kept.
+    """
+    previous = find_condition(conditions, type_)
+    transition = now or utc_now()
+    if previous is not None and previous.get("status") == status and previous.get("lastTransitionTime"):
+        transition = str(previous["lastTransitionTime"])
+    updated: dict[str, Any] = {
+        "type": type_,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": transition,
+    }
+    if observed_generation is not None:
+        updated["observedGeneration"] = observed_generation
+    result: list[dict[str, Any]] = []
+    replaced = False
+    for condition in conditions or ():
+        if condition.get("type") == type_:
+            result.append(updated)
+            replaced = True
+        else:
+            result.append(dict(condition))
+    if not replaced:
+        result.append(updated)
+    return result

@@ -1,0 +1,53 @@
+"""The operator's settings: one object, read once from the environment (``MODELLOOP_*``).
+
+Command-line options of ``modelloop run`` override the environment; both end up here.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+LogFormat = Literal["plain", "full", "json"]
+LOG_FORMATS: tuple[LogFormat, ...] = ("plain", "full", "json")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How the operator runs.
+
+    Attributes:
+        namespaces: namespaces (or glob patterns) to watch; empty means the whole cluster.
+        log_format: ``plain``, ``full`` (with time and logger) or ``json`` (for log collectors).
+        liveness_endpoint: URL such as ``http://0.0.0.0:8080/healthz`` to serve liveness on, or None.
+        peering: name of the kopf peering object for several replicas (leader election); None runs
+            standalone, which is right for a single replica.
+        verbose: log at DEBUG level.
+    """
+
+    namespaces: tuple[str, ...] = field(default_factory=tuple)
+    log_format: LogFormat = "full"
+    liveness_endpoint: str | None = None
+    peering: str | None = None
+    verbose: bool = False
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read ``MODELLOOP_NAMESPACES`` (comma-separated), ``MODELLOOP_LOG_FORMAT``,
+        ``MODELLOOP_LIVENESS_ENDPOINT``, ``MODELLOOP_PEERING`` and ``MODELLOOP_VERBOSE``."""
+        env = os.environ if environ is None else environ
+        namespaces = tuple(ns.strip() for ns in env.get("MODELLOOP_NAMESPACES", "").split(",") if ns.strip())
+        log_format = env.get("MODELLOOP_LOG_FORMAT", "full").strip().lower()
+        if log_format not in LOG_FORMATS:
+            raise ValueError(
+                f"MODELLOOP_LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}, not {log_format!r}"
+            )
+        return cls(
+            namespaces=namespaces,
+            log_format=log_format,  # type: ignore[arg-type]  # checked against LOG_FORMATS above
+            liveness_endpoint=env.get("MODELLOOP_LIVENESS_ENDPOINT") or None,
+            peering=env.get("MODELLOOP_PEERING") or None,
+            verbose=env.get("MODELLOOP_VERBOSE", "").lower() in ("1", "true", "yes"),
+        )
