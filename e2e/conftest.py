@@ -4,16 +4,14 @@ separate process started the way a user starts it."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from e2e.harness import ROOT, SHARED_CRDS, Cluster, cluster_script, wait_for
+from e2e.harness import ROOT, SHARED_CRDS, Cluster, cluster_script, running_operator
 
 E2E_STATE = ROOT / ".cluster" / "e2e"
 
@@ -53,50 +51,6 @@ def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]
 
 @pytest.fixture
 def operator(cluster: Cluster, namespace: str, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """`modelloop run` as its own process, watching the test's namespace, with a liveness endpoint;
-    its log is printed when a test fails."""
-    log_path = tmp_path / "operator.log"
-    port = _free_port()
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [
-                str(Path(sys.executable).with_name("modelloop")),
-                "run",
-                "--namespace",
-                namespace,
-                "--liveness",
-                f"http://127.0.0.1:{port}/healthz",
-            ],
-            env=cluster.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        wait_for(lambda: process.poll() is not None or _healthy(port), timeout=60, what="operator liveness")
-        assert process.poll() is None, f"operator exited early:\n{log_path.read_text()}"
+    """`modelloop run` as its own process, watching the test's namespace; its log is printed at the end."""
+    with running_operator(cluster, namespace, tmp_path / "operator.log") as process:
         yield process
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        sys.stdout.write(f"\n--- operator log ---\n{log_path.read_text()[-20000:]}\n")
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _healthy(port: int) -> bool:
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
-            return bool(response.status == 200)
-    except OSError:
-        return False

@@ -5,11 +5,16 @@ Nothing here sleeps and hopes: every wait polls a condition and fails with what 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
+import socket
 import subprocess
+import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -18,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_CRDS = Path(os.environ.get("MODELLOOP_SHARED_DIR", ROOT.parent / "shared")) / "crds"
 
 T = TypeVar("T")
+Manifest = str | Mapping[str, Any] | Sequence[Mapping[str, Any]]
 
 
 class Timeout(AssertionError):
@@ -82,10 +88,15 @@ class Cluster:
             args += ["-n", namespace]
         return json.loads(self.kubectl(*args).stdout)
 
-    def apply(self, manifest: str | Mapping[str, Any] | Sequence[Mapping[str, Any]], namespace: str) -> None:
-        """``kubectl apply`` a manifest given as YAML/JSON text or as objects."""
+    def apply(self, manifest: Manifest, namespace: str) -> None:
+        """``kubectl apply`` a manifest given as YAML/JSON text or as objects; fail if it is refused."""
+        result = self.apply_result(manifest, namespace)
+        assert result.returncode == 0, f"kubectl apply failed: {result.stderr}"
+
+    def apply_result(self, manifest: Manifest, namespace: str) -> subprocess.CompletedProcess[str]:
+        """``kubectl apply`` a manifest and return the finished process, refused or not."""
         text = manifest if isinstance(manifest, str) else json.dumps(_as_list(manifest))
-        self.kubectl("apply", "-n", namespace, "-f", "-", input=text)
+        return self.kubectl("apply", "-n", namespace, "-f", "-", input=text, check=False)
 
 
 def _as_list(manifest: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
@@ -111,3 +122,45 @@ def condition(obj: Mapping[str, Any], type_: str) -> Mapping[str, Any] | None:
         if cond.get("type") == type_:
             return dict(cond)
     return None
+
+
+@contextlib.contextmanager
+def running_operator(
+    cluster: Cluster, namespace: str, log_path: Path, kubeconfig: Path | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Start `modelloop run` as a user would (its own process, a liveness endpoint), wait until it is
+    live, and stop it with SIGTERM at the end; its log is printed then, for failing tests."""
+    port = _free_port()
+    env = cluster.env if kubeconfig is None else {**cluster.env, "KUBECONFIG": str(kubeconfig)}
+    command = [
+        str(Path(sys.executable).with_name("modelloop")),
+        *("run", "--namespace", namespace, "--liveness", f"http://127.0.0.1:{port}/healthz"),
+    ]
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: process.poll() is not None or _live(port), timeout=60, what="operator liveness")
+        assert process.poll() is None, f"operator exited early:\n{log_path.read_text()}"
+        yield process
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        sys.stdout.write(f"\n--- operator log ({log_path}) ---\n{log_path.read_text()[-20000:]}\n")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _live(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False

@@ -10,7 +10,15 @@ KWOK_VERSION="${KWOK_VERSION:-v0.8.0}"
 CACHE_ROOT="${MODELLOOP_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/modelloop}"
 BIN="$CACHE_ROOT/bin/k8s-${K8S_VERSION}_etcd-${ETCD_VERSION}_kwok-${KWOK_VERSION}"
 WORK="$CACHE_ROOT/build"
+if [ "${1:-}" = "--print-dir" ]; then echo "$BIN"; exit 0; fi
 mkdir -p "$BIN" "$WORK"
+# One build at a time: `make cluster` and the e2e suite may ask at once.
+exec 9>"$CACHE_ROOT/.build.lock"
+flock 9
+GOLOG="$WORK/go.log"
+
+# Go's download chatter goes to a log; on failure its tail is shown.
+quiet() { "$@" >>"$GOLOG" 2>&1 || { tail -n 40 "$GOLOG" >&2; return 1; }; }
 
 log() { printf '[build %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 have() { [ -x "$BIN/$1" ]; }
@@ -21,7 +29,7 @@ build_kubernetes() {
   [ ${#missing[@]} -eq 0 ] && return 0
   local dir="$WORK/k8s-$K8S_VERSION"
   mkdir -p "$dir"
-  if [ ! -f "$dir/go.sum" ]; then
+  if [ ! -f "$dir/.resolved" ]; then
     log "resolving k8s.io/kubernetes@$K8S_VERSION (its staging modules are replaced by their v0.${K8S_VERSION#v1.} releases)"
     local gomod
     gomod=$(cd "$dir" && GOFLAGS=-mod=mod go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')
@@ -34,7 +42,8 @@ build_kubernetes() {
       echo
       grep -E '^\s*k8s\.io/[^ ]+ => \./staging/src/' "$gomod" | awk -v v="v0.${K8S_VERSION#v1.}" '{print "replace " $1 " => " $1 " " v}'
     } > "$dir/go.mod"
-    (cd "$dir" && for c in "${cmds[@]}"; do GOFLAGS=-mod=mod go get "k8s.io/kubernetes/cmd/$c@$K8S_VERSION"; done)
+    (cd "$dir" && for c in "${cmds[@]}"; do quiet env GOFLAGS=-mod=mod go get "k8s.io/kubernetes/cmd/$c@$K8S_VERSION"; done)
+    touch "$dir/.resolved"
   fi
   local minor="${K8S_VERSION#v1.}"; minor="${minor%%.*}"
   local ld="-s -w"
@@ -43,7 +52,7 @@ build_kubernetes() {
   done
   for c in "${missing[@]}"; do
     log "building $c $K8S_VERSION (a cold build takes minutes)"
-    (cd "$dir" && CGO_ENABLED=0 go build -trimpath -ldflags "$ld" -o "$BIN/$c.tmp" "k8s.io/kubernetes/cmd/$c")
+    (cd "$dir" && quiet env CGO_ENABLED=0 go build -trimpath -ldflags "$ld" -o "$BIN/$c.tmp" "k8s.io/kubernetes/cmd/$c")
     mv "$BIN/$c.tmp" "$BIN/$c"
   done
 }
@@ -52,13 +61,14 @@ build_etcd() {
   have etcd && return 0
   local dir="$WORK/etcd-$ETCD_VERSION"
   mkdir -p "$dir"
-  if [ ! -f "$dir/go.sum" ]; then
+  if [ ! -f "$dir/.resolved" ]; then
     log "resolving go.etcd.io/etcd/server/v3@$ETCD_VERSION"
     printf 'module modelloop.local/etcdbuild\n\ngo 1.26\n' > "$dir/go.mod"
-    (cd "$dir" && GOFLAGS=-mod=mod go get "go.etcd.io/etcd/server/v3@$ETCD_VERSION")
+    (cd "$dir" && quiet env GOFLAGS=-mod=mod go get "go.etcd.io/etcd/server/v3@$ETCD_VERSION")
+    touch "$dir/.resolved"
   fi
   log "building etcd $ETCD_VERSION"
-  (cd "$dir" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$BIN/etcd.tmp" go.etcd.io/etcd/server/v3)
+  (cd "$dir" && quiet env CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$BIN/etcd.tmp" go.etcd.io/etcd/server/v3)
   mv "$BIN/etcd.tmp" "$BIN/etcd"
 }
 
@@ -66,7 +76,7 @@ build_kwok() {
   for c in kwok kwokctl; do
     have "$c" && continue
     log "building $c $KWOK_VERSION"
-    GOBIN="$BIN/.gobin" CGO_ENABLED=0 go install -trimpath -ldflags "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION" "sigs.k8s.io/kwok/cmd/$c@$KWOK_VERSION"
+    quiet env GOBIN="$BIN/.gobin" CGO_ENABLED=0 go install -trimpath -ldflags "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION" "sigs.k8s.io/kwok/cmd/$c@$KWOK_VERSION"
     mv "$BIN/.gobin/$c" "$BIN/$c"
   done
 }
@@ -74,5 +84,5 @@ build_kwok() {
 build_etcd
 build_kwok
 build_kubernetes
-log "all binaries ready in $BIN"
+log "binaries ready in $BIN"
 echo "$BIN"

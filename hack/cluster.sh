@@ -53,9 +53,9 @@ up() {
 
 down() {
   local bin
-  bin="$(bins)"
+  bin="$("$ROOT/hack/build-cluster-bins.sh" --print-dir)"  # never build just to tear down
   export PATH="$bin:$PATH"
-  if [ -d "$KWOK_WORKDIR/clusters/$NAME" ]; then
+  if [ -d "$KWOK_WORKDIR/clusters/$NAME" ] && [ -x "$bin/kwokctl" ]; then
     kwokctl delete cluster --name "$NAME" >/dev/null 2>&1 || true
   fi
   rm -rf "$KWOK_WORKDIR" "$KUBECONFIG"

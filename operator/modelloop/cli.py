@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import click
@@ -39,7 +38,8 @@ def main() -> None:
     "--liveness",
     "liveness_endpoint",
     default=None,
-    help="Serve liveness at this URL, e.g. http://0.0.0.0:8080/healthz. Default: MODELLOOP_LIVENESS_ENDPOINT.",
+    help="Serve liveness at this URL, e.g. http://0.0.0.0:8080/healthz. "
+    "Default: MODELLOOP_LIVENESS_ENDPOINT.",
 )
 @click.option(
     "--peering",
@@ -57,23 +57,17 @@ def run(
     verbose: bool | None,
 ) -> None:
     """Run the operator until interrupted."""
-    settings = Settings.from_env()
-    overrides: dict[str, object] = {}
-    if all_namespaces:
-        overrides["namespaces"] = ()
-    elif namespaces:
-        overrides["namespaces"] = namespaces
-    for name, value in (
-        ("log_format", log_format),
-        ("liveness_endpoint", liveness_endpoint),
-        ("peering", peering),
-        ("verbose", verbose),
-    ):
-        if value is not None:
-            overrides[name] = value
+    env = Settings.from_env()
+    settings = Settings(
+        namespaces=() if all_namespaces else (namespaces or env.namespaces),
+        log_format=log_format or env.log_format,  # type: ignore[arg-type]  # click.Choice checked it
+        liveness_endpoint=liveness_endpoint or env.liveness_endpoint,
+        peering=peering or env.peering,
+        verbose=env.verbose if verbose is None else verbose,
+    )
     from modelloop.runner import run_operator  # kopf is imported only when the operator runs
 
-    run_operator(dataclasses.replace(settings, **overrides))  # type: ignore[arg-type]
+    run_operator(settings)
 
 
 @main.command()

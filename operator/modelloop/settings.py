@@ -46,7 +46,7 @@ class Settings:
             )
         return cls(
             namespaces=namespaces,
-            log_format=log_format,  # type: ignore[arg-type]  # checked against LOG_FORMATS above
+            log_format=log_format,
             liveness_endpoint=env.get("MODELLOOP_LIVENESS_ENDPOINT") or None,
             peering=env.get("MODELLOOP_PEERING") or None,
             verbose=env.get("MODELLOOP_VERBOSE", "").lower() in ("1", "true", "yes"),

@@ -5,7 +5,6 @@ This module is kopf I/O only; what status should say is decided in ``modelloop.r
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import kopf
@@ -15,13 +14,13 @@ from modelloop.api import GROUP, VERSION
 from modelloop.review import Review, Verdict, review_spec
 
 
-def apply_review(review: Review, body: Mapping[str, Any], patch: kopf.Patch) -> None:
+def apply_review(review: Review, body: kopf.Body, patch: kopf.Patch) -> None:
     """Patch the status fields of ``review`` and post its event, if any."""
     for key, value in review.status.items():
         patch.status[key] = value
     if review.event is not None:
         kopf.event(
-            dict(body),
+            body,
             type=review.event.type,
             reason=review.event.reason,
             message=review.event.message,

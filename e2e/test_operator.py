@@ -1,0 +1,95 @@
+"""The operator, started as its own process the way a user starts it, reports on what it watches."""
+
+from __future__ import annotations
+
+import subprocess
+from typing import Any
+
+import pytest
+import yaml
+
+from e2e.harness import ROOT, Cluster, condition, wait_for
+
+QUICKSTART = ROOT / "manifests" / "examples" / "quickstart.yaml"
+
+# What the foundation's operator says of each valid kind: (resource, name, phase, Ready status, reason).
+EXPECTED = [
+    ("trainingrun", "iris-rf", "Pending", "False", "Pending"),
+    ("modelversion", "iris-v1", "Pending", "False", "ValidationPending"),
+    ("inferenceservice.modelloop.dev", "iris", "Pending", "False", "RolloutPending"),
+    ("driftpolicy", "iris-drift", "Watching", "True", "Watching"),
+]
+
+
+def status_settled(cluster: Cluster, resource: str, name: str, namespace: str) -> dict[str, Any] | None:
+    """The object once its status speaks of its current generation, else None."""
+    obj: dict[str, Any] = cluster.get(resource, name, namespace)
+    status = obj.get("status") or {}
+    if status.get("observedGeneration") == obj["metadata"]["generation"] and condition(obj, "Ready"):
+        return obj
+    return None
+
+
+@pytest.mark.usefixtures("operator")
+@pytest.mark.parametrize(("resource", "name", "phase", "ready", "reason"), EXPECTED)
+def test_operator_sets_phase_generation_and_ready_condition(
+    cluster: Cluster, namespace: str, resource: str, name: str, phase: str, ready: str, reason: str
+) -> None:
+    cluster.kubectl("apply", "-n", namespace, "-f", str(QUICKSTART))
+
+    obj = wait_for(
+        lambda: status_settled(cluster, resource, name, namespace), timeout=60, what=f"status of {name}"
+    )
+
+    assert obj["status"]["phase"] == phase
+    ready_condition = condition(obj, "Ready")
+    assert ready_condition is not None
+    assert ready_condition["status"] == ready
+    assert ready_condition["reason"] == reason
+    assert ready_condition["observedGeneration"] == obj["metadata"]["generation"]
+    assert ready_condition["lastTransitionTime"].endswith("Z")
+    events = cluster.get("events", namespace=namespace)["items"]
+    assert any(e["involvedObject"]["name"] == name and e["reason"] == reason for e in events), (
+        f"no {reason} event for {name}: {[(e['involvedObject']['name'], e['reason']) for e in events]}"
+    )
+
+
+@pytest.mark.usefixtures("operator")
+def test_operator_follows_spec_changes_with_observed_generation(cluster: Cluster, namespace: str) -> None:
+    run = next(d for d in yaml.safe_load_all(QUICKSTART.read_text()) if d["kind"] == "TrainingRun")
+    cluster.apply(run, namespace)
+    wait_for(lambda: status_settled(cluster, "trainingrun", "iris-rf", namespace), timeout=60, what="status")
+
+    run["spec"]["params"]["n_estimators"] = 500
+    cluster.apply(run, namespace)
+
+    obj = wait_for(
+        lambda: status_settled(cluster, "trainingrun", "iris-rf", namespace), timeout=60, what="status"
+    )
+    assert obj["metadata"]["generation"] == 2
+    assert obj["status"]["observedGeneration"] == 2
+
+
+def test_operator_without_a_reachable_api_server_fails_with_a_clear_message(
+    cluster: Cluster, tmp_path: Any
+) -> None:
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "x", "cluster": {"server": "https://127.0.0.1:1"}}],
+                "users": [{"name": "x", "user": {"token": "t"}}],
+                "contexts": [{"name": "x", "context": {"cluster": "x", "user": "x"}}],
+                "current-context": "x",
+            }
+        )
+    )
+    env = {**cluster.env, "KUBECONFIG": str(kubeconfig)}
+    modelloop = str(ROOT / ".venv" / "bin" / "modelloop")
+    try:
+        result = subprocess.run([modelloop, "run", "-A"], env=env, capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired as expired:
+        pytest.fail(f"operator kept running without an API server: {expired.stdout!r}")
+    assert result.returncode != 0

@@ -1,0 +1,95 @@
+"""The operator works with exactly the RBAC it ships, and that RBAC grants nothing it does not need."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import pytest
+import yaml
+
+from e2e.harness import ROOT, Cluster, condition, running_operator, wait_for
+
+RBAC = ROOT / "manifests" / "operator" / "rbac.yaml"
+QUICKSTART = ROOT / "manifests" / "examples" / "quickstart.yaml"
+SERVICE_ACCOUNT = "system:serviceaccount:modelloop-system:modelloop"
+
+
+@pytest.fixture(scope="module")
+def operator_kubeconfig(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A kubeconfig holding a token of the operator's ServiceAccount, bound by the shipped RBAC."""
+    cluster.kubectl("create", "namespace", "modelloop-system", check=False)
+    cluster.kubectl("apply", "-f", str(RBAC))
+    token = cluster.kubectl("create", "token", "modelloop", "-n", "modelloop-system").stdout.strip()
+    admin = yaml.safe_load(cluster.kubeconfig.read_text())
+    server = admin["clusters"][0]["cluster"]
+    ca = (
+        server.get("certificate-authority-data")
+        or base64.b64encode(Path(server["certificate-authority"]).read_bytes()).decode()
+    )
+    path = tmp_path_factory.mktemp("rbac") / "kubeconfig"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [
+                    {"name": "c", "cluster": {"server": server["server"], "certificate-authority-data": ca}}
+                ],
+                "users": [{"name": "modelloop", "user": {"token": token}}],
+                "contexts": [{"name": "c", "context": {"cluster": "c", "user": "modelloop"}}],
+                "current-context": "c",
+            }
+        )
+    )
+    return path
+
+
+def can_i(cluster: Cluster, verb: str, resource: str, subresource: str = "") -> bool:
+    extra = [f"--subresource={subresource}"] if subresource else []
+    result = cluster.kubectl(
+        "auth", "can-i", verb, resource, *extra, "--as", SERVICE_ACCOUNT, "-A", check=False
+    )
+    return result.stdout.strip() == "yes"
+
+
+def test_operator_sets_status_with_only_the_shipped_rbac(
+    cluster: Cluster, namespace: str, operator_kubeconfig: Path, tmp_path: Path
+) -> None:
+    with running_operator(cluster, namespace, tmp_path / "operator.log", kubeconfig=operator_kubeconfig):
+        cluster.kubectl("apply", "-n", namespace, "-f", str(QUICKSTART))
+        for resource, name in [
+            ("trainingrun", "iris-rf"),
+            ("modelversion", "iris-v1"),
+            ("inferenceservice.modelloop.dev", "iris"),
+            ("driftpolicy", "iris-drift"),
+        ]:
+            wait_for(
+                lambda r=resource, n=name: condition(cluster.get(r, n, namespace), "Ready"),
+                timeout=60,
+                what=f"Ready condition of {name}",
+            )
+    log = (tmp_path / "operator.log").read_text()
+    assert "Forbidden" not in log and "403" not in log, log[-5000:]
+
+
+@pytest.mark.usefixtures("operator_kubeconfig")
+@pytest.mark.parametrize(
+    ("verb", "resource"),
+    [
+        ("get", "secrets"),
+        ("list", "secrets"),
+        ("delete", "trainingruns.modelloop.dev"),
+        ("update", "customresourcedefinitions"),
+        ("create", "pods"),
+        ("delete", "namespaces"),
+    ],
+)
+def test_operator_rbac_grants_nothing_it_does_not_need(cluster: Cluster, verb: str, resource: str) -> None:
+    assert not can_i(cluster, verb, resource)
+
+
+@pytest.mark.usefixtures("operator_kubeconfig")
+def test_operator_rbac_grants_status_writes_on_its_kinds(cluster: Cluster) -> None:
+    assert can_i(cluster, "patch", "trainingruns.modelloop.dev", "status")
+    assert can_i(cluster, "watch", "driftpolicies.modelloop.dev")

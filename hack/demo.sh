@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# make demo: the local control plane, modelloop's CRDs (and KServe's and Seldon Core's), the operator,
+# the quickstart example, and `kubectl get modelloop`. The cluster stays up afterwards for exploring;
+# `make cluster-down` removes it.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+SHARED_CRDS="${MODELLOOP_SHARED_DIR:-$ROOT/../shared}/crds"
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+step "Local control plane (built from source once, then cached)"
+hack/cluster.sh up
+eval "$(hack/cluster.sh env 2>/dev/null)"
+kubectl get nodes -L nvidia.com/gpu.product -o custom-columns='NAME:.metadata.name,GPUS:.status.allocatable.nvidia\.com/gpu,PRODUCT:.metadata.labels.nvidia\.com/gpu\.product,TAINTS:.spec.taints[*].key'
+
+step "CRDs: modelloop's, and KServe's and Seldon Core's real ones"
+kubectl apply --server-side --force-conflicts -f crds/ >/dev/null
+if compgen -G "$SHARED_CRDS/*.yaml" >/dev/null; then
+  for f in "$SHARED_CRDS"/*.yaml; do kubectl apply --server-side --force-conflicts -f "$f" >/dev/null; done
+fi
+kubectl wait --for=condition=Established crd --all --timeout=60s >/dev/null
+kubectl get crd -o custom-columns='CRD:.metadata.name,KIND:.spec.names.kind,SHORT:.spec.names.shortNames'
+
+step "The operator (modelloop run), in the background; log in .cluster/operator.log"
+.venv/bin/modelloop run --all-namespaces --liveness http://127.0.0.1:18080/healthz --log-format plain \
+  >.cluster/operator.log 2>&1 &
+OPERATOR=$!
+trap 'kill $OPERATOR 2>/dev/null || true; wait $OPERATOR 2>/dev/null || true' EXIT
+for _ in $(seq 1 120); do
+  .venv/bin/python -c "import urllib.request as u; u.urlopen('http://127.0.0.1:18080/healthz', timeout=1)" 2>/dev/null && break
+  kill -0 $OPERATOR 2>/dev/null || { cat .cluster/operator.log; exit 1; }
+  sleep 0.5
+done
+
+step "kubectl apply -f manifests/examples/quickstart.yaml"
+kubectl create namespace demo --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+kubectl apply -n demo -f manifests/examples/quickstart.yaml
+for kind in trainingrun modelversion inferenceservice.modelloop.dev driftpolicy; do
+  kubectl wait -n demo --for=condition=Ready=true "$kind" --all --timeout=60s >/dev/null 2>&1 \
+    || kubectl wait -n demo --for=jsonpath='{.status.observedGeneration}'=1 "$kind" --all --timeout=60s >/dev/null
+done
+
+step "An invalid object is refused at admission, naming the field"
+kubectl apply -n demo -f - <<'YAML' || true
+apiVersion: modelloop.dev/v1alpha1
+kind: InferenceService
+metadata: {name: bad-rollout}
+spec:
+  model: {name: iris}
+  rollout: {steps: [10, 50, 25]}
+YAML
+
+step "kubectl get modelloop -n demo"
+kubectl get modelloop -n demo
+
+step "kubectl describe trainingrun iris-rf (status and events)"
+kubectl describe -n demo trainingrun iris-rf | sed -n '/^Status:/,$p'
+
+printf '\nThe cluster keeps running: eval "$(hack/cluster.sh env)" to use kubectl; make cluster-down to stop it.\n'

@@ -1,0 +1,35 @@
+"""The operator's settings come from the environment, with clear errors."""
+
+import pytest
+
+from modelloop.settings import Settings
+
+
+def test_defaults_watch_the_whole_cluster_standalone() -> None:
+    settings = Settings.from_env({})
+    assert settings == Settings(namespaces=(), log_format="full", liveness_endpoint=None, peering=None)
+
+
+def test_namespaces_are_a_comma_separated_list() -> None:
+    settings = Settings.from_env({"MODELLOOP_NAMESPACES": " ml-team , ml-*,,"})
+    assert settings.namespaces == ("ml-team", "ml-*")
+
+
+def test_every_variable_is_read() -> None:
+    settings = Settings.from_env(
+        {
+            "MODELLOOP_LOG_FORMAT": "JSON",
+            "MODELLOOP_LIVENESS_ENDPOINT": "http://0.0.0.0:8080/healthz",
+            "MODELLOOP_PEERING": "modelloop",
+            "MODELLOOP_VERBOSE": "true",
+        }
+    )
+    assert settings.log_format == "json"
+    assert settings.liveness_endpoint == "http://0.0.0.0:8080/healthz"
+    assert settings.peering == "modelloop"
+    assert settings.verbose is True
+
+
+def test_an_unknown_log_format_is_refused_naming_the_variable() -> None:
+    with pytest.raises(ValueError, match="MODELLOOP_LOG_FORMAT"):
+        Settings.from_env({"MODELLOOP_LOG_FORMAT": "xml"})
