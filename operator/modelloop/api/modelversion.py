@@ -1,0 +1,192 @@
+"""ModelVersion: the immutable record of one registered model version, with its lineage."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import ConfigDict, Field, StringConstraints
+
+from .meta import (
+    AGE_COLUMN,
+    MAX_MAP_ENTRIES,
+    ApiModel,
+    CelRule,
+    Comparison,
+    CrdInfo,
+    DnsLabel,
+    DnsSubdomain,
+    MetricName,
+    ParamValue,
+    PrinterColumn,
+    ResourceStatus,
+    ShortText,
+    Trigger,
+    Uri,
+    cel_rules,
+)
+
+Digest = Annotated[str, StringConstraints(max_length=256, pattern=r"^[a-z0-9]+:[a-fA-F0-9]+$")]
+
+
+class ModelVersionPhase(StrEnum):
+    """Outcome of a ModelVersion's validation."""
+
+    PENDING = "Pending"
+    VALIDATED = "Validated"
+    REJECTED = "Rejected"
+
+
+class ModelStage(StrEnum):
+    """Where a ModelVersion stands in serving."""
+
+    CANDIDATE = "Candidate"
+    CHALLENGER = "Challenger"
+    CHAMPION = "Champion"
+    ARCHIVED = "Archived"
+
+
+class ModelFramework(StrEnum):
+    """Model formats, named as KServe's model formats."""
+
+    SKLEARN = "sklearn"
+    PYTORCH = "pytorch"
+    ONNX = "onnx"
+    XGBOOST = "xgboost"
+    LIGHTGBM = "lightgbm"
+    TENSORFLOW = "tensorflow"
+
+
+class Artifact(ApiModel):
+    """The stored model."""
+
+    uri: Uri = Field(description="Where the model artifact is stored, e.g. s3://models/iris/run-1.")
+    digest: Digest | None = Field(None, description="Content digest of the artifact, e.g. sha256:<hex>.")
+
+
+class Framework(ApiModel):
+    """The model's format, which picks the serving runtime."""
+
+    name: ModelFramework = Field(description="Model format as KServe names it, e.g. sklearn or pytorch.")
+    version: Annotated[str, StringConstraints(max_length=64)] | None = Field(
+        None, description="Version of the framework the model was trained with, e.g. 1.5.2."
+    )
+
+
+class Lineage(ApiModel):
+    """Where a model version came from: code, data, parameters and what started its training."""
+
+    training_run: DnsSubdomain | None = Field(None, description="Name of the TrainingRun that produced it.")
+    image: ShortText | None = Field(None, description="Trainer image the model was trained with.")
+    image_digest: Digest | None = Field(None, description="Digest of the trainer image.")
+    code_version: ShortText | None = Field(
+        None, description="Version of the training code, e.g. a git commit."
+    )
+    dataset_uri: Uri | None = Field(None, description="The data the model was trained on.")
+    dataset_hash: ShortText | None = Field(None, description="Content hash of that data.")
+    params: dict[str, ParamValue] = Field(
+        default_factory=dict,
+        max_length=MAX_MAP_ENTRIES,
+        description="Hyperparameters the model was trained with.",
+    )
+    trigger: Trigger | None = Field(None, description="What started the training.")
+
+
+class ModelVersionSpec(ApiModel):
+    """One registered version of a model. Immutable: register a new ModelVersion to change anything."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            CelRule(rule="self == oldSelf", message="spec is immutable: register a new ModelVersion instead")
+        )
+    )
+
+    model_name: DnsLabel = Field(description="Name of the model this is a version of.")
+    version: int = Field(
+        ge=1, description="Version number, unique per model; the object is named <modelName>-v<version>."
+    )
+    artifact: Artifact = Field(description="The stored model.")
+    framework: Framework = Field(description="The model's format.")
+    metrics: dict[str, float] = Field(
+        default_factory=dict, max_length=MAX_MAP_ENTRIES, description="Metrics measured at training time."
+    )
+    lineage: Lineage | None = Field(None, description="Where the model came from.")
+    created_by: ShortText | None = Field(
+        None, description="Who or what registered it, e.g. TrainingRun/iris-1."
+    )
+
+
+class ValidationCheck(ApiModel):
+    """The result of one validation gate."""
+
+    name: Annotated[str, StringConstraints(min_length=1, max_length=128)] = Field(
+        description="Name of the check, e.g. gate-accuracy or champion-comparison."
+    )
+    metric: MetricName | None = Field(None, description="The metric checked.")
+    value: float | None = Field(
+        None, description="The metric's value; absent when the metric was not reported."
+    )
+    threshold: float | None = Field(None, description="The value it was compared with.")
+    comparison: Comparison | None = Field(None, description="How value was compared with threshold.")
+    passed: bool = Field(description="Whether the check passed.")
+    message: ShortText | None = Field(None, description="Human-readable outcome of the check.")
+
+
+class StageTransition(ApiModel):
+    """One change of a ModelVersion's stage."""
+
+    stage: ModelStage = Field(description="The stage entered.")
+    time: datetime = Field(description="When the stage was entered.")
+    reason: ShortText | None = Field(None, description="Why, e.g. PromotedByRollout or ReplacedByChampion.")
+
+
+class ModelVersionStatus(ResourceStatus):
+    """The observed state of a ModelVersion: its validation and its stage."""
+
+    phase: ModelVersionPhase | None = Field(None, description="Pending, Validated or Rejected.")
+    stage: ModelStage | None = Field(None, description="Candidate, Challenger, Champion or Archived.")
+    checks: list[ValidationCheck] = Field(
+        default_factory=list, max_length=32, description="Results of the validation checks."
+    )
+    history: list[StageTransition] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Stage changes, oldest first; the operator keeps the latest.",
+    )
+    key_metric: ShortText | None = Field(
+        None, description="The headline metric for kubectl get, e.g. accuracy=0.953."
+    )
+
+
+MODEL_VERSION = CrdInfo(
+    kind="ModelVersion",
+    plural="modelversions",
+    singular="modelversion",
+    short_names=("mv",),
+    description=(
+        "ModelVersion records one immutable version of a model: artifact, framework, metrics and lineage."
+    ),
+    spec_model=ModelVersionSpec,
+    status_model=ModelVersionStatus,
+    printer_columns=(
+        PrinterColumn("Model", ".spec.modelName", "string", "Name of the model."),
+        PrinterColumn("Version", ".spec.version", "integer", "Version number."),
+        PrinterColumn("Metric", ".status.keyMetric", "string", "The headline metric."),
+        PrinterColumn("Validated", ".status.phase", "string", "Outcome of the validation."),
+        PrinterColumn("Stage", ".status.stage", "string", "Stage in serving."),
+        AGE_COLUMN,
+    ),
+    # Deriving the name from model and version makes the API server itself refuse a second
+    # ModelVersion with the same version of a model (AlreadyExists). CEL's cost estimate cannot
+    # bound string(int) inside a concatenation, hence the comparison in two halves.
+    rules=(
+        CelRule(
+            rule=(
+                "self.metadata.name.startsWith(self.spec.modelName + '-v')"
+                " && self.metadata.name.substring(size(self.spec.modelName) + 2) == string(self.spec.version)"
+            ),
+            message="metadata.name must be <spec.modelName>-v<spec.version>, e.g. iris-v3",
+        ),
+    ),
+)

@@ -1,0 +1,315 @@
+"""TrainingRun: one training attempt (or one hyperparameter sweep) that runs as Kubernetes Jobs."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Self
+
+from pydantic import ConfigDict, Field, StringConstraints, model_validator
+
+from .meta import (
+    AGE_COLUMN,
+    MAX_MAP_ENTRIES,
+    ApiModel,
+    CelRule,
+    Comparison,
+    CrdInfo,
+    DnsLabel,
+    DnsSubdomain,
+    FreeFormObject,
+    LabelValue,
+    MetricName,
+    ParamValue,
+    PrinterColumn,
+    Quantity,
+    ResourceStatus,
+    ShortText,
+    Toleration,
+    Trigger,
+    Uri,
+    cel_rules,
+)
+
+ImageReference = Annotated[str, StringConstraints(min_length=1, max_length=512)]
+CommandArgument = Annotated[str, StringConstraints(max_length=4096)]
+
+
+class TrainingRunPhase(StrEnum):
+    """Lifecycle phase of a TrainingRun (and of each trial of a sweep)."""
+
+    PENDING = "Pending"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+class DatasetFormat(StrEnum):
+    """How the trainer reads a dataset."""
+
+    CSV = "csv"
+    PARQUET = "parquet"
+    SKLEARN = "sklearn"
+
+
+class Dataset(ApiModel):
+    """The data a run trains on."""
+
+    uri: Uri = Field(description="Where the data lives, e.g. s3://bucket/iris.csv or sklearn://iris.")
+    format: DatasetFormat = Field(
+        DatasetFormat.CSV, description="File format: csv, parquet, or sklearn for a built-in dataset."
+    )
+    target_column: str | None = Field(
+        None, min_length=1, max_length=256, description="Column holding the label to predict."
+    )
+    hash: str | None = Field(
+        None,
+        max_length=256,
+        pattern=r"^[a-z0-9]+:[a-fA-F0-9]+$",
+        description="Expected content hash, e.g. sha256:<hex>; the run fails when the data differs.",
+    )
+
+
+class TrainingResources(ApiModel):
+    """Compute a training Job's pod requests."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            CelRule(
+                rule="!has(self.gpuProduct) || (has(self.gpus) && self.gpus > 0)",
+                message="spec.resources.gpuProduct requires spec.resources.gpus > 0",
+                field_path=".gpuProduct",
+                reason="FieldValueForbidden",
+            )
+        )
+    )
+
+    gpus: int = Field(0, ge=0, le=64, description="Number of GPUs (nvidia.com/gpu) the Job requests.")
+    gpu_product: LabelValue | None = Field(
+        None,
+        min_length=1,
+        description="GPU model to schedule on, e.g. NVIDIA-A100-SXM4-40GB (the node's GPU product label).",
+    )
+    cpu: Quantity | None = Field(None, description="CPU request, e.g. 2 or 500m.")
+    memory: Quantity | None = Field(None, description="Memory request, e.g. 4Gi.")
+
+    @model_validator(mode="after")
+    def _check_like_the_crd(self) -> Self:
+        if self.gpu_product is not None and self.gpus <= 0:
+            raise ValueError("spec.resources.gpuProduct requires spec.resources.gpus > 0")
+        return self
+
+
+class ModelOutput(ApiModel):
+    """The model that a successful run registers."""
+
+    model_name: DnsLabel = Field(
+        description="Name of the model; the run registers a new ModelVersion of this model."
+    )
+    artifact_uri_prefix: Uri | None = Field(
+        None,
+        description="Where the trainer stores the artifact, e.g. s3://models/iris; the run name is appended.",
+    )
+
+
+class ValidationGate(ApiModel):
+    """A condition that a trained model's metric must meet to be validated."""
+
+    metric: MetricName = Field(description="Name of the metric the trainer reports, e.g. accuracy.")
+    comparison: Comparison = Field(
+        description="How the metric must compare with the threshold, e.g. GreaterThanOrEqual."
+    )
+    threshold: float = Field(description="The value the metric is compared with.")
+
+
+class Validation(ApiModel):
+    """Gates that decide whether the trained model becomes a Validated ModelVersion."""
+
+    gates: list[ValidationGate] = Field(
+        default_factory=list, max_length=16, description="Every gate must pass for the model to be validated."
+    )
+
+
+class SweepStrategy(StrEnum):
+    """How a sweep picks parameter combinations."""
+
+    GRID = "Grid"
+    RANDOM = "Random"
+
+
+class ObjectiveDirection(StrEnum):
+    """Whether a sweep's objective metric is better high or low."""
+
+    MAXIMIZE = "Maximize"
+    MINIMIZE = "Minimize"
+
+
+class SweepObjective(ApiModel):
+    """The metric that picks a sweep's best trial."""
+
+    metric: MetricName = Field(description="Name of the metric that ranks the trials.")
+    direction: ObjectiveDirection = Field(
+        ObjectiveDirection.MAXIMIZE, description="Maximize or Minimize the metric."
+    )
+
+
+class Sweep(ApiModel):
+    """A hyperparameter sweep: one trial Job per parameter combination; the best trial is registered."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            CelRule(
+                rule="!has(self.maxTrials) || !has(self.parallelism) || self.parallelism <= self.maxTrials",
+                message="spec.sweep.parallelism must not exceed spec.sweep.maxTrials",
+                field_path=".parallelism",
+            ),
+            CelRule(
+                rule="!(has(self.strategy) && self.strategy == 'Random') || has(self.maxTrials)",
+                message="spec.sweep.maxTrials is required when spec.sweep.strategy is Random",
+                field_path=".maxTrials",
+                reason="FieldValueRequired",
+            ),
+        )
+    )
+
+    strategy: SweepStrategy = Field(
+        SweepStrategy.GRID, description="Grid tries every combination; Random samples maxTrials of them."
+    )
+    parameters: dict[str, Annotated[list[ParamValue], Field(min_length=1, max_length=100)]] = Field(
+        min_length=1,
+        max_length=16,
+        description="Candidate values per parameter; each trial overrides spec.params with one combination.",
+    )
+    max_trials: int | None = Field(
+        None, ge=1, le=1000, description="Upper bound on the number of trials; required for Random."
+    )
+    parallelism: int = Field(1, ge=1, le=100, description="How many trials run at the same time.")
+    objective: SweepObjective = Field(description="The metric that ranks the trials.")
+
+    @model_validator(mode="after")
+    def _check_like_the_crd(self) -> Self:
+        if self.max_trials is not None and self.parallelism > self.max_trials:
+            raise ValueError("spec.sweep.parallelism must not exceed spec.sweep.maxTrials")
+        if self.strategy == SweepStrategy.RANDOM and self.max_trials is None:
+            raise ValueError("spec.sweep.maxTrials is required when spec.sweep.strategy is Random")
+        return self
+
+
+class TrainingRunSpec(ApiModel):
+    """The desired training run: what to run, on which data and hardware, and what model it produces."""
+
+    image: ImageReference = Field(description="Container image of the trainer.")
+    command: list[CommandArgument] = Field(
+        default_factory=list, max_length=64, description="Entrypoint of the trainer; the image's when empty."
+    )
+    args: list[CommandArgument] = Field(
+        default_factory=list, max_length=256, description="Arguments to the entrypoint."
+    )
+    params: dict[str, ParamValue] = Field(
+        default_factory=dict,
+        max_length=MAX_MAP_ENTRIES,
+        description="Hyperparameters passed to the trainer; values are strings, numbers or booleans.",
+    )
+    dataset: Dataset = Field(description="The data to train on.")
+    resources: TrainingResources = Field(
+        default_factory=TrainingResources,
+        # Defaulting the object lets the API server fill in gpus: 0 for the GPUs printer column.
+        json_schema_extra={"default": {}},
+        description="CPU, memory and GPUs the training Job requests.",
+    )
+    tolerations: list[Toleration] = Field(
+        default_factory=list,
+        max_length=32,
+        description="Tolerations of the training pod, e.g. for GPU taints.",
+    )
+    node_selector: dict[str, LabelValue] = Field(
+        default_factory=dict, max_length=32, description="Node labels the training pod must be scheduled on."
+    )
+    affinity: FreeFormObject | None = Field(
+        None, description="Affinity of the training pod, a core/v1 Affinity passed through unchanged."
+    )
+    priority_class_name: DnsSubdomain | None = Field(None, description="PriorityClass of the training pod.")
+    backoff_limit: int | None = Field(
+        None,
+        ge=0,
+        le=100,
+        description="Retries of the Job before the run fails; Kubernetes' default when unset.",
+    )
+    active_deadline_seconds: int | None = Field(
+        None, ge=1, description="Time limit of the Job in seconds; the run fails when it is exceeded."
+    )
+    ttl_seconds_after_finished: int | None = Field(
+        None, ge=0, description="Seconds after which a finished Job is deleted; the run keeps its status."
+    )
+    queue_name: DnsSubdomain | None = Field(
+        None, description="Kueue LocalQueue to submit the Job to (label kueue.x-k8s.io/queue-name)."
+    )
+    output: ModelOutput = Field(description="The model this run registers on success.")
+    validation: Validation | None = Field(
+        None, description="Gates the trained model must pass to become a Validated ModelVersion."
+    )
+    sweep: Sweep | None = Field(None, description="Run a hyperparameter sweep instead of a single training.")
+    triggered_by: Trigger | None = Field(
+        None, description="What started this run; set by the operator for runs started by a DriftPolicy."
+    )
+
+
+class Trial(ApiModel):
+    """One trial of a sweep."""
+
+    index: int = Field(ge=0, description="Position of the trial in the sweep, from 0.")
+    params: dict[str, ParamValue] = Field(
+        default_factory=dict,
+        max_length=MAX_MAP_ENTRIES,
+        description="The parameters this trial ran with (spec.params overridden by the sweep).",
+    )
+    phase: TrainingRunPhase | None = Field(None, description="Lifecycle phase of the trial.")
+    metrics: dict[str, float] = Field(
+        default_factory=dict, max_length=MAX_MAP_ENTRIES, description="Metrics the trial reported."
+    )
+    job_name: DnsSubdomain | None = Field(None, description="Name of the trial's Job.")
+
+
+class TrainingRunStatus(ResourceStatus):
+    """The observed state of a TrainingRun."""
+
+    phase: TrainingRunPhase | None = Field(None, description="Pending, Running, Succeeded or Failed.")
+    job_name: DnsSubdomain | None = Field(None, description="Name of the training Job.")
+    start_time: datetime | None = Field(None, description="When the training Job started.")
+    completion_time: datetime | None = Field(None, description="When the run succeeded or failed.")
+    metrics: dict[str, float] = Field(
+        default_factory=dict, max_length=MAX_MAP_ENTRIES, description="Metrics the trainer reported."
+    )
+    key_metric: ShortText | None = Field(
+        None, description="The headline metric for kubectl get, e.g. accuracy=0.953."
+    )
+    artifact_uri: ShortText | None = Field(None, description="Where the trained model artifact was stored.")
+    dataset_hash: ShortText | None = Field(
+        None, description="Content hash of the data the model was trained on."
+    )
+    model_version: DnsSubdomain | None = Field(
+        None, description="Name of the ModelVersion this run registered."
+    )
+    trials: list[Trial] = Field(default_factory=list, max_length=1000, description="The trials of a sweep.")
+    best_trial: int | None = Field(
+        None, ge=0, description="Index of the sweep's best trial by its objective."
+    )
+
+
+TRAINING_RUN = CrdInfo(
+    kind="TrainingRun",
+    plural="trainingruns",
+    singular="trainingrun",
+    short_names=("tr",),
+    description="TrainingRun trains a model in a Kubernetes Job and registers the result as a ModelVersion.",
+    spec_model=TrainingRunSpec,
+    status_model=TrainingRunStatus,
+    printer_columns=(
+        PrinterColumn("Phase", ".status.phase", "string", "Lifecycle phase of the run."),
+        PrinterColumn("Model", ".spec.output.modelName", "string", "The model the run registers."),
+        PrinterColumn("GPUs", ".spec.resources.gpus", "integer", "GPUs the training Job requests."),
+        PrinterColumn("Metric", ".status.keyMetric", "string", "The headline metric of the trained model."),
+        PrinterColumn("Job", ".status.jobName", "string", "Name of the training Job.", priority=1),
+        AGE_COLUMN,
+    ),
+)
