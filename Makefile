@@ -35,8 +35,8 @@ cluster-down: ## stop the local control plane and remove its state
 	$(CLUSTER) down
 
 lint: $(STAMP) ## ruff
-	$(VENV)/bin/ruff check operator tests e2e
-	$(VENV)/bin/ruff format --check operator tests e2e
+	$(VENV)/bin/ruff check operator tests e2e hack
+	$(VENV)/bin/ruff format --check operator tests e2e hack
 
 typecheck: $(STAMP) ## mypy --strict on operator/modelloop
 	$(VENV)/bin/mypy

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from e2e.harness import ROOT, SHARED_CRDS, Cluster, cluster_script, running_operator
+from e2e.harness import ROOT, SHARED_CRDS, Cluster, cluster_script, condition, running_operator, wait_for
 
 E2E_STATE = ROOT / ".cluster" / "e2e"
 
@@ -29,12 +30,17 @@ def cluster() -> Iterator[Cluster]:
     try:
         cluster_script("up", env=env)
         c = Cluster(kubeconfig=E2E_STATE / "kubeconfig", bin_dir=bin_dir, state_dir=E2E_STATE)
-        third_party = sorted(SHARED_CRDS.glob("*.yaml"))
-        assert third_party, f"no third-party CRDs found in {SHARED_CRDS}"
+        for path in sorted((ROOT / "crds").glob("*.yaml")):
+            c.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path))
         # Server-side apply: KServe's and Seldon's CRDs exceed client-side apply's annotation limit.
-        for path in [*sorted((ROOT / "crds").glob("*.yaml")), *third_party]:
-            c.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path), timeout=120)
-        c.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+        third_party = subprocess.run(
+            [sys.executable, str(ROOT / "hack" / "third_party_crds.py"), str(SHARED_CRDS)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        c.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=third_party, timeout=120)
+        wait_for(lambda: all_established(c), timeout=60, what="every CRD Established")
         yield c
     finally:
         cluster_script("down", env=env)
@@ -54,3 +60,11 @@ def operator(cluster: Cluster, namespace: str, tmp_path: Path) -> Iterator[subpr
     """`modelloop run` as its own process, watching the test's namespace; its log is printed at the end."""
     with running_operator(cluster, namespace, tmp_path / "operator.log") as process:
         yield process
+
+
+def all_established(cluster: Cluster) -> bool:
+    """Whether every CRD is Established (a CRD just created may have no status yet)."""
+    crds = cluster.get("crd")["items"]
+    return bool(crds) and all(
+        (cond := condition(crd, "Established")) is not None and cond["status"] == "True" for crd in crds
+    )

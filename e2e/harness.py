@@ -26,6 +26,10 @@ T = TypeVar("T")
 Manifest = str | Mapping[str, Any] | Sequence[Mapping[str, Any]]
 
 
+class KubectlError(AssertionError):
+    """kubectl exited with an error."""
+
+
 class Timeout(AssertionError):
     """A condition did not come true in time."""
 
@@ -39,8 +43,8 @@ def wait_for(
     while True:
         try:
             result = probe()
-        except subprocess.CalledProcessError as error:
-            result, last = None, error.stderr
+        except KubectlError as error:
+            result, last = None, str(error)
         else:
             last = result
         if result:
@@ -70,16 +74,21 @@ class Cluster:
     def kubectl(
         self, *args: str, input: str | None = None, check: bool = True, timeout: float = 60
     ) -> subprocess.CompletedProcess[str]:
-        """Run kubectl against this cluster and return the finished process."""
-        return subprocess.run(
+        """Run kubectl against this cluster and return the finished process; with ``check``, a failure
+        raises an error that carries kubectl's own message."""
+        result = subprocess.run(
             [str(self.bin_dir / "kubectl"), *args],
             input=input,
             capture_output=True,
             text=True,
-            check=check,
             timeout=timeout,
             env=self.env,
         )
+        if check and result.returncode != 0:
+            raise KubectlError(
+                f"kubectl {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}"
+            )
+        return result
 
     def get(self, resource: str, name: str | None = None, namespace: str | None = None) -> Any:
         """``kubectl get -o json``, parsed."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from typing import Any
 
 import pytest
@@ -60,43 +61,54 @@ def test_kubectl_get_modelloop_lists_all_four_kinds_with_their_columns(
 
     out = cluster.kubectl("get", "modelloop", "-n", namespace).stdout
 
-    tables = {}
-    for block in out.strip().split("\n\n"):
-        header, *rows = block.strip().splitlines()
-        tables[rows[0].split()[0]] = (header.split(), [row.split() for row in rows])
-    expected = {
-        "trainingrun.modelloop.dev/iris-rf": ["NAME", "PHASE", "MODEL", "GPUS", "METRIC", "AGE"],
-        "modelversion.modelloop.dev/iris-v1": [
-            "NAME",
-            "MODEL",
-            "VERSION",
-            "METRIC",
-            "VALIDATED",
-            "STAGE",
-            "AGE",
-        ],
-        "inferenceservice.modelloop.dev/iris": [
-            "NAME",
-            "MODEL",
-            "BACKEND",
-            "STABLE",
-            "CANARY",
-            "TRAFFIC",
-            "PHASE",
-            "AGE",
-        ],
-        "driftpolicy.modelloop.dev/iris-drift": ["NAME", "TARGET", "PHASE", "LAST", "RUN", "AGE"],
-    }
-    assert set(tables) == set(expected), out
-    for name, header in expected.items():
-        assert tables[name][0] == header, out
+    tables = {rows[0]["NAME"]: rows for rows in map(parse_table, out.strip().split("\n\n"))}
+    assert set(tables) == {
+        "trainingrun.modelloop.dev/iris-rf",
+        "modelversion.modelloop.dev/iris-v1",
+        "inferenceservice.modelloop.dev/iris",
+        "driftpolicy.modelloop.dev/iris-drift",
+    }, out
+    assert list(tables["trainingrun.modelloop.dev/iris-rf"][0]) == [
+        "NAME",
+        "PHASE",
+        "MODEL",
+        "GPUS",
+        "METRIC",
+        "AGE",
+    ]
+    assert list(tables["modelversion.modelloop.dev/iris-v1"][0]) == [
+        *("NAME", "MODEL", "VERSION", "METRIC", "VALIDATED", "STAGE", "AGE")
+    ]
+    assert list(tables["inferenceservice.modelloop.dev/iris"][0]) == [
+        *("NAME", "MODEL", "BACKEND", "STABLE", "CANARY", "TRAFFIC", "PHASE", "AGE")
+    ]
+    assert list(tables["driftpolicy.modelloop.dev/iris-drift"][0]) == [
+        "NAME",
+        "TARGET",
+        "PHASE",
+        "LAST RUN",
+        "AGE",
+    ]
     # The columns carry the specs' values.
-    training_row = tables["trainingrun.modelloop.dev/iris-rf"][1][0]
-    assert training_row[2:4] == ["iris", "2"], out
-    version_row = tables["modelversion.modelloop.dev/iris-v1"][1][0]
-    assert version_row[1:3] == ["iris", "1"], out
-    service_row = tables["inferenceservice.modelloop.dev/iris"][1][0]
-    assert service_row[1:3] == ["iris", "kserve"], out
+    training = tables["trainingrun.modelloop.dev/iris-rf"][0]
+    assert (training["MODEL"], training["GPUS"]) == ("iris", "2")
+    version = tables["modelversion.modelloop.dev/iris-v1"][0]
+    assert (version["MODEL"], version["VERSION"]) == ("iris", "1")
+    service = tables["inferenceservice.modelloop.dev/iris"][0]
+    assert (service["MODEL"], service["BACKEND"]) == ("iris", "kserve")
+    assert tables["driftpolicy.modelloop.dev/iris-drift"][0]["TARGET"] == "iris"
+
+
+def parse_table(block: str) -> list[dict[str, str]]:
+    """Rows of a `kubectl get` table as {column: value}, cutting at the header's column positions so that
+    empty cells stay empty (headers may hold a space, as in LAST RUN)."""
+    header, *lines = block.strip("\n").splitlines()
+    starts = [m.start() for m in re.finditer(r"(?<!\S)\S+(?: \S+)*", header)]
+    names = [header[a:b].strip() for a, b in zip(starts, [*starts[1:], None], strict=True)]
+    return [
+        {name: line[a:b].strip() for name, a, b in zip(names, starts, [*starts[1:], None], strict=True)}
+        for line in lines
+    ]
 
 
 def test_short_names_reach_each_kind(cluster: Cluster, namespace: str) -> None:

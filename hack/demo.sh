@@ -15,10 +15,11 @@ kubectl get nodes -L nvidia.com/gpu.product -o custom-columns='NAME:.metadata.na
 
 step "CRDs: modelloop's, and KServe's and Seldon Core's real ones"
 kubectl apply --server-side --force-conflicts -f crds/ >/dev/null
-if compgen -G "$SHARED_CRDS/*.yaml" >/dev/null; then
-  for f in "$SHARED_CRDS"/*.yaml; do kubectl apply --server-side --force-conflicts -f "$f" >/dev/null; done
-fi
-kubectl wait --for=condition=Established crd --all --timeout=60s >/dev/null
+.venv/bin/python hack/third_party_crds.py "$SHARED_CRDS" | kubectl apply --server-side --force-conflicts -f - >/dev/null
+for _ in $(seq 1 60); do  # a CRD just created has no status yet, which `kubectl wait` trips over
+  kubectl wait --for=condition=Established crd --all --timeout=30s >/dev/null 2>&1 && break
+  sleep 0.5
+done
 kubectl get crd -o custom-columns='CRD:.metadata.name,KIND:.spec.names.kind,SHORT:.spec.names.shortNames'
 
 step "The operator (modelloop run), in the background; log in .cluster/operator.log"
