@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from e2e.harness import ROOT, Cluster, condition, wait_for
+from modelloop.kube import PreflightError, preflight
 
 QUICKSTART = ROOT / "manifests" / "examples" / "quickstart.yaml"
 
@@ -70,7 +71,7 @@ def test_operator_follows_spec_changes_with_observed_generation(cluster: Cluster
     assert obj["status"]["observedGeneration"] == 2
 
 
-def test_operator_without_a_reachable_api_server_fails_with_a_clear_message(
+def test_operator_without_a_reachable_api_server_stops_at_once_with_a_clear_message(
     cluster: Cluster, tmp_path: Any
 ) -> None:
     kubeconfig = tmp_path / "kubeconfig"
@@ -89,7 +90,22 @@ def test_operator_without_a_reachable_api_server_fails_with_a_clear_message(
     env = {**cluster.env, "KUBECONFIG": str(kubeconfig)}
     modelloop = str(ROOT / ".venv" / "bin" / "modelloop")
     try:
-        result = subprocess.run([modelloop, "run", "-A"], env=env, capture_output=True, text=True, timeout=60)
+        result = subprocess.run([modelloop, "run", "-A"], env=env, capture_output=True, text=True, timeout=30)
     except subprocess.TimeoutExpired as expired:
         pytest.fail(f"operator kept running without an API server: {expired.stdout!r}")
     assert result.returncode != 0
+    assert "cannot reach the Kubernetes API server at https://127.0.0.1:1" in result.stderr, result.stderr
+
+
+def test_preflight_names_the_missing_crds_and_how_to_install_them(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig))
+    assert preflight().startswith("v1.36")
+
+    with pytest.raises(PreflightError) as raised:
+        preflight(plurals=["trainingruns", "featurestores"])
+
+    assert "featurestores.modelloop.dev" in str(raised.value)
+    assert "trainingruns" not in str(raised.value)
+    assert "kubectl apply --server-side -f crds/" in str(raised.value)

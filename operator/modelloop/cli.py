@@ -65,9 +65,13 @@ def run(
         peering=peering or env.peering,
         verbose=env.verbose if verbose is None else verbose,
     )
+    from modelloop.kube import PreflightError
     from modelloop.runner import run_operator  # kopf is imported only when the operator runs
 
-    run_operator(settings)
+    try:
+        run_operator(settings)
+    except PreflightError as error:
+        raise click.ClickException(str(error)) from error
 
 
 @main.command()

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import logging
+
 import kopf
 
+from modelloop.kube import preflight
 from modelloop.settings import Settings
 
 _LOG_FORMATS = {"plain": kopf.LogFormat.PLAIN, "full": kopf.LogFormat.FULL, "json": kopf.LogFormat.JSON}
 
 
 def run_operator(settings: Settings) -> None:
-    """Run the operator in this process until it is interrupted (SIGINT/SIGTERM)."""
+    """Check the cluster, then run the operator in this process until it is interrupted (SIGINT/SIGTERM).
+
+    Raises PreflightError when the API server cannot be reached or does not serve our kinds, so that a
+    misconfigured operator stops at once with the reason instead of retrying in silence.
+    """
     kopf.configure(verbose=settings.verbose, log_format=_LOG_FORMATS[settings.log_format])
+    server_version = preflight()
+    logging.getLogger("modelloop").info("API server %s serves every modelloop kind", server_version)
     import modelloop.controllers  # noqa: F401  # registers the handlers
 
     kopf.run(
