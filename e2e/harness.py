@@ -135,7 +135,11 @@ def condition(obj: Mapping[str, Any], type_: str) -> Mapping[str, Any] | None:
 
 @contextlib.contextmanager
 def running_operator(
-    cluster: Cluster, namespace: str, log_path: Path, kubeconfig: Path | None = None
+    cluster: Cluster,
+    namespace: str,
+    log_path: Path,
+    kubeconfig: Path | None = None,
+    extra_args: Sequence[str] = (),
 ) -> Iterator[subprocess.Popen[bytes]]:
     """Start `modelloop run` as a user would (its own process, a liveness endpoint), wait until it is
     live, and stop it with SIGTERM at the end; its log is printed then, for failing tests."""
@@ -144,6 +148,7 @@ def running_operator(
     command = [
         str(Path(sys.executable).with_name("modelloop")),
         *("run", "--namespace", namespace, "--liveness", f"http://127.0.0.1:{port}/healthz"),
+        *extra_args,
     ]
     with log_path.open("wb") as log:
         process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)

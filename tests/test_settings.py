@@ -33,3 +33,10 @@ def test_every_variable_is_read() -> None:
 def test_an_unknown_log_format_is_refused_naming_the_variable() -> None:
     with pytest.raises(ValueError, match="MODELLOOP_LOG_FORMAT"):
         Settings.from_env({"MODELLOOP_LOG_FORMAT": "xml"})
+
+
+def test_priority_is_an_integer_or_absent() -> None:
+    assert Settings.from_env({"MODELLOOP_PRIORITY": "100"}).priority == 100
+    assert Settings.from_env({}).priority is None
+    with pytest.raises(ValueError, match="MODELLOOP_PRIORITY"):
+        Settings.from_env({"MODELLOOP_PRIORITY": "high"})

@@ -47,6 +47,13 @@ def main() -> None:
     help="Name of the kopf peering object shared by several replicas (only one of them handles "
     "objects at a time). Default: MODELLOOP_PEERING, or standalone.",
 )
+@click.option(
+    "--priority",
+    type=int,
+    default=None,
+    help="Peering priority of this replica (the highest handles objects). Default: MODELLOOP_PRIORITY, "
+    "or random.",
+)
 @click.option("-v", "--verbose", is_flag=True, default=None, help="Log at DEBUG level.")
 def run(
     namespaces: tuple[str, ...],
@@ -54,6 +61,7 @@ def run(
     log_format: str | None,
     liveness_endpoint: str | None,
     peering: str | None,
+    priority: int | None,
     verbose: bool | None,
 ) -> None:
     """Run the operator until interrupted."""
@@ -63,6 +71,7 @@ def run(
         log_format=log_format or env.log_format,  # type: ignore[arg-type]  # click.Choice checked it
         liveness_endpoint=liveness_endpoint or env.liveness_endpoint,
         peering=peering or env.peering,
+        priority=env.priority if priority is None else priority,
         verbose=env.verbose if verbose is None else verbose,
     )
     from modelloop.kube import PreflightError

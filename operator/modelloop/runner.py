@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import random
 
 import kopf
 
@@ -18,15 +19,20 @@ def run_operator(settings: Settings) -> None:
     Raises PreflightError when the API server cannot be reached or does not serve our kinds, so that a
     misconfigured operator stops at once with the reason instead of retrying in silence.
     """
-    kopf.configure(verbose=settings.verbose, log_format=_LOG_FORMATS[settings.log_format])
+    # Text logs name the object each line is about; JSON logs carry it as fields instead.
+    kopf.configure(verbose=settings.verbose, log_format=_LOG_FORMATS[settings.log_format], log_prefix=None)
     server_version = preflight()
     logging.getLogger("modelloop").info("API server %s serves every modelloop kind", server_version)
     import modelloop.controllers  # noqa: F401  # registers the handlers
 
+    priority = settings.priority
+    if settings.peering is not None and priority is None:
+        priority = random.SystemRandom().randrange(1, 2**31)
     kopf.run(
         clusterwide=not settings.namespaces,
         namespaces=settings.namespaces,
         liveness_endpoint=settings.liveness_endpoint,
         standalone=settings.peering is None,
         peering_name=settings.peering,
+        priority=priority,
     )

@@ -22,8 +22,11 @@ class Settings:
         namespaces: namespaces (or glob patterns) to watch; empty means the whole cluster.
         log_format: ``plain``, ``full`` (with time and logger) or ``json`` (for log collectors).
         liveness_endpoint: URL such as ``http://0.0.0.0:8080/healthz`` to serve liveness on, or None.
-        peering: name of the kopf peering object for several replicas (leader election); None runs
-            standalone, which is right for a single replica.
+        peering: name of the kopf peering object for several replicas; None runs standalone, which is
+            right for a single replica. With peering, the replica of the highest priority handles
+            objects and the others stand by until it goes away.
+        priority: this replica's peering priority; None picks a random one, so that replicas of one
+            Deployment never tie (kopf freezes all operators of equal priority).
         verbose: log at DEBUG level.
     """
 
@@ -31,12 +34,14 @@ class Settings:
     log_format: LogFormat = "full"
     liveness_endpoint: str | None = None
     peering: str | None = None
+    priority: int | None = None
     verbose: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Read ``MODELLOOP_NAMESPACES`` (comma-separated), ``MODELLOOP_LOG_FORMAT``,
-        ``MODELLOOP_LIVENESS_ENDPOINT``, ``MODELLOOP_PEERING`` and ``MODELLOOP_VERBOSE``."""
+        ``MODELLOOP_LIVENESS_ENDPOINT``, ``MODELLOOP_PEERING``, ``MODELLOOP_PRIORITY`` and
+        ``MODELLOOP_VERBOSE``."""
         env = os.environ if environ is None else environ
         namespaces = tuple(ns.strip() for ns in env.get("MODELLOOP_NAMESPACES", "").split(",") if ns.strip())
         log_format = env.get("MODELLOOP_LOG_FORMAT", "full").strip().lower()
@@ -49,5 +54,16 @@ class Settings:
             log_format=log_format,
             liveness_endpoint=env.get("MODELLOOP_LIVENESS_ENDPOINT") or None,
             peering=env.get("MODELLOOP_PEERING") or None,
+            priority=_optional_int(env, "MODELLOOP_PRIORITY"),
             verbose=env.get("MODELLOOP_VERBOSE", "").lower() in ("1", "true", "yes"),
         )
+
+
+def _optional_int(env: Mapping[str, str], name: str) -> int | None:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer, not {raw!r}") from None

@@ -1,0 +1,60 @@
+"""Several replicas with kopf peering: the one of highest priority handles objects, the others stand by
+and take over when it goes away."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from e2e.harness import ROOT, Cluster, condition, running_operator, wait_for
+
+PEERING_CRDS = ROOT / "manifests" / "operator" / "peering-crds.yaml"
+QUICKSTART = ROOT / "manifests" / "examples" / "quickstart.yaml"
+
+
+def training_run(name: str) -> dict[str, Any]:
+    run = next(d for d in yaml.safe_load_all(QUICKSTART.read_text()) if d["kind"] == "TrainingRun")
+    run = copy.deepcopy(run)
+    run["metadata"]["name"] = name
+    return run
+
+
+def handled_by(log: Path, name: str) -> bool:
+    """Whether the operator writing ``log`` ran our handler on the object ``name``."""
+    return any(f"/{name}] Handler 'review-spec' succeeded" in line for line in log.read_text().splitlines())
+
+
+def reported(cluster: Cluster, name: str, namespace: str) -> bool:
+    return condition(cluster.get("trainingrun", name, namespace), "Ready") is not None
+
+
+def test_only_the_highest_priority_replica_acts_and_a_standby_takes_over(
+    cluster: Cluster, namespace: str, tmp_path: Path
+) -> None:
+    cluster.kubectl("apply", "-f", str(PEERING_CRDS))
+    wait_for(
+        lambda: cluster.kubectl("get", "kopfpeerings", "-n", namespace, check=False).returncode == 0,
+        timeout=30,
+        what="the KopfPeering kind to be served",
+    )
+    cluster.apply(
+        {"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": "modelloop"}}, namespace
+    )
+    leader_log, standby_log = tmp_path / "leader.log", tmp_path / "standby.log"
+    peering = ("--peering", "modelloop")
+
+    with running_operator(cluster, namespace, standby_log, extra_args=[*peering, "--priority", "100"]):
+        with running_operator(cluster, namespace, leader_log, extra_args=[*peering, "--priority", "200"]):
+            wait_for(lambda: "Pausing" in standby_log.read_text(), timeout=60, what="the standby to pause")
+            cluster.apply(training_run("first"), namespace)
+            wait_for(lambda: reported(cluster, "first", namespace), timeout=60, what="status of first")
+            assert wait_for(lambda: handled_by(leader_log, "first"), timeout=10, what="leader's log")
+            assert not handled_by(standby_log, "first")
+
+        # The leader left (SIGTERM): the standby resumes and handles what comes next.
+        cluster.apply(training_run("second"), namespace)
+        wait_for(lambda: reported(cluster, "second", namespace), timeout=90, what="status of second")
+        assert handled_by(standby_log, "second")
