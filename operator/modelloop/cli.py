@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import click
@@ -66,7 +67,8 @@ def run(
 ) -> None:
     """Run the operator until interrupted."""
     env = Settings.from_env()
-    settings = Settings(
+    settings = dataclasses.replace(
+        env,
         namespaces=() if all_namespaces else (namespaces or env.namespaces),
         log_format=log_format or env.log_format,  # type: ignore[arg-type]  # click.Choice checked it
         liveness_endpoint=liveness_endpoint or env.liveness_endpoint,

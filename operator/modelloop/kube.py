@@ -1,21 +1,37 @@
-"""The one Kubernetes client wrapper: configuration (in-cluster or kubeconfig) and start-up checks.
+"""The one Kubernetes client wrapper: configuration (in-cluster or kubeconfig), start-up checks, and the
+writes the controllers make.
 
-kopf keeps its own watch connections; this module is for the synchronous calls the operator makes
-around them.
+kopf keeps its own watch connections and caches; this module is for the calls the operator makes beside
+them. The calls are synchronous (the kubernetes client); async controllers run them in threads.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, cast
 
 import kubernetes
 from kubernetes.client import ApiClient
 from kubernetes.client.exceptions import ApiException
+
+__all__ = [
+    "ApiException",
+    "PreflightError",
+    "create_job",
+    "list_objects",
+    "patch_status",
+    "preflight",
+    "register_model_version",
+]
 from kubernetes.config.config_exception import ConfigException
 from urllib3.exceptions import HTTPError
 
-from modelloop.api import GROUP, KINDS, VERSION
+from modelloop.api import GROUP, KINDS, MODEL_VERSION, VERSION
+
+_shared: ApiClient | None = None
+_shared_lock = threading.Lock()
 
 
 class PreflightError(RuntimeError):
@@ -77,3 +93,71 @@ def preflight(plurals: Iterable[str] | None = None, timeout: float = 10.0) -> st
             "(kubectl apply --server-side -f crds/, or `modelloop crds | kubectl apply --server-side -f -`)"
         )
     return str(version.git_version)
+
+
+def shared_client() -> ApiClient:
+    """The process's client, made on first use, with a connection pool sized for concurrent controllers."""
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            client = api_client()
+            client.configuration.connection_pool_maxsize = 32
+            _shared = ApiClient(client.configuration)
+        return _shared
+
+
+def create_job(manifest: Mapping[str, Any]) -> bool:
+    """Create a Job; return False when one of that name exists already (Job names are deterministic, so
+    that is the same Job, created before a restart or by a concurrent reconcile)."""
+    api = kubernetes.client.BatchV1Api(shared_client())
+    try:
+        api.create_namespaced_job(manifest["metadata"]["namespace"], cast(Any, dict(manifest)))
+    except ApiException as error:
+        if error.status == 409:
+            return False
+        raise
+    return True
+
+
+def patch_status(plural: str, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+    """Merge-patch the status subresource of one of our objects."""
+    kubernetes.client.CustomObjectsApi(shared_client()).patch_namespaced_custom_object_status(
+        GROUP, VERSION, namespace, plural, name, {"status": dict(status)}
+    )
+
+
+def list_objects(plural: str, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+    """Our objects of one kind in a namespace, selected by labels."""
+    listed = cast(
+        dict[str, Any],
+        kubernetes.client.CustomObjectsApi(shared_client()).list_namespaced_custom_object(
+            GROUP, VERSION, namespace, plural, label_selector=label_selector
+        ),
+    )
+    return list(listed.get("items") or [])
+
+
+def register_model_version(
+    namespace: str, model_name: str, render: Callable[[int], dict[str, Any]], attempts: int = 20
+) -> dict[str, Any]:
+    """Create the next version of a model: one more than the highest registered. The version is part of
+    the object's name, so when two runs finish at once the API server refuses the second create, which
+    then takes the next number."""
+    api = kubernetes.client.CustomObjectsApi(shared_client())
+    for _ in range(attempts):
+        existing = list_objects(MODEL_VERSION.plural, namespace, f"{GROUP}/model={model_name}")
+        version = 1 + max((int(mv["spec"]["version"]) for mv in existing), default=0)
+        manifest = render(version)
+        try:
+            created = cast(
+                dict[str, Any],
+                api.create_namespaced_custom_object(
+                    GROUP, VERSION, namespace, MODEL_VERSION.plural, manifest
+                ),
+            )
+        except ApiException as error:
+            if error.status == 409:
+                continue
+            raise
+        return created
+    raise RuntimeError(f"could not register a version of {model_name} after {attempts} attempts")

@@ -35,4 +35,5 @@ def run_operator(settings: Settings) -> None:
         standalone=settings.peering is None,
         peering_name=settings.peering,
         priority=priority,
+        memo=kopf.Memo(settings=settings),
     )

@@ -28,6 +28,7 @@ class Settings:
         priority: this replica's peering priority; None picks a random one, so that replicas of one
             Deployment never tie (kopf freezes all operators of equal priority).
         verbose: log at DEBUG level.
+        artifact_root: where trainers store artifacts when a TrainingRun names no artifactUriPrefix.
     """
 
     namespaces: tuple[str, ...] = field(default_factory=tuple)
@@ -36,12 +37,13 @@ class Settings:
     peering: str | None = None
     priority: int | None = None
     verbose: bool = False
+    artifact_root: str = "file:///var/lib/modelloop/artifacts"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Read ``MODELLOOP_NAMESPACES`` (comma-separated), ``MODELLOOP_LOG_FORMAT``,
-        ``MODELLOOP_LIVENESS_ENDPOINT``, ``MODELLOOP_PEERING``, ``MODELLOOP_PRIORITY`` and
-        ``MODELLOOP_VERBOSE``."""
+        ``MODELLOOP_LIVENESS_ENDPOINT``, ``MODELLOOP_PEERING``, ``MODELLOOP_PRIORITY``,
+        ``MODELLOOP_VERBOSE`` and ``MODELLOOP_ARTIFACT_ROOT``."""
         env = os.environ if environ is None else environ
         namespaces = tuple(ns.strip() for ns in env.get("MODELLOOP_NAMESPACES", "").split(",") if ns.strip())
         log_format = env.get("MODELLOOP_LOG_FORMAT", "full").strip().lower()
@@ -56,6 +58,7 @@ class Settings:
             peering=env.get("MODELLOOP_PEERING") or None,
             priority=_optional_int(env, "MODELLOOP_PRIORITY"),
             verbose=env.get("MODELLOOP_VERBOSE", "").lower() in ("1", "true", "yes"),
+            artifact_root=env.get("MODELLOOP_ARTIFACT_ROOT") or cls.artifact_root,
         )
 
 

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import kopf
 
 from modelloop.api import GROUP
+from modelloop.naming import LABEL_TRAINING_RUN
 
 
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     """Keep kopf's bookkeeping under our own annotation prefix and post only the events we choose."""
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
@@ -23,3 +26,8 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # Reconnect the watch streams now and then, so that a silently dropped connection heals itself.
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
+    # Watch only the Jobs and pods that belong to TrainingRuns: the API server filters, not the operator.
+    settings.watching.label_selectors["batch", "jobs"] = LABEL_TRAINING_RUN
+    settings.watching.label_selectors["v1", "pods"] = LABEL_TRAINING_RUN
+    # Controllers run their API calls in threads (the kubernetes client is synchronous).
+    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=32))

@@ -1,17 +1,229 @@
-"""TrainingRun: one training attempt.
+"""TrainingRun: one training attempt (or sweep) as Kubernetes Jobs, followed to the end.
 
-The foundation validates the spec and reports it in status; the kind's own logic builds on this.
+Level-triggered: any event of a run, of its Jobs or of their pods reconciles the run from kopf's
+in-memory indexes (no list calls per event). The decisions are pure (``modelloop.training.plan``); this
+module reads, applies the plan, and reports. Reconciles of one run are serialized and coalesced.
 """
 
-from modelloop.api import TRAINING_RUN, TrainingRunSpec
-from modelloop.controllers.reporting import register_spec_review
-from modelloop.review import Verdict
+from __future__ import annotations
 
-ACCEPTED = Verdict(
-    phase="Pending",
-    ready="False",
-    reason="Pending",
-    message="The training run is accepted and waits for its Job.",
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+import pydantic
+
+from modelloop import kube
+from modelloop.api import GROUP, TRAINING_RUN, VERSION, TrainingRunPhase, TrainingRunSpec
+from modelloop.conditions import ConditionStatus, set_condition
+from modelloop.naming import ANNOTATION_RUN_UID, LABEL_TRAINING_RUN
+from modelloop.review import INVALID_SPEC, describe_validation_error
+from modelloop.settings import Settings
+from modelloop.training.observe import IMAGE_PROBLEMS
+from modelloop.training.plan import FINISHED, RunPlan, plan_run
+from modelloop.training.register import render_model_version
+
+RunKey = tuple[str, str]
+PLURAL = TRAINING_RUN.plural
+_WARNING_REASONS = {INVALID_SPEC, "Unschedulable", "ResultMissing", *IMAGE_PROBLEMS}
+_STATUS_KEYS = (
+    "phase", "jobName", "startTime", "completionTime", "metrics", "keyMetric", "artifactUri", "datasetHash",
+    "modelVersion", "trials", "bestTrial", "reason", "message", "observedGeneration", "conditions",
+)  # fmt: skip
+
+logger = logging.getLogger(__name__)
+_locks: dict[RunKey, asyncio.Lock] = {}
+_queued: set[RunKey] = set()
+# Jobs created but not yet seen in the index: a reconcile right after a create must not plan them again.
+_created: dict[RunKey, dict[str, dict[str, Any]]] = {}
+
+
+@kopf.index(GROUP, VERSION, PLURAL)
+def training_runs(
+    namespace: str | None, name: str, body: kopf.Body, **_: Any
+) -> dict[RunKey, dict[str, Any]]:
+    """Every TrainingRun by (namespace, name)."""
+    return {(namespace or "", name): dict(body)}
+
+
+@kopf.index("batch", "v1", "jobs", labels={LABEL_TRAINING_RUN: kopf.PRESENT})
+def training_jobs(
+    namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
+) -> dict[RunKey, dict[str, Any]]:
+    """The Jobs of each TrainingRun."""
+    return {(namespace or "", labels[LABEL_TRAINING_RUN]): dict(body)}
+
+
+@kopf.index("v1", "pods", labels={LABEL_TRAINING_RUN: kopf.PRESENT})
+def training_pods(
+    namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
+) -> dict[RunKey, dict[str, Any]]:
+    """The pods of each TrainingRun's Jobs."""
+    return {(namespace or "", labels[LABEL_TRAINING_RUN]): dict(body)}
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+async def on_training_run(type: str, namespace: str | None, name: str, memo: Any, **kwargs: Any) -> None:
+    if type == "DELETED":
+        _forget((namespace or "", name))
+        return
+    await reconcile((namespace or "", name), memo, kwargs)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels={LABEL_TRAINING_RUN: kopf.PRESENT})
+@kopf.on.event("v1", "pods", labels={LABEL_TRAINING_RUN: kopf.PRESENT})
+async def on_training_workload(namespace: str | None, labels: kopf.Labels, memo: Any, **kwargs: Any) -> None:
+    await reconcile((namespace or "", labels[LABEL_TRAINING_RUN]), memo, kwargs)
+
+
+@kopf.timer(
+    GROUP,
+    VERSION,
+    PLURAL,
+    interval=60,
+    when=lambda status, **_: status.get("phase") not in FINISHED,
 )
+async def resync_training_run(namespace: str | None, name: str, memo: Any, **kwargs: Any) -> None:
+    """A periodic reconcile of unfinished runs, so that a failed API call heals without a new event."""
+    await reconcile((namespace or "", name), memo, kwargs)
 
-register_spec_review(TRAINING_RUN.plural, TrainingRunSpec, ACCEPTED)
+
+async def reconcile(key: RunKey, memo: Any, indexes: Mapping[str, Any]) -> None:
+    """Reconcile one run; concurrent triggers of the same run collapse into at most one more pass."""
+    if key in _queued:
+        return
+    _queued.add(key)
+    lock = _locks.setdefault(key, asyncio.Lock())
+    async with lock:
+        _queued.discard(key)
+        run = _one(indexes["training_runs"], key)
+        if run is None or run["metadata"].get("deletionTimestamp"):
+            return
+        settings: Settings = memo.settings
+        try:
+            await _reconcile_run(key, run, indexes, settings)
+        except kube.ApiException as error:
+            # Logged, not raised: the next event or the resync timer tries again.
+            logger.warning("reconcile of TrainingRun %s/%s failed: %s %s", *key, error.status, error.reason)
+        except Exception:
+            logger.exception("reconcile of TrainingRun %s/%s failed", *key)
+
+
+async def _reconcile_run(
+    key: RunKey, run: dict[str, Any], indexes: Mapping[str, Any], settings: Settings
+) -> None:
+    previous = run.get("status") or {}
+    generation = int(run["metadata"].get("generation") or 1)
+    try:
+        spec = TrainingRunSpec.model_validate(run["spec"])
+    except pydantic.ValidationError as error:
+        status = {
+            "phase": previous.get("phase") or TrainingRunPhase.PENDING.value,
+            "reason": INVALID_SPEC,
+            "message": describe_validation_error(error),
+        }
+        await _write_status(key, run, previous, status, generation)
+        return
+
+    uid = run["metadata"]["uid"]
+    jobs = {
+        job["metadata"]["name"]: job
+        for job in _all(indexes["training_jobs"], key)
+        if (job["metadata"].get("annotations") or {}).get(ANNOTATION_RUN_UID) == uid
+    }
+    created = _created.setdefault(key, {})
+    for name in [n for n in created if n in jobs]:
+        del created[name]
+    pods = [
+        pod
+        for pod in _all(indexes["training_pods"], key)
+        if (pod["metadata"].get("annotations") or {}).get(ANNOTATION_RUN_UID) == uid
+    ]
+    plan = plan_run(run, spec, {**created, **jobs}, pods, settings.artifact_root)
+
+    for manifest in plan.jobs_to_create:
+        if await asyncio.to_thread(kube.create_job, manifest):
+            _event(run, "Normal", "JobCreated", f"Created Job {manifest['metadata']['name']}.")
+        created[manifest["metadata"]["name"]] = manifest
+
+    status = dict(plan.status)
+    if previous.get("modelVersion"):
+        status["modelVersion"] = previous["modelVersion"]
+    elif plan.registration is not None:
+        status["modelVersion"] = await _register(run, spec, plan)
+    await _write_status(key, run, previous, status, generation)
+
+
+async def _register(run: Mapping[str, Any], spec: TrainingRunSpec, plan: RunPlan) -> str:
+    """The name of the run's ModelVersion, registering it unless an earlier pass already did."""
+    assert plan.registration is not None
+    meta = run["metadata"]
+    existing = [
+        mv
+        for mv in await asyncio.to_thread(
+            kube.list_objects, "modelversions", meta["namespace"], f"{LABEL_TRAINING_RUN}={meta['name']}"
+        )
+        if (mv["metadata"].get("annotations") or {}).get(ANNOTATION_RUN_UID) == meta["uid"]
+    ]
+    if existing:
+        return str(existing[0]["metadata"]["name"])
+    registration = plan.registration
+    created = await asyncio.to_thread(
+        kube.register_model_version,
+        meta["namespace"],
+        spec.output.model_name,
+        lambda version: render_model_version(
+            run, spec, registration.result, version, registration.params, registration.image_digest
+        ),
+    )
+    name = str(created["metadata"]["name"])
+    _event(run, "Normal", "ModelRegistered", f"Registered ModelVersion {name}.")
+    return name
+
+
+async def _write_status(
+    key: RunKey, run: Mapping[str, Any], previous: Mapping[str, Any], status: dict[str, Any], generation: int
+) -> None:
+    phase = status["phase"]
+    ready: ConditionStatus = "True" if phase == TrainingRunPhase.SUCCEEDED.value else "False"
+    status["observedGeneration"] = generation
+    status["conditions"] = set_condition(
+        previous.get("conditions"),
+        type_="Ready",
+        status=ready,
+        reason=str(status.get("reason") or phase),
+        message=str(status.get("message") or ""),
+        observed_generation=generation,
+    )
+    desired = {k: status.get(k) for k in _STATUS_KEYS}
+    if all(previous.get(k) == v for k, v in desired.items()):
+        return
+    await asyncio.to_thread(kube.patch_status, PLURAL, key[0], key[1], desired)
+    if (previous.get("phase"), previous.get("reason")) != (phase, status.get("reason")):
+        warning = phase == TrainingRunPhase.FAILED.value or status.get("reason") in _WARNING_REASONS
+        _event(
+            run,
+            "Warning" if warning else "Normal",
+            str(status.get("reason") or phase),
+            str(status.get("message") or phase),
+        )
+
+
+def _event(run: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+    kopf.event(dict(run), type=type_, reason=reason, message=message[:1024])  # type: ignore[arg-type]
+
+
+def _one(index: Any, key: RunKey) -> dict[str, Any] | None:
+    return next(iter(index.get(key, ())), None)
+
+
+def _all(index: Any, key: RunKey) -> list[dict[str, Any]]:
+    return list(index.get(key, ()))
+
+
+def _forget(key: RunKey) -> None:
+    _created.pop(key, None)
+    if key not in _queued and not (_locks.get(key) and _locks[key].locked()):
+        _locks.pop(key, None)

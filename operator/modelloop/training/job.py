@@ -1,0 +1,196 @@
+"""The batch/v1 Job of a TrainingRun (or of one trial of its sweep), rendered from the spec."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from modelloop.api import TRAINING_RUN, TrainingRunSpec
+from modelloop.api.meta import ParamValue
+from modelloop.naming import (
+    ANNOTATION_RUN_UID,
+    LABEL_MODEL,
+    LABEL_TRAINING_RUN,
+    LABEL_TRIAL,
+    job_name,
+    owner_reference,
+    standard_labels,
+    user_labels,
+)
+from modelloop.training import result as contract
+
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+CONTAINER = "trainer"
+DEFAULT_COMMAND = ["modelloop-train"]
+
+
+@dataclass(frozen=True)
+class TrialPlan:
+    """One trial of a sweep: its index and the params it runs with (spec.params overridden)."""
+
+    index: int
+    params: dict[str, ParamValue] = field(default_factory=dict)
+
+
+def output_uri(spec: TrainingRunSpec, run_name: str, artifact_root: str, trial: int | None = None) -> str:
+    """Where the trainer writes this run's (or trial's) artifacts."""
+    prefix = spec.output.artifact_uri_prefix or f"{artifact_root.rstrip('/')}/{spec.output.model_name}"
+    uri = f"{prefix.rstrip('/')}/{run_name}"
+    return uri if trial is None else f"{uri}/trial-{trial}"
+
+
+def render_job(
+    run: Mapping[str, Any],
+    spec: TrainingRunSpec,
+    artifact_root: str,
+    trial: TrialPlan | None = None,
+) -> dict[str, Any]:
+    """The Job that trains ``run`` (a TrainingRun object as read from the API server).
+
+    The pod gets no service account token (results travel by termination message), runs as non-root with
+    no privileges, tolerates the GPU taint when it asks for GPUs, and is pinned to the GPU product asked
+    for. With a Kueue queue, the Job starts suspended for Kueue to admit it.
+    """
+    meta = run["metadata"]
+    name = job_name(meta["name"], meta["uid"], None if trial is None else trial.index)
+    labels = {
+        **user_labels(meta.get("labels")),
+        **standard_labels("trainer", meta["name"]),
+        LABEL_TRAINING_RUN: meta["name"],
+        LABEL_MODEL: spec.output.model_name,
+    }
+    if trial is not None:
+        labels[LABEL_TRIAL] = str(trial.index)
+    if spec.queue_name:
+        labels[KUEUE_QUEUE_LABEL] = spec.queue_name
+    params = spec.params if trial is None else {**spec.params, **trial.params}
+
+    job_spec: dict[str, Any] = {
+        "template": {
+            "metadata": {"labels": labels, "annotations": {ANNOTATION_RUN_UID: meta["uid"]}},
+            "spec": _pod_spec(meta["name"], spec, params, artifact_root, trial),
+        },
+    }
+    for key, value in (
+        ("backoffLimit", spec.backoff_limit),
+        ("activeDeadlineSeconds", spec.active_deadline_seconds),
+        ("ttlSecondsAfterFinished", spec.ttl_seconds_after_finished),
+    ):
+        if value is not None:
+            job_spec[key] = value
+    if spec.queue_name:
+        job_spec["suspend"] = True
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": name,
+            "namespace": meta["namespace"],
+            "labels": labels,
+            "annotations": {ANNOTATION_RUN_UID: meta["uid"]},
+            "ownerReferences": [owner_reference(run, TRAINING_RUN.kind)],
+        },
+        "spec": job_spec,
+    }
+
+
+def _pod_spec(
+    run_name: str,
+    spec: TrainingRunSpec,
+    params: Mapping[str, ParamValue],
+    artifact_root: str,
+    trial: TrialPlan | None,
+) -> dict[str, Any]:
+    resources = spec.resources
+    # Quantities travel as strings (the API's canonical form).
+    requests: dict[str, str] = {}
+    if resources.cpu is not None:
+        requests["cpu"] = str(resources.cpu)
+    if resources.memory is not None:
+        requests["memory"] = str(resources.memory)
+    limits: dict[str, str] = {}
+    if resources.memory is not None:
+        limits["memory"] = str(resources.memory)
+    if resources.gpus > 0:
+        # Extended resources are requested through limits (requests default to them).
+        limits[GPU_RESOURCE] = str(resources.gpus)
+
+    node_selector = dict(spec.node_selector)
+    if resources.gpu_product:
+        node_selector[GPU_PRODUCT_LABEL] = resources.gpu_product
+    tolerations = [t.model_dump(exclude_none=True) for t in spec.tolerations]
+    if resources.gpus > 0 and not any(_tolerates_gpu_taint(t) for t in tolerations):
+        tolerations.append({"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"})
+
+    container: dict[str, Any] = {
+        "name": CONTAINER,
+        "image": spec.image,
+        "command": list(spec.command) or list(DEFAULT_COMMAND),
+        "env": _trainer_env(run_name, spec, params, artifact_root, trial),
+        "terminationMessagePath": contract.RESULT_PATH,
+        "terminationMessagePolicy": "File",
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }
+    if spec.args:
+        container["args"] = list(spec.args)
+    if requests or limits:
+        container["resources"] = {k: v for k, v in (("requests", requests), ("limits", limits)) if v}
+
+    pod: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [container],
+    }
+    if node_selector:
+        pod["nodeSelector"] = node_selector
+    if tolerations:
+        pod["tolerations"] = tolerations
+    if spec.affinity:
+        pod["affinity"] = spec.affinity
+    if spec.priority_class_name:
+        pod["priorityClassName"] = spec.priority_class_name
+    return pod
+
+
+def _trainer_env(
+    run_name: str,
+    spec: TrainingRunSpec,
+    params: Mapping[str, ParamValue],
+    artifact_root: str,
+    trial: TrialPlan | None,
+) -> list[dict[str, str]]:
+    env = {
+        contract.ENV_RUN_NAME: run_name,
+        contract.ENV_MODEL_NAME: spec.output.model_name,
+        contract.ENV_PARAMS: json.dumps(dict(params), sort_keys=True, separators=(",", ":")),
+        contract.ENV_DATASET_URI: spec.dataset.uri,
+        contract.ENV_DATASET_FORMAT: spec.dataset.format.value,
+        contract.ENV_OUTPUT_URI: output_uri(
+            spec, run_name, artifact_root, None if trial is None else trial.index
+        ),
+        contract.ENV_RESULT_PATH: contract.RESULT_PATH,
+        contract.ENV_CODE_VERSION: spec.image,
+    }
+    if trial is not None:
+        env[contract.ENV_TRIAL] = str(trial.index)
+    if spec.dataset.target_column:
+        env[contract.ENV_TARGET_COLUMN] = spec.dataset.target_column
+    if spec.dataset.hash:
+        env[contract.ENV_DATASET_HASH] = spec.dataset.hash
+    return [{"name": k, "value": v} for k, v in env.items()]
+
+
+def _tolerates_gpu_taint(toleration: Mapping[str, Any]) -> bool:
+    effect_ok = toleration.get("effect") in (None, "", "NoSchedule")
+    if toleration.get("operator") == "Exists" and not toleration.get("key"):
+        return effect_ok
+    return toleration.get("key") == GPU_RESOURCE and effect_ok

@@ -1,0 +1,154 @@
+"""What a training Job and its pods say about the run: phase, reason and message, times, the result."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from modelloop.api import TrainingRunPhase
+from modelloop.training.job import CONTAINER
+from modelloop.training.result import TrainerResult, parse_result
+
+# Container states in which a pod cannot start until someone changes the image or its configuration.
+IMAGE_PROBLEMS = frozenset(
+    {
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "InvalidImageName",
+        "ErrImageNeverPull",
+        "CreateContainerConfigError",
+    }
+)
+
+
+@dataclass(frozen=True)
+class JobObservation:
+    """The state of one training Job, as the run's status reports it."""
+
+    phase: TrainingRunPhase
+    reason: str
+    message: str
+    start_time: str | None = None
+    completion_time: str | None = None
+    result: TrainerResult | None = None
+    image_digest: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.phase in (TrainingRunPhase.SUCCEEDED, TrainingRunPhase.FAILED)
+
+
+def observe_job(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> JobObservation:
+    """Read a Job and its pods the way an engineer would with kubectl describe."""
+    status = job.get("status") or {}
+    start_time = status.get("startTime")
+    newest = sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp") or "")
+    finished_pod = next((p for p in reversed(newest) if _terminated(p) is not None), None)
+    result = parse_result((_terminated(finished_pod) or {}).get("message")) if finished_pod else None
+    digest = next((d for p in reversed(newest) if (d := _image_digest(p))), None)
+
+    complete = _condition(job, "Complete")
+    if complete is not None:
+        return JobObservation(
+            TrainingRunPhase.SUCCEEDED,
+            "Succeeded",
+            "The training Job completed.",
+            start_time,
+            status.get("completionTime") or complete.get("lastTransitionTime"),
+            result,
+            digest,
+        )
+    failed = _condition(job, "Failed")
+    if failed is not None:
+        reason = str(failed.get("reason") or "JobFailed")
+        message = str(failed.get("message") or "The training Job failed.")
+        if result is not None and not result.succeeded:
+            # The trainer explained itself (e.g. a data check); that is what the user needs to read.
+            reason, message = result.reason or reason, result.message or message
+        elif finished_pod is not None and (exit_message := _exit_summary(finished_pod)):
+            message = f"{message} Last pod: {exit_message}"
+        return JobObservation(
+            TrainingRunPhase.FAILED,
+            reason,
+            message,
+            start_time,
+            failed.get("lastTransitionTime"),
+            result,
+            digest,
+        )
+    if (job.get("spec") or {}).get("suspend"):
+        return JobObservation(
+            TrainingRunPhase.PENDING, "Queued", "The Job waits to be admitted by its queue (Kueue)."
+        )
+    for pod in reversed(newest):
+        if (pod.get("status") or {}).get("phase") == "Running":
+            return JobObservation(
+                TrainingRunPhase.RUNNING,
+                "Running",
+                f"Training in pod {pod['metadata']['name']}.",
+                start_time,
+                image_digest=digest,
+            )
+    for pod in reversed(newest):
+        waiting = _waiting(pod)
+        if waiting is not None and waiting.get("reason") in IMAGE_PROBLEMS:
+            return JobObservation(
+                TrainingRunPhase.PENDING,
+                str(waiting["reason"]),
+                str(waiting.get("message") or waiting["reason"]),
+                start_time,
+            )
+        scheduled = _condition(pod, "PodScheduled", status="False")
+        if scheduled is not None and scheduled.get("reason") == "Unschedulable":
+            return JobObservation(
+                TrainingRunPhase.PENDING,
+                "Unschedulable",
+                str(scheduled.get("message") or "No node fits the pod."),
+                start_time,
+            )
+    if newest:
+        return JobObservation(
+            TrainingRunPhase.PENDING, "Scheduling", "The training pod waits to start.", start_time
+        )
+    return JobObservation(
+        TrainingRunPhase.PENDING, "JobCreated", "The training Job has no pod yet.", start_time
+    )
+
+
+def _condition(obj: Mapping[str, Any], type_: str, status: str = "True") -> Mapping[str, Any] | None:
+    for cond in (obj.get("status") or {}).get("conditions") or ():
+        if cond.get("type") == type_ and cond.get("status") == status:
+            return dict(cond)
+    return None
+
+
+def _trainer_status(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    statuses = (pod.get("status") or {}).get("containerStatuses") or ()
+    return next((s for s in statuses if s.get("name") == CONTAINER), statuses[0] if statuses else None)
+
+
+def _terminated(pod: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+    container = _trainer_status(pod) if pod else None
+    return ((container or {}).get("state") or {}).get("terminated")
+
+
+def _waiting(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    container = _trainer_status(pod)
+    return ((container or {}).get("state") or {}).get("waiting")
+
+
+def _exit_summary(pod: Mapping[str, Any]) -> str | None:
+    terminated = _terminated(pod)
+    if not terminated:
+        return None
+    summary = f"exit code {terminated.get('exitCode')} ({terminated.get('reason') or 'terminated'})"
+    message = terminated.get("message")
+    return f"{summary}: {str(message)[:512]}" if message else summary
+
+
+def _image_digest(pod: Mapping[str, Any]) -> str | None:
+    image_id = str((_trainer_status(pod) or {}).get("imageID") or "")
+    match = re.search(r"(sha256:[0-9a-f]{64})", image_id)
+    return match.group(1) if match else None

@@ -1,0 +1,103 @@
+"""The ModelVersion a successful run registers, and the run's headline metric."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from modelloop.api import API_VERSION, MODEL_VERSION, ModelFramework, TrainingRunSpec, TriggerKind
+from modelloop.api.meta import ParamValue
+from modelloop.naming import ANNOTATION_RUN_UID, LABEL_MODEL, LABEL_TRAINING_RUN, standard_labels
+from modelloop.training.result import TrainerResult
+
+_PREFERRED_METRICS = ("accuracy", "f1_macro", "roc_auc", "r2", "rmse")
+
+
+def key_metric(spec: TrainingRunSpec, metrics: Mapping[str, float]) -> str | None:
+    """The metric `kubectl get` shows: the first validation gate's, else the sweep objective's, else a
+    well-known one, else the first by name; formatted ``name=value``."""
+    candidates = [
+        *(gate.metric for gate in (spec.validation.gates if spec.validation else ())),
+        *([spec.sweep.objective.metric] if spec.sweep else []),
+        *_PREFERRED_METRICS,
+        *sorted(metrics),
+    ]
+    name = next((m for m in candidates if m in metrics), None)
+    return None if name is None else f"{name}={metrics[name]:.4g}"
+
+
+def model_version_name(model_name: str, version: int) -> str:
+    """ModelVersions are named ``<model>-v<version>``: the API server then refuses a duplicate version."""
+    return f"{model_name}-v{version}"
+
+
+def render_model_version(
+    run: Mapping[str, Any],
+    spec: TrainingRunSpec,
+    result: TrainerResult,
+    version: int,
+    params: Mapping[str, ParamValue],
+    image_digest: str | None = None,
+) -> dict[str, Any]:
+    """The ModelVersion recording what ``run`` produced. It has no owner: the registry outlives runs."""
+    meta = run["metadata"]
+    trigger = (
+        spec.triggered_by.model_dump(exclude_none=True) if spec.triggered_by else {"kind": TriggerKind.USER}
+    )
+    framework: dict[str, Any] = {"name": _framework(result.framework)}
+    if result.framework_version:
+        framework["version"] = result.framework_version[:64]
+    artifact: dict[str, Any] = {"uri": result.artifact_uri}
+    if result.artifact_digest:
+        artifact["digest"] = result.artifact_digest
+    lineage: dict[str, Any] = {
+        "trainingRun": meta["name"],
+        "image": spec.image,
+        "datasetUri": spec.dataset.uri,
+        "params": dict(params),
+        "trigger": trigger,
+    }
+    for key, value in (
+        ("imageDigest", image_digest),
+        ("codeVersion", result.code_version),
+        ("datasetHash", result.dataset_hash or spec.dataset.hash),
+    ):
+        if value:
+            lineage[key] = value
+    return {
+        "apiVersion": API_VERSION,
+        "kind": MODEL_VERSION.kind,
+        "metadata": {
+            "name": model_version_name(spec.output.model_name, version),
+            "namespace": meta["namespace"],
+            "labels": {
+                **standard_labels("registry", spec.output.model_name),
+                LABEL_MODEL: spec.output.model_name,
+                LABEL_TRAINING_RUN: meta["name"],
+            },
+            "annotations": {ANNOTATION_RUN_UID: meta["uid"]},
+        },
+        "spec": {
+            "modelName": spec.output.model_name,
+            "version": version,
+            "artifact": artifact,
+            "framework": framework,
+            "metrics": dict(result.metrics),
+            "lineage": lineage,
+            "createdBy": f"trainingrun/{meta['name']}",
+        },
+    }
+
+
+def registration_problem(result: TrainerResult) -> str | None:
+    """Why ``result`` cannot become a ModelVersion, or None when it can."""
+    if not result.artifact_uri:
+        return "The trainer reported success but no artifactUri."
+    if result.framework not in {f.value for f in ModelFramework}:
+        known = ", ".join(f.value for f in ModelFramework)
+        return f"The trainer reported framework {result.framework!r}; expected one of {known}."
+    return None
+
+
+def _framework(reported: str | None) -> str:
+    return reported or ModelFramework.SKLEARN.value
