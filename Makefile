@@ -9,7 +9,7 @@ STAMP     := $(VENV)/.installed
 CLUSTER   := hack/cluster.sh
 export KUBECONFIG := $(CURDIR)/.cluster/kubeconfig
 
-.PHONY: help venv lock crds cluster cluster-down lint typecheck unit e2e test demo clean
+.PHONY: help venv lock crds cluster-bins cluster cluster-down lint typecheck unit e2e test demo clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -28,6 +28,9 @@ lock: ## re-resolve the lock files from requirements/*.in
 crds: $(STAMP) ## regenerate crds/ (and the chart's copy) from the API models
 	$(VENV)/bin/modelloop crds --output-dir crds
 
+cluster-bins: ## build the control plane's binaries from their Go modules (once; cached in ~/.cache/modelloop)
+	hack/build-cluster-bins.sh >/dev/null
+
 cluster: ## build (once, cached) and start the local control plane; kubeconfig in .cluster/kubeconfig
 	$(CLUSTER) up
 
@@ -44,7 +47,7 @@ typecheck: $(STAMP) ## mypy --strict on operator/modelloop
 unit: $(STAMP) ## unit tests (no cluster)
 	$(VENV)/bin/pytest tests -q
 
-e2e: $(STAMP) ## end-to-end tests on the local control plane (started and stopped by the tests)
+e2e: $(STAMP) cluster-bins ## end-to-end tests on the local control plane (started and stopped by the tests)
 	$(VENV)/bin/pytest e2e -q
 
 test: lint typecheck unit e2e ## everything: lint, types, unit, e2e
