@@ -90,11 +90,19 @@ class Cluster:
             )
         return result
 
-    def get(self, resource: str, name: str | None = None, namespace: str | None = None) -> Any:
+    def get(
+        self,
+        resource: str,
+        name: str | None = None,
+        namespace: str | None = None,
+        selector: str | None = None,
+    ) -> Any:
         """``kubectl get -o json``, parsed."""
         args = ["get", resource, *([name] if name else []), "-o", "json"]
         if namespace:
             args += ["-n", namespace]
+        if selector:
+            args += ["-l", selector]
         return json.loads(self.kubectl(*args).stdout)
 
     def apply(self, manifest: Manifest, namespace: str) -> None:

@@ -14,8 +14,8 @@ from modelloop.kube import PreflightError, preflight
 QUICKSTART = ROOT / "manifests" / "examples" / "quickstart.yaml"
 
 # What the foundation's operator says of each valid kind: (resource, name, phase, Ready status, reason).
+# TrainingRun has its own controller and tests (test_trainingrun.py).
 EXPECTED = [
-    ("trainingrun", "iris-rf", "Pending", "False", "Pending"),
     ("modelversion", "iris-v1", "Pending", "False", "ValidationPending"),
     ("inferenceservice.modelloop.dev", "iris", "Pending", "False", "RolloutPending"),
     ("driftpolicy", "iris-drift", "Watching", "True", "Watching"),
@@ -57,15 +57,17 @@ def test_operator_sets_phase_generation_and_ready_condition(
 
 @pytest.mark.usefixtures("operator")
 def test_operator_follows_spec_changes_with_observed_generation(cluster: Cluster, namespace: str) -> None:
-    run = next(d for d in yaml.safe_load_all(QUICKSTART.read_text()) if d["kind"] == "TrainingRun")
-    cluster.apply(run, namespace)
-    wait_for(lambda: status_settled(cluster, "trainingrun", "iris-rf", namespace), timeout=60, what="status")
+    policy = next(d for d in yaml.safe_load_all(QUICKSTART.read_text()) if d["kind"] == "DriftPolicy")
+    cluster.apply(policy, namespace)
+    wait_for(
+        lambda: status_settled(cluster, "driftpolicy", "iris-drift", namespace), timeout=60, what="status"
+    )
 
-    run["spec"]["params"]["n_estimators"] = 500
-    cluster.apply(run, namespace)
+    policy["spec"]["window"] = "30m"
+    cluster.apply(policy, namespace)
 
     obj = wait_for(
-        lambda: status_settled(cluster, "trainingrun", "iris-rf", namespace), timeout=60, what="status"
+        lambda: status_settled(cluster, "driftpolicy", "iris-drift", namespace), timeout=60, what="status"
     )
     assert obj["metadata"]["generation"] == 2
     assert obj["status"]["observedGeneration"] == 2

@@ -15,11 +15,11 @@ PEERING_CRDS = ROOT / "manifests" / "operator" / "peering-crds.yaml"
 QUICKSTART = ROOT / "manifests" / "examples" / "quickstart.yaml"
 
 
-def training_run(name: str) -> dict[str, Any]:
-    run = next(d for d in yaml.safe_load_all(QUICKSTART.read_text()) if d["kind"] == "TrainingRun")
-    run = copy.deepcopy(run)
-    run["metadata"]["name"] = name
-    return run
+def drift_policy(name: str) -> dict[str, Any]:
+    policy = next(d for d in yaml.safe_load_all(QUICKSTART.read_text()) if d["kind"] == "DriftPolicy")
+    policy = copy.deepcopy(policy)
+    policy["metadata"]["name"] = name
+    return policy
 
 
 def handled_by(log: Path, name: str) -> bool:
@@ -28,7 +28,7 @@ def handled_by(log: Path, name: str) -> bool:
 
 
 def reported(cluster: Cluster, name: str, namespace: str) -> bool:
-    return condition(cluster.get("trainingrun", name, namespace), "Ready") is not None
+    return condition(cluster.get("driftpolicy", name, namespace), "Ready") is not None
 
 
 def test_only_the_highest_priority_replica_acts_and_a_standby_takes_over(
@@ -49,12 +49,12 @@ def test_only_the_highest_priority_replica_acts_and_a_standby_takes_over(
     with running_operator(cluster, namespace, standby_log, extra_args=[*peering, "--priority", "100"]):
         with running_operator(cluster, namespace, leader_log, extra_args=[*peering, "--priority", "200"]):
             wait_for(lambda: "Pausing" in standby_log.read_text(), timeout=60, what="the standby to pause")
-            cluster.apply(training_run("first"), namespace)
+            cluster.apply(drift_policy("first"), namespace)
             wait_for(lambda: reported(cluster, "first", namespace), timeout=60, what="status of first")
             assert wait_for(lambda: handled_by(leader_log, "first"), timeout=10, what="leader's log")
             assert not handled_by(standby_log, "first")
 
         # The leader left (SIGTERM): the standby resumes and handles what comes next.
-        cluster.apply(training_run("second"), namespace)
+        cluster.apply(drift_policy("second"), namespace)
         wait_for(lambda: reported(cluster, "second", namespace), timeout=90, what="status of second")
         assert handled_by(standby_log, "second")

@@ -23,7 +23,7 @@ done
 kubectl get crd -o custom-columns='CRD:.metadata.name,KIND:.spec.names.kind,SHORT:.spec.names.shortNames'
 
 step "The operator (modelloop run), in the background; log in .cluster/operator.log"
-.venv/bin/modelloop run --all-namespaces --liveness http://127.0.0.1:18080/healthz --log-format plain \
+MODELLOOP_ARTIFACT_ROOT="file://$ROOT/.cluster/artifacts" .venv/bin/modelloop run --all-namespaces --liveness http://127.0.0.1:18080/healthz --log-format plain \
   >.cluster/operator.log 2>&1 &
 OPERATOR=$!
 trap 'kill $OPERATOR 2>/dev/null || true; wait $OPERATOR 2>/dev/null || true' EXIT
@@ -35,11 +35,22 @@ done
 
 step "kubectl apply -f manifests/examples/quickstart.yaml"
 kubectl create namespace demo --dry-run=client -o yaml | kubectl apply -f - >/dev/null
-kubectl apply -n demo -f manifests/examples/quickstart.yaml
-for kind in trainingrun modelversion inferenceservice.modelloop.dev driftpolicy; do
-  kubectl wait -n demo --for=condition=Ready=true "$kind" --all --timeout=60s >/dev/null 2>&1 \
-    || kubectl wait -n demo --for=jsonpath='{.status.observedGeneration}'=1 "$kind" --all --timeout=60s >/dev/null
+# The label asks kwok to leave the training pod running, so that the real trainer can run it below.
+kubectl label --local -f manifests/examples/quickstart.yaml sim.modelloop.dev/outcome=Hold -o yaml \
+  | kubectl apply -n demo -f -
+for kind in modelversion inferenceservice.modelloop.dev driftpolicy; do
+  kubectl wait -n demo --for=jsonpath='{.status.observedGeneration}'=1 "$kind" --all --timeout=60s >/dev/null
 done
+
+step "The training Job's pod, placed by the scheduler on a GPU node (2 x NVIDIA-A100-SXM4-80GB)"
+kubectl wait -n demo --for=jsonpath='{.status.phase}'=Running trainingrun/iris-rf --timeout=60s >/dev/null
+kubectl get pods -n demo -l modelloop.dev/training-run=iris-rf -o wide
+
+step "Running that pod's container for real: modelloop-train with the pod's own command and environment"
+.venv/bin/python -m e2e.kubelet demo iris-rf
+kubectl get trainingrun -n demo iris-rf
+kubectl get modelversions -n demo -l modelloop.dev/training-run=iris-rf \
+  -o custom-columns='NAME:.metadata.name,VERSION:.spec.version,ACCURACY:.spec.metrics.accuracy,ARTIFACT:.spec.artifact.uri,DATASET:.spec.lineage.datasetHash'
 
 step "An invalid object is refused at admission, naming the field"
 kubectl apply -n demo -f - <<'YAML' || true
@@ -54,7 +65,9 @@ YAML
 step "kubectl get modelloop -n demo"
 kubectl get modelloop -n demo
 
-step "kubectl describe trainingrun iris-rf (status and events)"
-kubectl describe -n demo trainingrun iris-rf | sed -n '/^Status:/,$p'
+step "The training run's events"
+kubectl get events -n demo --field-selector involvedObject.name=iris-rf --sort-by=.lastTimestamp \
+  -o custom-columns='TYPE:.type,REASON:.reason,MESSAGE:.message'
+true
 
 printf '\nThe cluster keeps running: eval "$(hack/cluster.sh env)" to use kubectl; make cluster-down to stop it.\n'

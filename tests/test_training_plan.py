@@ -1,0 +1,189 @@
+"""The reconcile of a TrainingRun as a pure decision: what to create, what to register, what to report."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from modelloop.api import ModelVersionSpec, TrainingRunSpec
+from modelloop.naming import job_name
+from modelloop.training.job import render_job
+from modelloop.training.plan import plan_run
+from modelloop.training.register import key_metric, render_model_version
+
+UID = "run-uid"
+
+
+def run(spec_overrides: dict[str, Any] | None = None, status: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "apiVersion": "modelloop.dev/v1alpha1",
+        "kind": "TrainingRun",
+        "metadata": {"name": "iris", "namespace": "ml", "uid": UID, "generation": 1},
+        "spec": {
+            "image": "trainer:1",
+            "params": {"estimator": "RandomForestClassifier"},
+            "dataset": {"uri": "sklearn://iris", "format": "sklearn", "targetColumn": "target"},
+            "output": {"modelName": "iris"},
+            "validation": {
+                "gates": [{"metric": "accuracy", "comparison": "GreaterThanOrEqual", "threshold": 0.9}]
+            },
+            **(spec_overrides or {}),
+        },
+        "status": status or {},
+    }
+
+
+def spec_of(obj: dict[str, Any]) -> TrainingRunSpec:
+    return TrainingRunSpec.model_validate(obj["spec"])
+
+
+def finished_job(
+    obj: dict[str, Any], accuracy: float | None, trial: int | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A Job of ``obj`` that completed, and its pod with the trainer's termination message."""
+    name = job_name("iris", UID, trial)
+    job = {
+        "metadata": {"name": name},
+        "spec": {},
+        "status": {"conditions": [{"type": "Complete", "status": "True"}]},
+    }
+    message = None
+    if accuracy is not None:
+        message = json.dumps(
+            {
+                "status": "Succeeded",
+                "metrics": {"accuracy": accuracy},
+                "artifactUri": f"file:///a/{name}/model.joblib",
+                "framework": "sklearn",
+            }
+        )
+    pod = {
+        "metadata": {"name": f"{name}-x", "labels": {"batch.kubernetes.io/job-name": name}},
+        "status": {
+            "phase": "Succeeded",
+            "containerStatuses": [
+                {"name": "trainer", "state": {"terminated": {"exitCode": 0, "message": message}}}
+            ],
+        },
+    }
+    return job, pod
+
+
+def test_a_new_run_creates_its_one_job() -> None:
+    obj = run()
+    plan = plan_run(obj, spec_of(obj), {}, [], "file:///a")
+
+    assert [j["metadata"]["name"] for j in plan.jobs_to_create] == [job_name("iris", UID)]
+    assert plan.status["phase"] == "Pending"
+    assert plan.registration is None
+
+
+def test_an_existing_job_is_never_created_again() -> None:
+    obj = run()
+    existing = render_job(obj, spec_of(obj), "file:///a")
+
+    plan = plan_run(obj, spec_of(obj), {existing["metadata"]["name"]: existing}, [], "file:///a")
+
+    assert plan.jobs_to_create == []
+
+
+def test_a_finished_run_whose_job_was_cleaned_up_keeps_its_status() -> None:
+    obj = run(status={"phase": "Succeeded", "metrics": {"accuracy": 0.97}, "modelVersion": "iris-v1"})
+
+    plan = plan_run(obj, spec_of(obj), {}, [], "file:///a")
+
+    assert plan.jobs_to_create == []
+    assert plan.status["phase"] == "Succeeded"
+    assert plan.status["metrics"] == {"accuracy": 0.97}
+
+
+def test_a_succeeded_job_registers_its_result() -> None:
+    obj = run()
+    job, pod = finished_job(obj, 0.97)
+
+    plan = plan_run(obj, spec_of(obj), {job["metadata"]["name"]: job}, [pod], "file:///a")
+
+    assert plan.status["phase"] == "Succeeded"
+    assert plan.status["keyMetric"] == "accuracy=0.97"
+    assert plan.registration is not None
+    assert plan.registration.result.metrics == {"accuracy": 0.97}
+
+
+def test_a_succeeded_job_without_a_result_fails_the_run_saying_why() -> None:
+    obj = run()
+    job, pod = finished_job(obj, None)
+
+    plan = plan_run(obj, spec_of(obj), {job["metadata"]["name"]: job}, [pod], "file:///a")
+
+    assert (plan.status["phase"], plan.status["reason"]) == ("Failed", "ResultMissing")
+    assert plan.registration is None
+
+
+def sweep_run(status: dict[str, Any] | None = None) -> dict[str, Any]:
+    return run(
+        {
+            "sweep": {
+                "parameters": {"n_estimators": [10, 50], "max_depth": [2, 8]},
+                "parallelism": 2,
+                "objective": {"metric": "accuracy", "direction": "Maximize"},
+            }
+        },
+        status,
+    )
+
+
+def test_a_sweep_starts_only_as_many_trials_as_its_parallelism() -> None:
+    obj = sweep_run()
+    plan = plan_run(obj, spec_of(obj), {}, [], "file:///a")
+
+    assert [j["metadata"]["labels"]["modelloop.dev/trial"] for j in plan.jobs_to_create] == ["0", "1"]
+    assert [t.get("phase") for t in plan.status["trials"]] == ["Pending", "Pending", None, None]
+    assert plan.status["phase"] == "Pending"
+
+
+def test_a_finished_sweep_registers_its_best_trial_with_that_trials_params() -> None:
+    obj = sweep_run()
+    jobs, pods = {}, []
+    for trial, accuracy in enumerate([0.91, 0.97, 0.93, None]):
+        job, pod = finished_job(obj, accuracy, trial)
+        jobs[job["metadata"]["name"]] = job
+        pods.append(pod)
+
+    plan = plan_run(obj, spec_of(obj), jobs, pods, "file:///a")
+
+    assert plan.jobs_to_create == []
+    assert plan.status["phase"] == "Succeeded"
+    assert plan.status["bestTrial"] == 1
+    assert plan.registration is not None
+    assert plan.registration.params == {
+        "estimator": "RandomForestClassifier",
+        "n_estimators": 10,
+        "max_depth": 8,
+    }
+    assert [t["metrics"].get("accuracy") for t in plan.status["trials"][:3]] == [0.91, 0.97, 0.93]
+
+
+def test_the_registered_model_version_is_a_valid_immutable_record_with_lineage() -> None:
+    obj = run({"triggeredBy": {"kind": "DriftPolicy", "name": "iris-drift", "evidence": {"psi": "0.4"}}})
+    job, pod = finished_job(obj, 0.97)
+    plan = plan_run(obj, spec_of(obj), {job["metadata"]["name"]: job}, [pod], "file:///a")
+    assert plan.registration is not None
+
+    manifest = render_model_version(
+        obj, spec_of(obj), plan.registration.result, 3, plan.registration.params, "sha256:" + "d" * 64
+    )
+
+    assert manifest["metadata"]["name"] == "iris-v3"
+    assert manifest["metadata"]["labels"]["modelloop.dev/model"] == "iris"
+    assert "ownerReferences" not in manifest["metadata"]
+    spec = ModelVersionSpec.model_validate(manifest["spec"])
+    assert spec.version == 3
+    assert spec.lineage is not None and spec.lineage.training_run == "iris"
+    assert spec.lineage.trigger is not None and spec.lineage.trigger.name == "iris-drift"
+    assert spec.lineage.image_digest == "sha256:" + "d" * 64
+
+
+def test_key_metric_prefers_the_gate_metric() -> None:
+    obj = run()
+    assert key_metric(spec_of(obj), {"f1_macro": 0.5, "accuracy": 0.95321}) == "accuracy=0.9532"
+    assert key_metric(spec_of(run({"validation": None})), {"zeta": 1.0, "alpha": 2.0}) == "alpha=2"
