@@ -38,8 +38,8 @@ cluster-down: ## stop the local control plane and remove its state
 	$(CLUSTER) down
 
 lint: $(STAMP) ## ruff
-	$(VENV)/bin/ruff check operator tests e2e hack
-	$(VENV)/bin/ruff format --check operator tests e2e hack
+	$(VENV)/bin/ruff check operator tests e2e hack bench
+	$(VENV)/bin/ruff format --check operator tests e2e hack bench
 
 typecheck: $(STAMP) ## mypy --strict on operator/modelloop
 	$(VENV)/bin/mypy
@@ -50,10 +50,33 @@ unit: $(STAMP) ## unit tests (no cluster)
 e2e: $(STAMP) cluster-bins ## end-to-end tests on the local control plane (started and stopped by the tests)
 	$(VENV)/bin/pytest e2e -q
 
-test: lint typecheck unit e2e ## everything: lint, types, unit, e2e
+test: lint typecheck unit trainer-lint trainer-test e2e ## everything: lint, types, unit, e2e
 
 demo: $(STAMP) ## the whole show on a local control plane
 	hack/demo.sh
 
 clean: cluster-down ## remove the environment and local state (the binary cache stays)
 	rm -rf $(VENV) .cluster .mypy_cache .ruff_cache .pytest_cache
+
+# --- the trainer runtime (runtimes/trainer): its own environment, .venvs/trainer ---------------------
+TRAINER       := runtimes/trainer
+TRAINER_VENV  ?= .venvs/trainer
+TRAINER_STAMP := $(TRAINER_VENV)/.installed
+
+.PHONY: trainer-venv trainer-lint trainer-test
+
+$(TRAINER_STAMP): $(TRAINER)/requirements.lock $(TRAINER)/requirements-dev.lock $(TRAINER)/pyproject.toml
+	@test -x $(TRAINER_VENV)/bin/python || python3.11 -m venv $(TRAINER_VENV) 2>/dev/null || python3 -m venv $(TRAINER_VENV)
+	$(TRAINER_VENV)/bin/python -m pip install -q --disable-pip-version-check \
+	  -r $(TRAINER)/requirements.lock -r $(TRAINER)/requirements-dev.lock
+	$(TRAINER_VENV)/bin/python -m pip install -q --disable-pip-version-check --no-deps -e $(TRAINER)
+	@touch $@
+
+trainer-venv: $(TRAINER_STAMP) ## the trainer's environment (.venvs/trainer, with PyTorch) from its lock files
+
+trainer-lint: $(STAMP) ## ruff on the trainer runtime and its benchmark
+	$(VENV)/bin/ruff check $(TRAINER) bench/mlp_epoch.py
+	$(VENV)/bin/ruff format --check $(TRAINER) bench/mlp_epoch.py
+
+trainer-test: $(TRAINER_STAMP) ## the trainer's tests (real data, files and a local S3 server)
+	cd $(TRAINER) && $(CURDIR)/$(TRAINER_VENV)/bin/pytest -q

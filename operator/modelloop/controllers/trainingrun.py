@@ -1,8 +1,9 @@
 """TrainingRun: one training attempt (or sweep) as Kubernetes Jobs, followed to the end.
 
 Level-triggered: any event of a run, of its Jobs or of their pods reconciles the run from kopf's
-in-memory indexes (no list calls per event). The decisions are pure (``modelloop.training.plan``); this
-module reads, applies the plan, and reports. Reconciles of one run are serialized and coalesced.
+in-memory indexes (no list calls per event); a reconcile that fails is retried after a delay. The
+decisions are pure (``modelloop.training.plan``); this module reads, applies the plan, and reports.
+Reconciles of one run are serialized and coalesced.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from modelloop.naming import ANNOTATION_RUN_UID, LABEL_TRAINING_RUN
 from modelloop.review import INVALID_SPEC, describe_validation_error
 from modelloop.settings import Settings
 from modelloop.training.observe import IMAGE_PROBLEMS
-from modelloop.training.plan import FINISHED, RunPlan, plan_run
+from modelloop.training.plan import RunPlan, plan_run
 from modelloop.training.register import render_model_version
 
 RunKey = tuple[str, str]
@@ -38,6 +39,8 @@ _locks: dict[RunKey, asyncio.Lock] = {}
 _queued: set[RunKey] = set()
 # Jobs created but not yet seen in the index: a reconcile right after a create must not plan them again.
 _created: dict[RunKey, dict[str, dict[str, Any]]] = {}
+_background: set[asyncio.Task[None]] = set()
+RETRY_SECONDS = 10.0
 
 
 @kopf.index(GROUP, VERSION, PLURAL)
@@ -78,18 +81,6 @@ async def on_training_workload(namespace: str | None, labels: kopf.Labels, memo:
     await reconcile((namespace or "", labels[LABEL_TRAINING_RUN]), memo, kwargs)
 
 
-@kopf.timer(
-    GROUP,
-    VERSION,
-    PLURAL,
-    interval=60,
-    when=lambda status, **_: status.get("phase") not in FINISHED,
-)
-async def resync_training_run(namespace: str | None, name: str, memo: Any, **kwargs: Any) -> None:
-    """A periodic reconcile of unfinished runs, so that a failed API call heals without a new event."""
-    await reconcile((namespace or "", name), memo, kwargs)
-
-
 async def reconcile(key: RunKey, memo: Any, indexes: Mapping[str, Any]) -> None:
     """Reconcile one run; concurrent triggers of the same run collapse into at most one more pass."""
     if key in _queued:
@@ -104,11 +95,29 @@ async def reconcile(key: RunKey, memo: Any, indexes: Mapping[str, Any]) -> None:
         settings: Settings = memo.settings
         try:
             await _reconcile_run(key, run, indexes, settings)
-        except kube.ApiException as error:
-            # Logged, not raised: the next event or the resync timer tries again.
-            logger.warning("reconcile of TrainingRun %s/%s failed: %s %s", *key, error.status, error.reason)
-        except Exception:
-            logger.exception("reconcile of TrainingRun %s/%s failed", *key)
+        except Exception as error:
+            # Not raised into kopf: the run is retried here, with a delay, unless an event comes first.
+            if isinstance(error, kube.ApiException):
+                logger.warning(
+                    "reconcile of TrainingRun %s/%s failed: %s %s", *key, error.status, error.reason
+                )
+            else:
+                logger.exception("reconcile of TrainingRun %s/%s failed", *key)
+            _retry_later(key, memo, indexes)
+
+
+def _retry_later(key: RunKey, memo: Any, indexes: Mapping[str, Any]) -> None:
+    """Reconcile again after a while. No per-object timer: kopf would put a finalizer on every run for it,
+    and runs could then not be deleted while the operator is away."""
+    loop = asyncio.get_running_loop()
+    loop.call_later(RETRY_SECONDS, lambda: _background.add(loop.create_task(_retry(key, memo, indexes))))
+
+
+async def _retry(key: RunKey, memo: Any, indexes: Mapping[str, Any]) -> None:
+    try:
+        await reconcile(key, memo, indexes)
+    finally:
+        _background.difference_update({t for t in _background if t.done()})
 
 
 async def _reconcile_run(

@@ -1,0 +1,229 @@
+"""Benchmark: N TrainingRuns on the local control plane, the operator against a bare client.
+
+For each N, two measurements on a fresh namespace each:
+
+- bare client: for every run, the API writes the operator makes for it — create the TrainingRun, create its
+  Job, patch its status — with 16 concurrent writers, timed until the last write returns;
+- operator: `modelloop run` (a fresh process, watching that namespace) while the same 16 writers create the
+  N TrainingRuns; timed until every Job exists and every run's status has a phase. The operator's peak RSS
+  (VmHWM) and CPU seconds are read from /proc when that point is reached.
+
+Training pods are labelled to stay Running (kwok), so both sides see the same steady cluster.
+
+    .venv/bin/python bench/trainingruns.py [--sizes 100 500 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import kubernetes
+
+from modelloop.api import TrainingRunSpec
+from modelloop.training.job import render_job
+
+ROOT = Path(__file__).resolve().parents[1]
+STATE = ROOT / ".cluster" / "bench"
+WRITERS = 16
+
+
+def training_run(i: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "modelloop.dev/v1alpha1",
+        "kind": "TrainingRun",
+        "metadata": {"name": f"run-{i:05d}", "labels": {"sim.modelloop.dev/outcome": "Hold"}},
+        "spec": {
+            "image": "ghcr.io/modelloop/trainer:0.1.0",
+            "params": {"estimator": "RandomForestClassifier", "n_estimators": 100},
+            "dataset": {"uri": "sklearn://iris", "format": "sklearn", "targetColumn": "target"},
+            "resources": {"cpu": "10m", "memory": "16Mi"},
+            "output": {"modelName": "bench"},
+        },
+    }
+
+
+def cluster(*args: str) -> str:
+    env = {**os.environ, "MODELLOOP_CLUSTER_DIR": str(STATE), "MODELLOOP_CLUSTER_NAME": "modelloop-bench"}
+    return subprocess.run(
+        [str(ROOT / "hack" / "cluster.sh"), *args], env=env, check=True, stdout=subprocess.PIPE, text=True
+    ).stdout
+
+
+def kubectl(*args: str) -> None:
+    subprocess.run([str(BIN / "kubectl"), *args], check=True, env=ENV, stdout=subprocess.DEVNULL)
+
+
+def bare_client(n: int, namespace: str) -> float:
+    custom = kubernetes.client.CustomObjectsApi(API)
+    batch = kubernetes.client.BatchV1Api(API)
+
+    def one(i: int) -> None:
+        run = custom.create_namespaced_custom_object(
+            "modelloop.dev", "v1alpha1", namespace, "trainingruns", training_run(i)
+        )
+        job = render_job(run, TrainingRunSpec.model_validate(run["spec"]), "file:///bench")
+        batch.create_namespaced_job(namespace, job)
+        status = {
+            "phase": "Pending",
+            "jobName": job["metadata"]["name"],
+            "observedGeneration": 1,
+            "reason": "JobCreated",
+            "message": "Created Job.",
+            "conditions": [
+                {
+                    "type": "Ready",
+                    "status": "False",
+                    "reason": "JobCreated",
+                    "message": "Created Job.",
+                    "lastTransitionTime": "2026-01-01T00:00:00Z",
+                    "observedGeneration": 1,
+                }
+            ],
+        }
+        custom.patch_namespaced_custom_object_status(
+            "modelloop.dev",
+            "v1alpha1",
+            namespace,
+            "trainingruns",
+            run["metadata"]["name"],
+            {"status": status},
+        )
+
+    start = time.monotonic()
+    with ThreadPoolExecutor(WRITERS) as pool:
+        list(pool.map(one, range(n)))
+    return time.monotonic() - start
+
+
+def with_operator(n: int, namespace: str) -> dict[str, float]:
+    custom = kubernetes.client.CustomObjectsApi(API)
+    batch = kubernetes.client.BatchV1Api(API)
+    port = 18190
+    log = open(STATE / f"operator-{n}.log", "wb")  # noqa: SIM115
+    process = subprocess.Popen(
+        [str(ROOT / ".venv" / "bin" / "modelloop"), "run", "-n", namespace, "--liveness",
+         f"http://127.0.0.1:{port}/healthz", "--log-format", "plain"],
+        env=ENV, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        cpu_before = cpu_seconds(process.pid)
+        start = time.monotonic()
+        with ThreadPoolExecutor(WRITERS) as pool:
+            list(
+                pool.map(
+                    lambda i: custom.create_namespaced_custom_object(
+                        "modelloop.dev", "v1alpha1", namespace, "trainingruns", training_run(i)
+                    ),
+                    range(n),
+                )
+            )
+        while True:
+            runs = custom.list_namespaced_custom_object(
+                "modelloop.dev", "v1alpha1", namespace, "trainingruns"
+            )
+            with_phase = sum(1 for r in runs["items"] if (r.get("status") or {}).get("phase"))
+            jobs = len(
+                batch.list_namespaced_job(namespace, label_selector="modelloop.dev/training-run").items
+            )
+            if with_phase >= n and jobs >= n:
+                break
+            time.sleep(0.25)
+        elapsed = time.monotonic() - start
+        return {
+            "seconds": elapsed,
+            "peak_rss_mib": peak_rss_mib(process.pid),
+            "cpu_seconds": cpu_seconds(process.pid) - cpu_before,
+        }
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+        log.close()
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def fresh_namespace(name: str) -> None:
+    kubectl("create", "namespace", name)
+
+
+def drop_namespace(name: str) -> None:
+    kubectl("delete", "namespace", name, "--wait=true", "--timeout=600s")
+
+
+def main() -> None:
+    global BIN, ENV, API
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100, 500, 1000])
+    parser.add_argument("--keep-cluster", action="store_true")
+    args = parser.parse_args()
+
+    BIN = Path(cluster("bin-dir").strip())
+    cluster("up")
+    ENV = {**os.environ, "KUBECONFIG": str(STATE / "kubeconfig"), "PATH": f"{BIN}:{os.environ['PATH']}"}
+    os.environ["KUBECONFIG"] = ENV["KUBECONFIG"]
+    kubernetes.config.load_kube_config(config_file=ENV["KUBECONFIG"])
+    configuration = kubernetes.client.Configuration.get_default_copy()
+    configuration.connection_pool_maxsize = WRITERS * 2
+    API = kubernetes.client.ApiClient(configuration)
+    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
+    kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+
+    results = []
+    try:
+        for n in args.sizes:
+            fresh_namespace(f"bare-{n}")
+            bare = bare_client(n, f"bare-{n}")
+            drop_namespace(f"bare-{n}")
+            fresh_namespace(f"op-{n}")
+            operator = with_operator(n, f"op-{n}")
+            drop_namespace(f"op-{n}")
+            row = {"runs": n, "bare_seconds": round(bare, 2), **{k: round(v, 2) for k, v in operator.items()}}
+            row["ratio"] = round(operator["seconds"] / bare, 2)
+            results.append(row)
+            print(json.dumps(row), flush=True)
+    finally:
+        if not args.keep_cluster:
+            cluster("down")
+    print(f"\n{'runs':>6} {'bare s':>8} {'operator s':>11} {'ratio':>6} {'peak RSS MiB':>13} {'CPU s':>7}")
+    for r in results:
+        print(
+            f"{r['runs']:>6} {r['bare_seconds']:>8} {r['seconds']:>11} {r['ratio']:>6} "
+            f"{r['peak_rss_mib']:>13} {r['cpu_seconds']:>7}"
+        )
+
+
+BIN: Path
+ENV: dict[str, str]
+API: kubernetes.client.ApiClient
+
+if __name__ == "__main__":
+    main()
