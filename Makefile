@@ -74,9 +74,10 @@ $(TRAINER_STAMP): $(TRAINER)/requirements.lock $(TRAINER)/requirements-dev.lock 
 
 trainer-venv: $(TRAINER_STAMP) ## the trainer's environment (.venvs/trainer, with PyTorch) from its lock files
 
-trainer-lint: $(STAMP) ## ruff on the trainer runtime and its benchmark
+trainer-lint: $(STAMP) $(TRAINER_STAMP) ## ruff and mypy --strict on the trainer runtime and its benchmark
 	$(VENV)/bin/ruff check $(TRAINER) bench/mlp_epoch.py
 	$(VENV)/bin/ruff format --check $(TRAINER) bench/mlp_epoch.py
+	cd $(TRAINER) && $(CURDIR)/$(VENV)/bin/mypy --python-executable $(CURDIR)/$(TRAINER_VENV)/bin/python
 
 trainer-test: $(TRAINER_STAMP) ## the trainer's tests (real data, files and a local S3 server)
 	cd $(TRAINER) && $(CURDIR)/$(TRAINER_VENV)/bin/pytest -q

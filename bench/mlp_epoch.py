@@ -34,6 +34,7 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--hidden", type=int, nargs="+", default=[256, 256])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-cpu", action="store_true", help="time CUDA alone")
+    parser.add_argument("--no-cuda-graph", action="store_true", help="launch every CUDA kernel eagerly")
     return parser.parse_args()
 
 
@@ -46,6 +47,7 @@ def _time_device(device: str, x: np.ndarray, y: np.ndarray, args: argparse.Names
         lr=1e-3,
         seed=args.seed,
         device=device,
+        cuda_graph=not args.no_cuda_graph,
     )
     started = time.perf_counter()
     model.fit(x, y)
@@ -54,7 +56,9 @@ def _time_device(device: str, x: np.ndarray, y: np.ndarray, args: argparse.Names
     per_epoch = statistics.mean(steady)
     epochs = ", ".join(f"{seconds:.3f}" for seconds in model.epoch_seconds_)
     losses = ", ".join(f"{loss:.5f}" for loss in model.loss_history_)
-    print(f"{device:>4}: {per_epoch:.3f} s/epoch (epochs: {epochs} s; fit {total:.2f} s); losses: {losses}")
+    graph = f", {model.graph_replays_} CUDA graph replays" if device == "cuda" else ""
+    print(f"{device:>4}: {per_epoch:.3f} s/epoch (epochs: {epochs} s; fit {total:.2f} s{graph})")
+    print(f"      losses: {losses}")
     return per_epoch
 
 
@@ -71,7 +75,8 @@ def main() -> int:
     threads = torch.get_num_threads()
     print(
         f"TorchMLP {args.hidden}, {args.rows} rows x {args.features} features, {args.classes} classes, "
-        f"batch {args.batch_size}, {args.epochs} epochs, torch {torch.__version__}, {threads} CPU threads"
+        f"batch {args.batch_size}, {args.epochs} epochs, torch {torch.__version__}, {threads} CPU threads, "
+        f"CUDA graph {'off' if args.no_cuda_graph else 'on'}"
     )
     cpu = None if args.skip_cpu else _time_device("cpu", x, y, args)
     if not cuda_available():

@@ -21,6 +21,7 @@ def run_operator(settings: Settings) -> None:
     """
     # Text logs name the object each line is about; JSON logs carry it as fields instead.
     kopf.configure(verbose=settings.verbose, log_format=_LOG_FORMATS[settings.log_format], log_prefix=None)
+    logging.getLogger("kopf.objects").addFilter(_drop_routine_event_logs)
     server_version = preflight()
     logging.getLogger("modelloop").info("API server %s serves every modelloop kind", server_version)
     import modelloop.controllers  # noqa: F401  # registers the handlers
@@ -37,3 +38,10 @@ def run_operator(settings: Settings) -> None:
         priority=priority,
         memo=kopf.Memo(settings=settings),
     )
+
+
+def _drop_routine_event_logs(record: logging.LogRecord) -> bool:
+    """kopf logs every successful event handler at INFO: thousands of lines a minute that say nothing
+    (the controllers log what matters, and post events)."""
+    message = record.getMessage()
+    return not (message.startswith("Handler 'on_training_") and message.endswith("succeeded."))

@@ -22,7 +22,7 @@ from modelloop.conditions import ConditionStatus, set_condition
 from modelloop.naming import ANNOTATION_RUN_UID, LABEL_TRAINING_RUN
 from modelloop.review import INVALID_SPEC, describe_validation_error
 from modelloop.settings import Settings
-from modelloop.training.observe import IMAGE_PROBLEMS
+from modelloop.training.observe import IMAGE_PROBLEMS, slim_job, slim_pod, slim_run
 from modelloop.training.plan import RunPlan, plan_run
 from modelloop.training.register import render_model_version
 
@@ -41,6 +41,7 @@ _queued: set[RunKey] = set()
 _created: dict[RunKey, dict[str, dict[str, Any]]] = {}
 _background: set[asyncio.Task[None]] = set()
 RETRY_SECONDS = 10.0
+DEBOUNCE_SECONDS = 0.2
 
 
 @kopf.index(GROUP, VERSION, PLURAL)
@@ -48,7 +49,7 @@ def training_runs(
     namespace: str | None, name: str, body: kopf.Body, **_: Any
 ) -> dict[RunKey, dict[str, Any]]:
     """Every TrainingRun by (namespace, name)."""
-    return {(namespace or "", name): dict(body)}
+    return {(namespace or "", name): slim_run(body)}
 
 
 @kopf.index("batch", "v1", "jobs", labels={LABEL_TRAINING_RUN: kopf.PRESENT})
@@ -56,7 +57,7 @@ def training_jobs(
     namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
 ) -> dict[RunKey, dict[str, Any]]:
     """The Jobs of each TrainingRun."""
-    return {(namespace or "", labels[LABEL_TRAINING_RUN]): dict(body)}
+    return {(namespace or "", labels[LABEL_TRAINING_RUN]): slim_job(body)}
 
 
 @kopf.index("v1", "pods", labels={LABEL_TRAINING_RUN: kopf.PRESENT})
@@ -64,7 +65,7 @@ def training_pods(
     namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
 ) -> dict[RunKey, dict[str, Any]]:
     """The pods of each TrainingRun's Jobs."""
-    return {(namespace or "", labels[LABEL_TRAINING_RUN]): dict(body)}
+    return {(namespace or "", labels[LABEL_TRAINING_RUN]): slim_pod(body)}
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
@@ -86,6 +87,8 @@ async def reconcile(key: RunKey, memo: Any, indexes: Mapping[str, Any]) -> None:
     if key in _queued:
         return
     _queued.add(key)
+    # Events of a run, its Job and its pod come in bursts: one pass after a short pause sees them all.
+    await asyncio.sleep(DEBOUNCE_SECONDS)
     lock = _locks.setdefault(key, asyncio.Lock())
     async with lock:
         _queued.discard(key)

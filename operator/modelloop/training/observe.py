@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from modelloop.api import TrainingRunPhase
+from modelloop.naming import ANNOTATION_RUN_UID
 from modelloop.training.job import CONTAINER
 from modelloop.training.result import TrainerResult, parse_result
 
@@ -152,3 +153,60 @@ def _image_digest(pod: Mapping[str, Any]) -> str | None:
     image_id = str((_trainer_status(pod) or {}).get("imageID") or "")
     match = re.search(r"(sha256:[0-9a-f]{64})", image_id)
     return match.group(1) if match else None
+
+
+def slim_run(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A TrainingRun without what the controller never reads (managedFields, kubectl's last-applied copy),
+    to keep the operator's caches small."""
+    meta = body["metadata"]
+    return {
+        "apiVersion": body.get("apiVersion"),
+        "kind": body.get("kind"),
+        "metadata": {
+            k: meta[k]
+            for k in ("name", "namespace", "uid", "generation", "labels", "deletionTimestamp")
+            if k in meta
+        },
+        "spec": body.get("spec") or {},
+        "status": body.get("status") or {},
+    }
+
+
+def slim_job(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The parts of a Job that observe_job and the planner read."""
+    meta = body["metadata"]
+    status = body.get("status") or {}
+    return {
+        "metadata": {"name": meta["name"], "annotations": _annotations(meta)},
+        "spec": {"suspend": (body.get("spec") or {}).get("suspend")},
+        "status": {k: status[k] for k in ("conditions", "startTime", "completionTime") if k in status},
+    }
+
+
+def slim_pod(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The parts of a pod that observe_job reads: phase, scheduling, the trainer container's state."""
+    meta = body["metadata"]
+    status = body.get("status") or {}
+    return {
+        "metadata": {
+            "name": meta["name"],
+            "creationTimestamp": meta.get("creationTimestamp"),
+            "labels": {
+                k: v for k, v in (meta.get("labels") or {}).items() if k == "batch.kubernetes.io/job-name"
+            },
+            "annotations": _annotations(meta),
+        },
+        "status": {
+            "phase": status.get("phase"),
+            "conditions": [c for c in status.get("conditions") or () if c.get("type") == "PodScheduled"],
+            "containerStatuses": [
+                {k: c[k] for k in ("name", "imageID", "state") if k in c}
+                for c in status.get("containerStatuses") or ()
+            ],
+        },
+    }
+
+
+def _annotations(meta: Mapping[str, Any]) -> dict[str, str]:
+    annotations = meta.get("annotations") or {}
+    return {ANNOTATION_RUN_UID: annotations[ANNOTATION_RUN_UID]} if ANNOTATION_RUN_UID in annotations else {}

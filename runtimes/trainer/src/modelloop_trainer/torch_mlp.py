@@ -1,0 +1,364 @@
+"""TorchMLP: a multi-layer perceptron in PyTorch, as a scikit-learn style estimator.
+
+It runs on CUDA when it is given ``device="cuda"`` and on the CPU otherwise, and it is
+deterministic for a given seed on either. PyTorch is imported only when a TorchMLP is
+actually fitted or loaded, so the scikit-learn path never pays for it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import os
+import time
+import warnings
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from sklearn.base import BaseEstimator
+
+if TYPE_CHECKING:
+    import torch
+
+ARCHITECTURE_FORMAT = "modelloop-torch-mlp/v1"
+_PREDICT_CHUNK = 65536
+# Eager steps before a CUDA graph is captured: they initialize cuBLAS and the optimizer's state.
+_GRAPH_WARMUP_STEPS = 3
+
+
+def torch_installed() -> bool:
+    """Whether PyTorch can be imported here."""
+    return importlib.util.find_spec("torch") is not None
+
+
+def cuda_available() -> bool:
+    """Whether PyTorch is installed and sees a CUDA device."""
+    if not torch_installed():
+        return False
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def torch_version() -> str:
+    """The installed PyTorch's version."""
+    import torch
+
+    return str(torch.__version__)
+
+
+class TorchMLP(BaseEstimator):  # type: ignore[misc]
+    """An MLP classifier (cross-entropy) or regressor (mean squared error, standardized target).
+
+    Missing feature values are filled with the training medians and features are standardized
+    with the training means and deviations; both are part of the saved model.
+    """
+
+    def __init__(
+        self,
+        task: str = "classification",
+        hidden_sizes: Sequence[int] = (64, 64),
+        epochs: int = 20,
+        lr: float = 1e-3,
+        batch_size: int = 128,
+        weight_decay: float = 0.0,
+        seed: int = 0,
+        device: str = "cpu",
+        cuda_graph: bool = True,
+    ) -> None:
+        self.task = task
+        self.hidden_sizes = hidden_sizes
+        self.epochs = epochs
+        self.lr = lr
+        self.batch_size = batch_size
+        self.weight_decay = weight_decay
+        self.seed = seed
+        self.device = device
+        self.cuda_graph = cuda_graph
+
+    def check_params(self) -> None:
+        """Raise ValueError naming the first parameter that cannot work."""
+        if self.task not in ("classification", "regression"):
+            raise ValueError(f"task must be classification or regression, got {self.task!r}")
+        sizes = self.hidden_sizes
+        if not isinstance(sizes, list | tuple) or not all(_positive_int(size) for size in sizes):
+            raise ValueError(f"hidden_sizes must be a list of positive integers, got {sizes!r}")
+        if not _positive_int(self.epochs):
+            raise ValueError(f"epochs must be a positive integer, got {self.epochs!r}")
+        if not _positive_int(self.batch_size):
+            raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+        if not _positive_number(self.lr):
+            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+        if not (_positive_number(self.weight_decay) or self.weight_decay == 0):
+            raise ValueError(f"weight_decay must be a number >= 0, got {self.weight_decay!r}")
+        if not isinstance(self.cuda_graph, bool):
+            raise ValueError(f"cuda_graph must be true or false, got {self.cuda_graph!r}")
+        if self.device not in ("cpu", "cuda"):
+            raise ValueError(f"device must be cpu or cuda, got {self.device!r}")
+
+    # -- training ---------------------------------------------------------------------------------
+
+    def fit(self, features: Any, target: Any) -> TorchMLP:
+        """Train from scratch on ``features`` (rows x columns) and ``target``."""
+        import torch
+
+        self.check_params()
+        _make_deterministic(self.device)
+        torch.manual_seed(self.seed)
+        x = _as_matrix(features)
+        self.feature_names_ = [str(name) for name in getattr(features, "columns", range(x.shape[1]))]
+        self.fill_ = np.nan_to_num(_nanmedian(x), nan=0.0).astype(np.float32)
+        x = np.where(np.isnan(x), self.fill_, x)
+        self.mean_ = x.mean(axis=0).astype(np.float32)
+        std = x.std(axis=0)
+        self.std_ = np.where(std > 0, std, 1.0).astype(np.float32)
+        x = (x - self.mean_) / self.std_
+
+        labels = np.asarray(target)
+        if self.task == "classification":
+            self.classes_, encoded = np.unique(labels, return_inverse=True)
+            y = torch.as_tensor(encoded, dtype=torch.long)
+            n_outputs = len(self.classes_)
+            loss_fn: torch.nn.Module = torch.nn.CrossEntropyLoss()
+        else:
+            values = labels.astype(np.float64)
+            self.y_mean_, self.y_std_ = float(values.mean()), float(values.std() or 1.0)
+            y = torch.as_tensor((values - self.y_mean_) / self.y_std_, dtype=torch.float32).unsqueeze(1)
+            n_outputs = 1
+            loss_fn = torch.nn.MSELoss()
+
+        device = torch.device(self.device)
+        self.network_ = _network(x.shape[1], list(self.hidden_sizes), n_outputs).to(device)
+        inputs, outputs = torch.as_tensor(x, dtype=torch.float32).to(device), y.to(device)
+        on_cuda = device.type == "cuda"
+        # On CUDA, Adam runs as one fused kernel whose state stays on the device, so that a whole
+        # training step can be captured in a CUDA graph.
+        optimizer = torch.optim.Adam(
+            self.network_.parameters(),
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+            fused=True if on_cuda else None,
+            capturable=on_cuda,
+        )
+        total = torch.zeros((), device=device)
+        step = _TrainingStep(self.network_, loss_fn, optimizer, inputs, outputs, total)
+        full_batches = len(inputs) // self.batch_size
+        use_graph = on_cuda and self.cuda_graph and full_batches * self.epochs > _GRAPH_WARMUP_STEPS + 1
+        graph: _GraphedStep | None = None
+        # Batches are drawn on the CPU so that CPU and CUDA runs see the same batches.
+        order = torch.Generator().manual_seed(self.seed)
+        self.epoch_seconds_: list[float] = []
+        self.loss_history_: list[float] = []
+        self.graph_replays_ = 0
+        warm_up_steps = 0
+        self.network_.train()
+        for _ in range(self.epochs):
+            started = time.perf_counter()
+            permutation = torch.randperm(len(inputs), generator=order).to(device)
+            total.zero_()
+            for start in range(0, len(inputs), self.batch_size):
+                batch = permutation[start : start + self.batch_size]
+                if not use_graph or len(batch) < self.batch_size:
+                    step(batch)
+                elif warm_up_steps < _GRAPH_WARMUP_STEPS:
+                    step.on_side_stream(batch)
+                    warm_up_steps += 1
+                else:
+                    if graph is None:
+                        graph = _GraphedStep(step, self.batch_size)
+                    graph(batch)
+                    self.graph_replays_ += 1
+            self.loss_history_.append(float(total) / len(inputs))  # float() waits for the device
+            self.epoch_seconds_.append(time.perf_counter() - started)
+        self.network_.eval()
+        return self
+
+    # -- prediction -------------------------------------------------------------------------------
+
+    def _forward(self, features: Any) -> np.ndarray:
+        import torch
+
+        x = _as_matrix(features)
+        x = (np.where(np.isnan(x), self.fill_, x) - self.mean_) / self.std_
+        device = next(self.network_.parameters()).device
+        chunks = []
+        with torch.no_grad():
+            for start in range(0, len(x), _PREDICT_CHUNK):
+                part = torch.as_tensor(x[start : start + _PREDICT_CHUNK], dtype=torch.float32, device=device)
+                chunks.append(self.network_(part).cpu().numpy())
+        return np.concatenate(chunks) if chunks else np.empty((0, 1), dtype=np.float32)
+
+    def predict(self, features: Any) -> np.ndarray:
+        """Class labels (classification) or values (regression)."""
+        scores = self._forward(features)
+        if self.task == "classification":
+            return np.asarray(self.classes_[scores.argmax(axis=1)])
+        return scores[:, 0].astype(np.float64) * self.y_std_ + self.y_mean_
+
+    def predict_proba(self, features: Any) -> np.ndarray:
+        """Class probabilities, columns in the order of ``classes_``."""
+        if self.task != "classification":
+            raise AttributeError("predict_proba is only available for classification")
+        scores = self._forward(features).astype(np.float64)
+        scores -= scores.max(axis=1, keepdims=True)
+        exp = np.exp(scores)
+        return np.asarray(exp / exp.sum(axis=1, keepdims=True))
+
+    # -- artifacts --------------------------------------------------------------------------------
+
+    def architecture(self) -> dict[str, Any]:
+        """What it takes to rebuild the network: the JSON written next to the weights."""
+        architecture: dict[str, Any] = {
+            "format": ARCHITECTURE_FORMAT,
+            "task": self.task,
+            "n_features": len(self.feature_names_),
+            "feature_names": self.feature_names_,
+            "hidden_sizes": [int(size) for size in self.hidden_sizes],
+            "n_outputs": len(self.classes_) if self.task == "classification" else 1,
+            "activation": "relu",
+            "torch_version": torch_version(),
+        }
+        if self.task == "classification":
+            architecture["classes"] = [_json_scalar(label) for label in self.classes_]
+        else:
+            architecture["target_mean"], architecture["target_std"] = self.y_mean_, self.y_std_
+        return architecture
+
+    def weights_bytes(self) -> bytes:
+        """The network's weights and the input preprocessing, as ``torch.save`` bytes (tensors only)."""
+        import torch
+
+        state = {name: tensor.detach().cpu() for name, tensor in self.network_.state_dict().items()}
+        for name in ("fill_", "mean_", "std_"):
+            state[f"preprocess.{name.rstrip('_')}"] = torch.as_tensor(getattr(self, name))
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        return buffer.getvalue()
+
+
+class _TrainingStep:
+    """One optimizer step on the rows ``index`` selects; the loss, times the rows, adds to ``total``."""
+
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        loss_fn: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        inputs: torch.Tensor,
+        outputs: torch.Tensor,
+        total: torch.Tensor,
+    ) -> None:
+        self.network, self.loss_fn, self.optimizer = network, loss_fn, optimizer
+        self.inputs, self.outputs, self.total = inputs, outputs, total
+
+    def __call__(self, index: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.loss_fn(self.network(self.inputs[index]), self.outputs[index])
+        loss.backward()
+        self.optimizer.step()
+        self.total += loss.detach() * len(index)
+
+    def on_side_stream(self, index: torch.Tensor) -> None:
+        """An eager step on a side stream: the warm-up that CUDA graph capture requires."""
+        import torch
+
+        side = torch.cuda.Stream()  # type: ignore[no-untyped-call]
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            self(index)
+        torch.cuda.current_stream().wait_stream(side)
+
+
+class _GraphedStep:
+    """A training step captured once as a CUDA graph and replayed for every full batch.
+
+    A small MLP's step is a few dozen tiny kernels, so launching them one by one from Python
+    costs more than running them; one graph launch per step removes that overhead. The graph
+    runs the very same kernels, so results stay deterministic.
+    """
+
+    def __init__(self, step: _TrainingStep, batch_size: int) -> None:
+        import torch
+
+        self.index = torch.zeros(batch_size, dtype=torch.long, device=step.inputs.device)
+        step.optimizer.zero_grad(set_to_none=True)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            step(self.index)
+
+    def __call__(self, index: torch.Tensor) -> None:
+        self.index.copy_(index)
+        self.graph.replay()
+
+
+def load_torch_mlp(weights: bytes, architecture: dict[str, Any]) -> TorchMLP:
+    """Rebuild a fitted TorchMLP (on the CPU) from :meth:`TorchMLP.weights_bytes` and its architecture."""
+    import torch
+
+    if architecture.get("format") != ARCHITECTURE_FORMAT:
+        raise ValueError(f"not a {ARCHITECTURE_FORMAT} architecture: {architecture.get('format')!r}")
+    state = torch.load(io.BytesIO(weights), map_location="cpu", weights_only=True)
+    model = TorchMLP(task=architecture["task"], hidden_sizes=architecture["hidden_sizes"])
+    model.feature_names_ = list(architecture["feature_names"])
+    for name in ("fill", "mean", "std"):
+        setattr(model, f"{name}_", state.pop(f"preprocess.{name}").numpy())
+    model.network_ = _network(
+        architecture["n_features"], architecture["hidden_sizes"], architecture["n_outputs"]
+    )
+    model.network_.load_state_dict(state)
+    model.network_.eval()
+    if model.task == "classification":
+        model.classes_ = np.asarray(architecture["classes"])
+    else:
+        model.y_mean_, model.y_std_ = architecture["target_mean"], architecture["target_std"]
+    return model
+
+
+def _network(n_features: int, hidden_sizes: list[int], n_outputs: int) -> torch.nn.Sequential:
+    import torch
+
+    layers: list[torch.nn.Module] = []
+    width = n_features
+    for size in hidden_sizes:
+        layers += [torch.nn.Linear(width, size), torch.nn.ReLU()]
+        width = size
+    layers.append(torch.nn.Linear(width, n_outputs))
+    return torch.nn.Sequential(*layers)
+
+
+def _make_deterministic(device: str) -> None:
+    import torch
+
+    if device == "cuda":
+        # cuBLAS needs a fixed workspace to be deterministic; it must be set before its first use.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cuda.matmul.allow_tf32 = False
+    torch.use_deterministic_algorithms(True)
+
+
+def _as_matrix(features: Any) -> np.ndarray:
+    return np.asarray(features, dtype=np.float32)
+
+
+def _nanmedian(x: np.ndarray) -> np.ndarray:
+    """Per-column medians of the present values; NaN for a column with none."""
+    if len(x) == 0:
+        return np.full(x.shape[1], np.nan, dtype=np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-missing columns: filled with 0 by the caller
+        return np.asarray(np.nanmedian(x, axis=0), dtype=np.float32)
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _positive_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
+
+
+def _json_scalar(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value

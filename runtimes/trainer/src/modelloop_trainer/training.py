@@ -1,0 +1,178 @@
+"""One training run, from configuration to result: load, check, split, fit, evaluate, write.
+
+Every step that a user can make fail raises :class:`TrainerError` with its reason; the CLI
+turns that into the failed result.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+import sklearn
+from sklearn.base import BaseEstimator
+
+# scikit-learn's error for a bad parameter value (since 1.2); it has no public import path.
+from sklearn.utils._param_validation import InvalidParameterError
+
+from modelloop_trainer.artifacts import (
+    METRICS_FILE,
+    output_file_uri,
+    write_json,
+    write_model,
+    write_reference,
+)
+from modelloop_trainer.checks import CheckInput, failure_message, run_checks
+from modelloop_trainer.config import TrainerConfig
+from modelloop_trainer.dataset import load_dataset
+from modelloop_trainer.device import resolve_device
+from modelloop_trainer.errors import FailureReason, TrainerError
+from modelloop_trainer.estimators import (
+    EstimatorSpec,
+    build_estimator,
+    estimator_spec,
+    resolve_task,
+    with_imputer,
+)
+from modelloop_trainer.evaluation import evaluate, split_dataset
+from modelloop_trainer.result import finite_metrics
+from modelloop_trainer.torch_mlp import torch_version
+from modelloop_trainer.version import TRAINER_VERSION
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainingOutcome:
+    """A successful run: the result for the termination message, its details, and the fitted model."""
+
+    result: dict[str, Any]
+    details: dict[str, Any] = field(default_factory=dict)
+    model: Any = None
+
+
+def default_code_version() -> str:
+    return f"modelloop-trainer {TRAINER_VERSION}"
+
+
+def train(config: TrainerConfig) -> TrainingOutcome:
+    """Run the whole training for ``config``; raises TrainerError on any failure a user can fix."""
+    settings = config.settings
+    spec = estimator_spec(settings.estimator)
+    device = resolve_device(config.device, spec.framework)
+    # Build once before reading any data, so that a wrong parameter fails at once.
+    build_estimator(
+        spec, config.estimator_params, task=spec.task or "classification", seed=settings.seed, device=device
+    )
+
+    dataset = load_dataset(config.dataset_uri, config.dataset_format)
+    frame = dataset.frame
+    log.info("read %d rows x %d columns from %s (%s)", *frame.shape, dataset.uri, dataset.content_hash)
+    target = frame[config.target_column] if config.target_column in frame.columns else pd.Series(dtype=object)
+    task = resolve_task(spec, config.estimator_params, target)
+
+    checks = run_checks(
+        CheckInput(
+            frame=frame,
+            target_column=config.target_column,
+            task=task,
+            estimator=spec.name,
+            settings=settings,
+            content_hash=dataset.content_hash,
+            expected_hash=config.expected_dataset_hash,
+        )
+    )
+    for check in checks:
+        log.info("check %s: %s - %s", check.name, check.status, check.message)
+    if any(check.failed for check in checks):
+        raise TrainerError(
+            FailureReason.DATA_VALIDATION_FAILED,
+            failure_message(checks),
+            checks=[check.as_dict() for check in checks],
+            datasetHash=dataset.content_hash,
+        )
+
+    split = split_dataset(
+        frame, config.target_column, task=task, test_size=settings.test_size, seed=settings.seed
+    )
+    estimator = build_estimator(spec, config.estimator_params, task=task, seed=settings.seed, device=device)
+    if split.x_train.isna().any().any():
+        estimator = with_imputer(estimator)
+    log.info("training %s (%s) on %d rows, %s", spec.name, task, len(split.x_train), device)
+    started = time.perf_counter()
+    model = _fit(spec, estimator, split.x_train, split.y_train)
+    train_seconds = time.perf_counter() - started
+    try:
+        quality = evaluate(model, split, task)
+    except Exception as exc:
+        raise TrainerError(
+            FailureReason.TRAINING_FAILED, f"evaluating {spec.name} failed: {type(exc).__name__}: {exc}"
+        ) from exc
+    metrics = finite_metrics(
+        {
+            **quality,
+            "n_train": len(split.x_train),
+            "n_test": len(split.x_test),
+            "train_seconds": train_seconds,
+        }
+    )
+    log.info("metrics: %s", metrics)
+
+    artifact = write_model(config.output_uri, model)
+    metrics_uri = output_file_uri(config.output_uri, METRICS_FILE)
+    write_json(metrics_uri, metrics)
+    reference_uri = write_reference(
+        config.output_uri, split.x_train, rows=settings.reference_rows, seed=settings.seed
+    )
+    result = {
+        "status": "Succeeded",
+        "metrics": metrics,
+        "artifactUri": artifact.uri,
+        "artifactDigest": artifact.digest,
+        "referenceUri": reference_uri,
+        "datasetHash": dataset.content_hash,
+        "codeVersion": config.code_version or default_code_version(),
+        "framework": spec.framework,
+        "frameworkVersion": _framework_version(spec),
+        "estimator": spec.name,
+        "device": device,
+    }
+    details = {
+        "task": task,
+        "params": _json_params(model),
+        "metricsUri": metrics_uri,
+        "checks": [check.as_dict() for check in checks],
+    }
+    return TrainingOutcome(result=result, details=details, model=model)
+
+
+def _fit(spec: EstimatorSpec, estimator: BaseEstimator, x: pd.DataFrame, y: pd.Series) -> Any:
+    try:
+        return estimator.fit(x, y)
+    except InvalidParameterError as exc:
+        raise TrainerError(FailureReason.INVALID_PARAMETERS, f"{spec.name}: {exc}") from None
+    except Exception as exc:
+        raise TrainerError(
+            FailureReason.TRAINING_FAILED, f"{spec.name} failed to train: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def _framework_version(spec: EstimatorSpec) -> str:
+    return torch_version() if spec.framework == "pytorch" else str(sklearn.__version__)
+
+
+def _json_params(model: Any) -> dict[str, Any]:
+    """The estimator's effective parameters, those JSON can carry."""
+    estimator = model.steps[-1][1] if hasattr(model, "steps") else model
+    params = estimator.get_params(deep=False)
+    return {
+        key: list(value) if isinstance(value, tuple) else value
+        for key, value in params.items()
+        if value is None
+        or isinstance(value, str | int | bool | list | tuple)
+        or (isinstance(value, float) and math.isfinite(value))
+    }
