@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import threading
 import time
@@ -34,6 +35,8 @@ from modelloop.training.job import render_job
 ROOT = Path(__file__).resolve().parents[1]
 STATE = ROOT / ".cluster" / "bench"
 WRITERS = 16
+OPERATOR_COMMAND = os.environ.get("BENCH_OPERATOR_COMMAND", str(ROOT / ".venv" / "bin" / "modelloop")).split()
+EXTRA_ENV = dict(e.split("=", 1) for e in os.environ.get("BENCH_OPERATOR_ENV", "").split() if e)
 
 
 def training_run(i: int) -> dict[str, Any]:
@@ -110,9 +113,9 @@ def with_operator(n: int, namespace: str) -> dict[str, float]:
     port = 18190
     log = open(STATE / f"operator-{n}.log", "wb")  # noqa: SIM115
     process = subprocess.Popen(
-        [str(ROOT / ".venv" / "bin" / "modelloop"), "run", "-n", namespace, "--liveness",
+        [*OPERATOR_COMMAND, "run", "-n", namespace, "--liveness",
          f"http://127.0.0.1:{port}/healthz", "--log-format", "plain"],
-        env=ENV, stdout=log, stderr=subprocess.STDOUT,
+        env={**ENV, **EXTRA_ENV}, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 60
@@ -174,6 +177,9 @@ def with_operator(n: int, namespace: str) -> dict[str, float]:
         if not done.wait(timeout=600):
             raise TimeoutError(f"{len(phased)}/{n} runs with a phase and {len(jobs)}/{n} Jobs after 600 s")
         elapsed = time.monotonic() - start
+        if os.environ.get("BENCH_SIGNAL_OPERATOR"):
+            process.send_signal(signal.SIGUSR1)
+            time.sleep(20)
         return {
             "seconds": elapsed,
             "peak_rss_mib": peak_rss_mib(process.pid),

@@ -111,7 +111,13 @@ def create_job(manifest: Mapping[str, Any]) -> bool:
     that is the same Job, created before a restart or by a concurrent reconcile)."""
     api = kubernetes.client.BatchV1Api(shared_client())
     try:
-        api.create_namespaced_job(manifest["metadata"]["namespace"], cast(Any, dict(manifest)))
+        # The response is not read (_preload_content=False): deserializing a whole Job per create cost the
+        # operator memory and time it has better uses for.
+        _discard(
+            api.create_namespaced_job(
+                manifest["metadata"]["namespace"], cast(Any, dict(manifest)), _preload_content=False
+            )
+        )
     except ApiException as error:
         if error.status == 409:
             return False
@@ -121,8 +127,10 @@ def create_job(manifest: Mapping[str, Any]) -> bool:
 
 def patch_status(plural: str, namespace: str, name: str, status: Mapping[str, Any]) -> None:
     """Merge-patch the status subresource of one of our objects."""
-    kubernetes.client.CustomObjectsApi(shared_client()).patch_namespaced_custom_object_status(
-        GROUP, VERSION, namespace, plural, name, {"status": dict(status)}
+    _discard(
+        kubernetes.client.CustomObjectsApi(shared_client()).patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, plural, name, {"status": dict(status)}, _preload_content=False
+        )
     )
 
 
@@ -135,6 +143,12 @@ def list_objects(plural: str, namespace: str, label_selector: str) -> list[dict[
         ),
     )
     return list(listed.get("items") or [])
+
+
+def _discard(response: Any) -> None:
+    """Read an unparsed response's bytes (so that its connection can be reused) and let it go."""
+    response.data  # noqa: B018  # reading drains the connection for the pool
+    response.release_conn()
 
 
 def register_model_version(

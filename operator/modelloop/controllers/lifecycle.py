@@ -4,13 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, cast
 
 import kopf
 
-from modelloop.api import GROUP
+from modelloop.api import API_VERSION, GROUP, TRAINING_RUN
 from modelloop.naming import LABEL_TRAINING_RUN
+
+# Kinds that only event handlers and indexes watch: kopf never diffs them (no on.create/update/delete).
+EVENT_ONLY_KINDS = frozenset({("batch/v1", "Job"), ("v1", "Pod"), (API_VERSION, TRAINING_RUN.kind)})
+
+
+class EventOnlyAwareDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
+    """kopf builds a diff base — two deep copies of the whole body — for every event of every watched
+    object, also of kinds that no handler ever diffs. For pods and Jobs that was a fifth of the operator's
+    CPU time in the TrainingRun benchmark; this storage skips it for EVENT_ONLY_KINDS."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Iterable[Any] | None = None) -> kopf.BodyEssence:
+        if (body.get("apiVersion"), body.get("kind")) in EVENT_ONLY_KINDS:
+            return cast(kopf.BodyEssence, None)  # "no essence": kopf then sees no change, and needs none
+        return super().build(body=body, extra_fields=extra_fields)
 
 
 @kopf.on.startup()
@@ -18,7 +33,7 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     """Keep kopf's bookkeeping under our own annotation prefix and post only the events we choose."""
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+    settings.persistence.diffbase_storage = EventOnlyAwareDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration"
     )
     # kopf.event() posts our own events; kopf's routine handler logs stay out of `kubectl describe`.
@@ -30,4 +45,4 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.label_selectors["batch", "jobs"] = LABEL_TRAINING_RUN
     settings.watching.label_selectors["v1", "pods"] = LABEL_TRAINING_RUN
     # Controllers run their API calls in threads (the kubernetes client is synchronous).
-    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=32))
+    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=16))

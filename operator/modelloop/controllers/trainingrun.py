@@ -44,8 +44,9 @@ RETRY_SECONDS = 10.0
 DEBOUNCE_SECONDS = 0.2
 
 
+# Index functions are async: kopf would run plain functions in a thread, once per event.
 @kopf.index(GROUP, VERSION, PLURAL)
-def training_runs(
+async def training_runs(
     namespace: str | None, name: str, body: kopf.Body, **_: Any
 ) -> dict[RunKey, dict[str, Any]]:
     """Every TrainingRun by (namespace, name)."""
@@ -53,7 +54,7 @@ def training_runs(
 
 
 @kopf.index("batch", "v1", "jobs", labels={LABEL_TRAINING_RUN: kopf.PRESENT})
-def training_jobs(
+async def training_jobs(
     namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
 ) -> dict[RunKey, dict[str, Any]]:
     """The Jobs of each TrainingRun."""
@@ -61,7 +62,7 @@ def training_jobs(
 
 
 @kopf.index("v1", "pods", labels={LABEL_TRAINING_RUN: kopf.PRESENT})
-def training_pods(
+async def training_pods(
     namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
 ) -> dict[RunKey, dict[str, Any]]:
     """The pods of each TrainingRun's Jobs."""
@@ -156,8 +157,10 @@ async def _reconcile_run(
     plan = plan_run(run, spec, {**created, **jobs}, pods, settings.artifact_root)
 
     for manifest in plan.jobs_to_create:
-        if await asyncio.to_thread(kube.create_job, manifest):
-            _event(run, "Normal", "JobCreated", f"Created Job {manifest['metadata']['name']}.")
+        # A new single-run Job is announced by the status transition (reason JobCreated); trial Jobs by an
+        # event each.
+        if await asyncio.to_thread(kube.create_job, manifest) and spec.sweep is not None:
+            _event(run, "Normal", "TrialStarted", f"Created Job {manifest['metadata']['name']}.")
         created[manifest["metadata"]["name"]] = manifest
 
     status = dict(plan.status)

@@ -24,6 +24,9 @@ IMAGE_PROBLEMS = frozenset(
 )
 
 
+JOB_CREATED_MESSAGE = "The training Job is created; its pod waits to be scheduled and started."
+
+
 @dataclass(frozen=True)
 class JobObservation:
     """The state of one training Job, as the run's status reports it."""
