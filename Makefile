@@ -7,6 +7,10 @@ VENV      ?= .venv
 PY        := $(VENV)/bin/python
 STAMP     := $(VENV)/.installed
 CLUSTER   := hack/cluster.sh
+# The trainer runtime has dependencies of its own (scikit-learn, PyTorch): its own environment.
+TRAINER       := runtimes/trainer
+TRAINER_VENV  ?= .venvs/trainer
+TRAINER_STAMP := $(TRAINER_VENV)/.installed
 export KUBECONFIG := $(CURDIR)/.cluster/kubeconfig
 
 .PHONY: help venv lock crds cluster-bins cluster cluster-down lint typecheck unit e2e test demo clean
@@ -47,21 +51,18 @@ typecheck: $(STAMP) ## mypy --strict on operator/modelloop
 unit: $(STAMP) ## unit tests (no cluster)
 	$(VENV)/bin/pytest tests -q
 
-e2e: $(STAMP) cluster-bins ## end-to-end tests on the local control plane (started and stopped by the tests)
+e2e: $(STAMP) $(TRAINER_STAMP) cluster-bins ## end-to-end tests on the local control plane (started and stopped by the tests)
 	$(VENV)/bin/pytest e2e -q
 
-test: lint typecheck unit trainer-lint trainer-test e2e ## everything: lint, types, unit, e2e
+test: lint typecheck unit trainer-lint trainer-test e2e ## everything: lint, types, unit and e2e tests (operator and trainer)
 
-demo: $(STAMP) ## the whole show on a local control plane
+demo: $(STAMP) $(TRAINER_STAMP) ## the whole show on a local control plane
 	hack/demo.sh
 
 clean: cluster-down ## remove the environment and local state (the binary cache stays)
-	rm -rf $(VENV) .cluster .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(TRAINER_VENV) .cluster .mypy_cache .ruff_cache .pytest_cache
 
 # --- the trainer runtime (runtimes/trainer): its own environment, .venvs/trainer ---------------------
-TRAINER       := runtimes/trainer
-TRAINER_VENV  ?= .venvs/trainer
-TRAINER_STAMP := $(TRAINER_VENV)/.installed
 
 .PHONY: trainer-venv trainer-lint trainer-test
 
