@@ -10,11 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
-from e2e.harness import Cluster, condition, running_operator, wait_for
+from e2e.harness import ROOT, Cluster, condition, running_operator, wait_for
 from e2e.kubelet import HOLD, TRAINER_BIN, run_pod, running_held_pods
 
 GPU_PRODUCT = "NVIDIA-A100-SXM4-80GB"
+QUICKSTART = ROOT / "manifests" / "examples" / "quickstart.yaml"
 
 pytestmark = pytest.mark.skipif(
     not (TRAINER_BIN / "modelloop-train").exists(),
@@ -115,6 +117,9 @@ def test_an_oversized_run_stays_pending_with_the_schedulers_reason_in_status(
 def test_the_real_trainer_runs_from_the_pod_spec_and_its_result_becomes_a_model_version(
     cluster: Cluster, namespace: str, tmp_path: Path
 ) -> None:
+    # A version registered by hand (trained elsewhere, no labels): the run's model must come after it.
+    by_hand = next(d for d in yaml.safe_load_all(QUICKSTART.read_text()) if d["kind"] == "ModelVersion")
+    cluster.apply(by_hand, namespace)
     cluster.apply(training_run("iris-rf", tmp_path), namespace)
 
     [execution] = run_held_pods_until(
@@ -128,7 +133,7 @@ def test_the_real_trainer_runs_from_the_pod_spec_and_its_result_becomes_a_model_
     assert status["keyMetric"].startswith("accuracy=")
     assert status["datasetHash"].startswith("sha256:")
     version = cluster.get("modelversion", status["modelVersion"], namespace)
-    assert version["metadata"]["name"] == "iris-v1"
+    assert (version["metadata"]["name"], version["spec"]["version"]) == ("iris-v2", 2)
     assert version["spec"]["metrics"] == status["metrics"]
     assert version["spec"]["lineage"]["trainingRun"] == "iris-rf"
     assert version["spec"]["lineage"]["params"]["n_estimators"] == 30

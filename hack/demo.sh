@@ -36,8 +36,14 @@ done
 step "kubectl apply -f manifests/examples/quickstart.yaml"
 kubectl create namespace demo --dry-run=client -o yaml | kubectl apply -f - >/dev/null
 # The label asks kwok to leave the training pod running, so that the real trainer can run it below.
-kubectl label --local -f manifests/examples/quickstart.yaml sim.modelloop.dev/outcome=Hold -o yaml \
-  | kubectl apply -n demo -f -
+.venv/bin/python - <<'PY' | kubectl apply -n demo -f -
+import sys, yaml
+docs = list(yaml.safe_load_all(open("manifests/examples/quickstart.yaml")))
+for doc in docs:
+    if doc["kind"] == "TrainingRun":
+        doc["metadata"].setdefault("labels", {})["sim.modelloop.dev/outcome"] = "Hold"
+yaml.safe_dump_all(docs, sys.stdout)
+PY
 for kind in modelversion inferenceservice.modelloop.dev driftpolicy; do
   kubectl wait -n demo --for=jsonpath='{.status.observedGeneration}'=1 "$kind" --all --timeout=60s >/dev/null
 done

@@ -158,9 +158,16 @@ def register_model_version(
     the object's name, so when two runs finish at once the API server refuses the second create, which
     then takes the next number."""
     api = kubernetes.client.CustomObjectsApi(shared_client())
+    tried = 0
     for _ in range(attempts):
-        existing = list_objects(MODEL_VERSION.plural, namespace, f"{GROUP}/model={model_name}")
-        version = 1 + max((int(mv["spec"]["version"]) for mv in existing), default=0)
+        # By spec, not by label: a user may register versions by hand, with labels or without.
+        existing = [
+            mv
+            for mv in list_objects(MODEL_VERSION.plural, namespace, "")
+            if (mv.get("spec") or {}).get("modelName") == model_name
+        ]
+        version = max(tried, *(int(mv["spec"]["version"]) for mv in existing), 0) + 1
+        tried = version
         manifest = render(version)
         try:
             created = cast(

@@ -216,14 +216,12 @@ async def _write_status(
     if all(previous.get(k) == v for k, v in desired.items()):
         return
     await asyncio.to_thread(kube.patch_status, PLURAL, key[0], key[1], desired)
-    if (previous.get("phase"), previous.get("reason")) != (phase, status.get("reason")):
-        warning = phase == TrainingRunPhase.FAILED.value or status.get("reason") in _WARNING_REASONS
-        _event(
-            run,
-            "Warning" if warning else "Normal",
-            str(status.get("reason") or phase),
-            str(status.get("message") or phase),
-        )
+    # Events mark what a person watching `kubectl describe` cares about: the run started, ended, is stuck.
+    reason = str(status.get("reason") or phase)
+    warning = phase == TrainingRunPhase.FAILED.value or reason in _WARNING_REASONS
+    entered = previous.get("phase") != phase and phase != TrainingRunPhase.PENDING.value
+    if entered or (warning and previous.get("reason") != reason):
+        _event(run, "Warning" if warning else "Normal", reason, str(status.get("message") or phase))
 
 
 def _event(run: Mapping[str, Any], type_: str, reason: str, message: str) -> None:

@@ -112,13 +112,8 @@ def observe_job(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> Jo
                 str(scheduled.get("message") or "No node fits the pod."),
                 start_time,
             )
-    if newest:
-        return JobObservation(
-            TrainingRunPhase.PENDING, "Scheduling", "The training pod waits to start.", start_time
-        )
-    return JobObservation(
-        TrainingRunPhase.PENDING, "JobCreated", "The training Job has no pod yet.", start_time
-    )
+    # Whether the pod exists yet or waits for the scheduler is not worth a status write of its own.
+    return JobObservation(TrainingRunPhase.PENDING, "JobCreated", JOB_CREATED_MESSAGE, start_time)
 
 
 def _condition(obj: Mapping[str, Any], type_: str, status: str = "True") -> Mapping[str, Any] | None:
