@@ -44,5 +44,8 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # Watch only the Jobs and pods that belong to TrainingRuns: the API server filters, not the operator.
     settings.watching.label_selectors["batch", "jobs"] = LABEL_TRAINING_RUN
     settings.watching.label_selectors["v1", "pods"] = LABEL_TRAINING_RUN
+    # kopf keeps a worker per object while its events come; an idle one may go sooner than kopf's 5 s, which
+    # with thousands of Jobs and pods is memory held for nothing.
+    settings.queueing.idle_timeout = 1.0
     # Controllers run their API calls in threads (the kubernetes client is synchronous).
     asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=16))

@@ -216,11 +216,15 @@ async def _write_status(
     if all(previous.get(k) == v for k, v in desired.items()):
         return
     await asyncio.to_thread(kube.patch_status, PLURAL, key[0], key[1], desired)
-    # Events mark what a person watching `kubectl describe` cares about: the run started, ended, is stuck.
+    # Events mark what a person reading `kubectl describe` needs: how the run ended, or why it is stuck.
+    # (Its start is in status and in the Job's and pod's own events: one write fewer per run.)
     reason = str(status.get("reason") or phase)
     warning = phase == TrainingRunPhase.FAILED.value or reason in _WARNING_REASONS
-    entered = previous.get("phase") != phase and phase != TrainingRunPhase.PENDING.value
-    if entered or (warning and previous.get("reason") != reason):
+    ended = previous.get("phase") != phase and phase in (
+        TrainingRunPhase.SUCCEEDED.value,
+        TrainingRunPhase.FAILED.value,
+    )
+    if ended or (warning and previous.get("reason") != reason):
         _event(run, "Warning" if warning else "Normal", reason, str(status.get("message") or phase))
 
 
