@@ -40,6 +40,8 @@ _queued: set[RunKey] = set()
 # Jobs created but not yet seen in the index: a reconcile right after a create must not plan them again.
 _created: dict[RunKey, dict[str, dict[str, Any]]] = {}
 _background: set[asyncio.Task[None]] = set()
+# The status each run was last given by this process.
+_written: dict[RunKey, dict[str, Any]] = {}
 RETRY_SECONDS = 10.0
 DEBOUNCE_SECONDS = 0.2
 
@@ -127,7 +129,9 @@ async def _retry(key: RunKey, memo: Any, indexes: Mapping[str, Any]) -> None:
 async def _reconcile_run(
     key: RunKey, run: dict[str, Any], indexes: Mapping[str, Any], settings: Settings
 ) -> None:
-    previous = run.get("status") or {}
+    # The index may not show our own last write yet: what we wrote last is the newer truth (the operator is
+    # status's only writer). Without this, a reconcile racing its own write would write the same again.
+    previous = _written.get(key) or run.get("status") or {}
     generation = int(run["metadata"].get("generation") or 1)
     try:
         spec = TrainingRunSpec.model_validate(run["spec"])
@@ -216,6 +220,7 @@ async def _write_status(
     if all(previous.get(k) == v for k, v in desired.items()):
         return
     await asyncio.to_thread(kube.patch_status, PLURAL, key[0], key[1], desired)
+    _written[key] = desired
     # Events mark what a person reading `kubectl describe` needs: how the run ended, or why it is stuck.
     # (Its start is in status and in the Job's and pod's own events: one write fewer per run.)
     reason = str(status.get("reason") or phase)
@@ -242,5 +247,6 @@ def _all(index: Any, key: RunKey) -> list[dict[str, Any]]:
 
 def _forget(key: RunKey) -> None:
     _created.pop(key, None)
+    _written.pop(key, None)
     if key not in _queued and not (_locks.get(key) and _locks[key].locked()):
         _locks.pop(key, None)

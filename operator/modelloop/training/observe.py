@@ -92,7 +92,8 @@ def observe_job(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> Jo
                 TrainingRunPhase.RUNNING,
                 "Running",
                 f"Training in pod {pod['metadata']['name']}.",
-                start_time,
+                # The pod may be seen running before the Job controller records the Job's start.
+                start_time or pod["status"].get("startTime"),
                 image_digest=digest,
             )
     for pod in reversed(newest):
@@ -112,8 +113,9 @@ def observe_job(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> Jo
                 str(scheduled.get("message") or "No node fits the pod."),
                 start_time,
             )
-    # Whether the pod exists yet or waits for the scheduler is not worth a status write of its own.
-    return JobObservation(TrainingRunPhase.PENDING, "JobCreated", JOB_CREATED_MESSAGE, start_time)
+    # Whether the pod exists yet or waits for the scheduler is not worth a status write of its own, nor is
+    # the Job controller's start time while nothing runs: the run's startTime comes with Running.
+    return JobObservation(TrainingRunPhase.PENDING, "JobCreated", JOB_CREATED_MESSAGE)
 
 
 def _condition(obj: Mapping[str, Any], type_: str, status: str = "True") -> Mapping[str, Any] | None:
@@ -196,6 +198,7 @@ def slim_pod(body: Mapping[str, Any]) -> dict[str, Any]:
         },
         "status": {
             "phase": status.get("phase"),
+            "startTime": status.get("startTime"),
             "conditions": [c for c in status.get("conditions") or () if c.get("type") == "PodScheduled"],
             "containerStatuses": [
                 {k: c[k] for k in ("name", "imageID", "state") if k in c}

@@ -14,7 +14,7 @@ from modelloop.api import TrainingRunPhase, TrainingRunSpec
 from modelloop.api.meta import ParamValue
 from modelloop.naming import job_name
 from modelloop.training.job import render_job
-from modelloop.training.observe import JobObservation, observe_job
+from modelloop.training.observe import JOB_CREATED_MESSAGE, JobObservation, observe_job
 from modelloop.training.register import key_metric, registration_problem
 from modelloop.training.result import TrainerResult
 from modelloop.training.sweep import TrialState, best_trial, plan_trials, trials_to_start
@@ -68,7 +68,7 @@ def plan_run(
                 "phase": TrainingRunPhase.PENDING.value,
                 "jobName": name,
                 "reason": "JobCreated",
-                "message": f"Created Job {name}.",
+                "message": JOB_CREATED_MESSAGE,
             },
         )
     observation = observe_job(job, _pods_of(pods, name))
