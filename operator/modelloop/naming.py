@@ -14,7 +14,6 @@ MANAGED_BY = "modelloop"
 LABEL_TRAINING_RUN = f"{GROUP}/training-run"
 LABEL_MODEL = f"{GROUP}/model"
 LABEL_TRIAL = f"{GROUP}/trial"
-LABEL_STAGE = f"{GROUP}/stage"
 ANNOTATION_RUN_UID = f"{GROUP}/training-run-uid"
 
 # Kubernetes keeps these for itself or for us; a user's labels with these prefixes are not copied.

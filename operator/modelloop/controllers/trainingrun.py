@@ -76,22 +76,32 @@ async def on_training_run(type: str, namespace: str | None, name: str, memo: Any
     if type == "DELETED":
         _forget((namespace or "", name))
         return
-    await reconcile((namespace or "", name), memo, kwargs)
+    schedule_reconcile((namespace or "", name), memo, kwargs)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={LABEL_TRAINING_RUN: kopf.PRESENT})
 @kopf.on.event("v1", "pods", labels={LABEL_TRAINING_RUN: kopf.PRESENT})
 async def on_training_workload(namespace: str | None, labels: kopf.Labels, memo: Any, **kwargs: Any) -> None:
-    await reconcile((namespace or "", labels[LABEL_TRAINING_RUN]), memo, kwargs)
+    schedule_reconcile((namespace or "", labels[LABEL_TRAINING_RUN]), memo, kwargs)
 
 
-async def reconcile(key: RunKey, memo: Any, indexes: Mapping[str, Any]) -> None:
-    """Reconcile one run; concurrent triggers of the same run collapse into at most one more pass."""
+def schedule_reconcile(key: RunKey, memo: Any, indexes: Mapping[str, Any], delay: float = 0.0) -> None:
+    """Reconcile a run soon, in the background; triggers that come while one is waiting join it.
+
+    Event handlers return at once: a handler that waited for the reconcile would hold kopf's worker for
+    that object, and the object's next events (with their whole bodies) would queue up behind it.
+    """
     if key in _queued:
         return
     _queued.add(key)
+    task = asyncio.get_running_loop().create_task(_reconcile_soon(key, memo, indexes, delay))
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+
+
+async def _reconcile_soon(key: RunKey, memo: Any, indexes: Mapping[str, Any], delay: float) -> None:
     # Events of a run, its Job and its pod come in bursts: one pass after a short pause sees them all.
-    await asyncio.sleep(DEBOUNCE_SECONDS)
+    await asyncio.sleep(delay + DEBOUNCE_SECONDS)
     lock = _locks.setdefault(key, asyncio.Lock())
     async with lock:
         _queued.discard(key)
@@ -102,28 +112,16 @@ async def reconcile(key: RunKey, memo: Any, indexes: Mapping[str, Any]) -> None:
         try:
             await _reconcile_run(key, run, indexes, settings)
         except Exception as error:
-            # Not raised into kopf: the run is retried here, with a delay, unless an event comes first.
+            # Not raised: the run is reconciled again after a while, unless an event comes first. (No
+            # per-object kopf timer for this: kopf would put a finalizer on every run, and runs could then
+            # not be deleted while the operator is away.)
             if isinstance(error, kube.ApiException):
                 logger.warning(
                     "reconcile of TrainingRun %s/%s failed: %s %s", *key, error.status, error.reason
                 )
             else:
                 logger.exception("reconcile of TrainingRun %s/%s failed", *key)
-            _retry_later(key, memo, indexes)
-
-
-def _retry_later(key: RunKey, memo: Any, indexes: Mapping[str, Any]) -> None:
-    """Reconcile again after a while. No per-object timer: kopf would put a finalizer on every run for it,
-    and runs could then not be deleted while the operator is away."""
-    loop = asyncio.get_running_loop()
-    loop.call_later(RETRY_SECONDS, lambda: _background.add(loop.create_task(_retry(key, memo, indexes))))
-
-
-async def _retry(key: RunKey, memo: Any, indexes: Mapping[str, Any]) -> None:
-    try:
-        await reconcile(key, memo, indexes)
-    finally:
-        _background.difference_update({t for t in _background if t.done()})
+            schedule_reconcile(key, memo, indexes, delay=RETRY_SECONDS)
 
 
 async def _reconcile_run(
