@@ -46,6 +46,6 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.label_selectors["v1", "pods"] = LABEL_TRAINING_RUN
     # kopf keeps a worker per object while its events come; an idle one may go sooner than kopf's 5 s, which
     # with thousands of Jobs and pods is memory held for nothing.
-    settings.queueing.idle_timeout = 1.0
+    settings.queueing.idle_timeout = 0.3
     # Controllers run their API calls in threads (the kubernetes client is synchronous).
     asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=16))
