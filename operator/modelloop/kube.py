@@ -38,7 +38,7 @@ class PreflightError(RuntimeError):
     """The operator cannot work against this cluster; the message says why and what to do."""
 
 
-def api_client() -> ApiClient:
+def api_client(connection_pool_maxsize: int | None = None) -> ApiClient:
     """A client configured the way kubectl would be: in-cluster when running in a pod, else the
     kubeconfig named by KUBECONFIG (or ~/.kube/config)."""
     configuration = kubernetes.client.Configuration()
@@ -55,6 +55,8 @@ def api_client() -> ApiClient:
             raise PreflightError(
                 f"no Kubernetes configuration found (in-cluster or kubeconfig): {error}"
             ) from error
+    if connection_pool_maxsize is not None:
+        configuration.connection_pool_maxsize = connection_pool_maxsize
     return ApiClient(configuration)
 
 
@@ -100,9 +102,7 @@ def shared_client() -> ApiClient:
     global _shared
     with _shared_lock:
         if _shared is None:
-            client = api_client()
-            client.configuration.connection_pool_maxsize = 32
-            _shared = ApiClient(client.configuration)
+            _shared = api_client(connection_pool_maxsize=32)
         return _shared
 
 
