@@ -91,11 +91,12 @@ def test_committed_crds_are_exactly_what_the_models_generate() -> None:
     assert committed == expected, "crds/ is out of date: run `make crds`"
 
 
-def test_crds_cover_the_four_kinds_in_loop_order() -> None:
+def test_crds_cover_the_five_kinds_in_loop_order() -> None:
     names = [crd["metadata"]["name"] for crd in render_crds()]
     assert names == [
         "trainingruns.modelloop.dev",
         "modelversions.modelloop.dev",
+        "modelpolicies.modelloop.dev",
         "inferenceservices.modelloop.dev",
         "driftpolicies.modelloop.dev",
     ]
@@ -123,7 +124,7 @@ def test_crd_names_carry_short_names_and_the_modelloop_category(info: CrdInfo) -
 
 def test_short_names_do_not_clash_with_kserve() -> None:
     short_names = [name for info in KINDS for name in info.short_names]
-    assert short_names == ["tr", "mv", "mlisvc", "dp"]
+    assert short_names == ["tr", "mv", "mpol", "mlisvc", "dp"]
     assert "isvc" not in short_names
 
 
@@ -191,8 +192,9 @@ def test_status_has_phase_observed_generation_and_conditions_keyed_by_type(info:
     [
         (KINDS[0], ["Phase", "Model", "GPUs", "Metric", "Job", "Age"]),
         (KINDS[1], ["Model", "Version", "Metric", "Validated", "Stage", "Age"]),
-        (KINDS[2], ["Model", "Backend", "Stable", "Canary", "Traffic", "Phase", "URL", "Age"]),
-        (KINDS[3], ["Target", "Phase", "Last Run", "Age"]),
+        (KINDS[2], ["Champion", "Latest", "Versions", "Keep", "Age"]),
+        (KINDS[3], ["Model", "Backend", "Stable", "Canary", "Traffic", "Phase", "URL", "Age"]),
+        (KINDS[4], ["Target", "Phase", "Last Run", "Age"]),
     ],
     ids=[info.kind for info in KINDS],
 )
@@ -210,12 +212,14 @@ def test_printer_columns_point_at_fields_of_their_type(info: CrdInfo, columns: l
 
 
 def test_cel_rules_sit_where_the_rules_apply() -> None:
-    training, model_version, inference, drift = (rules_at(info) for info in KINDS)
+    training, model_version, policy, inference, drift = (rules_at(info) for info in KINDS)
     assert set(training) == {".spec.resources", ".spec.tolerations[]", ".spec.sweep"}
     assert "gpuProduct" in training[".spec.resources"][0]
     assert len(training[".spec.sweep"]) == 2
     assert model_version[".spec"] == ["self == oldSelf"]
     assert "self.metadata.name" in model_version[""][0]
+    assert set(policy) == {""}
+    assert "self.metadata.name" in policy[""][0]
     assert set(inference) == {".spec.predictor", ".spec.rollout.steps", ".spec.rollout.analysis.metrics[]"}
     assert any("isSorted()" in rule for rule in inference[".spec.rollout.steps"])
     assert any("== 100" in rule for rule in inference[".spec.rollout.steps"])
@@ -261,7 +265,7 @@ def test_defaults_and_bounds_from_the_models_reach_the_schema() -> None:
         "minimum": 0,
         "type": "integer",
     }
-    inference = dict(walk(schema_of(KINDS[2])))
+    inference = dict(walk(schema_of(KINDS[3])))
     assert inference[".spec.backend"]["default"] == "kserve"
     assert inference[".spec.backend"]["enum"] == ["kserve", "seldon"]
     assert inference[".spec.rollout.steps"]["maxItems"] == 20
@@ -307,6 +311,7 @@ def test_write_crds_writes_one_file_per_kind_and_removes_stale_ones(tmp_path: Pa
     assert [path.name for path in written] == [
         "modelloop.dev_trainingruns.yaml",
         "modelloop.dev_modelversions.yaml",
+        "modelloop.dev_modelpolicies.yaml",
         "modelloop.dev_inferenceservices.yaml",
         "modelloop.dev_driftpolicies.yaml",
     ]

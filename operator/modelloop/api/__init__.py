@@ -57,6 +57,7 @@ from .meta import (
     cel_rules,
     parse_duration,
 )
+from .modelpolicy import MODEL_POLICY, ModelPolicySpec, ModelPolicyStatus, Retention
 from .modelversion import (
     MODEL_VERSION,
     Artifact,
@@ -67,6 +68,8 @@ from .modelversion import (
     ModelVersionPhase,
     ModelVersionSpec,
     ModelVersionStatus,
+    StageRequest,
+    StageRequestResult,
     StageTransition,
     ValidationCheck,
 )
@@ -75,7 +78,6 @@ from .trainingrun import (
     Dataset,
     DatasetFormat,
     ModelOutput,
-    ObjectiveDirection,
     Sweep,
     SweepObjective,
     SweepStrategy,
@@ -84,9 +86,8 @@ from .trainingrun import (
     TrainingRunSpec,
     TrainingRunStatus,
     Trial,
-    Validation,
-    ValidationGate,
 )
+from .validation import ChampionComparison, ObjectiveDirection, Validation, ValidationGate
 
 __all__ = [
     "API_VERSION",
@@ -95,6 +96,7 @@ __all__ = [
     "GROUP",
     "INFERENCE_SERVICE",
     "KINDS",
+    "MODEL_POLICY",
     "MODEL_VERSION",
     "TRAINING_RUN",
     "VERSION",
@@ -104,6 +106,7 @@ __all__ = [
     "Artifact",
     "Backend",
     "CelRule",
+    "ChampionComparison",
     "Comparison",
     "Condition",
     "ConditionStatus",
@@ -124,6 +127,8 @@ __all__ = [
     "ModelFramework",
     "ModelOutput",
     "ModelReference",
+    "ModelPolicySpec",
+    "ModelPolicyStatus",
     "ModelStage",
     "ModelVersionPhase",
     "ModelVersionSpec",
@@ -136,9 +141,12 @@ __all__ = [
     "PrometheusSource",
     "Quantity",
     "ResourceStatus",
+    "Retention",
     "RetrainSpec",
     "Rollout",
     "SchemaConversionError",
+    "StageRequest",
+    "StageRequestResult",
     "StageTransition",
     "Sweep",
     "SweepObjective",

@@ -17,10 +17,11 @@ from pydantic import BaseModel
 from .driftpolicy import DRIFT_POLICY
 from .inferenceservice import INFERENCE_SERVICE
 from .meta import CATEGORY, GROUP, VERSION, CrdInfo
+from .modelpolicy import MODEL_POLICY
 from .modelversion import MODEL_VERSION
 from .trainingrun import TRAINING_RUN
 
-KINDS: tuple[CrdInfo, ...] = (TRAINING_RUN, MODEL_VERSION, INFERENCE_SERVICE, DRIFT_POLICY)
+KINDS: tuple[CrdInfo, ...] = (TRAINING_RUN, MODEL_VERSION, MODEL_POLICY, INFERENCE_SERVICE, DRIFT_POLICY)
 """Every kind of modelloop's API, in the order of the loop."""
 
 HEADER = "# Generated from operator/modelloop/api by `make crds`; do not edit.\n"
@@ -219,7 +220,11 @@ def crd_filename(crd: dict[str, Any]) -> str:
 
 
 class _CrdDumper(yaml.SafeDumper):
-    """Writes multi-line strings as literal blocks so long descriptions stay readable."""
+    """Writes multi-line strings as literal blocks so long descriptions stay readable, and every value in
+    full (no &anchors and *aliases for values the models share, such as an enum's members)."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
 
 
 def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:

@@ -26,6 +26,7 @@ from .meta import (
     Uri,
     cel_rules,
 )
+from .validation import Validation
 
 Digest = Annotated[str, StringConstraints(max_length=256, pattern=r"^[a-z0-9]+:[a-fA-F0-9]+$")]
 
@@ -112,8 +113,15 @@ class ModelVersionSpec(ApiModel):
         default_factory=dict, max_length=MAX_MAP_ENTRIES, description="Metrics measured at training time."
     )
     lineage: Lineage | None = Field(None, description="Where the model came from.")
+    validation: Validation | None = Field(
+        None,
+        description=(
+            "Gates this version must pass, e.g. copied from its TrainingRun; a ModelPolicy named after the "
+            "model adds its own."
+        ),
+    )
     created_by: ShortText | None = Field(
-        None, description="Who or what registered it, e.g. TrainingRun/iris-1."
+        None, description="Who or what registered it, e.g. trainingrun/iris-1 or a person's name."
     )
 
 
@@ -138,7 +146,26 @@ class StageTransition(ApiModel):
 
     stage: ModelStage = Field(description="The stage entered.")
     time: datetime = Field(description="When the stage was entered.")
-    reason: ShortText | None = Field(None, description="Why, e.g. PromotedByRollout or ReplacedByChampion.")
+    reason: ShortText | None = Field(
+        None, description="Why, in CamelCase, e.g. Registered, Requested or ReplacedByChampion."
+    )
+    message: ShortText | None = Field(None, description="Who asked for the change, and why, in words.")
+
+
+class StageRequestResult(StrEnum):
+    """What became of a stage request."""
+
+    APPLIED = "Applied"
+    REFUSED = "Refused"
+
+
+class StageRequest(ApiModel):
+    """The last stage requested through the modelloop.dev/requested-stage annotation, and its outcome."""
+
+    stage: ModelStage = Field(description="The stage requested.")
+    result: StageRequestResult = Field(description="Applied or Refused.")
+    message: ShortText | None = Field(None, description="Why it was refused, or what it changed.")
+    time: datetime = Field(description="When the request was handled.")
 
 
 class ModelVersionStatus(ResourceStatus):
@@ -156,6 +183,13 @@ class ModelVersionStatus(ResourceStatus):
     )
     key_metric: ShortText | None = Field(
         None, description="The headline metric for kubectl get, e.g. accuracy=0.953."
+    )
+    validation_time: datetime | None = Field(None, description="When the checks were evaluated.")
+    compared_with: DnsSubdomain | None = Field(
+        None, description="The champion this version was compared with, when there was one."
+    )
+    stage_request: StageRequest | None = Field(
+        None, description="The last stage requested through the modelloop.dev/requested-stage annotation."
     )
 
 

@@ -13,7 +13,6 @@ from .meta import (
     MAX_MAP_ENTRIES,
     ApiModel,
     CelRule,
-    Comparison,
     CrdInfo,
     DnsLabel,
     DnsSubdomain,
@@ -30,6 +29,7 @@ from .meta import (
     Uri,
     cel_rules,
 )
+from .validation import ObjectiveDirection, Validation
 
 ImageReference = Annotated[str, StringConstraints(min_length=1, max_length=512)]
 CommandArgument = Annotated[str, StringConstraints(max_length=4096)]
@@ -112,36 +112,11 @@ class ModelOutput(ApiModel):
     )
 
 
-class ValidationGate(ApiModel):
-    """A condition that a trained model's metric must meet to be validated."""
-
-    metric: MetricName = Field(description="Name of the metric the trainer reports, e.g. accuracy.")
-    comparison: Comparison = Field(
-        description="How the metric must compare with the threshold, e.g. GreaterThanOrEqual."
-    )
-    threshold: float = Field(description="The value the metric is compared with.")
-
-
-class Validation(ApiModel):
-    """Gates that decide whether the trained model becomes a Validated ModelVersion."""
-
-    gates: list[ValidationGate] = Field(
-        default_factory=list, max_length=16, description="Every gate must pass for the model to be validated."
-    )
-
-
 class SweepStrategy(StrEnum):
     """How a sweep picks parameter combinations."""
 
     GRID = "Grid"
     RANDOM = "Random"
-
-
-class ObjectiveDirection(StrEnum):
-    """Whether a sweep's objective metric is better high or low."""
-
-    MAXIMIZE = "Maximize"
-    MINIMIZE = "Minimize"
 
 
 class SweepObjective(ApiModel):
