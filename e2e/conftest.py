@@ -14,7 +14,9 @@ import pytest
 
 from e2e.harness import ROOT, SHARED_CRDS, Cluster, cluster_script, condition, running_operator, wait_for
 
-E2E_STATE = ROOT / ".cluster" / "e2e"
+# Overridable so that two suites (say, two checkouts) can each have their own control plane at once.
+E2E_STATE = Path(os.environ.get("MODELLOOP_E2E_DIR") or ROOT / ".cluster" / "e2e")
+E2E_CLUSTER_NAME = os.environ.get("MODELLOOP_E2E_NAME") or "modelloop-e2e"
 
 
 @pytest.fixture(scope="session")
@@ -24,7 +26,7 @@ def cluster() -> Iterator[Cluster]:
     env = {
         **os.environ,
         "MODELLOOP_CLUSTER_DIR": str(E2E_STATE),
-        "MODELLOOP_CLUSTER_NAME": "modelloop-e2e",
+        "MODELLOOP_CLUSTER_NAME": E2E_CLUSTER_NAME,
     }
     bin_dir = Path(cluster_script("bin-dir", env=env).strip())
     try:
