@@ -14,6 +14,7 @@ from e2e.harness import ROOT, Cluster
 OUR_CRDS = [
     "trainingruns.modelloop.dev",
     "modelversions.modelloop.dev",
+    "modelpolicies.modelloop.dev",
     "inferenceservices.modelloop.dev",
     "driftpolicies.modelloop.dev",
 ]
@@ -54,9 +55,7 @@ def test_kubectl_explain_documents_every_field_of_training_run_resources(cluster
     assert "<no description>" not in out
 
 
-def test_kubectl_get_modelloop_lists_all_four_kinds_with_their_columns(
-    cluster: Cluster, namespace: str
-) -> None:
+def test_kubectl_get_modelloop_lists_every_kind_with_its_columns(cluster: Cluster, namespace: str) -> None:
     cluster.kubectl("apply", "-n", namespace, "-f", str(QUICKSTART))
 
     out = cluster.kubectl("get", "modelloop", "-n", namespace).stdout
@@ -65,6 +64,7 @@ def test_kubectl_get_modelloop_lists_all_four_kinds_with_their_columns(
     assert set(tables) == {
         "trainingrun.modelloop.dev/iris-rf",
         "modelversion.modelloop.dev/iris-v1",
+        "modelpolicy.modelloop.dev/iris",
         "inferenceservice.modelloop.dev/iris",
         "driftpolicy.modelloop.dev/iris-drift",
     }, out
@@ -78,6 +78,9 @@ def test_kubectl_get_modelloop_lists_all_four_kinds_with_their_columns(
     ]
     assert list(tables["modelversion.modelloop.dev/iris-v1"][0]) == [
         *("NAME", "MODEL", "VERSION", "METRIC", "VALIDATED", "STAGE", "AGE")
+    ]
+    assert list(tables["modelpolicy.modelloop.dev/iris"][0]) == [
+        *("NAME", "CHAMPION", "LATEST", "VERSIONS", "KEEP", "AGE")
     ]
     assert list(tables["inferenceservice.modelloop.dev/iris"][0]) == [
         *("NAME", "MODEL", "BACKEND", "STABLE", "CANARY", "TRAFFIC", "PHASE", "AGE")
@@ -94,6 +97,7 @@ def test_kubectl_get_modelloop_lists_all_four_kinds_with_their_columns(
     assert (training["MODEL"], training["GPUS"]) == ("iris", "2")
     version = tables["modelversion.modelloop.dev/iris-v1"][0]
     assert (version["MODEL"], version["VERSION"]) == ("iris", "1")
+    assert tables["modelpolicy.modelloop.dev/iris"][0]["KEEP"] == "5"
     service = tables["inferenceservice.modelloop.dev/iris"][0]
     assert (service["MODEL"], service["BACKEND"]) == ("iris", "kserve")
     assert tables["driftpolicy.modelloop.dev/iris-drift"][0]["TARGET"] == "iris"
@@ -112,7 +116,7 @@ def parse_table(block: str) -> list[dict[str, str]]:
 
 
 def test_short_names_reach_each_kind(cluster: Cluster, namespace: str) -> None:
-    for short in ("tr", "mv", "mlisvc", "dp"):
+    for short in ("tr", "mv", "mpol", "mlisvc", "dp"):
         result = cluster.kubectl("get", short, "-n", namespace)
         assert result.returncode == 0
 

@@ -14,9 +14,10 @@ from modelloop.kube import PreflightError, preflight
 QUICKSTART = ROOT / "manifests" / "examples" / "quickstart.yaml"
 
 # What the foundation's operator says of each valid kind: (resource, name, phase, Ready status, reason).
-# TrainingRun has its own controller and tests (test_trainingrun.py).
+# TrainingRun and the registry have their own tests (test_trainingrun.py, test_registry.py).
 EXPECTED = [
-    ("modelversion", "iris-v1", "Pending", "False", "ValidationPending"),
+    ("modelversion", "iris-v1", "Validated", "True", "ChecksPassed"),
+    ("modelpolicy", "iris", "Active", "True", "Active"),
     ("inferenceservice.modelloop.dev", "iris", "Pending", "False", "RolloutPending"),
     ("driftpolicy", "iris-drift", "Watching", "True", "Watching"),
 ]

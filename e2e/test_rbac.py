@@ -61,6 +61,7 @@ def test_operator_sets_status_with_only_the_shipped_rbac(
         for resource, name in [
             ("trainingrun", "iris-rf"),
             ("modelversion", "iris-v1"),
+            ("modelpolicy", "iris"),
             ("inferenceservice.modelloop.dev", "iris"),
             ("driftpolicy", "iris-drift"),
         ]:
@@ -80,6 +81,8 @@ def test_operator_sets_status_with_only_the_shipped_rbac(
         ("get", "secrets"),
         ("list", "secrets"),
         ("delete", "trainingruns.modelloop.dev"),
+        ("delete", "modelpolicies.modelloop.dev"),
+        ("update", "modelversions.modelloop.dev"),
         ("update", "customresourcedefinitions"),
         ("create", "pods"),
         ("delete", "namespaces"),

@@ -20,6 +20,8 @@ __all__ = [
     "ApiException",
     "PreflightError",
     "create_job",
+    "current_namespace",
+    "get_object",
     "list_objects",
     "patch_status",
     "preflight",
@@ -46,10 +48,8 @@ def api_client(connection_pool_maxsize: int | None = None) -> ApiClient:
         kubernetes.config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
     except ConfigException:
         try:
-            # KUBECONFIG is read now, not when the kubernetes package was imported.
-            kubeconfig = os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
             kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
-                config_file=kubeconfig, client_configuration=configuration
+                config_file=_kubeconfig_path(), client_configuration=configuration
             )
         except (ConfigException, FileNotFoundError) as error:
             raise PreflightError(
@@ -134,6 +134,40 @@ def patch_status(plural: str, namespace: str, name: str, status: Mapping[str, An
     )
 
 
+def patch_labels(plural: str, namespace: str, name: str, labels: Mapping[str, str]) -> None:
+    """Merge labels into one of our objects (the others it has stay)."""
+    _discard(
+        kubernetes.client.CustomObjectsApi(shared_client()).patch_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            namespace,
+            plural,
+            name,
+            {"metadata": {"labels": dict(labels)}},
+            _preload_content=False,
+        )
+    )
+
+
+def delete_object(plural: str, namespace: str, name: str, uid: str, resource_version: str) -> bool:
+    """Delete one of our objects if it is still exactly what was decided on (same uid and resourceVersion);
+    return False when it is gone already or has changed since (decide again)."""
+    options = kubernetes.client.V1DeleteOptions(
+        preconditions=kubernetes.client.V1Preconditions(uid=uid, resource_version=resource_version)
+    )
+    try:
+        _discard(
+            kubernetes.client.CustomObjectsApi(shared_client()).delete_namespaced_custom_object(
+                GROUP, VERSION, namespace, plural, name, body=options, _preload_content=False
+            )
+        )
+    except ApiException as error:
+        if error.status in (404, 409):
+            return False
+        raise
+    return True
+
+
 def list_objects(plural: str, namespace: str, label_selector: str) -> list[dict[str, Any]]:
     """Our objects of one kind in a namespace, selected by labels."""
     listed = cast(
@@ -152,22 +186,23 @@ def _discard(response: Any) -> None:
 
 
 def register_model_version(
-    namespace: str, model_name: str, render: Callable[[int], dict[str, Any]], attempts: int = 20
+    namespace: str, model_name: str, render: Callable[[int], dict[str, Any]], attempts: int = 100
 ) -> dict[str, Any]:
     """Create the next version of a model: one more than the highest registered. The version is part of
     the object's name, so when two runs finish at once the API server refuses the second create, which
     then takes the next number."""
     api = kubernetes.client.CustomObjectsApi(shared_client())
-    tried = 0
+    # By spec, not by label: a user may register versions by hand, with labels or without.
+    existing = [
+        mv
+        for mv in list_objects(MODEL_VERSION.plural, namespace, "")
+        if (mv.get("spec") or {}).get("modelName") == model_name
+    ]
+    version = max((int(mv["spec"]["version"]) for mv in existing), default=0)
     for _ in range(attempts):
-        # By spec, not by label: a user may register versions by hand, with labels or without.
-        existing = [
-            mv
-            for mv in list_objects(MODEL_VERSION.plural, namespace, "")
-            if (mv.get("spec") or {}).get("modelName") == model_name
-        ]
-        version = max(tried, *(int(mv["spec"]["version"]) for mv in existing), 0) + 1
-        tried = version
+        # Each refusal means that number was just taken: the next one is tried, so that numbers stay
+        # consecutive however many registrations race.
+        version += 1
         manifest = render(version)
         try:
             created = cast(
@@ -182,3 +217,39 @@ def register_model_version(
             raise
         return created
     raise RuntimeError(f"could not register a version of {model_name} after {attempts} attempts")
+
+
+def get_object(plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+    """One of our objects, or None when it does not exist."""
+    try:
+        return cast(
+            dict[str, Any],
+            kubernetes.client.CustomObjectsApi(shared_client()).get_namespaced_custom_object(
+                GROUP, VERSION, namespace, plural, name
+            ),
+        )
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+
+
+_POD_NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+
+def current_namespace() -> str:
+    """The namespace kubectl would use: the pod's own in a cluster, else the kubeconfig's current
+    context's, else ``default``."""
+    if os.environ.get("KUBERNETES_SERVICE_HOST") and os.path.exists(_POD_NAMESPACE_FILE):
+        with open(_POD_NAMESPACE_FILE) as file:
+            return file.read().strip() or "default"
+    try:
+        _, context = kubernetes.config.list_kube_config_contexts(config_file=_kubeconfig_path())  # type: ignore[no-untyped-call]
+    except (ConfigException, OSError):
+        return "default"
+    return str(((context or {}).get("context") or {}).get("namespace") or "default")
+
+
+def _kubeconfig_path() -> str:
+    # KUBECONFIG is read at each call, not when the kubernetes package was imported.
+    return os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")

@@ -14,6 +14,11 @@ MANAGED_BY = "modelloop"
 LABEL_TRAINING_RUN = f"{GROUP}/training-run"
 LABEL_MODEL = f"{GROUP}/model"
 LABEL_TRIAL = f"{GROUP}/trial"
+LABEL_STAGE = f"{GROUP}/stage"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+# A user (or GitOps) asks for a ModelVersion's stage with this annotation, and may say why with the other.
+ANNOTATION_REQUESTED_STAGE = f"{GROUP}/requested-stage"
+ANNOTATION_STAGE_REASON = f"{GROUP}/stage-reason"
 ANNOTATION_RUN_UID = f"{GROUP}/training-run-uid"
 
 # Kubernetes keeps these for itself or for us; a user's labels with these prefixes are not copied.
@@ -39,7 +44,7 @@ def standard_labels(component: str, instance: str) -> dict[str, str]:
         "app.kubernetes.io/name": "modelloop",
         "app.kubernetes.io/component": component,
         "app.kubernetes.io/instance": _label_value(instance),
-        "app.kubernetes.io/managed-by": MANAGED_BY,
+        LABEL_MANAGED_BY: MANAGED_BY,
         "app.kubernetes.io/version": __version__,
     }
 

@@ -29,6 +29,7 @@ class Settings:
             Deployment never tie (kopf freezes all operators of equal priority).
         verbose: log at DEBUG level.
         artifact_root: where trainers store artifacts when a TrainingRun names no artifactUriPrefix.
+        keep_archived: archived versions kept per model when its ModelPolicy sets no retention.
     """
 
     namespaces: tuple[str, ...] = field(default_factory=tuple)
@@ -38,12 +39,13 @@ class Settings:
     priority: int | None = None
     verbose: bool = False
     artifact_root: str = "file:///var/lib/modelloop/artifacts"
+    keep_archived: int = 10
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Read ``MODELLOOP_NAMESPACES`` (comma-separated), ``MODELLOOP_LOG_FORMAT``,
         ``MODELLOOP_LIVENESS_ENDPOINT``, ``MODELLOOP_PEERING``, ``MODELLOOP_PRIORITY``,
-        ``MODELLOOP_VERBOSE`` and ``MODELLOOP_ARTIFACT_ROOT``."""
+        ``MODELLOOP_VERBOSE``, ``MODELLOOP_ARTIFACT_ROOT`` and ``MODELLOOP_KEEP_ARCHIVED``."""
         env = os.environ if environ is None else environ
         namespaces = tuple(ns.strip() for ns in env.get("MODELLOOP_NAMESPACES", "").split(",") if ns.strip())
         log_format = env.get("MODELLOOP_LOG_FORMAT", "full").strip().lower()
@@ -51,6 +53,7 @@ class Settings:
             raise ValueError(
                 f"MODELLOOP_LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}, not {log_format!r}"
             )
+        keep = _optional_int(env, "MODELLOOP_KEEP_ARCHIVED", minimum=0)
         return cls(
             namespaces=namespaces,
             log_format=log_format,
@@ -59,14 +62,18 @@ class Settings:
             priority=_optional_int(env, "MODELLOOP_PRIORITY"),
             verbose=env.get("MODELLOOP_VERBOSE", "").lower() in ("1", "true", "yes"),
             artifact_root=env.get("MODELLOOP_ARTIFACT_ROOT") or cls.artifact_root,
+            keep_archived=cls.keep_archived if keep is None else keep,
         )
 
 
-def _optional_int(env: Mapping[str, str], name: str) -> int | None:
+def _optional_int(env: Mapping[str, str], name: str, minimum: int | None = None) -> int | None:
     raw = env.get(name, "").strip()
     if not raw:
         return None
     try:
-        return int(raw)
+        value = int(raw)
     except ValueError:
         raise ValueError(f"{name} must be an integer, not {raw!r}") from None
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, not {value}")
+    return value

@@ -45,7 +45,9 @@ class ModelPolicyPhase(StrEnum):
 class ModelPolicyStatus(ResourceStatus):
     """The model at a glance, as the operator last saw it."""
 
-    phase: ModelPolicyPhase | None = Field(None, description="Active, or Invalid when the spec is not usable.")
+    phase: ModelPolicyPhase | None = Field(
+        None, description="Active, or Invalid when the spec is not usable."
+    )
     champion: DnsSubdomain | None = Field(None, description="The ModelVersion that is Champion now.")
     versions: int | None = Field(None, ge=0, description="ModelVersions of this model that exist now.")
     latest_version: int | None = Field(None, ge=0, description="The highest version number registered.")

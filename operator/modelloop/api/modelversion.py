@@ -162,7 +162,7 @@ class StageRequestResult(StrEnum):
 class StageRequest(ApiModel):
     """The last stage requested through the modelloop.dev/requested-stage annotation, and its outcome."""
 
-    stage: ModelStage = Field(description="The stage requested.")
+    stage: ShortText = Field(description="The annotation's value, as written, e.g. Champion.")
     result: StageRequestResult = Field(description="Applied or Refused.")
     message: ShortText | None = Field(None, description="Why it was refused, or what it changed.")
     time: datetime = Field(description="When the request was handled.")

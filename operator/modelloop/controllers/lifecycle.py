@@ -10,11 +10,14 @@ from typing import Any, cast
 
 import kopf
 
-from modelloop.api import API_VERSION, GROUP, TRAINING_RUN
+from modelloop.api import API_VERSION, GROUP, MODEL_POLICY, MODEL_VERSION, TRAINING_RUN
 from modelloop.naming import LABEL_TRAINING_RUN
 
 # Kinds that only event handlers and indexes watch: kopf never diffs them (no on.create/update/delete).
-EVENT_ONLY_KINDS = frozenset({("batch/v1", "Job"), ("v1", "Pod"), (API_VERSION, TRAINING_RUN.kind)})
+EVENT_ONLY_KINDS = frozenset(
+    {("batch/v1", "Job"), ("v1", "Pod")}
+    | {(API_VERSION, info.kind) for info in (TRAINING_RUN, MODEL_VERSION, MODEL_POLICY)}
+)
 
 
 class EventOnlyAwareDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):

@@ -1,17 +1,183 @@
-"""ModelVersion: the immutable record of one trained model.
+"""ModelVersion and ModelPolicy: the model registry, reconciled one model at a time.
 
-The foundation validates the spec and reports it in status; the kind's own logic builds on this.
+Any event of a model's versions, of its ModelPolicy, or of an InferenceService that serves it reconciles
+the whole model from kopf's in-memory indexes: new versions are validated (against the champion, too),
+stage requests are applied, labels follow the stage, retention removes what it may, and the ModelPolicy's
+status summarizes the model. The decisions are pure (``modelloop.registry.plan``); this module reads,
+applies the plan, and reports. Neither kind gets kopf's annotations or finalizers: the objects stay as
+their authors wrote them.
 """
 
-from modelloop.api import MODEL_VERSION, ModelVersionSpec
-from modelloop.controllers.reporting import register_spec_review
-from modelloop.review import Verdict
+from __future__ import annotations
 
-ACCEPTED = Verdict(
-    phase="Pending",
-    ready="False",
-    reason="ValidationPending",
-    message="The model version is registered and waits for validation.",
-)
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Any
 
-register_spec_review(MODEL_VERSION.plural, ModelVersionSpec, ACCEPTED)
+import kopf
+
+from modelloop import kube
+from modelloop.api import GROUP, INFERENCE_SERVICE, MODEL_POLICY, MODEL_VERSION, VERSION, ModelStage
+from modelloop.conditions import utc_now
+from modelloop.controllers.scheduling import KeyedReconciler
+from modelloop.naming import ANNOTATION_REQUESTED_STAGE, ANNOTATION_STAGE_REASON
+from modelloop.registry.plan import ModelPlan, PlannedEvent, plan_model
+from modelloop.registry.stages import StageChange
+from modelloop.settings import Settings
+
+ModelKey = tuple[str, str]  # (namespace, model name)
+ObjectKey = tuple[str, str]  # (namespace, object name)
+
+logger = logging.getLogger(__name__)
+# What this process last wrote into each object's status, with the object's uid: the indexes may not show
+# our own last write yet, and the operator is the only writer of these statuses.
+_written: dict[ObjectKey, tuple[str, dict[str, Any]]] = {}
+# Stage changes asked for by the serving controller, applied by the model's next reconcile.
+_requests: dict[ModelKey, list[StageChange]] = {}
+_ANNOTATIONS = (ANNOTATION_REQUESTED_STAGE, ANNOTATION_STAGE_REASON)
+
+
+@kopf.index(GROUP, VERSION, MODEL_VERSION.plural)
+async def model_versions(namespace: str | None, body: kopf.Body, **_: Any) -> dict[ModelKey, dict[str, Any]]:
+    """Every ModelVersion, by (namespace, model name)."""
+    return {(namespace or "", str(body["spec"]["modelName"])): _slim(body)}
+
+
+@kopf.index(GROUP, VERSION, MODEL_POLICY.plural)
+async def model_policies(
+    namespace: str | None, name: str, body: kopf.Body, **_: Any
+) -> dict[ModelKey, dict[str, Any]]:
+    """Every ModelPolicy, by (namespace, model name): a policy is named after its model."""
+    return {(namespace or "", name): _slim(body)}
+
+
+@kopf.index(GROUP, VERSION, INFERENCE_SERVICE.plural)
+async def served_versions(
+    namespace: str | None, spec: kopf.Spec, status: kopf.Status, **_: Any
+) -> dict[ModelKey, list[int]]:
+    """The version numbers each InferenceService serves or names, by (namespace, model name)."""
+    model = spec.get("model") or {}
+    numbers = [model.get("version"), status.get("stableVersion"), status.get("canaryVersion")]
+    return {(namespace or "", str(model.get("name"))): [int(n) for n in numbers if n]}
+
+
+@kopf.on.event(GROUP, VERSION, MODEL_VERSION.plural)
+async def on_model_version(
+    type: str, namespace: str | None, name: str, body: kopf.Body, memo: Any, **kwargs: Any
+) -> None:
+    if type == "DELETED":
+        _written.pop((namespace or "", name), None)
+    reconciler.schedule((namespace or "", str(body["spec"]["modelName"])), memo, kwargs)
+
+
+@kopf.on.event(GROUP, VERSION, MODEL_POLICY.plural)
+async def on_model_policy(type: str, namespace: str | None, name: str, memo: Any, **kwargs: Any) -> None:
+    if type == "DELETED":
+        _written.pop((namespace or "", name), None)
+    reconciler.schedule((namespace or "", name), memo, kwargs)
+
+
+@kopf.on.event(GROUP, VERSION, INFERENCE_SERVICE.plural)
+async def on_inference_service(namespace: str | None, spec: kopf.Spec, memo: Any, **kwargs: Any) -> None:
+    # What it serves is protected from retention: a change may free, or pin, versions.
+    model = (spec.get("model") or {}).get("name")
+    if model:
+        reconciler.schedule((namespace or "", str(model)), memo, kwargs)
+
+
+def request_stage(
+    namespace: str,
+    model: str,
+    version_name: str,
+    stage: ModelStage,
+    reason: str,
+    message: str,
+    memo: Any,
+    indexes: Mapping[str, Any],
+) -> None:
+    """Move a version to ``stage`` (for the serving controller: e.g. Champion when a rollout promotes it).
+    ``reason`` is CamelCase and goes into the version's history with ``message``."""
+    _requests.setdefault((namespace, model), []).append(StageChange(version_name, stage, reason, message))
+    reconciler.schedule((namespace, model), memo, indexes)
+
+
+async def _reconcile(key: ModelKey, memo: Any, indexes: Mapping[str, Any]) -> None:
+    settings: Settings = memo.settings
+    namespace = key[0]
+    versions = [_as_written(namespace, v) for v in indexes["model_versions"].get(key, ())]
+    policy = next(iter(indexes["model_policies"].get(key, ())), None)
+    if policy is not None:
+        policy = _as_written(namespace, policy)
+    serving = {n for numbers in indexes["served_versions"].get(key, ()) for n in numbers}
+    requests = _requests.pop(key, [])
+    plan = plan_model(versions, policy, serving, requests, settings.keep_archived, utc_now())
+    await _apply(namespace, plan, {v["metadata"]["name"]: v for v in versions}, policy)
+
+
+async def _apply(
+    namespace: str, plan: ModelPlan, versions: Mapping[str, dict[str, Any]], policy: dict[str, Any] | None
+) -> None:
+    # Statuses first: they are the truth that labels and events report.
+    for name, status in plan.statuses.items():
+        await asyncio.to_thread(kube.patch_status, MODEL_VERSION.plural, namespace, name, status)
+        _written[(namespace, name)] = (versions[name]["metadata"]["uid"], status)
+    for name, labels in plan.labels.items():
+        await asyncio.to_thread(kube.patch_labels, MODEL_VERSION.plural, namespace, name, labels)
+    for event in plan.events:
+        obj = versions.get(event.name) if event.kind == MODEL_VERSION.kind else policy
+        if obj is not None:
+            _post(obj, event)
+    for version in plan.deletions:
+        meta = version["metadata"]
+        deleted = await asyncio.to_thread(
+            kube.delete_object,
+            MODEL_VERSION.plural,
+            namespace,
+            meta["name"],
+            meta["uid"],
+            meta["resourceVersion"],
+        )
+        if deleted:
+            logger.info("retention deleted ModelVersion %s/%s", namespace, meta["name"])
+    if policy is not None and plan.policy_status is not None:
+        name = policy["metadata"]["name"]
+        await asyncio.to_thread(kube.patch_status, MODEL_POLICY.plural, namespace, name, plan.policy_status)
+        _written[(namespace, name)] = (policy["metadata"]["uid"], plan.policy_status)
+
+
+def _as_written(namespace: str, obj: Mapping[str, Any]) -> dict[str, Any]:
+    """``obj`` with the status this process last wrote, when the index does not show it yet."""
+    written = _written.get((namespace, obj["metadata"]["name"]))
+    if written is None or written[0] != obj["metadata"]["uid"]:
+        return dict(obj)
+    return {**obj, "status": written[1]}
+
+
+def _slim(body: kopf.Body) -> dict[str, Any]:
+    """What the registry needs of an object: kopf's bodies are views that hold the whole raw object."""
+    meta = body["metadata"]
+    annotations = {k: v for k, v in (meta.get("annotations") or {}).items() if k in _ANNOTATIONS}
+    return {
+        "apiVersion": body["apiVersion"],
+        "kind": body["kind"],
+        "metadata": {
+            "name": meta["name"],
+            "namespace": meta.get("namespace"),
+            "uid": meta["uid"],
+            "resourceVersion": meta.get("resourceVersion"),
+            "generation": meta.get("generation"),
+            "labels": dict(meta.get("labels") or {}),
+            "annotations": annotations,
+            "deletionTimestamp": meta.get("deletionTimestamp"),
+        },
+        "spec": dict(body.get("spec") or {}),
+        "status": dict(body.get("status") or {}),
+    }
+
+
+def _post(obj: Mapping[str, Any], event: PlannedEvent) -> None:
+    kopf.event(dict(obj), type=event.type, reason=event.reason, message=event.message[:1024])  # type: ignore[arg-type]
+
+
+reconciler = KeyedReconciler("model", _reconcile)

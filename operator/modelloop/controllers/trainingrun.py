@@ -19,6 +19,7 @@ import pydantic
 from modelloop import kube
 from modelloop.api import GROUP, TRAINING_RUN, VERSION, TrainingRunPhase, TrainingRunSpec
 from modelloop.conditions import ConditionStatus, set_condition
+from modelloop.controllers.scheduling import KeyedReconciler
 from modelloop.naming import ANNOTATION_RUN_UID, LABEL_TRAINING_RUN
 from modelloop.review import INVALID_SPEC, describe_validation_error
 from modelloop.settings import Settings
@@ -35,11 +36,8 @@ _STATUS_KEYS = (
 )  # fmt: skip
 
 logger = logging.getLogger(__name__)
-_locks: dict[RunKey, asyncio.Lock] = {}
-_queued: set[RunKey] = set()
 # Jobs created but not yet seen in the index: a reconcile right after a create must not plan them again.
 _created: dict[RunKey, dict[str, dict[str, Any]]] = {}
-_background: set[asyncio.Task[None]] = set()
 # The status each run was last given by this process.
 _written: dict[RunKey, dict[str, Any]] = {}
 RETRY_SECONDS = 10.0
@@ -85,43 +83,20 @@ async def on_training_workload(namespace: str | None, labels: kopf.Labels, memo:
     schedule_reconcile((namespace or "", labels[LABEL_TRAINING_RUN]), memo, kwargs)
 
 
-def schedule_reconcile(key: RunKey, memo: Any, indexes: Mapping[str, Any], delay: float = 0.0) -> None:
-    """Reconcile a run soon, in the background; triggers that come while one is waiting join it.
-
-    Event handlers return at once: a handler that waited for the reconcile would hold kopf's worker for
-    that object, and the object's next events (with their whole bodies) would queue up behind it.
-    """
-    if key in _queued:
+async def _reconcile(key: RunKey, memo: Any, indexes: Mapping[str, Any]) -> None:
+    run = _one(indexes["training_runs"], key)
+    if run is None or run["metadata"].get("deletionTimestamp"):
         return
-    _queued.add(key)
-    task = asyncio.get_running_loop().create_task(_reconcile_soon(key, memo, indexes, delay))
-    _background.add(task)
-    task.add_done_callback(_background.discard)
+    settings: Settings = memo.settings
+    await _reconcile_run(key, run, indexes, settings)
 
 
-async def _reconcile_soon(key: RunKey, memo: Any, indexes: Mapping[str, Any], delay: float) -> None:
-    # Events of a run, its Job and its pod come in bursts: one pass after a short pause sees them all.
-    await asyncio.sleep(delay + DEBOUNCE_SECONDS)
-    lock = _locks.setdefault(key, asyncio.Lock())
-    async with lock:
-        _queued.discard(key)
-        run = _one(indexes["training_runs"], key)
-        if run is None or run["metadata"].get("deletionTimestamp"):
-            return
-        settings: Settings = memo.settings
-        try:
-            await _reconcile_run(key, run, indexes, settings)
-        except Exception as error:
-            # Not raised: the run is reconciled again after a while, unless an event comes first. (No
-            # per-object kopf timer for this: kopf would put a finalizer on every run, and runs could then
-            # not be deleted while the operator is away.)
-            if isinstance(error, kube.ApiException):
-                logger.warning(
-                    "reconcile of TrainingRun %s/%s failed: %s %s", *key, error.status, error.reason
-                )
-            else:
-                logger.exception("reconcile of TrainingRun %s/%s failed", *key)
-            schedule_reconcile(key, memo, indexes, delay=RETRY_SECONDS)
+reconciler = KeyedReconciler("TrainingRun", _reconcile, debounce=DEBOUNCE_SECONDS, retry=RETRY_SECONDS)
+
+
+def schedule_reconcile(key: RunKey, memo: Any, indexes: Mapping[str, Any], delay: float = 0.0) -> None:
+    """Reconcile a run soon, in the background (see ``KeyedReconciler``)."""
+    reconciler.schedule(key, memo, indexes, delay)
 
 
 async def _reconcile_run(
@@ -246,5 +221,4 @@ def _all(index: Any, key: RunKey) -> list[dict[str, Any]]:
 def _forget(key: RunKey) -> None:
     _created.pop(key, None)
     _written.pop(key, None)
-    if key not in _queued and not (_locks.get(key) and _locks[key].locked()):
-        _locks.pop(key, None)
+    reconciler.forget(key)

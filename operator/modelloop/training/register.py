@@ -8,22 +8,18 @@ from typing import Any
 from modelloop.api import API_VERSION, MODEL_VERSION, ModelFramework, TrainingRunSpec, TriggerKind
 from modelloop.api.meta import ParamValue
 from modelloop.naming import ANNOTATION_RUN_UID, LABEL_MODEL, LABEL_TRAINING_RUN, standard_labels
+from modelloop.registry.validation import key_metric as registry_key_metric
+from modelloop.registry.validation import validation_metrics
 from modelloop.training.result import TrainerResult
-
-_PREFERRED_METRICS = ("accuracy", "f1_macro", "roc_auc", "r2", "rmse")
 
 
 def key_metric(spec: TrainingRunSpec, metrics: Mapping[str, float]) -> str | None:
-    """The metric `kubectl get` shows: the first validation gate's, else the sweep objective's, else a
-    well-known one, else the first by name; formatted ``name=value``."""
-    candidates = [
-        *(gate.metric for gate in (spec.validation.gates if spec.validation else ())),
-        *([spec.sweep.objective.metric] if spec.sweep else []),
-        *_PREFERRED_METRICS,
-        *sorted(metrics),
-    ]
-    name = next((m for m in candidates if m in metrics), None)
-    return None if name is None else f"{name}={metrics[name]:.4g}"
+    """The metric `kubectl get` shows for a run: the first validation gate's, else the sweep objective's,
+    else a well-known one, else the first by name; formatted ``name=value``."""
+    return registry_key_metric(
+        [*validation_metrics(spec.validation), *([spec.sweep.objective.metric] if spec.sweep else [])],
+        metrics,
+    )
 
 
 def model_version_name(model_name: str, version: int) -> str:
@@ -64,6 +60,18 @@ def render_model_version(
     ):
         if value:
             lineage[key] = value
+    version_spec: dict[str, Any] = {
+        "modelName": spec.output.model_name,
+        "version": version,
+        "artifact": artifact,
+        "framework": framework,
+        "metrics": dict(result.metrics),
+        "lineage": lineage,
+        "createdBy": f"trainingrun/{meta['name']}",
+    }
+    if spec.validation is not None:
+        # The gates travel with the version: its record says what it had to pass.
+        version_spec["validation"] = spec.validation.model_dump(mode="json", exclude_none=True)
     return {
         "apiVersion": API_VERSION,
         "kind": MODEL_VERSION.kind,
@@ -77,15 +85,7 @@ def render_model_version(
             },
             "annotations": {ANNOTATION_RUN_UID: meta["uid"]},
         },
-        "spec": {
-            "modelName": spec.output.model_name,
-            "version": version,
-            "artifact": artifact,
-            "framework": framework,
-            "metrics": dict(result.metrics),
-            "lineage": lineage,
-            "createdBy": f"trainingrun/{meta['name']}",
-        },
+        "spec": version_spec,
     }
 
 

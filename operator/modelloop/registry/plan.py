@@ -1,0 +1,321 @@
+"""One model's reconcile, decided: validate new versions, apply stage requests, label, retain, summarize.
+
+The controller hands in what it observed of one model (its versions, its ModelPolicy, the versions that
+InferenceServices serve, stage requests of the serving controller) and applies the plan that comes out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pydantic
+
+from modelloop.api import (
+    ModelPolicySpec,
+    ModelStage,
+    ModelVersionPhase,
+    ModelVersionSpec,
+    StageRequestResult,
+)
+from modelloop.conditions import ConditionStatus, set_condition
+from modelloop.naming import ANNOTATION_REQUESTED_STAGE, ANNOTATION_STAGE_REASON, LABEL_MODEL, LABEL_STAGE
+from modelloop.registry.retention import versions_to_delete
+from modelloop.registry.stages import StageChange, champion_of, change_stage, enter_stage, parse_stage
+from modelloop.registry.validation import Champion, key_metric, validate_version, validation_metrics
+from modelloop.review import INVALID_SPEC, READY, describe_validation_error
+
+_DECIDED = (ModelVersionPhase.VALIDATED.value, ModelVersionPhase.REJECTED.value)
+
+
+@dataclass(frozen=True)
+class PlannedEvent:
+    """An event to post on one of the model's objects."""
+
+    kind: str
+    name: str
+    type: str
+    reason: str
+    message: str
+
+
+@dataclass
+class ModelPlan:
+    """What to write for one model; each field holds only what changed."""
+
+    statuses: dict[str, dict[str, Any]] = field(default_factory=dict)
+    labels: dict[str, dict[str, str]] = field(default_factory=dict)
+    deletions: list[Mapping[str, Any]] = field(default_factory=list)
+    events: list[PlannedEvent] = field(default_factory=list)
+    policy_status: dict[str, Any] | None = None
+
+
+def plan_model(
+    versions: Sequence[Mapping[str, Any]],
+    policy: Mapping[str, Any] | None,
+    serving: Collection[int],
+    requests: Sequence[StageChange],
+    keep_archived_default: int,
+    now: str,
+) -> ModelPlan:
+    """Decide one model's writes.
+
+    ``versions`` are the model's ModelVersion objects as last written (status included); ``serving`` the
+    version numbers InferenceServices serve or name; ``requests`` the serving controller's stage changes,
+    applied after the users' annotation requests.
+    """
+    plan = ModelPlan()
+    ordered = sorted(versions, key=lambda v: int(v["spec"]["version"]))
+    statuses = {v["metadata"]["name"]: dict(v.get("status") or {}) for v in ordered}
+    metrics = {v["metadata"]["name"]: v["spec"].get("metrics") or {} for v in ordered}
+    policy_spec, policy_problem = _policy_spec(policy)
+
+    for version in ordered:
+        name = version["metadata"]["name"]
+        if statuses[name].get("phase") not in _DECIDED:
+            statuses[name] = _validated(version, statuses, metrics, policy_spec, policy_problem, plan, now)
+
+    annotated = _annotation_requests(ordered, statuses)
+    for change, name, value in annotated:
+        if change is None:
+            outcome_message = f"{value!r} is not a stage: use Candidate, Challenger, Champion or Archived"
+            refused = True
+        else:
+            refused, outcome_message = _apply(change, statuses, plan, now)
+        statuses[name]["stageRequest"] = {
+            "stage": value[:1024],
+            "result": (StageRequestResult.REFUSED if refused else StageRequestResult.APPLIED).value,
+            "message": outcome_message,
+            "time": now,
+        }
+        if change is None:
+            plan.events.append(PlannedEvent("ModelVersion", name, "Warning", "StageRefused", outcome_message))
+    for change in requests:
+        _apply(change, statuses, plan, now)
+
+    keep = _keep_archived(policy_spec, keep_archived_default)
+    plan.deletions = versions_to_delete(ordered, statuses, keep, serving)
+    for version in plan.deletions:
+        name = version["metadata"]["name"]
+        message = (
+            f"Deleted {name}: model {version['spec']['modelName']} keeps its {keep} newest archived versions."
+        )
+        plan.events.append(PlannedEvent("ModelVersion", name, "Normal", "Retention", message))
+
+    for version in ordered:
+        name = version["metadata"]["name"]
+        if statuses[name] != (version.get("status") or {}):
+            plan.statuses[name] = statuses[name]
+        wanted = _labels(version, statuses[name])
+        labels = version["metadata"].get("labels") or {}
+        if any(labels.get(key) != value for key, value in wanted.items()):
+            plan.labels[name] = wanted
+
+    if policy is not None:
+        deleted = {v["metadata"]["name"] for v in plan.deletions}
+        policy_status = _policy_status(policy, ordered, statuses, deleted, policy_problem, now)
+        previous = policy.get("status") or {}
+        if any(previous.get(k) != v for k, v in policy_status.items()):
+            plan.policy_status = policy_status
+        if previous.get("phase") != policy_status["phase"]:
+            ready = policy_status["conditions"][-1]
+            event_type = "Normal" if policy_problem is None else "Warning"
+            name = policy["metadata"]["name"]
+            plan.events.append(
+                PlannedEvent("ModelPolicy", name, event_type, ready["reason"], ready["message"])
+            )
+    return plan
+
+
+def _apply(
+    change: StageChange, statuses: dict[str, dict[str, Any]], plan: ModelPlan, now: str
+) -> tuple[bool, str]:
+    """Apply one stage change to ``statuses``, with its events; return (refused, message)."""
+    outcome = change_stage(statuses, change, now)
+    statuses.update(outcome.statuses)
+    if outcome.refused:
+        plan.events.append(
+            PlannedEvent("ModelVersion", change.name, "Warning", "StageRefused", outcome.message)
+        )
+    for name, status in outcome.statuses.items():
+        entry = status["history"][-1]
+        message = f"{status['stage']}: {entry['message']}" if name != change.name else outcome.message
+        plan.events.append(PlannedEvent("ModelVersion", name, "Normal", "StageChanged", message))
+    return outcome.refused, outcome.message
+
+
+def _validated(
+    version: Mapping[str, Any],
+    statuses: Mapping[str, Mapping[str, Any]],
+    metrics: Mapping[str, Mapping[str, float]],
+    policy_spec: ModelPolicySpec | None,
+    policy_problem: str | None,
+    plan: ModelPlan,
+    now: str,
+) -> dict[str, Any]:
+    """The status of a version validated now (or still Pending, with the reason it cannot be)."""
+    name = version["metadata"]["name"]
+    status = dict(statuses[name])
+    generation = int(version["metadata"].get("generation") or 1)
+    try:
+        spec = ModelVersionSpec.model_validate(version["spec"])
+    except pydantic.ValidationError as error:
+        return _pending(status, name, generation, INVALID_SPEC, describe_validation_error(error), plan, now)
+    if policy_problem is not None:
+        return _pending(status, name, generation, "InvalidModelPolicy", policy_problem, plan, now)
+    if not status.get("stage"):
+        by = f" by {spec.created_by}" if spec.created_by else ""
+        status = enter_stage(status, ModelStage.CANDIDATE, "Registered", f"Registered{by}.", now)
+
+    champion_name = champion_of({n: s for n, s in statuses.items() if n != name})
+    champion = None if champion_name is None else Champion(champion_name, metrics.get(champion_name) or {})
+    policy_validation = policy_spec.validation if policy_spec else None
+    verdict = validate_version(spec.metrics, spec.validation, policy_validation, champion)
+    validated = verdict.phase == ModelVersionPhase.VALIDATED
+    status.update(
+        phase=verdict.phase.value,
+        reason=verdict.reason,
+        message=verdict.message,
+        checks=verdict.checks,
+        validationTime=now,
+        comparedWith=verdict.compared_with,
+        keyMetric=key_metric(
+            [*validation_metrics(spec.validation), *validation_metrics(policy_validation)], spec.metrics
+        ),
+        observedGeneration=generation,
+        conditions=_ready(
+            status, "True" if validated else "False", verdict.reason, verdict.message, generation, now
+        ),
+    )
+    event_type = "Normal" if validated else "Warning"
+    plan.events.append(PlannedEvent("ModelVersion", name, event_type, verdict.reason, verdict.message))
+    return status
+
+
+def _pending(
+    status: Mapping[str, Any],
+    name: str,
+    generation: int,
+    reason: str,
+    message: str,
+    plan: ModelPlan,
+    now: str,
+) -> dict[str, Any]:
+    """A version that cannot be validated yet: Pending, Ready False, saying what to fix."""
+    pending = {
+        **status,
+        "phase": ModelVersionPhase.PENDING.value,
+        "reason": reason,
+        "message": message,
+        "observedGeneration": generation,
+        "conditions": _ready(status, "False", reason, message, generation, now),
+    }
+    if status.get("reason") != reason or status.get("message") != message:
+        plan.events.append(PlannedEvent("ModelVersion", name, "Warning", reason, message))
+    return pending
+
+
+def _ready(
+    status: Mapping[str, Any], ready: ConditionStatus, reason: str, message: str, generation: int, now: str
+) -> list[dict[str, Any]]:
+    return set_condition(
+        status.get("conditions"),
+        type_=READY,
+        status=ready,
+        reason=reason,
+        message=message,
+        observed_generation=generation,
+        now=now,
+    )
+
+
+def _annotation(version: Mapping[str, Any], key: str) -> str | None:
+    value = (version["metadata"].get("annotations") or {}).get(key)
+    return None if value is None else str(value).strip()
+
+
+def _annotation_requests(
+    versions: Sequence[Mapping[str, Any]], statuses: dict[str, dict[str, Any]]
+) -> list[tuple[StageChange | None, str, str]]:
+    """The stage requests users made through annotations and that were not handled yet, oldest version
+    first (so that, were several versions asked to be Champion at once, the newest ends up Champion).
+
+    A request is handled once per value: when the annotation is removed, its record goes too, so that
+    setting the same value again is a new request. Returns (change or None when the value names no
+    stage, the version's name, the annotation's value).
+    """
+    requests: list[tuple[StageChange | None, str, str]] = []
+    for version in versions:
+        name = version["metadata"]["name"]
+        value = _annotation(version, ANNOTATION_REQUESTED_STAGE)
+        handled = statuses[name].get("stageRequest")
+        if value is None:
+            if handled is not None:
+                statuses[name] = {**statuses[name], "stageRequest": None}
+            continue
+        if (handled is not None and handled.get("stage") == value) or statuses[name].get(
+            "phase"
+        ) not in _DECIDED:
+            continue  # handled already, or wait: a version is promoted only once it is validated
+        stage = parse_stage(value)
+        why = _annotation(version, ANNOTATION_STAGE_REASON)
+        message = f"Requested through the {ANNOTATION_REQUESTED_STAGE} annotation" + (
+            f": {why}" if why else "."
+        )
+        change = None if stage is None else StageChange(name, stage, "Requested", message)
+        requests.append((change, name, value))
+    return requests
+
+
+def _labels(version: Mapping[str, Any], status: Mapping[str, Any]) -> dict[str, str]:
+    """The labels that make a model's versions easy to select, e.g. modelloop.dev/stage=champion."""
+    wanted = {LABEL_MODEL: str(version["spec"]["modelName"])}
+    if status.get("stage"):
+        wanted[LABEL_STAGE] = str(status["stage"]).lower()
+    return wanted
+
+
+def _policy_spec(policy: Mapping[str, Any] | None) -> tuple[ModelPolicySpec | None, str | None]:
+    if policy is None:
+        return None, None
+    try:
+        return ModelPolicySpec.model_validate(policy.get("spec") or {}), None
+    except pydantic.ValidationError as error:
+        name = policy["metadata"]["name"]
+        return None, f"ModelPolicy {name} is invalid: {describe_validation_error(error)}"
+
+
+def _keep_archived(policy_spec: ModelPolicySpec | None, default: int) -> int:
+    if policy_spec is not None and policy_spec.retention is not None:
+        return policy_spec.retention.keep_archived
+    return default
+
+
+def _policy_status(
+    policy: Mapping[str, Any],
+    versions: Sequence[Mapping[str, Any]],
+    statuses: Mapping[str, Mapping[str, Any]],
+    deleted: Collection[str],
+    problem: str | None,
+    now: str,
+) -> dict[str, Any]:
+    """The ModelPolicy's status: the model at a glance."""
+    previous = policy.get("status") or {}
+    generation = int(policy["metadata"].get("generation") or 1)
+    kept = [v for v in versions if v["metadata"]["name"] not in deleted]
+    if problem is None:
+        reason = "Active"
+        message = f"Applies to the {len(kept)} versions of model {policy['metadata']['name']}."
+    else:
+        reason, message = INVALID_SPEC, problem
+    return {
+        "phase": "Active" if problem is None else "Invalid",
+        "champion": champion_of({n: s for n, s in statuses.items() if n not in deleted}),
+        "versions": len(kept),
+        "latestVersion": max((int(v["spec"]["version"]) for v in versions), default=0),
+        "observedGeneration": generation,
+        "conditions": _ready(
+            previous, "True" if problem is None else "False", reason, message, generation, now
+        ),
+    }

@@ -1,0 +1,168 @@
+"""Validation of a model version: every gate, and the comparison with the model's champion, as checks."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from modelloop.api import (
+    ChampionComparison,
+    Comparison,
+    ModelVersionPhase,
+    ObjectiveDirection,
+    Validation,
+    ValidationGate,
+)
+
+_SYMBOLS = {
+    Comparison.GREATER_THAN_OR_EQUAL: ">=",
+    Comparison.GREATER_THAN: ">",
+    Comparison.LESS_THAN_OR_EQUAL: "<=",
+    Comparison.LESS_THAN: "<",
+}
+
+
+@dataclass(frozen=True)
+class Champion:
+    """The version a new one is compared with."""
+
+    name: str
+    metrics: Mapping[str, float]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The outcome of validating one version: its phase, why, and every check (as status writes it)."""
+
+    phase: ModelVersionPhase
+    reason: str
+    message: str
+    checks: list[dict[str, Any]]
+    compared_with: str | None
+
+
+def validate_version(
+    metrics: Mapping[str, float],
+    own: Validation | None,
+    policy: Validation | None,
+    champion: Champion | None,
+) -> Verdict:
+    """Check ``metrics`` against the version's own gates, the model policy's gates, and the champion.
+
+    The champion comparison is the version's own when it has one, else the policy's. Without a champion
+    there is nothing to compare with, and that check passes (the first version of a model has to become
+    champion somehow). A metric that was not reported fails its check: an unmeasured model is not
+    known to be good enough.
+    """
+    checks = [
+        *(_gate_check("gate", gate, metrics) for gate in (own.gates if own else ())),
+        *(_gate_check("policy", gate, metrics) for gate in (policy.gates if policy else ())),
+    ]
+    comparison = (own.champion if own else None) or (policy.champion if policy else None)
+    compared_with = None
+    if comparison is not None:
+        checks.append(_champion_check(comparison, metrics, champion))
+        compared_with = champion.name if champion else None
+    failed = [check for check in checks if not check["passed"]]
+    if not checks:
+        return Verdict(
+            ModelVersionPhase.VALIDATED,
+            "NoGates",
+            "No validation gates apply (none in the version, no ModelPolicy gates); validated as registered.",
+            [],
+            None,
+        )
+    if failed:
+        return Verdict(
+            ModelVersionPhase.REJECTED,
+            "ChecksFailed",
+            f"{len(failed)} of {len(checks)} checks failed: " + "; ".join(c["message"] for c in failed),
+            checks,
+            compared_with,
+        )
+    return Verdict(
+        ModelVersionPhase.VALIDATED,
+        "ChecksPassed",
+        f"All {len(checks)} checks passed.",
+        checks,
+        compared_with,
+    )
+
+
+def _gate_check(source: str, gate: ValidationGate, metrics: Mapping[str, float]) -> dict[str, Any]:
+    value = metrics.get(gate.metric)
+    check: dict[str, Any] = {
+        "name": f"{source}/{gate.metric}",
+        "metric": gate.metric,
+        "threshold": gate.threshold,
+        "comparison": gate.comparison.value,
+    }
+    wanted = f"{gate.metric} {_SYMBOLS[gate.comparison]} {gate.threshold:g}"
+    if value is None:
+        return {**check, "passed": False, "message": f"{gate.metric} was not reported (wanted {wanted})"}
+    passed = gate.comparison.holds(value, gate.threshold)
+    outcome = "meets" if passed else "fails"
+    return {
+        **check,
+        "value": value,
+        "passed": passed,
+        "message": f"{gate.metric}={value:g} {outcome} {wanted}",
+    }
+
+
+def _champion_check(
+    comparison: ChampionComparison, metrics: Mapping[str, float], champion: Champion | None
+) -> dict[str, Any]:
+    metric = comparison.metric
+    check: dict[str, Any] = {"name": f"champion/{metric}", "metric": metric}
+    value = metrics.get(metric)
+    if value is not None:
+        check["value"] = value
+    if champion is None:
+        return {**check, "passed": True, "message": "The model has no champion yet: nothing to compare with."}
+    best = champion.metrics.get(metric)
+    if best is None:
+        return {
+            **check,
+            "passed": False,
+            "message": f"champion {champion.name} has no metric {metric} to compare with",
+        }
+    if comparison.direction == ObjectiveDirection.MAXIMIZE:
+        threshold, rule = best - comparison.margin, Comparison.GREATER_THAN_OR_EQUAL
+    else:
+        threshold, rule = best + comparison.margin, Comparison.LESS_THAN_OR_EQUAL
+    check.update(threshold=threshold, comparison=rule.value)
+    wanted = f"champion {champion.name}'s {metric}={best:g}" + (
+        f" within a margin of {comparison.margin:g}" if comparison.margin else ""
+    )
+    if value is None:
+        return {
+            **check,
+            "passed": False,
+            "message": f"{metric} was not reported (wanted to compare with {wanted})",
+        }
+    passed = rule.holds(value, threshold)
+    verb = "is no worse than" if passed else "is worse than"
+    return {**check, "passed": passed, "message": f"{metric}={value:g} {verb} {wanted}"}
+
+
+def validation_metrics(validation: Validation | None) -> list[str]:
+    """The metrics a validation looks at, gates first."""
+    if validation is None:
+        return []
+    return [
+        *(gate.metric for gate in validation.gates),
+        *([validation.champion.metric] if validation.champion else []),
+    ]
+
+
+def key_metric(metric_names: Sequence[str], metrics: Mapping[str, float]) -> str | None:
+    """The metric ``kubectl get`` shows, formatted ``name=value``: the first of ``metric_names`` that was
+    reported, else a well-known one, else the first by name."""
+    candidates = [*metric_names, *_PREFERRED_METRICS, *sorted(metrics)]
+    name = next((m for m in candidates if m in metrics), None)
+    return None if name is None else f"{name}={metrics[name]:.4g}"
+
+
+_PREFERRED_METRICS = ("accuracy", "f1_macro", "roc_auc", "r2", "rmse")
