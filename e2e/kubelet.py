@@ -59,7 +59,17 @@ def run_pod(cluster: Cluster, pod: dict[str, Any], workdir: Path, timeout: float
         if termination_log.exists()
         else ""
     )
-    succeeded = process.returncode == 0
+    report_termination(cluster, pod, process.returncode, message, started)
+    return Execution(name, process.returncode, message, process.stderr)
+
+
+def report_termination(
+    cluster: Cluster, pod: dict[str, Any], exit_code: int, message: str, started: str | None = None
+) -> None:
+    """Write into the pod's status that its container ended with ``exit_code`` and termination ``message``,
+    as the kubelet does."""
+    spec = pod["spec"]["containers"][0]
+    succeeded = exit_code == 0
     finished = _now()
     status = {
         "phase": "Succeeded" if succeeded else "Failed",
@@ -87,10 +97,10 @@ def run_pod(cluster: Cluster, pod: dict[str, Any], workdir: Path, timeout: float
                 "restartCount": 0,
                 "state": {
                     "terminated": {
-                        "exitCode": process.returncode,
+                        "exitCode": exit_code,
                         "reason": "Completed" if succeeded else "Error",
                         "message": message,
-                        "startedAt": started,
+                        "startedAt": started or finished,
                         "finishedAt": finished,
                     }
                 },
@@ -98,10 +108,9 @@ def run_pod(cluster: Cluster, pod: dict[str, Any], workdir: Path, timeout: float
         ],
     }
     cluster.kubectl(
-        "patch", "pod", name, "-n", pod["metadata"]["namespace"], "--subresource=status", "--type=merge",
-        "-p", json.dumps({"status": status}),
+        "patch", "pod", pod["metadata"]["name"], "-n", pod["metadata"]["namespace"], "--subresource=status",
+        "--type=merge", "-p", json.dumps({"status": status}),
     )  # fmt: skip
-    return Execution(name, process.returncode, message, process.stderr)
 
 
 def running_held_pods(cluster: Cluster, namespace: str) -> list[dict[str, Any]]:

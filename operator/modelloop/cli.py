@@ -1,8 +1,13 @@
-"""The ``modelloop`` command: ``modelloop run`` starts the operator, ``modelloop crds`` prints the CRDs."""
+"""The ``modelloop`` command: ``modelloop run`` starts the operator, ``modelloop crds`` prints the CRDs,
+``modelloop lineage`` and ``modelloop history`` read the model registry."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
+from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import click
@@ -102,3 +107,116 @@ def crds(output_dir: Path | None) -> None:
         return
     for path in write_crds(output_dir):
         click.echo(f"wrote {path}")
+
+
+namespace_option = click.option(
+    "-n",
+    "--namespace",
+    default=None,
+    help="Namespace of the objects. Default: the kubeconfig context's namespace, or default.",
+)
+output_option = click.option(
+    "-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True
+)
+
+
+@main.command()
+@click.argument("name")
+@namespace_option
+@output_option
+def lineage(name: str, namespace: str | None, output: str) -> None:
+    """Show where the ModelVersion NAME came from: its TrainingRun, and what started that run."""
+    from modelloop import kube
+    from modelloop.api import DRIFT_POLICY, MODEL_VERSION, TRAINING_RUN
+    from modelloop.registry.lineage import build_lineage, drift_policy_name, render_lineage, training_run_name
+
+    with _cluster_errors():
+        namespace = namespace or kube.current_namespace()
+        version = kube.get_object(MODEL_VERSION.plural, namespace, name)
+        if version is None:
+            raise click.ClickException(f"ModelVersion {name} not found in namespace {namespace}")
+        run_name = training_run_name(version)
+        run = kube.get_object(TRAINING_RUN.plural, namespace, run_name) if run_name else None
+        policy_name = drift_policy_name(version, run)
+        policy = kube.get_object(DRIFT_POLICY.plural, namespace, policy_name) if policy_name else None
+    result = build_lineage(version, run, policy)
+    if output == "json":
+        click.echo(json.dumps(result, indent=2))
+    else:
+        click.echo(render_lineage(result), nl=False)
+
+
+def _parse_at(ctx: click.Context, param: click.Parameter, value: str | None) -> datetime | None:
+    """--at as a time, checked before anything is read from the cluster."""
+    from modelloop.registry.history import parse_time
+
+    try:
+        return None if value is None else parse_time(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error), ctx, param) from error
+
+
+@main.command()
+@click.argument("model")
+@namespace_option
+@click.option(
+    "--at",
+    metavar="TIME",
+    callback=_parse_at,
+    help="Name the version that was Champion at this time instead: RFC 3339 (2026-11-01T00:00:00Z) "
+    "or a date (2026-11-01, its start in UTC).",
+)
+@output_option
+def history(model: str, namespace: str | None, at: datetime | None, output: str) -> None:
+    """List the stage changes of every version of MODEL, oldest first; with --at, name the version that
+    was Champion at that time (or "none")."""
+    from modelloop import kube
+    from modelloop.api import MODEL_VERSION
+    from modelloop.registry.history import champion_at, format_time, render_timeline, timeline, versions_of
+
+    with _cluster_errors():
+        namespace = namespace or kube.current_namespace()
+        versions = versions_of(kube.list_objects(MODEL_VERSION.plural, namespace, ""), model)
+    if not versions:
+        raise click.ClickException(f"no ModelVersion of model {model} in namespace {namespace}")
+    if at is None:
+        changes = timeline(versions)
+        if output == "json":
+            document = {"model": model, "namespace": namespace, "changes": [c.to_json() for c in changes]}
+            click.echo(json.dumps(document, indent=2))
+        else:
+            click.echo(render_timeline(changes), nl=False)
+        return
+    champion = champion_at(versions, at)
+    if output == "json":
+        answer = {
+            "model": model,
+            "namespace": namespace,
+            "at": format_time(at),
+            "champion": champion.version if champion else None,
+            "since": format_time(champion.time) if champion else None,
+        }
+        click.echo(json.dumps(answer, indent=2))
+    else:
+        click.echo(
+            f"{champion.version}  (Champion since {format_time(champion.time)})" if champion else "none"
+        )
+
+
+@contextlib.contextmanager
+def _cluster_errors() -> Iterator[None]:
+    """Turn failures to reach or read the cluster into one-line errors instead of tracebacks."""
+    from urllib3.exceptions import HTTPError
+
+    from modelloop.kube import ApiException, PreflightError
+
+    try:
+        yield
+    except PreflightError as error:
+        raise click.ClickException(str(error)) from error
+    except ApiException as error:
+        raise click.ClickException(
+            f"the Kubernetes API server refused: {error.status} {error.reason}"
+        ) from error
+    except (HTTPError, OSError) as error:
+        raise click.ClickException(f"cannot reach the Kubernetes API server: {error}") from error
