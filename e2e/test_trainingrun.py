@@ -145,6 +145,24 @@ def test_the_real_trainer_runs_from_the_pod_spec_and_its_result_becomes_a_model_
     assert (condition(cluster.get("trainingrun", "iris-rf", namespace), "Ready") or {}).get(
         "status"
     ) == "True"
+    # The run's gates travel with the version, and the registry validates it against them.
+    assert version["spec"]["validation"] == training_run("x", tmp_path)["spec"]["validation"]
+    validated = wait_for(
+        lambda: (
+            (cluster.get("modelversion", "iris-v2", namespace).get("status") or {}).get("phase")
+            == "Validated"
+            and cluster.get("modelversion", "iris-v2", namespace)["status"]
+        ),
+        timeout=60,
+        what="iris-v2 validated",
+    )
+    [check] = validated["checks"]
+    assert (check["name"], check["value"], check["passed"]) == (
+        "gate/accuracy",
+        status["metrics"]["accuracy"],
+        True,
+    )
+    assert validated["stage"] == "Candidate"
 
 
 @pytest.mark.usefixtures("operator")

@@ -44,7 +44,7 @@ for doc in docs:
         doc["metadata"].setdefault("labels", {})["sim.modelloop.dev/outcome"] = "Hold"
 yaml.safe_dump_all(docs, sys.stdout)
 PY
-for kind in modelversion inferenceservice.modelloop.dev driftpolicy; do
+for kind in modelversion modelpolicy inferenceservice.modelloop.dev driftpolicy; do
   kubectl wait -n demo --for=jsonpath='{.status.observedGeneration}'=1 "$kind" --all --timeout=60s >/dev/null
 done
 
@@ -57,6 +57,27 @@ step "Running that pod's container for real: modelloop-train with the pod's own 
 kubectl get trainingrun -n demo iris-rf
 kubectl get modelversions -n demo -l modelloop.dev/training-run=iris-rf \
   -o custom-columns='NAME:.metadata.name,VERSION:.spec.version,ACCURACY:.spec.metrics.accuracy,ARTIFACT:.spec.artifact.uri,DATASET:.spec.lineage.datasetHash'
+
+step "The registry: iris-v2 validated against the run's gates, the ModelPolicy's and the champion iris-v1"
+kubectl wait -n demo --for=jsonpath='{.status.validationTime}' modelversion/iris-v2 --timeout=60s >/dev/null
+kubectl get modelversions -n demo
+kubectl get modelversion -n demo iris-v2 \
+  -o jsonpath='{range .status.checks[*]}{.name}{"\t"}{.passed}{"\t"}{.message}{"\n"}{end}'
+
+step "Promote iris-v2 the GitOps way (an annotation); iris-v1 is archived, both keep their history"
+if [ "$(kubectl get modelversion -n demo iris-v2 -o jsonpath='{.status.phase}')" = Validated ]; then
+  kubectl annotate -n demo modelversion iris-v2 --overwrite \
+    modelloop.dev/requested-stage=Champion modelloop.dev/stage-reason="beat iris-v1 in the demo"
+  kubectl wait -n demo --for=jsonpath='{.status.stage}'=Champion modelversion/iris-v2 --timeout=60s >/dev/null
+else
+  echo "iris-v2 was rejected, so it cannot become Champion: $(kubectl get modelversion -n demo iris-v2 -o jsonpath='{.status.message}')"
+fi
+kubectl get modelversions -n demo -l modelloop.dev/stage=champion
+kubectl get modelpolicy -n demo
+.venv/bin/modelloop history iris -n demo
+
+step "modelloop lineage iris-v2: ModelVersion ← TrainingRun ← trigger, read from the API server"
+.venv/bin/modelloop lineage iris-v2 -n demo
 
 step "An invalid object is refused at admission, naming the field"
 kubectl apply -n demo -f - <<'YAML' || true
