@@ -118,12 +118,18 @@ async def _reconcile(key: ModelKey, memo: Any, indexes: Mapping[str, Any]) -> No
 async def _apply(
     namespace: str, plan: ModelPlan, versions: Mapping[str, dict[str, Any]], policy: dict[str, Any] | None
 ) -> None:
-    # Statuses first: they are the truth that labels and events report.
-    for name, status in plan.statuses.items():
-        await asyncio.to_thread(kube.patch_status, MODEL_VERSION.plural, namespace, name, status)
-        _written[(namespace, name)] = (versions[name]["metadata"]["uid"], status)
-    for name, labels in plan.labels.items():
-        await asyncio.to_thread(kube.patch_labels, MODEL_VERSION.plural, namespace, name, labels)
+
+    async def write(name: str) -> None:
+        # Status first: it is the truth that the labels and events report.
+        if (status := plan.statuses.get(name)) is not None:
+            await asyncio.to_thread(kube.patch_status, MODEL_VERSION.plural, namespace, name, status)
+            _written[(namespace, name)] = (versions[name]["metadata"]["uid"], status)
+        if (labels := plan.labels.get(name)) is not None:
+            await asyncio.to_thread(kube.patch_labels, MODEL_VERSION.plural, namespace, name, labels)
+
+    # Versions are written side by side (as many at once as the executor has threads): a burst of new
+    # versions is then validated in a fraction of the time one-by-one writes would take.
+    await asyncio.gather(*(write(name) for name in {**plan.statuses, **plan.labels}))
     for event in plan.events:
         obj = versions.get(event.name) if event.kind == MODEL_VERSION.kind else policy
         if obj is not None:
