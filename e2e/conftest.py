@@ -34,6 +34,8 @@ def cluster() -> Iterator[Cluster]:
         c = Cluster(kubeconfig=E2E_STATE / "kubeconfig", bin_dir=bin_dir, state_dir=E2E_STATE)
         for path in sorted((ROOT / "crds").glob("*.yaml")):
             c.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path))
+        # As a production install has it: the API server records who registered each ModelVersion.
+        c.kubectl("apply", "-f", str(ROOT / "manifests" / "admission"))
         # Server-side apply: KServe's and Seldon's CRDs exceed client-side apply's annotation limit.
         third_party = subprocess.run(
             [sys.executable, str(ROOT / "hack" / "third_party_crds.py"), str(SHARED_CRDS)],

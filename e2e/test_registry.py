@@ -82,6 +82,39 @@ def test_any_change_of_a_versions_spec_is_refused_at_admission(cluster: Cluster,
     cluster.kubectl("label", "modelversion", "iris-v1", "-n", namespace, "team=ml")
 
 
+def test_the_api_server_records_who_registered_a_version_and_keeps_it(
+    cluster: Cluster, namespace: str
+) -> None:
+    me = cluster.kubectl("auth", "whoami", "-o", "jsonpath={.status.userInfo.username}").stdout
+    forged = model_version(1, {"accuracy": 0.9}, annotations={"modelloop.dev/registered-by": "mallory"})
+
+    cluster.apply(forged, namespace)
+
+    def registered_by() -> str:
+        return str(
+            cluster.get("modelversion", "iris-v1", namespace)["metadata"]["annotations"][
+                "modelloop.dev/registered-by"
+            ]
+        )
+
+    assert me and registered_by() == me
+    cluster.kubectl(
+        "annotate",
+        "--overwrite",
+        "modelversion",
+        "iris-v1",
+        "-n",
+        namespace,
+        "modelloop.dev/registered-by=eve",
+    )
+    assert registered_by() == me
+    cluster.kubectl("annotate", "modelversion", "iris-v1", "-n", namespace, "modelloop.dev/registered-by-")
+    assert registered_by() == me
+    # The other annotations stay the user's to change.
+    cluster.kubectl("annotate", "modelversion", "iris-v1", "-n", namespace, "team=ml")
+    assert cluster.get("modelversion", "iris-v1", namespace)["metadata"]["annotations"]["team"] == "ml"
+
+
 @pytest.mark.usefixtures("operator")
 def test_twenty_runs_finishing_at_once_register_twenty_consecutive_versions(
     cluster: Cluster, namespace: str

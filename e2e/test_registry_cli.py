@@ -173,6 +173,7 @@ def test_lineage_shows_the_version_its_run_and_the_drift_policy_evidence_that_st
     cluster: Cluster, registry: str
 ) -> None:
     created = cluster.get("modelversion", "iris-v2", registry)["metadata"]["creationTimestamp"]
+    me = cluster.kubectl("auth", "whoami", "-o", "jsonpath={.status.userInfo.username}").stdout
 
     result = modelloop(cluster, "lineage", "iris-v2", "-n", registry)
 
@@ -186,6 +187,7 @@ def test_lineage_shows_the_version_its_run_and_the_drift_policy_evidence_that_st
         "    phase:      Validated\n"
         "    stage:      Champion\n"
         f"    created:    {created} by trainingrun/iris-retrain\n"
+        f"    registered: by {me} (as the API server authenticated it)\n"
         "← TrainingRun iris-retrain\n"
         "    phase:      Succeeded\n"
         f"    image:      {IMAGE}@{IMAGE_DIGEST}\n"

@@ -15,6 +15,7 @@ kubectl get nodes -L nvidia.com/gpu.product -o custom-columns='NAME:.metadata.na
 
 step "CRDs: modelloop's, and KServe's and Seldon Core's real ones"
 kubectl apply --server-side --force-conflicts -f crds/ >/dev/null
+kubectl apply -f manifests/admission/ >/dev/null  # the API server records who registers each ModelVersion
 .venv/bin/python hack/third_party_crds.py "$SHARED_CRDS" | kubectl apply --server-side --force-conflicts -f - >/dev/null
 for _ in $(seq 1 60); do  # a CRD just created has no status yet, which `kubectl wait` trips over
   kubectl wait --for=condition=Established crd --all --timeout=30s >/dev/null 2>&1 && break

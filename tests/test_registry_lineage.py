@@ -8,12 +8,18 @@ from typing import Any
 from modelloop.registry.lineage import build_lineage, drift_policy_name, render_lineage, training_run_name
 
 DIGEST = "sha256:" + "a" * 64
+OPERATOR = "system:serviceaccount:modelloop-system:modelloop"
 DRIFT_TRIGGER = {"kind": "DriftPolicy", "name": "iris-drift", "evidence": {"feature-drift": "0.41"}}
 
 
 def model_version(**lineage: Any) -> dict[str, Any]:
     return {
-        "metadata": {"name": "iris-v2", "namespace": "ml", "creationTimestamp": "2026-10-20T11:00:00Z"},
+        "metadata": {
+            "name": "iris-v2",
+            "namespace": "ml",
+            "creationTimestamp": "2026-10-20T11:00:00Z",
+            "annotations": {"modelloop.dev/registered-by": OPERATOR},
+        },
         "spec": {
             "modelName": "iris",
             "version": 2,
@@ -132,6 +138,7 @@ def test_a_version_registered_by_hand_without_lineage_or_status_renders_without_
         "    phase:      -\n"
         "    stage:      -\n"
         "    created:    -\n"
+        "    registered: -\n"
         "← TrainingRun: not recorded\n"
         "← triggered by: not recorded\n"
     )
@@ -160,6 +167,7 @@ def test_the_text_reads_as_one_block_per_link() -> None:
         "    phase:      Validated\n"
         "    stage:      Champion\n"
         "    created:    2026-10-20T11:00:00Z by trainingrun/iris-retrain\n"
+        f"    registered: by {OPERATOR} (as the API server authenticated it)\n"
         "← TrainingRun iris-retrain\n"
         "    phase:      Succeeded\n"
         f"    image:      ghcr.io/modelloop/trainer:0.2.0@{DIGEST}\n"

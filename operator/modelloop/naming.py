@@ -19,6 +19,8 @@ LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 # A user (or GitOps) asks for a ModelVersion's stage with this annotation, and may say why with the other.
 ANNOTATION_REQUESTED_STAGE = f"{GROUP}/requested-stage"
 ANNOTATION_STAGE_REASON = f"{GROUP}/stage-reason"
+# Set by the API server (manifests/admission/registered-by.yaml) to the user that created a ModelVersion.
+ANNOTATION_REGISTERED_BY = f"{GROUP}/registered-by"
 ANNOTATION_RUN_UID = f"{GROUP}/training-run-uid"
 
 # Kubernetes keeps these for itself or for us; a user's labels with these prefixes are not copied.

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any, TypedDict
 
 from modelloop.api import TriggerKind
+from modelloop.naming import ANNOTATION_REGISTERED_BY
 
 Object = Mapping[str, Any]
 
@@ -30,6 +31,7 @@ class VersionLink(TypedDict):
     keyMetric: str | None
     created: str | None
     createdBy: str | None
+    registeredBy: str | None
 
 
 class RunLink(TypedDict):
@@ -149,6 +151,8 @@ def build_lineage(version: Object, run: Object | None, policy: Object | None) ->
             "keyMetric": _str(_get(version, "status", "keyMetric")),
             "created": _str(_get(version, "metadata", "creationTimestamp")),
             "createdBy": _str(_get(version, "spec", "createdBy")),
+            # Set by the API server itself (manifests/admission/registered-by.yaml): the authenticated user.
+            "registeredBy": _str(_get(version, "metadata", "annotations", ANNOTATION_REGISTERED_BY)),
         },
         "trainingRun": run_link,
         "trigger": trigger_link,
@@ -168,6 +172,10 @@ def render_lineage(lineage: Lineage) -> str:
         ("phase", mv["phase"]),
         ("stage", mv["stage"]),
         ("created", _joined(mv["created"], f"by {mv['createdBy']}" if mv["createdBy"] else None)),
+        (
+            "registered",
+            mv["registeredBy"] and f"by {mv['registeredBy']} (as the API server authenticated it)",
+        ),
     )
     run = lineage["trainingRun"]
     if run is None:
