@@ -157,6 +157,36 @@ def test_model_version_spec_cannot_change_after_creation(cluster: Cluster, names
 
 
 @pytest.mark.parametrize(
+    ("name", "spec", "field"),
+    [
+        ("iris.v2", {}, "metadata.name must be the model's name"),
+        ("iris", {"retention": {"keepArchived": -1}}, "spec.retention.keepArchived"),
+        (
+            "iris",
+            {"validation": {"champion": {"metric": "accuracy", "margin": -0.1}}},
+            "spec.validation.champion.margin",
+        ),
+        (
+            "iris",
+            {"validation": {"champion": {"metric": "accuracy", "direction": "Up"}}},
+            "spec.validation.champion.direction",
+        ),
+    ],
+    ids=["dotted-name", "negative-retention", "negative-margin", "unknown-direction"],
+)
+def test_a_malformed_model_policy_is_rejected_naming_the_field(
+    cluster: Cluster, namespace: str, name: str, spec: dict[str, Any], field: str
+) -> None:
+    policy = copy.deepcopy(quickstart()["ModelPolicy"])
+    policy["metadata"]["name"] = name
+    policy["spec"] = spec
+
+    error = rejected(cluster, namespace, policy)
+
+    assert field in error, error
+
+
+@pytest.mark.parametrize(
     ("steps", "why"),
     [([10, 50, 25, 100], "increasing"), ([10, 25, 50], "100"), ([10, 10, 100], "increasing"), ([], "")],
 )

@@ -40,3 +40,11 @@ def test_priority_is_an_integer_or_absent() -> None:
     assert Settings.from_env({}).priority is None
     with pytest.raises(ValueError, match="MODELLOOP_PRIORITY"):
         Settings.from_env({"MODELLOOP_PRIORITY": "high"})
+
+
+def test_archived_versions_kept_default_to_ten_and_may_be_zero_but_not_negative() -> None:
+    assert Settings.from_env({}).keep_archived == 10
+    assert Settings.from_env({"MODELLOOP_KEEP_ARCHIVED": "0"}).keep_archived == 0
+    assert Settings.from_env({"MODELLOOP_KEEP_ARCHIVED": "3"}).keep_archived == 3
+    with pytest.raises(ValueError, match="MODELLOOP_KEEP_ARCHIVED must be at least 0"):
+        Settings.from_env({"MODELLOOP_KEEP_ARCHIVED": "-1"})
