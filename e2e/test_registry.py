@@ -273,6 +273,8 @@ def test_stage_changes_keep_their_history_and_retention_removes_only_what_it_may
 
     # Archived: v1 (a user's), v2 (served), v3, v4; keeping one archived version deletes v3 alone.
     assert wait_for(remaining, timeout=60, what="retention") == ["iris-v1", "iris-v2", "iris-v4", "iris-v5"]
+    events = cluster.get("events", namespace=namespace)["items"]
+    assert {e["involvedObject"]["name"] for e in events if e["reason"] == "Retention"} == {"iris-v3"}
     policy_status = cluster.get("modelpolicy", "iris", namespace)["status"]
     assert (policy_status["champion"], policy_status["latestVersion"]) == ("iris-v5", 5)
 

@@ -22,7 +22,7 @@ from modelloop.api import GROUP, INFERENCE_SERVICE, MODEL_POLICY, MODEL_VERSION,
 from modelloop.conditions import utc_now
 from modelloop.controllers.scheduling import KeyedReconciler
 from modelloop.naming import ANNOTATION_REQUESTED_STAGE, ANNOTATION_STAGE_REASON
-from modelloop.registry.plan import ModelPlan, PlannedEvent, plan_model
+from modelloop.registry.plan import RETENTION, ModelPlan, PlannedEvent, plan_model
 from modelloop.registry.stages import StageChange
 from modelloop.settings import Settings
 
@@ -111,8 +111,13 @@ async def _reconcile(key: ModelKey, memo: Any, indexes: Mapping[str, Any]) -> No
         policy = _as_written(namespace, policy)
     serving = {n for numbers in indexes["served_versions"].get(key, ()) for n in numbers}
     requests = _requests.pop(key, [])
-    plan = plan_model(versions, policy, serving, requests, settings.keep_archived, utc_now())
-    await _apply(namespace, plan, {v["metadata"]["name"]: v for v in versions}, policy)
+    try:
+        plan = plan_model(versions, policy, serving, requests, settings.keep_archived, utc_now())
+        await _apply(namespace, plan, {v["metadata"]["name"]: v for v in versions}, policy)
+    except Exception:
+        # The retry must still see them (ahead of any that came since).
+        _requests[key] = [*requests, *_requests.get(key, [])]
+        raise
 
 
 async def _apply(
@@ -130,12 +135,14 @@ async def _apply(
     # Versions are written side by side (as many at once as the executor has threads): a burst of new
     # versions is then validated in a fraction of the time one-by-one writes would take.
     await asyncio.gather(*(write(name) for name in {**plan.statuses, **plan.labels}))
+    retained = {v["metadata"]["name"] for v in plan.deletions}
     for event in plan.events:
         obj = versions.get(event.name) if event.kind == MODEL_VERSION.kind else policy
-        if obj is not None:
+        if obj is not None and not (event.reason == RETENTION and event.name in retained):
             _post(obj, event)
     for version in plan.deletions:
         meta = version["metadata"]
+        # Not deleted when it changed since it was read (resourceVersion): the next reconcile decides again.
         deleted = await asyncio.to_thread(
             kube.delete_object,
             MODEL_VERSION.plural,
@@ -146,6 +153,9 @@ async def _apply(
         )
         if deleted:
             logger.info("retention deleted ModelVersion %s/%s", namespace, meta["name"])
+            for event in plan.events:
+                if event.reason == RETENTION and event.name == meta["name"]:
+                    _post(version, event)
     if policy is not None and plan.policy_status is not None:
         name = policy["metadata"]["name"]
         await asyncio.to_thread(kube.patch_status, MODEL_POLICY.plural, namespace, name, plan.policy_status)

@@ -26,6 +26,7 @@ from modelloop.registry.stages import StageChange, champion_of, change_stage, en
 from modelloop.registry.validation import Champion, key_metric, validate_version, validation_metrics
 from modelloop.review import INVALID_SPEC, READY, describe_validation_error
 
+RETENTION = "Retention"  # the reason of the event that reports a deletion by retention
 _DECIDED = (ModelVersionPhase.VALIDATED.value, ModelVersionPhase.REJECTED.value)
 
 
@@ -101,7 +102,7 @@ def plan_model(
         message = (
             f"Deleted {name}: model {version['spec']['modelName']} keeps its {keep} newest archived versions."
         )
-        plan.events.append(PlannedEvent("ModelVersion", name, "Normal", "Retention", message))
+        plan.events.append(PlannedEvent("ModelVersion", name, "Normal", RETENTION, message))
 
     for version in ordered:
         name = version["metadata"]["name"]
