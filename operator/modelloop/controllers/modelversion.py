@@ -125,12 +125,16 @@ async def _apply(
 ) -> None:
 
     async def write(name: str) -> None:
-        # Status first: it is the truth that the labels and events report.
-        if (status := plan.statuses.get(name)) is not None:
-            await asyncio.to_thread(kube.patch_status, MODEL_VERSION.plural, namespace, name, status)
-            _written[(namespace, name)] = (versions[name]["metadata"]["uid"], status)
-        if (labels := plan.labels.get(name)) is not None:
-            await asyncio.to_thread(kube.patch_labels, MODEL_VERSION.plural, namespace, name, labels)
+        try:
+            # Status first: it is the truth that the labels and events report.
+            if (status := plan.statuses.get(name)) is not None:
+                await asyncio.to_thread(kube.patch_status, MODEL_VERSION.plural, namespace, name, status)
+                _written[(namespace, name)] = (versions[name]["metadata"]["uid"], status)
+            if (labels := plan.labels.get(name)) is not None:
+                await asyncio.to_thread(kube.patch_labels, MODEL_VERSION.plural, namespace, name, labels)
+        except kube.ApiException as error:
+            if error.status != 404:  # deleted meanwhile: its DELETED event reconciles the model again
+                raise
 
     # Versions are written side by side (as many at once as the executor has threads): a burst of new
     # versions is then validated in a fraction of the time one-by-one writes would take.
