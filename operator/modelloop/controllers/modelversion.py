@@ -20,9 +20,11 @@ import kopf
 from modelloop import kube
 from modelloop.api import GROUP, INFERENCE_SERVICE, MODEL_POLICY, MODEL_VERSION, VERSION, ModelStage
 from modelloop.conditions import utc_now
+from modelloop.controllers.reporting import post_event
 from modelloop.controllers.scheduling import KeyedReconciler
 from modelloop.naming import ANNOTATION_REQUESTED_STAGE, ANNOTATION_STAGE_REASON
-from modelloop.registry.plan import RETENTION, ModelPlan, PlannedEvent, plan_model
+from modelloop.objects import slim_object
+from modelloop.registry.plan import RETENTION, ModelPlan, plan_model
 from modelloop.registry.stages import StageChange
 from modelloop.settings import Settings
 
@@ -41,7 +43,7 @@ _ANNOTATIONS = (ANNOTATION_REQUESTED_STAGE, ANNOTATION_STAGE_REASON)
 @kopf.index(GROUP, VERSION, MODEL_VERSION.plural)
 async def model_versions(namespace: str | None, body: kopf.Body, **_: Any) -> dict[ModelKey, dict[str, Any]]:
     """Every ModelVersion, by (namespace, model name)."""
-    return {(namespace or "", str(body["spec"]["modelName"])): _slim(body)}
+    return {(namespace or "", str(body["spec"]["modelName"])): slim_object(body, _ANNOTATIONS)}
 
 
 @kopf.index(GROUP, VERSION, MODEL_POLICY.plural)
@@ -49,7 +51,7 @@ async def model_policies(
     namespace: str | None, name: str, body: kopf.Body, **_: Any
 ) -> dict[ModelKey, dict[str, Any]]:
     """Every ModelPolicy, by (namespace, model name): a policy is named after its model."""
-    return {(namespace or "", name): _slim(body)}
+    return {(namespace or "", name): slim_object(body, _ANNOTATIONS)}
 
 
 @kopf.index(GROUP, VERSION, INFERENCE_SERVICE.plural)
@@ -139,11 +141,12 @@ async def _apply(
     # Versions are written side by side (as many at once as the executor has threads): a burst of new
     # versions is then validated in a fraction of the time one-by-one writes would take.
     await asyncio.gather(*(write(name) for name in {**plan.statuses, **plan.labels}))
-    retained = {v["metadata"]["name"] for v in plan.deletions}
+    # A retention event is posted once its deletion has happened.
+    retention = {e.name: e for e in plan.events if e.reason == RETENTION}
     for event in plan.events:
         obj = versions.get(event.name) if event.kind == MODEL_VERSION.kind else policy
-        if obj is not None and not (event.reason == RETENTION and event.name in retained):
-            _post(obj, event)
+        if obj is not None and event.reason != RETENTION:
+            post_event(obj, event.type, event.reason, event.message)
     for version in plan.deletions:
         meta = version["metadata"]
         # Not deleted when it changed since it was read (resourceVersion): the next reconcile decides again.
@@ -157,9 +160,8 @@ async def _apply(
         )
         if deleted:
             logger.info("retention deleted ModelVersion %s/%s", namespace, meta["name"])
-            for event in plan.events:
-                if event.reason == RETENTION and event.name == meta["name"]:
-                    _post(version, event)
+            event = retention[meta["name"]]
+            post_event(version, event.type, event.reason, event.message)
     if policy is not None and plan.policy_status is not None:
         name = policy["metadata"]["name"]
         await asyncio.to_thread(kube.patch_status, MODEL_POLICY.plural, namespace, name, plan.policy_status)
@@ -172,32 +174,6 @@ def _as_written(namespace: str, obj: Mapping[str, Any]) -> dict[str, Any]:
     if written is None or written[0] != obj["metadata"]["uid"]:
         return dict(obj)
     return {**obj, "status": written[1]}
-
-
-def _slim(body: kopf.Body) -> dict[str, Any]:
-    """What the registry needs of an object: kopf's bodies are views that hold the whole raw object."""
-    meta = body["metadata"]
-    annotations = {k: v for k, v in (meta.get("annotations") or {}).items() if k in _ANNOTATIONS}
-    return {
-        "apiVersion": body["apiVersion"],
-        "kind": body["kind"],
-        "metadata": {
-            "name": meta["name"],
-            "namespace": meta.get("namespace"),
-            "uid": meta["uid"],
-            "resourceVersion": meta.get("resourceVersion"),
-            "generation": meta.get("generation"),
-            "labels": dict(meta.get("labels") or {}),
-            "annotations": annotations,
-            "deletionTimestamp": meta.get("deletionTimestamp"),
-        },
-        "spec": dict(body.get("spec") or {}),
-        "status": dict(body.get("status") or {}),
-    }
-
-
-def _post(obj: Mapping[str, Any], event: PlannedEvent) -> None:
-    kopf.event(dict(obj), type=event.type, reason=event.reason, message=event.message[:1024])  # type: ignore[arg-type]
 
 
 reconciler = KeyedReconciler("model", _reconcile)

@@ -19,11 +19,13 @@ import pydantic
 from modelloop import kube
 from modelloop.api import GROUP, TRAINING_RUN, VERSION, TrainingRunPhase, TrainingRunSpec
 from modelloop.conditions import ConditionStatus, set_condition
+from modelloop.controllers.reporting import post_event
 from modelloop.controllers.scheduling import KeyedReconciler
 from modelloop.naming import ANNOTATION_RUN_UID, LABEL_TRAINING_RUN
+from modelloop.objects import slim_object
 from modelloop.review import INVALID_SPEC, describe_validation_error
 from modelloop.settings import Settings
-from modelloop.training.observe import IMAGE_PROBLEMS, slim_job, slim_pod, slim_run
+from modelloop.training.observe import IMAGE_PROBLEMS, slim_job, slim_pod
 from modelloop.training.plan import RunPlan, plan_run
 from modelloop.training.register import render_model_version
 
@@ -50,7 +52,7 @@ async def training_runs(
     namespace: str | None, name: str, body: kopf.Body, **_: Any
 ) -> dict[RunKey, dict[str, Any]]:
     """Every TrainingRun by (namespace, name)."""
-    return {(namespace or "", name): slim_run(body)}
+    return {(namespace or "", name): slim_object(body)}
 
 
 @kopf.index("batch", "v1", "jobs", labels={LABEL_TRAINING_RUN: kopf.PRESENT})
@@ -137,7 +139,7 @@ async def _reconcile_run(
         # A new single-run Job is announced by the status transition (reason JobCreated); trial Jobs by an
         # event each.
         if await asyncio.to_thread(kube.create_job, manifest) and spec.sweep is not None:
-            _event(run, "Normal", "TrialStarted", f"Created Job {manifest['metadata']['name']}.")
+            post_event(run, "Normal", "TrialStarted", f"Created Job {manifest['metadata']['name']}.")
         created[manifest["metadata"]["name"]] = manifest
 
     status = dict(plan.status)
@@ -171,7 +173,7 @@ async def _register(run: Mapping[str, Any], spec: TrainingRunSpec, plan: RunPlan
         ),
     )
     name = str(created["metadata"]["name"])
-    _event(run, "Normal", "ModelRegistered", f"Registered ModelVersion {name}.")
+    post_event(run, "Normal", "ModelRegistered", f"Registered ModelVersion {name}.")
     return name
 
 
@@ -203,11 +205,7 @@ async def _write_status(
         TrainingRunPhase.FAILED.value,
     )
     if ended or (warning and previous.get("reason") != reason):
-        _event(run, "Warning" if warning else "Normal", reason, str(status.get("message") or phase))
-
-
-def _event(run: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
-    kopf.event(dict(run), type=type_, reason=reason, message=message[:1024])  # type: ignore[arg-type]
+        post_event(run, "Warning" if warning else "Normal", reason, str(status.get("message") or phase))
 
 
 def _one(index: Any, key: RunKey) -> dict[str, Any] | None:

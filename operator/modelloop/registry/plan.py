@@ -19,7 +19,7 @@ from modelloop.api import (
     ModelVersionSpec,
     StageRequestResult,
 )
-from modelloop.conditions import ConditionStatus, set_condition
+from modelloop.conditions import ConditionStatus, find_condition, set_condition
 from modelloop.naming import ANNOTATION_REQUESTED_STAGE, ANNOTATION_STAGE_REASON, LABEL_MODEL, LABEL_STAGE
 from modelloop.registry.retention import versions_to_delete
 from modelloop.registry.stages import StageChange, champion_of, change_stage, enter_stage, parse_stage
@@ -77,21 +77,21 @@ def plan_model(
         if statuses[name].get("phase") not in _DECIDED:
             statuses[name] = _validated(version, statuses, metrics, policy_spec, policy_problem, plan, now)
 
-    annotated = _annotation_requests(ordered, statuses)
-    for change, name, value in annotated:
+    for change, name, value in _annotation_requests(ordered, statuses):
         if change is None:
-            outcome_message = f"{value!r} is not a stage: use Candidate, Challenger, Champion or Archived"
-            refused = True
+            refused, message = (
+                True,
+                f"{value!r} is not a stage: use Candidate, Challenger, Champion or Archived",
+            )
+            plan.events.append(PlannedEvent("ModelVersion", name, "Warning", "StageRefused", message))
         else:
-            refused, outcome_message = _apply(change, statuses, plan, now)
+            refused, message = _apply(change, statuses, plan, now)
         statuses[name]["stageRequest"] = {
             "stage": value[:1024],
             "result": (StageRequestResult.REFUSED if refused else StageRequestResult.APPLIED).value,
-            "message": outcome_message,
+            "message": message,
             "time": now,
         }
-        if change is None:
-            plan.events.append(PlannedEvent("ModelVersion", name, "Warning", "StageRefused", outcome_message))
     for change in requests:
         _apply(change, statuses, plan, now)
 
@@ -120,7 +120,7 @@ def plan_model(
         if any(previous.get(k) != v for k, v in policy_status.items()):
             plan.policy_status = policy_status
         if previous.get("phase") != policy_status["phase"]:
-            ready = policy_status["conditions"][-1]
+            ready = find_condition(policy_status["conditions"], READY) or {}
             event_type = "Normal" if policy_problem is None else "Warning"
             name = policy["metadata"]["name"]
             plan.events.append(

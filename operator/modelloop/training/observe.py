@@ -155,23 +155,6 @@ def _image_digest(pod: Mapping[str, Any]) -> str | None:
     return match.group(1) if match else None
 
 
-def slim_run(body: Mapping[str, Any]) -> dict[str, Any]:
-    """A TrainingRun without what the controller never reads (managedFields, kubectl's last-applied copy),
-    to keep the operator's caches small."""
-    meta = body["metadata"]
-    return {
-        "apiVersion": body.get("apiVersion"),
-        "kind": body.get("kind"),
-        "metadata": {
-            k: meta[k]
-            for k in ("name", "namespace", "uid", "generation", "labels", "deletionTimestamp")
-            if k in meta
-        },
-        "spec": body.get("spec") or {},
-        "status": body.get("status") or {},
-    }
-
-
 def slim_job(body: Mapping[str, Any]) -> dict[str, Any]:
     """The parts of a Job that observe_job and the planner read."""
     meta = body["metadata"]
