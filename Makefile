@@ -26,8 +26,8 @@ $(STAMP): requirements/operator.lock requirements/dev.lock pyproject.toml
 
 venv: $(STAMP) ## create the Python environment (.venv) from the lock files
 
-lock: ## re-resolve the lock files from requirements/*.in
-	hack/lock.sh
+lock: ## re-resolve every environment's lock files from its *.in files (one of them: make lock ONLY=trainer)
+	hack/lock.sh $(ONLY)
 
 crds: $(STAMP) ## regenerate crds/ (and the chart's copy) from the API models
 	$(VENV)/bin/modelloop crds --output-dir crds

@@ -23,8 +23,8 @@ def drift_policy(name: str) -> dict[str, Any]:
 
 
 def handled_by(log: Path, name: str) -> bool:
-    """Whether the operator writing ``log`` ran our handler on the object ``name``."""
-    return any(f"/{name}] Handler 'review-spec' succeeded" in line for line in log.read_text().splitlines())
+    """Whether the operator writing ``log`` reviewed the DriftPolicy ``name`` (and wrote its status)."""
+    return any(f"/{name} is Watching" in line for line in log.read_text().splitlines())
 
 
 def reported(cluster: Cluster, name: str, namespace: str) -> bool:

@@ -213,7 +213,8 @@ def test_printer_columns_point_at_fields_of_their_type(info: CrdInfo, columns: l
 
 def test_cel_rules_sit_where_the_rules_apply() -> None:
     training, model_version, policy, inference, drift = (rules_at(info) for info in KINDS)
-    assert set(training) == {".spec.resources", ".spec.tolerations[]", ".spec.sweep"}
+    assert set(training) == {".spec", ".spec.resources", ".spec.tolerations[]", ".spec.sweep"}
+    assert training[".spec"] == ["self == oldSelf"]
     assert "gpuProduct" in training[".spec.resources"][0]
     assert len(training[".spec.sweep"]) == 2
     assert model_version[".spec"] == ["self == oldSelf"]
@@ -225,6 +226,8 @@ def test_cel_rules_sit_where_the_rules_apply() -> None:
     assert any("== 100" in rule for rule in inference[".spec.rollout.steps"])
     # The embedded TrainingRunSpec keeps its rules.
     assert ".spec.retrain.trainingRunTemplate.resources" in drift
+    # But not the TrainingRun's immutability: a DriftPolicy's template stays editable.
+    assert ".spec.retrain.trainingRunTemplate" not in drift
 
 
 def test_every_cel_rule_has_a_message() -> None:

@@ -7,14 +7,8 @@ from typing import Any
 
 import pytest
 
-from modelloop.registry.history import (
-    StageEntry,
-    champion_at,
-    parse_time,
-    render_timeline,
-    timeline,
-    versions_of,
-)
+from modelloop.cli.render import render_timeline
+from modelloop.registry.history import StageEntry, champion_at, parse_time, timeline, versions_of
 
 
 def version(number: int, *history: tuple[str, str, str], model: str = "iris") -> dict[str, Any]:

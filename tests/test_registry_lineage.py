@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from modelloop.registry.lineage import build_lineage, drift_policy_name, render_lineage, training_run_name
+from modelloop.cli.render import render_lineage
+from modelloop.registry.lineage import build_lineage, drift_policy_name, training_run_name
 
 DIGEST = "sha256:" + "a" * 64
 OPERATOR = "system:serviceaccount:modelloop-system:modelloop"

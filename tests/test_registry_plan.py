@@ -4,23 +4,31 @@ from __future__ import annotations
 
 from typing import Any
 
-from modelloop.api import ModelStage
+from modelloop.api import ModelPolicyStatus, ModelVersionStatus
+from modelloop.naming import ANNOTATION_REQUESTED_STAGE
 from modelloop.registry.plan import plan_model
-from modelloop.registry.stages import StageChange
+from modelloop.registry.serving import ServedModel
 from registry_fixtures import NOW, decided, gate, policy, version
 
 CHAMPION_ACCURACY = {"champion": {"metric": "accuracy", "margin": 0.01}}
 
 
 def plan(versions: list[dict[str, Any]], **kwargs: Any) -> Any:
-    return plan_model(
+    """plan_model, with every status it would write checked against the kind's status model (as the
+    CRD's schema would check it)."""
+    result = plan_model(
         versions,
         kwargs.pop("policy", None),
         kwargs.pop("serving", set()),
-        kwargs.pop("requests", []),
+        kwargs.pop("served", []),
         kwargs.pop("keep", 10),
         NOW,
     )
+    for status in result.statuses.values():
+        ModelVersionStatus.model_validate({k: v for k, v in status.items() if v is not None})
+    if result.policy_status is not None:
+        ModelPolicyStatus.model_validate(result.policy_status)
+    return result
 
 
 def test_a_new_version_is_validated_enters_candidate_and_gets_its_labels() -> None:
@@ -149,16 +157,102 @@ def test_a_version_asked_to_be_champion_at_registration_is_promoted_after_valida
     assert [h["stage"] for h in status["history"]] == ["Candidate", "Champion"]
 
 
-def test_the_serving_controllers_requests_apply_after_the_annotations() -> None:
+def served(stable: int | None = None, canary: int | None = None, service: str = "iris") -> ServedModel:
+    return ServedModel(service, stable, canary)
+
+
+def applied(result: Any, versions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The versions as they are once ``result``'s statuses are written (a restarted operator sees these)."""
+    return [{**v, "status": result.statuses.get(v["metadata"]["name"], v["status"])} for v in versions]
+
+
+def test_a_canary_in_rollout_is_challenger_and_the_record_says_serving_set_it() -> None:
     v1 = version(1, status=decided("Champion"))
     v2 = version(2, status=decided("Candidate"))
-    request = StageChange("iris-v2", ModelStage.CHALLENGER, "CanaryStarted", "InferenceService iris")
 
-    result = plan([v1, v2], requests=[request])
+    result = plan([v1, v2], served=[served(stable=1, canary=2)])
 
-    assert result.statuses["iris-v2"]["stage"] == "Challenger"
-    assert result.statuses["iris-v2"]["history"][-1]["reason"] == "CanaryStarted"
-    assert "stageRequest" not in result.statuses["iris-v2"]
+    status = result.statuses["iris-v2"]
+    assert status["stage"] == "Challenger"
+    assert status["servingStage"] == "Challenger"
+    assert status["history"][-1]["reason"] == "CanaryStarted"
+    assert "InferenceService iris" in status["history"][-1]["message"]
+    assert result.statuses["iris-v1"]["servingStage"] == "Champion"
+    assert result.statuses["iris-v1"]["stage"] == "Champion"  # already: no history entry added
+    assert len(result.statuses["iris-v1"]["history"]) == 1
+
+
+def test_a_promoted_canary_becomes_champion_and_archives_the_previous_one() -> None:
+    versions = [version(1, status=decided("Champion")), version(2, status=decided("Candidate"))]
+    in_canary = applied(plan(versions, served=[served(stable=1, canary=2)]), versions)
+
+    result = plan(in_canary, served=[served(stable=2)])
+
+    assert result.statuses["iris-v2"]["stage"] == "Champion"
+    assert [h["stage"] for h in result.statuses["iris-v2"]["history"]] == [
+        "Candidate",
+        "Challenger",
+        "Champion",
+    ]
+    assert result.statuses["iris-v1"]["stage"] == "Archived"
+    assert result.statuses["iris-v1"]["history"][-1]["reason"] == "ReplacedByChampion"
+    assert result.statuses["iris-v1"].get("servingStage") is None
+    assert result.labels["iris-v2"]["modelloop.dev/stage"] == "champion"
+
+
+def test_a_rolled_back_canary_goes_back_to_the_stage_it_had_before() -> None:
+    versions = [version(1, status=decided("Champion")), version(2, status=decided("Candidate"))]
+    in_canary = applied(plan(versions, served=[served(stable=1, canary=2)]), versions)
+
+    result = plan(in_canary, served=[served(stable=1)])
+
+    status = result.statuses["iris-v2"]
+    assert status["stage"] == "Candidate"
+    assert status["history"][-1]["reason"] == "CanaryEnded"
+    assert status.get("servingStage") is None
+    assert "iris-v1" not in result.statuses or result.statuses["iris-v1"]["stage"] == "Champion"
+
+
+def test_serving_stages_are_level_triggered_a_second_pass_changes_nothing() -> None:
+    versions = [version(1, status=decided("Champion")), version(2, status=decided("Candidate"))]
+    first = plan(versions, served=[served(stable=1, canary=2)])
+
+    again = plan(applied(first, versions), served=[served(stable=1, canary=2)])
+
+    assert again.statuses == {}
+    assert not [e for e in again.events if e.reason in ("StageChanged", "StageRefused")]
+
+
+def test_a_user_who_moves_a_version_by_hand_is_not_overruled_until_serving_changes() -> None:
+    versions = [version(1, status=decided("Champion")), version(2, status=decided("Candidate"))]
+    in_canary = applied(plan(versions, served=[served(stable=1, canary=2)]), versions)
+    meta = {**in_canary[1]["metadata"], "annotations": {ANNOTATION_REQUESTED_STAGE: "Archived"}}
+    annotated = [in_canary[0], {**in_canary[1], "metadata": meta}]
+    by_hand = applied(plan(annotated, served=[served(stable=1, canary=2)]), annotated)
+    assert by_hand[1]["status"]["stage"] == "Archived"
+
+    result = plan(by_hand, served=[served(stable=1, canary=2)])
+
+    assert "iris-v2" not in result.statuses or result.statuses["iris-v2"]["stage"] == "Archived"
+
+
+def test_a_version_that_is_not_validated_is_not_made_champion_by_serving() -> None:
+    v1 = version(1, status=decided("Candidate", phase="Rejected"))
+
+    result = plan([v1], served=[served(stable=1)])
+
+    assert result.statuses["iris-v1"]["stage"] == "Candidate"
+    assert result.statuses["iris-v1"]["servingStage"] == "Champion"  # acted on once, not every pass
+    assert [e.reason for e in result.events if e.name == "iris-v1"] == ["StageRefused"]
+
+
+def test_of_several_services_the_newest_stable_version_is_champion() -> None:
+    versions = [version(n, status=decided("Candidate")) for n in (1, 2, 3)]
+
+    result = plan(versions, served=[served(stable=3, service="b"), served(stable=2, service="a")])
+
+    assert result.statuses["iris-v3"]["stage"] == "Champion"
+    assert "iris-v2" not in result.statuses  # untouched: still the Candidate it was
 
 
 def archived_models(count: int, **kwargs: Any) -> list[dict[str, Any]]:

@@ -4,7 +4,7 @@ from typing import Any
 
 import pydantic
 
-from modelloop.review import INVALID_SPEC, Event, Verdict, review_spec
+from modelloop.review import INVALID_SPEC, Event, ReviewOutcome, review_spec
 
 
 class Resources(pydantic.BaseModel):
@@ -20,7 +20,7 @@ class Spec(pydantic.BaseModel):
     steps: list[int] = []
 
 
-ACCEPTED = Verdict(phase="Pending", ready="False", reason="Pending", message="waits")
+ACCEPTED = ReviewOutcome(phase="Pending", ready="False", reason="Pending", message="waits")
 VALID: dict[str, Any] = {"image": "trainer:1", "resources": {"gpus": 2, "gpuProduct": "A100"}}
 
 

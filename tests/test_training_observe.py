@@ -1,4 +1,8 @@
-"""What a Job and its pods say about a run, read as an engineer would with kubectl describe."""
+"""What a Job and its pods say about a run, read as an engineer would with kubectl describe.
+
+Every Job and pod goes through ``slim_job``/``slim_pod`` first, exactly as the operator's indexes keep
+them: a slimmer that dropped a field the observer reads would fail these tests.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import json
 from typing import Any
 
 from modelloop.api import TrainingRunPhase
-from modelloop.training.observe import observe_job
+from modelloop.training.observe import observe_job, slim_job, slim_pod
 from modelloop.training.result import parse_result
 
 SUCCESS = {
@@ -21,18 +25,34 @@ SUCCESS = {
 }
 
 
+# What the API server sends besides: none of it may matter to the observer.
+NOISE = {"managedFields": [{"manager": "kube-controller-manager"}], "resourceVersion": "7", "uid": "u"}
+
+
 def job(*conditions: dict[str, Any], suspend: bool = False, **status: Any) -> dict[str, Any]:
-    return {
-        "metadata": {"name": "j"},
-        "spec": {"suspend": suspend},
-        "status": {"conditions": list(conditions), **status},
-    }
+    return slim_job(
+        {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {"name": "j", "namespace": "ml", **NOISE},
+            "spec": {"suspend": suspend, "backoffLimit": 1, "template": {"spec": {"containers": []}}},
+            "status": {"conditions": list(conditions), "active": 0, **status},
+        }
+    )
 
 
 def pod(
     name: str = "p", phase: str = "Pending", created: str = "2026-01-01T00:00:00Z", **status: Any
 ) -> dict[str, Any]:
-    return {"metadata": {"name": name, "creationTimestamp": created}, "status": {"phase": phase, **status}}
+    return slim_pod(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "namespace": "ml", "creationTimestamp": created, **NOISE},
+            "spec": {"nodeName": "gpu-0", "containers": [{"name": "trainer"}]},
+            "status": {"phase": phase, "hostIP": "10.0.0.1", **status},
+        }
+    )
 
 
 def terminated(message: str, exit_code: int = 0, image_id: str = "") -> dict[str, Any]:

@@ -6,8 +6,9 @@ import json
 from typing import Any
 
 from modelloop.api import ModelVersionSpec, TrainingRunSpec
-from modelloop.naming import job_name
+from modelloop.naming import ANNOTATION_RUN_UID, job_name
 from modelloop.training.job import render_job
+from modelloop.training.observe import slim_job, slim_pod
 from modelloop.training.plan import plan_run
 from modelloop.training.register import key_metric, render_model_version
 
@@ -43,9 +44,9 @@ def finished_job(
     """A Job of ``obj`` that completed, and its pod with the trainer's termination message."""
     name = job_name("iris", UID, trial)
     job = {
-        "metadata": {"name": name},
-        "spec": {},
-        "status": {"conditions": [{"type": "Complete", "status": "True"}]},
+        "metadata": {"name": name, "annotations": {ANNOTATION_RUN_UID: UID}, "resourceVersion": "1"},
+        "spec": {"template": {}},
+        "status": {"conditions": [{"type": "Complete", "status": "True"}], "succeeded": 1},
     }
     message = None
     if accuracy is not None:
@@ -58,7 +59,11 @@ def finished_job(
             }
         )
     pod = {
-        "metadata": {"name": f"{name}-x", "labels": {"batch.kubernetes.io/job-name": name}},
+        "metadata": {
+            "name": f"{name}-x",
+            "labels": {"batch.kubernetes.io/job-name": name, "controller-uid": "c"},
+            "annotations": {ANNOTATION_RUN_UID: UID},
+        },
         "status": {
             "phase": "Succeeded",
             "containerStatuses": [
@@ -66,7 +71,8 @@ def finished_job(
             ],
         },
     }
-    return job, pod
+    # As the operator's indexes keep them.
+    return slim_job(job), slim_pod(pod)
 
 
 def test_a_new_run_creates_its_one_job() -> None:

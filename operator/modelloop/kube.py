@@ -7,9 +7,11 @@ them. The calls are synchronous (the kubernetes client); async controllers run t
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, cast
 
 import kubernetes
@@ -17,15 +19,23 @@ from kubernetes.client import ApiClient
 from kubernetes.client.exceptions import ApiException
 
 __all__ = [
+    "FIELD_MANAGER",
+    "PERMANENT_STATUSES",
+    "REQUEST_TIMEOUT",
     "ApiException",
+    "Applied",
+    "Conflict",
     "PreflightError",
+    "api_message",
     "create_job",
     "current_namespace",
     "get_object",
     "list_objects",
+    "patch_labels",
     "patch_status",
     "preflight",
     "register_model_version",
+    "server_side_apply",
 ]
 from kubernetes.config.config_exception import ConfigException
 from urllib3.exceptions import HTTPError
@@ -34,6 +44,49 @@ from modelloop.api import GROUP, KINDS, MODEL_VERSION, VERSION
 
 _shared: ApiClient | None = None
 _shared_lock = threading.Lock()
+
+# Every call beside kopf's watches has a deadline: (connect, read) seconds. A hung API server then costs a
+# reconcile a retry, never a worker thread for good.
+REQUEST_TIMEOUT = (5.0, 30.0)
+# The field manager of everything the operator writes with server-side apply.
+FIELD_MANAGER = "modelloop"
+# Answers that retrying the same request cannot change: the request itself is wrong (400, 422) or not
+# allowed (403). They are reported in the object's status, not only logged.
+PERMANENT_STATUSES = frozenset({400, 403, 422})
+
+
+class Conflict(Exception):
+    """The object changed since it was read (409 on a resourceVersion precondition): read it again and
+    decide again. ``key`` is the object's (namespace, name)."""
+
+    def __init__(self, message: str, key: tuple[str, str]) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+@dataclass(frozen=True)
+class Applied:
+    """The outcome of a server-side apply: the object as the server has it now, or, when another field
+    manager owns a field we set, ``conflict`` with the server's message (nothing was changed)."""
+
+    obj: dict[str, Any] | None
+    conflict: str | None = None
+
+
+def api_message(error: BaseException) -> str:
+    """What the API server said: ``422 Unprocessable Entity: Job.batch "x" is invalid: ...`` for an
+    ApiException (its own message, parsed from the Status body), else the error's text."""
+    if not isinstance(error, ApiException):
+        return str(error) or type(error).__name__
+    body = error.body.decode(errors="replace") if isinstance(error.body, bytes) else error.body
+    message = ""
+    if body:
+        try:
+            message = str(json.loads(body).get("message") or "")
+        except (ValueError, AttributeError):
+            message = str(body)
+    head = f"{error.status} {error.reason}".strip()
+    return f"{head}: {message[:1000]}" if message else head
 
 
 class PreflightError(RuntimeError):
@@ -115,7 +168,10 @@ def create_job(manifest: Mapping[str, Any]) -> bool:
         # operator memory and time it has better uses for.
         _discard(
             api.create_namespaced_job(
-                manifest["metadata"]["namespace"], cast(Any, dict(manifest)), _preload_content=False
+                manifest["metadata"]["namespace"],
+                cast(Any, dict(manifest)),
+                _preload_content=False,
+                _request_timeout=REQUEST_TIMEOUT,
             )
         )
     except ApiException as error:
@@ -125,28 +181,97 @@ def create_job(manifest: Mapping[str, Any]) -> bool:
     return True
 
 
-def patch_status(plural: str, namespace: str, name: str, status: Mapping[str, Any]) -> None:
-    """Merge-patch the status subresource of one of our objects."""
-    _discard(
-        kubernetes.client.CustomObjectsApi(shared_client()).patch_namespaced_custom_object_status(
-            GROUP, VERSION, namespace, plural, name, {"status": dict(status)}, _preload_content=False
-        )
-    )
+def patch_status(
+    plural: str, namespace: str, name: str, status: Mapping[str, Any], resource_version: str | None
+) -> str:
+    """Merge-patch the status subresource of one of our objects, only if it still has
+    ``resource_version`` (optimistic concurrency); return its new resourceVersion.
 
-
-def patch_labels(plural: str, namespace: str, name: str, labels: Mapping[str, str]) -> None:
-    """Merge labels into one of our objects (the others it has stay)."""
-    _discard(
-        kubernetes.client.CustomObjectsApi(shared_client()).patch_namespaced_custom_object(
+    Raises Conflict when the object changed since it was read: a decision made on stale data never
+    overwrites newer status. Only ``modelloop.runtime.status.StatusWriter`` calls this.
+    """
+    body: dict[str, Any] = {"status": dict(status)}
+    if resource_version is not None:
+        body["metadata"] = {"resourceVersion": resource_version}
+    try:
+        response = kubernetes.client.CustomObjectsApi(shared_client()).patch_namespaced_custom_object_status(
             GROUP,
             VERSION,
             namespace,
             plural,
             name,
-            {"metadata": {"labels": dict(labels)}},
+            body,
             _preload_content=False,
+            _request_timeout=REQUEST_TIMEOUT,
         )
-    )
+    except ApiException as error:
+        if error.status == 409:
+            raise Conflict(api_message(error), (namespace, name)) from error
+        raise
+    return _resource_version(response)
+
+
+def patch_labels(
+    plural: str, namespace: str, name: str, labels: Mapping[str, str], resource_version: str | None
+) -> str:
+    """Merge labels into one of our objects (the others it has stay), only if it still has
+    ``resource_version``; return its new resourceVersion. Raises Conflict as ``patch_status`` does."""
+    body: dict[str, Any] = {"metadata": {"labels": dict(labels)}}
+    if resource_version is not None:
+        body["metadata"]["resourceVersion"] = resource_version
+    try:
+        response = kubernetes.client.CustomObjectsApi(shared_client()).patch_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            namespace,
+            plural,
+            name,
+            body,
+            _preload_content=False,
+            _request_timeout=REQUEST_TIMEOUT,
+        )
+    except ApiException as error:
+        if error.status == 409:
+            raise Conflict(api_message(error), (namespace, name)) from error
+        raise
+    return _resource_version(response)
+
+
+def server_side_apply(plural: str, manifest: Mapping[str, Any], *, force: bool = False) -> Applied:
+    """Server-side apply ``manifest``, a namespaced custom object of any group (``plural`` is its
+    resource, e.g. inferenceservices), as field manager ``modelloop``.
+
+    For the objects the operator owns in other systems (KServe InferenceServices, HTTPRoutes,
+    SeldonDeployments): only the fields in ``manifest`` are ours, and a field another manager set is
+    not taken from it: the conflict comes back in ``Applied.conflict`` for the caller to report in
+    status, instead of the two managers fighting. ``force`` takes the fields (for fields that are ours
+    by contract).
+    """
+    group, _, version = str(manifest["apiVersion"]).rpartition("/")
+    meta = manifest["metadata"]
+    try:
+        response = kubernetes.client.CustomObjectsApi(shared_client()).patch_namespaced_custom_object(
+            group,
+            version,
+            meta["namespace"],
+            plural,
+            meta["name"],
+            dict(manifest),
+            field_manager=FIELD_MANAGER,
+            force=force,
+            _content_type="application/apply-patch+yaml",
+            _preload_content=False,
+            _request_timeout=REQUEST_TIMEOUT,
+        )
+    except ApiException as error:
+        if error.status == 409:
+            return Applied(obj=None, conflict=api_message(error))
+        raise
+    raw = cast(Any, response)
+    try:
+        return Applied(obj=cast(dict[str, Any], json.loads(raw.data)))
+    finally:
+        raw.release_conn()
 
 
 def delete_object(plural: str, namespace: str, name: str, uid: str, resource_version: str) -> bool:
@@ -158,7 +283,14 @@ def delete_object(plural: str, namespace: str, name: str, uid: str, resource_ver
     try:
         _discard(
             kubernetes.client.CustomObjectsApi(shared_client()).delete_namespaced_custom_object(
-                GROUP, VERSION, namespace, plural, name, body=options, _preload_content=False
+                GROUP,
+                VERSION,
+                namespace,
+                plural,
+                name,
+                body=options,
+                _preload_content=False,
+                _request_timeout=REQUEST_TIMEOUT,
             )
         )
     except ApiException as error:
@@ -173,10 +305,18 @@ def list_objects(plural: str, namespace: str, label_selector: str) -> list[dict[
     listed = cast(
         dict[str, Any],
         kubernetes.client.CustomObjectsApi(shared_client()).list_namespaced_custom_object(
-            GROUP, VERSION, namespace, plural, label_selector=label_selector
+            GROUP, VERSION, namespace, plural, label_selector=label_selector, _request_timeout=REQUEST_TIMEOUT
         ),
     )
     return list(listed.get("items") or [])
+
+
+def _resource_version(response: Any) -> str:
+    """The resourceVersion of the object in an unparsed write response (and release its connection)."""
+    try:
+        return str(json.loads(response.data)["metadata"]["resourceVersion"])
+    finally:
+        response.release_conn()
 
 
 def _discard(response: Any) -> None:
@@ -208,7 +348,12 @@ def register_model_version(
             created = cast(
                 dict[str, Any],
                 api.create_namespaced_custom_object(
-                    GROUP, VERSION, namespace, MODEL_VERSION.plural, manifest
+                    GROUP,
+                    VERSION,
+                    namespace,
+                    MODEL_VERSION.plural,
+                    manifest,
+                    _request_timeout=REQUEST_TIMEOUT,
                 ),
             )
         except ApiException as error:
@@ -225,7 +370,7 @@ def get_object(plural: str, namespace: str, name: str) -> dict[str, Any] | None:
         return cast(
             dict[str, Any],
             kubernetes.client.CustomObjectsApi(shared_client()).get_namespaced_custom_object(
-                GROUP, VERSION, namespace, plural, name
+                GROUP, VERSION, namespace, plural, name, _request_timeout=REQUEST_TIMEOUT
             ),
         )
     except ApiException as error:

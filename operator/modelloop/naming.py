@@ -22,6 +22,8 @@ ANNOTATION_STAGE_REASON = f"{GROUP}/stage-reason"
 # Set by the API server (manifests/admission/registered-by.yaml) to the user that created a ModelVersion.
 ANNOTATION_REGISTERED_BY = f"{GROUP}/registered-by"
 ANNOTATION_RUN_UID = f"{GROUP}/training-run-uid"
+# The run's whole name: the label above holds at most 63 characters of it (see ``label_value``).
+ANNOTATION_TRAINING_RUN = f"{GROUP}/training-run"
 
 # Kubernetes keeps these for itself or for us; a user's labels with these prefixes are not copied.
 _RESERVED_PREFIXES = (f"{GROUP}/", "app.kubernetes.io/", "kubernetes.io/", "k8s.io/", "batch.kubernetes.io/")
@@ -45,7 +47,7 @@ def standard_labels(component: str, instance: str) -> dict[str, str]:
     return {
         "app.kubernetes.io/name": "modelloop",
         "app.kubernetes.io/component": component,
-        "app.kubernetes.io/instance": _label_value(instance),
+        "app.kubernetes.io/instance": label_value(instance),
         LABEL_MANAGED_BY: MANAGED_BY,
         "app.kubernetes.io/version": __version__,
     }
@@ -54,6 +56,19 @@ def standard_labels(component: str, instance: str) -> dict[str, str]:
 def user_labels(labels: Mapping[str, str] | None) -> dict[str, str]:
     """A user's labels that may be copied onto objects made for them (reserved prefixes left out)."""
     return {k: v for k, v in (labels or {}).items() if not k.startswith(_RESERVED_PREFIXES)}
+
+
+def run_annotations(run: Mapping[str, Any]) -> dict[str, str]:
+    """The annotations that tie an object (a Job, its pods, a ModelVersion) to the TrainingRun that made
+    it: the run's uid (a re-created run of the same name is another run) and its whole name."""
+    meta = run["metadata"]
+    return {ANNOTATION_RUN_UID: str(meta["uid"]), ANNOTATION_TRAINING_RUN: str(meta["name"])}
+
+
+def run_of(meta: Mapping[str, Any]) -> str | None:
+    """The name of the TrainingRun an object belongs to (from ``run_annotations``, else its label)."""
+    annotations = meta.get("annotations") or {}
+    return annotations.get(ANNOTATION_TRAINING_RUN) or (meta.get("labels") or {}).get(LABEL_TRAINING_RUN)
 
 
 def owner_reference(owner: Mapping[str, Any], kind: str) -> dict[str, Any]:
@@ -69,7 +84,18 @@ def owner_reference(owner: Mapping[str, Any], kind: str) -> dict[str, Any]:
     }
 
 
-def _label_value(value: str) -> str:
-    """A label value (at most 63 characters of [A-Za-z0-9-_.], alphanumeric at both ends)."""
-    cleaned = re.sub(r"[^A-Za-z0-9_.-]", "-", value)[:63]
-    return cleaned.strip("-_.") or "x"
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+_MAX_LABEL_VALUE = 63
+
+
+def label_value(value: str) -> str:
+    """``value`` as a valid label value (at most 63 characters of [A-Za-z0-9-_.], alphanumeric at both
+    ends): itself when it is one, else a readable prefix and a hash of the whole, so that two long names
+    that share their first 56 characters still get different values. An object name may have 253
+    characters; a label value derived from it must be valid at any length."""
+    if len(value) <= _MAX_LABEL_VALUE and _LABEL_VALUE.match(value):
+        return value
+    digest = hashlib.sha256(value.encode()).hexdigest()[:6]
+    cleaned = re.sub(r"[^A-Za-z0-9_.-]", "-", value)[: _MAX_LABEL_VALUE - len(digest) - 1]
+    cleaned = cleaned.strip("-_.")
+    return f"{cleaned}-{digest}" if cleaned else digest

@@ -20,7 +20,7 @@ INVALID_SPEC = "InvalidSpec"
 
 
 @dataclass(frozen=True)
-class Verdict:
+class ReviewOutcome:
     """What status says about an accepted spec until the kind's own logic takes over."""
 
     phase: str
@@ -60,7 +60,7 @@ def review_spec(
     spec: Mapping[str, Any],
     status: Mapping[str, Any],
     generation: int,
-    accepted: Verdict,
+    accepted: ReviewOutcome,
     now: str | None = None,
 ) -> Review:
     """Validate ``spec`` with ``model`` and compute the status that reports it.
@@ -72,7 +72,7 @@ def review_spec(
     try:
         model.model_validate(dict(spec))
     except pydantic.ValidationError as error:
-        verdict = Verdict(
+        verdict = ReviewOutcome(
             phase=str(status.get("phase") or accepted.phase),
             ready="False",
             reason=INVALID_SPEC,
@@ -80,7 +80,7 @@ def review_spec(
         )
         event_type = "Warning"
     else:
-        verdict = Verdict(
+        verdict = ReviewOutcome(
             phase=str(status.get("phase") or accepted.phase),
             ready=accepted.ready,
             reason=accepted.reason,

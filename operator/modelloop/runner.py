@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 import random
+import secrets
+import socket
 
 import kopf
 
@@ -29,6 +33,10 @@ def run_operator(settings: Settings) -> None:
     priority = settings.priority
     if settings.peering is not None and priority is None:
         priority = random.SystemRandom().randrange(1, 2**31)
+    settings = dataclasses.replace(settings, priority=priority)
+    # kopf names this replica in the peering object by POD_ID (a Deployment sets it to the pod's name);
+    # the peering gate must know which entry is its own.
+    identity = os.environ.setdefault("POD_ID", f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}")
     kopf.run(
         clusterwide=not settings.namespaces,
         namespaces=settings.namespaces,
@@ -36,7 +44,7 @@ def run_operator(settings: Settings) -> None:
         standalone=settings.peering is None,
         peering_name=settings.peering,
         priority=priority,
-        memo=kopf.Memo(settings=settings),
+        memo=kopf.Memo(settings=settings, identity=identity),
     )
 
 

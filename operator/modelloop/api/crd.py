@@ -137,6 +137,17 @@ def _convert(node: dict[str, Any], defs: dict[str, Any], path: str) -> dict[str,
     return dict(sorted(out.items()))
 
 
+def _spec_schema(info: CrdInfo) -> dict[str, Any]:
+    """The spec's schema: the spec model's, with the kind's own rules on the spec as a whole."""
+    schema = openapi_schema(info.spec_model)
+    if info.spec_rules:
+        schema["x-kubernetes-validations"] = [
+            *schema.get("x-kubernetes-validations", []),
+            *(rule.to_schema() for rule in info.spec_rules),
+        ]
+    return dict(sorted(schema.items()))
+
+
 def render_crd(info: CrdInfo) -> dict[str, Any]:
     """The apiextensions.k8s.io/v1 CustomResourceDefinition of one kind."""
     root: dict[str, Any] = {
@@ -160,7 +171,7 @@ def render_crd(info: CrdInfo) -> dict[str, Any]:
                     "generateName": {"type": "string", "maxLength": 253},
                 },
             },
-            "spec": openapi_schema(info.spec_model),
+            "spec": _spec_schema(info),
             "status": openapi_schema(info.status_model),
         },
     }

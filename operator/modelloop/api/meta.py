@@ -8,6 +8,7 @@ the operator validates specs with the very same models.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -19,6 +20,7 @@ from pydantic import (
     Field,
     JsonValue,
     StringConstraints,
+    ValidationInfo,
     WithJsonSchema,
     model_validator,
 )
@@ -140,6 +142,16 @@ class CelRule:
         }
         entry.update({key: value for key, value in optional.items() if value is not None})
         return entry
+
+
+def object_name(info: ValidationInfo) -> str | None:
+    """The object's metadata.name, when a spec is validated with ``context={"name": ...}``.
+
+    A spec model cannot see its object's metadata; given the name this way, it also checks the rules
+    that the CRD states on the whole object and that read the name.
+    """
+    name = info.context.get("name") if isinstance(info.context, Mapping) else None
+    return name if isinstance(name, str) else None
 
 
 def cel_rules(*rules: CelRule) -> JsonDict:
@@ -338,7 +350,11 @@ class CrdInfo:
     status_model: type[ApiModel]
     printer_columns: tuple[PrinterColumn, ...]
     rules: tuple[CelRule, ...] = ()
-    """CEL rules on the whole object (they may read ``self.metadata.name``)."""
+    """CEL rules on the whole object (they may read ``self.metadata.name``). The spec model checks the
+    same when it is validated with the object's name in its context (see ``object_name``)."""
+    spec_rules: tuple[CelRule, ...] = ()
+    """CEL rules on the kind's spec as a whole, such as immutability. They are kept off the spec model
+    so that a spec embedded elsewhere (a DriftPolicy's TrainingRun template) does not inherit them."""
 
     @property
     def group(self) -> str:

@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Self
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, model_validator
 
-from .meta import AGE_COLUMN, ApiModel, CelRule, CrdInfo, DnsSubdomain, PrinterColumn, ResourceStatus
+from .meta import (
+    AGE_COLUMN,
+    ApiModel,
+    CelRule,
+    CrdInfo,
+    DnsSubdomain,
+    PrinterColumn,
+    ResourceStatus,
+    object_name,
+)
 from .validation import Validation
 
 
@@ -33,6 +43,13 @@ class ModelPolicySpec(ApiModel):
     retention: Retention | None = Field(
         None, description="Archived versions to keep; without it, the operator's default applies."
     )
+
+    @model_validator(mode="after")
+    def _check_name_like_the_crd(self, info: ValidationInfo) -> Self:
+        name = object_name(info)
+        if name is not None and (len(name) > 63 or "." in name):
+            raise ValueError("metadata.name must be the model's name (a DNS label, e.g. iris)")
+        return self
 
 
 class ModelPolicyPhase(StrEnum):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Self
 
-from pydantic import ConfigDict, Field, StringConstraints
+from pydantic import Field, StringConstraints, ValidationInfo, model_validator
 
 from .meta import (
     AGE_COLUMN,
@@ -24,7 +24,7 @@ from .meta import (
     ShortText,
     Trigger,
     Uri,
-    cel_rules,
+    object_name,
 )
 from .validation import Validation
 
@@ -97,12 +97,6 @@ class Lineage(ApiModel):
 class ModelVersionSpec(ApiModel):
     """One registered version of a model. Immutable: register a new ModelVersion to change anything."""
 
-    model_config = ConfigDict(
-        json_schema_extra=cel_rules(
-            CelRule(rule="self == oldSelf", message="spec is immutable: register a new ModelVersion instead")
-        )
-    )
-
     model_name: DnsLabel = Field(description="Name of the model this is a version of.")
     version: int = Field(
         ge=1, description="Version number, unique per model; the object is named <modelName>-v<version>."
@@ -123,6 +117,13 @@ class ModelVersionSpec(ApiModel):
     created_by: ShortText | None = Field(
         None, description="Who or what registered it, e.g. trainingrun/iris-1 or a person's name."
     )
+
+    @model_validator(mode="after")
+    def _check_name_like_the_crd(self, info: ValidationInfo) -> Self:
+        name = object_name(info)
+        if name is not None and name != f"{self.model_name}-v{self.version}":
+            raise ValueError("metadata.name must be <spec.modelName>-v<spec.version>, e.g. iris-v3")
+        return self
 
 
 class ValidationCheck(ApiModel):
@@ -173,6 +174,11 @@ class ModelVersionStatus(ResourceStatus):
 
     phase: ModelVersionPhase | None = Field(None, description="Pending, Validated or Rejected.")
     stage: ModelStage | None = Field(None, description="Candidate, Challenger, Champion or Archived.")
+    serving_stage: ModelStage | None = Field(
+        None,
+        description="The stage serving last implied (Challenger while an InferenceService rolls it out, "
+        "Champion once it serves the stable traffic); each is applied once.",
+    )
     checks: list[ValidationCheck] = Field(
         default_factory=list, max_length=32, description="Results of the validation checks."
     )
@@ -222,5 +228,8 @@ MODEL_VERSION = CrdInfo(
             ),
             message="metadata.name must be <spec.modelName>-v<spec.version>, e.g. iris-v3",
         ),
+    ),
+    spec_rules=(
+        CelRule(rule="self == oldSelf", message="spec is immutable: register a new ModelVersion instead"),
     ),
 )

@@ -287,4 +287,9 @@ TRAINING_RUN = CrdInfo(
         PrinterColumn("Job", ".status.jobName", "string", "Name of the training Job.", priority=1),
         AGE_COLUMN,
     ),
+    # A run is the record of one attempt: its ModelVersion's lineage and its sweep's trial indexes
+    # describe the spec it ran with. Metadata (labels, annotations) stays editable.
+    spec_rules=(
+        CelRule(rule="self == oldSelf", message="spec is immutable: create a new TrainingRun instead"),
+    ),
 )

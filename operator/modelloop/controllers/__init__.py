@@ -3,9 +3,10 @@
 from modelloop.controllers import (
     driftpolicy,
     inferenceservice,
-    lifecycle,
+    kopf_settings,
     modelversion,
+    runtime,
     trainingrun,
 )
 
-__all__ = ["driftpolicy", "inferenceservice", "lifecycle", "modelversion", "trainingrun"]
+__all__ = ["driftpolicy", "inferenceservice", "kopf_settings", "modelversion", "runtime", "trainingrun"]

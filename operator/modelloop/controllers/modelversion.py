@@ -1,16 +1,18 @@
 """ModelVersion and ModelPolicy: the model registry, reconciled one model at a time.
 
-Any event of a model's versions, of its ModelPolicy, or of an InferenceService that serves it reconciles
-the whole model from kopf's in-memory indexes: new versions are validated (against the champion, too),
-stage requests are applied, labels follow the stage, retention removes what it may, and the ModelPolicy's
-status summarizes the model. The decisions are pure (``modelloop.registry.plan``); this module reads,
-applies the plan, and reports. Neither kind gets kopf's annotations or finalizers: the objects stay as
-their authors wrote them.
+Any event of a model's versions, of its ModelPolicy, or of an InferenceService that serves it queues the
+model, and the work queue reconciles the whole model from kopf's in-memory indexes: new versions are
+validated (against the champion, too), stage requests (users' annotations, and the stages rollouts imply,
+from the InferenceServices' status) are applied, labels follow the stage, retention removes what it may,
+and the ModelPolicy's status summarizes the model. The decisions are pure (``modelloop.registry.plan``);
+this module reads, applies the plan and writes through the one status writer. Neither kind gets kopf's
+annotations or finalizers: the objects stay as their authors wrote them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -18,25 +20,21 @@ from typing import Any
 import kopf
 
 from modelloop import kube
-from modelloop.api import GROUP, INFERENCE_SERVICE, MODEL_POLICY, MODEL_VERSION, VERSION, ModelStage
+from modelloop.api import GROUP, INFERENCE_SERVICE, MODEL_POLICY, MODEL_VERSION, VERSION
 from modelloop.conditions import utc_now
 from modelloop.controllers.reporting import post_event
-from modelloop.controllers.scheduling import KeyedReconciler
 from modelloop.naming import ANNOTATION_REQUESTED_STAGE, ANNOTATION_STAGE_REASON
 from modelloop.objects import slim_object
 from modelloop.registry.plan import RETENTION, ModelPlan, plan_model
-from modelloop.registry.stages import StageChange
+from modelloop.registry.serving import ServedModel, served_model
+from modelloop.runtime.executors import call_api
+from modelloop.runtime.status import ObjectGone, StatusWriter, retry_on_conflict
+from modelloop.runtime.workqueue import WorkQueue
 from modelloop.settings import Settings
 
 ModelKey = tuple[str, str]  # (namespace, model name)
-ObjectKey = tuple[str, str]  # (namespace, object name)
 
 logger = logging.getLogger(__name__)
-# What this process last wrote into each object's status, with the object's uid: the indexes may not show
-# our own last write yet, and the operator is the only writer of these statuses.
-_written: dict[ObjectKey, tuple[str, dict[str, Any]]] = {}
-# Stage changes asked for by the serving controller, applied by the model's next reconcile.
-_requests: dict[ModelKey, list[StageChange]] = {}
 _ANNOTATIONS = (ANNOTATION_REQUESTED_STAGE, ANNOTATION_STAGE_REASON)
 
 
@@ -56,124 +54,146 @@ async def model_policies(
 
 @kopf.index(GROUP, VERSION, INFERENCE_SERVICE.plural)
 async def served_versions(
-    namespace: str | None, spec: kopf.Spec, status: kopf.Status, **_: Any
-) -> dict[ModelKey, list[int]]:
-    """The version numbers each InferenceService serves or names, by (namespace, model name)."""
+    namespace: str | None, name: str, spec: kopf.Spec, status: kopf.Status, **_: Any
+) -> dict[ModelKey, dict[str, Any]]:
+    """What each InferenceService names (spec) and serves (status), by (namespace, model name)."""
     model = spec.get("model") or {}
-    numbers = [model.get("version"), status.get("stableVersion"), status.get("canaryVersion")]
-    return {(namespace or "", str(model.get("name"))): [int(n) for n in numbers if n]}
+    pinned = model.get("version")
+    return {
+        (namespace or "", str(model.get("name"))): {
+            "served": served_model(name, status),
+            "pinned": int(pinned) if isinstance(pinned, int) else None,
+        }
+    }
 
 
 @kopf.on.event(GROUP, VERSION, MODEL_VERSION.plural)
 async def on_model_version(
-    type: str, namespace: str | None, name: str, body: kopf.Body, memo: Any, **kwargs: Any
+    type: str, namespace: str | None, name: str, body: kopf.Body, memo: Any, **_: Any
 ) -> None:
+    registry: ModelRegistry = memo.runtime.registry
     if type == "DELETED":
-        _written.pop((namespace or "", name), None)
-    reconciler.schedule((namespace or "", str(body["spec"]["modelName"])), memo, kwargs)
+        registry.versions.forget((namespace or "", name))
+    registry.queue.add((namespace or "", str(body["spec"]["modelName"])))
 
 
 @kopf.on.event(GROUP, VERSION, MODEL_POLICY.plural)
-async def on_model_policy(type: str, namespace: str | None, name: str, memo: Any, **kwargs: Any) -> None:
+async def on_model_policy(type: str, namespace: str | None, name: str, memo: Any, **_: Any) -> None:
+    registry: ModelRegistry = memo.runtime.registry
     if type == "DELETED":
-        _written.pop((namespace or "", name), None)
-    reconciler.schedule((namespace or "", name), memo, kwargs)
+        registry.policies.forget((namespace or "", name))
+    registry.queue.add((namespace or "", name))
 
 
 @kopf.on.event(GROUP, VERSION, INFERENCE_SERVICE.plural)
-async def on_inference_service(namespace: str | None, spec: kopf.Spec, memo: Any, **kwargs: Any) -> None:
-    # What it serves is protected from retention: a change may free, or pin, versions.
+async def on_served_model(namespace: str | None, spec: kopf.Spec, memo: Any, **_: Any) -> None:
+    # What it serves is protected from retention and sets stages: a change may free, pin or promote versions.
     model = (spec.get("model") or {}).get("name")
     if model:
-        reconciler.schedule((namespace or "", str(model)), memo, kwargs)
+        memo.runtime.registry.queue.add((namespace or "", str(model)))
 
 
-def request_stage(
-    namespace: str,
-    model: str,
-    version_name: str,
-    stage: ModelStage,
-    reason: str,
-    message: str,
-    memo: Any,
-    indexes: Mapping[str, Any],
-) -> None:
-    """Move a version to ``stage`` (for the serving controller: e.g. Champion when a rollout promotes it).
-    ``reason`` is CamelCase and goes into the version's history with ``message``."""
-    _requests.setdefault((namespace, model), []).append(StageChange(version_name, stage, reason, message))
-    reconciler.schedule((namespace, model), memo, indexes)
+class ModelRegistry:
+    """Reconciles models: their ModelVersions and ModelPolicy, one model at a time."""
 
+    def __init__(self, settings: Settings, indexes: Mapping[str, Any], workers: int = 8) -> None:
+        self.settings = settings
+        self.indexes = indexes
+        self.versions = StatusWriter(MODEL_VERSION.plural, _ANNOTATIONS)
+        self.policies = StatusWriter(MODEL_POLICY.plural, _ANNOTATIONS)
+        self.queue = WorkQueue("model", self.reconcile, workers=workers)
 
-async def _reconcile(key: ModelKey, memo: Any, indexes: Mapping[str, Any]) -> None:
-    settings: Settings = memo.settings
-    namespace = key[0]
-    versions = [_as_written(namespace, v) for v in indexes["model_versions"].get(key, ())]
-    policy = next(iter(indexes["model_policies"].get(key, ())), None)
-    if policy is not None:
-        policy = _as_written(namespace, policy)
-    serving = {n for numbers in indexes["served_versions"].get(key, ()) for n in numbers}
-    requests = _requests.pop(key, [])
-    try:
-        plan = plan_model(versions, policy, serving, requests, settings.keep_archived, utc_now())
-        await _apply(namespace, plan, {v["metadata"]["name"]: v for v in versions}, policy)
-    except Exception:
-        # The retry must still see them (ahead of any that came since).
-        _requests[key] = [*requests, *_requests.get(key, [])]
-        raise
+    def known_keys(self) -> list[ModelKey]:
+        return list({*self.indexes["model_versions"].keys(), *self.indexes["model_policies"].keys()})
 
+    async def reconcile(self, key: ModelKey) -> float | None:
+        # Fresh copies read after a conflict, by (namespace, name): they stand in for the index's.
+        async def attempt() -> None:
+            await self._reconcile_model(key)
 
-async def _apply(
-    namespace: str, plan: ModelPlan, versions: Mapping[str, dict[str, Any]], policy: dict[str, Any] | None
-) -> None:
+        async def reread(conflict: kube.Conflict) -> None:
+            # A model's policy is named after the model; its versions are <model>-v<N>.
+            writer = self.policies if conflict.key[1] == key[1] else self.versions
+            with contextlib.suppress(ObjectGone):  # its DELETED event reconciles the model again
+                await writer.refresh(*conflict.key)
 
-    async def write(name: str) -> None:
-        try:
-            # Status first: it is the truth that the labels and events report.
-            if (status := plan.statuses.get(name)) is not None:
-                await asyncio.to_thread(kube.patch_status, MODEL_VERSION.plural, namespace, name, status)
-                _written[(namespace, name)] = (versions[name]["metadata"]["uid"], status)
-            if (labels := plan.labels.get(name)) is not None:
-                await asyncio.to_thread(kube.patch_labels, MODEL_VERSION.plural, namespace, name, labels)
-        except kube.ApiException as error:
-            if error.status != 404:  # deleted meanwhile: its DELETED event reconciles the model again
-                raise
+        await retry_on_conflict(attempt, reread, f"model {key[0]}/{key[1]}")
+        return None
 
-    # Versions are written side by side (as many at once as the executor has threads): a burst of new
-    # versions is then validated in a fraction of the time one-by-one writes would take.
-    await asyncio.gather(*(write(name) for name in {**plan.statuses, **plan.labels}))
-    # A retention event is posted once its deletion has happened.
-    retention = {e.name: e for e in plan.events if e.reason == RETENTION}
-    for event in plan.events:
-        obj = versions.get(event.name) if event.kind == MODEL_VERSION.kind else policy
-        if obj is not None and event.reason != RETENTION:
-            post_event(obj, event.type, event.reason, event.message)
-    for version in plan.deletions:
-        meta = version["metadata"]
-        # Not deleted when it changed since it was read (resourceVersion): the next reconcile decides again.
-        deleted = await asyncio.to_thread(
-            kube.delete_object,
-            MODEL_VERSION.plural,
-            namespace,
-            meta["name"],
-            meta["uid"],
-            meta["resourceVersion"],
+    def _policy(self, key: ModelKey) -> dict[str, Any] | None:
+        policy = next(iter(self.indexes["model_policies"].get(key, ())), None)
+        return None if policy is None else self.policies.view(policy)
+
+    async def _reconcile_model(self, key: ModelKey) -> None:
+        versions = [self.versions.view(v) for v in self.indexes["model_versions"].get(key, ())]
+        policy = self._policy(key)
+        serving: set[int] = set()
+        served: list[ServedModel] = []
+        for entry in self.indexes["served_versions"].get(key, ()):
+            model: ServedModel = entry["served"]
+            served.append(model)
+            serving.update(n for n in (entry["pinned"], model.stable, model.canary) if n)
+        plan = plan_model(versions, policy, serving, served, self.settings.keep_archived, utc_now())
+        await self._apply_plan(key[0], plan, {v["metadata"]["name"]: v for v in versions}, policy)
+
+    async def _apply_plan(
+        self,
+        namespace: str,
+        plan: ModelPlan,
+        versions: Mapping[str, dict[str, Any]],
+        policy: dict[str, Any] | None,
+    ) -> None:
+        retention = {e.name: e for e in plan.events if e.reason == RETENTION}
+        pending = [e for e in plan.events if e.reason != RETENTION]
+
+        def post(kind: str, name: str) -> None:
+            obj = versions.get(name) if kind == MODEL_VERSION.kind else policy
+            for event in [e for e in pending if e.kind == kind and e.name == name]:
+                pending.remove(event)
+                if obj is not None:
+                    post_event(obj, event.type, event.reason, event.message)
+
+        async def write(name: str) -> None:
+            version = versions[name]
+            try:
+                # Status first: it is the truth that the labels and events report.
+                if (status := plan.statuses.get(name)) is not None:
+                    version = await self.versions.write(version, status)
+                if (labels := plan.labels.get(name)) is not None:
+                    await self.versions.write_labels(version, labels)
+            except kube.ApiException as error:
+                if error.status != 404:  # deleted meanwhile: its DELETED event reconciles the model again
+                    raise
+                return
+            post(MODEL_VERSION.kind, name)
+
+        # Versions are written side by side (as many at once as the API pool has threads): a burst of new
+        # versions is then validated in a fraction of the time one-by-one writes would take. A conflict in
+        # one of them re-plans the model; the writes that succeeded are remembered (and their events
+        # posted), so the next plan neither repeats nor loses them.
+        results = await asyncio.gather(
+            *(write(name) for name in {**plan.statuses, **plan.labels}), return_exceptions=True
         )
-        if deleted:
-            logger.info("retention deleted ModelVersion %s/%s", namespace, meta["name"])
-            event = retention[meta["name"]]
-            post_event(version, event.type, event.reason, event.message)
-    if policy is not None and plan.policy_status is not None:
-        name = policy["metadata"]["name"]
-        await asyncio.to_thread(kube.patch_status, MODEL_POLICY.plural, namespace, name, plan.policy_status)
-        _written[(namespace, name)] = (policy["metadata"]["uid"], plan.policy_status)
-
-
-def _as_written(namespace: str, obj: Mapping[str, Any]) -> dict[str, Any]:
-    """``obj`` with the status this process last wrote, when the index does not show it yet."""
-    written = _written.get((namespace, obj["metadata"]["name"]))
-    if written is None or written[0] != obj["metadata"]["uid"]:
-        return dict(obj)
-    return {**obj, "status": written[1]}
-
-
-reconciler = KeyedReconciler("model", _reconcile)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        if policy is not None and plan.policy_status is not None:
+            await self.policies.write(policy, plan.policy_status)
+        for event in list(pending):
+            post(event.kind, event.name)
+        # A retention event is posted once its deletion has happened.
+        for version in plan.deletions:
+            meta = version["metadata"]
+            # Not deleted when it changed since it was read (resourceVersion): the next reconcile decides.
+            deleted = await call_api(
+                kube.delete_object,
+                MODEL_VERSION.plural,
+                namespace,
+                meta["name"],
+                meta["uid"],
+                meta["resourceVersion"],
+            )
+            if deleted:
+                logger.info("retention deleted ModelVersion %s/%s", namespace, meta["name"])
+                event = retention[meta["name"]]
+                post_event(version, event.type, event.reason, event.message)

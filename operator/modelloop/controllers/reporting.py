@@ -1,18 +1,26 @@
-"""Where a Review becomes a status patch and an event, and the foundation's handlers that produce one.
+"""Events, and the spec review that InferenceService and DriftPolicy get until their own logic comes.
 
 This module is kopf I/O only; what status should say is decided in ``modelloop.review``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+import logging
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import kopf
 import pydantic
 
-from modelloop.api import GROUP, VERSION
-from modelloop.review import Review, Verdict, review_spec
+from modelloop import kube
+from modelloop.conditions import utc_now
+from modelloop.review import ReviewOutcome, review_spec
+from modelloop.runtime.status import ObjectGone, StatusWriter, retry_on_conflict
+from modelloop.runtime.workqueue import WorkQueue
+
+ObjectKey = tuple[str, str]
+logger = logging.getLogger(__name__)
 
 
 def post_event(obj: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
@@ -21,23 +29,62 @@ def post_event(obj: Mapping[str, Any], type_: str, reason: str, message: str) ->
     kopf.event(dict(obj), type=type_, reason=reason, message=message[:1024])  # type: ignore[arg-type]
 
 
-def apply_review(review: Review, body: kopf.Body, patch: kopf.Patch) -> None:
-    """Patch the status fields of ``review`` and post its event, if any."""
-    for key, value in review.status.items():
-        patch.status[key] = value
-    if review.event is not None:
-        post_event(body, review.event.type, review.event.reason, review.event.message)
+class SpecReviewer:
+    """Reviews the spec of every object of one kind (in its index ``index``) and reports it in status,
+    through the work queue and the one status writer."""
 
-
-def register_spec_review(plural: str, model: type[pydantic.BaseModel], accepted: Verdict) -> None:
-    """Review the spec of every object of ``plural`` when created, changed, or found at start-up."""
-
-    def review(
-        spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, body: kopf.Body, patch: kopf.Patch, **_: Any
+    def __init__(
+        self,
+        kind: str,
+        plural: str,
+        model: type[pydantic.BaseModel],
+        accepted: ReviewOutcome,
+        index: Callable[[], Mapping[Any, Any]],
     ) -> None:
-        apply_review(review_spec(model, spec, status, int(meta["generation"]), accepted), body, patch)
+        self.kind = kind
+        self.model = model
+        self.accepted = accepted
+        self._index = index
+        self.writer = StatusWriter(plural)
+        self.queue = WorkQueue(kind, self.reconcile)
 
-    handler_id = "review-spec"
-    kopf.on.resume(GROUP, VERSION, plural, id=handler_id)(review)
-    kopf.on.create(GROUP, VERSION, plural, id=handler_id)(review)
-    kopf.on.update(GROUP, VERSION, plural, field="spec", id=handler_id)(review)
+    def known_keys(self) -> list[ObjectKey]:
+        return list(self._index().keys())
+
+    def forget(self, key: ObjectKey) -> None:
+        self.queue.forget(key)
+        self.writer.forget(key)
+
+    async def reconcile(self, key: ObjectKey) -> float | None:
+        obj = next(iter(self._index().get(key, ())), None)
+        if obj is None or obj["metadata"].get("deletionTimestamp"):
+            return None
+        current = [self.writer.view(obj)]
+
+        async def attempt() -> None:
+            await self._review(current[0])
+
+        async def reread(_: kube.Conflict) -> None:
+            current[0] = await self.writer.refresh(*key)
+
+        with contextlib.suppress(ObjectGone):
+            await retry_on_conflict(attempt, reread, f"{self.kind} {key[0]}/{key[1]}")
+        return None
+
+    async def _review(self, obj: Mapping[str, Any]) -> None:
+        generation = int(obj["metadata"].get("generation") or 1)
+        review = review_spec(
+            self.model, obj.get("spec") or {}, obj.get("status") or {}, generation, self.accepted, utc_now()
+        )
+        await self.writer.write(obj, review.status)
+        if review.event is not None:
+            meta = obj["metadata"]
+            logger.info(
+                "%s %s/%s is %s (%s)",
+                self.kind,
+                meta["namespace"],
+                meta["name"],
+                review.status["phase"],
+                review.event.reason,
+            )
+            post_event(obj, review.event.type, review.event.reason, review.event.message)

@@ -1,14 +1,14 @@
 """TrainingRun: one training attempt (or sweep) as Kubernetes Jobs, followed to the end.
 
-Level-triggered: any event of a run, of its Jobs or of their pods reconciles the run from kopf's
-in-memory indexes (no list calls per event); a reconcile that fails is retried after a delay. The
-decisions are pure (``modelloop.training.plan``); this module reads, applies the plan, and reports.
-Reconciles of one run are serialized and coalesced.
+Level-triggered: any event of a run, of its Jobs or of their pods queues the run's key, and the work queue
+reconciles it from kopf's in-memory indexes (no list calls per event). The decisions are pure
+(``modelloop.training.plan`` and ``report``); this module reads, applies the plan and writes status through
+the one status writer.
 """
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -18,32 +18,25 @@ import pydantic
 
 from modelloop import kube
 from modelloop.api import GROUP, TRAINING_RUN, VERSION, TrainingRunPhase, TrainingRunSpec
-from modelloop.conditions import ConditionStatus, set_condition
+from modelloop.conditions import utc_now
 from modelloop.controllers.reporting import post_event
-from modelloop.controllers.scheduling import KeyedReconciler
-from modelloop.naming import ANNOTATION_RUN_UID, LABEL_TRAINING_RUN
+from modelloop.naming import ANNOTATION_RUN_UID, LABEL_TRAINING_RUN, label_value, run_of
 from modelloop.objects import slim_object
 from modelloop.review import INVALID_SPEC, describe_validation_error
+from modelloop.runtime.executors import call_api
+from modelloop.runtime.status import ObjectGone, StatusWriter, retry_on_conflict
+from modelloop.runtime.workqueue import WorkQueue
 from modelloop.settings import Settings
-from modelloop.training.observe import IMAGE_PROBLEMS, slim_job, slim_pod
+from modelloop.training.observe import slim_job, slim_pod
 from modelloop.training.plan import RunPlan, plan_run
 from modelloop.training.register import render_model_version
+from modelloop.training.report import report_refusal, report_run
 
-RunKey = tuple[str, str]
+RunKey = tuple[str, str]  # (namespace, run name)
 PLURAL = TRAINING_RUN.plural
-_WARNING_REASONS = {INVALID_SPEC, "Unschedulable", "ResultMissing", *IMAGE_PROBLEMS}
-_STATUS_KEYS = (
-    "phase", "jobName", "startTime", "completionTime", "metrics", "keyMetric", "artifactUri", "datasetHash",
-    "modelVersion", "trials", "bestTrial", "reason", "message", "observedGeneration", "conditions",
-)  # fmt: skip
+DEBOUNCE_SECONDS = 0.2
 
 logger = logging.getLogger(__name__)
-# Jobs created but not yet seen in the index: a reconcile right after a create must not plan them again.
-_created: dict[RunKey, dict[str, dict[str, Any]]] = {}
-# The status each run was last given by this process.
-_written: dict[RunKey, dict[str, Any]] = {}
-RETRY_SECONDS = 10.0
-DEBOUNCE_SECONDS = 0.2
 
 
 # Index functions are async: kopf would run plain functions in a thread, once per event.
@@ -57,166 +50,184 @@ async def training_runs(
 
 @kopf.index("batch", "v1", "jobs", labels={LABEL_TRAINING_RUN: kopf.PRESENT})
 async def training_jobs(
-    namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
+    namespace: str | None, meta: kopf.Meta, body: kopf.Body, **_: Any
 ) -> dict[RunKey, dict[str, Any]]:
     """The Jobs of each TrainingRun."""
-    return {(namespace or "", labels[LABEL_TRAINING_RUN]): slim_job(body)}
+    return {(namespace or "", run_of(meta) or ""): slim_job(body)}
 
 
 @kopf.index("v1", "pods", labels={LABEL_TRAINING_RUN: kopf.PRESENT})
 async def training_pods(
-    namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
+    namespace: str | None, meta: kopf.Meta, body: kopf.Body, **_: Any
 ) -> dict[RunKey, dict[str, Any]]:
     """The pods of each TrainingRun's Jobs."""
-    return {(namespace or "", labels[LABEL_TRAINING_RUN]): slim_pod(body)}
+    return {(namespace or "", run_of(meta) or ""): slim_pod(body)}
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-async def on_training_run(type: str, namespace: str | None, name: str, memo: Any, **kwargs: Any) -> None:
+async def on_training_run(type: str, namespace: str | None, name: str, memo: Any, **_: Any) -> None:
+    controller: TrainingRunController = memo.runtime.training_runs
     if type == "DELETED":
-        _forget((namespace or "", name))
-        return
-    schedule_reconcile((namespace or "", name), memo, kwargs)
+        controller.forget((namespace or "", name))
+    else:
+        controller.queue.add((namespace or "", name))
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={LABEL_TRAINING_RUN: kopf.PRESENT})
 @kopf.on.event("v1", "pods", labels={LABEL_TRAINING_RUN: kopf.PRESENT})
-async def on_training_workload(namespace: str | None, labels: kopf.Labels, memo: Any, **kwargs: Any) -> None:
-    schedule_reconcile((namespace or "", labels[LABEL_TRAINING_RUN]), memo, kwargs)
+async def on_training_workload(namespace: str | None, meta: kopf.Meta, memo: Any, **_: Any) -> None:
+    run = run_of(meta)
+    if run:
+        memo.runtime.training_runs.queue.add((namespace or "", run))
 
 
-async def _reconcile(key: RunKey, memo: Any, indexes: Mapping[str, Any]) -> None:
-    run = _one(indexes["training_runs"], key)
-    if run is None or run["metadata"].get("deletionTimestamp"):
-        return
-    settings: Settings = memo.settings
-    await _reconcile_run(key, run, indexes, settings)
+class TrainingRunController:
+    """Reconciles TrainingRuns; what it remembers of a run is valid for that run's uid only."""
 
-
-reconciler = KeyedReconciler("TrainingRun", _reconcile, debounce=DEBOUNCE_SECONDS, retry=RETRY_SECONDS)
-
-
-def schedule_reconcile(key: RunKey, memo: Any, indexes: Mapping[str, Any], delay: float = 0.0) -> None:
-    """Reconcile a run soon, in the background (see ``KeyedReconciler``)."""
-    reconciler.schedule(key, memo, indexes, delay)
-
-
-async def _reconcile_run(
-    key: RunKey, run: dict[str, Any], indexes: Mapping[str, Any], settings: Settings
-) -> None:
-    # The index may not show our own last write yet: what we wrote last is the newer truth (the operator is
-    # status's only writer). Without this, a reconcile racing its own write would write the same again.
-    previous = _written.get(key) or run.get("status") or {}
-    generation = int(run["metadata"].get("generation") or 1)
-    try:
-        spec = TrainingRunSpec.model_validate(run["spec"])
-    except pydantic.ValidationError as error:
-        status = {
-            "phase": previous.get("phase") or TrainingRunPhase.PENDING.value,
-            "reason": INVALID_SPEC,
-            "message": describe_validation_error(error),
-        }
-        await _write_status(key, run, previous, status, generation)
-        return
-
-    uid = run["metadata"]["uid"]
-    jobs = {
-        job["metadata"]["name"]: job
-        for job in _all(indexes["training_jobs"], key)
-        if (job["metadata"].get("annotations") or {}).get(ANNOTATION_RUN_UID) == uid
-    }
-    created = _created.setdefault(key, {})
-    for name in [n for n in created if n in jobs]:
-        del created[name]
-    pods = [
-        pod
-        for pod in _all(indexes["training_pods"], key)
-        if (pod["metadata"].get("annotations") or {}).get(ANNOTATION_RUN_UID) == uid
-    ]
-    plan = plan_run(run, spec, {**created, **jobs}, pods, settings.artifact_root)
-
-    for manifest in plan.jobs_to_create:
-        # A new single-run Job is announced by the status transition (reason JobCreated); trial Jobs by an
-        # event each.
-        if await asyncio.to_thread(kube.create_job, manifest) and spec.sweep is not None:
-            post_event(run, "Normal", "TrialStarted", f"Created Job {manifest['metadata']['name']}.")
-        created[manifest["metadata"]["name"]] = manifest
-
-    status = dict(plan.status)
-    if previous.get("modelVersion"):
-        status["modelVersion"] = previous["modelVersion"]
-    elif plan.registration is not None:
-        status["modelVersion"] = await _register(run, spec, plan)
-    await _write_status(key, run, previous, status, generation)
-
-
-async def _register(run: Mapping[str, Any], spec: TrainingRunSpec, plan: RunPlan) -> str:
-    """The name of the run's ModelVersion, registering it unless an earlier pass already did."""
-    assert plan.registration is not None
-    meta = run["metadata"]
-    existing = [
-        mv
-        for mv in await asyncio.to_thread(
-            kube.list_objects, "modelversions", meta["namespace"], f"{LABEL_TRAINING_RUN}={meta['name']}"
+    def __init__(self, settings: Settings, indexes: Mapping[str, Any], workers: int = 16) -> None:
+        self.settings = settings
+        self.indexes = indexes
+        self.writer = StatusWriter(PLURAL)
+        # Jobs created but not yet seen in the index, by run: (the run's uid, {Job name: manifest}). A
+        # reconcile right after a create must not plan them again.
+        self._created: dict[RunKey, tuple[str, dict[str, dict[str, Any]]]] = {}
+        self.queue = WorkQueue(
+            "TrainingRun",
+            self.reconcile,
+            workers=workers,
+            debounce=DEBOUNCE_SECONDS,
+            on_failure=self.report_failure,
         )
-        if (mv["metadata"].get("annotations") or {}).get(ANNOTATION_RUN_UID) == meta["uid"]
-    ]
-    if existing:
-        return str(existing[0]["metadata"]["name"])
-    registration = plan.registration
-    created = await asyncio.to_thread(
-        kube.register_model_version,
-        meta["namespace"],
-        spec.output.model_name,
-        lambda version: render_model_version(
-            run, spec, registration.result, version, registration.params, registration.image_digest
-        ),
-    )
-    name = str(created["metadata"]["name"])
-    post_event(run, "Normal", "ModelRegistered", f"Registered ModelVersion {name}.")
-    return name
 
+    def known_keys(self) -> list[RunKey]:
+        """Every run the index holds (to pick all of them up after a handover)."""
+        return list(self.indexes["training_runs"].keys())
 
-async def _write_status(
-    key: RunKey, run: Mapping[str, Any], previous: Mapping[str, Any], status: dict[str, Any], generation: int
-) -> None:
-    phase = status["phase"]
-    ready: ConditionStatus = "True" if phase == TrainingRunPhase.SUCCEEDED.value else "False"
-    status["observedGeneration"] = generation
-    status["conditions"] = set_condition(
-        previous.get("conditions"),
-        type_="Ready",
-        status=ready,
-        reason=str(status.get("reason") or phase),
-        message=str(status.get("message") or ""),
-        observed_generation=generation,
-    )
-    desired = {k: status.get(k) for k in _STATUS_KEYS}
-    if all(previous.get(k) == v for k, v in desired.items()):
-        return
-    await asyncio.to_thread(kube.patch_status, PLURAL, key[0], key[1], desired)
-    _written[key] = desired
-    # Events mark what a person reading `kubectl describe` needs: how the run ended, or why it is stuck.
-    # (Its start is in status and in the Job's and pod's own events: one write fewer per run.)
-    reason = str(status.get("reason") or phase)
-    warning = phase == TrainingRunPhase.FAILED.value or reason in _WARNING_REASONS
-    ended = previous.get("phase") != phase and phase in (
-        TrainingRunPhase.SUCCEEDED.value,
-        TrainingRunPhase.FAILED.value,
-    )
-    if ended or (warning and previous.get("reason") != reason):
-        post_event(run, "Warning" if warning else "Normal", reason, str(status.get("message") or phase))
+    def forget(self, key: RunKey) -> None:
+        self.queue.forget(key)
+        self.writer.forget(key)
+        self._created.pop(key, None)
 
+    def _run(self, key: RunKey) -> dict[str, Any] | None:
+        run = next(iter(self.indexes["training_runs"].get(key, ())), None)
+        if run is None or run["metadata"].get("deletionTimestamp"):
+            return None
+        return self.writer.view(run)
 
-def _one(index: Any, key: RunKey) -> dict[str, Any] | None:
-    return next(iter(index.get(key, ())), None)
+    async def reconcile(self, key: RunKey) -> float | None:
+        run = self._run(key)
+        if run is None:
+            return None
+        current = [run]
 
+        async def attempt() -> None:
+            await self._reconcile_run(key, current[0])
 
-def _all(index: Any, key: RunKey) -> list[dict[str, Any]]:
-    return list(index.get(key, ()))
+        async def reread(_: kube.Conflict) -> None:
+            current[0] = await self.writer.refresh(*key)
 
+        with contextlib.suppress(ObjectGone):  # deleted meanwhile: its DELETED event forgets it
+            await retry_on_conflict(attempt, reread, f"TrainingRun {key[0]}/{key[1]}")
+        return None
 
-def _forget(key: RunKey) -> None:
-    _created.pop(key, None)
-    _written.pop(key, None)
-    reconciler.forget(key)
+    async def _reconcile_run(self, key: RunKey, run: dict[str, Any]) -> None:
+        previous = run.get("status") or {}
+        generation = int(run["metadata"].get("generation") or 1)
+        try:
+            spec = TrainingRunSpec.model_validate(run["spec"])
+        except pydantic.ValidationError as error:
+            status = {
+                **{k: v for k, v in previous.items() if k not in ("reason", "message")},
+                "phase": previous.get("phase") or TrainingRunPhase.PENDING.value,
+                "reason": INVALID_SPEC,
+                "message": describe_validation_error(error),
+            }
+            await self._write(run, status, generation)
+            return
+
+        uid = run["metadata"]["uid"]
+        jobs = {job["metadata"]["name"]: job for job in self._owned(self.indexes["training_jobs"], key, uid)}
+        remembered_uid, created = self._created.get(key, (uid, {}))
+        if remembered_uid != uid:  # another run of the same name: nothing of the old one applies
+            created = {}
+        created = {name: job for name, job in created.items() if name not in jobs}
+        self._created[key] = (uid, created)
+        pods = self._owned(self.indexes["training_pods"], key, uid)
+        plan = plan_run(run, spec, {**created, **jobs}, pods, self.settings.artifact_root)
+
+        for manifest in plan.jobs_to_create:
+            # A new single-run Job is announced by the status transition (reason JobCreated); trial Jobs by
+            # an event each.
+            if await call_api(kube.create_job, manifest) and spec.sweep is not None:
+                post_event(run, "Normal", "TrialStarted", f"Created Job {manifest['metadata']['name']}.")
+            created[manifest["metadata"]["name"]] = manifest
+
+        status = dict(plan.status)
+        if previous.get("modelVersion"):
+            status["modelVersion"] = previous["modelVersion"]
+        elif plan.registration is not None:
+            status["modelVersion"] = await self._register(run, spec, plan)
+        await self._write(run, status, generation)
+
+    async def _write(self, run: dict[str, Any], status: dict[str, Any], generation: int) -> None:
+        previous = run.get("status") or {}
+        report = report_run(previous, status, generation, utc_now())
+        await self.writer.write(run, report.status)
+        if previous.get("phase") != report.status["phase"]:
+            meta = run["metadata"]
+            logger.info("TrainingRun %s/%s is %s", meta["namespace"], meta["name"], report.status["phase"])
+        if report.event is not None:
+            post_event(run, report.event.type, report.event.reason, report.event.message)
+
+    async def _register(self, run: Mapping[str, Any], spec: TrainingRunSpec, plan: RunPlan) -> str:
+        """The name of the run's ModelVersion, registering it unless an earlier pass already did."""
+        assert plan.registration is not None
+        meta = run["metadata"]
+        selector = f"{LABEL_TRAINING_RUN}={label_value(meta['name'])}"
+        existing = [
+            mv
+            for mv in await call_api(kube.list_objects, "modelversions", meta["namespace"], selector)
+            if (mv["metadata"].get("annotations") or {}).get(ANNOTATION_RUN_UID) == meta["uid"]
+        ]
+        if existing:
+            return str(existing[0]["metadata"]["name"])
+        registration = plan.registration
+        created = await call_api(
+            kube.register_model_version,
+            meta["namespace"],
+            spec.output.model_name,
+            lambda version: render_model_version(
+                run, spec, registration.result, version, registration.params, registration.image_digest
+            ),
+        )
+        name = str(created["metadata"]["name"])
+        post_event(run, "Normal", "ModelRegistered", f"Registered ModelVersion {name}.")
+        return name
+
+    async def report_failure(self, key: RunKey, error: BaseException, failures: int) -> None:
+        """A request the API server refuses for good reaches the run's status and events (once per
+        message); the queue backs off. Transient failures are only logged by the queue."""
+        if not (isinstance(error, kube.ApiException) and error.status in kube.PERMANENT_STATUSES):
+            return
+        run = self._run(key)
+        if run is None:
+            return
+        previous = run.get("status") or {}
+        generation = int(run["metadata"].get("generation") or 1)
+        report = report_refusal(previous, kube.api_message(error), generation, utc_now())
+        if previous.get("message") == report.status["message"]:
+            return
+        try:
+            await self.writer.write(run, report.status)
+        except (kube.Conflict, kube.ApiException):
+            return  # the next pass reports it
+        post_event(run, "Warning", str(report.status["reason"]), str(report.status["message"]))
+
+    @staticmethod
+    def _owned(index: Any, key: RunKey, uid: str) -> list[dict[str, Any]]:
+        """What the index holds for the run ``key`` that belongs to this very run (by uid)."""
+        return [
+            obj
+            for obj in index.get(key, ())
+            if (obj["metadata"].get("annotations") or {}).get(ANNOTATION_RUN_UID) == uid
+        ]

@@ -7,7 +7,7 @@ covers the versions that still exist.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -107,17 +107,6 @@ def champion_at(versions: Iterable[Object], when: datetime) -> StageEntry | None
         ):
             champion = past[-1]
     return champion
-
-
-def render_timeline(changes: Sequence[StageEntry]) -> str:
-    """The changes as an aligned table: time, version, stage, reason, message."""
-    rows = [("TIME", "VERSION", "STAGE", "REASON", "MESSAGE")]
-    rows += [(format_time(c.time), c.version, c.stage, c.reason or "-", c.message or "-") for c in changes]
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    return "".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(row[:4], widths, strict=True)) + f"  {row[4]}\n"
-        for row in rows
-    )
 
 
 def _as_utc(moment: datetime) -> datetime:

@@ -6,7 +6,6 @@ gone by now; the version's own ``spec.lineage``, recorded when it was registered
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any, TypedDict
 
@@ -66,7 +65,7 @@ class TriggerLink(TypedDict):
     policy: PolicyLink | None
 
 
-class Lineage(TypedDict):
+class LineageReport(TypedDict):
     """The whole chain, ready for ``json.dumps``; a link is None when the version recorded none."""
 
     modelVersion: VersionLink
@@ -93,7 +92,7 @@ def drift_policy_name(version: Object, run: Object | None) -> str | None:
     return _str(trigger.get("name"))
 
 
-def build_lineage(version: Object, run: Object | None, policy: Object | None) -> Lineage:
+def build_lineage(version: Object, run: Object | None, policy: Object | None) -> LineageReport:
     """The lineage of ``version``, given its TrainingRun and DriftPolicy as read (None when not found)."""
     recorded = _get(version, "spec", "lineage") or {}
     run_name = training_run_name(version)
@@ -157,77 +156,6 @@ def build_lineage(version: Object, run: Object | None, policy: Object | None) ->
         "trainingRun": run_link,
         "trigger": trigger_link,
     }
-
-
-def render_lineage(lineage: Lineage) -> str:
-    """The lineage as text: one indented block per link, newest first; unknown values as ``-``."""
-    mv = lineage["modelVersion"]
-    where = f"  (namespace {mv['namespace']})" if mv["namespace"] else ""
-    lines = [f"ModelVersion {mv['name']}{where}"]
-    lines += _fields(
-        ("model", _joined(mv["model"], f"version {mv['version']}" if mv["version"] is not None else None)),
-        ("artifact", _joined(mv["artifact"]["uri"], _parenthesized(mv["artifact"]["digest"]))),
-        ("framework", _joined(mv["framework"]["name"], mv["framework"]["version"])),
-        ("metrics", _pairs(mv["metrics"])),
-        ("phase", mv["phase"]),
-        ("stage", mv["stage"]),
-        ("created", _joined(mv["created"], f"by {mv['createdBy']}" if mv["createdBy"] else None)),
-        (
-            "registered",
-            mv["registeredBy"] and f"by {mv['registeredBy']} (as the API server authenticated it)",
-        ),
-    )
-    run = lineage["trainingRun"]
-    if run is None:
-        lines.append("← TrainingRun: not recorded")
-    else:
-        deleted = "" if run["found"] else "  (deleted; as recorded by the ModelVersion)"
-        image = run["image"] and (
-            f"{run['image']}@{run['imageDigest']}" if run["imageDigest"] else run["image"]
-        )
-        lines.append(f"← TrainingRun {run['name']}{deleted}")
-        lines += _fields(
-            ("phase", run["phase"] if run["found"] else "not found"),
-            ("image", image),
-            ("code", run["codeVersion"]),
-            ("dataset", _joined(run["datasetUri"], _parenthesized(run["datasetHash"]))),
-            ("params", _pairs(run["params"])),
-            ("started", run["startTime"]),
-            ("completed", run["completionTime"]),
-        )
-    trigger = lineage["trigger"]
-    if trigger is None:
-        lines.append("← triggered by: not recorded")
-        return "\n".join(lines) + "\n"
-    policy = trigger["policy"]
-    deleted = "  (deleted)" if policy is not None and not policy["found"] else ""
-    lines.append(f"← triggered by {_joined(trigger['kind'], trigger['name'])}{deleted}")
-    lines += _fields(("evidence", _pairs(trigger["evidence"])))
-    if policy is not None:
-        lines += _fields(("policy", policy["phase"] if policy["found"] else "not found"))
-    return "\n".join(lines) + "\n"
-
-
-def _fields(*pairs: tuple[str, str | None]) -> list[str]:
-    return [f"    {f'{label}:':<11} {value or '-'}" for label, value in pairs]
-
-
-def _joined(*parts: str | None) -> str | None:
-    present = [part for part in parts if part]
-    return " ".join(present) if present else None
-
-
-def _parenthesized(text: str | None) -> str | None:
-    return f"({text})" if text else None
-
-
-def _pairs(values: Mapping[str, Any]) -> str | None:
-    """``a=1, b=x``, sorted by key; values other than strings as JSON (true, 0.95)."""
-    shown = (
-        f"{key}={value if isinstance(value, str) else json.dumps(value)}"
-        for key, value in sorted(values.items())
-    )
-    return ", ".join(shown) or None
 
 
 def _get(obj: Object | None, *path: str) -> Any:

@@ -1,7 +1,7 @@
 """One model's reconcile, decided: validate new versions, apply stage requests, label, retain, summarize.
 
-The controller hands in what it observed of one model (its versions, its ModelPolicy, the versions that
-InferenceServices serve, stage requests of the serving controller) and applies the plan that comes out.
+The controller hands in what it observed of one model (its versions, its ModelPolicy, what its
+InferenceServices serve and roll out) and applies the plan that comes out.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from modelloop.api import (
 from modelloop.conditions import ConditionStatus, find_condition, set_condition
 from modelloop.naming import ANNOTATION_REQUESTED_STAGE, ANNOTATION_STAGE_REASON, LABEL_MODEL, LABEL_STAGE
 from modelloop.registry.retention import versions_to_delete
+from modelloop.registry.serving import SERVING_STAGE, ServedModel, serving_changes
 from modelloop.registry.stages import StageChange, champion_of, change_stage, enter_stage, parse_stage
 from modelloop.registry.validation import Champion, key_metric, validate_version, validation_metrics
 from modelloop.review import INVALID_SPEC, READY, describe_validation_error
@@ -56,15 +57,16 @@ def plan_model(
     versions: Sequence[Mapping[str, Any]],
     policy: Mapping[str, Any] | None,
     serving: Collection[int],
-    requests: Sequence[StageChange],
+    served: Sequence[ServedModel],
     keep_archived_default: int,
     now: str,
 ) -> ModelPlan:
     """Decide one model's writes.
 
     ``versions`` are the model's ModelVersion objects as last written (status included); ``serving`` the
-    version numbers InferenceServices serve or name; ``requests`` the serving controller's stage changes,
-    applied after the users' annotation requests.
+    version numbers InferenceServices serve or name (kept by retention); ``served`` what each
+    InferenceService reports serving, from which the stages a rollout implies are derived (after the
+    users' annotation requests).
     """
     plan = ModelPlan()
     ordered = sorted(versions, key=lambda v: int(v["spec"]["version"]))
@@ -85,15 +87,18 @@ def plan_model(
             )
             plan.events.append(PlannedEvent("ModelVersion", name, "Warning", "StageRefused", message))
         else:
-            refused, message = _apply(change, statuses, plan, now)
+            refused, message = _change_stage(change, statuses, plan, now)
         statuses[name]["stageRequest"] = {
             "stage": value[:1024],
             "result": (StageRequestResult.REFUSED if refused else StageRequestResult.APPLIED).value,
             "message": message,
             "time": now,
         }
-    for change in requests:
-        _apply(change, statuses, plan, now)
+    names = {int(v["spec"]["version"]): v["metadata"]["name"] for v in ordered}
+    for implied in serving_changes(served, names, statuses):
+        if implied.change is not None:
+            _change_stage(implied.change, statuses, plan, now)
+        statuses[implied.name] = {**statuses[implied.name], SERVING_STAGE: implied.record}
 
     keep = _keep_archived(policy_spec, keep_archived_default)
     plan.deletions = versions_to_delete(ordered, statuses, keep, serving)
@@ -106,8 +111,11 @@ def plan_model(
 
     for version in ordered:
         name = version["metadata"]["name"]
-        if statuses[name] != (version.get("status") or {}):
-            plan.statuses[name] = statuses[name]
+        old = version.get("status") or {}
+        # None removes a key (a merge patch); a key that is not there needs no removing.
+        new = {k: v for k, v in statuses[name].items() if v is not None or k in old}
+        if new != old:
+            plan.statuses[name] = new
         wanted = _labels(version, statuses[name])
         labels = version["metadata"].get("labels") or {}
         if any(labels.get(key) != value for key, value in wanted.items()):
@@ -129,7 +137,7 @@ def plan_model(
     return plan
 
 
-def _apply(
+def _change_stage(
     change: StageChange, statuses: dict[str, dict[str, Any]], plan: ModelPlan, now: str
 ) -> tuple[bool, str]:
     """Apply one stage change to ``statuses``, with its events; return (refused, message)."""

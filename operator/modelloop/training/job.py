@@ -10,12 +10,13 @@ from typing import Any
 from modelloop.api import TRAINING_RUN, TrainingRunSpec
 from modelloop.api.meta import ParamValue
 from modelloop.naming import (
-    ANNOTATION_RUN_UID,
     LABEL_MODEL,
     LABEL_TRAINING_RUN,
     LABEL_TRIAL,
     job_name,
+    label_value,
     owner_reference,
+    run_annotations,
     standard_labels,
     user_labels,
 )
@@ -60,7 +61,7 @@ def render_job(
     labels = {
         **user_labels(meta.get("labels")),
         **standard_labels("trainer", meta["name"]),
-        LABEL_TRAINING_RUN: meta["name"],
+        LABEL_TRAINING_RUN: label_value(meta["name"]),
         LABEL_MODEL: spec.output.model_name,
     }
     if trial is not None:
@@ -71,7 +72,7 @@ def render_job(
 
     job_spec: dict[str, Any] = {
         "template": {
-            "metadata": {"labels": labels, "annotations": {ANNOTATION_RUN_UID: meta["uid"]}},
+            "metadata": {"labels": labels, "annotations": run_annotations(run)},
             "spec": _pod_spec(meta["name"], spec, params, artifact_root, trial),
         },
     }
@@ -91,7 +92,7 @@ def render_job(
             "name": name,
             "namespace": meta["namespace"],
             "labels": labels,
-            "annotations": {ANNOTATION_RUN_UID: meta["uid"]},
+            "annotations": run_annotations(run),
             "ownerReferences": [owner_reference(run, TRAINING_RUN.kind)],
         },
         "spec": job_spec,

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from modelloop.api import TrainingRunPhase
-from modelloop.naming import ANNOTATION_RUN_UID
+from modelloop.naming import ANNOTATION_RUN_UID, ANNOTATION_TRAINING_RUN
 from modelloop.training.job import CONTAINER
 from modelloop.training.result import TrainerResult, parse_result
 
@@ -193,4 +193,4 @@ def slim_pod(body: Mapping[str, Any]) -> dict[str, Any]:
 
 def _annotations(meta: Mapping[str, Any]) -> dict[str, str]:
     annotations = meta.get("annotations") or {}
-    return {ANNOTATION_RUN_UID: annotations[ANNOTATION_RUN_UID]} if ANNOTATION_RUN_UID in annotations else {}
+    return {k: annotations[k] for k in (ANNOTATION_RUN_UID, ANNOTATION_TRAINING_RUN) if k in annotations}

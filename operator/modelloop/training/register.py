@@ -7,7 +7,7 @@ from typing import Any
 
 from modelloop.api import API_VERSION, MODEL_VERSION, ModelFramework, TrainingRunSpec, TriggerKind
 from modelloop.api.meta import ParamValue
-from modelloop.naming import ANNOTATION_RUN_UID, LABEL_MODEL, LABEL_TRAINING_RUN, standard_labels
+from modelloop.naming import LABEL_MODEL, LABEL_TRAINING_RUN, label_value, run_annotations, standard_labels
 from modelloop.registry.validation import key_metric as registry_key_metric
 from modelloop.registry.validation import validation_metrics
 from modelloop.training.result import TrainerResult
@@ -81,9 +81,9 @@ def render_model_version(
             "labels": {
                 **standard_labels("registry", spec.output.model_name),
                 LABEL_MODEL: spec.output.model_name,
-                LABEL_TRAINING_RUN: meta["name"],
+                LABEL_TRAINING_RUN: label_value(meta["name"]),
             },
-            "annotations": {ANNOTATION_RUN_UID: meta["uid"]},
+            "annotations": run_annotations(run),
         },
         "spec": version_spec,
     }

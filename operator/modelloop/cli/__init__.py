@@ -1,5 +1,6 @@
 """The ``modelloop`` command: ``modelloop run`` starts the operator, ``modelloop crds`` prints the CRDs,
-``modelloop lineage`` and ``modelloop history`` read the model registry."""
+``modelloop lineage`` and ``modelloop history`` read the model registry; ``modelloop.cli.render`` lays out
+what they show."""
 
 from __future__ import annotations
 
@@ -128,7 +129,8 @@ def lineage(name: str, namespace: str | None, output: str) -> None:
     """Show where the ModelVersion NAME came from: its TrainingRun, and what started that run."""
     from modelloop import kube
     from modelloop.api import DRIFT_POLICY, MODEL_VERSION, TRAINING_RUN
-    from modelloop.registry.lineage import build_lineage, drift_policy_name, render_lineage, training_run_name
+    from modelloop.cli.render import render_lineage
+    from modelloop.registry.lineage import build_lineage, drift_policy_name, training_run_name
 
     with _cluster_errors():
         namespace = namespace or kube.current_namespace()
@@ -172,7 +174,8 @@ def history(model: str, namespace: str | None, at: datetime | None, output: str)
     was Champion at that time (or "none")."""
     from modelloop import kube
     from modelloop.api import MODEL_VERSION
-    from modelloop.registry.history import champion_at, format_time, render_timeline, timeline, versions_of
+    from modelloop.cli.render import render_champion, render_timeline
+    from modelloop.registry.history import champion_at, format_time, timeline, versions_of
 
     with _cluster_errors():
         namespace = namespace or kube.current_namespace()
@@ -198,9 +201,7 @@ def history(model: str, namespace: str | None, at: datetime | None, output: str)
         }
         click.echo(json.dumps(answer, indent=2))
     else:
-        click.echo(
-            f"{champion.version}  (Champion since {format_time(champion.time)})" if champion else "none"
-        )
+        click.echo(render_champion(champion))
 
 
 @contextlib.contextmanager

@@ -1,23 +1,21 @@
-"""Operator-wide kopf settings, applied once at start-up."""
+"""The operator's kopf settings, applied once at start-up."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
 import kopf
 
-from modelloop.api import API_VERSION, GROUP, MODEL_POLICY, MODEL_VERSION, TRAINING_RUN
+from modelloop.api import API_VERSION, GROUP, KINDS
 from modelloop.naming import LABEL_TRAINING_RUN
+from modelloop.runtime.executors import api_executor
 
 # Kinds that only event handlers and indexes watch: kopf never diffs them (no on.create/update/delete).
-EVENT_ONLY_KINDS = frozenset(
-    {("batch/v1", "Job"), ("v1", "Pod")}
-    | {(API_VERSION, info.kind) for info in (TRAINING_RUN, MODEL_VERSION, MODEL_POLICY)}
-)
+# That is every kind: each controller reconciles through its work queue.
+EVENT_ONLY_KINDS = frozenset({("batch/v1", "Job"), ("v1", "Pod")} | {(API_VERSION, i.kind) for i in KINDS})
 
 
 class EventOnlyAwareDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
@@ -50,5 +48,5 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # kopf keeps a worker per object while its events come; an idle one may go sooner than kopf's 5 s, which
     # with thousands of Jobs and pods is memory held for nothing.
     settings.queueing.idle_timeout = 0.3
-    # Controllers run their API calls in threads (the kubernetes client is synchronous).
-    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=16))
+    # kopf's own blocking calls share the API pool; queries of other systems have a pool of their own.
+    asyncio.get_running_loop().set_default_executor(api_executor())

@@ -1,0 +1,102 @@
+"""How ``modelloop lineage`` and ``modelloop history`` show the registry's answers as text.
+
+The answers themselves are built by ``modelloop.registry``; this module only lays them out for a terminal.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from modelloop.registry.history import StageEntry, format_time
+from modelloop.registry.lineage import LineageReport
+
+
+def render_timeline(changes: Sequence[StageEntry]) -> str:
+    """The changes as an aligned table: time, version, stage, reason, message."""
+    rows = [("TIME", "VERSION", "STAGE", "REASON", "MESSAGE")]
+    rows += [(format_time(c.time), c.version, c.stage, c.reason or "-", c.message or "-") for c in changes]
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    return "".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row[:4], widths, strict=True)) + f"  {row[4]}\n"
+        for row in rows
+    )
+
+
+def render_champion(champion: StageEntry | None) -> str:
+    """The version that was Champion and since when, or ``none``."""
+    if champion is None:
+        return "none"
+    return f"{champion.version}  (Champion since {format_time(champion.time)})"
+
+
+def render_lineage(lineage: LineageReport) -> str:
+    """The lineage as text: one indented block per link, newest first; unknown values as ``-``."""
+    mv = lineage["modelVersion"]
+    where = f"  (namespace {mv['namespace']})" if mv["namespace"] else ""
+    lines = [f"ModelVersion {mv['name']}{where}"]
+    lines += _fields(
+        ("model", _joined(mv["model"], f"version {mv['version']}" if mv["version"] is not None else None)),
+        ("artifact", _joined(mv["artifact"]["uri"], _parenthesized(mv["artifact"]["digest"]))),
+        ("framework", _joined(mv["framework"]["name"], mv["framework"]["version"])),
+        ("metrics", _pairs(mv["metrics"])),
+        ("phase", mv["phase"]),
+        ("stage", mv["stage"]),
+        ("created", _joined(mv["created"], f"by {mv['createdBy']}" if mv["createdBy"] else None)),
+        (
+            "registered",
+            mv["registeredBy"] and f"by {mv['registeredBy']} (as the API server authenticated it)",
+        ),
+    )
+    run = lineage["trainingRun"]
+    if run is None:
+        lines.append("← TrainingRun: not recorded")
+    else:
+        deleted = "" if run["found"] else "  (deleted; as recorded by the ModelVersion)"
+        image = run["image"] and (
+            f"{run['image']}@{run['imageDigest']}" if run["imageDigest"] else run["image"]
+        )
+        lines.append(f"← TrainingRun {run['name']}{deleted}")
+        lines += _fields(
+            ("phase", run["phase"] if run["found"] else "not found"),
+            ("image", image),
+            ("code", run["codeVersion"]),
+            ("dataset", _joined(run["datasetUri"], _parenthesized(run["datasetHash"]))),
+            ("params", _pairs(run["params"])),
+            ("started", run["startTime"]),
+            ("completed", run["completionTime"]),
+        )
+    trigger = lineage["trigger"]
+    if trigger is None:
+        lines.append("← triggered by: not recorded")
+        return "\n".join(lines) + "\n"
+    policy = trigger["policy"]
+    deleted = "  (deleted)" if policy is not None and not policy["found"] else ""
+    lines.append(f"← triggered by {_joined(trigger['kind'], trigger['name'])}{deleted}")
+    lines += _fields(("evidence", _pairs(trigger["evidence"])))
+    if policy is not None:
+        lines += _fields(("policy", policy["phase"] if policy["found"] else "not found"))
+    return "\n".join(lines) + "\n"
+
+
+def _fields(*pairs: tuple[str, str | None]) -> list[str]:
+    return [f"    {f'{label}:':<11} {value or '-'}" for label, value in pairs]
+
+
+def _joined(*parts: str | None) -> str | None:
+    present = [part for part in parts if part]
+    return " ".join(present) if present else None
+
+
+def _parenthesized(text: str | None) -> str | None:
+    return f"({text})" if text else None
+
+
+def _pairs(values: Mapping[str, Any]) -> str | None:
+    """``a=1, b=x``, sorted by key; values other than strings as JSON (true, 0.95)."""
+    shown = (
+        f"{key}={value if isinstance(value, str) else json.dumps(value)}"
+        for key, value in sorted(values.items())
+    )
+    return ", ".join(shown) or None

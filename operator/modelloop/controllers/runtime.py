@@ -1,0 +1,94 @@
+"""The controllers of one operator process, made at start-up and stopped at clean-up.
+
+kopf hands every handler the same memo: the controllers (each with its work queue and status writer)
+live there, not in module globals, so that what the operator remembers lives exactly as long as the
+operator. With peering, a gate pauses every queue while another replica is active.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import kopf
+
+from modelloop.controllers import driftpolicy, inferenceservice
+from modelloop.controllers.modelversion import ModelRegistry
+from modelloop.controllers.reporting import SpecReviewer
+from modelloop.controllers.trainingrun import TrainingRunController
+from modelloop.runtime.peering import PeeringGate
+from modelloop.runtime.workqueue import WorkQueue
+from modelloop.settings import Settings
+
+logger = logging.getLogger(__name__)
+SHUTDOWN_SECONDS = 10.0
+
+
+@dataclass
+class Runtime:
+    """Every controller of this operator process."""
+
+    training_runs: TrainingRunController
+    registry: ModelRegistry
+    inference_services: SpecReviewer
+    drift_policies: SpecReviewer
+    gate: asyncio.Task[None] | None = None
+
+    def queues(self) -> Iterator[WorkQueue[Any]]:
+        for controller in (self.training_runs, self.registry, self.inference_services, self.drift_policies):
+            yield controller.queue
+
+    def pause(self) -> None:
+        for queue in self.queues():
+            queue.pause()
+
+    async def resume(self) -> None:
+        """Go on, with every object the indexes hold queued once: what the other replica did meanwhile is
+        in the indexes (kopf re-lists on resume), and each reconcile starts from there."""
+        for controller in (self.training_runs, self.registry, self.inference_services, self.drift_policies):
+            for key in controller.known_keys():
+                controller.queue.add(key)
+            controller.queue.resume()
+
+
+@kopf.on.startup()
+async def start_controllers(memo: kopf.Memo, **kwargs: Any) -> None:
+    """Make the controllers (kopf passes the indexes to start-up handlers too) and, with peering, the
+    gate that pauses them while another replica is active."""
+    settings: Settings = memo.settings
+    indexes: Mapping[str, Any] = kwargs
+    runtime = Runtime(
+        training_runs=TrainingRunController(settings, indexes),
+        registry=ModelRegistry(settings, indexes),
+        inference_services=inferenceservice.make_controller(indexes),
+        drift_policies=driftpolicy.make_controller(indexes),
+    )
+    if settings.peering is not None and settings.priority is not None:
+        gate = PeeringGate(
+            settings.peering,
+            settings.namespaces,
+            memo.identity,
+            settings.priority,
+            on_pause=runtime.pause,
+            on_resume=runtime.resume,
+        )
+        runtime.gate = asyncio.get_running_loop().create_task(gate.run(), name="peering gate")
+    memo.runtime = runtime
+
+
+@kopf.on.cleanup()
+async def stop_controllers(memo: kopf.Memo, **_: Any) -> None:
+    """Stop taking work and let the reconciles in flight finish (a bounded wait)."""
+    runtime: Runtime | None = getattr(memo, "runtime", None)
+    if runtime is None:
+        return
+    if runtime.gate is not None:
+        runtime.gate.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await runtime.gate
+    await asyncio.gather(*(queue.shutdown(SHUTDOWN_SECONDS) for queue in runtime.queues()))
+    logger.info("every work queue is drained")

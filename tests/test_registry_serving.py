@@ -1,0 +1,30 @@
+"""The stages a rollout implies, read from InferenceServices' status."""
+
+from __future__ import annotations
+
+from modelloop.api import ModelStage
+from modelloop.registry.serving import served_model, stage_before_challenger
+
+
+def entry(stage: str) -> dict[str, str]:
+    return {"stage": stage, "time": "2026-11-01T00:00:00Z", "reason": "R", "message": "m"}
+
+
+def test_an_inference_services_status_says_what_it_serves() -> None:
+    model = served_model("iris", {"stableVersion": 2, "canaryVersion": 3, "phase": "Progressing"})
+    assert (model.service, model.stable, model.canary) == ("iris", 2, 3)
+
+
+def test_what_is_not_a_version_number_is_ignored() -> None:
+    model = served_model("iris", {"stableVersion": "2", "canaryVersion": True})
+    assert (model.stable, model.canary) == (None, None)
+
+
+def test_the_stage_before_challenger_is_read_from_the_history() -> None:
+    history = [entry("Candidate"), entry("Archived"), entry("Challenger")]
+    assert stage_before_challenger({"history": history}) == ModelStage.ARCHIVED
+
+
+def test_without_history_the_stage_before_challenger_is_candidate() -> None:
+    assert stage_before_challenger({}) == ModelStage.CANDIDATE
+    assert stage_before_challenger({"history": [entry("Challenger")]}) == ModelStage.CANDIDATE
