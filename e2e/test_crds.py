@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from e2e.harness import ROOT, Cluster
+from modelloop.api import API_VERSION, GROUP, KINDS, render_crds
 
 OUR_CRDS = [
     "trainingruns.modelloop.dev",
@@ -39,11 +40,44 @@ def rejected(cluster: Cluster, namespace: str, obj: dict[str, Any]) -> str:
     return result.stderr
 
 
-@pytest.mark.parametrize("crd", OUR_CRDS + THIRD_PARTY_CRDS)
-def test_crd_is_established(cluster: Cluster, crd: str) -> None:
-    obj = cluster.get("crd", crd)
-    established = [c for c in obj["status"]["conditions"] if c["type"] == "Established"]
-    assert established and established[0]["status"] == "True"
+@pytest.mark.parametrize("generated", render_crds(), ids=[info.kind for info in KINDS])
+def test_the_cluster_serves_exactly_the_crds_the_models_generate(
+    cluster: Cluster, generated: dict[str, Any]
+) -> None:
+    served = cluster.get("crd", generated["metadata"]["name"])["spec"]
+    expected = generated["spec"]
+
+    assert served["scope"] == expected["scope"] == "Namespaced"
+    assert served["names"] == expected["names"]  # short names and categories among them
+    [served_version] = served["versions"]
+    [expected_version] = expected["versions"]
+    # The schema carries the descriptions, bounds and every CEL rule.
+    assert served_version["schema"] == expected_version["schema"]
+    assert served_version["additionalPrinterColumns"] == expected_version["additionalPrinterColumns"]
+    for key in ("name", "served", "storage", "subresources"):
+        assert served_version[key] == expected_version[key], key
+
+
+def test_api_resources_lists_every_kind_namespaced_with_its_short_name(cluster: Cluster) -> None:
+    out = cluster.kubectl("api-resources", f"--api-group={GROUP}").stdout
+
+    listed = {row["KIND"]: row for row in parse_table(out)}
+
+    assert listed == {
+        info.kind: {
+            "NAME": info.plural,
+            "SHORTNAMES": ",".join(info.short_names),
+            "APIVERSION": API_VERSION,
+            "NAMESPACED": "true",
+            "KIND": info.kind,
+        }
+        for info in KINDS
+    }, out
+
+
+def test_kserve_and_seldon_crds_are_installed_beside_ours(cluster: Cluster) -> None:
+    installed = {crd["metadata"]["name"] for crd in cluster.get("crd")["items"]}
+    assert set(OUR_CRDS + THIRD_PARTY_CRDS) <= installed
 
 
 def test_kubectl_explain_documents_every_field_of_training_run_resources(cluster: Cluster) -> None:

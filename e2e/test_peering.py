@@ -4,6 +4,7 @@ and take over when it goes away."""
 from __future__ import annotations
 
 import copy
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -58,3 +59,50 @@ def test_only_the_highest_priority_replica_acts_and_a_standby_takes_over(
         cluster.apply(drift_policy("second"), namespace)
         wait_for(lambda: reported(cluster, "second", namespace), timeout=90, what="status of second")
         assert handled_by(standby_log, "second")
+
+
+def test_the_standby_takes_over_a_training_run_mid_flight_with_no_second_job(
+    cluster: Cluster, namespace: str, tmp_path: Path
+) -> None:
+    from e2e.test_trainingrun import jobs_of, phase_is, training_run
+
+    cluster.kubectl("apply", "-f", str(PEERING_CRDS))
+    wait_for(
+        lambda: cluster.kubectl("get", "kopfpeerings", "-n", namespace, check=False).returncode == 0,
+        timeout=30,
+        what="the KopfPeering kind to be served",
+    )
+    cluster.apply(
+        {"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": "modelloop"}}, namespace
+    )
+    leader_log, standby_log = tmp_path / "leader.log", tmp_path / "standby.log"
+    peering = ("--peering", "modelloop")
+
+    with running_operator(cluster, namespace, standby_log, extra_args=[*peering, "--priority", "100"]):
+        with running_operator(
+            cluster, namespace, leader_log, extra_args=[*peering, "--priority", "200"]
+        ) as leader:
+            wait_for(lambda: "Pausing" in standby_log.read_text(), timeout=60, what="the standby to pause")
+            # Held: kwok keeps the pod Running, so the run is mid-flight when the leader dies.
+            cluster.apply(training_run("handover", tmp_path), namespace)
+            wait_for(lambda: phase_is(cluster, "handover", namespace, "Running"), timeout=60, what="Running")
+            assert "TrainingRun" in leader_log.read_text() and "handover" in leader_log.read_text()
+            assert "handover" not in standby_log.read_text()
+            leader.send_signal(signal.SIGKILL)
+            leader.wait()
+
+        # The standby takes over once the dead leader's peering entry expires; the pod now fails, and the
+        # standby, not the dead leader, reports it.
+        from e2e.kubelet import report_termination
+
+        [pod] = cluster.get("pods", namespace=namespace)["items"]
+        report_termination(cluster, pod, 1, "")
+        failed = wait_for(
+            lambda: phase_is(cluster, "handover", namespace, "Failed"),
+            timeout=120,
+            what="the standby's report",
+        )
+        assert failed["jobName"] == jobs_of(cluster, "handover", namespace)[0]["metadata"]["name"]
+        assert "TrainingRun" in standby_log.read_text() and "handover is Failed" in standby_log.read_text()
+
+    assert len(jobs_of(cluster, "handover", namespace)) == 1

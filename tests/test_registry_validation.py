@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from modelloop.api import ModelVersionPhase, Validation
-from modelloop.registry.validation import Champion, key_metric, validate_version
+from modelloop.registry.validation import Champion, format_key_metric, validate_version
 
 
 def validation(**fields: object) -> Validation:
@@ -114,7 +114,7 @@ def test_the_versions_own_champion_comparison_wins_over_the_policys() -> None:
 
 def test_key_metric_prefers_the_metrics_the_gates_look_at() -> None:
     metrics = {"accuracy": 0.95312, "zeta": 1.0, "loss": 0.1}
-    assert key_metric(["loss"], metrics) == "loss=0.1"
-    assert key_metric([], metrics) == "accuracy=0.9531"
-    assert key_metric([], {"zeta": 2.0, "beta": 1.0}) == "beta=1"
-    assert key_metric([], {}) is None
+    assert format_key_metric(["loss"], metrics) == "loss=0.1"
+    assert format_key_metric([], metrics) == "accuracy=0.9531"
+    assert format_key_metric([], {"zeta": 2.0, "beta": 1.0}) == "beta=1"
+    assert format_key_metric([], {}) is None

@@ -10,7 +10,7 @@ from modelloop.naming import ANNOTATION_RUN_UID, job_name
 from modelloop.training.job import render_job
 from modelloop.training.observe import slim_job, slim_pod
 from modelloop.training.plan import plan_run
-from modelloop.training.register import key_metric, render_model_version
+from modelloop.training.register import render_model_version, run_key_metric
 
 UID = "run-uid"
 
@@ -191,5 +191,5 @@ def test_the_registered_model_version_is_a_valid_immutable_record_with_lineage()
 
 def test_key_metric_prefers_the_gate_metric() -> None:
     obj = run()
-    assert key_metric(spec_of(obj), {"f1_macro": 0.5, "accuracy": 0.95321}) == "accuracy=0.9532"
-    assert key_metric(spec_of(run({"validation": None})), {"zeta": 1.0, "alpha": 2.0}) == "alpha=2"
+    assert run_key_metric(spec_of(obj), {"f1_macro": 0.5, "accuracy": 0.95321}) == "accuracy=0.9532"
+    assert run_key_metric(spec_of(run({"validation": None})), {"zeta": 1.0, "alpha": 2.0}) == "alpha=2"

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from modelloop.runtime.workqueue import WorkQueue, describe_api_error
+from modelloop.kube import api_message
+from modelloop.runtime.workqueue import WorkQueue
 
 pytestmark = pytest.mark.looptime
 
@@ -573,7 +574,7 @@ def test_a_queue_is_made_without_a_running_loop() -> None:
     assert (queue.depth(), queue.scheduled(), queue.paused) == (0, 0, False)
 
 
-# describe_api_error.
+# api_message: what the API server said.
 
 
 @pytest.mark.parametrize(
@@ -593,10 +594,10 @@ def test_a_queue_is_made_without_a_running_loop() -> None:
         ("", "422 Unprocessable Entity"),
     ],
 )
-def test_describe_api_error_gives_the_servers_own_message(body: str | bytes | None, expected: str) -> None:
-    assert describe_api_error(status_error(422, "Unprocessable Entity", body)) == expected
+def test_api_message_gives_the_servers_own_message(body: str | bytes | None, expected: str) -> None:
+    assert api_message(status_error(422, "Unprocessable Entity", body)) == expected
 
 
-def test_describe_api_error_of_any_other_error_names_its_type() -> None:
-    assert describe_api_error(TimeoutError("read timed out")) == "TimeoutError: read timed out"
-    assert describe_api_error(TimeoutError()) == "TimeoutError"
+def test_api_message_of_any_other_error_names_its_type() -> None:
+    assert api_message(TimeoutError("read timed out")) == "TimeoutError: read timed out"
+    assert api_message(TimeoutError()) == "TimeoutError"

@@ -10,7 +10,7 @@ import datetime
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-ConditionStatus = Literal["True", "False", "Unknown"]
+ConditionValue = Literal["True", "False", "Unknown"]
 
 
 def utc_now() -> str:
@@ -30,7 +30,7 @@ def set_condition(
     conditions: Sequence[Mapping[str, Any]] | None,
     *,
     type_: str,
-    status: ConditionStatus,
+    status: ConditionValue,
     reason: str,
     message: str,
     observed_generation: int | None,

@@ -74,19 +74,25 @@ class Applied:
 
 
 def api_message(error: BaseException) -> str:
-    """What the API server said: ``422 Unprocessable Entity: Job.batch "x" is invalid: ...`` for an
-    ApiException (its own message, parsed from the Status body), else the error's text."""
+    """What the API server said, for a log line or a condition's message:
+    ``422 Unprocessable Entity: Job.batch "x" is invalid: ...`` for an ApiException (the server's own
+    message from the Status body, else the body's text, cut to 500 characters: it can be a whole
+    manifest echoed back); for any other error its type and text."""
     if not isinstance(error, ApiException):
-        return str(error) or type(error).__name__
-    body = error.body.decode(errors="replace") if isinstance(error.body, bytes) else error.body
-    message = ""
-    if body:
-        try:
-            message = str(json.loads(body).get("message") or "")
-        except (ValueError, AttributeError):
-            message = str(body)
-    head = f"{error.status} {error.reason}".strip()
-    return f"{head}: {message[:1000]}" if message else head
+        return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+    body = error.body
+    text = body.decode(errors="replace") if isinstance(body, bytes) else str(body or "")
+    message = text
+    try:
+        status = json.loads(text)
+    except ValueError:
+        pass
+    else:
+        if isinstance(status, dict) and isinstance(status.get("message"), str):
+            message = status["message"]
+    head = f"{error.status} {error.reason}"
+    message = message.strip()[:500]
+    return f"{head}: {message}" if message else head
 
 
 class PreflightError(RuntimeError):

@@ -13,7 +13,7 @@ from typing import Any
 
 import pydantic
 
-from modelloop.conditions import ConditionStatus, find_condition, set_condition
+from modelloop.conditions import ConditionValue, find_condition, set_condition
 
 READY = "Ready"
 INVALID_SPEC = "InvalidSpec"
@@ -24,7 +24,7 @@ class ReviewOutcome:
     """What status says about an accepted spec until the kind's own logic takes over."""
 
     phase: str
-    ready: ConditionStatus
+    ready: ConditionValue
     reason: str
     message: str
 

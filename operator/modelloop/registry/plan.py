@@ -19,12 +19,12 @@ from modelloop.api import (
     ModelVersionSpec,
     StageRequestResult,
 )
-from modelloop.conditions import ConditionStatus, find_condition, set_condition
+from modelloop.conditions import ConditionValue, find_condition, set_condition
 from modelloop.naming import ANNOTATION_REQUESTED_STAGE, ANNOTATION_STAGE_REASON, LABEL_MODEL, LABEL_STAGE
 from modelloop.registry.retention import versions_to_delete
 from modelloop.registry.serving import SERVING_STAGE, ServedModel, serving_changes
 from modelloop.registry.stages import StageChange, champion_of, change_stage, enter_stage, parse_stage
-from modelloop.registry.validation import Champion, key_metric, validate_version, validation_metrics
+from modelloop.registry.validation import Champion, format_key_metric, validate_version, validation_metrics
 from modelloop.review import INVALID_SPEC, READY, describe_validation_error
 
 RETENTION = "Retention"  # the reason of the event that reports a deletion by retention
@@ -189,7 +189,7 @@ def _validated(
         checks=verdict.checks,
         validationTime=now,
         comparedWith=verdict.compared_with,
-        keyMetric=key_metric(
+        keyMetric=format_key_metric(
             [*validation_metrics(spec.validation), *validation_metrics(policy_validation)], spec.metrics
         ),
         observedGeneration=generation,
@@ -226,7 +226,7 @@ def _pending(
 
 
 def _ready(
-    status: Mapping[str, Any], ready: ConditionStatus, reason: str, message: str, generation: int, now: str
+    status: Mapping[str, Any], ready: ConditionValue, reason: str, message: str, generation: int, now: str
 ) -> list[dict[str, Any]]:
     return set_condition(
         status.get("conditions"),

@@ -157,7 +157,7 @@ def validation_metrics(validation: Validation | None) -> list[str]:
     ]
 
 
-def key_metric(metric_names: Sequence[str], metrics: Mapping[str, float]) -> str | None:
+def format_key_metric(metric_names: Sequence[str], metrics: Mapping[str, float]) -> str | None:
     """The metric ``kubectl get`` shows, formatted ``name=value``: the first of ``metric_names`` that was
     reported, else a well-known one, else the first by name."""
     candidates = [*metric_names, *_PREFERRED_METRICS, *sorted(metrics)]

@@ -25,7 +25,6 @@ Time is the running loop's ``loop.time()`` only, so that tests can fast-forward 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import random
@@ -36,7 +35,9 @@ from typing import Generic, TypeAlias, TypeVar
 
 from kubernetes.client.exceptions import ApiException
 
-__all__ = ["Key", "OnFailure", "QueueStats", "Reconcile", "WorkQueue", "describe_api_error"]
+from modelloop.kube import api_message
+
+__all__ = ["Key", "OnFailure", "QueueStats", "Reconcile", "WorkQueue"]
 
 Key: TypeAlias = Hashable
 # A queue is generic in its key type, so that a controller's reconcile can take its own key type (an
@@ -49,32 +50,8 @@ OnFailure: TypeAlias = Callable[[K, BaseException, int], Awaitable[None]]
 
 # 2 ** 1000 already dwarfs any cap; a larger exponent would overflow the float conversion.
 _MAX_BACKOFF_EXPONENT = 1000
-# The server's message can be a whole manifest echoed back; a log line needs the start of it.
-_MESSAGE_LIMIT = 500
 
 logger = logging.getLogger(__name__)
-
-
-def describe_api_error(error: BaseException) -> str:
-    """What the API server said, for a log line or a condition's message:
-    ``422 Unprocessable Entity: Job.batch "x" is invalid: ...`` for an ApiException (the server's own
-    message from the Status body, else the body's text, cut to 500 characters); for any other error its
-    type and text."""
-    if not isinstance(error, ApiException):
-        return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
-    body = error.body
-    text = body.decode(errors="replace") if isinstance(body, bytes) else str(body or "")
-    message = text
-    try:
-        status = json.loads(text)
-    except ValueError:
-        pass
-    else:
-        if isinstance(status, dict) and isinstance(status.get("message"), str):
-            message = status["message"]
-    head = f"{error.status} {error.reason}"
-    message = message.strip()[:_MESSAGE_LIMIT]
-    return f"{head}: {message}" if message else head
 
 
 @dataclass
@@ -213,7 +190,9 @@ class WorkQueue(Generic[K]):
             return
         _, pending = await asyncio.wait(tasks, timeout=timeout)
         for task in pending:
-            logger.warning("work queue %s: cancelling %s, still running after %gs", self.name, task, timeout)
+            logger.warning(
+                "work queue %s: cancelling %s, still running after %gs", self.name, task.get_name(), timeout
+            )
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
@@ -343,7 +322,7 @@ class WorkQueue(Generic[K]):
         self.stats.failed += 1
         failures = self._failures[key] = self._failures.get(key, 0) + 1
         if isinstance(error, ApiException):
-            logger.warning("reconcile of %s %s failed: %s", self.name, key, describe_api_error(error))
+            logger.warning("reconcile of %s %s failed: %s", self.name, key, api_message(error))
         else:
             logger.exception("reconcile of %s %s failed", self.name, key, exc_info=error)
         if self._on_failure is not None:

@@ -15,7 +15,7 @@ from modelloop.api.meta import ParamValue
 from modelloop.naming import job_name
 from modelloop.training.job import render_job
 from modelloop.training.observe import JOB_CREATED_MESSAGE, JobObservation, observe_job
-from modelloop.training.register import key_metric, registration_problem
+from modelloop.training.register import registration_problem, run_key_metric
 from modelloop.training.result import TrainerResult
 from modelloop.training.sweep import TrialState, best_trial, plan_trials, trials_to_start
 
@@ -177,7 +177,7 @@ def _plan_sweep(
     if starts:
         status["startTime"] = min(starts)
     if status.get("metrics"):
-        status["keyMetric"] = key_metric(spec, status["metrics"])
+        status["keyMetric"] = run_key_metric(spec, status["metrics"])
     return RunPlan(
         jobs_to_create=[render_job(run, spec, artifact_root, trial) for trial in to_start],
         registration=registration,
@@ -198,7 +198,7 @@ def _status_of(spec: TrainingRunSpec, observation: JobObservation, name: str) ->
         status["completionTime"] = observation.completion_time
     if observation.result is not None and observation.result.metrics:
         status["metrics"] = observation.result.metrics
-        status["keyMetric"] = key_metric(spec, observation.result.metrics)
+        status["keyMetric"] = run_key_metric(spec, observation.result.metrics)
     return status
 
 
@@ -226,7 +226,7 @@ def _registration(
     if result.dataset_hash:
         status["datasetHash"] = result.dataset_hash
     if result.metrics:
-        status["keyMetric"] = key_metric(spec, result.metrics)
+        status["keyMetric"] = run_key_metric(spec, result.metrics)
     return status, Registration(result=result, params=dict(params), image_digest=observation.image_digest)
 
 

@@ -8,15 +8,14 @@ from typing import Any
 from modelloop.api import API_VERSION, MODEL_VERSION, ModelFramework, TrainingRunSpec, TriggerKind
 from modelloop.api.meta import ParamValue
 from modelloop.naming import LABEL_MODEL, LABEL_TRAINING_RUN, label_value, run_annotations, standard_labels
-from modelloop.registry.validation import key_metric as registry_key_metric
-from modelloop.registry.validation import validation_metrics
+from modelloop.registry.validation import format_key_metric, validation_metrics
 from modelloop.training.result import TrainerResult
 
 
-def key_metric(spec: TrainingRunSpec, metrics: Mapping[str, float]) -> str | None:
+def run_key_metric(spec: TrainingRunSpec, metrics: Mapping[str, float]) -> str | None:
     """The metric `kubectl get` shows for a run: the first validation gate's, else the sweep objective's,
     else a well-known one, else the first by name; formatted ``name=value``."""
-    return registry_key_metric(
+    return format_key_metric(
         [*validation_metrics(spec.validation), *([spec.sweep.objective.metric] if spec.sweep else [])],
         metrics,
     )

@@ -1,0 +1,398 @@
+"""CEL parity: every CEL rule of our CRDs says the same at the API server as in the pydantic models.
+
+The API server enforces the rules at admission; the operator checks every spec once more with the
+pydantic models (``modelloop.review``). Each rule has cases here, a manifest that keeps it and one that
+breaks it, and both checks must accept the first and refuse the second with the rule's message. A rule
+without cases fails the suite, so a new rule cannot reach the CRDs without its pydantic twin.
+
+Transition rules (those that read ``oldSelf``, such as an immutable spec) compare an object with its
+previous version. A pydantic model validates one object and cannot see the previous one, so those are
+checked at the API server alone: create, then apply a change.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pydantic
+import pytest
+
+from e2e.harness import Cluster
+from modelloop.api import API_VERSION, KINDS, render_crds
+from modelloop.review import describe_validation_error
+
+Manifest = Mapping[str, Any]
+RuleId = tuple[str, str, str]
+"""A CEL rule as (kind, the schema node it sits on, its message), e.g.
+``("TrainingRun", ".spec.tolerations[]", "operator must be Exists when key is empty")``."""
+
+SPEC_MODELS = {info.kind: info.spec_model for info in KINDS}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One CEL rule, a manifest that keeps it and one that breaks it.
+
+    For a transition rule, ``before`` is the object as created, and ``valid`` and ``invalid`` are
+    changes applied to it.
+    """
+
+    kind: str
+    at: str
+    """The schema node the rule sits on, e.g. ``.spec.tolerations[]``; ``""`` for the whole object."""
+    message: str
+    """The rule's message: the API server and the model must both say it."""
+    field: str
+    """The field the API server names when it refuses ``invalid``, e.g. ``spec.tolerations[0].operator``."""
+    valid: Manifest
+    invalid: Manifest
+    before: Manifest | None = None
+
+    @property
+    def rule(self) -> RuleId:
+        return (self.kind, self.at, self.message)
+
+    @property
+    def id(self) -> str:
+        return f"{self.kind}{self.at or '/'}-{self.invalid['metadata']['name']}"
+
+
+def manifest(kind: str, name: str, spec: Mapping[str, Any], **metadata: Any) -> dict[str, Any]:
+    return {"apiVersion": API_VERSION, "kind": kind, "metadata": {"name": name, **metadata}, "spec": spec}
+
+
+TRAINING_RUN_SPEC: dict[str, Any] = {
+    "image": "ghcr.io/modelloop/trainer:0.1.0",
+    "params": {"estimator": "RandomForestClassifier", "n_estimators": 10},
+    "dataset": {"uri": "sklearn://iris", "format": "sklearn", "targetColumn": "target"},
+    "output": {"modelName": "iris"},
+}
+SWEEP: dict[str, Any] = {
+    "parameters": {"max_depth": [2, 4, 8]},
+    "objective": {"metric": "accuracy"},
+}
+MODEL_VERSION_SPEC: dict[str, Any] = {
+    "modelName": "iris",
+    "version": 3,
+    "artifact": {"uri": "s3://models/iris/3/model.joblib"},
+    "framework": {"name": "sklearn"},
+    "metrics": {"accuracy": 0.95},
+}
+ANALYSIS_METRIC: dict[str, Any] = {"name": "error-rate", "query": "sum(rate(errors[5m]))"}
+
+
+def training_run(name: str, **spec: Any) -> dict[str, Any]:
+    """A TrainingRun: the base spec with ``spec``'s top-level fields replaced."""
+    return manifest("TrainingRun", name, {**copy.deepcopy(TRAINING_RUN_SPEC), **spec})
+
+
+def model_version(name: str, **spec: Any) -> dict[str, Any]:
+    return manifest("ModelVersion", name, {**copy.deepcopy(MODEL_VERSION_SPEC), **spec})
+
+
+def inference_service(name: str, **spec: Any) -> dict[str, Any]:
+    return manifest("InferenceService", name, {"model": {"name": "iris"}, **spec})
+
+
+def analysis(**metric: Any) -> dict[str, Any]:
+    """A canary rollout whose analysis has one metric: ANALYSIS_METRIC with ``metric``'s bounds."""
+    return {"steps": [50, 100], "analysis": {"metrics": [{**ANALYSIS_METRIC, **metric}]}}
+
+
+TEMPLATE = ".spec.retrain.trainingRunTemplate"
+
+
+def in_drift_policy_template(case: Case) -> Case:
+    """The same TrainingRun case, one level down: a DriftPolicy embeds a TrainingRunSpec as its
+    retraining template, and the template carries the TrainingRun's spec rules."""
+
+    def drift_policy(run: Manifest) -> dict[str, Any]:
+        spec = {
+            "target": {"inferenceService": "iris"},
+            "metrics": [
+                {
+                    "name": "feature-drift",
+                    "query": "max(drift)",
+                    "threshold": 0.3,
+                    "comparison": "GreaterThan",
+                }
+            ],
+            "retrain": {"trainingRunTemplate": copy.deepcopy(run["spec"])},
+        }
+        return manifest("DriftPolicy", run["metadata"]["name"], spec)
+
+    return Case(
+        kind="DriftPolicy",
+        at=TEMPLATE + case.at.removeprefix(".spec"),
+        message=case.message,
+        field=TEMPLATE.removeprefix(".") + case.field.removeprefix("spec"),
+        valid=drift_policy(case.valid),
+        invalid=drift_policy(case.invalid),
+    )
+
+
+TRAINING_RUN_CASES = [
+    Case(
+        kind="TrainingRun",
+        at=".spec.tolerations[]",
+        message="operator must be Exists when key is empty",
+        field="spec.tolerations[0].operator",
+        valid=training_run("any-taint", tolerations=[{"operator": "Exists"}]),
+        invalid=training_run("equal-without-key", tolerations=[{"operator": "Equal", "value": "present"}]),
+    ),
+    Case(
+        kind="TrainingRun",
+        at=".spec.tolerations[]",
+        message="value must be empty when operator is Exists",
+        field="spec.tolerations[0].value",
+        valid=training_run("exists", tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists"}]),
+        invalid=training_run(
+            "exists-with-value",
+            tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "value": "present"}],
+        ),
+    ),
+    Case(
+        kind="TrainingRun",
+        at=".spec.tolerations[]",
+        message="tolerationSeconds requires effect NoExecute",
+        field="spec.tolerations[0].tolerationSeconds",
+        valid=training_run(
+            "no-execute",
+            tolerations=[
+                {"key": "spot", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 60}
+            ],
+        ),
+        invalid=training_run(
+            "no-schedule-with-seconds",
+            tolerations=[
+                {"key": "spot", "operator": "Exists", "effect": "NoSchedule", "tolerationSeconds": 60}
+            ],
+        ),
+    ),
+    Case(
+        kind="TrainingRun",
+        at=".spec.resources",
+        message="spec.resources.gpuProduct requires spec.resources.gpus > 0",
+        field="spec.resources.gpuProduct",
+        valid=training_run("a100", resources={"gpus": 1, "gpuProduct": "NVIDIA-A100-SXM4-80GB"}),
+        invalid=training_run("a100-no-gpus", resources={"gpus": 0, "gpuProduct": "NVIDIA-A100-SXM4-80GB"}),
+    ),
+    Case(
+        kind="TrainingRun",
+        at=".spec.sweep",
+        message="spec.sweep.parallelism must not exceed spec.sweep.maxTrials",
+        field="spec.sweep.parallelism",
+        valid=training_run("all-at-once", sweep={**SWEEP, "maxTrials": 3, "parallelism": 3}),
+        invalid=training_run("more-than-trials", sweep={**SWEEP, "maxTrials": 3, "parallelism": 4}),
+    ),
+    Case(
+        kind="TrainingRun",
+        at=".spec.sweep",
+        message="spec.sweep.maxTrials is required when spec.sweep.strategy is Random",
+        field="spec.sweep.maxTrials",
+        valid=training_run("random", sweep={**SWEEP, "strategy": "Random", "maxTrials": 2}),
+        invalid=training_run("random-unbounded", sweep={**SWEEP, "strategy": "Random"}),
+    ),
+]
+
+CASES = [
+    *TRAINING_RUN_CASES,
+    Case(
+        kind="TrainingRun",
+        at=".spec",
+        message="spec is immutable: create a new TrainingRun instead",
+        field="spec",
+        before=training_run("iris-rf"),
+        valid=training_run("iris-rf") | {"metadata": {"name": "iris-rf", "labels": {"team": "vision"}}},
+        invalid=training_run("iris-rf", params={"estimator": "RandomForestClassifier", "n_estimators": 500}),
+    ),
+    Case(
+        kind="ModelVersion",
+        at="",
+        message="metadata.name must be <spec.modelName>-v<spec.version>, e.g. iris-v3",
+        field="<nil>",
+        valid=model_version("iris-v3"),
+        invalid=model_version("iris-v4"),
+    ),
+    Case(
+        kind="ModelVersion",
+        at="",
+        message="metadata.name must be <spec.modelName>-v<spec.version>, e.g. iris-v3",
+        field="<nil>",
+        valid=model_version("iris-v30", version=30),
+        invalid=model_version("iris-v030", version=30),
+    ),
+    Case(
+        kind="ModelVersion",
+        at=".spec",
+        message="spec is immutable: register a new ModelVersion instead",
+        field="spec",
+        before=model_version("iris-v3"),
+        valid=model_version("iris-v3") | {"metadata": {"name": "iris-v3", "labels": {"team": "vision"}}},
+        invalid=model_version("iris-v3", metrics={"accuracy": 0.99}),
+    ),
+    Case(
+        kind="ModelPolicy",
+        at="",
+        message="metadata.name must be the model's name (a DNS label, e.g. iris)",
+        field="<nil>",
+        valid=manifest("ModelPolicy", "iris", {}),
+        invalid=manifest("ModelPolicy", "iris.v2", {}),
+    ),
+    Case(
+        kind="ModelPolicy",
+        at="",
+        message="metadata.name must be the model's name (a DNS label, e.g. iris)",
+        field="<nil>",
+        valid=manifest("ModelPolicy", "model-name-of-63-characters-is-as-long-as-a-dns-label-may-be-ok", {}),
+        invalid=manifest(
+            "ModelPolicy", "a-model-name-of-64-characters-is-one-longer-than-a-dns-label-may", {}
+        ),
+    ),
+    Case(
+        kind="InferenceService",
+        at=".spec.predictor",
+        message="spec.predictor.minReplicas must not exceed spec.predictor.maxReplicas",
+        field="spec.predictor.minReplicas",
+        valid=inference_service("fixed", predictor={"minReplicas": 3, "maxReplicas": 3}),
+        invalid=inference_service("inverted", predictor={"minReplicas": 4, "maxReplicas": 3}),
+    ),
+    Case(
+        kind="InferenceService",
+        at=".spec.rollout.steps",
+        message="spec.rollout.steps must be non-empty and end at 100",
+        field="spec.rollout.steps",
+        valid=inference_service("ends-at-100", rollout={"steps": [10, 50, 100]}),
+        invalid=inference_service("stops-at-50", rollout={"steps": [10, 50]}),
+    ),
+    Case(
+        kind="InferenceService",
+        at=".spec.rollout.steps",
+        message="spec.rollout.steps must be strictly increasing",
+        field="spec.rollout.steps",
+        valid=inference_service("increasing", rollout={"steps": [10, 25, 100]}),
+        invalid=inference_service("repeated", rollout={"steps": [10, 10, 100]}),
+    ),
+    Case(
+        kind="InferenceService",
+        at=".spec.rollout.steps",
+        message="spec.rollout.steps must be strictly increasing",
+        field="spec.rollout.steps",
+        valid=inference_service("one-step", rollout={"steps": [100]}),
+        invalid=inference_service("decreasing", rollout={"steps": [50, 25, 100]}),
+    ),
+    Case(
+        kind="InferenceService",
+        at=".spec.rollout.analysis.metrics[]",
+        message="an analysis metric needs min, max or both",
+        field="spec.rollout.analysis.metrics[0]",
+        valid=inference_service("bounded-above", rollout=analysis(max=0.01)),
+        invalid=inference_service("unbounded", rollout=analysis()),
+    ),
+    Case(
+        kind="InferenceService",
+        at=".spec.rollout.analysis.metrics[]",
+        message="an analysis metric's min must not exceed its max",
+        field="spec.rollout.analysis.metrics[0].min",
+        valid=inference_service("exact", rollout=analysis(min=0.5, max=0.5)),
+        invalid=inference_service("empty-range", rollout=analysis(min=0.6, max=0.5)),
+    ),
+    *map(in_drift_policy_template, TRAINING_RUN_CASES),
+]
+
+ADMISSION_CASES = [case for case in CASES if case.before is None]
+TRANSITION_CASES = [case for case in CASES if case.before is not None]
+
+
+def cel_rules_of_the_crds() -> Iterator[tuple[RuleId, str]]:
+    """Every ``x-kubernetes-validations`` entry of the generated CRDs, with its CEL expression."""
+    for crd in render_crds():
+        kind = crd["spec"]["names"]["kind"]
+        for at, node in schema_nodes(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]):
+            for entry in node.get("x-kubernetes-validations", []):
+                yield (kind, at, entry["message"]), entry["rule"]
+
+
+def schema_nodes(node: Mapping[str, Any], at: str = "") -> Iterator[tuple[str, Mapping[str, Any]]]:
+    """Every node of an OpenAPI schema with its path, e.g. ``.spec.tolerations[]`` or ``.spec.params{}``."""
+    yield at, node
+    for name, child in node.get("properties", {}).items():
+        yield from schema_nodes(child, f"{at}.{name}")
+    if isinstance(node.get("items"), Mapping):
+        yield from schema_nodes(node["items"], f"{at}[]")
+    if isinstance(node.get("additionalProperties"), Mapping):
+        yield from schema_nodes(node["additionalProperties"], f"{at}{{}}")
+
+
+def model_error(obj: Manifest) -> str | None:
+    """What the kind's spec model says of the object's spec (None when it accepts it), in the words of
+    the operator's InvalidSpec message. The name travels in the context for the rules that read it."""
+    model = SPEC_MODELS[obj["kind"]]
+    try:
+        model.model_validate(obj["spec"], context={"name": obj["metadata"]["name"]})
+    except pydantic.ValidationError as error:
+        return describe_validation_error(error)
+    return None
+
+
+def dry_run_create(cluster: Cluster, namespace: str, obj: Manifest) -> tuple[int, str]:
+    result = cluster.kubectl(
+        "create", "--dry-run=server", "-n", namespace, "-f", "-", input=json.dumps(obj), check=False
+    )
+    return result.returncode, result.stderr
+
+
+def assert_refused_naming_the_field(error: str, case: Case) -> None:
+    """kubectl prints one line per problem, ``<field>: <what>: <message>``."""
+    assert any(f"{case.field}: " in line and case.message in line for line in error.splitlines()), error
+
+
+def test_every_cel_rule_in_the_crds_has_cases_and_every_case_a_rule() -> None:
+    found = dict(cel_rules_of_the_crds())
+
+    assert {case.rule for case in CASES} == set(found)
+    transitions = {rule_id for rule_id, rule in found.items() if "oldSelf" in rule}
+    assert {case.rule for case in TRANSITION_CASES} == transitions
+
+
+@pytest.mark.parametrize("case", ADMISSION_CASES, ids=[case.id for case in ADMISSION_CASES])
+def test_the_api_server_and_the_model_accept_and_refuse_alike(
+    cluster: Cluster, namespace: str, case: Case
+) -> None:
+    code, error = dry_run_create(cluster, namespace, case.valid)
+    assert code == 0, f"the API server refused the valid {case.kind}: {error}"
+    assert model_error(case.valid) is None, f"the model refused the valid {case.kind}"
+
+    code, error = dry_run_create(cluster, namespace, case.invalid)
+    assert code != 0, f"the API server admitted the invalid {case.kind}"
+    assert_refused_naming_the_field(error, case)
+    complaint = model_error(case.invalid)
+    assert complaint is not None, f"the model accepted the invalid {case.kind}"
+    assert case.message in complaint, complaint
+    # The model names the field the API server names, or the object that holds it.
+    where = next(line.split(": ")[0] for line in complaint.split("; ") if case.message in line)
+    assert case.field.startswith(where) or case.at == "", (where, case.field)
+
+
+@pytest.mark.parametrize("case", TRANSITION_CASES, ids=[case.id for case in TRANSITION_CASES])
+def test_the_api_server_refuses_a_change_that_a_transition_rule_forbids(
+    cluster: Cluster, namespace: str, case: Case
+) -> None:
+    # No model check: a pydantic model validates one object and cannot compare it with its previous one.
+    assert case.before is not None
+    name = case.before["metadata"]["name"]
+    cluster.apply(case.before, namespace)
+    created = cluster.get(case.kind.lower(), name, namespace)
+
+    cluster.apply(case.valid, namespace)
+    result = cluster.apply_result(case.invalid, namespace)
+
+    assert result.returncode != 0, f"the API server admitted the changed {case.kind}"
+    assert_refused_naming_the_field(result.stderr, case)
+    stored = cluster.get(case.kind.lower(), name, namespace)
+    assert stored["spec"] == created["spec"]
+    assert stored["metadata"]["labels"] == case.valid["metadata"]["labels"]
