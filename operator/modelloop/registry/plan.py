@@ -168,7 +168,7 @@ def _validated(
     status = dict(statuses[name])
     generation = int(version["metadata"].get("generation") or 1)
     try:
-        spec = ModelVersionSpec.model_validate(version["spec"])
+        spec = ModelVersionSpec.model_validate(version["spec"], context={"name": name})
     except pydantic.ValidationError as error:
         return _pending(status, name, generation, INVALID_SPEC, describe_validation_error(error), plan, now)
     if policy_problem is not None:
@@ -289,7 +289,9 @@ def _policy_spec(policy: Mapping[str, Any] | None) -> tuple[ModelPolicySpec | No
     if policy is None:
         return None, None
     try:
-        return ModelPolicySpec.model_validate(policy.get("spec") or {}), None
+        return ModelPolicySpec.model_validate(
+            policy.get("spec") or {}, context={"name": policy["metadata"]["name"]}
+        ), None
     except pydantic.ValidationError as error:
         name = policy["metadata"]["name"]
         return None, f"ModelPolicy {name} is invalid: {describe_validation_error(error)}"
