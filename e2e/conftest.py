@@ -10,9 +10,11 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import pydantic
 import pytest
 
 from e2e.harness import ROOT, SHARED_CRDS, Cluster, cluster_script, condition, running_operator, wait_for
+from modelloop.api import GROUP, KINDS
 
 # Overridable so that two suites (say, two checkouts) can each have their own control plane at once.
 E2E_STATE = Path(os.environ.get("MODELLOOP_E2E_DIR") or ROOT / ".cluster" / "e2e")
@@ -52,11 +54,29 @@ def cluster() -> Iterator[Cluster]:
 
 @pytest.fixture
 def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
-    """A fresh namespace for one test, deleted afterwards (without waiting for it to be gone)."""
+    """A fresh namespace for one test, deleted afterwards (without waiting for it to be gone).
+
+    Before it goes, every status in it is checked against its kind's pydantic status model: whatever
+    the operator wrote during the test must be what the API says a status is."""
     name = f"t-{uuid.uuid4().hex[:8]}"
     cluster.kubectl("create", "namespace", name)
     yield name
-    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+    try:
+        check_statuses(cluster, name)
+    finally:
+        cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+def check_statuses(cluster: Cluster, namespace: str) -> None:
+    for info in KINDS:
+        for obj in cluster.get(f"{info.plural}.{GROUP}", namespace=namespace)["items"]:
+            status = obj.get("status") or {}
+            try:
+                info.status_model.model_validate(status)
+            except pydantic.ValidationError as error:
+                raise AssertionError(
+                    f"{info.kind} {obj['metadata']['name']} has a status its model refuses: {error}"
+                ) from error
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 from typing import Any
 
@@ -104,10 +105,10 @@ def test_preflight_names_the_missing_crds_and_how_to_install_them(
     cluster: Cluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig))
-    assert preflight().startswith("v1.36")
+    assert asyncio.run(preflight()).startswith("v1.36")
 
     with pytest.raises(PreflightError) as raised:
-        preflight(plurals=["trainingruns", "featurestores"])
+        asyncio.run(preflight(plurals=["trainingruns", "featurestores"]))
 
     assert "featurestores.modelloop.dev" in str(raised.value)
     assert "trainingruns" not in str(raised.value)

@@ -204,11 +204,11 @@ def in_process_client(cluster: Cluster) -> Iterator[None]:
 
     previous = os.environ.get("KUBECONFIG")
     os.environ["KUBECONFIG"] = str(cluster.kubeconfig)
-    kube._shared = None
+    kube._current = None
     try:
         yield
     finally:
-        kube._shared = None
+        kube._current = None
         if previous is None:
             os.environ.pop("KUBECONFIG", None)
         else:
@@ -232,8 +232,14 @@ def test_a_status_write_planned_on_a_stale_read_is_refused_and_a_fresh_one_goes_
     )  # fmt: skip
     writer = StatusWriter("modelversions")
 
+    async def stale_write() -> None:
+        try:
+            await writer.write(stale, {"history": [], "stage": "Archived"})
+        finally:
+            await kube.close()
+
     with pytest.raises(kube.Conflict) as conflict:
-        asyncio.run(writer.write(stale, {"history": [], "stage": "Archived"}))
+        asyncio.run(stale_write())
 
     assert conflict.value.key == (namespace, "iris-v1")
     kept = cluster.get("modelversion", "iris-v1", namespace)["status"]
@@ -241,8 +247,11 @@ def test_a_status_write_planned_on_a_stale_read_is_refused_and_a_fresh_one_goes_
     assert "stage" not in kept
 
     async def fresh_write() -> dict[str, Any]:
-        fresh = await writer.refresh(namespace, "iris-v1")
-        return await writer.write(fresh, {"stage": "Candidate"})
+        try:
+            fresh = await writer.refresh(namespace, "iris-v1")
+            return await writer.write(fresh, {"stage": "Candidate"})
+        finally:
+            await kube.close()
 
     written = asyncio.run(fresh_write())
     assert written["status"]["stage"] == "Candidate"
@@ -268,7 +277,16 @@ def test_server_side_apply_owns_its_fields_of_a_kserve_inference_service_and_rep
             },
         }
 
-    applied = kube.server_side_apply("inferenceservices", isvc(1))
+    def apply(manifest: dict[str, Any]) -> kube.Applied:
+        async def applying() -> kube.Applied:
+            try:
+                return await kube.server_side_apply("inferenceservices", manifest)
+            finally:
+                await kube.close()
+
+        return asyncio.run(applying())
+
+    applied = apply(isvc(1))
     assert applied.conflict is None and applied.obj is not None
     managers = {f["manager"] for f in applied.obj["metadata"]["managedFields"]}
     assert kube.FIELD_MANAGER in managers
@@ -279,7 +297,7 @@ def test_server_side_apply_owns_its_fields_of_a_kserve_inference_service_and_rep
         "--field-manager=someone-else", "-p", json.dumps({"spec": {"predictor": {"minReplicas": 3}}}),
     )  # fmt: skip
 
-    contested = kube.server_side_apply("inferenceservices", isvc(2))
+    contested = apply(isvc(2))
 
     assert contested.obj is None
     assert contested.conflict is not None and "minReplicas" in contested.conflict

@@ -43,11 +43,11 @@ def reads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str, str]]:
     calls: list[tuple[str, str, str]] = []
     stored = {("modelversions", "iris-v2"): VERSION, ("trainingruns", "iris-retrain"): RUN}
 
-    def get_object(plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+    async def get_object(plural: str, namespace: str, name: str) -> dict[str, Any] | None:
         calls.append((plural, namespace, name))
         return stored.get((plural, name)) if namespace == "ml" else None
 
-    def list_objects(plural: str, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+    async def list_objects(plural: str, namespace: str, label_selector: str = "") -> list[dict[str, Any]]:
         calls.append((plural, namespace, label_selector))
         return [VERSION] if namespace == "ml" and plural == "modelversions" else []
 

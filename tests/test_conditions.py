@@ -57,7 +57,9 @@ def test_set_condition_does_not_mutate_its_input() -> None:
     before = [{"type": "Ready", "status": "False", "reason": "A", "message": "", "lastTransitionTime": "T1"}]
     snapshot = [dict(c) for c in before]
 
-    set_condition(before, type_="Ready", status="True", reason="B", message="", observed_generation=None)
+    set_condition(
+        before, type_="Ready", status="True", reason="B", message="", observed_generation=None, now="T2"
+    )
 
     assert before == snapshot
 

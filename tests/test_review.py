@@ -43,14 +43,14 @@ def test_a_valid_spec_gets_the_accepted_phase_generation_and_ready_condition() -
 
 
 def test_a_phase_set_by_the_kinds_own_logic_is_kept() -> None:
-    review = review_spec(Spec, VALID, {"phase": "Running"}, generation=1, accepted=ACCEPTED)
+    review = review_spec(Spec, VALID, {"phase": "Running"}, generation=1, accepted=ACCEPTED, now="T1")
     assert review.status["phase"] == "Running"
 
 
 def test_an_invalid_spec_turns_ready_false_with_a_message_naming_each_field() -> None:
     spec = {"image": "trainer:1", "resources": {"gpus": -1}, "steps": [1, "x"]}
 
-    review = review_spec(Spec, spec, {}, generation=2, accepted=ACCEPTED)
+    review = review_spec(Spec, spec, {}, generation=2, accepted=ACCEPTED, now="T1")
 
     ready = review.status["conditions"][0]
     assert (ready["status"], ready["reason"]) == ("False", INVALID_SPEC)
@@ -60,17 +60,19 @@ def test_an_invalid_spec_turns_ready_false_with_a_message_naming_each_field() ->
 
 
 def test_no_event_when_nothing_changed() -> None:
-    first = review_spec(Spec, VALID, {}, generation=1, accepted=ACCEPTED)
+    first = review_spec(Spec, VALID, {}, generation=1, accepted=ACCEPTED, now="T1")
 
-    second = review_spec(Spec, VALID, first.status, generation=2, accepted=ACCEPTED)
+    second = review_spec(Spec, VALID, first.status, generation=2, accepted=ACCEPTED, now="T1")
 
     assert second.event is None
     assert second.status["observedGeneration"] == 2
 
 
 def test_an_event_when_a_spec_becomes_valid_again() -> None:
-    broken = review_spec(Spec, {"image": "x", "resources": {"gpus": -1}}, {}, generation=1, accepted=ACCEPTED)
+    broken = review_spec(
+        Spec, {"image": "x", "resources": {"gpus": -1}}, {}, generation=1, accepted=ACCEPTED, now="T1"
+    )
 
-    fixed = review_spec(Spec, VALID, broken.status, generation=2, accepted=ACCEPTED)
+    fixed = review_spec(Spec, VALID, broken.status, generation=2, accepted=ACCEPTED, now="T1")
 
     assert fixed.event == Event("Normal", "Pending", "waits")

@@ -14,9 +14,8 @@ from collections.abc import Hashable
 from dataclasses import dataclass, field
 
 import pytest
-from kubernetes.client.exceptions import ApiException
 
-from modelloop.kube import api_message
+from modelloop.kube import ApiException, api_message
 from modelloop.runtime.workqueue import WorkQueue
 
 pytestmark = pytest.mark.looptime
@@ -70,9 +69,7 @@ def intervals(times: list[float]) -> list[float]:
 
 
 def status_error(status: int, reason: str, body: str | bytes | None) -> ApiException:
-    error = ApiException(status=status, reason=reason)
-    error.body = body  # type: ignore[assignment]  # the client sets the response's bytes or text
-    return error
+    return ApiException(status=status, reason=reason, body=body)
 
 
 # Coalescing and timers.

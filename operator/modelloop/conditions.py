@@ -34,7 +34,7 @@ def set_condition(
     reason: str,
     message: str,
     observed_generation: int | None,
-    now: str | None = None,
+    now: str,
 ) -> list[dict[str, Any]]:
     """Return the conditions with one condition added or replaced.
 
@@ -42,7 +42,7 @@ def set_condition(
     "since when has this been Ready" stays answerable. The order of the other conditions is kept.
     """
     previous = find_condition(conditions, type_)
-    transition = now or utc_now()
+    transition = now
     if previous is not None and previous.get("status") == status and previous.get("lastTransitionTime"):
         transition = str(previous["lastTransitionTime"])
     updated: dict[str, Any] = {

@@ -1,22 +1,29 @@
-"""The one Kubernetes client wrapper: configuration (in-cluster or kubeconfig), start-up checks, and the
-writes the controllers make.
+"""The one Kubernetes client of the operator: configuration (in-cluster or kubeconfig), start-up checks,
+and the calls the controllers make beside kopf's own watches.
 
-kopf keeps its own watch connections and caches; this module is for the calls the operator makes beside
-them. The calls are synchronous (the kubernetes client); async controllers run them in threads.
+A small asynchronous client on aiohttp, the HTTP library kopf itself runs on: the operator's writes run on
+the event loop, not in threads; every request has a deadline (``REQUEST_TIMEOUT``); and the operator never
+loads the kubernetes package's thousands of generated classes (about 20 MiB of memory, and the threads
+its synchronous calls need). kopf logs in with the same configuration (``login``).
 """
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import json
 import os
-import threading
+import ssl
+import tempfile
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
+from urllib.parse import quote
 
-import kubernetes
-from kubernetes.client import ApiClient
-from kubernetes.client.exceptions import ApiException
+import aiohttp
+import yaml
+
+from modelloop.api import GROUP, KINDS, MODEL_VERSION, VERSION
 
 __all__ = [
     "FIELD_MANAGER",
@@ -24,35 +31,51 @@ __all__ = [
     "REQUEST_TIMEOUT",
     "ApiException",
     "Applied",
+    "ClusterConfig",
     "Conflict",
     "PreflightError",
     "api_message",
+    "close",
     "create_job",
     "current_namespace",
+    "delete_object",
+    "get",
     "get_object",
     "list_objects",
+    "load_config",
     "patch_labels",
     "patch_status",
     "preflight",
     "register_model_version",
     "server_side_apply",
 ]
-from kubernetes.config.config_exception import ConfigException
-from urllib3.exceptions import HTTPError
 
-from modelloop.api import GROUP, KINDS, MODEL_VERSION, VERSION
-
-_shared: ApiClient | None = None
-_shared_lock = threading.Lock()
-
-# Every call beside kopf's watches has a deadline: (connect, read) seconds. A hung API server then costs a
-# reconcile a retry, never a worker thread for good.
-REQUEST_TIMEOUT = (5.0, 30.0)
+# Every call beside kopf's watches has a deadline. A hung API server then costs a reconcile a retry.
+REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=30, sock_connect=5)
 # The field manager of everything the operator writes with server-side apply.
 FIELD_MANAGER = "modelloop"
 # Answers that retrying the same request cannot change: the request itself is wrong (400, 422) or not
 # allowed (403). They are reported in the object's status, not only logged.
 PERMANENT_STATUSES = frozenset({400, 403, 422})
+_SERVICE_ACCOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
+_MERGE_PATCH = "application/merge-patch+json"
+_APPLY_PATCH = "application/apply-patch+yaml"
+_CONNECTIONS = 32  # at most this many requests in flight: the API server's fair share, and ours
+
+
+class PreflightError(RuntimeError):
+    """The operator cannot work against this cluster; the message says why and what to do."""
+
+
+class ApiException(Exception):
+    """The API server answered with an error: ``status`` (e.g. 422), ``reason`` and the response ``body``
+    (a Status object whose message says what was wrong)."""
+
+    def __init__(self, status: int = 0, reason: str = "", body: str | bytes | None = None) -> None:
+        super().__init__(f"{status} {reason}")
+        self.status = status
+        self.reason = reason
+        self.body = body
 
 
 class Conflict(Exception):
@@ -95,91 +118,276 @@ def api_message(error: BaseException) -> str:
     return f"{head}: {message}" if message else head
 
 
-class PreflightError(RuntimeError):
-    """The operator cannot work against this cluster; the message says why and what to do."""
+# --- configuration ------------------------------------------------------------------------------------
 
 
-def api_client(connection_pool_maxsize: int | None = None) -> ApiClient:
-    """A client configured the way kubectl would be: in-cluster when running in a pod, else the
-    kubeconfig named by KUBECONFIG (or ~/.kube/config)."""
-    configuration = kubernetes.client.Configuration()
+@dataclass(frozen=True)
+class ClusterConfig:
+    """Where the API server is and how to authenticate: what kubectl would use."""
+
+    server: str
+    namespace: str = "default"
+    ca_file: str | None = None
+    ca_data: str | None = None
+    insecure: bool = False
+    certificate_file: str | None = None
+    key_file: str | None = None
+    token: str | None = None
+    token_file: str | None = None  # read at each connection: projected service-account tokens rotate
+    source: str = field(default="", compare=False)
+
+    def ssl_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=self.ca_file, cadata=self.ca_data)
+        if self.insecure:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        if self.certificate_file:
+            context.load_cert_chain(self.certificate_file, self.key_file)
+        return context
+
+    def bearer_token(self) -> str | None:
+        if self.token_file:
+            with open(self.token_file) as file:
+                return file.read().strip()
+        return self.token
+
+
+def load_config() -> ClusterConfig:
+    """The configuration kubectl would use: in-cluster when running in a pod (the service account's token
+    and CA), else the current context of the kubeconfig named by KUBECONFIG (or ~/.kube/config).
+
+    Supported in a kubeconfig: certificate authority (file or data), client certificate and key (file or
+    data), a token or token file, insecure-skip-tls-verify. A context that needs an exec credential plugin
+    or an auth provider is refused with a message that says so.
+    """
+    host, port = os.environ.get("KUBERNETES_SERVICE_HOST"), os.environ.get("KUBERNETES_SERVICE_PORT")
+    token_file = os.path.join(_SERVICE_ACCOUNT, "token")
+    if host and port and os.path.exists(token_file):
+        namespace_file = os.path.join(_SERVICE_ACCOUNT, "namespace")
+        namespace = "default"
+        if os.path.exists(namespace_file):
+            with open(namespace_file) as file:
+                namespace = file.read().strip() or "default"
+        server_host = f"[{host}]" if ":" in host else host
+        return ClusterConfig(
+            server=f"https://{server_host}:{port}",
+            namespace=namespace,
+            ca_file=os.path.join(_SERVICE_ACCOUNT, "ca.crt"),
+            token_file=token_file,
+            source="in-cluster service account",
+        )
+    return _kubeconfig(_kubeconfig_path())
+
+
+def _kubeconfig(path: str) -> ClusterConfig:
     try:
-        kubernetes.config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-    except ConfigException:
-        try:
-            kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
-                config_file=_kubeconfig_path(), client_configuration=configuration
-            )
-        except (ConfigException, FileNotFoundError) as error:
-            raise PreflightError(
-                f"no Kubernetes configuration found (in-cluster or kubeconfig): {error}"
-            ) from error
-    if connection_pool_maxsize is not None:
-        configuration.connection_pool_maxsize = connection_pool_maxsize
-    return ApiClient(configuration)
+        with open(path) as file:
+            config = yaml.safe_load(file) or {}
+    except OSError as error:
+        raise PreflightError(
+            f"no Kubernetes configuration found (in-cluster or kubeconfig): {error}"
+        ) from error
+    except yaml.YAMLError as error:
+        raise PreflightError(f"the kubeconfig {path} is not valid YAML: {error}") from error
+
+    def named(section: str, name: str | None) -> dict[str, Any]:
+        for item in config.get(section) or ():
+            if item.get("name") == name:
+                return dict(item.get(section[:-1]) or {})
+        raise PreflightError(f"the kubeconfig {path} has no {section[:-1]} named {name!r}")
+
+    context_name = config.get("current-context")
+    if not context_name:
+        raise PreflightError(f"the kubeconfig {path} sets no current-context")
+    context = named("contexts", context_name)
+    cluster = named("clusters", context.get("cluster"))
+    user = named("users", context.get("user"))
+    plugin = "exec" if user.get("exec") else "auth-provider" if user.get("auth-provider") else None
+    if plugin:
+        raise PreflightError(
+            f"the kubeconfig {path} authenticates through a credential plugin ({plugin}), which modelloop"
+            " does not run: use a context with a token or a client certificate"
+        )
+    base = os.path.dirname(os.path.abspath(path))
+
+    def file_of(key: str, source: Mapping[str, Any]) -> str | None:
+        if source.get(f"{key}-data"):
+            return _data_file(str(source[f"{key}-data"]))
+        value = source.get(key)
+        return None if not value else os.path.join(base, os.path.expanduser(str(value)))
+
+    ca_data = cluster.get("certificate-authority-data")
+    return ClusterConfig(
+        server=str(cluster.get("server") or "").rstrip("/"),
+        namespace=str(context.get("namespace") or "default"),
+        ca_file=None if ca_data else file_of("certificate-authority", cluster),
+        ca_data=base64.b64decode(ca_data).decode() if ca_data else None,
+        insecure=bool(cluster.get("insecure-skip-tls-verify")),
+        certificate_file=file_of("client-certificate", user),
+        key_file=file_of("client-key", user),
+        token=user.get("token"),
+        token_file=file_of("tokenFile", {"tokenFile": user["tokenFile"]}) if user.get("tokenFile") else None,
+        source=f"kubeconfig {path}, context {context_name}",
+    )
 
 
-def preflight(plurals: Iterable[str] | None = None, timeout: float = 10.0) -> str:
+def _data_file(data: str) -> str:
+    """A private file with the decoded ``data`` (an SSL context loads client certificates from files)."""
+    handle, path = tempfile.mkstemp(prefix="modelloop-", suffix=".pem")
+    with os.fdopen(handle, "wb") as file:
+        file.write(base64.b64decode(data))
+    return path
+
+
+def _kubeconfig_path() -> str:
+    # KUBECONFIG is read at each call; of a list of files, the first is used.
+    configured = os.environ.get("KUBECONFIG", "").split(os.pathsep)[0]
+    return os.path.expanduser(configured or "~/.kube/config")
+
+
+def current_namespace() -> str:
+    """The namespace kubectl would use: the pod's own in a cluster, else the kubeconfig's current
+    context's, else ``default``."""
+    try:
+        return load_config().namespace
+    except PreflightError:
+        return "default"
+
+
+# --- requests -------------------------------------------------------------------------------------------
+
+
+class _Session:
+    """The client session of one event loop (the operator has one; each CLI command its own)."""
+
+    def __init__(self, config: ClusterConfig) -> None:
+        self.config = config
+        self.loop = asyncio.get_running_loop()
+        ssl_context: ssl.SSLContext | bool = (
+            config.ssl_context() if config.server.startswith("https") else False
+        )
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=ssl_context, limit=_CONNECTIONS),
+            timeout=REQUEST_TIMEOUT,
+            json_serialize=json.dumps,
+        )
+
+
+_current: _Session | None = None
+
+
+async def _session() -> _Session:
+    global _current
+    loop = asyncio.get_running_loop()
+    if _current is None or _current.loop is not loop or _current.session.closed:
+        _current = _Session(load_config())
+    return _current
+
+
+async def close() -> None:
+    """Close this event loop's connections (at shut-down, and at the end of each CLI command)."""
+    global _current
+    if _current is not None and _current.loop is asyncio.get_running_loop():
+        await _current.session.close()
+    _current = None
+
+
+async def request(
+    method: str,
+    path: str,
+    *,
+    body: Any = None,
+    content_type: str = "application/json",
+    params: Mapping[str, str] | None = None,
+    parse: bool = True,
+    timeout: aiohttp.ClientTimeout | None = None,
+) -> Any:
+    """One request to the API server; the parsed JSON answer (None when ``parse`` is False). An error
+    answer raises ApiException with the server's status, reason and body."""
+    current = await _session()
+    headers = {"Accept": "application/json"}
+    token = current.config.bearer_token()
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    data = None
+    if body is not None:
+        headers["Content-Type"] = content_type
+        data = json.dumps(body)
+    async with current.session.request(
+        method, current.config.server + path, data=data, headers=headers, params=params, timeout=timeout
+    ) as response:
+        text = await response.text()
+        if response.status >= 400:
+            raise ApiException(response.status, response.reason or "", text)
+        return json.loads(text) if parse and text else None
+
+
+def _path(plural: str, namespace: str, name: str | None = None, *, group_version: str | None = None) -> str:
+    prefix = f"/apis/{group_version or f'{GROUP}/{VERSION}'}"
+    if group_version == "v1":
+        prefix = "/api/v1"
+    path = f"{prefix}/namespaces/{quote(namespace)}/{plural}"
+    return f"{path}/{quote(name)}" if name else path
+
+
+async def get(path: str) -> dict[str, Any] | None:
+    """GET any path; None when the object does not exist."""
+    try:
+        return cast(dict[str, Any], await request("GET", path))
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+
+
+async def preflight(plurals: Iterable[str] | None = None, timeout: float = 10.0) -> str:
     """Check that the API server answers and serves our kinds; return its version.
 
     Raises PreflightError with a message a person can act on: which server could not be reached, or
     which CustomResourceDefinitions are missing and how to install them.
     """
     wanted = set(plurals if plurals is not None else (info.plural for info in KINDS))
-    client = api_client()
-    server = client.configuration.host
-    with client:
+    config = load_config()
+    deadline = aiohttp.ClientTimeout(total=timeout)
+    try:
         try:
-            version = kubernetes.client.VersionApi(client).get_code(_request_timeout=timeout)
-        except (HTTPError, OSError) as error:
-            raise PreflightError(f"cannot reach the Kubernetes API server at {server}: {error}") from error
+            version = await request("GET", "/version", timeout=deadline)
+        except (aiohttp.ClientError, OSError, TimeoutError) as error:
+            raise PreflightError(
+                f"cannot reach the Kubernetes API server at {config.server}: {error or type(error).__name__}"
+            ) from error
         except ApiException as error:
             raise PreflightError(
-                f"the Kubernetes API server at {server} refused us: {error.reason}"
+                f"the Kubernetes API server at {config.server} refused us: {api_message(error)}"
             ) from error
         try:
-            served = kubernetes.client.CustomObjectsApi(client).get_api_resources(
-                GROUP, VERSION, _request_timeout=timeout
-            )
-            available = {resource.name for resource in served.resources}
+            served = await request("GET", f"/apis/{GROUP}/{VERSION}", timeout=deadline)
+            available = {resource["name"] for resource in served.get("resources") or ()}
         except ApiException as error:
             if error.status != 404:
-                raise PreflightError(f"cannot list the {GROUP}/{VERSION} API: {error.reason}") from error
+                raise PreflightError(
+                    f"cannot list the {GROUP}/{VERSION} API: {api_message(error)}"
+                ) from error
             available = set()
+    finally:
+        await close()
     missing = sorted(wanted - available)
     if missing:
         crds = ", ".join(f"{plural}.{GROUP}" for plural in missing)
         raise PreflightError(
-            f"the cluster at {server} does not serve {crds}: install the CRDs first "
+            f"the cluster at {config.server} does not serve {crds}: install the CRDs first "
             "(kubectl apply --server-side -f crds/, or `modelloop crds | kubectl apply --server-side -f -`)"
         )
-    return str(version.git_version)
+    return str(version.get("gitVersion"))
 
 
-def shared_client() -> ApiClient:
-    """The process's client, made on first use, with a connection pool sized for concurrent controllers."""
-    global _shared
-    with _shared_lock:
-        if _shared is None:
-            _shared = api_client(connection_pool_maxsize=32)
-        return _shared
-
-
-def create_job(manifest: Mapping[str, Any]) -> bool:
+async def create_job(manifest: Mapping[str, Any]) -> bool:
     """Create a Job; return False when one of that name exists already (Job names are deterministic, so
     that is the same Job, created before a restart or by a concurrent reconcile)."""
-    api = kubernetes.client.BatchV1Api(shared_client())
+    path = f"/apis/batch/v1/namespaces/{quote(manifest['metadata']['namespace'])}/jobs"
     try:
-        # The response is not read (_preload_content=False): deserializing a whole Job per create cost the
-        # operator memory and time it has better uses for.
-        _discard(
-            api.create_namespaced_job(
-                manifest["metadata"]["namespace"],
-                cast(Any, dict(manifest)),
-                _preload_content=False,
-                _request_timeout=REQUEST_TIMEOUT,
-            )
-        )
+        # The answer (the whole Job) is not parsed: the watch brings it to the index anyway.
+        await request("POST", path, body=manifest, parse=False)
     except ApiException as error:
         if error.status == 409:
             return False
@@ -187,7 +395,7 @@ def create_job(manifest: Mapping[str, Any]) -> bool:
     return True
 
 
-def patch_status(
+async def patch_status(
     plural: str, namespace: str, name: str, status: Mapping[str, Any], resource_version: str | None
 ) -> str:
     """Merge-patch the status subresource of one of our objects, only if it still has
@@ -199,53 +407,33 @@ def patch_status(
     body: dict[str, Any] = {"status": dict(status)}
     if resource_version is not None:
         body["metadata"] = {"resourceVersion": resource_version}
-    try:
-        response = kubernetes.client.CustomObjectsApi(shared_client()).patch_namespaced_custom_object_status(
-            GROUP,
-            VERSION,
-            namespace,
-            plural,
-            name,
-            body,
-            _preload_content=False,
-            _request_timeout=REQUEST_TIMEOUT,
-        )
-    except ApiException as error:
-        if error.status == 409:
-            raise Conflict(api_message(error), (namespace, name)) from error
-        raise
-    return _resource_version(response)
+    return await _patch_versioned(_path(plural, namespace, name) + "/status", body, (namespace, name))
 
 
-def patch_labels(
+async def patch_labels(
     plural: str, namespace: str, name: str, labels: Mapping[str, str], resource_version: str | None
 ) -> str:
     """Merge labels into one of our objects (the others it has stay), only if it still has
     ``resource_version``; return its new resourceVersion. Raises Conflict as ``patch_status`` does."""
-    body: dict[str, Any] = {"metadata": {"labels": dict(labels)}}
+    metadata: dict[str, Any] = {"labels": dict(labels)}
     if resource_version is not None:
-        body["metadata"]["resourceVersion"] = resource_version
+        metadata["resourceVersion"] = resource_version
+    return await _patch_versioned(_path(plural, namespace, name), {"metadata": metadata}, (namespace, name))
+
+
+async def _patch_versioned(path: str, body: Mapping[str, Any], key: tuple[str, str]) -> str:
     try:
-        response = kubernetes.client.CustomObjectsApi(shared_client()).patch_namespaced_custom_object(
-            GROUP,
-            VERSION,
-            namespace,
-            plural,
-            name,
-            body,
-            _preload_content=False,
-            _request_timeout=REQUEST_TIMEOUT,
-        )
+        patched = await request("PATCH", path, body=body, content_type=_MERGE_PATCH)
     except ApiException as error:
         if error.status == 409:
-            raise Conflict(api_message(error), (namespace, name)) from error
+            raise Conflict(api_message(error), key) from error
         raise
-    return _resource_version(response)
+    return str(patched["metadata"]["resourceVersion"])
 
 
-def server_side_apply(plural: str, manifest: Mapping[str, Any], *, force: bool = False) -> Applied:
-    """Server-side apply ``manifest``, a namespaced custom object of any group (``plural`` is its
-    resource, e.g. inferenceservices), as field manager ``modelloop``.
+async def server_side_apply(plural: str, manifest: Mapping[str, Any], *, force: bool = False) -> Applied:
+    """Server-side apply ``manifest``, a namespaced object of any group (``plural`` is its resource, e.g.
+    inferenceservices), as field manager ``modelloop``.
 
     For the objects the operator owns in other systems (KServe InferenceServices, HTTPRoutes,
     SeldonDeployments): only the fields in ``manifest`` are ours, and a field another manager set is
@@ -253,52 +441,28 @@ def server_side_apply(plural: str, manifest: Mapping[str, Any], *, force: bool =
     status, instead of the two managers fighting. ``force`` takes the fields (for fields that are ours
     by contract).
     """
-    group, _, version = str(manifest["apiVersion"]).rpartition("/")
     meta = manifest["metadata"]
+    path = _path(plural, meta["namespace"], meta["name"], group_version=str(manifest["apiVersion"]))
+    params = {"fieldManager": FIELD_MANAGER, **({"force": "true"} if force else {})}
     try:
-        response = kubernetes.client.CustomObjectsApi(shared_client()).patch_namespaced_custom_object(
-            group,
-            version,
-            meta["namespace"],
-            plural,
-            meta["name"],
-            dict(manifest),
-            field_manager=FIELD_MANAGER,
-            force=force,
-            _content_type="application/apply-patch+yaml",
-            _preload_content=False,
-            _request_timeout=REQUEST_TIMEOUT,
-        )
+        applied = await request("PATCH", path, body=manifest, content_type=_APPLY_PATCH, params=params)
     except ApiException as error:
         if error.status == 409:
             return Applied(obj=None, conflict=api_message(error))
         raise
-    raw = cast(Any, response)
-    try:
-        return Applied(obj=cast(dict[str, Any], json.loads(raw.data)))
-    finally:
-        raw.release_conn()
+    return Applied(obj=cast(dict[str, Any], applied))
 
 
-def delete_object(plural: str, namespace: str, name: str, uid: str, resource_version: str) -> bool:
+async def delete_object(plural: str, namespace: str, name: str, uid: str, resource_version: str) -> bool:
     """Delete one of our objects if it is still exactly what was decided on (same uid and resourceVersion);
     return False when it is gone already or has changed since (decide again)."""
-    options = kubernetes.client.V1DeleteOptions(
-        preconditions=kubernetes.client.V1Preconditions(uid=uid, resource_version=resource_version)
-    )
+    options = {
+        "apiVersion": "v1",
+        "kind": "DeleteOptions",
+        "preconditions": {"uid": uid, "resourceVersion": resource_version},
+    }
     try:
-        _discard(
-            kubernetes.client.CustomObjectsApi(shared_client()).delete_namespaced_custom_object(
-                GROUP,
-                VERSION,
-                namespace,
-                plural,
-                name,
-                body=options,
-                _preload_content=False,
-                _request_timeout=REQUEST_TIMEOUT,
-            )
-        )
+        await request("DELETE", _path(plural, namespace, name), body=options, parse=False)
     except ApiException as error:
         if error.status in (404, 409):
             return False
@@ -306,101 +470,40 @@ def delete_object(plural: str, namespace: str, name: str, uid: str, resource_ver
     return True
 
 
-def list_objects(plural: str, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+async def list_objects(plural: str, namespace: str, label_selector: str = "") -> list[dict[str, Any]]:
     """Our objects of one kind in a namespace, selected by labels."""
-    listed = cast(
-        dict[str, Any],
-        kubernetes.client.CustomObjectsApi(shared_client()).list_namespaced_custom_object(
-            GROUP, VERSION, namespace, plural, label_selector=label_selector, _request_timeout=REQUEST_TIMEOUT
-        ),
-    )
+    params = {"labelSelector": label_selector} if label_selector else None
+    listed = await request("GET", _path(plural, namespace), params=params)
     return list(listed.get("items") or [])
 
 
-def _resource_version(response: Any) -> str:
-    """The resourceVersion of the object in an unparsed write response (and release its connection)."""
-    try:
-        return str(json.loads(response.data)["metadata"]["resourceVersion"])
-    finally:
-        response.release_conn()
+async def get_object(plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+    """One of our objects, or None when it does not exist."""
+    return await get(_path(plural, namespace, name))
 
 
-def _discard(response: Any) -> None:
-    """Read an unparsed response's bytes (so that its connection can be reused) and let it go."""
-    response.data  # noqa: B018  # reading drains the connection for the pool
-    response.release_conn()
-
-
-def register_model_version(
+async def register_model_version(
     namespace: str, model_name: str, render: Callable[[int], dict[str, Any]], attempts: int = 100
 ) -> dict[str, Any]:
     """Create the next version of a model: one more than the highest registered. The version is part of
     the object's name, so when two runs finish at once the API server refuses the second create, which
     then takes the next number."""
-    api = kubernetes.client.CustomObjectsApi(shared_client())
     # By spec, not by label: a user may register versions by hand, with labels or without.
     existing = [
         mv
-        for mv in list_objects(MODEL_VERSION.plural, namespace, "")
+        for mv in await list_objects(MODEL_VERSION.plural, namespace)
         if (mv.get("spec") or {}).get("modelName") == model_name
     ]
     version = max((int(mv["spec"]["version"]) for mv in existing), default=0)
+    path = _path(MODEL_VERSION.plural, namespace)
     for _ in range(attempts):
         # Each refusal means that number was just taken: the next one is tried, so that numbers stay
         # consecutive however many registrations race.
         version += 1
-        manifest = render(version)
         try:
-            created = cast(
-                dict[str, Any],
-                api.create_namespaced_custom_object(
-                    GROUP,
-                    VERSION,
-                    namespace,
-                    MODEL_VERSION.plural,
-                    manifest,
-                    _request_timeout=REQUEST_TIMEOUT,
-                ),
-            )
+            return cast(dict[str, Any], await request("POST", path, body=render(version)))
         except ApiException as error:
             if error.status == 409:
                 continue
             raise
-        return created
     raise RuntimeError(f"could not register a version of {model_name} after {attempts} attempts")
-
-
-def get_object(plural: str, namespace: str, name: str) -> dict[str, Any] | None:
-    """One of our objects, or None when it does not exist."""
-    try:
-        return cast(
-            dict[str, Any],
-            kubernetes.client.CustomObjectsApi(shared_client()).get_namespaced_custom_object(
-                GROUP, VERSION, namespace, plural, name, _request_timeout=REQUEST_TIMEOUT
-            ),
-        )
-    except ApiException as error:
-        if error.status == 404:
-            return None
-        raise
-
-
-_POD_NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
-
-
-def current_namespace() -> str:
-    """The namespace kubectl would use: the pod's own in a cluster, else the kubeconfig's current
-    context's, else ``default``."""
-    if os.environ.get("KUBERNETES_SERVICE_HOST") and os.path.exists(_POD_NAMESPACE_FILE):
-        with open(_POD_NAMESPACE_FILE) as file:
-            return file.read().strip() or "default"
-    try:
-        _, context = kubernetes.config.list_kube_config_contexts(config_file=_kubeconfig_path())  # type: ignore[no-untyped-call]
-    except (ConfigException, OSError):
-        return "default"
-    return str(((context or {}).get("context") or {}).get("namespace") or "default")
-
-
-def _kubeconfig_path() -> str:
-    # KUBECONFIG is read at each call, not when the kubernetes package was imported.
-    return os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")

@@ -61,7 +61,7 @@ def review_spec(
     status: Mapping[str, Any],
     generation: int,
     accepted: ReviewOutcome,
-    now: str | None = None,
+    now: str,
 ) -> Review:
     """Validate ``spec`` with ``model`` and compute the status that reports it.
 

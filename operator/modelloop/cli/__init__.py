@@ -4,17 +4,20 @@ what they show."""
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import dataclasses
 import json
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
 from modelloop import __version__
 from modelloop.settings import LOG_FORMATS, Settings
+
+T = TypeVar("T")
 
 
 @click.group()
@@ -132,15 +135,19 @@ def lineage(name: str, namespace: str | None, output: str) -> None:
     from modelloop.cli.render import render_lineage
     from modelloop.registry.lineage import build_lineage, drift_policy_name, training_run_name
 
-    with _cluster_errors():
-        namespace = namespace or kube.current_namespace()
-        version = kube.get_object(MODEL_VERSION.plural, namespace, name)
+    namespace = namespace or kube.current_namespace()
+
+    async def read() -> tuple[Any, Any, Any]:
+        version = await kube.get_object(MODEL_VERSION.plural, namespace, name)
         if version is None:
             raise click.ClickException(f"ModelVersion {name} not found in namespace {namespace}")
         run_name = training_run_name(version)
-        run = kube.get_object(TRAINING_RUN.plural, namespace, run_name) if run_name else None
+        run = await kube.get_object(TRAINING_RUN.plural, namespace, run_name) if run_name else None
         policy_name = drift_policy_name(version, run)
-        policy = kube.get_object(DRIFT_POLICY.plural, namespace, policy_name) if policy_name else None
+        policy = await kube.get_object(DRIFT_POLICY.plural, namespace, policy_name) if policy_name else None
+        return version, run, policy
+
+    version, run, policy = _read_cluster(read)
     result = build_lineage(version, run, policy)
     if output == "json":
         click.echo(json.dumps(result, indent=2))
@@ -177,9 +184,8 @@ def history(model: str, namespace: str | None, at: datetime | None, output: str)
     from modelloop.cli.render import render_champion, render_timeline
     from modelloop.registry.history import champion_at, format_time, timeline, versions_of
 
-    with _cluster_errors():
-        namespace = namespace or kube.current_namespace()
-        versions = versions_of(kube.list_objects(MODEL_VERSION.plural, namespace, ""), model)
+    namespace = namespace or kube.current_namespace()
+    versions = versions_of(_read_cluster(lambda: kube.list_objects(MODEL_VERSION.plural, namespace)), model)
     if not versions:
         raise click.ClickException(f"no ModelVersion of model {model} in namespace {namespace}")
     if at is None:
@@ -204,20 +210,24 @@ def history(model: str, namespace: str | None, at: datetime | None, output: str)
         click.echo(render_champion(champion))
 
 
-@contextlib.contextmanager
-def _cluster_errors() -> Iterator[None]:
-    """Turn failures to reach or read the cluster into one-line errors instead of tracebacks."""
-    from urllib3.exceptions import HTTPError
+def _read_cluster(read: Callable[[], Awaitable[T]]) -> T:
+    """Run ``read`` (the command's reads of the cluster) and turn failures to reach or read the cluster
+    into one-line errors instead of tracebacks."""
+    import aiohttp
 
-    from modelloop.kube import ApiException, PreflightError
+    from modelloop import kube
+
+    async def reading() -> T:
+        try:
+            return await read()
+        finally:
+            await kube.close()
 
     try:
-        yield
-    except PreflightError as error:
+        return asyncio.run(reading())
+    except kube.PreflightError as error:
         raise click.ClickException(str(error)) from error
-    except ApiException as error:
-        raise click.ClickException(
-            f"the Kubernetes API server refused: {error.status} {error.reason}"
-        ) from error
-    except (HTTPError, OSError) as error:
+    except kube.ApiException as error:
+        raise click.ClickException(f"the Kubernetes API server refused: {kube.api_message(error)}") from error
+    except (aiohttp.ClientError, OSError, TimeoutError) as error:
         raise click.ClickException(f"cannot reach the Kubernetes API server: {error}") from error

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 from collections.abc import Iterable
 from typing import Any, cast
 
 import kopf
 
+from modelloop import kube
 from modelloop.api import API_VERSION, GROUP, KINDS
 from modelloop.naming import LABEL_TRAINING_RUN
-from modelloop.runtime.executors import api_executor
+from modelloop.runtime.executors import default_executor
 
 # Kinds that only event handlers and indexes watch: kopf never diffs them (no on.create/update/delete).
 # That is every kind: each controller reconciles through its work queue.
@@ -48,5 +50,24 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # kopf keeps a worker per object while its events come; an idle one may go sooner than kopf's 5 s, which
     # with thousands of Jobs and pods is memory held for nothing.
     settings.queueing.idle_timeout = 0.3
-    # kopf's own blocking calls share the API pool; queries of other systems have a pool of their own.
-    asyncio.get_running_loop().set_default_executor(api_executor())
+    # The operator's API calls are asynchronous; kopf's own blocking calls get a small pool (queries of
+    # other systems have one of their own).
+    asyncio.get_running_loop().set_default_executor(default_executor())
+
+
+@kopf.on.login()
+async def login(**_: Any) -> kopf.ConnectionInfo:
+    """kopf connects with the configuration the operator's own client uses (``kube.load_config``): in a
+    pod its service account (the token re-read at each login: projected tokens rotate), else the
+    kubeconfig's current context."""
+    config = kube.load_config()
+    return kopf.ConnectionInfo(
+        server=config.server,
+        ca_path=config.ca_file,
+        ca_data=base64.b64encode(config.ca_data.encode()).decode() if config.ca_data else None,
+        insecure=config.insecure or None,
+        certificate_path=config.certificate_file,
+        private_key_path=config.key_file,
+        token=config.bearer_token(),
+        default_namespace=config.namespace,
+    )

@@ -27,7 +27,6 @@ from modelloop.naming import ANNOTATION_REQUESTED_STAGE, ANNOTATION_STAGE_REASON
 from modelloop.objects import slim_object
 from modelloop.registry.plan import RETENTION, ModelPlan, plan_model
 from modelloop.registry.serving import ServedModel, served_model
-from modelloop.runtime.executors import call_api
 from modelloop.runtime.status import ObjectGone, StatusWriter, retry_on_conflict
 from modelloop.runtime.workqueue import WorkQueue
 from modelloop.settings import Settings
@@ -185,8 +184,7 @@ class ModelRegistry:
         for version in plan.deletions:
             meta = version["metadata"]
             # Not deleted when it changed since it was read (resourceVersion): the next reconcile decides.
-            deleted = await call_api(
-                kube.delete_object,
+            deleted = await kube.delete_object(
                 MODEL_VERSION.plural,
                 namespace,
                 meta["name"],

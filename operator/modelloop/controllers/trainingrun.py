@@ -23,7 +23,6 @@ from modelloop.controllers.reporting import post_event
 from modelloop.naming import ANNOTATION_RUN_UID, LABEL_TRAINING_RUN, label_value, run_of
 from modelloop.objects import slim_object
 from modelloop.review import INVALID_SPEC, describe_validation_error
-from modelloop.runtime.executors import call_api
 from modelloop.runtime.status import ObjectGone, StatusWriter, retry_on_conflict
 from modelloop.runtime.workqueue import WorkQueue
 from modelloop.settings import Settings
@@ -158,7 +157,7 @@ class TrainingRunController:
         for manifest in plan.jobs_to_create:
             # A new single-run Job is announced by the status transition (reason JobCreated); trial Jobs by
             # an event each.
-            if await call_api(kube.create_job, manifest) and spec.sweep is not None:
+            if await kube.create_job(manifest) and spec.sweep is not None:
                 post_event(run, "Normal", "TrialStarted", f"Created Job {manifest['metadata']['name']}.")
             created[manifest["metadata"]["name"]] = manifest
 
@@ -186,14 +185,13 @@ class TrainingRunController:
         selector = f"{LABEL_TRAINING_RUN}={label_value(meta['name'])}"
         existing = [
             mv
-            for mv in await call_api(kube.list_objects, "modelversions", meta["namespace"], selector)
+            for mv in await kube.list_objects("modelversions", meta["namespace"], selector)
             if (mv["metadata"].get("annotations") or {}).get(ANNOTATION_RUN_UID) == meta["uid"]
         ]
         if existing:
             return str(existing[0]["metadata"]["name"])
         registration = plan.registration
-        created = await call_api(
-            kube.register_model_version,
+        created = await kube.register_model_version(
             meta["namespace"],
             spec.output.model_name,
             lambda version: render_model_version(

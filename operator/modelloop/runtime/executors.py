@@ -1,9 +1,9 @@
-"""Where blocking work runs: one thread pool for Kubernetes API calls, another for queries of other
-systems (Prometheus), so that a slow Prometheus never holds up the status writes of every controller.
+"""Where blocking work runs, apart from the event loop.
 
-The kubernetes client is synchronous; every call made beside kopf's own watches goes through
-``call_api``, every query through ``call_query``. Each call also has a deadline of its own
-(``kube.REQUEST_TIMEOUT``, the query client's timeout): a pool thread is never lost to a hung peer.
+The operator's Kubernetes calls are asynchronous (``modelloop.kube``) and never take a thread. Queries of
+other systems through synchronous clients (prometheus-api-client) run in a pool of their own, so that a
+slow Prometheus never holds up the event loop or anything else; each query also has a deadline of its own.
+kopf's own blocking work (synchronous handlers, of which modelloop has none) gets a small default pool.
 """
 
 from __future__ import annotations
@@ -17,24 +17,17 @@ from typing import ParamSpec, TypeVar
 P = ParamSpec("P")
 T = TypeVar("T")
 
-API_THREADS = 16
 QUERY_THREADS = 4
+DEFAULT_THREADS = 4
 
 # The pools live as long as the process: their threads are made on first use.
-_api = ThreadPoolExecutor(max_workers=API_THREADS, thread_name_prefix="modelloop-api")
 _queries = ThreadPoolExecutor(max_workers=QUERY_THREADS, thread_name_prefix="modelloop-query")
+_default = ThreadPoolExecutor(max_workers=DEFAULT_THREADS, thread_name_prefix="modelloop")
 
 
-def api_executor() -> ThreadPoolExecutor:
-    """The pool of the Kubernetes API calls (also the event loop's default executor, for kopf's own)."""
-    return _api
-
-
-async def call_api(function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-    """Run a blocking Kubernetes API call in the API pool."""
-    return await asyncio.get_running_loop().run_in_executor(
-        _api, functools.partial(function, *args, **kwargs)
-    )
+def default_executor() -> ThreadPoolExecutor:
+    """The event loop's default pool (kopf's own blocking calls)."""
+    return _default
 
 
 async def call_query(function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:

@@ -16,10 +16,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
-import kubernetes
-
 from modelloop import kube
-from modelloop.runtime.executors import call_api
 
 logger = logging.getLogger(__name__)
 PEERING_GROUP, PEERING_VERSION = "kopf.dev", "v1"
@@ -46,41 +43,17 @@ def peering_paused(
     return False
 
 
-def read_peers(name: str, namespaces: Iterable[str]) -> list[Mapping[str, Any]]:
+async def read_peers(name: str, namespaces: Iterable[str]) -> list[Mapping[str, Any]]:
     """The status of the peering objects named ``name``: the ClusterKopfPeering when ``namespaces`` is
     empty, else the KopfPeering of each namespace (those that exist)."""
-    api = kubernetes.client.CustomObjectsApi(kube.shared_client())
-    found: list[Any] = []
-    try:
-        if not namespaces:
-            found.append(
-                api.get_cluster_custom_object(
-                    PEERING_GROUP,
-                    PEERING_VERSION,
-                    "clusterkopfpeerings",
-                    name,
-                    _request_timeout=kube.REQUEST_TIMEOUT,
-                )
-            )
-        for namespace in namespaces:
-            try:
-                found.append(
-                    api.get_namespaced_custom_object(
-                        PEERING_GROUP,
-                        PEERING_VERSION,
-                        namespace,
-                        "kopfpeerings",
-                        name,
-                        _request_timeout=kube.REQUEST_TIMEOUT,
-                    )
-                )
-            except kube.ApiException as error:
-                if error.status != 404:
-                    raise
-    except kube.ApiException as error:
-        if error.status != 404:
-            raise
-    return [dict(obj.get("status") or {}) for obj in found]
+    base = f"/apis/{PEERING_GROUP}/{PEERING_VERSION}"
+    paths = (
+        [f"{base}/clusterkopfpeerings/{name}"]
+        if not namespaces
+        else [f"{base}/namespaces/{namespace}/kopfpeerings/{name}" for namespace in namespaces]
+    )
+    found = [await kube.get(path) for path in paths]
+    return [dict(obj.get("status") or {}) for obj in found if obj is not None]
 
 
 class PeeringGate:
@@ -111,7 +84,7 @@ class PeeringGate:
         self._on_pause()
         while True:
             try:
-                statuses = await call_api(read_peers, self.name, self.namespaces)
+                statuses = await read_peers(self.name, self.namespaces)
             except Exception as error:  # an unreadable peering object keeps the last decision
                 logger.warning("cannot read peering %s: %s", self.name, kube.api_message(error))
             else:

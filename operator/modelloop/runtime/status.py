@@ -21,7 +21,6 @@ from typing import Any, TypeVar
 
 from modelloop import kube
 from modelloop.objects import slim_object
-from modelloop.runtime.executors import call_api
 
 ObjectKey = tuple[str, str]  # (namespace, name)
 T = TypeVar("T")
@@ -107,8 +106,8 @@ class StatusWriter:
         if not changed:
             return dict(obj)
         namespace, name = object_key(obj)
-        version = await call_api(
-            kube.patch_status, self.plural, namespace, name, changed, obj["metadata"].get("resourceVersion")
+        version = await kube.patch_status(
+            self.plural, namespace, name, changed, obj["metadata"].get("resourceVersion")
         )
         merged = {k: v for k, v in {**previous, **changed}.items() if v is not None}
         written = {**obj, "metadata": {**obj["metadata"], "resourceVersion": version}, "status": merged}
@@ -121,8 +120,8 @@ class StatusWriter:
         if all(current.get(k) == v for k, v in labels.items()):
             return dict(obj)
         namespace, name = object_key(obj)
-        version = await call_api(
-            kube.patch_labels, self.plural, namespace, name, labels, obj["metadata"].get("resourceVersion")
+        version = await kube.patch_labels(
+            self.plural, namespace, name, labels, obj["metadata"].get("resourceVersion")
         )
         meta = {**obj["metadata"], "resourceVersion": version, "labels": {**current, **labels}}
         written = {**obj, "metadata": meta}
@@ -132,7 +131,7 @@ class StatusWriter:
     async def refresh(self, namespace: str, name: str) -> dict[str, Any]:
         """Read the object from the API server (after a conflict) and remember it; raise ObjectGone when
         it no longer exists."""
-        fresh = await call_api(kube.get_object, self.plural, namespace, name)
+        fresh = await kube.get_object(self.plural, namespace, name)
         if fresh is None:
             self.memory.forget((namespace, name))
             raise ObjectGone(f"{self.plural} {namespace}/{name}")

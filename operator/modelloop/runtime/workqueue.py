@@ -33,9 +33,7 @@ from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from typing import Generic, TypeAlias, TypeVar
 
-from kubernetes.client.exceptions import ApiException
-
-from modelloop.kube import api_message
+from modelloop.kube import ApiException, api_message
 
 __all__ = ["Key", "OnFailure", "QueueStats", "Reconcile", "WorkQueue"]
 
