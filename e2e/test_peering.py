@@ -32,9 +32,11 @@ def reported(cluster: Cluster, name: str, namespace: str) -> bool:
     return condition(cluster.get("driftpolicy", name, namespace), "Ready") is not None
 
 
-def test_only_the_highest_priority_replica_acts_and_a_standby_takes_over(
-    cluster: Cluster, namespace: str, tmp_path: Path
-) -> None:
+PEERING = ("--peering", "modelloop")
+
+
+def install_peering(cluster: Cluster, namespace: str) -> None:
+    """kopf's peering kinds and the namespace's KopfPeering object the replicas share."""
     cluster.kubectl("apply", "-f", str(PEERING_CRDS))
     wait_for(
         lambda: cluster.kubectl("get", "kopfpeerings", "-n", namespace, check=False).returncode == 0,
@@ -44,11 +46,16 @@ def test_only_the_highest_priority_replica_acts_and_a_standby_takes_over(
     cluster.apply(
         {"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": "modelloop"}}, namespace
     )
-    leader_log, standby_log = tmp_path / "leader.log", tmp_path / "standby.log"
-    peering = ("--peering", "modelloop")
 
-    with running_operator(cluster, namespace, standby_log, extra_args=[*peering, "--priority", "100"]):
-        with running_operator(cluster, namespace, leader_log, extra_args=[*peering, "--priority", "200"]):
+
+def test_only_the_highest_priority_replica_acts_and_a_standby_takes_over(
+    cluster: Cluster, namespace: str, tmp_path: Path
+) -> None:
+    install_peering(cluster, namespace)
+    leader_log, standby_log = tmp_path / "leader.log", tmp_path / "standby.log"
+
+    with running_operator(cluster, namespace, standby_log, extra_args=[*PEERING, "--priority", "100"]):
+        with running_operator(cluster, namespace, leader_log, extra_args=[*PEERING, "--priority", "200"]):
             wait_for(lambda: "Pausing" in standby_log.read_text(), timeout=60, what="the standby to pause")
             cluster.apply(drift_policy("first"), namespace)
             wait_for(lambda: reported(cluster, "first", namespace), timeout=60, what="status of first")
@@ -66,21 +73,12 @@ def test_the_standby_takes_over_a_training_run_mid_flight_with_no_second_job(
 ) -> None:
     from e2e.test_trainingrun import jobs_of, phase_is, training_run
 
-    cluster.kubectl("apply", "-f", str(PEERING_CRDS))
-    wait_for(
-        lambda: cluster.kubectl("get", "kopfpeerings", "-n", namespace, check=False).returncode == 0,
-        timeout=30,
-        what="the KopfPeering kind to be served",
-    )
-    cluster.apply(
-        {"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": "modelloop"}}, namespace
-    )
+    install_peering(cluster, namespace)
     leader_log, standby_log = tmp_path / "leader.log", tmp_path / "standby.log"
-    peering = ("--peering", "modelloop")
 
-    with running_operator(cluster, namespace, standby_log, extra_args=[*peering, "--priority", "100"]):
+    with running_operator(cluster, namespace, standby_log, extra_args=[*PEERING, "--priority", "100"]):
         with running_operator(
-            cluster, namespace, leader_log, extra_args=[*peering, "--priority", "200"]
+            cluster, namespace, leader_log, extra_args=[*PEERING, "--priority", "200"]
         ) as leader:
             wait_for(lambda: "Pausing" in standby_log.read_text(), timeout=60, what="the standby to pause")
             # Held: kwok keeps the pod Running, so the run is mid-flight when the leader dies.

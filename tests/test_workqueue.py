@@ -123,6 +123,19 @@ async def test_a_later_add_never_delays_a_pending_run(first: float, second: floa
 
 
 @pytest.mark.asyncio
+async def test_an_add_without_debounce_runs_at_once_and_takes_pending_debounced_adds_with_it() -> None:
+    reconcile = Reconciler()
+    queue = WorkQueue("test", reconcile, debounce=DEBOUNCE)
+    start = now()
+    queue.add("a")
+    queue.add("a", debounce=False)
+    queue.add("a")
+    await asyncio.sleep(5)
+    assert reconcile.times("a") == [pytest.approx(start)]
+    await queue.shutdown()
+
+
+@pytest.mark.asyncio
 async def test_a_key_due_and_waiting_for_a_worker_is_not_queued_twice() -> None:
     reconcile = Reconciler()
     queue = WorkQueue("test", reconcile, debounce=DEBOUNCE)

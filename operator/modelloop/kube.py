@@ -60,7 +60,7 @@ PERMANENT_STATUSES = frozenset({400, 403, 422})
 _SERVICE_ACCOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
 _MERGE_PATCH = "application/merge-patch+json"
 _APPLY_PATCH = "application/apply-patch+yaml"
-_CONNECTIONS = 32  # at most this many requests in flight: the API server's fair share, and ours
+_CONNECTIONS = 64  # at most this many requests in flight: every controller's reconciles together
 
 
 class PreflightError(RuntimeError):

@@ -14,7 +14,9 @@ import kopf
 import pydantic
 
 from modelloop import kube
+from modelloop.api import GROUP, VERSION, CrdInfo
 from modelloop.conditions import utc_now
+from modelloop.objects import slim_object
 from modelloop.review import ReviewOutcome, review_spec
 from modelloop.runtime.status import ObjectGone, StatusWriter, retry_on_conflict
 from modelloop.runtime.workqueue import WorkQueue
@@ -88,3 +90,21 @@ class SpecReviewer:
                 review.event.reason,
             )
             post_event(obj, review.event.type, review.event.reason, review.event.message)
+
+
+def watch_reviewed_kind(info: CrdInfo, attribute: str) -> None:
+    """Register the index (named ``attribute``) and the event handler of a kind whose controller is the
+    SpecReviewer at ``memo.runtime.<attribute>``."""
+
+    async def index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[ObjectKey, Any]:
+        return {(namespace or "", name): slim_object(body)}
+
+    async def on_event(type: str, namespace: str | None, name: str, memo: Any, **_: Any) -> None:
+        reviewer: SpecReviewer = getattr(memo.runtime, attribute)
+        if type == "DELETED":
+            reviewer.forget((namespace or "", name))
+        else:
+            reviewer.queue.add((namespace or "", name))
+
+    kopf.index(GROUP, VERSION, info.plural, id=attribute)(index)
+    kopf.on.event(GROUP, VERSION, info.plural, id=f"on_{attribute}")(on_event)

@@ -124,15 +124,16 @@ class WorkQueue(Generic[K]):
 
     # The public surface.
 
-    def add(self, key: K, after: float = 0.0) -> None:
+    def add(self, key: K, after: float = 0.0, *, debounce: bool = True) -> None:
         """Have ``key`` reconciled ``after`` seconds plus the debounce from now, or earlier if it is
-        already due earlier. A no-op after ``shutdown``."""
+        already due earlier. ``debounce=False`` skips the debounce: for an event that has nothing to
+        wait for (a new object: nothing of it can come in a burst yet). A no-op after ``shutdown``."""
         if self._closed:
             return
         loop = self._start()
         self.stats.added += 1
         self._forgotten.discard(key)  # the object is back (or was never gone)
-        self._schedule(key, loop.time() + max(0.0, after) + self._debounce)
+        self._schedule(key, loop.time() + max(0.0, after) + (self._debounce if debounce else 0.0))
 
     def forget(self, key: K) -> None:
         """The object is gone: drop its pending run, its failure count and its dirty mark. A reconcile of
