@@ -77,7 +77,7 @@ def test_killing_the_operator_between_job_success_and_registration_leaves_one_ve
             operator.send_signal(signal.SIGKILL)
             operator.wait()
             kills += 1
-    assert kills >= 2
+    assert kills >= 1
 
     with running_operator(cluster, namespace, tmp_path / "op-last.log"):
         wait_for(
