@@ -15,6 +15,7 @@ import json
 import os
 import ssl
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -24,6 +25,7 @@ import aiohttp
 import yaml
 
 from modelloop.api import GROUP, KINDS, MODEL_VERSION, VERSION
+from modelloop.runtime import metrics
 
 __all__ = [
     "FIELD_MANAGER",
@@ -313,13 +315,20 @@ async def request(
     if body is not None:
         headers["Content-Type"] = content_type
         data = json.dumps(body)
-    async with current.session.request(
-        method, current.config.server + path, data=data, headers=headers, params=params, timeout=timeout
-    ) as response:
-        text = await response.text()
-        if response.status >= 400:
-            raise ApiException(response.status, response.reason or "", text)
-        return json.loads(text) if parse and text else None
+    started = time.monotonic()
+    code = 0  # no answer: a connection error or a timeout
+    try:
+        async with current.session.request(
+            method, current.config.server + path, data=data, headers=headers, params=params, timeout=timeout
+        ) as response:
+            code = response.status
+            text = await response.text()
+    finally:
+        metrics.API_REQUESTS.labels(method, str(code)).inc()
+        metrics.API_SECONDS.labels(method).observe(time.monotonic() - started)
+    if code >= 400:
+        raise ApiException(code, response.reason or "", text)
+    return json.loads(text) if parse and text else None
 
 
 def _path(plural: str, namespace: str, name: str | None = None, *, group_version: str | None = None) -> str:

@@ -22,6 +22,7 @@ class Settings:
         namespaces: namespaces (or glob patterns) to watch; empty means the whole cluster.
         log_format: ``plain``, ``full`` (with time and logger) or ``json`` (for log collectors).
         liveness_endpoint: URL such as ``http://0.0.0.0:8080/healthz`` to serve liveness on, or None.
+        metrics_address: ``host:port`` to serve Prometheus metrics on (at /metrics), or None.
         peering: name of the kopf peering object for several replicas; None runs standalone, which is
             right for a single replica. With peering, the replica of the highest priority handles
             objects and the others stand by until it goes away.
@@ -35,6 +36,7 @@ class Settings:
     namespaces: tuple[str, ...] = field(default_factory=tuple)
     log_format: LogFormat = "full"
     liveness_endpoint: str | None = None
+    metrics_address: str | None = None
     peering: str | None = None
     priority: int | None = None
     verbose: bool = False
@@ -44,8 +46,9 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Read ``MODELLOOP_NAMESPACES`` (comma-separated), ``MODELLOOP_LOG_FORMAT``,
-        ``MODELLOOP_LIVENESS_ENDPOINT``, ``MODELLOOP_PEERING``, ``MODELLOOP_PRIORITY``,
-        ``MODELLOOP_VERBOSE``, ``MODELLOOP_ARTIFACT_ROOT`` and ``MODELLOOP_KEEP_ARCHIVED``."""
+        ``MODELLOOP_LIVENESS_ENDPOINT``, ``MODELLOOP_METRICS_ADDRESS``, ``MODELLOOP_PEERING``,
+        ``MODELLOOP_PRIORITY``, ``MODELLOOP_VERBOSE``, ``MODELLOOP_ARTIFACT_ROOT`` and
+        ``MODELLOOP_KEEP_ARCHIVED``."""
         env = os.environ if environ is None else environ
         namespaces = tuple(ns.strip() for ns in env.get("MODELLOOP_NAMESPACES", "").split(",") if ns.strip())
         log_format = env.get("MODELLOOP_LOG_FORMAT", "full").strip().lower()
@@ -58,6 +61,7 @@ class Settings:
             namespaces=namespaces,
             log_format=log_format,
             liveness_endpoint=env.get("MODELLOOP_LIVENESS_ENDPOINT") or None,
+            metrics_address=env.get("MODELLOOP_METRICS_ADDRESS") or None,
             peering=env.get("MODELLOOP_PEERING") or None,
             priority=_optional_int(env, "MODELLOOP_PRIORITY"),
             verbose=env.get("MODELLOOP_VERBOSE", "").lower() in ("1", "true", "yes"),

@@ -52,6 +52,14 @@ def main() -> None:
     "Default: MODELLOOP_LIVENESS_ENDPOINT.",
 )
 @click.option(
+    "--metrics",
+    "metrics_address",
+    default=None,
+    metavar="HOST:PORT",
+    help="Serve Prometheus metrics at http://HOST:PORT/metrics, e.g. 0.0.0.0:8081. "
+    "Default: MODELLOOP_METRICS_ADDRESS, or none.",
+)
+@click.option(
     "--peering",
     default=None,
     help="Name of the kopf peering object shared by several replicas (only one of them handles "
@@ -70,6 +78,7 @@ def run(
     all_namespaces: bool,
     log_format: str | None,
     liveness_endpoint: str | None,
+    metrics_address: str | None,
     peering: str | None,
     priority: int | None,
     verbose: bool | None,
@@ -81,6 +90,7 @@ def run(
         namespaces=() if all_namespaces else (namespaces or env.namespaces),
         log_format=log_format or env.log_format,  # type: ignore[arg-type]  # click.Choice checked it
         liveness_endpoint=liveness_endpoint or env.liveness_endpoint,
+        metrics_address=metrics_address or env.metrics_address,
         peering=peering or env.peering,
         priority=env.priority if priority is None else priority,
         verbose=env.verbose if verbose is None else verbose,

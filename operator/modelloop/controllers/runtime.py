@@ -20,6 +20,7 @@ from modelloop.controllers import driftpolicy, inferenceservice
 from modelloop.controllers.modelversion import ModelRegistry
 from modelloop.controllers.reporting import SpecReviewer
 from modelloop.controllers.trainingrun import TrainingRunController
+from modelloop.runtime import metrics
 from modelloop.runtime.peering import PeeringGate
 from modelloop.runtime.workqueue import WorkQueue
 from modelloop.settings import Settings
@@ -37,6 +38,7 @@ class Runtime:
     inference_services: SpecReviewer
     drift_policies: SpecReviewer
     gate: asyncio.Task[None] | None = None
+    metrics_server: Any = None
 
     def queues(self) -> Iterator[WorkQueue[Any]]:
         for controller in (self.training_runs, self.registry, self.inference_services, self.drift_policies):
@@ -77,6 +79,9 @@ async def start_controllers(memo: kopf.Memo, **kwargs: Any) -> None:
             on_resume=runtime.resume,
         )
         runtime.gate = asyncio.get_running_loop().create_task(gate.run(), name="peering gate")
+    metrics.QUEUE_DEPTH.queues = lambda: [(q.name, q.depth(), q.scheduled()) for q in runtime.queues()]
+    if settings.metrics_address is not None:
+        runtime.metrics_server = await metrics.serve(settings.metrics_address)
     memo.runtime = runtime
 
 
@@ -92,3 +97,5 @@ async def stop_controllers(memo: kopf.Memo, **_: Any) -> None:
             await runtime.gate
     await asyncio.gather(*(queue.shutdown(SHUTDOWN_SECONDS) for queue in runtime.queues()))
     logger.info("every work queue is drained")
+    if runtime.metrics_server is not None:
+        await runtime.metrics_server.cleanup()

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Generic, TypeAlias, TypeVar
 
 from modelloop.kube import ApiException, api_message
+from modelloop.runtime import metrics
 
 __all__ = ["Key", "OnFailure", "QueueStats", "Reconcile", "WorkQueue"]
 
@@ -260,6 +261,10 @@ class WorkQueue(Generic[K]):
         if fired and self._wakeup is not None:
             self._wakeup.set()
 
+    def _loop_time(self) -> float:
+        assert self._loop is not None
+        return self._loop.time()
+
     def _backoff(self, failures: int) -> float:
         exponent = min(failures - 1, _MAX_BACKOFF_EXPONENT)
         delay = min(self._backoff_cap, self._backoff_base * 2.0**exponent)
@@ -276,7 +281,8 @@ class WorkQueue(Generic[K]):
                 continue
             key = self._ready.popleft()
             self._queued.discard(key)
-            del self._due[key]
+            due_at, _ = self._due.pop(key)
+            metrics.QUEUE_WAIT_SECONDS.labels(self.name).observe(max(0.0, self._loop_time() - due_at))
             self._running.add(key)
             try:
                 due = await self._process(key)
@@ -289,6 +295,7 @@ class WorkQueue(Generic[K]):
         """Run one reconcile of ``key``; return when to run it next, or None."""
         assert self._loop is not None
         next_due = math.inf
+        started = self._loop.time()
         try:
             requeue_after = await self._reconcile(key)
         except asyncio.CancelledError as error:
@@ -302,12 +309,14 @@ class WorkQueue(Generic[K]):
         except Exception as error:
             next_due = await self._failed(key, error)
         else:
+            metrics.RECONCILES.labels(self.name, "success").inc()
             self._failures.pop(key, None)
             if requeue_after is not None:
                 self.stats.requeued += 1
                 # No debounce: the reconcile asked for this very time.
                 next_due = self._loop.time() + max(0.0, requeue_after)
         self.stats.processed += 1
+        metrics.RECONCILE_SECONDS.labels(self.name).observe(self._loop.time() - started)
         if key in self._forgotten:
             self._forgotten.discard(key)
             self._failures.pop(key, None)
@@ -319,6 +328,7 @@ class WorkQueue(Generic[K]):
         """Count, report and log a failure; return when to retry."""
         assert self._loop is not None
         self.stats.failed += 1
+        metrics.RECONCILES.labels(self.name, "error").inc()
         failures = self._failures[key] = self._failures.get(key, 0) + 1
         if isinstance(error, ApiException):
             logger.warning("reconcile of %s %s failed: %s", self.name, key, api_message(error))
