@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import os
 import ssl
@@ -234,10 +235,17 @@ def _kubeconfig(path: str) -> ClusterConfig:
 
 
 def _data_file(data: str) -> str:
-    """A private file with the decoded ``data`` (an SSL context loads client certificates from files)."""
-    handle, path = tempfile.mkstemp(prefix="modelloop-", suffix=".pem")
-    with os.fdopen(handle, "wb") as file:
-        file.write(base64.b64decode(data))
+    """A private file with the decoded ``data`` (an SSL context loads client certificates from files),
+    named by its content: loading the configuration again (each login, each CLI command) reuses it."""
+    content = base64.b64decode(data)
+    folder = os.path.join(tempfile.gettempdir(), f"modelloop-{os.getuid()}")
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    path = os.path.join(folder, hashlib.sha256(content).hexdigest()[:32] + ".pem")
+    if not os.path.exists(path):
+        handle, partial = tempfile.mkstemp(dir=folder)
+        with os.fdopen(handle, "wb") as file:
+            file.write(content)
+        os.replace(partial, path)
     return path
 
 
@@ -262,9 +270,14 @@ def current_namespace() -> str:
 class _Session:
     """The client session of one event loop (the operator has one; each CLI command its own)."""
 
+    # A token file is read again after this long: projected service-account tokens rotate (hourly by
+    # default, valid for longer), and reading the file for every request would cost each one a read.
+    TOKEN_SECONDS = 60.0
+
     def __init__(self, config: ClusterConfig) -> None:
         self.config = config
         self.loop = asyncio.get_running_loop()
+        self._token: tuple[float, str | None] | None = None
         ssl_context: ssl.SSLContext | bool = (
             config.ssl_context() if config.server.startswith("https") else False
         )
@@ -273,6 +286,12 @@ class _Session:
             timeout=REQUEST_TIMEOUT,
             json_serialize=json.dumps,
         )
+
+    def token(self) -> str | None:
+        now = time.monotonic()
+        if self._token is None or now - self._token[0] > self.TOKEN_SECONDS:
+            self._token = (now, self.config.bearer_token())
+        return self._token[1]
 
 
 _current: _Session | None = None
@@ -308,7 +327,7 @@ async def request(
     answer raises ApiException with the server's status, reason and body."""
     current = await _session()
     headers = {"Accept": "application/json"}
-    token = current.config.bearer_token()
+    token = current.token()
     if token:
         headers["Authorization"] = f"Bearer {token}"
     data = None

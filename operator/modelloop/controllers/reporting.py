@@ -5,7 +5,6 @@ This module is kopf I/O only; what status should say is decided in ``modelloop.r
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -13,12 +12,11 @@ from typing import Any
 import kopf
 import pydantic
 
-from modelloop import kube
 from modelloop.api import GROUP, VERSION, CrdInfo
 from modelloop.conditions import utc_now
 from modelloop.objects import slim_object
 from modelloop.review import ReviewOutcome, review_spec
-from modelloop.runtime.status import ObjectGone, StatusWriter, retry_on_conflict
+from modelloop.runtime.status import StatusWriter
 from modelloop.runtime.workqueue import WorkQueue
 
 ObjectKey = tuple[str, str]
@@ -59,21 +57,11 @@ class SpecReviewer:
 
     async def reconcile(self, key: ObjectKey) -> float | None:
         obj = next(iter(self._index().get(key, ())), None)
-        if obj is None or obj["metadata"].get("deletionTimestamp"):
-            return None
-        current = [self.writer.view(obj)]
-
-        async def attempt() -> None:
-            await self._review(current[0])
-
-        async def reread(_: kube.Conflict) -> None:
-            current[0] = await self.writer.refresh(*key)
-
-        with contextlib.suppress(ObjectGone):
-            await retry_on_conflict(attempt, reread, f"{self.kind} {key[0]}/{key[1]}")
+        if obj is not None and not obj["metadata"].get("deletionTimestamp"):
+            await self.writer.reconcile(obj, self._review, f"{self.kind} {key[0]}/{key[1]}")
         return None
 
-    async def _review(self, obj: Mapping[str, Any]) -> None:
+    async def _review(self, obj: dict[str, Any]) -> None:
         generation = int(obj["metadata"].get("generation") or 1)
         review = review_spec(
             self.model, obj.get("spec") or {}, obj.get("status") or {}, generation, self.accepted, utc_now()

@@ -40,8 +40,11 @@ class Runtime:
     gate: asyncio.Task[None] | None = None
     metrics_server: Any = None
 
+    def controllers(self) -> tuple[TrainingRunController | ModelRegistry | SpecReviewer, ...]:
+        return (self.training_runs, self.registry, self.inference_services, self.drift_policies)
+
     def queues(self) -> Iterator[WorkQueue[Any]]:
-        for controller in (self.training_runs, self.registry, self.inference_services, self.drift_policies):
+        for controller in self.controllers():
             yield controller.queue
 
     def pause(self) -> None:
@@ -51,7 +54,7 @@ class Runtime:
     async def resume(self) -> None:
         """Go on, with every object the indexes hold queued once: what the other replica did meanwhile is
         in the indexes (kopf re-lists on resume), and each reconcile starts from there."""
-        for controller in (self.training_runs, self.registry, self.inference_services, self.drift_policies):
+        for controller in self.controllers():
             for key in controller.known_keys():
                 controller.queue.add(key)
             controller.queue.resume()

@@ -8,7 +8,6 @@ the one status writer.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -23,7 +22,7 @@ from modelloop.controllers.reporting import post_event
 from modelloop.naming import ANNOTATION_RUN_UID, LABEL_TRAINING_RUN, label_value, run_of
 from modelloop.objects import slim_object
 from modelloop.review import INVALID_SPEC, describe_validation_error
-from modelloop.runtime.status import ObjectGone, StatusWriter, retry_on_conflict
+from modelloop.runtime.status import StatusWriter
 from modelloop.runtime.workqueue import WorkQueue
 from modelloop.settings import Settings
 from modelloop.training.observe import slim_job, slim_pod
@@ -124,21 +123,12 @@ class TrainingRunController:
 
     async def reconcile(self, key: RunKey) -> float | None:
         run = self._run(key)
-        if run is None:
-            return None
-        current = [run]
-
-        async def attempt() -> None:
-            await self._reconcile_run(key, current[0])
-
-        async def reread(_: kube.Conflict) -> None:
-            current[0] = await self.writer.refresh(*key)
-
-        with contextlib.suppress(ObjectGone):  # deleted meanwhile: its DELETED event forgets it
-            await retry_on_conflict(attempt, reread, f"TrainingRun {key[0]}/{key[1]}")
+        if run is not None:
+            await self.writer.reconcile(run, self._reconcile_run, f"TrainingRun {key[0]}/{key[1]}")
         return None
 
-    async def _reconcile_run(self, key: RunKey, run: dict[str, Any]) -> None:
+    async def _reconcile_run(self, run: dict[str, Any]) -> None:
+        key = (run["metadata"]["namespace"], run["metadata"]["name"])
         previous = run.get("status") or {}
         generation = int(run["metadata"].get("generation") or 1)
         try:

@@ -15,6 +15,7 @@ same name never inherits anything.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
@@ -127,6 +128,23 @@ class StatusWriter:
         written = {**obj, "metadata": meta}
         self.memory.remember(written)
         return written
+
+    async def reconcile(
+        self, obj: Mapping[str, Any], act: Callable[[dict[str, Any]], Awaitable[None]], what: str
+    ) -> None:
+        """Run ``act`` on the newest copy of one object (``view``); when a write in it meets a conflict,
+        read the object again and run ``act`` on that, as ``retry_on_conflict`` does. An object deleted
+        meanwhile ends the reconcile: its DELETED event says what follows."""
+        current = [self.view(obj)]
+
+        async def attempt() -> None:
+            await act(current[0])
+
+        async def reread(conflict: kube.Conflict) -> None:
+            current[0] = await self.refresh(*conflict.key)
+
+        with contextlib.suppress(ObjectGone):
+            await retry_on_conflict(attempt, reread, what)
 
     async def refresh(self, namespace: str, name: str) -> dict[str, Any]:
         """Read the object from the API server (after a conflict) and remember it; raise ObjectGone when
