@@ -8,7 +8,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from e2e.harness import Cluster, _free_port, running_operator, wait_for
-from e2e.test_peering import drift_policy
+from e2e.test_peering import drift_policy, reported
 from e2e.test_trainingrun import phase_is, training_run
 
 
@@ -32,6 +32,7 @@ def test_metrics_count_the_reconciles_and_api_calls_the_operator_made(
         cluster.apply(training_run("scraped", tmp_path), namespace)
         cluster.apply(drift_policy("scraped"), namespace)
         wait_for(lambda: phase_is(cluster, "scraped", namespace, "Running"), timeout=60, what="Running")
+        wait_for(lambda: reported(cluster, "scraped", namespace), timeout=60, what="the policy's status")
 
         seen = scrape(port)
 
