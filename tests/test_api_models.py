@@ -132,6 +132,7 @@ def test_models_can_be_built_by_field_name_and_dump_camel_case() -> None:
     assert spec.model_dump(mode="json", exclude_none=True) == {
         "model": {"name": "iris", "version": 2},
         "backend": "kserve",
+        "paused": False,
     }
     built = TrainingRunSpec.model_validate(
         {"image": "t:1", "dataset": {"uri": "sklearn://iris"}, "output": {"model_name": "iris"}}

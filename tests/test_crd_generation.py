@@ -193,7 +193,7 @@ def test_status_has_phase_observed_generation_and_conditions_keyed_by_type(info:
         (KINDS[0], ["Phase", "Model", "GPUs", "Metric", "Job", "Age"]),
         (KINDS[1], ["Model", "Version", "Metric", "Validated", "Stage", "Age"]),
         (KINDS[2], ["Champion", "Latest", "Versions", "Keep", "Age"]),
-        (KINDS[3], ["Model", "Backend", "Stable", "Canary", "Traffic", "Phase", "URL", "Age"]),
+        (KINDS[3], ["Model", "Stable", "Canary", "Traffic", "Step", "Phase", "Backend", "URL", "Age"]),
         (KINDS[4], ["Target", "Phase", "Last Run", "Age"]),
     ],
     ids=[info.kind for info in KINDS],

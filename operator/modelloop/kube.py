@@ -505,9 +505,11 @@ async def list_objects(plural: str, namespace: str, label_selector: str = "") ->
     return list(listed.get("items") or [])
 
 
-async def get_object(plural: str, namespace: str, name: str) -> dict[str, Any] | None:
-    """One of our objects, or None when it does not exist."""
-    return await get(_path(plural, namespace, name))
+async def get_object(
+    plural: str, namespace: str, name: str, group_version: str | None = None
+) -> dict[str, Any] | None:
+    """One of our objects (or, with ``group_version``, of another API), or None when it does not exist."""
+    return await get(_path(plural, namespace, name, group_version=group_version))
 
 
 async def register_model_version(

@@ -14,6 +14,9 @@ LogFormat = Literal["plain", "full", "json"]
 LOG_FORMATS: tuple[LogFormat, ...] = ("plain", "full", "json")
 
 
+KSERVE_MODES = ("Knative", "Standard")
+
+
 @dataclass(frozen=True)
 class Settings:
     """How the operator runs.
@@ -31,6 +34,9 @@ class Settings:
         verbose: log at DEBUG level.
         artifact_root: where trainers store artifacts when a TrainingRun names no artifactUriPrefix.
         keep_archived: archived versions kept per model when its ModelPolicy sets no retention.
+        kserve_mode: KServe deployment mode of InferenceServices that name none (Knative or Standard).
+        gateway: ``namespace/name`` of the Gateway that Standard-mode HTTPRoutes attach to by default.
+        prometheus_url: Prometheus that rollout analysis queries when an InferenceService names none.
     """
 
     namespaces: tuple[str, ...] = field(default_factory=tuple)
@@ -42,13 +48,17 @@ class Settings:
     verbose: bool = False
     artifact_root: str = "file:///var/lib/modelloop/artifacts"
     keep_archived: int = 10
+    kserve_mode: str = "Knative"
+    gateway: str = "kserve/kserve-ingress-gateway"
+    prometheus_url: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Read ``MODELLOOP_NAMESPACES`` (comma-separated), ``MODELLOOP_LOG_FORMAT``,
         ``MODELLOOP_LIVENESS_ENDPOINT``, ``MODELLOOP_METRICS_ADDRESS``, ``MODELLOOP_PEERING``,
-        ``MODELLOOP_PRIORITY``, ``MODELLOOP_VERBOSE``, ``MODELLOOP_ARTIFACT_ROOT`` and
-        ``MODELLOOP_KEEP_ARCHIVED``."""
+        ``MODELLOOP_PRIORITY``, ``MODELLOOP_VERBOSE``, ``MODELLOOP_ARTIFACT_ROOT``,
+        ``MODELLOOP_KEEP_ARCHIVED``, ``MODELLOOP_KSERVE_MODE``, ``MODELLOOP_GATEWAY`` and
+        ``MODELLOOP_PROMETHEUS_URL``."""
         env = os.environ if environ is None else environ
         namespaces = tuple(ns.strip() for ns in env.get("MODELLOOP_NAMESPACES", "").split(",") if ns.strip())
         log_format = env.get("MODELLOOP_LOG_FORMAT", "full").strip().lower()
@@ -57,6 +67,12 @@ class Settings:
                 f"MODELLOOP_LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}, not {log_format!r}"
             )
         keep = _optional_int(env, "MODELLOOP_KEEP_ARCHIVED", minimum=0)
+        mode = env.get("MODELLOOP_KSERVE_MODE", "").strip() or cls.kserve_mode
+        if mode not in KSERVE_MODES:
+            raise ValueError(f"MODELLOOP_KSERVE_MODE must be one of {', '.join(KSERVE_MODES)}, not {mode!r}")
+        gateway = env.get("MODELLOOP_GATEWAY", "").strip() or cls.gateway
+        if gateway.count("/") != 1 or not all(gateway.split("/")):
+            raise ValueError(f"MODELLOOP_GATEWAY must be namespace/name, not {gateway!r}")
         return cls(
             namespaces=namespaces,
             log_format=log_format,
@@ -67,6 +83,9 @@ class Settings:
             verbose=env.get("MODELLOOP_VERBOSE", "").lower() in ("1", "true", "yes"),
             artifact_root=env.get("MODELLOOP_ARTIFACT_ROOT") or cls.artifact_root,
             keep_archived=cls.keep_archived if keep is None else keep,
+            kserve_mode=mode,
+            gateway=gateway,
+            prometheus_url=env.get("MODELLOOP_PROMETHEUS_URL") or None,
         )
 
 

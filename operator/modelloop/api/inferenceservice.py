@@ -26,16 +26,59 @@ from .meta import (
 )
 
 CanaryStep = Annotated[int, Field(ge=1, le=100)]
+# A few per metric, for at most 16 metrics: status stays small.
+MEASUREMENTS_KEPT = 64
 
 
 class InferenceServicePhase(StrEnum):
     """Lifecycle phase of an InferenceService's rollout."""
 
     PENDING = "Pending"
+    STABLE = "Stable"
     PROGRESSING = "Progressing"
+    PAUSED = "Paused"
     PROMOTED = "Promoted"
     ROLLED_BACK = "RolledBack"
+    DEGRADED = "Degraded"
+
+
+class DeploymentMode(StrEnum):
+    """KServe's deployment modes: Knative (serverless, revisions) or Standard (Deployments)."""
+
+    KNATIVE = "Knative"
+    STANDARD = "Standard"
+
+
+class ScaleMetric(StrEnum):
+    """What the autoscaler's target counts."""
+
+    CONCURRENCY = "concurrency"
+    RPS = "rps"
+    CPU = "cpu"
+    MEMORY = "memory"
+
+
+class LoggerMode(StrEnum):
+    """Which payloads KServe's logger posts."""
+
+    ALL = "all"
+    REQUEST = "request"
+    RESPONSE = "response"
+
+
+class MeasurementPhase(StrEnum):
+    """The verdict of one analysis measurement."""
+
+    PASSED = "Passed"
     FAILED = "Failed"
+    INCONCLUSIVE = "Inconclusive"
+
+
+class PauseReason(StrEnum):
+    """Why a rollout holds its step."""
+
+    REQUESTED = "Requested"
+    INCONCLUSIVE = "Inconclusive"
 
 
 class Backend(StrEnum):
@@ -86,8 +129,20 @@ class Predictor(ApiModel):
         None, description="ServiceAccount of the predictor pods, e.g. one with access to the artifact store."
     )
     runtime: Annotated[str, StringConstraints(min_length=1, max_length=253)] | None = Field(
-        None, description="Serving runtime to use instead of the backend's default for the model format."
+        None,
+        description="Serving runtime instead of modelloop's (the ClusterServingRuntime modelloop-server).",
     )
+    model_format: Annotated[str, StringConstraints(min_length=1, max_length=63)] | None = Field(
+        None,
+        description=(
+            "Model format the runtime must support; by default modelloop-<framework> of the ModelVersion "
+            "(modelloop's artifact layout), e.g. modelloop-sklearn."
+        ),
+    )
+    scale_target: int | None = Field(
+        None, ge=1, le=1_000_000, description="Autoscaling target per replica, in units of scaleMetric."
+    )
+    scale_metric: ScaleMetric | None = Field(None, description="concurrency, rps, cpu or memory.")
 
     @model_validator(mode="after")
     def _check_like_the_crd(self) -> Self:
@@ -146,7 +201,16 @@ class Analysis(ApiModel):
     )
     interval: Duration = Field("1m", description="How often the metrics are checked.")
     failure_limit: int = Field(
-        0, ge=0, le=100, description="Failed checks tolerated before the rollout is rolled back."
+        0, ge=0, le=100, description="Failed measurements tolerated; one more rolls the rollout back."
+    )
+    inconclusive_limit: int = Field(
+        3,
+        ge=0,
+        le=100,
+        description=(
+            "Inconclusive measurements (no data, Prometheus unreachable) tolerated; one more pauses the "
+            "rollout until it is resumed. An inconclusive measurement never advances a step."
+        ),
     )
     metrics: list[AnalysisMetric] = Field(
         min_length=1, max_length=16, description="Checks that must pass for the rollout to advance."
@@ -186,15 +250,77 @@ class Rollout(ApiModel):
         return steps
 
 
+class GatewayReference(ApiModel):
+    """A Gateway API Gateway."""
+
+    name: DnsLabel = Field(description="Name of the Gateway.")
+    namespace: DnsLabel | None = Field(None, description="Its namespace; the InferenceService's when absent.")
+
+
+class KServeSettings(ApiModel):
+    """Settings of the kserve backend."""
+
+    deployment_mode: DeploymentMode | None = Field(
+        None, description="Knative or Standard; the operator's default (MODELLOOP_KSERVE_MODE) when absent."
+    )
+    gateway: GatewayReference | None = Field(
+        None,
+        description=(
+            "Standard mode: the Gateway whose HTTPRoute splits traffic between stable and canary; the "
+            "operator's default (MODELLOOP_GATEWAY) when absent."
+        ),
+    )
+
+
+class PayloadLogger(ApiModel):
+    """Where the model server's requests and responses are posted (as CloudEvents), e.g. a drift detector."""
+
+    url: Uri = Field(description="Where KServe's payload logger posts.")
+    mode: LoggerMode = Field(LoggerMode.ALL, description="all, request or response.")
+
+
 class InferenceServiceSpec(ApiModel):
     """The desired served model: which version, on which backend, rolled out how."""
 
     model: ModelReference = Field(description="The model to serve.")
     backend: Backend = Field(Backend.KSERVE, description="Serving platform: kserve or seldon.")
+    kserve: KServeSettings | None = Field(None, description="Settings of the kserve backend.")
     predictor: Predictor | None = Field(None, description="How the model server runs.")
     rollout: Rollout | None = Field(
         None,
         description="Canary rollout of new versions; without it, a new version takes all traffic at once.",
+    )
+    logger: PayloadLogger | None = Field(None, description="Payload logging, e.g. to a drift detector.")
+    paused: bool = Field(
+        False, description="Hold the rollout at its current step (traffic stays as it is) until false."
+    )
+
+
+class Measurement(ApiModel):
+    """One measurement of an analysis metric."""
+
+    metric: Annotated[str, StringConstraints(min_length=1, max_length=63)] = Field(
+        description="The analysis metric's name."
+    )
+    phase: MeasurementPhase = Field(description="Passed, Failed or Inconclusive.")
+    value: float | None = Field(None, description="The query's value; absent when there was none.")
+    time: datetime = Field(description="When it was measured.")
+    message: ShortText | None = Field(None, description="The query, its value and bound, or why no value.")
+
+
+class AnalysisStatus(ApiModel):
+    """The analysis of the current rollout."""
+
+    measurements: list[Measurement] = Field(
+        default_factory=list,
+        max_length=MEASUREMENTS_KEPT,
+        description="The last measurements (a few per metric), oldest first.",
+    )
+    failed: int = Field(0, ge=0, description="Failed measurements in this rollout.")
+    inconclusive: int = Field(0, ge=0, description="Inconclusive measurements since it last went on.")
+    last_time: datetime | None = Field(None, description="When the metrics were last measured.")
+    last_phase: MeasurementPhase | None = Field(
+        None, description="The verdict of the last measurement in the current step."
     )
 
 
@@ -202,20 +328,31 @@ class InferenceServiceStatus(ResourceStatus):
     """The observed state of an InferenceService: the versions served and the rollout's progress."""
 
     phase: InferenceServicePhase | None = Field(
-        None, description="Pending, Progressing, Promoted, RolledBack or Failed."
+        None, description="Pending, Stable, Progressing, Paused, Promoted, RolledBack or Degraded."
     )
     stable_version: int | None = Field(None, ge=1, description="Version serving the stable traffic.")
     canary_version: int | None = Field(None, ge=1, description="Version being rolled out, if any.")
+    canary_weight: int | None = Field(
+        None, ge=0, le=100, description="Percentage of traffic modelloop asked for the canary."
+    )
     canary_traffic: int | None = Field(
-        None, ge=0, le=100, description="Percentage of traffic the canary gets."
+        None, ge=0, le=100, description="Percentage of traffic the canary gets, as the backend reports it."
     )
     step_index: int | None = Field(
         None, ge=0, description="Index into spec.rollout.steps of the current step."
     )
     step_start_time: datetime | None = Field(None, description="When the current step began.")
-    failed_checks: int | None = Field(
-        None, ge=0, description="Analysis checks failed in the current rollout."
+    analysis: AnalysisStatus | None = Field(None, description="The analysis of the current rollout.")
+    pause_reason: PauseReason | None = Field(
+        None, description="Why the rollout holds: Requested (pause action) or Inconclusive (no data)."
     )
+    rolled_back_version: int | None = Field(
+        None, ge=1, description="The last version rolled back; it is not rolled out again by itself."
+    )
+    action: ShortText | None = Field(
+        None, description="The last modelloop.dev/rollout-action annotation acted on (each value once)."
+    )
+    deployment_mode: DeploymentMode | None = Field(None, description="KServe mode the service runs in.")
     url: ShortText | None = Field(None, description="Where the model answers predictions.")
 
 
@@ -232,11 +369,14 @@ INFERENCE_SERVICE = CrdInfo(
     status_model=InferenceServiceStatus,
     printer_columns=(
         PrinterColumn("Model", ".spec.model.name", "string", "The model served."),
-        PrinterColumn("Backend", ".spec.backend", "string", "Serving platform."),
         PrinterColumn("Stable", ".status.stableVersion", "integer", "Version serving the stable traffic."),
         PrinterColumn("Canary", ".status.canaryVersion", "integer", "Version being rolled out."),
-        PrinterColumn("Traffic", ".status.canaryTraffic", "integer", "Percentage of traffic on the canary."),
+        PrinterColumn(
+            "Traffic", ".status.canaryTraffic", "integer", "Percentage of traffic on the canary, as observed."
+        ),
+        PrinterColumn("Step", ".status.stepIndex", "integer", "Index of the current rollout step."),
         PrinterColumn("Phase", ".status.phase", "string", "Lifecycle phase of the rollout."),
+        PrinterColumn("Backend", ".spec.backend", "string", "Serving platform.", priority=1),
         PrinterColumn("URL", ".status.url", "string", "Where the model answers.", priority=1),
         AGE_COLUMN,
     ),

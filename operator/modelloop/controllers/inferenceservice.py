@@ -1,32 +1,303 @@
-"""InferenceService: a served model and its rollout.
+"""InferenceService: a served model, rolled out version by version behind a canary.
 
-The foundation validates the spec and reports it in status; the kind's own logic builds on this.
+Each pass reads the object (from kopf's index), the model's versions (the registry's index) and what the
+backend reports (a GET of each object it owns), measures the analysis metrics when they are due, lets the
+pure state machine (``modelloop.serving.rollout.decide``) decide, writes the status first (so that a
+restarted operator renders exactly the traffic it decided) and then server-side applies what the backend
+should serve. Timed steps come back through the work queue's requeue-after.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
-from modelloop.api import INFERENCE_SERVICE, InferenceServiceSpec
-from modelloop.controllers.reporting import SpecReviewer, watch_reviewed_kind
-from modelloop.review import ReviewOutcome
+import kopf
+import pydantic
 
-ACCEPTED = ReviewOutcome(
-    phase="Pending",
-    ready="False",
-    reason="RolloutPending",
-    message="The inference service is accepted and waits for its rollout.",
+from modelloop import kube
+from modelloop.api import (
+    GROUP,
+    INFERENCE_SERVICE,
+    MODEL_VERSION,
+    VERSION,
+    Backend,
+    DeploymentMode,
+    InferenceServicePhase,
+    InferenceServiceSpec,
 )
+from modelloop.conditions import ConditionValue, set_condition, utc_now
+from modelloop.controllers.reporting import post_event
+from modelloop.objects import slim_object
+from modelloop.review import INVALID_SPEC, describe_validation_error
+from modelloop.runtime.status import ObjectKey, StatusWriter
+from modelloop.runtime.workqueue import WorkQueue
+from modelloop.serving.analysis import Prometheus, QueryContext
+from modelloop.serving.backend import ServiceContext, VersionInfo
+from modelloop.serving.kserve import KServeBackend
+from modelloop.serving.rollout import (
+    ANNOTATION_ROLLOUT_ACTION,
+    Decision,
+    MetricResult,
+    Observed,
+    Serving,
+    decide,
+    measurement_due,
+    parse_action,
+    target_version,
+)
+from modelloop.settings import Settings
 
-watch_reviewed_kind(INFERENCE_SERVICE, "inference_services")
+PLURAL = INFERENCE_SERVICE.plural
+WORKERS = 32
+# A settled service is looked at again this often, to notice a backend that stopped serving.
+RESYNC_SECONDS = 60.0
+PLURALS = {"InferenceService": "inferenceservices", "HTTPRoute": "httproutes"}
+
+logger = logging.getLogger(__name__)
 
 
-def make_controller(indexes: Mapping[str, Any]) -> SpecReviewer:
-    return SpecReviewer(
-        INFERENCE_SERVICE.kind,
-        INFERENCE_SERVICE.plural,
-        InferenceServiceSpec,
-        ACCEPTED,
-        lambda: indexes["inference_services"],
+@kopf.index(GROUP, VERSION, PLURAL)
+async def inference_services(
+    namespace: str | None, name: str, body: kopf.Body, **_: Any
+) -> dict[ObjectKey, Any]:
+    """Every InferenceService by (namespace, name), with its rollout-action annotation."""
+    return {(namespace or "", name): slim_object(body, (ANNOTATION_ROLLOUT_ACTION,))}
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+async def on_inference_service(type: str, namespace: str | None, name: str, memo: Any, **_: Any) -> None:
+    controller: InferenceServiceController = memo.runtime.inference_services
+    if type == "DELETED":
+        controller.forget((namespace or "", name))
+    else:
+        controller.queue.add((namespace or "", name))
+
+
+@kopf.on.event(GROUP, VERSION, MODEL_VERSION.plural)
+async def on_model_version_served(namespace: str | None, spec: kopf.Spec, memo: Any, **_: Any) -> None:
+    """A version registered, validated or removed may change what the model's InferenceServices serve."""
+    controller: InferenceServiceController = memo.runtime.inference_services
+    for served in controller.indexes["served_versions"].get(
+        (namespace or "", str(spec.get("modelName"))), ()
+    ):
+        controller.queue.add((namespace or "", served["served"].service))
+
+
+class InferenceServiceController:
+    """Reconciles InferenceServices through a serving backend."""
+
+    def __init__(self, settings: Settings, indexes: Mapping[str, Any], workers: int = WORKERS) -> None:
+        self.settings = settings
+        self.indexes = indexes
+        self.writer = StatusWriter(PLURAL, (ANNOTATION_ROLLOUT_ACTION,))
+        self.kserve = KServeBackend(DeploymentMode(settings.kserve_mode), settings.gateway)
+        self.prometheus = Prometheus(settings.prometheus_url)
+        self.queue = WorkQueue(
+            "InferenceService", self.reconcile, workers=workers, on_failure=self.report_failure
+        )
+
+    def known_keys(self) -> list[ObjectKey]:
+        return list(self.indexes["inference_services"].keys())
+
+    def forget(self, key: ObjectKey) -> None:
+        self.queue.forget(key)
+        self.writer.forget(key)
+
+    def _service(self, key: ObjectKey) -> dict[str, Any] | None:
+        obj = next(iter(self.indexes["inference_services"].get(key, ())), None)
+        if obj is None or obj["metadata"].get("deletionTimestamp"):
+            return None
+        return self.writer.view(obj)
+
+    async def reconcile(self, key: ObjectKey) -> float | None:
+        obj = self._service(key)
+        if obj is None:
+            return None
+        requeue: list[float | None] = [None]
+
+        async def act(current: dict[str, Any]) -> None:
+            requeue[0] = await self._reconcile(current)
+
+        await self.writer.reconcile(obj, act, f"InferenceService {key[0]}/{key[1]}")
+        return requeue[0]
+
+    async def _reconcile(self, obj: dict[str, Any]) -> float | None:
+        meta = obj["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        previous = obj.get("status") or {}
+        generation = int(meta.get("generation") or 1)
+        try:
+            spec = InferenceServiceSpec.model_validate(obj["spec"])
+        except pydantic.ValidationError as error:
+            await self._write_refusal(obj, INVALID_SPEC, describe_validation_error(error))
+            return None
+        if spec.backend != Backend.KSERVE:
+            message = f"Backend {spec.backend.value} is not supported by this operator yet; use kserve."
+            await self._write_refusal(obj, "BackendNotSupported", message)
+            return None
+
+        versions = self.indexes["model_versions"].get((namespace, spec.model.name), ())
+        context = ServiceContext(namespace, name, meta["uid"], spec, _version_infos(versions))
+        now = datetime.now(UTC)
+        serving_now = _serving_of(previous)
+        current = await self._current(context)
+        observed = self.kserve.observe(context, serving_now, current) if serving_now else Observed()
+
+        action = parse_action(meta.get("annotations"))
+        new_action = action if action is not None and action != previous.get("action") else None
+        measurements: list[MetricResult] = []
+        if spec.rollout and spec.rollout.analysis and measurement_due(spec, previous, observed, now):
+            query = QueryContext(
+                namespace, name, int(previous["canaryVersion"]), previous.get("stableVersion")
+            )
+            measurements = await self.prometheus.measure(spec.rollout.analysis, query)
+        decision = decide(
+            spec, previous, target_version(spec, versions), observed, now, new_action, measurements
+        )
+        status = dict(decision.status)
+        if action is None and previous.get("action"):
+            status["action"] = None  # the annotation is gone: the same value again is a new request
+        missing = _missing_versions(decision.serving, context)
+        if missing:
+            status.update(phase=InferenceServicePhase.DEGRADED.value, reason="VersionMissing")
+            status["message"] = (
+                f"ModelVersion {missing} of model {spec.model.name} no longer exists: register it again."
+            )
+        status["deploymentMode"] = self.kserve.mode(context).value
+        status = _with_conditions(status, previous, observed, generation)
+
+        await self.writer.write(obj, status)
+        self._post(obj, decision)
+        if decision.serving is not None and not missing:
+            await self._apply(obj, context, decision.serving, current)
+        return decision.requeue_after if decision.requeue_after is not None else RESYNC_SECONDS
+
+    async def _current(self, context: ServiceContext) -> dict[str, dict[str, Any] | None]:
+        return {
+            owned.name: await kube.get_object(owned.plural, context.namespace, owned.name, owned.api_version)
+            for owned in self.kserve.owned(context)
+        }
+
+    async def _apply(
+        self, obj: Mapping[str, Any], context: ServiceContext, serving: Serving, current: Mapping[str, Any]
+    ) -> None:
+        for manifest in self.kserve.render(context, serving, current):
+            applied = await kube.server_side_apply(PLURALS[manifest["kind"]], manifest)
+            if applied.conflict is not None:
+                what = f"{manifest['kind']} {manifest['metadata']['name']}"
+                message = f"Another field manager owns fields of {what}, left as they are: {applied.conflict}"
+                post_event(obj, "Warning", "FieldConflict", message)
+
+    def _post(self, obj: Mapping[str, Any], decision: Decision) -> None:
+        for event in decision.events:
+            post_event(obj, event.type, event.reason, event.message)
+        phase = decision.status.get("phase")
+        if phase != (obj.get("status") or {}).get("phase"):
+            meta = obj["metadata"]
+            logger.info("InferenceService %s/%s is %s", meta["namespace"], meta["name"], phase)
+
+    async def _write_refusal(
+        self, obj: dict[str, Any], reason: str, message: str, phase: InferenceServicePhase | None = None
+    ) -> None:
+        previous = obj.get("status") or {}
+        generation = int(obj["metadata"].get("generation") or 1)
+        status = {
+            "phase": str(phase or previous.get("phase") or InferenceServicePhase.PENDING),
+            "reason": reason,
+            "message": message,
+            "observedGeneration": generation,
+            "conditions": set_condition(
+                previous.get("conditions"),
+                type_="Ready",
+                status="False" if previous.get("stableVersion") is None else "Unknown",
+                reason=reason,
+                message=message,
+                observed_generation=generation,
+                now=utc_now(),
+            ),
+        }
+        if previous.get("message") != message:
+            post_event(obj, "Warning", reason, message)
+        await self.writer.write(obj, status)
+
+    async def report_failure(self, key: ObjectKey, error: BaseException, failures: int) -> None:
+        """A request the API server refuses for good (KServe's webhook refusing the object, KServe not
+        installed) reaches the status and an event, once per message; the queue backs off."""
+        if not (isinstance(error, kube.ApiException) and error.status in (*kube.PERMANENT_STATUSES, 404)):
+            return
+        obj = self._service(key)
+        if obj is None:
+            return
+        message = kube.api_message(error)
+        if error.status == 404:
+            message = f"The serving platform's API is missing (is KServe installed?): {message}"
+        if (obj.get("status") or {}).get("message") == message:
+            return
+        try:
+            await self._write_refusal(obj, "ApiRequestRefused", message, InferenceServicePhase.DEGRADED)
+        except (kube.Conflict, kube.ApiException):
+            return
+
+
+def _version_infos(versions: Any) -> dict[int, VersionInfo]:
+    infos: dict[int, VersionInfo] = {}
+    for version in versions:
+        spec = version.get("spec") or {}
+        number = spec.get("version")
+        if not isinstance(number, int):
+            continue
+        infos[number] = VersionInfo(
+            number,
+            str(spec.get("modelName")),
+            str((spec.get("artifact") or {}).get("uri")),
+            str((spec.get("framework") or {}).get("name") or "sklearn"),
+        )
+    return infos
+
+
+def _serving_of(status: Mapping[str, Any]) -> Serving | None:
+    stable = status.get("stableVersion")
+    if stable is None:
+        return None
+    return Serving(int(stable), status.get("canaryVersion"), int(status.get("canaryWeight") or 0))
+
+
+def _missing_versions(serving: Serving | None, context: ServiceContext) -> int | None:
+    if serving is None:
+        return None
+    for number in (serving.stable, serving.canary):
+        if number is not None and number not in context.versions:
+            return number
+    return None
+
+
+def _with_conditions(
+    status: dict[str, Any], previous: Mapping[str, Any], observed: Observed, generation: int
+) -> dict[str, Any]:
+    """Ready says whether the backend serves the stable version; observedGeneration the spec acted on."""
+    now = utc_now()
+    ready: ConditionValue
+    if observed.ready:
+        ready, reason, message = "True", "Serving", f"Serving version {status.get('stableVersion')}."
+    elif status.get("stableVersion") is None:
+        ready, reason, message = (
+            "False",
+            str(status.get("reason") or "Pending"),
+            str(status.get("message") or ""),
+        )
+    else:
+        ready, reason = "False", "BackendNotReady"
+        message = observed.message or "The backend does not report the service ready yet."
+    conditions = set_condition(
+        previous.get("conditions"),
+        type_="Ready",
+        status=ready,
+        reason=reason,
+        message=message,
+        observed_generation=generation,
+        now=now,
     )
+    return {**status, "conditions": conditions, "observedGeneration": generation}

@@ -16,7 +16,8 @@ from typing import Any
 
 import kopf
 
-from modelloop.controllers import driftpolicy, inferenceservice
+from modelloop.controllers import driftpolicy
+from modelloop.controllers.inferenceservice import InferenceServiceController
 from modelloop.controllers.modelversion import ModelRegistry
 from modelloop.controllers.reporting import SpecReviewer
 from modelloop.controllers.trainingrun import TrainingRunController
@@ -35,12 +36,14 @@ class Runtime:
 
     training_runs: TrainingRunController
     registry: ModelRegistry
-    inference_services: SpecReviewer
+    inference_services: InferenceServiceController
     drift_policies: SpecReviewer
     gate: asyncio.Task[None] | None = None
     metrics_server: Any = None
 
-    def controllers(self) -> tuple[TrainingRunController | ModelRegistry | SpecReviewer, ...]:
+    def controllers(
+        self,
+    ) -> tuple[TrainingRunController | ModelRegistry | InferenceServiceController | SpecReviewer, ...]:
         return (self.training_runs, self.registry, self.inference_services, self.drift_policies)
 
     def queues(self) -> Iterator[WorkQueue[Any]]:
@@ -69,7 +72,7 @@ async def start_controllers(memo: kopf.Memo, **kwargs: Any) -> None:
     runtime = Runtime(
         training_runs=TrainingRunController(settings, indexes),
         registry=ModelRegistry(settings, indexes),
-        inference_services=inferenceservice.make_controller(indexes),
+        inference_services=InferenceServiceController(settings, indexes),
         drift_policies=driftpolicy.make_controller(indexes),
     )
     if settings.peering is not None and settings.priority is not None:

@@ -1,0 +1,1 @@
+"""Serving: the rollout state machine, canary analysis, and the serving backends (KServe)."""

@@ -1,0 +1,79 @@
+"""The one small interface between the rollout state machine and a serving platform (KServe, Seldon Core).
+
+A backend renders what to serve into the objects the operator owns on that platform, and reads back from
+those objects what the platform really does (ready or not, the traffic the canary really gets). The state
+machine (``rollout.decide``) knows nothing else about the platform.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from modelloop.api import InferenceServiceSpec
+from modelloop.serving.rollout import Observed, Serving
+
+LABEL_INFERENCE_SERVICE = "modelloop.dev/inference-service"
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """What a backend needs of a ModelVersion to serve it."""
+
+    number: int
+    model: str
+    artifact_uri: str
+    framework: str
+
+
+@dataclass(frozen=True)
+class ServiceContext:
+    """One InferenceService of ours, as a backend sees it."""
+
+    namespace: str
+    name: str
+    uid: str
+    spec: InferenceServiceSpec
+    versions: Mapping[int, VersionInfo]
+
+    def owner_reference(self) -> dict[str, Any]:
+        return {
+            "apiVersion": "modelloop.dev/v1alpha1",
+            "kind": "InferenceService",
+            "name": self.name,
+            "uid": self.uid,
+            "controller": True,
+            # Deleting our InferenceService deletes what it owns; no finalizer rights needed to block it.
+            "blockOwnerDeletion": False,
+        }
+
+
+@dataclass(frozen=True)
+class OwnedObject:
+    """An object a backend owns: its resource (plural), API version, and name."""
+
+    plural: str
+    api_version: str
+    name: str
+
+
+class ServingBackend(Protocol):
+    """A serving platform."""
+
+    def owned(self, service: ServiceContext) -> list[OwnedObject]:
+        """The objects this backend owns for ``service`` (read before each pass)."""
+        ...
+
+    def render(
+        self, service: ServiceContext, serving: Serving, current: Mapping[str, dict[str, Any] | None]
+    ) -> list[dict[str, Any]]:
+        """The manifests to server-side apply so that the platform serves ``serving``; ``current``
+        holds the owned objects as they are now (by name; None when absent)."""
+        ...
+
+    def observe(
+        self, service: ServiceContext, serving: Serving, current: Mapping[str, dict[str, Any] | None]
+    ) -> Observed:
+        """What the platform reports about serving ``serving``."""
+        ...

@@ -1,0 +1,261 @@
+"""The KServe backend: one ``serving.kserve.io/v1beta1`` InferenceService per InferenceService of ours.
+
+Knative mode: the predictor is the version being rolled out and ``canaryTrafficPercent`` its share (the
+rest goes to KServe's previously rolled-out revision); promotion removes the field; a rollback first sets
+it to 0, which pins the previous revision, and then restores the stable predictor. The traffic observed is
+``status.components.predictor.traffic[]``.
+
+Standard mode: KServe v0.20.0's ``spec.canary[]`` makes the canary's Deployment and Service (sized by its
+percentage) but routes nothing by it, so modelloop owns a Gateway API HTTPRoute whose weighted backends are
+the stable and canary Services. Every version's predictor is named ``v<N>`` (KServe names its Service
+``<name>-v<N>-predictor``); promotion renames the stable predictor to the canary's name, which KServe's
+controller reconciles onto the canary's existing Deployment and deletes the old one. The traffic observed
+is the route's weight once KServe reports the canary ready, 0 before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from modelloop.api import DeploymentMode, Predictor
+from modelloop.serving.backend import LABEL_INFERENCE_SERVICE, OwnedObject, ServiceContext, VersionInfo
+from modelloop.serving.rollout import Observed, Serving
+
+KSERVE_API_VERSION = "serving.kserve.io/v1beta1"
+HTTPROUTE_API_VERSION = "gateway.networking.k8s.io/v1"
+ANNOTATION_DEPLOYMENT_MODE = "serving.kserve.io/deploymentMode"
+DEFAULT_RUNTIME = "modelloop-server"
+VERSION_ENV = "MODELLOOP_MODEL_VERSION"
+SERVICE_PORT = 80
+
+
+@dataclass(frozen=True)
+class KServeBackend:
+    """KServe, in the mode an InferenceService asks for or the operator's default."""
+
+    default_mode: DeploymentMode = DeploymentMode.KNATIVE
+    default_gateway: str = "kserve/kserve-ingress-gateway"
+
+    def mode(self, service: ServiceContext) -> DeploymentMode:
+        settings = service.spec.kserve
+        return (settings.deployment_mode if settings else None) or self.default_mode
+
+    def owned(self, service: ServiceContext) -> list[OwnedObject]:
+        owned = [OwnedObject("inferenceservices", KSERVE_API_VERSION, service.name)]
+        if self.mode(service) == DeploymentMode.STANDARD:
+            owned.append(OwnedObject("httproutes", HTTPROUTE_API_VERSION, route_name(service.name)))
+        return owned
+
+    def render(
+        self, service: ServiceContext, serving: Serving, current: Mapping[str, dict[str, Any] | None]
+    ) -> list[dict[str, Any]]:
+        if self.mode(service) == DeploymentMode.KNATIVE:
+            return [self._knative(service, serving)]
+        isvc = current.get(service.name)
+        canary_ready = serving.canary is not None and _canary_ready(isvc, serving.canary)
+        return [self._standard(service, serving), self._route(service, serving, canary_ready)]
+
+    def observe(
+        self, service: ServiceContext, serving: Serving, current: Mapping[str, dict[str, Any] | None]
+    ) -> Observed:
+        isvc = current.get(service.name)
+        if isvc is None:
+            return Observed(message="KServe has no InferenceService for it yet")
+        status = isvc.get("status") or {}
+        generation = int(isvc["metadata"].get("generation") or 0)
+        seen = status.get("observedGeneration")
+        current_spec = isinstance(seen, int) and seen >= generation
+        ready = _condition(status, "Ready")
+        failed, message = _failure(status, ready)
+        url = status.get("url")
+        base = Observed(
+            exists=True,
+            current=current_spec,
+            ready=bool(ready and ready.get("status") == "True"),
+            failed=failed,
+            url=str(url) if url else None,
+            message=message,
+        )
+        if serving.canary is None:
+            return base
+        if self.mode(service) == DeploymentMode.KNATIVE:
+            traffic = ((status.get("components") or {}).get("predictor") or {}).get("traffic") or []
+            latest = [t for t in traffic if t.get("latestRevision")]
+            percent = sum(int(t.get("percent") or 0) for t in latest) if latest else None
+            return Observed(**{**base.__dict__, "canary_traffic": percent})
+        route = current.get(route_name(service.name))
+        weight = _route_weight(route, predictor_service(service.name, serving.canary))
+        if not _canary_ready(isvc, serving.canary):
+            weight = 0 if weight is not None else None
+            message = message or f"KServe reports canary predictor v{serving.canary} not ready"
+        return Observed(**{**base.__dict__, "canary_traffic": weight, "message": message})
+
+    # -- rendering -----------------------------------------------------------------------------------
+
+    def _metadata(self, service: ServiceContext, name: str, **extra: Any) -> dict[str, Any]:
+        return {
+            "name": name,
+            "namespace": service.namespace,
+            "labels": {LABEL_INFERENCE_SERVICE: service.name, "app.kubernetes.io/managed-by": "modelloop"},
+            "ownerReferences": [service.owner_reference()],
+            **extra,
+        }
+
+    def _knative(self, service: ServiceContext, serving: Serving) -> dict[str, Any]:
+        serving_version = serving.canary if serving.canary is not None else serving.stable
+        predictor = predictor_spec(service, service.versions[serving_version])
+        predictor.update(_scaling(service.spec.predictor))
+        if serving.canary is not None:
+            predictor["canaryTrafficPercent"] = serving.weight
+        return self._isvc(service, DeploymentMode.KNATIVE, predictor)
+
+    def _standard(self, service: ServiceContext, serving: Serving) -> dict[str, Any]:
+        predictor = predictor_spec(service, service.versions[serving.stable])
+        predictor.update(_scaling(service.spec.predictor), name=f"v{serving.stable}")
+        isvc = self._isvc(service, DeploymentMode.STANDARD, predictor)
+        if serving.canary is not None:
+            canary = predictor_spec(service, service.versions[serving.canary])
+            canary["name"] = f"v{serving.canary}"
+            isvc["spec"]["canary"] = [{"predictor": canary, "trafficPercent": serving.weight}]
+        return isvc
+
+    def _isvc(
+        self, service: ServiceContext, mode: DeploymentMode, predictor: dict[str, Any]
+    ) -> dict[str, Any]:
+        meta = self._metadata(service, service.name, annotations={ANNOTATION_DEPLOYMENT_MODE: mode.value})
+        return {
+            "apiVersion": KSERVE_API_VERSION,
+            "kind": "InferenceService",
+            "metadata": meta,
+            "spec": {"predictor": predictor},
+        }
+
+    def _route(self, service: ServiceContext, serving: Serving, canary_ready: bool) -> dict[str, Any]:
+        weight = serving.weight if canary_ready else 0
+        backends = [
+            {
+                "name": predictor_service(service.name, serving.stable),
+                "port": SERVICE_PORT,
+                "weight": 100 - weight,
+            }
+        ]
+        if serving.canary is not None:
+            backends.append(
+                {
+                    "name": predictor_service(service.name, serving.canary),
+                    "port": SERVICE_PORT,
+                    "weight": weight,
+                }
+            )
+        gateway = service.spec.kserve.gateway if service.spec.kserve else None
+        if gateway is not None:
+            parent = {"name": gateway.name, "namespace": gateway.namespace or service.namespace}
+        else:
+            namespace, _, name = self.default_gateway.rpartition("/")
+            parent = {"name": name, "namespace": namespace or service.namespace}
+        return {
+            "apiVersion": HTTPROUTE_API_VERSION,
+            "kind": "HTTPRoute",
+            "metadata": self._metadata(service, route_name(service.name)),
+            "spec": {
+                "parentRefs": [{"group": "gateway.networking.k8s.io", "kind": "Gateway", **parent}],
+                "rules": [
+                    {"matches": [{"path": {"type": "PathPrefix", "value": "/"}}], "backendRefs": backends}
+                ],
+            },
+        }
+
+
+def route_name(name: str) -> str:
+    """modelloop's HTTPRoute for a Standard-mode service (KServe's own routes are named otherwise)."""
+    return f"{name}-traffic"
+
+
+def predictor_service(name: str, version: int) -> str:
+    """The Service KServe makes for the predictor named v<version> (constants.PredictorServiceName)."""
+    return f"{name}-v{version}-predictor"
+
+
+def predictor_spec(service: ServiceContext, version: VersionInfo) -> dict[str, Any]:
+    """The predictor that serves ``version`` with modelloop's model server (or the runtime asked for)."""
+    settings = service.spec.predictor or Predictor()
+    model: dict[str, Any] = {
+        "modelFormat": {"name": settings.model_format or f"modelloop-{version.framework}"},
+        "runtime": settings.runtime or DEFAULT_RUNTIME,
+        "storageUri": version.artifact_uri,
+        "env": [{"name": VERSION_ENV, "value": str(version.number)}],
+    }
+    resources = _resources(settings)
+    if resources:
+        model["resources"] = resources
+    predictor: dict[str, Any] = {"model": model}
+    if settings.service_account_name:
+        predictor["serviceAccountName"] = settings.service_account_name
+    if service.spec.logger is not None:
+        predictor["logger"] = {"url": service.spec.logger.url, "mode": service.spec.logger.mode.value}
+    return predictor
+
+
+def _scaling(settings: Predictor | None) -> dict[str, Any]:
+    if settings is None:
+        return {}
+    scaling: dict[str, Any] = {}
+    if settings.min_replicas is not None:
+        scaling["minReplicas"] = settings.min_replicas
+    if settings.max_replicas is not None:
+        scaling["maxReplicas"] = settings.max_replicas
+    if settings.scale_target is not None:
+        scaling["scaleTarget"] = settings.scale_target
+    if settings.scale_metric is not None:
+        scaling["scaleMetric"] = settings.scale_metric.value
+    return scaling
+
+
+def _resources(settings: Predictor) -> dict[str, Any]:
+    wanted = settings.resources
+    if wanted is None:
+        return {}
+    requests: dict[str, Any] = {}
+    limits: dict[str, Any] = {}
+    if wanted.cpu is not None:
+        requests["cpu"] = str(wanted.cpu)
+    if wanted.memory is not None:
+        requests["memory"] = limits["memory"] = str(wanted.memory)
+    if wanted.gpus:
+        requests["nvidia.com/gpu"] = limits["nvidia.com/gpu"] = str(wanted.gpus)
+    return {k: v for k, v in (("requests", requests), ("limits", limits)) if v}
+
+
+def _condition(status: Mapping[str, Any], type_: str) -> Mapping[str, Any] | None:
+    return next((c for c in status.get("conditions") or () if c.get("type") == type_), None)
+
+
+def _failure(status: Mapping[str, Any], ready: Mapping[str, Any] | None) -> tuple[bool, str]:
+    """Whether KServe reports that the model cannot be served (not merely not ready yet), and why."""
+    model = status.get("modelStatus") or {}
+    transition = model.get("transitionStatus")
+    failure = model.get("lastFailureInfo") or {}
+    if transition in ("BlockedByFailedLoad", "InvalidSpec"):
+        return True, str(failure.get("message") or failure.get("reason") or transition)
+    if ready is not None and ready.get("status") != "True":
+        return False, str(ready.get("message") or ready.get("reason") or "")
+    return False, ""
+
+
+def _canary_ready(isvc: Mapping[str, Any] | None, canary: int) -> bool:
+    if isvc is None:
+        return False
+    statuses = (isvc.get("status") or {}).get("canaryStatuses") or ()
+    return any(s.get("name") == f"v{canary}" and s.get("ready") for s in statuses)
+
+
+def _route_weight(route: Mapping[str, Any] | None, backend: str) -> int | None:
+    if route is None:
+        return None
+    for rule in (route.get("spec") or {}).get("rules") or ():
+        for ref in rule.get("backendRefs") or ():
+            if ref.get("name") == backend:
+                return int(ref.get("weight", 1))
+    return 0

@@ -1,0 +1,518 @@
+"""The rollout state machine: one pure step from (spec, status, what the backend reports, measurements, now)
+to the next status and what the backend should serve.
+
+Its whole state lives in the InferenceService's status (stable and canary versions, the step and when it
+began, the weight asked for, the analysis so far), so a restarted operator, or another replica after a
+handover, renders exactly the traffic it was at: there is no jump. A step advances only once the backend
+reports the asked-for traffic, its time is up, and (with analysis) the last measurement passed; a failed
+measurement beyond ``failureLimit`` rolls back; inconclusive ones (no data, Prometheus unreachable) hold
+the step and, beyond ``inconclusiveLimit``, pause it. A rollback first takes the canary's traffic to 0
+(Knative pins the previous revision then) and only then removes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from modelloop.api import (
+    GROUP,
+    InferenceServicePhase,
+    InferenceServiceSpec,
+    MeasurementPhase,
+    ModelVersionPhase,
+    PauseReason,
+    parse_duration,
+)
+from modelloop.api.inferenceservice import MEASUREMENTS_KEPT
+
+ANNOTATION_ROLLOUT_ACTION = f"{GROUP}/rollout-action"
+ACTIONS = ("promote", "abort", "pause", "resume")
+# While the backend has not yet reported the traffic asked for, look again this soon.
+CONVERGE_POLL_SECONDS = 2.0
+MEASUREMENTS_PER_METRIC = 4
+Phase = InferenceServicePhase
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What the backend reports about the service it runs.
+
+    ``current``: it has seen modelloop's latest write (so ``canary_traffic`` describes it);
+    ``canary_traffic``: percent the canary really gets (None: unknown, or no canary).
+    """
+
+    exists: bool = False
+    current: bool = False
+    ready: bool = False
+    failed: bool = False
+    canary_traffic: int | None = None
+    url: str | None = None
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class MetricResult:
+    """One analysis metric measured once."""
+
+    metric: str
+    phase: MeasurementPhase
+    value: float | None
+    message: str
+
+
+@dataclass(frozen=True)
+class Serving:
+    """What the backend should serve: the stable version and, during a rollout, the canary at a weight."""
+
+    stable: int
+    canary: int | None = None
+    weight: int = 0
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Target:
+    """The version the InferenceService should serve, or why there is none."""
+
+    version: int | None
+    reason: str = ""
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome of one pass: the status to write, what to serve (None: nothing yet), the events to
+    post, and when to look again (None: when something changes)."""
+
+    status: dict[str, Any]
+    serving: Serving | None
+    events: tuple[Event, ...] = ()
+    requeue_after: float | None = None
+
+
+@dataclass
+class _Pass:
+    """The mutable scratch of one pass of ``decide``."""
+
+    status: dict[str, Any]
+    events: list[Event] = field(default_factory=list)
+    requeue: list[float] = field(default_factory=list)
+
+    def event(self, type_: str, reason: str, message: str) -> None:
+        self.events.append(Event(type_, reason, message))
+
+
+def parse_action(annotations: Mapping[str, str] | None) -> str | None:
+    """The annotation's value as written (``promote`` or ``promote@<anything>``: the CLI adds a token so
+    that each use is a new request), or None."""
+    value = (annotations or {}).get(ANNOTATION_ROLLOUT_ACTION)
+    return value.strip() if value and value.strip() else None
+
+
+def action_verb(value: str) -> str:
+    return value.split("@", 1)[0].strip().lower()
+
+
+def target_version(spec: InferenceServiceSpec, versions: Sequence[Mapping[str, Any]]) -> Target:
+    """The version to serve: the pinned one (when it exists), or the newest Validated version."""
+    model = spec.model.name
+    numbers = {int(v["spec"]["version"]): v for v in versions if isinstance(v["spec"].get("version"), int)}
+    if spec.model.version is not None:
+        if spec.model.version in numbers:
+            return Target(spec.model.version)
+        return Target(
+            None, "VersionNotFound", f"Model {model} has no version {spec.model.version}: register it first."
+        )
+    validated = [
+        n for n, v in numbers.items() if (v.get("status") or {}).get("phase") == ModelVersionPhase.VALIDATED
+    ]
+    if not validated:
+        return Target(
+            None,
+            "NoValidatedVersion",
+            f"Model {model} has no Validated version yet; it is served once it has.",
+        )
+    return Target(max(validated))
+
+
+def measurement_due(
+    spec: InferenceServiceSpec, status: Mapping[str, Any], observed: Observed, now: datetime
+) -> bool:
+    """Whether this pass should measure the analysis metrics: a canary takes the traffic asked for, the
+    rollout is not paused, and an interval has passed since the step began or was last measured."""
+    analysis = spec.rollout.analysis if spec.rollout else None
+    if analysis is None or status.get("canaryVersion") is None or _paused(spec, status):
+        return False
+    if status.get("phase") == Phase.ROLLED_BACK or not _converged(status, observed):
+        return False
+    return now >= _next_measurement(status, parse_duration(analysis.interval))
+
+
+def decide(
+    spec: InferenceServiceSpec,
+    status: Mapping[str, Any],
+    target: Target,
+    observed: Observed,
+    now: datetime,
+    action: str | None = None,
+    measurements: Sequence[MetricResult] = (),
+) -> Decision:
+    """One step of the state machine. ``action`` is the rollout-action annotation's value when it was not
+    acted on yet; ``measurements`` the analysis metrics measured in this pass (see ``measurement_due``)."""
+    work = _Pass(dict(status))
+    s = work.status
+    if action is not None:
+        s["action"] = action
+        _act(spec, work, action_verb(action), now)
+
+    stable, canary = s.get("stableVersion"), s.get("canaryVersion")
+    if stable is None:
+        if target.version is None:
+            s.update(phase=Phase.PENDING.value, reason=target.reason, message=target.message)
+            return Decision(s, None, tuple(work.events))
+        s.update(stableVersion=target.version, phase=Phase.PROGRESSING.value, reason="Deploying")
+        s["message"] = f"Deploying version {target.version}."
+        work.event("Normal", "Deploying", f"Serving version {target.version}.")
+    elif canary is None or s.get("phase") != Phase.ROLLED_BACK:
+        _follow_target(spec, work, target, now)
+
+    if s.get("canaryVersion") is not None:
+        _progress(spec, work, observed, measurements, now)
+    else:
+        _settle(work, observed)
+
+    s["url"] = observed.url or s.get("url")
+    s["canaryTraffic"] = observed.canary_traffic if s.get("canaryVersion") is not None else None
+    serving = Serving(int(s["stableVersion"]), s.get("canaryVersion"), int(s.get("canaryWeight") or 0))
+    if serving.canary is None:
+        serving = Serving(serving.stable)
+    return Decision(s, serving, tuple(work.events), min(work.requeue) if work.requeue else None)
+
+
+def _act(spec: InferenceServiceSpec, work: _Pass, verb: str, now: datetime) -> None:
+    s = work.status
+    canary = s.get("canaryVersion")
+    in_rollout = canary is not None and s.get("phase") != Phase.ROLLED_BACK
+    if verb == "pause":
+        s["pauseReason"] = PauseReason.REQUESTED.value
+        work.event("Normal", "Paused", "Rollout paused through the rollout-action annotation.")
+    elif verb == "resume":
+        analysis = dict(s.get("analysis") or {})
+        if analysis:
+            analysis["inconclusive"] = 0
+            s["analysis"] = analysis
+        s["pauseReason"] = None
+        if not in_rollout and s.get("rolledBackVersion") is not None:
+            s["rolledBackVersion"] = None  # resuming after a rollback retries the version
+            work.event("Normal", "Resumed", "The rolled-back version may be rolled out again.")
+        else:
+            work.event("Normal", "Resumed", "Rollout resumed through the rollout-action annotation.")
+    elif verb == "promote" and in_rollout:
+        _promote(
+            work, "PromotedManually", f"Version {canary} promoted through the rollout-action annotation."
+        )
+    elif verb == "abort" and in_rollout:
+        _roll_back(work, "Aborted", f"Version {canary} aborted through the rollout-action annotation.", now)
+    elif verb in ("promote", "abort"):
+        work.event("Warning", "NoRollout", f"No rollout in progress: '{verb}' has nothing to act on.")
+    else:
+        work.event(
+            "Warning", "UnknownAction", f"Unknown rollout action '{verb}': use one of {', '.join(ACTIONS)}."
+        )
+
+
+def _follow_target(spec: InferenceServiceSpec, work: _Pass, target: Target, now: datetime) -> None:
+    """Start (or restart, or drop) a rollout when the target differs from what is served."""
+    s = work.status
+    stable, canary, version = s["stableVersion"], s.get("canaryVersion"), target.version
+    if version is None or version == canary:
+        return
+    if version == stable:
+        if canary is not None:
+            _roll_back(
+                work,
+                "Superseded",
+                f"Version {canary} is no longer the target; back to version {stable}.",
+                now,
+            )
+        return
+    if version == s.get("rolledBackVersion"):
+        return  # rolled back: not rolled out again by itself (the resume action retries it)
+    if spec.rollout is None:
+        s.update(stableVersion=version, canaryVersion=None, canaryWeight=None, stepIndex=None)
+        s.update(
+            phase=Phase.PROGRESSING.value,
+            reason="Deploying",
+            message=f"Replacing version {stable} by {version}.",
+        )
+        work.event("Normal", "Deploying", f"Version {version} replaces version {stable} (no rollout steps).")
+        return
+    if canary is not None:
+        work.event("Normal", "CanaryReplaced", f"Version {version} replaces canary version {canary}.")
+    weight = spec.rollout.steps[0]
+    s.update(
+        canaryVersion=version,
+        canaryWeight=weight,
+        stepIndex=0,
+        stepStartTime=_time(now),
+        analysis={"measurements": [], "failed": 0, "inconclusive": 0} if spec.rollout.analysis else None,
+        pauseReason=None,
+        phase=Phase.PROGRESSING.value,
+        reason="CanaryStarted",
+        message=f"Version {version} gets {weight}% of the traffic (step 1 of {len(spec.rollout.steps)}).",
+    )
+    work.event(
+        "Normal", "CanaryStarted", f"Rolling out version {version} beside version {stable}: {weight}% first."
+    )
+
+
+def _progress(
+    spec: InferenceServiceSpec,
+    work: _Pass,
+    observed: Observed,
+    measurements: Sequence[MetricResult],
+    now: datetime,
+) -> None:
+    s = work.status
+    canary = s["canaryVersion"]
+    if s.get("phase") == Phase.ROLLED_BACK:
+        # Retiring a rolled-back canary: once no traffic reaches it, it goes.
+        if observed.current and not observed.canary_traffic:
+            s.update(canaryVersion=None, canaryWeight=None, stepIndex=None, stepStartTime=None)
+        else:
+            work.requeue.append(CONVERGE_POLL_SECONDS)
+        return
+    if spec.rollout is None:  # the rollout was removed from the spec mid-way: finish it at once
+        _promote(work, "Promoted", f"Version {canary} takes all traffic: the spec has no rollout any more.")
+        return
+    steps = spec.rollout.steps
+    index = min(int(s.get("stepIndex") or 0), len(steps) - 1)
+    if measurements:
+        _record(spec, work, measurements, now)
+        if s.get("phase") == Phase.ROLLED_BACK:
+            return
+    if _paused(spec, s):
+        why = "spec.paused is true" if spec.paused else _pause_message(s)
+        s.update(
+            phase=Phase.PAUSED.value,
+            reason="Paused",
+            message=f"Rollout of version {canary} is paused: {why}.",
+        )
+        return
+    s["phase"] = Phase.PROGRESSING.value
+    if not _converged(s, observed):
+        s["reason"] = "WaitingForTraffic"
+        s["message"] = (
+            f"Waiting for the backend to give version {canary} {s.get('canaryWeight')}% of the traffic"
+            + (f": {observed.message}" if observed.message else ".")
+        )
+        work.requeue.append(CONVERGE_POLL_SECONDS)
+        return
+    step_due = _parse_time(s.get("stepStartTime"), now) + parse_duration(spec.rollout.step_interval)
+    analysis = spec.rollout.analysis
+    passed = analysis is None or (s.get("analysis") or {}).get("lastPhase") == MeasurementPhase.PASSED
+    if now >= step_due and passed:
+        if index + 1 >= len(steps) or steps[index + 1] >= 100:
+            _promote(work, "Promoted", f"Version {canary} passed every step and is promoted.")
+            return
+        weight = steps[index + 1]
+        s.update(stepIndex=index + 1, canaryWeight=weight, stepStartTime=_time(now), reason="StepAdvanced")
+        s["message"] = f"Version {canary} gets {weight}% of the traffic (step {index + 2} of {len(steps)})."
+        if s.get("analysis"):
+            s["analysis"] = {**s["analysis"], "lastPhase": None}
+        work.event("Normal", "StepAdvanced", s["message"])
+        work.requeue.append(CONVERGE_POLL_SECONDS)
+        return
+    s["reason"] = "StepRunning"
+    waits = [max(0.0, (step_due - now).total_seconds())]
+    if analysis is not None:
+        interval = parse_duration(analysis.interval)
+        waits.append(max(0.0, (_next_measurement(s, interval) - now).total_seconds()))
+    if now >= step_due:  # time is up but the last measurement did not pass: the next one decides
+        waits = waits[1:]
+    s["message"] = (
+        f"Version {canary} gets {s.get('canaryWeight')}% of the traffic (step {index + 1} of {len(steps)})."
+    )
+    work.requeue.append(max(0.5, min(waits)))
+
+
+def _record(spec: InferenceServiceSpec, work: _Pass, results: Sequence[MetricResult], now: datetime) -> None:
+    """Fold one round of measurements into status: a failure counts, beyond failureLimit rolls back; an
+    inconclusive round holds the step, beyond inconclusiveLimit pauses."""
+    assert spec.rollout is not None and spec.rollout.analysis is not None
+    limits = spec.rollout.analysis
+    s = work.status
+    analysis = dict(s.get("analysis") or {"measurements": [], "failed": 0, "inconclusive": 0})
+    when = _time(now)
+    kept = [*(analysis.get("measurements") or ())]
+    for result in results:
+        entry: dict[str, Any] = {
+            "metric": result.metric,
+            "phase": result.phase.value,
+            "time": when,
+            "message": result.message[:1024],
+        }
+        if result.value is not None:
+            entry["value"] = result.value
+        kept.append(entry)
+    analysis["measurements"] = _bounded(kept)
+    analysis["lastTime"] = when
+    failed = [r for r in results if r.phase == MeasurementPhase.FAILED]
+    inconclusive = [r for r in results if r.phase == MeasurementPhase.INCONCLUSIVE]
+    canary = s["canaryVersion"]
+    if failed:
+        analysis["failed"] = int(analysis.get("failed") or 0) + 1
+        analysis["lastPhase"] = MeasurementPhase.FAILED.value
+        s["analysis"] = analysis
+        detail = "; ".join(r.message for r in failed)
+        if analysis["failed"] > limits.failure_limit:
+            _roll_back(work, "AnalysisFailed", f"Version {canary} failed analysis: {detail}", now)
+        else:
+            work.event(
+                "Warning",
+                "MeasurementFailed",
+                f"{detail} ({analysis['failed']} of {limits.failure_limit} tolerated).",
+            )
+    elif inconclusive:
+        analysis["inconclusive"] = int(analysis.get("inconclusive") or 0) + 1
+        analysis["lastPhase"] = MeasurementPhase.INCONCLUSIVE.value
+        s["analysis"] = analysis
+        detail = "; ".join(r.message for r in inconclusive)
+        if analysis["inconclusive"] > limits.inconclusive_limit:
+            s["pauseReason"] = PauseReason.INCONCLUSIVE.value
+            work.event("Warning", "AnalysisInconclusive", f"Rollout of version {canary} paused: {detail}")
+    else:
+        analysis["lastPhase"] = MeasurementPhase.PASSED.value
+        s["analysis"] = analysis
+
+
+def _promote(work: _Pass, reason: str, message: str) -> None:
+    s = work.status
+    canary = s["canaryVersion"]
+    previous = s.get("stableVersion")
+    s.update(
+        stableVersion=canary,
+        canaryVersion=None,
+        canaryWeight=None,
+        stepIndex=None,
+        stepStartTime=None,
+        pauseReason=None,
+        phase=Phase.PROMOTED.value,
+        reason=reason,
+        message=message,
+    )
+    work.event("Normal", reason, f"{message} It replaces version {previous}.")
+
+
+def _roll_back(work: _Pass, reason: str, message: str, now: datetime) -> None:
+    s = work.status
+    s.update(
+        rolledBackVersion=s["canaryVersion"],
+        canaryWeight=0,
+        stepStartTime=_time(now),
+        pauseReason=None,
+        phase=Phase.ROLLED_BACK.value,
+        reason=reason,
+        message=message,
+    )
+    work.event("Warning", "RolledBack", message)
+    work.requeue.append(CONVERGE_POLL_SECONDS)
+
+
+def _settle(work: _Pass, observed: Observed) -> None:
+    """No canary: the stable version is served; say whether the backend serves it well."""
+    s = work.status
+    stable = s["stableVersion"]
+    s.update(canaryWeight=None, stepIndex=None, stepStartTime=None, pauseReason=None)
+    if observed.failed:
+        s.update(phase=Phase.DEGRADED.value, reason="BackendFailed")
+        s["message"] = f"The backend cannot serve version {stable}: {observed.message or 'not ready'}."
+        work.requeue.append(CONVERGE_POLL_SECONDS * 5)
+        return
+    if not (observed.current and observed.ready):
+        if s.get("phase") in (Phase.PENDING, Phase.PROGRESSING, None):
+            s.update(phase=Phase.PROGRESSING.value, reason="Deploying")
+            s["message"] = f"Waiting for the backend to serve version {stable}" + (
+                f": {observed.message}" if observed.message else "."
+            )
+        work.requeue.append(CONVERGE_POLL_SECONDS)
+        return
+    if s.get("phase") in (Phase.PENDING, Phase.PROGRESSING, Phase.DEGRADED, Phase.PAUSED, None):
+        s.update(phase=Phase.STABLE.value, reason="Serving", message=f"Serving version {stable}.")
+
+
+def _paused(spec: InferenceServiceSpec, status: Mapping[str, Any]) -> bool:
+    return spec.paused or status.get("pauseReason") is not None
+
+
+def _pause_message(status: Mapping[str, Any]) -> str:
+    if status.get("pauseReason") == PauseReason.INCONCLUSIVE:
+        analysis = status.get("analysis") or {}
+        last = (analysis.get("measurements") or [{}])[-1]
+        return (
+            f"{analysis.get('inconclusive')} inconclusive measurements ({last.get('message', 'no data')}); "
+            "resume it once the metrics are back"
+        )
+    return "paused through the rollout-action annotation; resume it to go on"
+
+
+def _converged(status: Mapping[str, Any], observed: Observed) -> bool:
+    return observed.current and observed.canary_traffic == status.get("canaryWeight")
+
+
+def _next_measurement(status: Mapping[str, Any], interval: timedelta) -> datetime:
+    started = _parse_time(status.get("stepStartTime"), None)
+    last = (status.get("analysis") or {}).get("lastTime")
+    base = max(started, _parse_time(last, started)) if last else started
+    return base + interval
+
+
+def _bounded(measurements: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The last few measurements of each metric, oldest first, at most MEASUREMENTS_KEPT."""
+    seen: dict[str, int] = {}
+    kept: list[dict[str, Any]] = []
+    for entry in reversed(measurements):
+        count = seen.get(entry["metric"], 0)
+        if count < MEASUREMENTS_PER_METRIC:
+            seen[entry["metric"]] = count + 1
+            kept.append(entry)
+    return list(reversed(kept))[-MEASUREMENTS_KEPT:]
+
+
+def _time(now: datetime) -> str:
+    return now.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _parse_time(value: Any, default: datetime | None) -> datetime:
+    if isinstance(value, str) and value:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if isinstance(value, datetime):
+        return value
+    assert default is not None, "a rollout in progress has a stepStartTime"
+    return default
+
+
+__all__ = [
+    "ACTIONS",
+    "ANNOTATION_ROLLOUT_ACTION",
+    "Decision",
+    "Event",
+    "MetricResult",
+    "Observed",
+    "Serving",
+    "Target",
+    "action_verb",
+    "decide",
+    "measurement_due",
+    "parse_action",
+    "target_version",
+]
