@@ -449,6 +449,15 @@ async def patch_labels(
     return await _patch_versioned(_path(plural, namespace, name), {"metadata": metadata}, (namespace, name))
 
 
+async def patch_annotations(
+    plural: str, namespace: str, name: str, annotations: Mapping[str, str | None]
+) -> None:
+    """Merge annotations into one of our objects (None removes one); a user's request, such as a rollout
+    action, so the last writer wins."""
+    body = {"metadata": {"annotations": dict(annotations)}}
+    await request("PATCH", _path(plural, namespace, name), body=body, content_type=_MERGE_PATCH)
+
+
 async def _patch_versioned(path: str, body: Mapping[str, Any], key: tuple[str, str]) -> str:
     try:
         patched = await request("PATCH", path, body=body, content_type=_MERGE_PATCH)

@@ -100,3 +100,44 @@ def _pairs(values: Mapping[str, Any]) -> str | None:
         for key, value in sorted(values.items())
     )
     return ", ".join(shown) or None
+
+
+def render_rollout(service: Mapping[str, Any]) -> str:
+    """An InferenceService's rollout as ``modelloop rollout status`` shows it."""
+    meta, spec, status = service["metadata"], service.get("spec") or {}, service.get("status") or {}
+    steps = ((spec.get("rollout") or {}).get("steps")) or []
+    step = status.get("stepIndex")
+    lines = [
+        f"Name:       {meta['name']}",
+        f"Namespace:  {meta['namespace']}",
+        f"Model:      {(spec.get('model') or {}).get('name', '-')}",
+        f"Phase:      {status.get('phase', '-')}"
+        + (f" ({status['reason']})" if status.get("reason") else ""),
+        f"Message:    {status.get('message', '-')}",
+        f"Stable:     {_or_dash(status.get('stableVersion'))}",
+        f"Canary:     {_or_dash(status.get('canaryVersion'))}",
+        f"Step:       {'-' if step is None else f'{step + 1} of {len(steps)}'}"
+        + (f" (since {status['stepStartTime']})" if status.get("stepStartTime") else ""),
+        f"Traffic:    asked {_or_dash(status.get('canaryWeight'))}%, "
+        f"observed {_or_dash(status.get('canaryTraffic'))}%",
+        f"URL:        {status.get('url', '-')}",
+    ]
+    if status.get("pauseReason"):
+        lines.append(f"Paused:     {status['pauseReason']}")
+    if status.get("rolledBackVersion"):
+        lines.append(f"Rolled back: version {status['rolledBackVersion']}")
+    analysis = status.get("analysis") or {}
+    if analysis:
+        lines.append(
+            f"Analysis:   {analysis.get('failed', 0)} failed, {analysis.get('inconclusive', 0)} inconclusive"
+            + (f", last {analysis['lastPhase']}" if analysis.get("lastPhase") else "")
+        )
+        for entry in analysis.get("measurements") or ():
+            lines.append(
+                f"  {entry.get('time', '')}  {entry.get('phase', ''):<12}  {entry.get('message', '')}"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def _or_dash(value: Any) -> str:
+    return "-" if value is None else str(value)

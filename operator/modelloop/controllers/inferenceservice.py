@@ -46,6 +46,7 @@ from modelloop.serving.rollout import (
     decide,
     measurement_due,
     parse_action,
+    serving_of,
     target_version,
 )
 from modelloop.settings import Settings
@@ -142,7 +143,7 @@ class InferenceServiceController:
         versions = self.indexes["model_versions"].get((namespace, spec.model.name), ())
         context = ServiceContext(namespace, name, meta["uid"], spec, _version_infos(versions))
         now = datetime.now(UTC)
-        serving_now = _serving_of(previous)
+        serving_now = serving_of(previous)
         current = await self._current(context)
         observed = self.kserve.observe(context, serving_now, current) if serving_now else Observed()
 
@@ -256,13 +257,6 @@ def _version_infos(versions: Any) -> dict[int, VersionInfo]:
             str((spec.get("framework") or {}).get("name") or "sklearn"),
         )
     return infos
-
-
-def _serving_of(status: Mapping[str, Any]) -> Serving | None:
-    stable = status.get("stableVersion")
-    if stable is None:
-        return None
-    return Serving(int(stable), status.get("canaryVersion"), int(status.get("canaryWeight") or 0))
 
 
 def _missing_versions(serving: Serving | None, context: ServiceContext) -> int | None:

@@ -29,6 +29,7 @@ ANNOTATION_DEPLOYMENT_MODE = "serving.kserve.io/deploymentMode"
 DEFAULT_RUNTIME = "modelloop-server"
 VERSION_ENV = "MODELLOOP_MODEL_VERSION"
 SERVICE_PORT = 80
+MODEL_CONTAINER = "kserve-container"
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,8 @@ class KServeBackend:
         if serving.canary is not None:
             canary = predictor_spec(service, service.versions[serving.canary])
             canary["name"] = f"v{serving.canary}"
+            # KServe's CRD requires the canary's container name (the stable one is named by KServe).
+            canary["model"]["name"] = MODEL_CONTAINER
             isvc["spec"]["canary"] = [{"predictor": canary, "trafficPercent": serving.weight}]
         return isvc
 

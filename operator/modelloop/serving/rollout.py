@@ -13,7 +13,7 @@ the step and, beyond ``inconclusiveLimit``, pause it. A rollback first takes the
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -170,6 +170,7 @@ def decide(
     acted on yet; ``measurements`` the analysis metrics measured in this pass (see ``measurement_due``)."""
     work = _Pass(dict(status))
     s = work.status
+    asked = serving_of(status)
     if action is not None:
         s["action"] = action
         _act(spec, work, action_verb(action), now)
@@ -184,6 +185,9 @@ def decide(
         work.event("Normal", "Deploying", f"Serving version {target.version}.")
     elif canary is None or s.get("phase") != Phase.ROLLED_BACK:
         _follow_target(spec, work, target, now)
+    if serving_of(s) != asked:
+        # The backend's report is about what was asked before this pass, not about the new ask.
+        observed = replace(observed, current=False)
 
     if s.get("canaryVersion") is not None:
         _progress(spec, work, observed, measurements, now)
@@ -192,10 +196,18 @@ def decide(
 
     s["url"] = observed.url or s.get("url")
     s["canaryTraffic"] = observed.canary_traffic if s.get("canaryVersion") is not None else None
-    serving = Serving(int(s["stableVersion"]), s.get("canaryVersion"), int(s.get("canaryWeight") or 0))
-    if serving.canary is None:
-        serving = Serving(serving.stable)
-    return Decision(s, serving, tuple(work.events), min(work.requeue) if work.requeue else None)
+    return Decision(s, serving_of(s), tuple(work.events), min(work.requeue) if work.requeue else None)
+
+
+def serving_of(status: Mapping[str, Any]) -> Serving | None:
+    """What a status asks the backend to serve (None before any version)."""
+    stable = status.get("stableVersion")
+    if stable is None:
+        return None
+    canary = status.get("canaryVersion")
+    if canary is None:
+        return Serving(int(stable))
+    return Serving(int(stable), int(canary), int(status.get("canaryWeight") or 0))
 
 
 def _act(spec: InferenceServiceSpec, work: _Pass, verb: str, now: datetime) -> None:
@@ -489,7 +501,8 @@ def _bounded(measurements: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _time(now: datetime) -> str:
-    return now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    """RFC 3339 with milliseconds: step and measurement times are due to the second, so they keep more."""
+    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
 
 
 def _parse_time(value: Any, default: datetime | None) -> datetime:
@@ -514,5 +527,6 @@ __all__ = [
     "decide",
     "measurement_due",
     "parse_action",
+    "serving_of",
     "target_version",
 ]

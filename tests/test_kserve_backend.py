@@ -1,0 +1,443 @@
+"""The KServe backend: what it renders for each Serving, in Knative and Standard mode, and what it reads back.
+
+Every rendered object is also checked against the real CRD schemas in ../shared/crds (KServe v0.20.0's
+InferenceService, Gateway API v1.5.1's HTTPRoute) with a small checker of their OpenAPI subset: types,
+enums, bounds, patterns, required and unknown fields (which the API server would silently prune). The
+``jsonschema`` package is not in the project's environment, and CEL rules are not checked here: the e2e
+suite applies the same objects to a real API server.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from modelloop.api import InferenceServiceSpec
+from modelloop.serving.backend import LABEL_INFERENCE_SERVICE, OwnedObject, ServiceContext, VersionInfo
+from modelloop.serving.kserve import KServeBackend, predictor_service, route_name
+from modelloop.serving.rollout import Serving
+
+CRDS = Path(__file__).resolve().parents[2] / "shared" / "crds"
+KSERVE_CRD = CRDS / "serving.kserve.io_inferenceservices.yaml"
+HTTPROUTE_CRD = CRDS / "gateway-api" / "gateway.networking.k8s.io_httproutes.yaml"
+VERSIONS = {
+    1: VersionInfo(1, "iris", "s3://models/iris/1", "sklearn"),
+    2: VersionInfo(2, "iris", "s3://models/iris/2", "sklearn"),
+    3: VersionInfo(3, "iris", "s3://models/iris/3", "xgboost"),
+}
+BACKEND = KServeBackend()
+
+
+def service(mode: str | None = None, **spec: Any) -> ServiceContext:
+    body: dict[str, Any] = {"model": {"name": "iris"}, **spec}
+    if mode is not None:
+        body["kserve"] = {**body.get("kserve", {}), "deploymentMode": mode}
+    return ServiceContext("ml", "iris", "uid-1", InferenceServiceSpec.model_validate(body), VERSIONS)
+
+
+# A checker of the OpenAPI subset that CRD schemas use.
+
+
+@functools.cache
+def crd_schema(path: Path, version: str) -> dict[str, Any]:
+    crd = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    return next(v for v in crd["spec"]["versions"] if v["name"] == version)["schema"]["openAPIV3Schema"]
+
+
+TYPES: dict[str, type | tuple[type, ...]] = {
+    "object": dict,
+    "array": list,
+    "string": str,
+    "integer": int,
+    "number": (int, float),
+    "boolean": bool,
+}
+
+
+def schema_errors(value: Any, schema: dict[str, Any], path: str = "") -> list[str]:
+    """Where ``value`` breaks ``schema`` (a CRD's structural OpenAPI v3 schema; CEL rules aside)."""
+    if schema.get("x-kubernetes-int-or-string"):
+        ok = isinstance(value, int | str) and not isinstance(value, bool)
+        return [] if ok else [f"{path}: expected int or string, got {value!r}"]
+    kind = schema.get("type")
+    if kind is not None and (
+        not isinstance(value, TYPES[kind]) or (kind in ("integer", "number") and isinstance(value, bool))
+    ):
+        return [f"{path}: expected {kind}, got {value!r}"]
+    errors = []
+    if "enum" in schema and value not in schema["enum"]:
+        errors.append(f"{path}: {value!r} is not one of {schema['enum']}")
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if "minimum" in schema and value < schema["minimum"]:
+            errors.append(f"{path}: {value} is below {schema['minimum']}")
+        if "maximum" in schema and value > schema["maximum"]:
+            errors.append(f"{path}: {value} is above {schema['maximum']}")
+    if isinstance(value, str):
+        if len(value) > schema.get("maxLength", len(value)) or len(value) < schema.get("minLength", 0):
+            errors.append(f"{path}: {value!r} has a length out of bounds")
+        if "pattern" in schema and not re.search(schema["pattern"], value):
+            errors.append(f"{path}: {value!r} does not match {schema['pattern']}")
+    if isinstance(value, list):
+        if len(value) > schema.get("maxItems", len(value)) or len(value) < schema.get("minItems", 0):
+            errors.append(f"{path}: {len(value)} items out of bounds")
+        for i, item in enumerate(value):
+            errors += schema_errors(item, schema.get("items", {}), f"{path}[{i}]")
+    if isinstance(value, dict):
+        errors += [f"{path}.{key}: required" for key in schema.get("required", ()) if key not in value]
+        properties = schema.get("properties", {})
+        extra = schema.get("additionalProperties")
+        for key, item in value.items():
+            if key in properties:
+                errors += schema_errors(item, properties[key], f"{path}.{key}")
+            elif isinstance(extra, dict):
+                errors += schema_errors(item, extra, f"{path}.{key}")
+            elif not schema.get("x-kubernetes-preserve-unknown-fields"):
+                errors.append(f"{path}.{key}: unknown field, the API server would prune it")
+    return errors
+
+
+def crd_errors(manifest: dict[str, Any]) -> list[str]:
+    """Where ``manifest`` breaks its kind's CRD schema (metadata is the API server's own to check)."""
+    crd = {"InferenceService": KSERVE_CRD, "HTTPRoute": HTTPROUTE_CRD}[manifest["kind"]]
+    schema = crd_schema(crd, manifest["apiVersion"].rsplit("/", 1)[1])
+    return schema_errors({k: v for k, v in manifest.items() if k != "metadata"}, schema)
+
+
+def rendered(context: ServiceContext, serving: Serving, current: dict[str, Any] | None = None) -> list[Any]:
+    manifests = BACKEND.render(context, serving, current or {})
+    for manifest in manifests:
+        assert crd_errors(manifest) == [], manifest
+    return manifests
+
+
+def test_the_schema_checker_finds_what_the_api_server_would_refuse_or_prune() -> None:
+    (isvc,) = BACKEND.render(service(), Serving(1, 2, 10), {})
+    isvc["spec"]["predictor"]["canaryTrafficPercentage"] = 10
+    isvc["spec"]["predictor"]["minReplicas"] = "one"
+    isvc["spec"]["predictor"]["model"]["env"][0].pop("name")
+    assert sorted(crd_errors(isvc)) == [
+        ".spec.predictor.canaryTrafficPercentage: unknown field, the API server would prune it",
+        ".spec.predictor.minReplicas: expected integer, got 'one'",
+        ".spec.predictor.model.env[0].name: required",
+    ]
+    isvc, route = BACKEND.render(service("Standard"), Serving(1, 2, 10), {})
+    isvc["spec"]["canary"][0]["trafficPercent"] = 101
+    route["spec"]["rules"][0]["backendRefs"][0]["weight"] = -1
+    route["spec"]["parentRefs"][0].pop("name")
+    assert ".spec.canary[0].trafficPercent: 101 is above 100" in crd_errors(isvc)
+    assert sorted(crd_errors(route)) == [
+        ".spec.parentRefs[0].name: required",
+        ".spec.rules[0].backendRefs[0].weight: -1 is below 0",
+    ]
+
+
+def test_a_standard_canary_names_its_model_container_as_kserves_crd_requires() -> None:
+    isvc, _ = BACKEND.render(service("Standard"), Serving(1, 2, 10), {})
+    assert crd_errors(isvc) == []
+
+
+# Knative mode: rendering.
+
+
+def test_knative_serves_the_stable_version_with_modelloops_model_server() -> None:
+    (isvc,) = rendered(service(), Serving(1))
+    assert (isvc["apiVersion"], isvc["kind"]) == ("serving.kserve.io/v1beta1", "InferenceService")
+    assert isvc["spec"] == {
+        "predictor": {
+            "model": {
+                "modelFormat": {"name": "modelloop-sklearn"},
+                "runtime": "modelloop-server",
+                "storageUri": "s3://models/iris/1",
+                "env": [{"name": "MODELLOOP_MODEL_VERSION", "value": "1"}],
+            }
+        }
+    }
+
+
+def test_knative_is_the_default_mode_and_says_so_in_its_annotation() -> None:
+    (isvc,) = rendered(service(), Serving(1))
+    assert isvc["metadata"]["annotations"] == {"serving.kserve.io/deploymentMode": "Knative"}
+    (isvc,) = rendered(service("Knative"), Serving(1))
+    assert isvc["metadata"]["annotations"] == {"serving.kserve.io/deploymentMode": "Knative"}
+
+
+def test_every_object_is_owned_by_the_inference_service_and_labelled_with_it() -> None:
+    for manifest in [*rendered(service(), Serving(1)), *rendered(service("Standard"), Serving(1))]:
+        meta = manifest["metadata"]
+        assert meta["namespace"] == "ml"
+        assert meta["labels"] == {
+            LABEL_INFERENCE_SERVICE: "iris",
+            "app.kubernetes.io/managed-by": "modelloop",
+        }
+        assert meta["ownerReferences"] == [
+            {
+                "apiVersion": "modelloop.dev/v1alpha1",
+                "kind": "InferenceService",
+                "name": "iris",
+                "uid": "uid-1",
+                "controller": True,
+                "blockOwnerDeletion": False,
+            }
+        ]
+
+
+def test_knative_puts_the_canary_in_the_predictor_with_its_traffic_percent() -> None:
+    (isvc,) = rendered(service(), Serving(1, 3, 25))
+    predictor = isvc["spec"]["predictor"]
+    assert predictor["canaryTrafficPercent"] == 25
+    assert predictor["model"]["storageUri"] == "s3://models/iris/3"
+    assert predictor["model"]["modelFormat"] == {"name": "modelloop-xgboost"}
+    assert predictor["model"]["env"] == [{"name": "MODELLOOP_MODEL_VERSION", "value": "3"}]
+
+
+def test_knative_retiring_a_canary_asks_zero_percent_of_it() -> None:
+    (isvc,) = rendered(service(), Serving(1, 2, 0))
+    assert isvc["spec"]["predictor"]["canaryTrafficPercent"] == 0
+
+
+def test_knative_without_a_rollout_in_progress_has_no_canary_traffic_percent() -> None:
+    (isvc,) = rendered(service(), Serving(2))
+    assert "canaryTrafficPercent" not in isvc["spec"]["predictor"]
+
+
+def test_predictor_settings_map_to_kserve_scaling_resources_gpus_and_service_account() -> None:
+    predictor = {
+        "minReplicas": 0,
+        "maxReplicas": 4,
+        "scaleTarget": 20,
+        "scaleMetric": "rps",
+        "resources": {"cpu": "500m", "memory": "2Gi", "gpus": 1},
+        "serviceAccountName": "model-reader",
+        "runtime": "kserve-sklearnserver",
+        "modelFormat": "sklearn",
+    }
+    (isvc,) = rendered(service(predictor=predictor), Serving(1))
+    rendered_predictor = isvc["spec"]["predictor"]
+    assert {
+        k: rendered_predictor[k] for k in ("minReplicas", "maxReplicas", "scaleTarget", "scaleMetric")
+    } == {
+        "minReplicas": 0,
+        "maxReplicas": 4,
+        "scaleTarget": 20,
+        "scaleMetric": "rps",
+    }
+    assert rendered_predictor["serviceAccountName"] == "model-reader"
+    model = rendered_predictor["model"]
+    assert (model["runtime"], model["modelFormat"]) == ("kserve-sklearnserver", {"name": "sklearn"})
+    assert model["resources"] == {
+        "requests": {"cpu": "500m", "memory": "2Gi", "nvidia.com/gpu": "1"},
+        "limits": {"memory": "2Gi", "nvidia.com/gpu": "1"},
+    }
+
+
+def test_a_cpu_only_request_sets_no_limits() -> None:
+    (isvc,) = rendered(service(predictor={"resources": {"cpu": 2}}), Serving(1))
+    assert isvc["spec"]["predictor"]["model"]["resources"] == {"requests": {"cpu": "2"}}
+
+
+def test_the_payload_logger_maps_to_kserves_logger() -> None:
+    logger = {"url": "http://drift.ml.svc/events", "mode": "request"}
+    (isvc,) = rendered(service(logger=logger), Serving(1, 2, 10))
+    assert isvc["spec"]["predictor"]["logger"] == {"url": "http://drift.ml.svc/events", "mode": "request"}
+
+
+# Standard mode: rendering.
+
+
+def canary_ready(version: int, ready: bool = True) -> dict[str, Any]:
+    """KServe's InferenceService as it reports the canary predictor v<version>."""
+    return {"iris": {"status": {"canaryStatuses": [{"name": f"v{version}", "ready": ready}]}}}
+
+
+def backends(route: dict[str, Any]) -> list[tuple[str, int, int]]:
+    (rule,) = route["spec"]["rules"]
+    return [(ref["name"], ref["port"], ref["weight"]) for ref in rule["backendRefs"]]
+
+
+def test_standard_names_the_stable_predictor_by_its_version_and_routes_all_traffic_to_it() -> None:
+    isvc, route = rendered(service("Standard"), Serving(1))
+    assert isvc["metadata"]["annotations"] == {"serving.kserve.io/deploymentMode": "Standard"}
+    assert isvc["spec"]["predictor"]["name"] == "v1"
+    assert isvc["spec"]["predictor"]["model"]["storageUri"] == "s3://models/iris/1"
+    assert "canary" not in isvc["spec"]
+    assert (route["apiVersion"], route["kind"]) == ("gateway.networking.k8s.io/v1", "HTTPRoute")
+    assert route["metadata"]["name"] == "iris-traffic" == route_name("iris")
+    assert backends(route) == [("iris-v1-predictor", 80, 100)]
+
+
+def test_standard_keeps_the_canary_at_zero_weight_until_kserve_reports_it_ready() -> None:
+    isvc, route = rendered(service("Standard"), Serving(1, 2, 25), {"iris": {"status": {}}})
+    assert isvc["spec"]["canary"] == [
+        {
+            "predictor": {
+                "name": "v2",
+                "model": {
+                    "modelFormat": {"name": "modelloop-sklearn"},
+                    "runtime": "modelloop-server",
+                    "storageUri": "s3://models/iris/2",
+                    "env": [{"name": "MODELLOOP_MODEL_VERSION", "value": "2"}],
+                    "name": "kserve-container",
+                },
+            },
+            "trafficPercent": 25,
+        }
+    ]
+    assert backends(route) == [("iris-v1-predictor", 80, 100), ("iris-v2-predictor", 80, 0)]
+    _, route = rendered(service("Standard"), Serving(1, 2, 25), canary_ready(2, ready=False))
+    assert backends(route) == [("iris-v1-predictor", 80, 100), ("iris-v2-predictor", 80, 0)]
+    _, route = rendered(service("Standard"), Serving(1, 2, 25), canary_ready(1))
+    assert backends(route)[1][2] == 0  # another version's canary being ready says nothing of this one
+
+
+@pytest.mark.parametrize("weight", [0, 10, 25, 50, 99])
+def test_standard_splits_the_route_by_the_weight_once_the_canary_is_ready(weight: int) -> None:
+    _, route = rendered(service("Standard"), Serving(1, 2, weight), canary_ready(2))
+    assert backends(route) == [("iris-v1-predictor", 80, 100 - weight), ("iris-v2-predictor", 80, weight)]
+    assert sum(w for _, _, w in backends(route)) == 100
+
+
+def test_standard_routes_through_the_default_gateway_or_the_one_asked_for() -> None:
+    _, route = rendered(service("Standard"), Serving(1))
+    assert route["spec"]["parentRefs"] == [
+        {
+            "group": "gateway.networking.k8s.io",
+            "kind": "Gateway",
+            "name": "kserve-ingress-gateway",
+            "namespace": "kserve",
+        }
+    ]
+    _, route = rendered(service("Standard", kserve={"gateway": {"name": "models"}}), Serving(1))
+    assert route["spec"]["parentRefs"][0] | {"group": "", "kind": ""} == {
+        "group": "",
+        "kind": "",
+        "name": "models",
+        "namespace": "ml",
+    }
+    assert predictor_service("iris", 7) == "iris-v7-predictor"
+
+
+def test_standard_owns_its_route_beside_kserves_inference_service() -> None:
+    assert BACKEND.owned(service()) == [OwnedObject("inferenceservices", "serving.kserve.io/v1beta1", "iris")]
+    assert BACKEND.owned(service("Standard")) == [
+        OwnedObject("inferenceservices", "serving.kserve.io/v1beta1", "iris"),
+        OwnedObject("httproutes", "gateway.networking.k8s.io/v1", "iris-traffic"),
+    ]
+
+
+def test_the_operators_default_mode_applies_when_the_service_names_none() -> None:
+    standard = KServeBackend(default_mode=KServeBackend().mode(service("Standard")))
+    assert len(standard.render(service(), Serving(1), {})) == 2
+    assert len(standard.render(service("Knative"), Serving(1), {})) == 1
+
+
+# Observing.
+
+
+def kserve_isvc(
+    *,
+    generation: int = 2,
+    observed_generation: int | None = 2,
+    ready: str | None = "True",
+    traffic: list[dict[str, Any]] | None = None,
+    **status: Any,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {"url": "http://iris.ml.example.com", **status}
+    if observed_generation is not None:
+        body["observedGeneration"] = observed_generation
+    if ready is not None:
+        body["conditions"] = [{"type": "Ready", "status": ready, "reason": "RevisionMissing", "message": "m"}]
+    if traffic is not None:
+        body["components"] = {"predictor": {"traffic": traffic}}
+    return {"metadata": {"name": "iris", "generation": generation}, "status": body}
+
+
+def test_nothing_is_observed_before_kserve_has_the_inference_service() -> None:
+    observed = BACKEND.observe(service(), Serving(1), {"iris": None})
+    assert (observed.exists, observed.current, observed.ready) == (False, False, False)
+    assert "no InferenceService" in observed.message
+
+
+def test_a_ready_inference_service_that_saw_the_latest_generation_is_current_and_ready() -> None:
+    observed = BACKEND.observe(service(), Serving(1), {"iris": kserve_isvc()})
+    assert (observed.exists, observed.current, observed.ready, observed.failed) == (True, True, True, False)
+    assert observed.url == "http://iris.ml.example.com"
+    assert observed.canary_traffic is None
+
+
+@pytest.mark.parametrize("observed_generation", [1, None])
+def test_an_inference_service_behind_its_generation_is_not_current(observed_generation: int | None) -> None:
+    isvc = kserve_isvc(generation=2, observed_generation=observed_generation)
+    assert not BACKEND.observe(service(), Serving(1), {"iris": isvc}).current
+
+
+@pytest.mark.parametrize("ready", ["False", "Unknown", None])
+def test_an_inference_service_without_a_true_ready_condition_is_not_ready(ready: str | None) -> None:
+    observed = BACKEND.observe(service(), Serving(1), {"iris": kserve_isvc(ready=ready)})
+    assert not observed.ready
+    assert not observed.failed
+
+
+def test_a_model_that_failed_to_load_is_failed_saying_why() -> None:
+    model_status = {
+        "transitionStatus": "BlockedByFailedLoad",
+        "lastFailureInfo": {"reason": "ModelLoadFailed", "message": "no model.joblib at s3://models/iris/2"},
+    }
+    isvc = kserve_isvc(ready="False", modelStatus=model_status)
+    observed = BACKEND.observe(service(), Serving(2), {"iris": isvc})
+    assert observed.failed
+    assert observed.message == "no model.joblib at s3://models/iris/2"
+
+
+def test_knative_canary_traffic_is_what_the_latest_revision_gets() -> None:
+    traffic = [
+        {"revisionName": "iris-predictor-00002", "percent": 25, "latestRevision": True, "tag": "latest"},
+        {"revisionName": "iris-predictor-00001", "percent": 75, "latestRevision": False, "tag": "prev"},
+    ]
+    observed = BACKEND.observe(service(), Serving(1, 2, 25), {"iris": kserve_isvc(traffic=traffic)})
+    assert observed.canary_traffic == 25
+
+
+def test_knative_canary_traffic_at_zero_reads_zero_and_without_a_latest_revision_unknown() -> None:
+    pinned = [
+        {"revisionName": "iris-predictor-00002", "latestRevision": True, "tag": "latest"},
+        {"revisionName": "iris-predictor-00001", "percent": 100, "latestRevision": False},
+    ]
+    observed = BACKEND.observe(service(), Serving(1, 2, 0), {"iris": kserve_isvc(traffic=pinned)})
+    assert observed.canary_traffic == 0
+    old = [{"revisionName": "iris-predictor-00001", "percent": 100, "latestRevision": False}]
+    observed = BACKEND.observe(service(), Serving(1, 2, 10), {"iris": kserve_isvc(traffic=old)})
+    assert observed.canary_traffic is None
+
+
+def standard_current(weight: int, ready: bool) -> dict[str, Any]:
+    context = service("Standard")
+    isvc = kserve_isvc(canaryStatuses=[{"name": "v2", "ready": ready}])
+    _, route = BACKEND.render(context, Serving(1, 2, weight), {"iris": isvc})
+    return {"iris": isvc, "iris-traffic": route}
+
+
+def test_standard_canary_traffic_is_the_routes_weight_once_kserve_reports_the_canary_ready() -> None:
+    observed = BACKEND.observe(service("Standard"), Serving(1, 2, 25), standard_current(25, ready=True))
+    assert observed.canary_traffic == 25
+
+
+def test_standard_canary_traffic_is_zero_while_kserve_reports_the_canary_not_ready() -> None:
+    current = standard_current(25, ready=True)
+    current["iris"]["status"]["canaryStatuses"] = [{"name": "v2", "ready": False}]
+    observed = BACKEND.observe(service("Standard"), Serving(1, 2, 25), current)
+    assert observed.canary_traffic == 0
+    assert "v2 not ready" in observed.message
+
+
+def test_standard_canary_traffic_is_unknown_without_the_route_and_zero_when_it_lacks_the_canary() -> None:
+    current = standard_current(25, ready=True)
+    without_route = {"iris": current["iris"], "iris-traffic": None}
+    assert BACKEND.observe(service("Standard"), Serving(1, 2, 25), without_route).canary_traffic is None
+    _, stable_route = BACKEND.render(service("Standard"), Serving(1), {})
+    old_route = {"iris": current["iris"], "iris-traffic": stable_route}
+    assert BACKEND.observe(service("Standard"), Serving(1, 2, 25), old_route).canary_traffic == 0
