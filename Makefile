@@ -11,9 +11,15 @@ CLUSTER   := hack/cluster.sh
 TRAINER       := runtimes/trainer
 TRAINER_VENV  ?= .venvs/trainer
 TRAINER_STAMP := $(TRAINER_VENV)/.installed
+# The model server runtime (kserve, scikit-learn, PyTorch): its own environment too.
+SERVER        := runtimes/server
+SERVER_VENV   ?= .venvs/server
+SERVER_STAMP  := $(SERVER_VENV)/.installed
+# The trainer and the server both install PyTorch (GBs): the second install comes from this cache.
+export PIP_CACHE_DIR ?= $(HOME)/.cache/modelloop/pip
 export KUBECONFIG := $(CURDIR)/.cluster/kubeconfig
 
-.PHONY: help venv lock crds cluster-bins cluster cluster-down lint typecheck unit e2e test demo clean
+.PHONY: help venv lock crds cluster-bins kserve-bins prometheus-bin cluster cluster-down lint typecheck unit e2e test demo clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -35,6 +41,12 @@ crds: $(STAMP) ## regenerate crds/ (and the chart's copy) from the API models
 cluster-bins: ## build the control plane's binaries from their Go modules (once; cached in ~/.cache/modelloop)
 	hack/build-cluster-bins.sh >/dev/null
 
+kserve-bins: ## build KServe's controller and agent from KServe's Go module (once; cached in ~/.cache/modelloop)
+	hack/build-kserve.sh >/dev/null
+
+prometheus-bin: ## install Debian's Prometheus (a real server for the e2e tests; its service is not started)
+	command -v prometheus >/dev/null || (sudo apt-get install -y --no-install-recommends prometheus || apt-get install -y --no-install-recommends prometheus)
+
 cluster: ## build (once, cached) and start the local control plane; kubeconfig in .cluster/kubeconfig
 	$(CLUSTER) up
 
@@ -51,16 +63,16 @@ typecheck: $(STAMP) ## mypy --strict on operator/modelloop
 unit: $(STAMP) ## unit tests (no cluster)
 	$(VENV)/bin/pytest tests -q
 
-e2e: $(STAMP) $(TRAINER_STAMP) cluster-bins ## end-to-end tests on the local control plane (started and stopped by the tests)
+e2e: $(STAMP) $(TRAINER_STAMP) $(SERVER_STAMP) cluster-bins kserve-bins prometheus-bin ## end-to-end tests on the local control plane (started and stopped by the tests)
 	$(VENV)/bin/pytest e2e -q
 
-test: lint typecheck unit trainer-lint trainer-test e2e ## everything: lint, types, unit and e2e tests (operator and trainer)
+test: lint typecheck unit trainer-lint trainer-test server-lint server-test e2e ## everything: lint, types, unit and e2e tests (operator and runtimes)
 
 demo: $(STAMP) $(TRAINER_STAMP) ## the whole show on a local control plane
 	hack/demo.sh
 
 clean: cluster-down ## remove the environment and local state (the binary cache stays)
-	rm -rf $(VENV) $(TRAINER_VENV) .cluster .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(TRAINER_VENV) $(SERVER_VENV) .cluster .mypy_cache .ruff_cache .pytest_cache
 
 # --- the trainer runtime (runtimes/trainer): its own environment, .venvs/trainer ---------------------
 
@@ -82,3 +94,24 @@ trainer-lint: $(STAMP) $(TRAINER_STAMP) ## ruff and mypy --strict on the trainer
 
 trainer-test: $(TRAINER_STAMP) ## the trainer's tests (real data, files and a local S3 server)
 	cd $(TRAINER) && $(CURDIR)/$(TRAINER_VENV)/bin/pytest -q
+
+# --- the model server runtime (runtimes/server): its own environment, .venvs/server -----------------
+
+.PHONY: server-venv server-lint server-test
+
+$(SERVER_STAMP): $(SERVER)/requirements.lock $(SERVER)/requirements-dev.lock $(SERVER)/pyproject.toml
+	@test -x $(SERVER_VENV)/bin/python || python3.11 -m venv $(SERVER_VENV) 2>/dev/null || python3 -m venv $(SERVER_VENV)
+	$(SERVER_VENV)/bin/python -m pip install -q --disable-pip-version-check \
+	  -r $(SERVER)/requirements.lock -r $(SERVER)/requirements-dev.lock
+	$(SERVER_VENV)/bin/python -m pip install -q --disable-pip-version-check --no-deps -e $(SERVER)
+	@touch $@
+
+server-venv: $(SERVER_STAMP) ## the model server's environment (.venvs/server, with kserve and PyTorch) from its lock files
+
+server-lint: $(STAMP) $(SERVER_STAMP) ## ruff and mypy --strict on the model server runtime and its benchmark
+	$(VENV)/bin/ruff check $(SERVER) bench/model_server.py
+	$(VENV)/bin/ruff format --check $(SERVER) bench/model_server.py
+	cd $(SERVER) && $(CURDIR)/$(VENV)/bin/mypy --python-executable $(CURDIR)/$(SERVER_VENV)/bin/python
+
+server-test: $(SERVER_STAMP) ## the model server's tests (real artifacts, a real server process, real HTTP)
+	cd $(SERVER) && $(CURDIR)/$(SERVER_VENV)/bin/pytest -q

@@ -14,6 +14,8 @@ import pydantic
 import pytest
 
 from e2e.harness import ROOT, SHARED_CRDS, Cluster, cluster_script, condition, running_operator, wait_for
+from e2e.knative import KnativeServing, running_knative
+from e2e.kserve import KServe, running_kserve
 from modelloop.api import GROUP, KINDS
 
 # Overridable so that two suites (say, two checkouts) can each have their own control plane at once.
@@ -84,6 +86,21 @@ def operator(cluster: Cluster, namespace: str, tmp_path: Path) -> Iterator[subpr
     """`modelloop run` as its own process, watching the test's namespace; its log is printed at the end."""
     with running_operator(cluster, namespace, tmp_path / "operator.log") as process:
         yield process
+
+
+@pytest.fixture(scope="session")
+def kserve(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[KServe]:
+    """KServe's real controller and its webhooks, started on first use and kept for the session. From
+    then on it reconciles every InferenceService in the cluster, as KServe in a real cluster does."""
+    with running_kserve(cluster, tmp_path_factory.mktemp("kserve")) as running:
+        yield running
+
+
+@pytest.fixture
+def knative(cluster: Cluster, namespace: str) -> Iterator[KnativeServing]:
+    """The stand-in for Knative Serving's controller, over the test's namespace."""
+    with running_knative(cluster, [namespace]) as serving:
+        yield serving
 
 
 def all_established(cluster: Cluster) -> bool:

@@ -148,17 +148,21 @@ def running_operator(
     log_path: Path,
     kubeconfig: Path | None = None,
     extra_args: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """Start `modelloop run` as a user would (its own process, a liveness endpoint), wait until it is
-    live, and stop it with SIGTERM at the end; its log is printed then, for failing tests."""
+    """Start `modelloop run` as a user would (its own process, a liveness endpoint, ``env`` added to its
+    environment), wait until it is live, and stop it with SIGTERM at the end; its log is printed then,
+    for failing tests. The log is appended to, so that an operator started again keeps one log."""
     port = _free_port()
-    env = cluster.env if kubeconfig is None else {**cluster.env, "KUBECONFIG": str(kubeconfig)}
+    env = {**cluster.env, **(env or {})}
+    if kubeconfig is not None:
+        env["KUBECONFIG"] = str(kubeconfig)
     command = [
         str(Path(sys.executable).with_name("modelloop")),
         *("run", "--namespace", namespace, "--liveness", f"http://127.0.0.1:{port}/healthz"),
         *extra_args,
     ]
-    with log_path.open("wb") as log:
+    with log_path.open("ab") as log:
         process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_for(lambda: process.poll() is not None or _live(port), timeout=60, what="operator liveness")

@@ -17,6 +17,7 @@ set -euo pipefail
 ENVIRONMENTS=(
   "operator  requirements      operator.in      dev.in               the operator"
   "trainer   runtimes/trainer  requirements.in  requirements-dev.in  the trainer image"
+  "server    runtimes/server   requirements.in  requirements-dev.in  the model server image"
 )
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -340,20 +340,25 @@ def test_the_operators_default_mode_applies_when_the_service_names_none() -> Non
 
 def kserve_isvc(
     *,
-    generation: int = 2,
-    observed_generation: int | None = 2,
+    created: str | None = "iris-predictor-00002",
+    ready_revision: str | None = "iris-predictor-00002",
     ready: str | None = "True",
     traffic: list[dict[str, Any]] | None = None,
     **status: Any,
 ) -> dict[str, Any]:
-    body: dict[str, Any] = {"url": "http://iris.ml.example.com", **status}
-    if observed_generation is not None:
-        body["observedGeneration"] = observed_generation
+    body: dict[str, Any] = {"url": "http://iris.ml.example.com", "observedGeneration": 1, **status}
     if ready is not None:
         body["conditions"] = [{"type": "Ready", "status": ready, "reason": "RevisionMissing", "message": "m"}]
+    predictor: dict[str, Any] = {}
+    if created is not None:
+        predictor["latestCreatedRevision"] = created
+    if ready_revision is not None:
+        predictor["latestReadyRevision"] = ready_revision
     if traffic is not None:
-        body["components"] = {"predictor": {"traffic": traffic}}
-    return {"metadata": {"name": "iris", "generation": generation}, "status": body}
+        predictor["traffic"] = traffic
+    body["components"] = {"predictor": predictor}
+    # KServe's observedGeneration is its Deployment's or Knative Service's, never the InferenceService's.
+    return {"metadata": {"name": "iris", "generation": 7}, "status": body}
 
 
 def test_nothing_is_observed_before_kserve_has_the_inference_service() -> None:
@@ -362,17 +367,32 @@ def test_nothing_is_observed_before_kserve_has_the_inference_service() -> None:
     assert "no InferenceService" in observed.message
 
 
-def test_a_ready_inference_service_that_saw_the_latest_generation_is_current_and_ready() -> None:
+def test_a_ready_inference_service_whose_newest_revision_is_ready_is_current_and_ready() -> None:
     observed = BACKEND.observe(service(), Serving(1), {"iris": kserve_isvc()})
     assert (observed.exists, observed.current, observed.ready, observed.failed) == (True, True, True, False)
     assert observed.url == "http://iris.ml.example.com"
     assert observed.canary_traffic is None
 
 
-@pytest.mark.parametrize("observed_generation", [1, None])
-def test_an_inference_service_behind_its_generation_is_not_current(observed_generation: int | None) -> None:
-    isvc = kserve_isvc(generation=2, observed_generation=observed_generation)
+@pytest.mark.parametrize(
+    ("created", "ready_revision"), [("iris-predictor-00003", "iris-predictor-00002"), (None, None)]
+)
+def test_knative_is_not_current_until_its_newest_revision_is_ready(
+    created: str | None, ready_revision: str | None
+) -> None:
+    isvc = kserve_isvc(created=created, ready_revision=ready_revision)
     assert not BACKEND.observe(service(), Serving(1), {"iris": isvc}).current
+
+
+def test_standard_is_current_once_kserve_reports_the_canary_at_the_percentage_asked() -> None:
+    context = service("Standard")
+    asked = kserve_isvc(canaryStatuses=[{"name": "v2", "ready": True, "trafficPercent": 25}])
+    assert BACKEND.observe(context, Serving(1, 2, 25), {"iris": asked}).current
+    assert not BACKEND.observe(context, Serving(1, 2, 50), {"iris": asked}).current
+    assert not BACKEND.observe(context, Serving(1, 3, 25), {"iris": asked}).current
+    # Without a canary, KServe is current once it no longer reports one.
+    assert not BACKEND.observe(context, Serving(2), {"iris": asked}).current
+    assert BACKEND.observe(context, Serving(2), {"iris": kserve_isvc()}).current
 
 
 @pytest.mark.parametrize("ready", ["False", "Unknown", None])
@@ -416,7 +436,7 @@ def test_knative_canary_traffic_at_zero_reads_zero_and_without_a_latest_revision
 
 def standard_current(weight: int, ready: bool) -> dict[str, Any]:
     context = service("Standard")
-    isvc = kserve_isvc(canaryStatuses=[{"name": "v2", "ready": ready}])
+    isvc = kserve_isvc(canaryStatuses=[{"name": "v2", "ready": ready, "trafficPercent": weight}])
     _, route = BACKEND.render(context, Serving(1, 2, weight), {"iris": isvc})
     return {"iris": isvc, "iris-traffic": route}
 

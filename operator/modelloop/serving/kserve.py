@@ -16,7 +16,7 @@ is the route's weight once KServe reports the canary ready, 0 before.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from modelloop.api import DeploymentMode, Predictor
@@ -65,15 +65,28 @@ class KServeBackend:
         if isvc is None:
             return Observed(message="KServe has no InferenceService for it yet")
         status = isvc.get("status") or {}
-        generation = int(isvc["metadata"].get("generation") or 0)
-        seen = status.get("observedGeneration")
-        current_spec = isinstance(seen, int) and seen >= generation
         ready = _condition(status, "Ready")
         failed, message = _failure(status, ready)
         url = status.get("url")
+        knative = self.mode(service) == DeploymentMode.KNATIVE
+        # KServe's status.observedGeneration is its Deployment's or Knative Service's, not the
+        # InferenceService's: whether KServe acted on modelloop's last write is read from what it reports.
+        predictor = (status.get("components") or {}).get("predictor") or {}
+        if knative:
+            created, ready_revision = (
+                predictor.get("latestCreatedRevision"),
+                predictor.get("latestReadyRevision"),
+            )
+            acted = created is not None and created == ready_revision
+        else:
+            acted = (
+                _canary_status(isvc, serving.canary, serving.weight)
+                if serving.canary is not None
+                else not (status.get("canaryStatuses"))
+            )
         base = Observed(
             exists=True,
-            current=current_spec,
+            current=acted,
             ready=bool(ready and ready.get("status") == "True"),
             failed=failed,
             url=str(url) if url else None,
@@ -81,17 +94,17 @@ class KServeBackend:
         )
         if serving.canary is None:
             return base
-        if self.mode(service) == DeploymentMode.KNATIVE:
-            traffic = ((status.get("components") or {}).get("predictor") or {}).get("traffic") or []
-            latest = [t for t in traffic if t.get("latestRevision")]
+        if knative:
+            latest = [t for t in predictor.get("traffic") or () if t.get("latestRevision")]
             percent = sum(int(t.get("percent") or 0) for t in latest) if latest else None
-            return Observed(**{**base.__dict__, "canary_traffic": percent})
-        route = current.get(route_name(service.name))
-        weight = _route_weight(route, predictor_service(service.name, serving.canary))
+            return replace(base, canary_traffic=percent)
+        weight = _route_weight(
+            current.get(route_name(service.name)), predictor_service(service.name, serving.canary)
+        )
         if not _canary_ready(isvc, serving.canary):
             weight = 0 if weight is not None else None
             message = message or f"KServe reports canary predictor v{serving.canary} not ready"
-        return Observed(**{**base.__dict__, "canary_traffic": weight, "message": message})
+        return replace(base, canary_traffic=weight, message=message)
 
     # -- rendering -----------------------------------------------------------------------------------
 
@@ -245,6 +258,14 @@ def _failure(status: Mapping[str, Any], ready: Mapping[str, Any] | None) -> tupl
     if ready is not None and ready.get("status") != "True":
         return False, str(ready.get("message") or ready.get("reason") or "")
     return False, ""
+
+
+def _canary_status(isvc: Mapping[str, Any], canary: int, weight: int) -> bool:
+    """Whether KServe reports the canary named v<canary> at the percentage last asked for."""
+    statuses = (isvc.get("status") or {}).get("canaryStatuses") or ()
+    return any(
+        s.get("name") == f"v{canary}" and int(s.get("trafficPercent") or 0) == weight for s in statuses
+    )
 
 
 def _canary_ready(isvc: Mapping[str, Any] | None, canary: int) -> bool:

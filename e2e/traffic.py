@@ -1,0 +1,330 @@
+"""A stand-in gateway and a load generator for the model servers that :mod:`e2e.serving` runs.
+
+No gateway and no Knative data plane run here: nothing routes by an HTTPRoute's weights or by a Knative
+Route's percentages. :class:`LoadGenerator` does that routing itself. On every tick it reads (at most once
+per ``route_refresh_s``) the weights of the route under test with a *route reader*, picks a backend by
+weight (smooth weighted round robin, as Envoy and nginx do: a backend of weight 0 gets nothing, 10/90
+is 10/90 to the request), picks one of that backend's serving pods in turn, and sends it one single-row V1
+prediction (``POST /v1/models/<model>:predict`` with ``{"instances": [[...]]}``). It counts every response
+by (pod, status code), so a test can assert, say, that no request reached the canary while its weight
+was 0.
+
+Two route readers come with it: :func:`httproute_weights` (a Gateway API HTTPRoute's backendRefs, each
+Service resolved to its pods by the Service's selector, as KServe's Standard mode routes) and
+:func:`knative_weights` (a KServe InferenceService's ``status.components.predictor.traffic``, each
+revision's pods labelled ``serving.knative.dev/revision``, as KServe's Knative mode routes).
+
+A misbehaving backend: :meth:`LoadGenerator.set_fault` makes a fraction of the requests that go to some
+pods carry a body the model cannot read (:data:`MALFORMED_BODY`); the model server answers them 400 and
+counts them in ``modelloop_server_requests_total{code="400"}``, which is what Prometheus sees of a new
+version that rejects the traffic the old one served (a changed feature schema).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from e2e.harness import Cluster
+from e2e.serving import Endpoint, ServingKubelet
+
+KNATIVE_REVISION_LABEL = "serving.knative.dev/revision"
+MALFORMED_BODY: Mapping[str, Any] = {"instances": [["not a number"]]}
+"""A V1 body no model can read: the server answers 400 (InvalidInput)."""
+NO_RESPONSE = 0
+"""The status code counted when a pod gave no HTTP response at all (refused, reset, timed out)."""
+
+log = logging.getLogger(__name__)
+
+PodPredicate = Callable[[str, Mapping[str, str]], bool]
+"""A choice of pods: (pod name, pod labels) -> whether the pod is one of them."""
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One weighted destination of a route: a name (Service or revision) and the pods it selects."""
+
+    name: str
+    selector: tuple[tuple[str, str], ...] | None
+    """Label pairs a pod must all have; None when the destination does not exist (it selects no pod)."""
+
+    @classmethod
+    def of(cls, name: str, selector: Mapping[str, str] | None) -> Backend:
+        """A backend selecting the pods that have every label of ``selector``."""
+        return cls(name, None if selector is None else tuple(sorted(selector.items())))
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        """Whether a pod with ``labels`` is one of this backend's."""
+        return self.selector is not None and all(labels.get(k) == v for k, v in self.selector)
+
+
+RouteReader = Callable[[], Mapping[Backend, int]]
+"""Reads a route's current weights: backend -> weight (an empty mapping when there is no route yet)."""
+
+
+def httproute_weights(cluster: Cluster, namespace: str, name: str, rule: int = 0) -> RouteReader:
+    """The weights of a Gateway API HTTPRoute's ``spec.rules[rule].backendRefs[]`` (Service -> weight, 1 when
+    unset), each Service resolved to its pods by its selector."""
+
+    def read() -> Mapping[Backend, int]:
+        route = _get_or_none(cluster, "httproutes.gateway.networking.k8s.io", name, namespace)
+        if route is None:
+            return {}
+        rules = route.get("spec", {}).get("rules") or []
+        if len(rules) <= rule:
+            return {}
+        services = {s["metadata"]["name"]: s for s in cluster.get("services", namespace=namespace)["items"]}
+        weights: dict[Backend, int] = {}
+        for ref in rules[rule].get("backendRefs") or ():
+            if ref.get("kind", "Service") != "Service" or ref.get("namespace", namespace) != namespace:
+                continue
+            service = services.get(ref["name"])
+            selector = None if service is None else (service.get("spec", {}).get("selector") or None)
+            weights[Backend.of(ref["name"], selector)] = int(ref.get("weight", 1))
+        return weights
+
+    return read
+
+
+def knative_weights(cluster: Cluster, namespace: str, name: str, component: str = "predictor") -> RouteReader:
+    """The weights of a KServe InferenceService's ``status.components.<component>.traffic[]`` (revision ->
+    percent, 0 when unset as for a tag-only entry), each revision's pods labelled
+    ``serving.knative.dev/revision``."""
+
+    def read() -> Mapping[Backend, int]:
+        service = _get_or_none(cluster, "inferenceservices.serving.kserve.io", name, namespace)
+        if service is None:
+            return {}
+        traffic = service.get("status", {}).get("components", {}).get(component, {}).get("traffic") or []
+        weights: dict[Backend, int] = {}
+        for target in traffic:
+            revision = target.get("revisionName")
+            if revision:
+                backend = Backend.of(revision, {KNATIVE_REVISION_LABEL: revision})
+                weights[backend] = weights.get(backend, 0) + int(target.get("percent") or 0)
+        return weights
+
+    return read
+
+
+def fixed_weights(weights: Mapping[Backend, int]) -> RouteReader:
+    """A route that does not change (for tests of the load generator itself)."""
+    return lambda: weights
+
+
+class WeightedPicker:
+    """Smooth weighted round robin (nginx's, Envoy's): over any ``sum(weights)`` consecutive picks each
+    backend is picked exactly its weight's times, interleaved; a backend of weight 0 never."""
+
+    def __init__(self) -> None:
+        self._current: dict[Backend, int] = {}
+
+    def pick(self, weights: Mapping[Backend, int]) -> Backend | None:
+        """The next backend, or None when no backend has weight."""
+        live = {b: w for b, w in weights.items() if w > 0}
+        if not live:
+            return None
+        for backend, weight in live.items():
+            self._current[backend] = self._current.get(backend, 0) + weight
+        chosen = max(live, key=lambda b: (self._current[b], b.name))
+        self._current[chosen] -= sum(live.values())
+        return chosen
+
+
+class LoadGenerator:
+    """Sends ``rate_per_s`` single-row predictions a second, routed by weight, in a background thread."""
+
+    def __init__(
+        self,
+        kubelet: ServingKubelet,
+        route_reader: RouteReader,
+        rate_per_s: float,
+        payload: list[float] | Callable[[str], Mapping[str, Any]],
+        *,
+        route_refresh_s: float = 1.0,
+        timeout_s: float = 5.0,
+    ) -> None:
+        """``payload`` is one row of features (sent as ``{"instances": [row]}``), or a function of the pod
+        name returning the whole V1 body."""
+        self.kubelet = kubelet
+        self.route_reader = route_reader
+        self.rate_per_s = rate_per_s
+        self.payload = payload
+        self.route_refresh_s = route_refresh_s
+        self.timeout_s = timeout_s
+        self._responses: Counter[tuple[str, int]] = Counter()
+        self._unroutable: Counter[str] = Counter()
+        self._pod_labels: dict[str, Mapping[str, str]] = {}  # of every pod sent to, also deleted ones
+        self._faults: list[tuple[PodPredicate, float]] = []
+        self._fault_credit: dict[str, float] = {}
+        self._weights: Mapping[Backend, int] = {}
+        self._weights_read = float("-inf")
+        self._picker = WeightedPicker()
+        self._next_pod: Counter[Backend] = Counter()
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.last_error: str | None = None
+        """The last error of reading the route (the generator goes on with the weights it had)."""
+
+    # --- running --------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start sending in a background thread."""
+        if self._thread is not None:
+            return
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._loop, name="load-generator", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop sending (the request in flight completes)."""
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.timeout_s + 30)
+            self._thread = None
+
+    def __enter__(self) -> LoadGenerator:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _loop(self) -> None:
+        period = 1.0 / self.rate_per_s
+        due = time.monotonic()
+        while not self._stopping.is_set():
+            self.tick()
+            due = max(due + period, time.monotonic() - period)  # no burst to catch up after a slow request
+            self._stopping.wait(max(0.0, due - time.monotonic()))
+
+    def tick(self) -> tuple[str, int] | None:
+        """Send one request now, routed by the current weights; return (pod, status code), or None when
+        nothing could take it (no weight, or the chosen backend has no serving pod)."""
+        weights = self._read_weights()
+        backend = self._picker.pick(weights)
+        if backend is None:
+            with self._lock:
+                self._unroutable["<no backend with weight>"] += 1
+            return None
+        endpoints = {n: e for n, e in self.kubelet.endpoints().items() if backend.matches(e.labels)}
+        if not endpoints:
+            with self._lock:
+                self._unroutable[backend.name] += 1
+            return None
+        names = sorted(endpoints)
+        pod = names[self._next_pod[backend] % len(names)]
+        self._next_pod[backend] += 1
+        code = self._send(pod, endpoints[pod])
+        with self._lock:
+            self._responses[(pod, code)] += 1
+            self._pod_labels[pod] = endpoints[pod].labels
+        return pod, code
+
+    # --- faults ---------------------------------------------------------------------------------------
+
+    def set_fault(self, pods: PodPredicate | str, fraction: float) -> None:
+        """Make ``fraction`` (0..1) of the requests to ``pods`` (a predicate, or one pod's name) malformed;
+        spread evenly (every 1/fraction-th request), not at random, so a short window sees its share."""
+        if not 0 <= fraction <= 1:
+            raise ValueError(f"a fault's fraction must be within 0..1, not {fraction}")
+        predicate: PodPredicate = (lambda name, _labels: name == pods) if isinstance(pods, str) else pods
+        with self._lock:
+            self._faults.append((predicate, fraction))
+
+    def clear_faults(self) -> None:
+        """Every request well-formed again."""
+        with self._lock:
+            self._faults.clear()
+            self._fault_credit.clear()
+
+    # --- what a test reads ----------------------------------------------------------------------------
+
+    def responses(self) -> dict[tuple[str, int], int]:
+        """Responses so far by (pod, status code); :data:`NO_RESPONSE` when a pod did not answer."""
+        with self._lock:
+            return dict(self._responses)
+
+    def sent_to(self, pods: PodPredicate | str) -> int:
+        """How many requests went to ``pods`` (a predicate over name and labels, or one pod's name), whatever
+        the answer, also to pods deleted since."""
+        with self._lock:
+            counts, labels = dict(self._responses), dict(self._pod_labels)
+        chosen: PodPredicate = (lambda name, _labels: name == pods) if isinstance(pods, str) else pods
+        return sum(count for (pod, _code), count in counts.items() if chosen(pod, labels[pod]))
+
+    def unroutable(self) -> dict[str, int]:
+        """Requests nothing could take, by backend name (a gateway would have answered them 503)."""
+        with self._lock:
+            return dict(self._unroutable)
+
+    def weights(self) -> dict[str, int]:
+        """The route's weights as last read, by backend name."""
+        with self._lock:
+            return {backend.name: weight for backend, weight in self._weights.items()}
+
+    # --- internals ------------------------------------------------------------------------------------
+
+    def _read_weights(self) -> Mapping[Backend, int]:
+        now = time.monotonic()
+        if now - self._weights_read >= self.route_refresh_s:
+            self._weights_read = now
+            try:
+                weights = dict(self.route_reader())
+            except Exception as error:  # the API server may be busy; route by what was read last
+                self.last_error = f"{type(error).__name__}: {error}"
+                log.warning("reading the route failed: %s", self.last_error)
+            else:
+                self.last_error = None
+                with self._lock:
+                    if weights != self._weights:
+                        self._weights, self._picker = weights, WeightedPicker()
+        return self._weights
+
+    def _body(self, pod: str, labels: Mapping[str, str]) -> Mapping[str, Any]:
+        with self._lock:
+            fraction = max((f for predicate, f in self._faults if predicate(pod, labels)), default=0.0)
+            if fraction > 0:
+                credit = self._fault_credit.get(pod, 0.0) + fraction
+                self._fault_credit[pod] = credit - (1 if credit >= 1 else 0)
+                if credit >= 1:
+                    return MALFORMED_BODY
+        if callable(self.payload):
+            return self.payload(pod)
+        return {"instances": [list(self.payload)]}
+
+    def _send(self, pod: str, endpoint: Endpoint) -> int:
+        body = json.dumps(self._body(pod, endpoint.labels)).encode()
+        request = urllib.request.Request(
+            f"{endpoint.url}/v1/models/{endpoint.model}:predict",
+            data=body,
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                response.read()
+                return int(response.status)
+        except urllib.error.HTTPError as error:
+            error.read()
+            return int(error.code)
+        except OSError:
+            return NO_RESPONSE
+
+
+def _get_or_none(cluster: Cluster, resource: str, name: str, namespace: str) -> Any:
+    result = cluster.kubectl("get", resource, name, "-n", namespace, "-o", "json", check=False)
+    if result.returncode != 0:
+        if "NotFound" in result.stderr or "not found" in result.stderr:
+            return None
+        raise RuntimeError(f"kubectl get {resource} {name} failed: {result.stderr.strip()}")
+    return json.loads(result.stdout)
