@@ -359,6 +359,7 @@ def test_pause_resume_abort_and_promote_now_through_the_cli_and_annotations(
         "-n",
         namespace,
         "modelloop.dev/rollout-action=abort",
+        "--overwrite",
     )
     aborted = wait_status(cluster, "iris", namespace, phase="RolledBack", reason="Aborted")
     assert aborted["stableVersion"] == 2 and aborted["action"] == "abort"

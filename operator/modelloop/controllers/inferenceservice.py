@@ -9,6 +9,7 @@ should serve. Timed steps come back through the work queue's requeue-after.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -35,7 +36,7 @@ from modelloop.review import INVALID_SPEC, describe_validation_error
 from modelloop.runtime.status import ObjectKey, StatusWriter
 from modelloop.runtime.workqueue import WorkQueue
 from modelloop.serving.analysis import Prometheus, QueryContext
-from modelloop.serving.backend import ServiceContext, VersionInfo
+from modelloop.serving.backend import LABEL_INFERENCE_SERVICE, ServiceContext, VersionInfo
 from modelloop.serving.kserve import KServeBackend
 from modelloop.serving.rollout import (
     ANNOTATION_ROLLOUT_ACTION,
@@ -69,12 +70,23 @@ async def inference_services(
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-async def on_inference_service(type: str, namespace: str | None, name: str, memo: Any, **_: Any) -> None:
+async def on_inference_service(
+    type: str, namespace: str | None, name: str, meta: kopf.Meta, memo: Any, **_: Any
+) -> None:
     controller: InferenceServiceController = memo.runtime.inference_services
+    key = (namespace or "", name)
     if type == "DELETED":
-        controller.forget((namespace or "", name))
-    else:
-        controller.queue.add((namespace or "", name))
+        controller.forget(key)
+    elif not controller.writer.wrote(key, meta.get("resourceVersion")):
+        controller.queue.add(key)  # the event of our own status write brings nothing new
+
+
+@kopf.on.event(
+    "serving.kserve.io", "v1beta1", "inferenceservices", labels={LABEL_INFERENCE_SERVICE: kopf.PRESENT}
+)
+async def on_kserve_service(namespace: str | None, labels: kopf.Labels, memo: Any, **_: Any) -> None:
+    """What KServe reports (readiness, traffic) moves the rollout on: look at its owner again."""
+    memo.runtime.inference_services.queue.add((namespace or "", str(labels[LABEL_INFERENCE_SERVICE])))
 
 
 @kopf.on.event(GROUP, VERSION, MODEL_VERSION.plural)
@@ -99,6 +111,10 @@ class InferenceServiceController:
         self.queue = WorkQueue(
             "InferenceService", self.reconcile, workers=workers, on_failure=self.report_failure
         )
+        # What this process last applied of each owned object: by our object, for its uid, by the owned
+        # object's name, the generation after the apply and the manifest. A pass that renders the same
+        # again, on an object still at that generation, has nothing to write.
+        self._applied: dict[ObjectKey, tuple[str, dict[str, tuple[int, str]]]] = {}
 
     def known_keys(self) -> list[ObjectKey]:
         return list(self.indexes["inference_services"].keys())
@@ -106,6 +122,7 @@ class InferenceServiceController:
     def forget(self, key: ObjectKey) -> None:
         self.queue.forget(key)
         self.writer.forget(key)
+        self._applied.pop(key, None)
 
     def _service(self, key: ObjectKey) -> dict[str, Any] | None:
         obj = next(iter(self.indexes["inference_services"].get(key, ())), None)
@@ -174,7 +191,10 @@ class InferenceServiceController:
         self._post(obj, decision)
         if decision.serving is not None and not missing:
             await self._apply(obj, context, decision.serving, current)
-        return decision.requeue_after if decision.requeue_after is not None else RESYNC_SECONDS
+        if decision.requeue_after is None:
+            return RESYNC_SECONDS
+        # The wait counts from the moment decided on, not from the end of this pass.
+        return max(0.0, decision.requeue_after - (datetime.now(UTC) - now).total_seconds())
 
     async def _current(self, context: ServiceContext) -> dict[str, dict[str, Any] | None]:
         return {
@@ -185,8 +205,20 @@ class InferenceServiceController:
     async def _apply(
         self, obj: Mapping[str, Any], context: ServiceContext, serving: Serving, current: Mapping[str, Any]
     ) -> None:
+        key = (context.namespace, context.name)
+        uid, applied_before = self._applied.get(key, (context.uid, {}))
+        if uid != context.uid:
+            applied_before = {}
+        self._applied[key] = (context.uid, applied_before)
         for manifest in self.kserve.render(context, serving, current):
+            name = manifest["metadata"]["name"]
+            rendered = json.dumps(manifest, sort_keys=True)
+            existing = current.get(name)
+            if existing is not None and applied_before.get(name) == (_generation(existing), rendered):
+                continue  # applied already, and nobody changed its spec since
             applied = await kube.server_side_apply(PLURALS[manifest["kind"]], manifest)
+            if applied.obj is not None:
+                applied_before[name] = (_generation(applied.obj), rendered)
             if applied.conflict is not None:
                 what = f"{manifest['kind']} {manifest['metadata']['name']}"
                 message = f"Another field manager owns fields of {what}, left as they are: {applied.conflict}"
@@ -241,6 +273,10 @@ class InferenceServiceController:
             await self._write_refusal(obj, "ApiRequestRefused", message, InferenceServicePhase.DEGRADED)
         except (kube.Conflict, kube.ApiException):
             return
+
+
+def _generation(obj: Mapping[str, Any]) -> int:
+    return int(obj["metadata"].get("generation") or 0)
 
 
 def _version_infos(versions: Any) -> dict[int, VersionInfo]:

@@ -72,6 +72,11 @@ class ObjectMemory:
     def remember(self, obj: Mapping[str, Any]) -> None:
         self._objects[object_key(obj)] = dict(obj)
 
+    def resource_version(self, key: ObjectKey) -> str | None:
+        """The resourceVersion of the copy remembered for ``key`` (this process's last write), if any."""
+        remembered = self._objects.get(key)
+        return None if remembered is None else str(remembered["metadata"].get("resourceVersion") or "")
+
     def forget(self, key: ObjectKey) -> None:
         self._objects.pop(key, None)
 
@@ -93,6 +98,11 @@ class StatusWriter:
 
     def forget(self, key: ObjectKey) -> None:
         self.memory.forget(key)
+
+    def wrote(self, key: ObjectKey, resource_version: str | None) -> bool:
+        """Whether ``resource_version`` of the object ``key`` is this writer's own last write (its event
+        brings nothing a reconcile does not know)."""
+        return resource_version is not None and self.memory.resource_version(key) == resource_version
 
     async def write(self, obj: Mapping[str, Any], status: Mapping[str, Any]) -> dict[str, Any]:
         """Write the keys of ``status`` that differ from ``obj``'s (a merge patch: None removes a key), if
