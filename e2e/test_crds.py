@@ -117,7 +117,7 @@ def test_kubectl_get_modelloop_lists_every_kind_with_its_columns(cluster: Cluste
         *("NAME", "CHAMPION", "LATEST", "VERSIONS", "KEEP", "AGE")
     ]
     assert list(tables["inferenceservice.modelloop.dev/iris"][0]) == [
-        *("NAME", "MODEL", "BACKEND", "STABLE", "CANARY", "TRAFFIC", "PHASE", "AGE")
+        *("NAME", "MODEL", "STABLE", "CANARY", "TRAFFIC", "STEP", "PHASE", "AGE")
     ]
     assert list(tables["driftpolicy.modelloop.dev/iris-drift"][0]) == [
         "NAME",
@@ -133,7 +133,7 @@ def test_kubectl_get_modelloop_lists_every_kind_with_its_columns(cluster: Cluste
     assert (version["MODEL"], version["VERSION"]) == ("iris", "1")
     assert tables["modelpolicy.modelloop.dev/iris"][0]["KEEP"] == "5"
     service = tables["inferenceservice.modelloop.dev/iris"][0]
-    assert (service["MODEL"], service["BACKEND"]) == ("iris", "kserve")
+    assert service["MODEL"] == "iris"
     assert tables["driftpolicy.modelloop.dev/iris-drift"][0]["TARGET"] == "iris"
 
 

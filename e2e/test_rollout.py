@@ -421,3 +421,9 @@ def test_a_killed_operator_resumes_every_step_where_it_was_with_no_traffic_jump(
     assert kills == 2 * (len(steps) - 1)
     assert [p for p in seen if p is not None] == steps[:-1], seen
     assert seen[-1] is None  # promotion removed canaryTrafficPercent
+    # The last operator derived the stages from the status alone: nothing was queued in any dead one.
+    with running_operator(cluster, namespace, log, env=env):
+        wait_for(lambda: stage(cluster, "iris-v2", namespace) == "Champion", timeout=30, what="v2 Champion")
+        assert stage(cluster, "iris-v1", namespace) == "Archived"
+    history = cluster.get("modelversions.modelloop.dev", "iris-v2", namespace)["status"]["history"]
+    assert [h["stage"] for h in history] == ["Candidate", "Challenger", "Champion"]

@@ -17,6 +17,7 @@ step "CRDs: modelloop's, and KServe's and Seldon Core's real ones"
 kubectl apply --server-side --force-conflicts -f crds/ >/dev/null
 kubectl apply -f manifests/admission/ >/dev/null  # the API server records who registers each ModelVersion
 .venv/bin/python hack/third_party_crds.py "$SHARED_CRDS" | kubectl apply --server-side --force-conflicts -f - >/dev/null
+kubectl apply --server-side --force-conflicts -f "$SHARED_CRDS/gateway-api/" >/dev/null  # Standard mode's HTTPRoute
 for _ in $(seq 1 60); do  # a CRD just created has no status yet, which `kubectl wait` trips over
   kubectl wait --for=condition=Established crd --all --timeout=30s >/dev/null 2>&1 && break
   sleep 0.5
@@ -43,6 +44,10 @@ docs = list(yaml.safe_load_all(open("manifests/examples/quickstart.yaml")))
 for doc in docs:
     if doc["kind"] == "TrainingRun":
         doc["metadata"].setdefault("labels", {})["sim.modelloop.dev/outcome"] = "Hold"
+    if doc["kind"] == "InferenceService":
+        # No KServe controller runs in this demo (the e2e suite runs it): serve the hand-registered
+        # iris-v1 and leave promotions to the registry's annotation below.
+        doc["spec"]["model"]["version"] = 1
 yaml.safe_dump_all(docs, sys.stdout)
 PY
 for kind in modelversion modelpolicy inferenceservice.modelloop.dev driftpolicy; do
@@ -92,6 +97,10 @@ YAML
 
 step "kubectl get modelloop -n demo"
 kubectl get modelloop -n demo
+
+step "The KServe InferenceService the operator wrote for it (no KServe controller runs in the demo)"
+kubectl get inferenceservices.serving.kserve.io -n demo iris \
+  -o custom-columns='NAME:.metadata.name,MODE:.metadata.annotations.serving\.kserve\.io/deploymentMode,PREDICTOR:.spec.predictor.name,STORAGE:.spec.predictor.model.storageUri'
 
 step "The training run's events"
 kubectl get events -n demo --field-selector involvedObject.name=iris-rf --sort-by=.lastTimestamp \

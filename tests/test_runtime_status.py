@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from modelloop.runtime.status import ObjectMemory, is_newer
+from modelloop.runtime.status import ObjectMemory, StatusWriter, is_newer
 
 
 def obj(uid: str = "u-1", rv: str = "10", phase: str = "Running", name: str = "iris") -> dict[str, Any]:
@@ -55,3 +55,13 @@ def test_resource_versions_compare_as_numbers_and_never_trust_what_is_not_one() 
     assert not is_newer("99", "100")
     assert not is_newer("10", "10")
     assert not is_newer("b", "a")  # not etcd's: the index is trusted (writes are preconditioned anyway)
+
+
+def test_the_writer_knows_the_event_of_its_own_last_write_and_no_other() -> None:
+    writer = StatusWriter("inferenceservices")
+    writer.memory.remember(obj(rv="12", phase="Succeeded"))
+
+    assert writer.wrote(("ml", "iris"), "12")
+    assert not writer.wrote(("ml", "iris"), "13")  # someone else's change after ours
+    assert not writer.wrote(("ml", "iris"), None)
+    assert not writer.wrote(("ml", "other"), "12")

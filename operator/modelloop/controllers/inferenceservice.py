@@ -216,7 +216,15 @@ class InferenceServiceController:
             existing = current.get(name)
             if existing is not None and applied_before.get(name) == (_generation(existing), rendered):
                 continue  # applied already, and nobody changed its spec since
-            applied = await kube.server_side_apply(PLURALS[manifest["kind"]], manifest)
+            try:
+                applied = await kube.server_side_apply(PLURALS[manifest["kind"]], manifest)
+            except kube.ApiException as error:
+                if error.status == 404:
+                    what = f"{manifest['kind']} ({manifest['apiVersion']})"
+                    raise kube.ApiException(
+                        404, f"the API server does not serve {what}: install it", None
+                    ) from error
+                raise
             if applied.obj is not None:
                 applied_before[name] = (_generation(applied.obj), rendered)
             if applied.conflict is not None:
@@ -265,8 +273,6 @@ class InferenceServiceController:
         if obj is None:
             return
         message = kube.api_message(error)
-        if error.status == 404:
-            message = f"The serving platform's API is missing (is KServe installed?): {message}"
         if (obj.get("status") or {}).get("message") == message:
             return
         try:
