@@ -1,0 +1,23 @@
+"""modelloop's model server: KServe's ModelServer for the artifacts the trainer writes.
+
+It loads ``model.joblib`` (scikit-learn) or ``model.pt`` + ``model.json`` (the trainer's PyTorch
+MLP), answers KServe's V1 and V2 protocols, and adds Prometheus metrics labelled with the model's
+name and version: requests by status code, latency, and the distribution of the predictions.
+"""
+
+from modelloop_server.artifacts import ArtifactError, Predictor, load_predictor
+from modelloop_server.metrics import RequestMetricsMiddleware, ServerMetrics
+from modelloop_server.model import ModelloopModel
+from modelloop_server.version import SERVER_VERSION
+
+__version__ = SERVER_VERSION
+
+__all__ = [
+    "ArtifactError",
+    "ModelloopModel",
+    "Predictor",
+    "RequestMetricsMiddleware",
+    "ServerMetrics",
+    "__version__",
+    "load_predictor",
+]

@@ -1,0 +1,5 @@
+"""``python -m modelloop_server``: the same as ``modelloop-serve``."""
+
+from modelloop_server.cli import main
+
+main()

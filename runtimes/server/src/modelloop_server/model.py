@@ -1,0 +1,55 @@
+"""The KServe model: a modelloop artifact behind KServe's ``load``/``predict`` interface."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import kserve
+from kserve.errors import InferenceError, InvalidInput
+
+from modelloop_server.artifacts import Predictor, load_predictor
+from modelloop_server.metrics import ServerMetrics
+from modelloop_server.payloads import Payload, features_from_request, prediction_response
+
+
+class ModelloopModel(kserve.Model):  # type: ignore[misc]
+    """Serves the artifact in ``model_dir`` under ``name`` and counts its predictions in ``metrics``.
+
+    ``predict`` is synchronous on purpose: KServe then runs it on the event loop itself, which
+    for a model that answers in well under a millisecond is cheaper than a hop to a thread pool.
+    """
+
+    def __init__(self, name: str, model_dir: Path, version: str, metrics: ServerMetrics) -> None:
+        super().__init__(name)
+        self.model_dir = model_dir
+        self.version = version
+        self.metrics = metrics
+        self.predictor: Predictor | None = None
+        self.ready = False
+
+    def load(self) -> bool:
+        """Load the artifact; raises :class:`~modelloop_server.artifacts.ArtifactError` when it cannot."""
+        self.predictor = load_predictor(self.model_dir)
+        if self.predictor.classes is not None:
+            self.metrics.declare_classes(self.predictor.classes)
+        self.ready = True
+        return self.ready
+
+    def predict(self, payload: Payload, headers: dict[str, str] | None = None) -> Any:
+        """Predict the request's rows: V1 answers ``{"predictions": [...]}``, V2 an InferResponse."""
+        predictor = self.predictor
+        if predictor is None:
+            raise InferenceError(f"model {self.name} is not loaded")
+        features = features_from_request(payload, predictor.feature_names, predictor.n_features)
+        try:
+            predictions = predictor.predict(features)
+        except ValueError as exc:
+            # scikit-learn and numpy say ValueError for inputs the model cannot take (NaN without an
+            # imputer, infinities): the client's to fix, so a 400 with the model's own words.
+            raise InvalidInput(f"the model cannot predict these rows: {exc}") from None
+        if predictor.classes is None:
+            self.metrics.observe_values(predictions)
+        else:
+            self.metrics.observe_classes(predictions)
+        return prediction_response(payload, predictions, self.name, self.version)
