@@ -19,7 +19,7 @@ SERVER_STAMP  := $(SERVER_VENV)/.installed
 export PIP_CACHE_DIR ?= $(HOME)/.cache/modelloop/pip
 export KUBECONFIG := $(CURDIR)/.cluster/kubeconfig
 
-.PHONY: help venv lock crds cluster-bins kserve-bins prometheus-bin cluster cluster-down lint typecheck unit e2e test demo clean
+.PHONY: help setup venv lock crds cluster-bins kserve-bins prometheus-bin cluster cluster-down lint typecheck unit e2e test demo clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -45,7 +45,10 @@ kserve-bins: ## build KServe's controller and agent from KServe's Go module (onc
 	hack/build-kserve.sh >/dev/null
 
 prometheus-bin: ## install Debian's Prometheus (a real server for the e2e tests; its service is not started)
-	command -v prometheus >/dev/null || (sudo apt-get install -y --no-install-recommends prometheus || apt-get install -y --no-install-recommends prometheus)
+	@command -v prometheus >/dev/null || { \
+	  SUDO=$$(test "$$(id -u)" = 0 || echo sudo); export DEBIAN_FRONTEND=noninteractive; \
+	  $$SUDO apt-get install -y -q --no-install-recommends prometheus \
+	  || { $$SUDO apt-get update -q && $$SUDO apt-get install -y -q --no-install-recommends prometheus; }; }
 
 cluster: ## build (once, cached) and start the local control plane; kubeconfig in .cluster/kubeconfig
 	$(CLUSTER) up
@@ -66,7 +69,10 @@ unit: $(STAMP) ## unit tests (no cluster)
 e2e: $(STAMP) $(TRAINER_STAMP) $(SERVER_STAMP) cluster-bins kserve-bins prometheus-bin ## end-to-end tests on the local control plane (started and stopped by the tests)
 	$(VENV)/bin/pytest e2e -q
 
-test: lint typecheck unit trainer-lint trainer-test server-lint server-test e2e ## everything: lint, types, unit and e2e tests (operator and runtimes)
+setup: ## every environment and binary the tests need, made in parallel (what is there already is kept)
+	$(MAKE) --no-print-directory -j4 venv trainer-venv server-venv cluster-bins kserve-bins prometheus-bin
+
+test: setup lint typecheck unit trainer-lint trainer-test server-lint server-test e2e ## everything: lint, types, unit and e2e tests (operator and runtimes)
 
 demo: $(STAMP) $(TRAINER_STAMP) ## the whole show on a local control plane
 	hack/demo.sh

@@ -153,7 +153,7 @@ def running_operator(
     """Start `modelloop run` as a user would (its own process, a liveness endpoint, ``env`` added to its
     environment), wait until it is live, and stop it with SIGTERM at the end; its log is printed then,
     for failing tests. The log is appended to, so that an operator started again keeps one log."""
-    port = _free_port()
+    port = free_port()
     env = {**cluster.env, **(env or {})}
     if kubeconfig is not None:
         env["KUBECONFIG"] = str(kubeconfig)
@@ -178,7 +178,8 @@ def running_operator(
         sys.stdout.write(f"\n--- operator log ({log_path}) ---\n{log_path.read_text()[-20000:]}\n")
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])

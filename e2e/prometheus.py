@@ -26,7 +26,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from e2e.harness import _free_port, wait_for
+from e2e.harness import free_port, wait_for
 
 PROMETHEUS_BINARY = "prometheus"  # Debian's package (`make prometheus-bin`) puts it in /usr/bin
 SCRAPE_INTERVAL = "1s"
@@ -50,7 +50,7 @@ class Prometheus:
     def __init__(self, workdir: Path, binary: str = PROMETHEUS_BINARY) -> None:
         self.workdir = workdir
         self.binary = binary
-        self.port = _free_port()
+        self.port = free_port()
         self.config_path = workdir / "prometheus.yml"
         self.targets_path = workdir / "targets.json"
         self.storage_path = workdir / "data"

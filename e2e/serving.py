@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from e2e.harness import ROOT, Cluster, _free_port, wait_for
+from e2e.harness import ROOT, Cluster, free_port, wait_for
 from e2e.prometheus import Prometheus, label_name
 
 SERVER_BIN = ROOT / ".venvs" / "server" / "bin"
@@ -253,14 +253,14 @@ class ServingKubelet:
         assert container is not None
         notes: list[str] = []
         env = _literal_env(container, notes)
-        port = _free_port()
+        port = free_port()
         command = [
             _local(arg, model_dir)
             for arg in [*(container.get("command") or IMAGE_ENTRYPOINT), *(container.get("args") or [])]
         ]
         command = _with_port(command, "--http_port", port)
         if any(a.startswith("--grpc_port") for a in command):
-            command = _with_port(command, "--grpc_port", _free_port())
+            command = _with_port(command, "--grpc_port", free_port())
         env = {k: _local(v, model_dir) for k, v in env.items()}
         log_path = pod_dir / "server.log"
         with log_path.open("ab") as out:
@@ -324,7 +324,7 @@ class ServingKubelet:
         env = _literal_env(container, served.notes)
         env["SERVING_READINESS_PROBE"] = _probe_on_port(env.get("SERVING_READINESS_PROBE"), served.port)
         args = _with_port(list(container.get("args") or []), "--component-port", served.port)
-        agent_port = _free_port()
+        agent_port = free_port()
         args = _with_port(args, "--port", agent_port)
         if self.agent_log_url is not None and _arg_value(args, "--log-url") is not None:
             args = _with_port(args, "--log-url", self.agent_log_url)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from e2e.harness import Cluster, _free_port, running_operator, wait_for
+from e2e.harness import Cluster, free_port, running_operator, wait_for
 from e2e.test_peering import drift_policy, reported
 from e2e.test_trainingrun import phase_is, training_run
 
@@ -25,7 +25,7 @@ def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 def test_metrics_count_the_reconciles_and_api_calls_the_operator_made(
     cluster: Cluster, namespace: str, tmp_path: Path
 ) -> None:
-    port = _free_port()
+    port = free_port()
     with running_operator(
         cluster, namespace, tmp_path / "operator.log", extra_args=["--metrics", f"127.0.0.1:{port}"]
     ):

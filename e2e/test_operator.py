@@ -15,11 +15,11 @@ from modelloop.kube import PreflightError, preflight
 QUICKSTART = ROOT / "manifests" / "examples" / "quickstart.yaml"
 
 # What the foundation's operator says of each valid kind: (resource, name, phase, Ready status, reason).
-# TrainingRun and the registry have their own tests (test_trainingrun.py, test_registry.py).
+# TrainingRun, the registry and InferenceService have their own tests (test_trainingrun.py,
+# test_registry.py, test_rollout.py).
 EXPECTED = [
     ("modelversion", "iris-v1", "Validated", "True", "ChecksPassed"),
     ("modelpolicy", "iris", "Active", "True", "Active"),
-    ("inferenceservice.modelloop.dev", "iris", "Pending", "False", "RolloutPending"),
     ("driftpolicy", "iris-drift", "Watching", "True", "Watching"),
 ]
 

@@ -3,7 +3,6 @@ stand-in kubelet for model-server pods, and the stand-in gateway's load generato
 
 from __future__ import annotations
 
-import json
 import subprocess
 import textwrap
 import threading
@@ -321,36 +320,31 @@ def test_serving_kubelet_runs_the_real_model_server_with_the_pods_arguments(
         assert wait_for(lambda: prometheus.query(series % 400) == 1, timeout=30, what="the 400 scraped")
 
 
-def test_knative_weights_follow_the_inferenceservice_traffic_status(cluster: Cluster, namespace: str) -> None:
-    cluster.apply(
-        {
-            "apiVersion": "serving.kserve.io/v1beta1",
-            "kind": "InferenceService",
-            "metadata": {"name": "demo"},
-            "spec": {"predictor": {"model": {"modelFormat": {"name": "sklearn"}, "storageUri": "file:///m"}}},
-        },
-        namespace,
-    )
-    reader = knative_weights(cluster, namespace, "demo")
-    assert reader() == {}
-    traffic = [
-        {"revisionName": "demo-predictor-00001", "percent": 90, "latestRevision": False},
-        {"revisionName": "demo-predictor-00002", "percent": 10, "latestRevision": True},
-        {"revisionName": "demo-predictor-00002", "tag": "latest", "latestRevision": True},
-    ]
-    status = json.dumps({"status": {"components": {"predictor": {"traffic": traffic}}}})
-    cluster.kubectl(
-        "patch", "inferenceservices.serving.kserve.io", "demo", "-n", namespace,
-        "--subresource=status", "--type=merge", "-p", status,
-    )  # fmt: skip
-
-    weights = reader()
-
-    assert {backend.name: weight for backend, weight in weights.items()} == {
-        "demo-predictor-00001": 90,
-        "demo-predictor-00002": 10,
+def test_knative_weights_follow_the_inferenceservice_traffic_status(
+    cluster: Cluster, namespace: str, kserve: Any, knative: Any
+) -> None:
+    """KServe's real controller with the Knative stand-in: a 10% canary reads as 90/10 by revision."""
+    service = {
+        "apiVersion": "serving.kserve.io/v1beta1",
+        "kind": "InferenceService",
+        "metadata": {"name": "demo", "annotations": {"serving.kserve.io/deploymentMode": "Knative"}},
+        "spec": {"predictor": {"model": {"modelFormat": {"name": "sklearn"}, "storageUri": "s3://m/1"}}},
     }
-    canary = next(b for b in weights if b.name == "demo-predictor-00002")
+    cluster.apply(service, namespace)
+    reader = knative_weights(cluster, namespace, "demo")
+    wait_for(lambda: reader(), timeout=60, what="the first revision's traffic")
+    service["spec"]["predictor"]["canaryTrafficPercent"] = 10
+    service["spec"]["predictor"]["model"]["storageUri"] = "s3://m/2"
+    cluster.apply(service, namespace)
+
+    def split() -> dict[str, int] | None:
+        weights = {backend.name: weight for backend, weight in reader().items()}
+        return weights if len(weights) == 2 else None
+
+    weights = wait_for(split, timeout=60, what="the 90/10 split")
+
+    assert weights == {"demo-predictor-00001": 90, "demo-predictor-00002": 10}
+    canary = next(b for b in reader() if b.name == "demo-predictor-00002")
     assert canary.matches({"serving.knative.dev/revision": "demo-predictor-00002", "component": "predictor"})
     assert not canary.matches({"serving.knative.dev/revision": "demo-predictor-00001"})
 

@@ -246,21 +246,21 @@ def test_stage_changes_keep_their_history_and_retention_removes_only_what_it_may
     cluster.apply(model_version(1, {"accuracy": 0.9}), namespace)  # a user's: never deleted
     for number in range(2, 6):
         cluster.apply(model_version(number, {"accuracy": 0.9}, labels=operator_made), namespace)
-    # An InferenceService names v2: it must stay, archived or not.
-    service = {"name": "iris", "version": 2}
+    for number in range(1, 6):
+        settled(cluster, f"iris-v{number}", namespace, phase="Validated", stage="Candidate")
+    # An InferenceService serves v2: serving makes it Champion, and it must stay, archived or not.
     cluster.apply(
         {
             "apiVersion": API,
             "kind": "InferenceService",
             "metadata": {"name": "iris"},
-            "spec": {"model": service},
+            "spec": {"model": {"name": "iris", "version": 2}},
         },
         namespace,
     )
-    for number in range(1, 6):
-        settled(cluster, f"iris-v{number}", namespace, phase="Validated", stage="Candidate")
+    settled(cluster, "iris-v2", namespace, stage="Champion")
 
-    for number in range(1, 6):
+    for number in (1, 3, 4, 5):
         request_stage(cluster, f"iris-v{number}", namespace, "Champion", reason=f"round {number}")
         settled(cluster, f"iris-v{number}", namespace, stage="Champion")
 
@@ -281,10 +281,10 @@ def test_stage_changes_keep_their_history_and_retention_removes_only_what_it_may
     history = status_of(cluster, "iris-v2", namespace)["history"]
     assert [(h["stage"], h["reason"]) for h in history] == [
         ("Candidate", "Registered"),
-        ("Champion", "Requested"),
+        ("Champion", "Promoted"),
         ("Archived", "ReplacedByChampion"),
     ]
-    assert "round 2" in history[1]["message"] and "iris-v3" in history[2]["message"]
+    assert "InferenceService iris" in history[1]["message"] and "iris-v1" in history[2]["message"]
     assert history[0]["time"] <= history[1]["time"] <= history[2]["time"]
 
     champions = cluster.get("modelversions", namespace=namespace, selector="modelloop.dev/stage=champion")[

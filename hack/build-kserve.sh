@@ -7,20 +7,8 @@ set -euo pipefail
 KSERVE_VERSION="${KSERVE_VERSION:-v0.20.0}"
 CACHE_ROOT="${MODELLOOP_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/modelloop}"
 BIN="$CACHE_ROOT/bin/kserve-${KSERVE_VERSION}"
-WORK="$CACHE_ROOT/build"
-if [ "${1:-}" = "--print-dir" ]; then echo "$BIN"; exit 0; fi
-mkdir -p "$BIN" "$WORK"
-# One build at a time: `make kserve-bins` and the e2e suite may ask at once (and share the lock with
-# hack/build-cluster-bins.sh, so two Go builds never compete for this machine's few cores).
-exec 9>"$CACHE_ROOT/.build.lock"
-flock 9
-GOLOG="$WORK/go.log"
-
-# Go's download chatter goes to a log; on failure its tail is shown.
-quiet() { "$@" >>"$GOLOG" 2>&1 || { tail -n 40 "$GOLOG" >&2; return 1; }; }
-
-log() { printf '[build %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-have() { [ -x "$BIN/$1" ]; }
+# shellcheck source=hack/lib/gobuild.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib/gobuild.sh"
 
 build_kserve() {
   local cmds=(manager agent) missing=()
