@@ -137,7 +137,7 @@ def _write_artifact(folder: Path) -> None:
     joblib.dump(LogisticRegression(max_iter=1000).fit(features, target), folder / "model.joblib")
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
@@ -243,7 +243,7 @@ def _bench_server(
     run: Callable[[Awaitable[Any]], Any],
     results: Results,
 ) -> None:
-    port = _free_port()
+    port = free_port()
     process = _start(command(port), folder / f"{name}.log")
     try:
         base = f"http://127.0.0.1:{port}"

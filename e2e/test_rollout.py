@@ -335,6 +335,8 @@ def test_pause_resume_abort_and_promote_now_through_the_cli_and_annotations(
     rollout("pause", "iris")
     paused = wait_status(cluster, "iris", namespace, phase="Paused", pauseReason="Requested")
     assert paused["canaryWeight"] == 25
+    progressing = next(c for c in paused["conditions"] if c["type"] == "Progressing")
+    assert (progressing["status"], progressing["reason"]) == ("False", "Paused")
     assert "Paused" in rollout("status", "iris")
     rollout("resume", "iris")
     wait_status(cluster, "iris", namespace, phase="Progressing", pauseReason=None)

@@ -28,6 +28,7 @@ from modelloop.api import (
     DeploymentMode,
     InferenceServicePhase,
     InferenceServiceSpec,
+    PauseReason,
 )
 from modelloop.conditions import ConditionValue, set_condition, utc_now
 from modelloop.controllers.reporting import post_event
@@ -313,7 +314,9 @@ def _missing_versions(serving: Serving | None, context: ServiceContext) -> int |
 def _with_conditions(
     status: dict[str, Any], previous: Mapping[str, Any], observed: Observed, generation: int
 ) -> dict[str, Any]:
-    """Ready says whether the backend serves the stable version; observedGeneration the spec acted on."""
+    """Ready says whether the backend serves the stable version; Progressing whether a rollout moves
+    (False with the reason while it is paused, held for good or over); observedGeneration the spec
+    acted on."""
     now = utc_now()
     ready: ConditionValue
     if observed.ready:
@@ -333,6 +336,20 @@ def _with_conditions(
         status=ready,
         reason=reason,
         message=message,
+        observed_generation=generation,
+        now=now,
+    )
+    phase = status.get("phase")
+    progressing: ConditionValue = "True" if phase == InferenceServicePhase.PROGRESSING else "False"
+    why = str(status.get("reason") or phase or "Pending")
+    if phase == InferenceServicePhase.PAUSED:
+        why = "AnalysisInconclusive" if status.get("pauseReason") == PauseReason.INCONCLUSIVE else "Paused"
+    conditions = set_condition(
+        conditions,
+        type_="Progressing",
+        status=progressing,
+        reason=why,
+        message=str(status.get("message") or ""),
         observed_generation=generation,
         now=now,
     )
