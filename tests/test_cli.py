@@ -51,3 +51,47 @@ def test_run_without_cluster_configuration_fails_with_a_clear_message(tmp_path: 
     )
     assert result.exit_code == 1
     assert "no Kubernetes configuration found" in result.output
+
+
+def test_rollout_status_shows_versions_step_traffic_and_the_last_measurements() -> None:
+    from modelloop.cli.render import render_rollout
+
+    service = {
+        "metadata": {"name": "iris", "namespace": "ml"},
+        "spec": {"model": {"name": "iris"}, "rollout": {"steps": [10, 50, 100]}},
+        "status": {
+            "phase": "Progressing",
+            "reason": "StepRunning",
+            "stableVersion": 2,
+            "canaryVersion": 3,
+            "stepIndex": 1,
+            "stepStartTime": "2026-11-27T10:00:00.000Z",
+            "canaryWeight": 50,
+            "canaryTraffic": 10,
+            "analysis": {
+                "failed": 1,
+                "inconclusive": 0,
+                "lastPhase": "Failed",
+                "measurements": [
+                    {"metric": "error-rate", "phase": "Failed", "time": "t", "message": "error-rate: q = 0.2"}
+                ],
+            },
+        },
+    }
+
+    shown = render_rollout(service)
+
+    assert "Phase:      Progressing (StepRunning)" in shown
+    assert "Stable:     2" in shown and "Canary:     3" in shown
+    assert "Step:       2 of 3 (since 2026-11-27T10:00:00.000Z)" in shown
+    assert "Traffic:    asked 50%, observed 10%" in shown
+    assert "1 failed, 0 inconclusive, last Failed" in shown
+    assert "error-rate: q = 0.2" in shown
+
+
+def test_rollout_actions_are_listed_for_the_kubectl_plugin() -> None:
+    result = CliRunner().invoke(main, ["rollout", "--help"])
+
+    assert result.exit_code == 0
+    for verb in ("status", "promote", "abort", "pause", "resume"):
+        assert verb in result.output
