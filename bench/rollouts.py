@@ -53,6 +53,7 @@ from typing import Any
 
 import kubernetes
 from prometheus_client.parser import text_string_to_metric_families
+from registry import wait
 from trainingruns import EXTRA_ENV, STATE, WRITERS, cluster, cpu_seconds, peak_rss_mib
 
 from modelloop.api import GROUP, VERSION
@@ -60,7 +61,8 @@ from modelloop.api import GROUP, VERSION
 ROOT = Path(__file__).resolve().parents[1]
 NAMESPACE = "rollout-bench"
 KSERVE = ("serving.kserve.io", "v1beta1", "inferenceservices")
-KSERVE_CRD = Path("/work/shared/crds/serving.kserve.io_inferenceservices.yaml")
+SHARED = Path(os.environ.get("MODELLOOP_SHARED_DIR", ROOT.parent / "shared"))
+KSERVE_CRD = SHARED / "crds" / "serving.kserve.io_inferenceservices.yaml"
 STEPS = [10, 20, 30, 40, 50, 100]
 STATUS_WRITERS = 8
 
@@ -116,15 +118,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def wait(probe: Any, timeout: float, interval: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := probe():
-            return result
-        time.sleep(interval)
-    raise TimeoutError(probe)
 
 
 def stream(watch: kubernetes.watch.Watch, list_function: Any, *plural: str) -> Any:
