@@ -9,6 +9,7 @@ should serve. Timed steps come back through the work queue's requeue-after.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Mapping
@@ -198,10 +199,12 @@ class InferenceServiceController:
         return max(0.0, decision.requeue_after - (datetime.now(UTC) - now).total_seconds())
 
     async def _current(self, context: ServiceContext) -> dict[str, dict[str, Any] | None]:
-        return {
-            owned.name: await kube.get_object(owned.plural, context.namespace, owned.name, owned.api_version)
-            for owned in self.kserve.owned(context)
-        }
+        """The objects the backend owns for ``context``, read at once (None: absent)."""
+        owned = self.kserve.owned(context)
+        read = await asyncio.gather(
+            *(kube.get_object(o.plural, context.namespace, o.name, o.api_version) for o in owned)
+        )
+        return {o.name: obj for o, obj in zip(owned, read, strict=True)}
 
     async def _apply(
         self, obj: Mapping[str, Any], context: ServiceContext, serving: Serving, current: Mapping[str, Any]
