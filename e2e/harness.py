@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -23,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_CRDS = Path(os.environ.get("MODELLOOP_SHARED_DIR", ROOT.parent / "shared")) / "crds"
 
 T = TypeVar("T")
+B = TypeVar("B", bound="BackgroundLoop")
 Manifest = str | Mapping[str, Any] | Sequence[Mapping[str, Any]]
 
 
@@ -52,6 +54,41 @@ def wait_for(
         if time.monotonic() > deadline:
             raise Timeout(f"timed out after {timeout:.0f}s waiting for {what}; last seen: {last!r}")
         time.sleep(interval)
+
+
+class BackgroundLoop:
+    """A thread that runs ``_loop`` (which returns once ``_stopping`` is set), as a context manager:
+    the stand-ins and recorders that work beside a test. ``start`` twice is harmless."""
+
+    join_timeout = 30.0
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _loop(self) -> None:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.join_timeout)
+            self._thread = None
+
+    def __enter__(self: B) -> B:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from e2e.harness import ROOT, Cluster, free_port, wait_for
+from e2e.harness import ROOT, BackgroundLoop, Cluster, free_port, wait_for
 from e2e.prometheus import Prometheus, label_name
 
 SERVER_BIN = ROOT / ".venvs" / "server" / "bin"
@@ -94,7 +94,7 @@ class _ServedPod:
         return f"http://127.0.0.1:{self.agent_port}" if self.agent_port else self.server_url
 
 
-class ServingKubelet:
+class ServingKubelet(BackgroundLoop):
     """Runs the model servers of the KServe predictor pods of one namespace, and keeps Prometheus's targets
     in step with them. Call :meth:`sync` in a polling loop, or :meth:`start` a thread that does."""
 
@@ -111,6 +111,7 @@ class ServingKubelet:
         ready_timeout: float = 120,
         interval: float = 0.5,
     ) -> None:
+        super().__init__(f"serving-kubelet-{namespace}")
         self.cluster = cluster
         self.namespace = namespace
         self.workdir = workdir
@@ -124,40 +125,19 @@ class ServingKubelet:
         self._failures: dict[str, str] = {}  # pod name -> why it does not serve
         self._failed_uids: set[str] = set()
         self._lock = threading.Lock()
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
+        self.join_timeout = 60.0
         self.last_error: str | None = None
         """The last error of a background :meth:`sync` (the thread goes on polling)."""
 
     # --- the loop -------------------------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Run :meth:`sync` every ``interval`` seconds in a background thread."""
-        if self._thread is not None:
-            return
-        self._stopping.clear()
-        self._thread = threading.Thread(
-            target=self._loop, name=f"serving-kubelet-{self.namespace}", daemon=True
-        )
-        self._thread.start()
-
     def stop(self) -> None:
         """Stop the thread, every server (and agent) and remove their targets."""
-        self._stopping.set()
-        if self._thread is not None:
-            self._thread.join(timeout=60)
-            self._thread = None
+        super().stop()
         with self._lock:
             for uid in list(self._pods):
                 self._stop_pod(uid)
             self._publish_targets()
-
-    def __enter__(self) -> ServingKubelet:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def _loop(self) -> None:
         while not self._stopping.is_set():

@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from e2e.harness import ROOT, Cluster, running_operator, wait_for
+from e2e.harness import ROOT, BackgroundLoop, Cluster, running_operator, wait_for
 from e2e.kubelet import TRAINER_BIN
 from e2e.prometheus import Prometheus, running_prometheus
 from e2e.serving import SERVER_BIN, ServingKubelet
@@ -177,27 +177,18 @@ def events(cluster: Cluster, namespace: str, name: str) -> list[dict[str, Any]]:
     ]
 
 
-class RouteRecorder:
+class RouteRecorder(BackgroundLoop):
     """Records every distinct set of HTTPRoute weights while a test runs (polled every 0.5 s)."""
 
     def __init__(self, cluster: Cluster, namespace: str, name: str) -> None:
-        self._cluster, self._namespace, self._name = cluster, namespace, name
+        super().__init__("route-recorder")
+        self._cluster, self._namespace, self._route = cluster, namespace, name
         self.seen: list[dict[str, int]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def __enter__(self) -> RouteRecorder:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
 
     def _loop(self) -> None:
-        while not self._stop.wait(0.5):
+        while not self._stopping.wait(0.5):
             route = self._cluster.kubectl(
-                "get", "httproutes", self._name, "-n", self._namespace, "-o", "json", check=False
+                "get", "httproutes", self._route, "-n", self._namespace, "-o", "json", check=False
             )
             if route.returncode != 0:
                 continue

@@ -33,7 +33,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from e2e.harness import Cluster
+from e2e.harness import BackgroundLoop, Cluster
 from e2e.serving import Endpoint, ServingKubelet
 
 KNATIVE_REVISION_LABEL = "serving.knative.dev/revision"
@@ -139,7 +139,7 @@ class WeightedPicker:
         return chosen
 
 
-class LoadGenerator:
+class LoadGenerator(BackgroundLoop):
     """Sends ``rate_per_s`` single-row predictions a second, routed by weight, in a background thread."""
 
     def __init__(
@@ -154,6 +154,7 @@ class LoadGenerator:
     ) -> None:
         """``payload`` is one row of features (sent as ``{"instances": [row]}``), or a function of the pod
         name returning the whole V1 body."""
+        super().__init__("load-generator")
         self.kubelet = kubelet
         self.route_reader = route_reader
         self.rate_per_s = rate_per_s
@@ -170,34 +171,11 @@ class LoadGenerator:
         self._picker = WeightedPicker()
         self._next_pod: Counter[Backend] = Counter()
         self._lock = threading.Lock()
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
+        self.join_timeout = timeout_s + 30
         self.last_error: str | None = None
         """The last error of reading the route (the generator goes on with the weights it had)."""
 
     # --- running --------------------------------------------------------------------------------------
-
-    def start(self) -> None:
-        """Start sending in a background thread."""
-        if self._thread is not None:
-            return
-        self._stopping.clear()
-        self._thread = threading.Thread(target=self._loop, name="load-generator", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop sending (the request in flight completes)."""
-        self._stopping.set()
-        if self._thread is not None:
-            self._thread.join(timeout=self.timeout_s + 30)
-            self._thread = None
-
-    def __enter__(self) -> LoadGenerator:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def _loop(self) -> None:
         period = 1.0 / self.rate_per_s
