@@ -302,6 +302,42 @@ CASES = [
         valid=inference_service("exact", rollout=analysis(min=0.5, max=0.5)),
         invalid=inference_service("empty-range", rollout=analysis(min=0.6, max=0.5)),
     ),
+    Case(
+        kind="InferenceService",
+        at=".spec",
+        message="spec.kserve applies to the kserve backend only",
+        field="spec.kserve",
+        valid=inference_service("kserve-mode", kserve={"deploymentMode": "Standard"}),
+        invalid=inference_service("seldon-mode", backend="seldon", kserve={"deploymentMode": "Standard"}),
+    ),
+    Case(
+        kind="InferenceService",
+        at=".spec",
+        message="spec.seldon applies to the seldon backend only",
+        field="spec.seldon",
+        valid=inference_service("seldon-image", backend="seldon", seldon={"image": "ghcr.io/m/s:1"}),
+        invalid=inference_service("kserve-image", seldon={"image": "ghcr.io/m/s:1"}),
+    ),
+    Case(
+        kind="InferenceService",
+        at=".spec",
+        message="spec.rollout.shadow needs the seldon backend (KServe cannot mirror traffic)",
+        field="spec.rollout.shadow",
+        valid=inference_service("seldon-shadow", backend="seldon", rollout={"steps": [100], "shadow": True}),
+        invalid=inference_service("kserve-shadow", rollout={"steps": [100], "shadow": True}),
+    ),
+    Case(
+        kind="InferenceService",
+        at=".spec",
+        message=(
+            "spec.backend cannot change: serve on the other backend with a new InferenceService, "
+            "then delete this one"
+        ),
+        field="spec.backend",
+        before=inference_service("switch"),
+        valid=inference_service("switch", paused=True),
+        invalid=inference_service("switch", backend="seldon"),
+    ),
     *map(in_drift_policy_template, TRAINING_RUN_CASES),
 ]
 

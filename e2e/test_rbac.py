@@ -86,6 +86,8 @@ def test_operator_sets_status_with_only_the_shipped_rbac(
         ("update", "customresourcedefinitions"),
         ("create", "pods"),
         ("delete", "namespaces"),
+        ("delete", "seldondeployments.machinelearning.seldon.io"),
+        ("delete", "inferenceservices.serving.kserve.io"),
     ],
 )
 def test_operator_rbac_grants_nothing_it_does_not_need(cluster: Cluster, verb: str, resource: str) -> None:

@@ -87,6 +87,28 @@ def test_rollout_status_shows_versions_step_traffic_and_the_last_measurements() 
     assert "Traffic:    asked 50%, observed 10%" in shown
     assert "1 failed, 0 inconclusive, last Failed" in shown
     assert "error-rate: q = 0.2" in shown
+    assert "Backend:    kserve\n" in shown
+
+
+def test_rollout_status_shows_a_shadow_phase_and_seldons_state() -> None:
+    from modelloop.cli.render import render_rollout
+
+    service = {
+        "metadata": {"name": "iris", "namespace": "ml"},
+        "spec": {"model": {"name": "iris"}, "backend": "seldon", "rollout": {"steps": [10, 100]}},
+        "status": {
+            "stableVersion": 1,
+            "canaryVersion": 2,
+            "shadow": True,
+            "canaryWeight": 0,
+            "backendState": {"state": "Available", "replicas": 2, "availableReplicas": 2},
+        },
+    }
+
+    shown = render_rollout(service)
+
+    assert "Step:       shadow, before step 1 of 2" in shown
+    assert "Backend:    seldon (Available), 2 of 2 replicas available" in shown
 
 
 def test_rollout_actions_are_listed_for_the_kubectl_plugin() -> None:

@@ -221,7 +221,14 @@ def test_cel_rules_sit_where_the_rules_apply() -> None:
     assert "self.metadata.name" in model_version[""][0]
     assert set(policy) == {""}
     assert "self.metadata.name" in policy[""][0]
-    assert set(inference) == {".spec.predictor", ".spec.rollout.steps", ".spec.rollout.analysis.metrics[]"}
+    assert set(inference) == {
+        ".spec",
+        ".spec.predictor",
+        ".spec.rollout.steps",
+        ".spec.rollout.analysis.metrics[]",
+    }
+    assert "self.backend == oldSelf.backend" in inference[".spec"]
+    assert any("self.rollout.shadow" in rule for rule in inference[".spec"])
     assert any("isSorted()" in rule for rule in inference[".spec.rollout.steps"])
     assert any("== 100" in rule for rule in inference[".spec.rollout.steps"])
     # The embedded TrainingRunSpec keeps its rules.

@@ -47,11 +47,15 @@ def make_spec(
     inconclusive_limit: int = 3,
     step_interval: str = "5m",
     metrics: list[dict[str, Any]] | None = None,
+    steps: list[int] = STEPS,
+    shadow: bool = False,
     **spec: Any,
 ) -> InferenceServiceSpec:
     body: dict[str, Any] = {"model": {"name": "iris"}, **spec}
+    if shadow:
+        body["backend"] = "seldon"
     if rollout:
-        body["rollout"] = {"steps": STEPS, "stepInterval": step_interval}
+        body["rollout"] = {"steps": steps, "stepInterval": step_interval, "shadow": shadow}
         if analysis:
             body["rollout"]["analysis"] = {
                 "interval": "1m",
@@ -86,6 +90,7 @@ ROLLOUT_STATE = (
     "stableVersion",
     "canaryVersion",
     "canaryWeight",
+    "shadow",
     "stepIndex",
     "stepStartTime",
     "pauseReason",
@@ -124,7 +129,8 @@ class Service:
         if self.serving is None:
             return Observed()
         traffic = self.serving.weight if self.serving.canary is not None else None
-        return Observed(exists=True, current=True, ready=True, canary_traffic=traffic, url=URL)
+        shadow = self.serving.shadow
+        return Observed(exists=True, current=True, ready=True, canary_traffic=traffic, shadow=shadow, url=URL)
 
     def due(self) -> bool:
         return measurement_due(self.spec, self.status, self.observed(), self.now)
@@ -694,3 +700,71 @@ def test_measurements_never_exceed_what_status_keeps_even_when_metrics_are_renam
     assert len(kept) == MEASUREMENTS_KEPT
     assert all(m["metric"].startswith("b") for m in kept[-32:])
     assert all(len(m["message"]) <= 1024 for m in kept)
+
+
+# Shadow: mirrored traffic before the first step.
+
+
+def test_a_shadow_phase_mirrors_the_traffic_for_one_interval_under_analysis_before_the_first_step() -> None:
+    service = stable_service(make_spec(shadow=True, steps=[10, 100]))
+    service.register(2)
+    decision = service.step()
+    assert decision.serving == Serving(1, 2, 0, shadow=True)
+    status = service.status
+    assert (status["reason"], status["shadow"], status["canaryWeight"]) == ("WaitingForTraffic", True, 0)
+    assert status.get("stepIndex") is None
+    assert "mirrored copy" in status["message"]
+    assert service.reasons() == ["ShadowStarted"]
+    served: list[Serving] = []
+    while service.status["phase"] != "Promoted" and service.now < START + timedelta(hours=1):
+        (decision,) = service.run(minutes=1)
+        assert decision.serving is not None
+        served.append(decision.serving)
+    # 5 minutes mirrored (its answers reach no one), 5 at 90/10, then promoted.
+    mirrored = [s for s in served if s.shadow]
+    assert mirrored and all(s == Serving(1, 2, 0, shadow=True) for s in mirrored)
+    assert served[len(mirrored)] == Serving(1, 2, 10)
+    assert served[-1] == Serving(2)
+    assert service.reasons() == ["ShadowStarted", "StepAdvanced", "Promoted"]
+    assert service.now - START == timedelta(minutes=10, seconds=10)  # began at START + 10 s
+
+
+def test_a_challenger_that_fails_analysis_in_shadow_never_gets_user_traffic() -> None:
+    service = stable_service(make_spec(shadow=True, steps=[10, 100]))
+    service.register(2)
+    service.step()
+    served = [d.serving for d in service.run(minutes=3, value=0.3)]
+    assert service.status["phase"] == "RolledBack"
+    assert service.status["rolledBackVersion"] == 2
+    assert all(s is not None and (s.canary is None or s.weight == 0) for s in served)
+    assert service.serving == Serving(1)
+
+
+def test_a_step_does_not_begin_until_the_backend_reports_the_canary_mirrored() -> None:
+    service = stable_service(make_spec(shadow=True, steps=[10, 100]))
+    service.register(2)
+    service.step()
+    # A backend that gives it no traffic but does not mirror either (e.g. KServe) holds the shadow phase.
+    service.stuck = Observed(exists=True, current=True, ready=True, canary_traffic=0, shadow=False)
+    for decision in service.run(minutes=10):
+        assert decision.serving == Serving(1, 2, 0, shadow=True)
+    assert service.status["reason"] == "WaitingForTraffic"
+
+
+def test_shadow_before_a_single_step_of_100_promotes_after_the_shadow_phase() -> None:
+    service = stable_service(make_spec(shadow=True, steps=[100]))
+    service.register(2)
+    service.step()
+    service.run(minutes=6)
+    assert service.serving == Serving(2)
+    assert service.reasons() == ["ShadowStarted", "Promoted"]
+
+
+def test_the_promote_action_in_shadow_promotes_at_once() -> None:
+    service = stable_service(make_spec(shadow=True, steps=[10, 100]))
+    service.register(2)
+    service.step()
+    service.advance(seconds=5)
+    decision = service.step(action="promote")
+    assert decision.serving == Serving(2)
+    assert service.status.get("shadow") is None

@@ -26,6 +26,7 @@ from .inferenceservice import (
     AnalysisMetric,
     AnalysisStatus,
     Backend,
+    BackendState,
     DeploymentMode,
     GatewayReference,
     InferenceServicePhase,
@@ -42,6 +43,7 @@ from .inferenceservice import (
     PredictorResources,
     Rollout,
     ScaleMetric,
+    SeldonSettings,
 )
 from .meta import (
     API_VERSION,
@@ -116,6 +118,7 @@ __all__ = [
     "ApiModel",
     "Artifact",
     "Backend",
+    "BackendState",
     "CelRule",
     "ChampionComparison",
     "Comparison",
@@ -165,6 +168,7 @@ __all__ = [
     "Rollout",
     "ScaleMetric",
     "SchemaConversionError",
+    "SeldonSettings",
     "StageRequest",
     "StageRequestResult",
     "StageTransition",

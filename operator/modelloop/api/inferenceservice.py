@@ -17,6 +17,7 @@ from .meta import (
     DnsLabel,
     DnsSubdomain,
     Duration,
+    ImageReference,
     PrinterColumn,
     Quantity,
     ResourceStatus,
@@ -239,6 +240,13 @@ class Rollout(ApiModel):
     analysis: Analysis | None = Field(
         None, description="Checks gating every step; without them, steps advance on time alone."
     )
+    shadow: bool = Field(
+        False,
+        description=(
+            "Before its first traffic step, the new version gets a mirrored copy of the traffic for one "
+            "stepInterval, gated by the analysis like a step; no user sees its answers (seldon backend)."
+        ),
+    )
 
     @field_validator("steps")
     @classmethod
@@ -272,6 +280,24 @@ class KServeSettings(ApiModel):
     )
 
 
+class SeldonSettings(ApiModel):
+    """Settings of the seldon backend (Seldon Core v1 SeldonDeployments)."""
+
+    implementation: Annotated[
+        str, StringConstraints(min_length=1, max_length=63, pattern=r"^[A-Z][A-Z0-9_]*$")
+    ] = Field(
+        "MODELLOOP_SERVER",
+        description=(
+            "The model server, as registered in Seldon's seldon-config predictor_servers; Seldon "
+            "downloads the artifact into /mnt/models for it. MODELLOOP_SERVER is modelloop's "
+            "(runtimes/seldon)."
+        ),
+    )
+    image: ImageReference | None = Field(
+        None, description="Image of the model server container, instead of the one seldon-config names."
+    )
+
+
 class PayloadLogger(ApiModel):
     """Where the model server's requests and responses are posted (as CloudEvents), e.g. a drift detector."""
 
@@ -282,9 +308,37 @@ class PayloadLogger(ApiModel):
 class InferenceServiceSpec(ApiModel):
     """The desired served model: which version, on which backend, rolled out how."""
 
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            CelRule(
+                rule="!has(self.kserve) || self.backend == 'kserve'",
+                message="spec.kserve applies to the kserve backend only",
+                field_path=".kserve",
+            ),
+            CelRule(
+                rule="!has(self.seldon) || self.backend == 'seldon'",
+                message="spec.seldon applies to the seldon backend only",
+                field_path=".seldon",
+            ),
+            CelRule(
+                rule="!has(self.rollout) || !has(self.rollout.shadow) || !self.rollout.shadow "
+                "|| self.backend == 'seldon'",
+                message="spec.rollout.shadow needs the seldon backend (KServe cannot mirror traffic)",
+                field_path=".rollout.shadow",
+            ),
+        )
+    )
+
     model: ModelReference = Field(description="The model to serve.")
-    backend: Backend = Field(Backend.KSERVE, description="Serving platform: kserve or seldon.")
+    backend: Backend = Field(
+        Backend.KSERVE,
+        description=(
+            "Serving platform: kserve or seldon. It cannot change: serve on the other platform with a new "
+            "InferenceService, then delete this one."
+        ),
+    )
     kserve: KServeSettings | None = Field(None, description="Settings of the kserve backend.")
+    seldon: SeldonSettings | None = Field(None, description="Settings of the seldon backend.")
     predictor: Predictor | None = Field(None, description="How the model server runs.")
     rollout: Rollout | None = Field(
         None,
@@ -294,6 +348,16 @@ class InferenceServiceSpec(ApiModel):
     paused: bool = Field(
         False, description="Hold the rollout at its current step (traffic stays as it is) until false."
     )
+
+    @model_validator(mode="after")
+    def _check_like_the_crd(self) -> Self:
+        if self.kserve is not None and self.backend != Backend.KSERVE:
+            raise ValueError("spec.kserve applies to the kserve backend only")
+        if self.seldon is not None and self.backend != Backend.SELDON:
+            raise ValueError("spec.seldon applies to the seldon backend only")
+        if self.rollout is not None and self.rollout.shadow and self.backend != Backend.SELDON:
+            raise ValueError("spec.rollout.shadow needs the seldon backend (KServe cannot mirror traffic)")
+        return self
 
 
 class Measurement(ApiModel):
@@ -324,6 +388,14 @@ class AnalysisStatus(ApiModel):
     )
 
 
+class BackendState(ApiModel):
+    """What the serving platform itself reports about the service (Seldon's state and replicas)."""
+
+    state: ShortText | None = Field(None, description="The platform's state, e.g. Seldon's Available.")
+    replicas: int | None = Field(None, ge=0, description="Replicas the platform runs, all predictors.")
+    available_replicas: int | None = Field(None, ge=0, description="Of them, the available ones.")
+
+
 class InferenceServiceStatus(ResourceStatus):
     """The observed state of an InferenceService: the versions served and the rollout's progress."""
 
@@ -338,6 +410,10 @@ class InferenceServiceStatus(ResourceStatus):
     canary_traffic: int | None = Field(
         None, ge=0, le=100, description="Percentage of traffic the canary gets, as the backend reports it."
     )
+    shadow: bool | None = Field(
+        None,
+        description="The canary gets a mirrored copy of the traffic before its first step (rollout.shadow).",
+    )
     step_index: int | None = Field(
         None, ge=0, description="Index into spec.rollout.steps of the current step."
     )
@@ -351,6 +427,10 @@ class InferenceServiceStatus(ResourceStatus):
     )
     action: ShortText | None = Field(
         None, description="The last modelloop.dev/rollout-action annotation acted on (each value once)."
+    )
+    backend: Backend | None = Field(None, description="The serving platform the service was deployed on.")
+    backend_state: BackendState | None = Field(
+        None, description="What the serving platform reports: its state and replicas."
     )
     deployment_mode: DeploymentMode | None = Field(None, description="KServe mode the service runs in.")
     url: ShortText | None = Field(None, description="Where the model answers predictions.")
@@ -367,6 +447,16 @@ INFERENCE_SERVICE = CrdInfo(
     ),
     spec_model=InferenceServiceSpec,
     status_model=InferenceServiceStatus,
+    spec_rules=(
+        CelRule(
+            rule="self.backend == oldSelf.backend",
+            message=(
+                "spec.backend cannot change: serve on the other backend with a new InferenceService, "
+                "then delete this one"
+            ),
+            field_path=".backend",
+        ),
+    ),
     printer_columns=(
         PrinterColumn("Model", ".spec.model.name", "string", "The model served."),
         PrinterColumn("Stable", ".status.stableVersion", "integer", "Version serving the stable traffic."),

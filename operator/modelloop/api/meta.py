@@ -57,6 +57,9 @@ LabelValue = Annotated[str, StringConstraints(max_length=63, pattern=LABEL_VALUE
 MetricName = Annotated[str, StringConstraints(min_length=1, max_length=63, pattern=METRIC_NAME_PATTERN)]
 """The name of a model metric, e.g. ``accuracy`` or ``val_loss``."""
 
+ImageReference = Annotated[str, StringConstraints(min_length=1, max_length=512)]
+"""A container image reference, e.g. ``ghcr.io/modelloop/trainer:0.1.0`` or one by digest."""
+
 Uri = Annotated[str, StringConstraints(min_length=1, max_length=MAX_URI_LENGTH)]
 """A URI such as ``s3://bucket/key``, ``gs://...``, ``file:///...`` or ``sklearn://iris``."""
 

@@ -17,6 +17,7 @@ from .meta import (
     DnsLabel,
     DnsSubdomain,
     FreeFormObject,
+    ImageReference,
     LabelValue,
     MetricName,
     ParamValue,
@@ -31,7 +32,6 @@ from .meta import (
 )
 from .validation import ObjectiveDirection, Validation
 
-ImageReference = Annotated[str, StringConstraints(min_length=1, max_length=512)]
 CommandArgument = Annotated[str, StringConstraints(max_length=4096)]
 
 

@@ -107,6 +107,11 @@ def render_rollout(service: Mapping[str, Any]) -> str:
     meta, spec, status = service["metadata"], service.get("spec") or {}, service.get("status") or {}
     steps = ((spec.get("rollout") or {}).get("steps")) or []
     step = status.get("stepIndex")
+    if status.get("shadow"):
+        at = f"shadow, before step 1 of {len(steps)}"
+    else:
+        at = "-" if step is None else f"{step + 1} of {len(steps)}"
+    backend = status.get("backendState") or {}
     lines = [
         f"Name:       {meta['name']}",
         f"Namespace:  {meta['namespace']}",
@@ -116,11 +121,18 @@ def render_rollout(service: Mapping[str, Any]) -> str:
         f"Message:    {status.get('message', '-')}",
         f"Stable:     {_or_dash(status.get('stableVersion'))}",
         f"Canary:     {_or_dash(status.get('canaryVersion'))}",
-        f"Step:       {'-' if step is None else f'{step + 1} of {len(steps)}'}"
+        f"Step:       {at}"
         + (f" (since {status['stepStartTime']})" if status.get("stepStartTime") else ""),
         f"Traffic:    asked {_or_dash(status.get('canaryWeight'))}%, "
         f"observed {_or_dash(status.get('canaryTraffic'))}%",
         f"URL:        {status.get('url', '-')}",
+        f"Backend:    {spec.get('backend', 'kserve')}"
+        + (f" ({backend['state']})" if backend.get("state") else "")
+        + (
+            f", {backend.get('availableReplicas', 0)} of {backend['replicas']} replicas available"
+            if backend.get("replicas") is not None
+            else ""
+        ),
     ]
     if status.get("pauseReason"):
         lines.append(f"Paused:     {status['pauseReason']}")

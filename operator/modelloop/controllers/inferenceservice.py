@@ -38,7 +38,7 @@ from modelloop.review import INVALID_SPEC, describe_validation_error
 from modelloop.runtime.status import ObjectKey, StatusWriter
 from modelloop.runtime.workqueue import WorkQueue
 from modelloop.serving.analysis import Prometheus, QueryContext
-from modelloop.serving.backend import LABEL_INFERENCE_SERVICE, ServiceContext, VersionInfo
+from modelloop.serving.backend import LABEL_INFERENCE_SERVICE, ServiceContext, ServingBackend, VersionInfo
 from modelloop.serving.kserve import KServeBackend
 from modelloop.serving.rollout import (
     ANNOTATION_ROLLOUT_ACTION,
@@ -52,13 +52,18 @@ from modelloop.serving.rollout import (
     serving_of,
     target_version,
 )
+from modelloop.serving.seldon import InvalidTraffic, SeldonBackend
 from modelloop.settings import Settings
 
 PLURAL = INFERENCE_SERVICE.plural
 WORKERS = 32
 # A settled service is looked at again this often, to notice a backend that stopped serving.
 RESYNC_SECONDS = 60.0
-PLURALS = {"InferenceService": "inferenceservices", "HTTPRoute": "httproutes"}
+PLURALS = {
+    "InferenceService": "inferenceservices",
+    "HTTPRoute": "httproutes",
+    "SeldonDeployment": "seldondeployments",
+}
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +96,14 @@ async def on_kserve_service(namespace: str | None, labels: kopf.Labels, memo: An
     memo.runtime.inference_services.queue.add((namespace or "", str(labels[LABEL_INFERENCE_SERVICE])))
 
 
+@kopf.on.event(
+    "machinelearning.seldon.io", "v1", "seldondeployments", labels={LABEL_INFERENCE_SERVICE: kopf.PRESENT}
+)
+async def on_seldon_deployment(namespace: str | None, labels: kopf.Labels, memo: Any, **_: Any) -> None:
+    """What Seldon reports (its state, replicas) moves the rollout on: look at its owner again."""
+    memo.runtime.inference_services.queue.add((namespace or "", str(labels[LABEL_INFERENCE_SERVICE])))
+
+
 @kopf.on.event(GROUP, VERSION, MODEL_VERSION.plural)
 async def on_model_version_served(namespace: str | None, spec: kopf.Spec, memo: Any, **_: Any) -> None:
     """A version registered, validated or removed may change what the model's InferenceServices serve."""
@@ -109,6 +122,10 @@ class InferenceServiceController:
         self.indexes = indexes
         self.writer = StatusWriter(PLURAL, (ANNOTATION_ROLLOUT_ACTION,))
         self.kserve = KServeBackend(DeploymentMode(settings.kserve_mode), settings.gateway)
+        self.backends: dict[Backend, ServingBackend] = {
+            Backend.KSERVE: self.kserve,
+            Backend.SELDON: SeldonBackend(),
+        }
         self.prometheus = Prometheus(settings.prometheus_url)
         self.queue = WorkQueue(
             "InferenceService", self.reconcile, workers=workers, on_failure=self.report_failure
@@ -154,17 +171,23 @@ class InferenceServiceController:
         except pydantic.ValidationError as error:
             await self._write_refusal(obj, INVALID_SPEC, describe_validation_error(error))
             return None
-        if spec.backend != Backend.KSERVE:
-            message = f"Backend {spec.backend.value} is not supported by this operator yet; use kserve."
-            await self._write_refusal(obj, "BackendNotSupported", message)
+        deployed_on = previous.get("backend")
+        if deployed_on is not None and deployed_on != spec.backend:
+            # The CRD refuses the change; a CRD without that rule must not leave two backends serving.
+            message = (
+                f"spec.backend changed from {deployed_on} to {spec.backend.value}, which this service cannot "
+                f"follow: it goes on serving on {deployed_on}. Create a new InferenceService instead."
+            )
+            await self._write_refusal(obj, "BackendChanged", message, InferenceServicePhase.DEGRADED)
             return None
+        backend = self.backends[spec.backend]
 
         versions = self.indexes["model_versions"].get((namespace, spec.model.name), ())
         context = ServiceContext(namespace, name, meta["uid"], spec, _version_infos(versions))
         now = datetime.now(UTC)
         serving_now = serving_of(previous)
-        current = await self._current(context)
-        observed = self.kserve.observe(context, serving_now, current) if serving_now else Observed()
+        current = await self._current(backend, context)
+        observed = backend.observe(context, serving_now, current) if serving_now else Observed()
 
         action = parse_action(meta.get("annotations"))
         new_action = action if action is not None and action != previous.get("action") else None
@@ -186,35 +209,51 @@ class InferenceServiceController:
             status["message"] = (
                 f"ModelVersion {missing} of model {spec.model.name} no longer exists: register it again."
             )
-        status["deploymentMode"] = self.kserve.mode(context).value
+        manifests: list[dict[str, Any]] = []
+        if decision.serving is not None and not missing:
+            try:
+                manifests = backend.render(context, decision.serving, current)
+            except InvalidTraffic as error:  # checked before every write; a bug, never a half-routed write
+                status.update(phase=InferenceServicePhase.DEGRADED.value, reason="InvalidTraffic")
+                status["message"] = f"{error}; nothing was written."
+        status["backend"] = spec.backend.value
+        kserve = spec.backend == Backend.KSERVE
+        status["deploymentMode"] = self.kserve.mode(context).value if kserve else None
+        status["backendState"] = _backend_state(observed)
         status = _with_conditions(status, previous, observed, generation)
 
         await self.writer.write(obj, status)
         self._post(obj, decision)
-        if decision.serving is not None and not missing:
-            await self._apply(obj, context, decision.serving, current)
+        if manifests:
+            await self._apply(obj, context, manifests, current)
         if decision.requeue_after is None:
             return RESYNC_SECONDS
         # The wait counts from the moment decided on, not from the end of this pass.
         return max(0.0, decision.requeue_after - (datetime.now(UTC) - now).total_seconds())
 
-    async def _current(self, context: ServiceContext) -> dict[str, dict[str, Any] | None]:
+    async def _current(
+        self, backend: ServingBackend, context: ServiceContext
+    ) -> dict[str, dict[str, Any] | None]:
         """The objects the backend owns for ``context``, read at once (None: absent)."""
-        owned = self.kserve.owned(context)
+        owned = backend.owned(context)
         read = await asyncio.gather(
             *(kube.get_object(o.plural, context.namespace, o.name, o.api_version) for o in owned)
         )
         return {o.name: obj for o, obj in zip(owned, read, strict=True)}
 
     async def _apply(
-        self, obj: Mapping[str, Any], context: ServiceContext, serving: Serving, current: Mapping[str, Any]
+        self,
+        obj: Mapping[str, Any],
+        context: ServiceContext,
+        manifests: list[dict[str, Any]],
+        current: Mapping[str, Any],
     ) -> None:
         key = (context.namespace, context.name)
         uid, applied_before = self._applied.get(key, (context.uid, {}))
         if uid != context.uid:
             applied_before = {}
         self._applied[key] = (context.uid, applied_before)
-        for manifest in self.kserve.render(context, serving, current):
+        for manifest in manifests:
             name = manifest["metadata"]["name"]
             rendered = json.dumps(manifest, sort_keys=True)
             existing = current.get(name)
@@ -303,6 +342,15 @@ def _version_infos(versions: Any) -> dict[int, VersionInfo]:
             str((spec.get("framework") or {}).get("name") or "sklearn"),
         )
     return infos
+
+
+def _backend_state(observed: Observed) -> dict[str, Any] | None:
+    state = {
+        "state": observed.state,
+        "replicas": observed.replicas,
+        "availableReplicas": observed.available_replicas,
+    }
+    return state if any(value is not None for value in state.values()) else None
 
 
 def _missing_versions(serving: Serving | None, context: ServiceContext) -> int | None:

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from modelloop.api import InferenceServiceSpec
+from modelloop.api import InferenceServiceSpec, Predictor
 from modelloop.serving.rollout import Observed, Serving
 
 LABEL_INFERENCE_SERVICE = "modelloop.dev/inference-service"
@@ -77,3 +77,19 @@ class ServingBackend(Protocol):
     ) -> Observed:
         """What the platform reports about serving ``serving``."""
         ...
+
+
+def resource_requirements(settings: Predictor) -> dict[str, Any]:
+    """A predictor container's requests and limits: memory and GPUs limited to what is requested."""
+    wanted = settings.resources
+    if wanted is None:
+        return {}
+    requests: dict[str, Any] = {}
+    limits: dict[str, Any] = {}
+    if wanted.cpu is not None:
+        requests["cpu"] = str(wanted.cpu)
+    if wanted.memory is not None:
+        requests["memory"] = limits["memory"] = str(wanted.memory)
+    if wanted.gpus:
+        requests["nvidia.com/gpu"] = limits["nvidia.com/gpu"] = str(wanted.gpus)
+    return {k: v for k, v in (("requests", requests), ("limits", limits)) if v}

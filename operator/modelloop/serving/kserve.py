@@ -20,7 +20,13 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from modelloop.api import DeploymentMode, Predictor
-from modelloop.serving.backend import LABEL_INFERENCE_SERVICE, OwnedObject, ServiceContext, VersionInfo
+from modelloop.serving.backend import (
+    LABEL_INFERENCE_SERVICE,
+    OwnedObject,
+    ServiceContext,
+    VersionInfo,
+    resource_requirements,
+)
 from modelloop.serving.rollout import Observed, Serving
 
 KSERVE_API_VERSION = "serving.kserve.io/v1beta1"
@@ -203,7 +209,7 @@ def predictor_spec(service: ServiceContext, version: VersionInfo) -> dict[str, A
         "storageUri": version.artifact_uri,
         "env": [{"name": VERSION_ENV, "value": str(version.number)}],
     }
-    resources = _resources(settings)
+    resources = resource_requirements(settings)
     if resources:
         model["resources"] = resources
     predictor: dict[str, Any] = {"model": model}
@@ -227,21 +233,6 @@ def _scaling(settings: Predictor | None) -> dict[str, Any]:
     if settings.scale_metric is not None:
         scaling["scaleMetric"] = settings.scale_metric.value
     return scaling
-
-
-def _resources(settings: Predictor) -> dict[str, Any]:
-    wanted = settings.resources
-    if wanted is None:
-        return {}
-    requests: dict[str, Any] = {}
-    limits: dict[str, Any] = {}
-    if wanted.cpu is not None:
-        requests["cpu"] = str(wanted.cpu)
-    if wanted.memory is not None:
-        requests["memory"] = limits["memory"] = str(wanted.memory)
-    if wanted.gpus:
-        requests["nvidia.com/gpu"] = limits["nvidia.com/gpu"] = str(wanted.gpus)
-    return {k: v for k, v in (("requests", requests), ("limits", limits)) if v}
 
 
 def _condition(status: Mapping[str, Any], type_: str) -> Mapping[str, Any] | None:

@@ -41,7 +41,9 @@ class Observed:
     """What the backend reports about the service it runs.
 
     ``current``: it has seen modelloop's latest write (so ``canary_traffic`` describes it);
-    ``canary_traffic``: percent the canary really gets (None: unknown, or no canary).
+    ``canary_traffic``: percent the canary really gets (None: unknown, or no canary);
+    ``shadow``: the canary gets a mirrored copy of the traffic (its answers reach no one);
+    ``state``, ``replicas``, ``available_replicas``: the platform's own words for it, where it has them.
     """
 
     exists: bool = False
@@ -49,8 +51,12 @@ class Observed:
     ready: bool = False
     failed: bool = False
     canary_traffic: int | None = None
+    shadow: bool = False
     url: str | None = None
     message: str = ""
+    state: str | None = None
+    replicas: int | None = None
+    available_replicas: int | None = None
 
 
 @dataclass(frozen=True)
@@ -65,11 +71,13 @@ class MetricResult:
 
 @dataclass(frozen=True)
 class Serving:
-    """What the backend should serve: the stable version and, during a rollout, the canary at a weight."""
+    """What the backend should serve: the stable version and, during a rollout, the canary at a weight
+    (or, ``shadow``, mirrored: it gets a copy of the traffic and its weight is 0)."""
 
     stable: int
     canary: int | None = None
     weight: int = 0
+    shadow: bool = False
 
 
 @dataclass(frozen=True)
@@ -207,7 +215,8 @@ def serving_of(status: Mapping[str, Any]) -> Serving | None:
     canary = status.get("canaryVersion")
     if canary is None:
         return Serving(int(stable))
-    return Serving(int(stable), int(canary), int(status.get("canaryWeight") or 0))
+    shadow = bool(status.get("shadow"))
+    return Serving(int(stable), int(canary), 0 if shadow else int(status.get("canaryWeight") or 0), shadow)
 
 
 def _act(spec: InferenceServiceSpec, work: _Pass, verb: str, now: datetime) -> None:
@@ -270,21 +279,22 @@ def _follow_target(spec: InferenceServiceSpec, work: _Pass, target: Target, now:
         return
     if canary is not None:
         work.event("Normal", "CanaryReplaced", f"Version {version} replaces canary version {canary}.")
-    weight = spec.rollout.steps[0]
+    shadow = spec.rollout.shadow
+    weight = 0 if shadow else spec.rollout.steps[0]
     s.update(
         canaryVersion=version,
         canaryWeight=weight,
-        stepIndex=0,
+        shadow=True if shadow else None,
+        stepIndex=None if shadow else 0,
         stepStartTime=_time(now),
         analysis={"measurements": [], "failed": 0, "inconclusive": 0} if spec.rollout.analysis else None,
         pauseReason=None,
         phase=Phase.PROGRESSING.value,
-        reason="CanaryStarted",
-        message=f"Version {version} gets {weight}% of the traffic (step 1 of {len(spec.rollout.steps)}).",
+        reason="ShadowStarted" if shadow else "CanaryStarted",
     )
-    work.event(
-        "Normal", "CanaryStarted", f"Rolling out version {version} beside version {stable}: {weight}% first."
-    )
+    s["message"] = _step_message(spec, version, s)
+    first = "mirrored traffic first (shadow)" if shadow else f"{weight}% first"
+    work.event("Normal", str(s["reason"]), f"Rolling out version {version} beside version {stable}: {first}.")
 
 
 def _progress(
@@ -298,7 +308,7 @@ def _progress(
     canary = s["canaryVersion"]
     if s.get("phase") == Phase.ROLLED_BACK:
         # Retiring a rolled-back canary: once no traffic reaches it, it goes.
-        if observed.current and not observed.canary_traffic:
+        if observed.current and not observed.canary_traffic and not observed.shadow:
             s.update(canaryVersion=None, canaryWeight=None, stepIndex=None, stepStartTime=None)
         else:
             work.requeue.append(CONVERGE_POLL_SECONDS)
@@ -323,9 +333,9 @@ def _progress(
     s["phase"] = Phase.PROGRESSING.value
     if not _converged(s, observed):
         s["reason"] = "WaitingForTraffic"
-        s["message"] = (
-            f"Waiting for the backend to give version {canary} {s.get('canaryWeight')}% of the traffic"
-            + (f": {observed.message}" if observed.message else ".")
+        wanted = "a mirrored copy" if s.get("shadow") else f"{s.get('canaryWeight')}%"
+        s["message"] = f"Waiting for the backend to give version {canary} {wanted} of the traffic" + (
+            f": {observed.message}" if observed.message else "."
         )
         work.requeue.append(CONVERGE_POLL_SECONDS)
         return
@@ -333,12 +343,13 @@ def _progress(
     analysis = spec.rollout.analysis
     passed = analysis is None or (s.get("analysis") or {}).get("lastPhase") == MeasurementPhase.PASSED
     if now >= step_due and passed:
-        if index + 1 >= len(steps) or steps[index + 1] >= 100:
+        following = 0 if s.get("shadow") else index + 1  # after the shadow phase comes the first step
+        if following >= len(steps) or steps[following] >= 100:
             _promote(work, "Promoted", f"Version {canary} passed every step and is promoted.")
             return
-        weight = steps[index + 1]
-        s.update(stepIndex=index + 1, canaryWeight=weight, stepStartTime=_time(now), reason="StepAdvanced")
-        s["message"] = f"Version {canary} gets {weight}% of the traffic (step {index + 2} of {len(steps)})."
+        weight = steps[following]
+        s.update(stepIndex=following, canaryWeight=weight, shadow=None, stepStartTime=_time(now))
+        s.update(reason="StepAdvanced", message=_step_message(spec, canary, s))
         if s.get("analysis"):
             s["analysis"] = {**s["analysis"], "lastPhase": None}
         work.event("Normal", "StepAdvanced", s["message"])
@@ -351,10 +362,21 @@ def _progress(
         waits.append(max(0.0, (_next_measurement(s, interval) - now).total_seconds()))
     if now >= step_due:  # time is up but the last measurement did not pass: the next one decides
         waits = waits[1:]
-    s["message"] = (
-        f"Version {canary} gets {s.get('canaryWeight')}% of the traffic (step {index + 1} of {len(steps)})."
-    )
+    s["message"] = _step_message(spec, canary, s)
     work.requeue.append(max(0.5, min(waits)))
+
+
+def _step_message(spec: InferenceServiceSpec, canary: int, status: Mapping[str, Any]) -> str:
+    steps = len(spec.rollout.steps) if spec.rollout else 1
+    if status.get("shadow"):
+        return (
+            f"Version {canary} gets a mirrored copy of the traffic; its answers reach no one "
+            f"(shadow, before step 1 of {steps})."
+        )
+    index = int(status.get("stepIndex") or 0)
+    return (
+        f"Version {canary} gets {status.get('canaryWeight')}% of the traffic (step {index + 1} of {steps})."
+    )
 
 
 def _record(spec: InferenceServiceSpec, work: _Pass, results: Sequence[MetricResult], now: datetime) -> None:
@@ -415,6 +437,7 @@ def _promote(work: _Pass, reason: str, message: str) -> None:
         stableVersion=canary,
         canaryVersion=None,
         canaryWeight=None,
+        shadow=None,
         stepIndex=None,
         stepStartTime=None,
         pauseReason=None,
@@ -430,6 +453,7 @@ def _roll_back(work: _Pass, reason: str, message: str, now: datetime) -> None:
     s.update(
         rolledBackVersion=s["canaryVersion"],
         canaryWeight=0,
+        shadow=None,
         stepStartTime=_time(now),
         pauseReason=None,
         phase=Phase.ROLLED_BACK.value,
@@ -444,7 +468,7 @@ def _settle(work: _Pass, observed: Observed) -> None:
     """No canary: the stable version is served; say whether the backend serves it well."""
     s = work.status
     stable = s["stableVersion"]
-    s.update(canaryWeight=None, stepIndex=None, stepStartTime=None, pauseReason=None)
+    s.update(canaryWeight=None, shadow=None, stepIndex=None, stepStartTime=None, pauseReason=None)
     if observed.failed:
         s.update(phase=Phase.DEGRADED.value, reason="BackendFailed")
         s["message"] = f"The backend cannot serve version {stable}: {observed.message or 'not ready'}."
@@ -478,7 +502,9 @@ def _pause_message(status: Mapping[str, Any]) -> str:
 
 
 def _converged(status: Mapping[str, Any], observed: Observed) -> bool:
-    return observed.current and observed.canary_traffic == status.get("canaryWeight")
+    shadow = bool(status.get("shadow"))
+    weight = 0 if shadow else status.get("canaryWeight")
+    return observed.current and observed.canary_traffic == weight and observed.shadow == shadow
 
 
 def _next_measurement(status: Mapping[str, Any], interval: timedelta) -> datetime:
