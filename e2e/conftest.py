@@ -16,6 +16,7 @@ import pytest
 from e2e.harness import ROOT, SHARED_CRDS, Cluster, cluster_script, condition, running_operator, wait_for
 from e2e.knative import KnativeServing, running_knative
 from e2e.kserve import KServe, running_kserve
+from e2e.models import Trained, train
 from modelloop.api import GROUP, KINDS
 
 # Overridable so that two suites (say, two checkouts) can each have their own control plane at once.
@@ -109,3 +110,16 @@ def all_established(cluster: Cluster) -> bool:
     return bool(crds) and all(
         (cond := condition(crd, "Established")) is not None and cond["status"] == "True" for crd in crds
     )
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Trained]:
+    """Three models trained once per run by the real trainer, with exactly the environment the operator
+    renders into a training pod: two good iris models, and one trained on the wine data (13 features),
+    which cannot answer iris requests — a retrained model whose inputs changed."""
+    workdir = tmp_path_factory.mktemp("trained")
+    return {
+        "iris-a": train(workdir, "iris-a", "iris", seed=1),
+        "iris-b": train(workdir, "iris-b", "iris", seed=2),
+        "wine": train(workdir, "wine", "wine", seed=3),
+    }

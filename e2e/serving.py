@@ -68,6 +68,8 @@ class Endpoint(NamedTuple):
     """The pod's labels, as they are in Kubernetes."""
     model: str
     """The served model's name (``--model_name``), the ``<model>`` of ``/v1/models/<model>:predict``."""
+    protocol: str = "v1"
+    """``v1`` (KServe's V1: ``/v1/models/<model>:predict``) or ``seldon`` (``/api/v1.0/predictions``)."""
 
 
 @dataclass
@@ -232,7 +234,7 @@ class ServingKubelet(BackgroundLoop):
         container = _container(spec, MODEL_CONTAINER)
         assert container is not None
         notes: list[str] = []
-        env = _literal_env(container, notes)
+        env = literal_env(container, notes)
         port = free_port()
         command = [
             _local(arg, model_dir)
@@ -277,14 +279,16 @@ class ServingKubelet(BackgroundLoop):
             self._fail(
                 uid,
                 served.name,
-                f"the server exited ({served.process.returncode}):\n{_tail(served.log_path)}",
+                f"the server exited ({served.process.returncode}):\n{file_tail(served.log_path)}",
             )
             self._stop_pod(uid)
             return False
-        if not (_answers(f"{served.server_url}/v2/health/ready") or _answers(f"{served.server_url}/")):
+        if not (answers_ok(f"{served.server_url}/v2/health/ready") or answers_ok(f"{served.server_url}/")):
             if time.monotonic() - served.started > self.ready_timeout:
                 self._fail(
-                    uid, served.name, f"not ready after {self.ready_timeout:.0f}s:\n{_tail(served.log_path)}"
+                    uid,
+                    served.name,
+                    f"not ready after {self.ready_timeout:.0f}s:\n{file_tail(served.log_path)}",
                 )
                 self._stop_pod(uid)
             return False
@@ -301,7 +305,7 @@ class ServingKubelet(BackgroundLoop):
         container = _container(pod["spec"], AGENT_CONTAINER)
         if container is None or self.agent_binary is None:
             return
-        env = _literal_env(container, served.notes)
+        env = literal_env(container, served.notes)
         env["SERVING_READINESS_PROBE"] = _probe_on_port(env.get("SERVING_READINESS_PROBE"), served.port)
         args = _with_port(list(container.get("args") or []), "--component-port", served.port)
         agent_port = free_port()
@@ -320,24 +324,24 @@ class ServingKubelet(BackgroundLoop):
         with contextlib.suppress(AssertionError):  # judged just below
             wait_for(
                 lambda: (
-                    agent.poll() is not None or _answers(f"http://127.0.0.1:{agent_port}/v2/health/ready")
+                    agent.poll() is not None or answers_ok(f"http://127.0.0.1:{agent_port}/v2/health/ready")
                 ),
                 timeout=30,
                 what=f"KServe's agent of pod {served.name}",
             )
-        if agent.poll() is None and _answers(f"http://127.0.0.1:{agent_port}/v2/health/ready"):
+        if agent.poll() is None and answers_ok(f"http://127.0.0.1:{agent_port}/v2/health/ready"):
             served.agent_port = agent_port
         else:
             served.notes.append("KServe's agent did not come up; requests go straight to the server")
-            _terminate(agent, timeout=3)
+            terminate_process(agent, timeout=3)
             served.agent = None
 
     def _stop_pod(self, uid: str) -> None:
         served = self._pods.pop(uid)
         if served.agent is not None:
             # On SIGTERM the agent sleeps 30 s for load balancers to notice; nothing here needs that.
-            _terminate(served.agent, timeout=3)
-        _terminate(served.process)
+            terminate_process(served.agent, timeout=3)
+        terminate_process(served.process)
         log.info("pod %s: stopped", served.name)
 
     def _fail(self, uid: str, name: str, reason: str) -> None:
@@ -390,7 +394,7 @@ def _container(spec: Mapping[str, Any], name: str) -> dict[str, Any] | None:
     return None
 
 
-def _literal_env(container: Mapping[str, Any], notes: list[str]) -> dict[str, str]:
+def literal_env(container: Mapping[str, Any], notes: list[str]) -> dict[str, str]:
     env: dict[str, str] = {}
     for item in container.get("env") or ():
         if "valueFrom" in item:
@@ -446,7 +450,7 @@ def _probe_on_port(probe_json: str | None, port: int) -> str:
     return json.dumps(retarget(json.loads(probe_json)))
 
 
-def _answers(url: str) -> bool:
+def answers_ok(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=2) as response:
             return bool(response.status == 200)
@@ -454,7 +458,7 @@ def _answers(url: str) -> bool:
         return False
 
 
-def _terminate(process: subprocess.Popen[bytes], timeout: float = 15) -> None:
+def terminate_process(process: subprocess.Popen[bytes], timeout: float = 15) -> None:
     """SIGTERM the process group, then SIGKILL it if it has not exited in ``timeout`` seconds."""
     if process.poll() is not None:
         return
@@ -468,5 +472,5 @@ def _terminate(process: subprocess.Popen[bytes], timeout: float = 15) -> None:
         process.wait()
 
 
-def _tail(path: Path, chars: int = 3000) -> str:
+def file_tail(path: Path, chars: int = 3000) -> str:
     return path.read_text(errors="replace")[-chars:] if path.exists() else ""

@@ -335,7 +335,7 @@ CASES = [
         ),
         field="spec.backend",
         before=inference_service("switch"),
-        valid=inference_service("switch", paused=True),
+        valid=inference_service("switch") | {"metadata": {"name": "switch", "labels": {"team": "vision"}}},
         invalid=inference_service("switch", backend="seldon"),
     ),
     *map(in_drift_policy_template, TRAINING_RUN_CASES),

@@ -18,9 +18,7 @@ import json
 import signal
 import subprocess
 import threading
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +26,10 @@ import pytest
 
 from e2e.harness import ROOT, BackgroundLoop, Cluster, running_operator, wait_for
 from e2e.kubelet import TRAINER_BIN
+from e2e.models import Trained, model_version
 from e2e.prometheus import Prometheus, running_prometheus
 from e2e.serving import SERVER_BIN, ServingKubelet
-from e2e.test_trainingrun import training_run
 from e2e.traffic import LoadGenerator, httproute_weights
-from modelloop.api import TrainingRunSpec
-from modelloop.training.job import render_job
-from modelloop.training.result import parse_result
 
 pytestmark = pytest.mark.skipif(
     not (TRAINER_BIN / "modelloop-train").exists() or not (SERVER_BIN / "modelloop-serve").exists(),
@@ -49,68 +44,6 @@ ERROR_RATE = (
     f" / sum(rate(modelloop_server_requests_total{{{SELECT}}}[20s]))"
 )
 KSERVE = "inferenceservices.serving.kserve.io"
-
-
-@dataclass(frozen=True)
-class Trained:
-    """A model the real trainer produced: where it is, and what it measured."""
-
-    uri: str
-    metrics: dict[str, float]
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Trained]:
-    """Three models trained once for the module by the real trainer, with exactly the environment the
-    operator renders into a training pod: two good iris models, and one trained on the wine data (13
-    features), which cannot answer iris requests — a retrained model whose inputs changed."""
-    workdir = tmp_path_factory.mktemp("trained")
-    return {
-        "iris-a": train(workdir, "iris-a", "iris", seed=1),
-        "iris-b": train(workdir, "iris-b", "iris", seed=2),
-        "wine": train(workdir, "wine", "wine", seed=3),
-    }
-
-
-def train(workdir: Path, name: str, dataset: str, seed: int) -> Trained:
-    run = training_run(name, workdir / "artifacts", hold=False)
-    run["spec"]["dataset"] = {"uri": f"sklearn://{dataset}", "format": "sklearn", "targetColumn": "target"}
-    run["spec"]["params"]["seed"] = seed
-    run["metadata"].update(namespace="training", uid=str(uuid.uuid4()))
-    job = render_job(run, TrainingRunSpec.model_validate(run["spec"]), "file:///unused")
-    container = job["spec"]["template"]["spec"]["containers"][0]
-    env = {item["name"]: item["value"] for item in container.get("env") or ()}
-    result_path = workdir / f"{name}.result"
-    env["MODELLOOP_RESULT_PATH"] = str(result_path)
-    subprocess.run(
-        [*container.get("command", []), *container.get("args", [])],
-        env={"PATH": f"{TRAINER_BIN}:/usr/bin:/bin", "HOME": str(workdir), **env},
-        cwd=workdir,
-        capture_output=True,
-        check=True,
-        timeout=300,
-    )
-    result = parse_result(result_path.read_text())
-    assert result is not None and result.succeeded and result.artifact_uri, result
-    return Trained(result.artifact_uri, dict(result.metrics))
-
-
-def model_version(number: int, model: Trained, name: str = "iris") -> dict[str, Any]:
-    return {
-        "apiVersion": "modelloop.dev/v1alpha1",
-        "kind": "ModelVersion",
-        "metadata": {"name": f"{name}-v{number}"},
-        "spec": {
-            "modelName": name,
-            "version": number,
-            "artifact": {"uri": model.uri},
-            "framework": {"name": "sklearn"},
-            "metrics": model.metrics,
-            "validation": {
-                "gates": [{"metric": "accuracy", "comparison": "GreaterThanOrEqual", "threshold": 0.8}]
-            },
-        },
-    }
 
 
 def inference_service(name: str, mode: str, rollout: dict[str, Any], **spec: Any) -> dict[str, Any]:

@@ -9,6 +9,11 @@ prediction (``POST /v1/models/<model>:predict`` with ``{"instances": [[...]]}``)
 by (pod, status code), so a test can assert, say, that no request reached the canary while its weight
 was 0.
 
+A backend may be a *mirror* (Seldon's shadow predictor): it gets no weight of its own, and every request
+routed elsewhere is also sent, after it, to one of its pods; what the mirror answers is counted apart
+(:meth:`LoadGenerator.mirrored_to`) and reaches no one. Requests go in each endpoint's protocol: KServe's
+V1, or Seldon's (``POST /api/v1.0/predictions`` with ``{"data": {"ndarray": rows}}``).
+
 Two route readers come with it: :func:`httproute_weights` (a Gateway API HTTPRoute's backendRefs, each
 Service resolved to its pods by the Service's selector, as KServe's Standard mode routes) and
 :func:`knative_weights` (a KServe InferenceService's ``status.components.predictor.traffic``, each
@@ -31,10 +36,10 @@ import urllib.request
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from e2e.harness import BackgroundLoop, Cluster
-from e2e.serving import Endpoint, ServingKubelet
+from e2e.serving import Endpoint
 
 KNATIVE_REVISION_LABEL = "serving.knative.dev/revision"
 MALFORMED_BODY: Mapping[str, Any] = {"instances": [["not a number"]]}
@@ -45,6 +50,14 @@ NO_RESPONSE = 0
 log = logging.getLogger(__name__)
 
 PodPredicate = Callable[[str, Mapping[str, str]], bool]
+
+
+class EndpointSource(Protocol):
+    """What runs the servers (the stand-in kubelet, the Seldon stand-in): the endpoints ready now."""
+
+    def endpoints(self) -> Mapping[str, Endpoint]: ...
+
+
 """A choice of pods: (pod name, pod labels) -> whether the pod is one of them."""
 
 
@@ -55,11 +68,13 @@ class Backend:
     name: str
     selector: tuple[tuple[str, str], ...] | None
     """Label pairs a pod must all have; None when the destination does not exist (it selects no pod)."""
+    mirror: bool = False
+    """It gets a copy of every request sent elsewhere (a shadow), never a request of its own."""
 
     @classmethod
-    def of(cls, name: str, selector: Mapping[str, str] | None) -> Backend:
+    def of(cls, name: str, selector: Mapping[str, str] | None, mirror: bool = False) -> Backend:
         """A backend selecting the pods that have every label of ``selector``."""
-        return cls(name, None if selector is None else tuple(sorted(selector.items())))
+        return cls(name, None if selector is None else tuple(sorted(selector.items())), mirror)
 
     def matches(self, labels: Mapping[str, str]) -> bool:
         """Whether a pod with ``labels`` is one of this backend's."""
@@ -129,7 +144,7 @@ class WeightedPicker:
 
     def pick(self, weights: Mapping[Backend, int]) -> Backend | None:
         """The next backend, or None when no backend has weight."""
-        live = {b: w for b, w in weights.items() if w > 0}
+        live = {b: w for b, w in weights.items() if w > 0 and not b.mirror}
         if not live:
             return None
         for backend, weight in live.items():
@@ -144,7 +159,7 @@ class LoadGenerator(BackgroundLoop):
 
     def __init__(
         self,
-        kubelet: ServingKubelet,
+        kubelet: EndpointSource,
         route_reader: RouteReader,
         rate_per_s: float,
         payload: list[float] | Callable[[str], Mapping[str, Any]],
@@ -162,6 +177,7 @@ class LoadGenerator(BackgroundLoop):
         self.route_refresh_s = route_refresh_s
         self.timeout_s = timeout_s
         self._responses: Counter[tuple[str, int]] = Counter()
+        self._mirrored: Counter[tuple[str, int]] = Counter()
         self._unroutable: Counter[str] = Counter()
         self._pod_labels: dict[str, Mapping[str, str]] = {}  # of every pod sent to, also deleted ones
         self._faults: list[tuple[PodPredicate, float]] = []
@@ -199,14 +215,27 @@ class LoadGenerator(BackgroundLoop):
             with self._lock:
                 self._unroutable[backend.name] += 1
             return None
-        names = sorted(endpoints)
-        pod = names[self._next_pod[backend] % len(names)]
-        self._next_pod[backend] += 1
-        code = self._send(pod, endpoints[pod])
+        pod = self._next(backend, endpoints)
+        body = self._body(pod, endpoints[pod].labels)
+        code = self._send(endpoints[pod], body)
         with self._lock:
             self._responses[(pod, code)] += 1
             self._pod_labels[pod] = endpoints[pod].labels
+        for mirror in [b for b in weights if b.mirror]:
+            mirrors = {n: e for n, e in self.kubelet.endpoints().items() if mirror.matches(e.labels)}
+            if mirrors:
+                shadow = self._next(mirror, mirrors)
+                answer = self._send(mirrors[shadow], body)
+                with self._lock:
+                    self._mirrored[(shadow, answer)] += 1
+                    self._pod_labels[shadow] = mirrors[shadow].labels
         return pod, code
+
+    def _next(self, backend: Backend, endpoints: Mapping[str, Endpoint]) -> str:
+        names = sorted(endpoints)
+        pod = names[self._next_pod[backend] % len(names)]
+        self._next_pod[backend] += 1
+        return pod
 
     # --- faults ---------------------------------------------------------------------------------------
 
@@ -237,6 +266,13 @@ class LoadGenerator(BackgroundLoop):
         the answer, also to pods deleted since."""
         with self._lock:
             counts, labels = dict(self._responses), dict(self._pod_labels)
+        chosen: PodPredicate = (lambda name, _labels: name == pods) if isinstance(pods, str) else pods
+        return sum(count for (pod, _code), count in counts.items() if chosen(pod, labels[pod]))
+
+    def mirrored_to(self, pods: PodPredicate | str) -> int:
+        """How many mirrored copies went to ``pods`` (their answers reached no one)."""
+        with self._lock:
+            counts, labels = dict(self._mirrored), dict(self._pod_labels)
         chosen: PodPredicate = (lambda name, _labels: name == pods) if isinstance(pods, str) else pods
         return sum(count for (pod, _code), count in counts.items() if chosen(pod, labels[pod]))
 
@@ -280,10 +316,15 @@ class LoadGenerator(BackgroundLoop):
             return self.payload(pod)
         return {"instances": [list(self.payload)]}
 
-    def _send(self, pod: str, endpoint: Endpoint) -> int:
-        body = json.dumps(self._body(pod, endpoint.labels)).encode()
+    def _send(self, endpoint: Endpoint, v1_body: Mapping[str, Any]) -> int:
+        if endpoint.protocol == "seldon":
+            url = f"{endpoint.url}/api/v1.0/predictions"
+            body = json.dumps({"data": {"ndarray": v1_body.get("instances")}}).encode()
+        else:
+            url = f"{endpoint.url}/v1/models/{endpoint.model}:predict"
+            body = json.dumps(v1_body).encode()
         request = urllib.request.Request(
-            f"{endpoint.url}/v1/models/{endpoint.model}:predict",
+            url,
             data=body,
             headers={"Content-Type": "application/json"},
             method="POST",
