@@ -121,8 +121,7 @@ def render_rollout(service: Mapping[str, Any]) -> str:
         f"Message:    {status.get('message', '-')}",
         f"Stable:     {_or_dash(status.get('stableVersion'))}",
         f"Canary:     {_or_dash(status.get('canaryVersion'))}",
-        f"Step:       {at}"
-        + (f" (since {status['stepStartTime']})" if status.get("stepStartTime") else ""),
+        f"Step:       {at}" + (f" (since {status['stepStartTime']})" if status.get("stepStartTime") else ""),
         f"Traffic:    asked {_or_dash(status.get('canaryWeight'))}%, "
         f"observed {_or_dash(status.get('canaryTraffic'))}%",
         f"URL:        {status.get('url', '-')}",
