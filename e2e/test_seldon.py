@@ -213,8 +213,13 @@ def test_shadow_mirrors_traffic_before_the_steps_and_a_challenger_failing_in_sha
         wait_status(cluster, "iris", namespace, canaryVersion=2, canaryTraffic=10, timeout=60)
         wait_for(lambda: load.sent_to(on("v2")) > 0, timeout=30, what="user requests to v2 at 10%")
         wait_status(cluster, "iris", namespace, phase="Promoted", stableVersion=2, timeout=120)
-        assert recorder.weights()[:3] == [{"v1": 100}, {"v1": 90, "v2": 10}, {"v2": 100}]
-        assert any(shadow for _, predictors in recorder.versions for _, _, shadow in predictors)
+        # Mirrored (v2 a shadow at 0), then 90/10, then the challenger alone.
+        assert [predictors for _, predictors in recorder.versions][:4] == [
+            (("v1", 100, False),),
+            (("v1", 100, False), ("v2", 0, True)),
+            (("v1", 90, False), ("v2", 10, False)),
+            (("v2", 100, False),),
+        ]
 
         cluster.apply(model_version(3, trained["wine"]), namespace)
         wait_status(cluster, "iris", namespace, canaryVersion=3, shadow=True, timeout=60)
