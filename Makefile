@@ -15,7 +15,11 @@ TRAINER_STAMP := $(TRAINER_VENV)/.installed
 SERVER        := runtimes/server
 SERVER_VENV   ?= .venvs/server
 SERVER_STAMP  := $(SERVER_VENV)/.installed
-# The trainer and the server both install PyTorch (GBs): the second install comes from this cache.
+# The Seldon model server runtime (seldon-core 1.17.1, scikit-learn, PyTorch): its own environment as well.
+SELDON        := runtimes/seldon
+SELDON_VENV   ?= .venvs/seldon
+SELDON_STAMP  := $(SELDON_VENV)/.installed
+# The trainer and both model servers install PyTorch (GBs): the later installs come from this cache.
 export PIP_CACHE_DIR ?= $(HOME)/.cache/modelloop/pip
 export KUBECONFIG := $(CURDIR)/.cluster/kubeconfig
 
@@ -66,19 +70,19 @@ typecheck: $(STAMP) ## mypy --strict on operator/modelloop
 unit: $(STAMP) ## unit tests (no cluster)
 	$(VENV)/bin/pytest tests -q
 
-e2e: $(STAMP) $(TRAINER_STAMP) $(SERVER_STAMP) cluster-bins kserve-bins prometheus-bin ## end-to-end tests on the local control plane (started and stopped by the tests)
+e2e: $(STAMP) $(TRAINER_STAMP) $(SERVER_STAMP) $(SELDON_STAMP) cluster-bins kserve-bins prometheus-bin ## end-to-end tests on the local control plane (started and stopped by the tests)
 	$(VENV)/bin/pytest e2e -q
 
 setup: ## every environment and binary the tests need, made in parallel (what is there already is kept)
-	$(MAKE) --no-print-directory -j4 venv trainer-venv server-venv cluster-bins kserve-bins prometheus-bin
+	$(MAKE) --no-print-directory -j4 venv trainer-venv server-venv seldon-venv cluster-bins kserve-bins prometheus-bin
 
-test: setup lint typecheck unit trainer-lint trainer-test server-lint server-test e2e ## everything: lint, types, unit and e2e tests (operator and runtimes)
+test: setup lint typecheck unit trainer-lint trainer-test server-lint server-test seldon-lint seldon-test e2e ## everything: lint, types, unit and e2e tests (operator and runtimes)
 
 demo: $(STAMP) $(TRAINER_STAMP) ## the whole show on a local control plane
 	hack/demo.sh
 
 clean: cluster-down ## remove the environment and local state (the binary cache stays)
-	rm -rf $(VENV) $(TRAINER_VENV) $(SERVER_VENV) .cluster .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(TRAINER_VENV) $(SERVER_VENV) $(SELDON_VENV) .cluster .mypy_cache .ruff_cache .pytest_cache
 
 # --- the trainer runtime (runtimes/trainer): its own environment, .venvs/trainer ---------------------
 
@@ -121,3 +125,26 @@ server-lint: $(STAMP) $(SERVER_STAMP) ## ruff and mypy --strict on the model ser
 
 server-test: $(SERVER_STAMP) ## the model server's tests (real artifacts, a real server process, real HTTP)
 	cd $(SERVER) && $(CURDIR)/$(SERVER_VENV)/bin/pytest -q
+
+# --- the Seldon model server runtime (runtimes/seldon): its own environment, .venvs/seldon ----------
+
+.PHONY: seldon-venv seldon-lint seldon-test
+
+$(SELDON_STAMP): $(SELDON)/requirements.lock $(SELDON)/requirements-dev.lock $(SELDON)/pyproject.toml
+	@test -x $(SELDON_VENV)/bin/python || python3.11 -m venv $(SELDON_VENV) 2>/dev/null || python3 -m venv $(SELDON_VENV)
+	$(SELDON_VENV)/bin/python -m pip install -q --disable-pip-version-check \
+	  -r $(SELDON)/requirements.lock -r $(SELDON)/requirements-dev.lock
+	$(SELDON_VENV)/bin/python -m pip install -q --disable-pip-version-check --no-deps -e $(SELDON)
+	@# The lock pins setuptools below 82, whose removal of pkg_resources breaks seldon-core's gunicorn.
+	$(SELDON_VENV)/bin/python -W ignore -c 'import seldon_core.microservice, modelloop_seldon'
+	@touch $@
+
+seldon-venv: $(SELDON_STAMP) ## the Seldon model server's environment (.venvs/seldon, with seldon-core and PyTorch) from its lock files
+
+seldon-lint: $(STAMP) $(SELDON_STAMP) ## ruff and mypy --strict on the Seldon model server runtime and its benchmark
+	$(VENV)/bin/ruff check $(SELDON) bench/seldon_server.py
+	$(VENV)/bin/ruff format --check $(SELDON) bench/seldon_server.py
+	cd $(SELDON) && $(CURDIR)/$(VENV)/bin/mypy --python-executable $(CURDIR)/$(SELDON_VENV)/bin/python
+
+seldon-test: $(SELDON_STAMP) $(TRAINER_STAMP) prometheus-bin ## the Seldon model server's tests (real server processes, real HTTP, a real Prometheus)
+	cd $(SELDON) && $(CURDIR)/$(SELDON_VENV)/bin/pytest -q

@@ -45,6 +45,7 @@ from sklearn.linear_model import LogisticRegression
 
 MODEL_NAME = "iris"
 ROW = [5.9, 3.0, 5.1, 1.8]
+V1_BODY = b'{"instances": [[' + ", ".join(str(value) for value in ROW).encode() + b"]]}"
 # The baseline server, as a user of KServe writes one: KServe's own decoding and encoding helpers.
 BASELINE_SERVER = """
 import sys
@@ -75,6 +76,19 @@ model = JoblibModel(sys.argv[1], sys.argv[2])
 model.load()
 kserve.ModelServer(http_port=int(sys.argv[3]), workers=1, enable_grpc=False).start([model])
 """
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where a server answers: its readiness path, its prediction path, and a one-row request body."""
+
+    ready_path: str
+    predict_path: str
+    body: bytes
+
+
+# KServe's V1 protocol, as both KServe servers here answer it.
+KSERVE_V1 = Endpoint(f"/v1/models/{MODEL_NAME}", f"/v1/models/{MODEL_NAME}:predict", V1_BODY)
 
 
 @dataclass(frozen=True)
@@ -212,9 +226,8 @@ async def _open_loop(
 
 
 async def _measure(
-    url: str, server: psutil.Process, args: argparse.Namespace
+    url: str, server: psutil.Process, args: argparse.Namespace, body: bytes = V1_BODY
 ) -> tuple[Measurement, Measurement]:
-    body = b'{"instances": [[' + ", ".join(str(value) for value in ROW).encode() + b"]]}"
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as session:
         await _closed_loop(session, url, body, args.concurrency, args.warmup)
@@ -226,13 +239,24 @@ async def _measure(
 
 
 async def _with_server_cpu(server: psutil.Process, measuring: Awaitable[Measurement]) -> Measurement:
-    before = server.cpu_times()
+    before = _tree_cpu_seconds(server)
     measurement = await measuring
-    after = server.cpu_times()
-    cpu = (after.user - before.user) + (after.system - before.system)
+    cpu = _tree_cpu_seconds(server) - before
     return Measurement(
         measurement.requests, measurement.seconds, measurement.latencies, measurement.errors, cpu
     )
+
+
+def _tree_cpu_seconds(server: psutil.Process) -> float:
+    """CPU seconds of the server and its child processes (a gunicorn server answers from a child)."""
+    seconds = 0.0
+    for process in (server, *server.children(recursive=True)):
+        try:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        seconds += times.user + times.system
+    return seconds
 
 
 def _bench_server(
@@ -242,14 +266,15 @@ def _bench_server(
     args: argparse.Namespace,
     run: Callable[[Awaitable[Any]], Any],
     results: Results,
+    endpoint: Endpoint = KSERVE_V1,
 ) -> None:
     port = free_port()
     process = _start(command(port), folder / f"{name}.log")
     try:
         base = f"http://127.0.0.1:{port}"
-        run(_wait_ready(f"{base}/v1/models/{MODEL_NAME}", process))
+        run(_wait_ready(f"{base}{endpoint.ready_path}", process))
         throughput, latency = run(
-            _measure(f"{base}/v1/models/{MODEL_NAME}:predict", psutil.Process(process.pid), args)
+            _measure(f"{base}{endpoint.predict_path}", psutil.Process(process.pid), args, endpoint.body)
         )
     finally:
         process.terminate()

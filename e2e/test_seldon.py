@@ -25,6 +25,8 @@ from typing import Any
 
 import pytest
 from kubernetes import watch
+from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import ProtocolError
 
 from e2e.harness import BackgroundLoop, Cluster, running_operator, wait_for
 from e2e.kubelet import TRAINER_BIN
@@ -39,7 +41,8 @@ needs_runtimes = pytest.mark.skipif(
     reason="the trainer and Seldon model server runtimes are not installed (make trainer-venv seldon-venv)",
 )
 
-SELECT = 'namespace="{{namespace}}",seldon_deployment_id="{{name}}",version="{{version}}"'
+# deployment_name is seldon-core's own label (from SELDON_DEPLOYMENT_ID); namespace is the scrape target's.
+SELECT = 'namespace="{{namespace}}",deployment_name="{{name}}",version="{{version}}"'
 ERROR_RATE = (
     f"sum(rate(modelloop_seldon_errors_total{{{SELECT}}}[20s]) or vector(0))"
     f" / sum(rate(modelloop_seldon_requests_total{{{SELECT}}}[20s]))"
@@ -83,8 +86,9 @@ class WriteRecorder(BackgroundLoop):
 
     def __init__(self, stand_in: SeldonStandIn, name: str) -> None:
         super().__init__("seldon-write-recorder")
-        self._stand_in, self._name = stand_in, name
+        self._stand_in, self._deployment = stand_in, name
         self.versions: list[tuple[str, tuple[tuple[str, int, bool], ...]]] = []
+        self.gaps: list[str] = []
         self._watch = watch.Watch()
 
     def stop(self) -> None:
@@ -92,35 +96,49 @@ class WriteRecorder(BackgroundLoop):
         super().stop()
 
     def _loop(self) -> None:
-        api, namespace = self._stand_in.api, self._stand_in.namespace
         resource_version = None
         while not self._stopping.is_set():
-            for event in self._watch.stream(
-                api.list_namespaced_custom_object,
-                GROUP,
-                VERSION,
-                namespace,
-                PLURAL,
-                field_selector=f"metadata.name={self._name}",
-                resource_version=resource_version,
-                timeout_seconds=5,
-            ):
-                obj = event["object"]
-                resource_version = obj["metadata"]["resourceVersion"]
-                predictors = tuple(
-                    (p["name"], int(p.get("traffic") or 0), bool(p.get("shadow")))
-                    for p in obj["spec"].get("predictors") or ()
-                )
-                if not self.versions or self.versions[-1][1] != predictors:
-                    self.versions.append((resource_version, predictors))
-                if self._stopping.is_set():
-                    break
+            try:
+                resource_version = self._watch_from(resource_version)
+            except ProtocolError:  # the connection dropped: watch again from the last version seen
+                continue
+            except ApiException as error:
+                if error.status == 410:  # versions were compacted away: some writes could be missed
+                    self.gaps.append(f"watch expired after resourceVersion {resource_version}")
+                    resource_version = None
+                    continue
+                raise
+
+    def _watch_from(self, resource_version: str | None) -> str | None:
+        api, namespace = self._stand_in.api, self._stand_in.namespace
+        for event in self._watch.stream(
+            api.list_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            namespace,
+            PLURAL,
+            field_selector=f"metadata.name={self._deployment}",
+            resource_version=resource_version,
+            timeout_seconds=5,
+        ):
+            obj = event["object"]
+            resource_version = obj["metadata"]["resourceVersion"]
+            predictors = tuple(
+                (p["name"], int(p.get("traffic") or 0), bool(p.get("shadow")))
+                for p in obj["spec"].get("predictors") or ()
+            )
+            if not self.versions or self.versions[-1][1] != predictors:
+                self.versions.append((resource_version, predictors))
+            if self._stopping.is_set():
+                break
+        return resource_version
 
     def weights(self) -> list[dict[str, int]]:
         """The non-shadow weights of each distinct version written, in order."""
         return [{n: t for n, t, shadow in predictors if not shadow} for _, predictors in self.versions]
 
     def assert_every_write_sums_to_100(self) -> None:
+        assert not self.gaps, self.gaps
         for resource_version, predictors in self.versions:
             total = sum(traffic for _, traffic, shadow in predictors if not shadow)
             assert total == 100, f"resourceVersion {resource_version} has weights {predictors}"

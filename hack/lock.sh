@@ -18,7 +18,11 @@ ENVIRONMENTS=(
   "operator  requirements      operator.in      dev.in               the operator"
   "trainer   runtimes/trainer  requirements.in  requirements-dev.in  the trainer image"
   "server    runtimes/server   requirements.in  requirements-dev.in  the model server image"
+  "seldon    runtimes/seldon   requirements.in  requirements-dev.in  the Seldon model server image"
 )
+# pip freeze leaves out setuptools. The environments named here pin it in their runtime lock all the
+# same (seldon: seldon-core's gunicorn 20.1 imports pkg_resources, which setuptools 82 removed).
+PINS_SETUPTOOLS=(seldon)
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON="${PYTHON:-python3.11}"
@@ -49,6 +53,20 @@ row_of() {
   return 1
 }
 
+pins_setuptools() {
+  [[ " ${PINS_SETUPTOOLS[*]} " == *" $1 "* ]]
+}
+
+# freeze NAME PIP: the environment's packages, one name==version a line, sorted
+freeze() {
+  local name=$1 pip=$2
+  if pins_setuptools "$name"; then
+    { "$pip" freeze --exclude-editable; "$pip" freeze --all --exclude-editable | grep -i '^setuptools=='; } | sort -f
+  else
+    "$pip" freeze --exclude-editable | sort -f
+  fi
+}
+
 # lock NAME FOLDER RUNTIME_IN DEV_IN WHAT
 lock() {
   local name=$1 folder=$2 runtime_in=$3 dev_in=$4 what=$5
@@ -60,13 +78,17 @@ lock() {
   dev_header+=" on top of $runtime_lock. Regenerate: make lock"
 
   if ((DRY_RUN)); then
+    local freeze_shown="pip freeze --exclude-editable | sort -f"
+    if pins_setuptools "$name"; then
+      freeze_shown="(pip freeze --exclude-editable; pip freeze --all | grep ^setuptools==) | sort -f"
+    fi
     cat <<EOF
 $name: lock $folder/$runtime_in and $folder/$dev_in
   $PYTHON -m venv <tmp>/venv
   pip install -r $folder/$runtime_in
-  pip freeze --exclude-editable | sort -f                            -> <tmp>/runtime
+$(printf '  %-66s -> <tmp>/runtime' "$freeze_shown")
   pip install -c <tmp>/runtime -r $folder/$dev_in
-  pip freeze --exclude-editable | sort -f                            -> <tmp>/all
+$(printf '  %-66s -> <tmp>/all' "$freeze_shown")
   pip check
   write ${dest#"$ROOT"/}/$runtime_lock: $runtime_header
         + <tmp>/runtime
@@ -80,9 +102,9 @@ EOF
   mkdir -p "$work" "$dest"
   "$PYTHON" -m venv "$work/venv"
   "$pip" install -q -r "$src/$runtime_in"
-  "$pip" freeze --exclude-editable | sort -f >"$work/runtime"
+  freeze "$name" "$pip" >"$work/runtime"
   "$pip" install -q -c "$work/runtime" -r "$src/$dev_in"
-  "$pip" freeze --exclude-editable | sort -f >"$work/all"
+  freeze "$name" "$pip" >"$work/all"
   "$pip" check
   { echo "$runtime_header"; cat "$work/runtime"; } >"$work/$runtime_lock"
   { echo "$dev_header"; awk 'NR == FNR { locked[$0]; next } !($0 in locked)' \

@@ -74,6 +74,11 @@ def test_the_stable_version_alone_takes_all_traffic_with_its_artifact_and_modell
     assert container["name"] == graph["name"]  # Seldon pairs the graph node and its container by name
     assert "image" not in container  # seldon-config's predictor_servers names it
     assert container["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    # seldon-core needs a writable /tmp under a read-only root.
+    assert container["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"}]
+    assert predictor["componentSpecs"][0]["spec"]["volumes"] == [{"name": "tmp", "emptyDir": {}}]
+    assert predictor["labels"]["version"] == "1"
 
 
 @pytest.mark.parametrize("weight", [0, 10, 50, 90, 100])

@@ -145,6 +145,8 @@ def _predictor(service: ServiceContext, version: VersionInfo, traffic: int) -> d
     container: dict[str, Any] = {
         "name": MODEL_CONTAINER,
         "env": [{"name": VERSION_ENV, "value": str(version.number)}],
+        # The root filesystem is read-only; seldon-core's workers and metrics need a writable /tmp.
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
         "securityContext": {
             "runAsNonRoot": True,
             "allowPrivilegeEscalation": False,
@@ -160,7 +162,7 @@ def _predictor(service: ServiceContext, version: VersionInfo, traffic: int) -> d
         container["resources"] = resources
     component: dict[str, Any] = {
         "metadata": {"labels": {LABEL_INFERENCE_SERVICE: service.name}},
-        "spec": {"containers": [container]},
+        "spec": {"containers": [container], "volumes": [{"name": "tmp", "emptyDir": {}}]},
     }
     minimum = settings.min_replicas if settings.min_replicas is not None else 1
     if settings.max_replicas is not None and settings.max_replicas > minimum:
@@ -169,7 +171,8 @@ def _predictor(service: ServiceContext, version: VersionInfo, traffic: int) -> d
         "name": predictor_name(version.number),
         "traffic": traffic,
         "replicas": minimum,
-        "labels": {"modelloop.dev/version": str(version.number)},
+        # Seldon's metrics label every series predictor_version from the predictor's "version" label.
+        "labels": {"modelloop.dev/version": str(version.number), "version": str(version.number)},
         "graph": graph,
         "componentSpecs": [component],
     }

@@ -1,0 +1,171 @@
+"""The Seldon wrapper against modelloop's KServe model server and KServe's own, on the same artifact.
+
+Run it in the server's environment, with the Seldon one built beside it (make server-venv seldon-venv):
+
+    .venvs/server/bin/python bench/seldon_server.py [--concurrency 8] [--seconds 10] [--rate 200] [--rounds 1]
+
+It extends bench/model_server.py and reuses its pieces: the artifact (a LogisticRegression on iris,
+in the trainer's layout), its two KServe servers (``modelloop-serve``, and a plain ``kserve.Model``
+as a user of KServe writes one), and its load generator and measurements. The third server is
+runtimes/seldon's wrapper, ``seldon-core-microservice modelloop_seldon.ModelloopModel`` from
+.venvs/seldon, run as its image runs it (one gunicorn worker, no gRPC server) and sent Seldon's
+REST protocol. Every request is a single-row prediction; each server has one worker.
+
+Issue 10's target: modelloop's KServe server answers at least 1.3 times the Seldon wrapper's
+requests per second (the exit status is 1 when it does not).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import model_server
+from model_server import KSERVE_V1, MODEL_NAME, ROW, Endpoint, Results
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGET_RATIO = 1.3
+SELDON_BODY = json.dumps({"data": {"ndarray": [ROW]}}).encode()
+SELDON_REST = Endpoint("/health/ping", "/api/v1.0/predictions", SELDON_BODY)
+# As the Dockerfile of runtimes/seldon sets them.
+SELDON_IMAGE_ENV = {
+    "GUNICORN_WORKERS": "1",
+    "GRPC_WORKERS": "0",
+    "INCLUDE_METRICS_IN_CLIENT_RESPONSE": "false",
+    "PREDICTIVE_UNIT_METRICS_ENDPOINT": "/prometheus",
+}
+
+
+def _arguments() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--concurrency", type=int, default=8, help="connections in the throughput test")
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of each measurement")
+    parser.add_argument("--warmup", type=float, default=3.0, help="seconds of load before each measurement")
+    parser.add_argument("--rate", type=float, default=200.0, help="requests per second in the latency test")
+    parser.add_argument("--rounds", type=int, default=1, help="turns each server takes; figures are medians")
+    parser.add_argument(
+        "--seldon-venv",
+        type=Path,
+        default=ROOT / ".venvs" / "seldon",
+        help="the Seldon wrapper's environment",
+    )
+    return parser.parse_args()
+
+
+def _seldon_command(microservice: Path, model_dir: Path) -> Callable[[int], list[str]]:
+    parameters = [
+        {"name": "model_uri", "type": "STRING", "value": str(model_dir)},
+        {"name": "model_version", "type": "STRING", "value": "bench"},
+    ]
+
+    def command(port: int) -> list[str]:
+        return [
+            "env",
+            *(f"{name}={value}" for name, value in SELDON_IMAGE_ENV.items()),
+            str(microservice),
+            "modelloop_seldon.ModelloopModel",
+            f"--http-port={port}",
+            f"--metrics-port={model_server.free_port()}",
+            f"--parameters={json.dumps(parameters)}",
+        ]
+
+    return command
+
+
+def _report(results: dict[str, Results], rate: float) -> tuple[float, float]:
+    """Print the medians as a table; the ratio of modelloop's to the Seldon wrapper's req/s, and KServe's."""
+    print(
+        f"{'server':>10} | {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} | at {rate:.0f} req/s: "
+        f"{'p50 ms':>7} {'p99 ms':>7} | server CPU us/request"
+    )
+    for name, figures in results.items():
+        print(
+            f"{name:>10} | {figures.median(lambda m: m.per_second):7.1f} "
+            f"{figures.median(lambda m: m.percentile(0.5)) * 1000:7.2f} "
+            f"{figures.median(lambda m: m.percentile(0.99)) * 1000:7.2f} | {'':>14}"
+            f"{figures.median(lambda m: m.percentile(0.5), 'latency') * 1000:7.2f} "
+            f"{figures.median(lambda m: m.percentile(0.99), 'latency') * 1000:7.2f} | "
+            f"{figures.median(lambda m: m.cpu_per_request) * 1e6:6.0f}"
+        )
+    seldon = results["seldon"].median(lambda m: m.per_second)
+    return (
+        results["modelloop"].median(lambda m: m.per_second) / seldon,
+        results["kserve"].median(lambda m: m.per_second) / seldon,
+    )
+
+
+def main() -> int:
+    args = _arguments()
+    microservice = args.seldon_venv / "bin" / "seldon-core-microservice"
+    if not microservice.is_file():
+        print(f"{microservice} is missing: make seldon-venv", file=sys.stderr)
+        return 2
+    try:
+        import uvloop
+
+        run: Callable[[Awaitable[Any]], Any] = uvloop.run
+    except ImportError:
+        run = asyncio.run
+    serve = str(Path(sys.executable).with_name("modelloop-serve"))
+    print(
+        f"{os.cpu_count()} CPUs; one worker per server; single-row predictions of a LogisticRegression "
+        f"on iris; {args.concurrency} connections for throughput"
+    )
+    results = {name: Results([], []) for name in ("modelloop", "kserve", "seldon")}
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(scratch)
+        model_dir = folder / "model"
+        model_dir.mkdir()
+        model_server._write_artifact(model_dir)
+        servers: list[tuple[str, Callable[[int], list[str]], Endpoint]] = [
+            (
+                "modelloop",
+                lambda port: [
+                    serve,
+                    f"--model_name={MODEL_NAME}",
+                    f"--model_dir={model_dir}",
+                    f"--http_port={port}",
+                    "--model_version=bench",
+                ],
+                KSERVE_V1,
+            ),
+            (
+                "kserve",
+                lambda port: [
+                    sys.executable,
+                    "-c",
+                    model_server.BASELINE_SERVER,
+                    MODEL_NAME,
+                    str(model_dir),
+                    str(port),
+                ],
+                KSERVE_V1,
+            ),
+            ("seldon", _seldon_command(microservice, model_dir), SELDON_REST),
+        ]
+        for round_number in range(1, args.rounds + 1):
+            print(f"round {round_number} of {args.rounds}")
+            # Turn about, so that a change in the machine's load favours no server.
+            for name, command, endpoint in servers if round_number % 2 else servers[::-1]:
+                model_server._bench_server(name, command, folder, args, run, results[name], endpoint)
+    print(f"medians over {args.rounds} round(s):")
+    ratio, kserve_ratio = _report(results, args.rate)
+    verdict = "holds" if ratio >= TARGET_RATIO else "does NOT hold"
+    print(
+        f"modelloop's KServe server vs the Seldon wrapper: {ratio:.2f}x the req/s "
+        f"(target >= {TARGET_RATIO}: {verdict}); KServe's own vs the Seldon wrapper: {kserve_ratio:.2f}x"
+    )
+    return 0 if ratio >= TARGET_RATIO else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

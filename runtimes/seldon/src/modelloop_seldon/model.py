@@ -1,0 +1,107 @@
+"""The Seldon model: a modelloop artifact behind seldon-core's Python wrapper interface."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from seldon_core.proto import prediction_pb2
+from seldon_core.utils import construct_response_json, json_to_seldon_message, seldon_message_to_json
+
+from modelloop_seldon.artifacts import ArtifactError, Predictor, load_predictor, model_folder
+from modelloop_seldon.messages import (
+    INTERNAL,
+    MODEL_REJECTED,
+    BadRequest,
+    failure_message,
+    features_from_message,
+)
+from modelloop_seldon.metrics import ServerMetrics
+
+DEFAULT_MODEL_URI = "/mnt/models"  # where Seldon's storage initializer puts a graph's modelUri
+VERSION_ENV = "MODELLOOP_MODEL_VERSION"
+
+logger = logging.getLogger(__name__)
+
+
+class ModelloopModel:
+    """Serves the modelloop artifact at ``model_uri`` and counts its answers under ``model_version``.
+
+    seldon-core-microservice makes one in its main process from the graph's parameters
+    (``PREDICTIVE_UNIT_PARAMETERS``), then calls :meth:`load` once in each worker process.
+    ``model_version`` is the ``version`` label of the metrics: the parameter, else
+    ``$MODELLOOP_MODEL_VERSION``, else ``unknown``.
+    """
+
+    def __init__(
+        self, model_uri: str = DEFAULT_MODEL_URI, model_version: str | int | float | None = None
+    ) -> None:
+        self.model_dir = model_folder(str(model_uri))
+        version = os.environ.get(VERSION_ENV) if model_version is None else str(model_version)
+        self.version = version or "unknown"
+        self.predictor: Predictor | None = None
+        self.metrics = ServerMetrics(self.version, None)
+
+    def load(self) -> None:
+        """Load the artifact; raises :class:`ArtifactError` (the worker then fails to boot) when it cannot."""
+        try:
+            self.predictor = load_predictor(self.model_dir)
+        except ArtifactError:
+            raise
+        except Exception as exc:
+            # seldon-core ignores an AttributeError from load(): none may escape as one.
+            raise ArtifactError(f"cannot load {self.model_dir}: {type(exc).__name__}: {exc}") from exc
+        self.metrics = ServerMetrics(self.version, self.predictor.classes)
+        logger.info(
+            "loaded the %s model in %s (version %s, %s)",
+            self.predictor.framework,
+            self.model_dir,
+            self.version,
+            "regressor" if self.predictor.classes is None else f"classes {list(self.predictor.classes)}",
+        )
+
+    def predict_raw(self, request: Any) -> Any:
+        """Answer one prediction request: a SeldonMessage as JSON (REST) or as protobuf (gRPC).
+
+        The answer carries its metrics in ``meta.metrics``, and a failure carries its HTTP status in
+        ``status.code``: 400 for a request the model cannot take, 500 for the server's own faults.
+        """
+        if isinstance(request, prediction_pb2.SeldonMessage):
+            answer = self._answer(seldon_message_to_json(request))
+            # seldon-core reads a gRPC answer's metrics back through protobuf's JSON, which leaves
+            # out a 0 value and then fails on it: the series declared at 0 are REST's only.
+            meta = answer["meta"]
+            meta["metrics"] = [metric for metric in meta.get("metrics", []) if metric["value"]]
+            return json_to_seldon_message(answer)
+        return self._answer(request)
+
+    def _answer(self, request: Any) -> dict[str, Any]:
+        try:
+            predictor = self.predictor
+            if predictor is None:
+                raise RuntimeError(f"the model in {self.model_dir} is not loaded")
+            rows = features_from_message(request, predictor.feature_names, predictor.n_features)
+            try:
+                predictions = predictor.predict(rows)
+            except ValueError as exc:
+                # scikit-learn and numpy say ValueError for rows the model cannot take (NaN without
+                # an imputer, infinities): the client's to fix, in the model's own words.
+                raise BadRequest(f"the model cannot predict these rows: {exc}", MODEL_REJECTED) from None
+            metrics = self.metrics.for_predictions(predictions)
+            response: dict[str, Any] = construct_response_json(
+                self, False, request, predictions, request.get("meta"), metrics
+            )
+            return response
+        except BadRequest as error:
+            return failure_message(
+                error.message, 400, error.reason, self.metrics.for_failure(400, error.reason)
+            )
+        except Exception as exc:
+            logger.exception("failed to answer a prediction request")
+            return failure_message(
+                f"the server failed: {type(exc).__name__}: {exc}",
+                500,
+                INTERNAL,
+                self.metrics.for_failure(500, INTERNAL),
+            )
