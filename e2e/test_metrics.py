@@ -34,7 +34,18 @@ def test_metrics_count_the_reconciles_and_api_calls_the_operator_made(
         wait_for(lambda: phase_is(cluster, "scraped", namespace, "Running"), timeout=60, what="Running")
         wait_for(lambda: reported(cluster, "scraped", namespace), timeout=60, what="the policy's status")
 
-        seen = scrape(port)
+        # The object-state gauges read the indexes at scrape time: the run shows up once it is Running.
+        seen = wait_for(
+            lambda: (
+                got
+                if (got := scrape(port)).get(
+                    ("modelloop_objects", (("kind", "TrainingRun"), ("phase", "Running")))
+                )
+                else None
+            ),
+            timeout=30,
+            what="the Running TrainingRun in modelloop_objects",
+        )
 
     def value(name: str, **labels: str) -> float:
         return seen.get((name, tuple(sorted(labels.items()))), 0.0)
@@ -45,3 +56,6 @@ def test_metrics_count_the_reconciles_and_api_calls_the_operator_made(
     assert value("modelloop_api_requests_total", verb="POST", code="201") >= 1  # the Job
     assert value("modelloop_api_requests_total", verb="PATCH", code="200") >= 2  # statuses
     assert ("modelloop_queue_depth", (("kind", "TrainingRun"),)) in seen
+    assert value("modelloop_objects", kind="DriftPolicy", phase="Watching") == 1
+    assert value("modelloop_training_run_oldest_pending_seconds") == 0  # none is Pending any more
+    assert ("modelloop_rollout_oldest_step_seconds", ()) in seen

@@ -201,6 +201,8 @@ def test_champion_challenger_at_90_10_promotes_a_healthy_challenger_and_rolls_ba
         assert rolled_back["stableVersion"] == 2 and rolled_back["rolledBackVersion"] == 3
         assert "error-rate" in rolled_back["message"] and "above its max 0.05" in rolled_back["message"]
         wait_status(cluster, "iris", namespace, phase="RolledBack", canaryVersion=None, timeout=60)
+        # Status is written before the SeldonDeployment: the write that drops v3 comes just after.
+        wait_for(lambda: recorder.weights()[-1] == {"v2": 100}, timeout=30, what="v3 dropped")
     recorder.assert_every_write_sums_to_100()
     challenged = [w for w in recorder.weights() if "v3" in w]
     assert challenged and all(w["v3"] in (0, 10) for w in challenged), recorder.weights()
@@ -244,6 +246,7 @@ def test_shadow_mirrors_traffic_before_the_steps_and_a_challenger_failing_in_sha
         rolled_back = wait_status(cluster, "iris", namespace, phase="RolledBack", timeout=120)
         assert rolled_back["rolledBackVersion"] == 3 and rolled_back["stableVersion"] == 2
         wait_status(cluster, "iris", namespace, canaryVersion=None, timeout=60)
+        wait_for(lambda: recorder.weights()[-1] == {"v2": 100}, timeout=30, what="v3 dropped")
     assert load.mirrored_to(on("v3")) > 0
     assert load.sent_to(on("v3")) == 0
     recorder.assert_every_write_sums_to_100()

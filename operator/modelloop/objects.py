@@ -9,7 +9,16 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from typing import Any
 
-_METADATA_KEYS = ("name", "namespace", "uid", "resourceVersion", "generation", "labels", "deletionTimestamp")
+_METADATA_KEYS = (
+    "name",
+    "namespace",
+    "uid",
+    "resourceVersion",
+    "generation",
+    "creationTimestamp",
+    "labels",
+    "deletionTimestamp",
+)
 
 
 def slim_object(body: Mapping[str, Any], annotations: Collection[str] = ()) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from modelloop.controllers import driftpolicy
 from modelloop.controllers.inferenceservice import InferenceServiceController
 from modelloop.controllers.modelversion import ModelRegistry
 from modelloop.controllers.reporting import SpecReviewer
+from modelloop.controllers.states import ObjectStates
 from modelloop.controllers.trainingrun import TrainingRunController
 from modelloop.runtime import metrics
 from modelloop.runtime.peering import PeeringGate
@@ -63,6 +64,10 @@ class Runtime:
             controller.queue.resume()
 
 
+OBJECT_STATES = ObjectStates()
+metrics.REGISTRY.register(OBJECT_STATES)
+
+
 @kopf.on.startup()
 async def start_controllers(memo: kopf.Memo, **kwargs: Any) -> None:
     """Make the controllers (kopf passes the indexes to start-up handlers too) and, with peering, the
@@ -86,6 +91,7 @@ async def start_controllers(memo: kopf.Memo, **kwargs: Any) -> None:
         )
         runtime.gate = asyncio.get_running_loop().create_task(gate.run(), name="peering gate")
     metrics.QUEUE_DEPTH.queues = lambda: [(q.name, q.depth(), q.scheduled()) for q in runtime.queues()]
+    OBJECT_STATES.indexes = lambda: indexes
     if settings.metrics_address is not None:
         runtime.metrics_server = await metrics.serve(settings.metrics_address)
     memo.runtime = runtime

@@ -1,5 +1,6 @@
 """The operator's own Prometheus metrics (kopf has none): reconciles, their duration and errors per kind,
-the work queues' depth and wait, and the API calls with their latency by verb and code.
+the work queues' depth and wait, the API calls with their latency by verb and code, and the retrainings
+drift policies started or skipped (the state of the objects is ``controllers.states``, registered here too).
 
 Every label value comes from a small fixed set (kinds, HTTP verbs, status codes), never from objects'
 names: the number of series stays bounded however many objects the operator reconciles. The metrics live
@@ -38,6 +39,11 @@ API_REQUESTS = Counter(
 API_SECONDS = Histogram(
     "modelloop_api_request_duration_seconds", "Latency of Kubernetes API requests, by verb.", ("verb",),
     buckets=_DURATIONS, registry=REGISTRY,
+)  # fmt: skip
+
+RETRAININGS = Counter(
+    "modelloop_retrainings", "Retrainings a DriftPolicy started or skipped, by result and reason.",
+    ("result", "reason"), registry=REGISTRY,
 )  # fmt: skip
 
 
