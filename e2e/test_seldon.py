@@ -89,6 +89,7 @@ class WriteRecorder(BackgroundLoop):
         self._stand_in, self._deployment = stand_in, name
         self.versions: list[tuple[str, tuple[tuple[str, int, bool], ...]]] = []
         self.gaps: list[str] = []
+        self._seen: str | None = None
         self._watch = watch.Watch()
 
     def stop(self) -> None:
@@ -96,20 +97,20 @@ class WriteRecorder(BackgroundLoop):
         super().stop()
 
     def _loop(self) -> None:
-        resource_version = None
         while not self._stopping.is_set():
             try:
-                resource_version = self._watch_from(resource_version)
-            except ProtocolError:  # the connection dropped: watch again from the last version seen
+                self._watch_on()
+            except ProtocolError:  # the connection dropped: watch again after the last version seen
                 continue
             except ApiException as error:
                 if error.status == 410:  # versions were compacted away: some writes could be missed
-                    self.gaps.append(f"watch expired after resourceVersion {resource_version}")
-                    resource_version = None
+                    self.gaps.append(f"watch expired after resourceVersion {self._seen}")
+                    self._seen = None
                     continue
                 raise
 
-    def _watch_from(self, resource_version: str | None) -> str | None:
+    def _watch_on(self) -> None:
+        """Watch from the last version seen (kept per event: a dropped connection must not replay)."""
         api, namespace = self._stand_in.api, self._stand_in.namespace
         for event in self._watch.stream(
             api.list_namespaced_custom_object,
@@ -118,20 +119,19 @@ class WriteRecorder(BackgroundLoop):
             namespace,
             PLURAL,
             field_selector=f"metadata.name={self._deployment}",
-            resource_version=resource_version,
+            resource_version=self._seen,
             timeout_seconds=5,
         ):
             obj = event["object"]
-            resource_version = obj["metadata"]["resourceVersion"]
+            self._seen = obj["metadata"]["resourceVersion"]
             predictors = tuple(
                 (p["name"], int(p.get("traffic") or 0), bool(p.get("shadow")))
                 for p in obj["spec"].get("predictors") or ()
             )
             if not self.versions or self.versions[-1][1] != predictors:
-                self.versions.append((resource_version, predictors))
+                self.versions.append((self._seen, predictors))
             if self._stopping.is_set():
                 break
-        return resource_version
 
     def weights(self) -> list[dict[str, int]]:
         """The non-shadow weights of each distinct version written, in order."""
@@ -206,6 +206,9 @@ def test_champion_challenger_at_90_10_promotes_a_healthy_challenger_and_rolls_ba
     recorder.assert_every_write_sums_to_100()
     challenged = [w for w in recorder.weights() if "v3" in w]
     assert challenged and all(w["v3"] in (0, 10) for w in challenged), recorder.weights()
+    # Once dropped, v3 is never written back (not even at 0).
+    with_v3 = [i for i, w in enumerate(recorder.weights()) if "v3" in w]
+    assert with_v3 == list(range(with_v3[0], with_v3[-1] + 1)), recorder.weights()
     assert recorder.weights()[-1] == {"v2": 100}
     assert stage(cluster, "iris-v2", namespace) == "Champion"
 

@@ -381,8 +381,10 @@ async def preflight(plurals: Iterable[str] | None = None, timeout: float = 10.0)
         try:
             version = await request("GET", "/version", timeout=deadline)
         except (aiohttp.ClientError, OSError, TimeoutError) as error:
+            # A timeout's text is empty: name its type then.
+            why = str(error) or type(error).__name__
             raise PreflightError(
-                f"cannot reach the Kubernetes API server at {config.server}: {error or type(error).__name__}"
+                f"cannot reach the Kubernetes API server at {config.server}: {why}"
             ) from error
         except ApiException as error:
             raise PreflightError(
