@@ -23,7 +23,7 @@ SELDON_STAMP  := $(SELDON_VENV)/.installed
 export PIP_CACHE_DIR ?= $(HOME)/.cache/modelloop/pip
 export KUBECONFIG := $(CURDIR)/.cluster/kubeconfig
 
-.PHONY: help setup venv lock crds cluster-bins kserve-bins prometheus-bin cluster cluster-down lint typecheck unit e2e test demo clean
+.PHONY: help setup venv lock crds cluster-bins kserve-bins helm-bin prometheus-bin cluster cluster-down lint typecheck unit alerts-test e2e test demo clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -41,12 +41,16 @@ lock: ## re-resolve every environment's lock files from its *.in files (one of t
 
 crds: $(STAMP) ## regenerate crds/ (and the chart's copy) from the API models
 	$(VENV)/bin/modelloop crds --output-dir crds
+	$(PY) hack/sync_chart.py
 
 cluster-bins: ## build the control plane's binaries from their Go modules (once; cached in ~/.cache/modelloop)
 	hack/build-cluster-bins.sh >/dev/null
 
 kserve-bins: ## build KServe's controller and agent from KServe's Go module (once; cached in ~/.cache/modelloop)
 	hack/build-kserve.sh >/dev/null
+
+helm-bin: ## build Helm from its Go module (once; cached in ~/.cache/modelloop)
+	hack/build-helm.sh >/dev/null
 
 prometheus-bin: ## install Debian's Prometheus (a real server for the e2e tests; its service is not started)
 	@command -v prometheus >/dev/null || { \
@@ -70,13 +74,16 @@ typecheck: $(STAMP) ## mypy --strict on operator/modelloop
 unit: $(STAMP) ## unit tests (no cluster)
 	$(VENV)/bin/pytest tests -q
 
-e2e: $(STAMP) $(TRAINER_STAMP) $(SERVER_STAMP) $(SELDON_STAMP) cluster-bins kserve-bins prometheus-bin ## end-to-end tests on the local control plane (started and stopped by the tests)
+alerts-test: prometheus-bin ## promtool's unit tests of the alerts (manifests/monitoring/alerts.test.yaml)
+	hack/test-alerts.sh
+
+e2e: $(STAMP) $(TRAINER_STAMP) $(SERVER_STAMP) $(SELDON_STAMP) cluster-bins kserve-bins helm-bin prometheus-bin ## end-to-end tests on the local control plane (started and stopped by the tests)
 	$(VENV)/bin/pytest e2e -q
 
 setup: ## every environment and binary the tests need, made in parallel (what is there already is kept)
-	$(MAKE) --no-print-directory -j4 venv trainer-venv server-venv seldon-venv cluster-bins kserve-bins prometheus-bin
+	$(MAKE) --no-print-directory -j4 venv trainer-venv server-venv seldon-venv cluster-bins kserve-bins helm-bin prometheus-bin
 
-test: setup lint typecheck unit trainer-lint trainer-test server-lint server-test seldon-lint seldon-test e2e ## everything: lint, types, unit and e2e tests (operator and runtimes)
+test: setup lint typecheck unit alerts-test trainer-lint trainer-test server-lint server-test seldon-lint seldon-test e2e ## everything: lint, types, unit and e2e tests (operator and runtimes)
 
 demo: $(STAMP) $(TRAINER_STAMP) ## the whole show on a local control plane
 	hack/demo.sh

@@ -5,6 +5,7 @@ Nothing here sleeps and hopes: every wait polls a condition and fails with what 
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -19,6 +20,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_CRDS = Path(os.environ.get("MODELLOOP_SHARED_DIR", ROOT.parent / "shared")) / "crds"
@@ -228,3 +231,30 @@ def _live(port: int) -> bool:
             return bool(response.status == 200)
     except OSError:
         return False
+
+
+def token_kubeconfig(cluster: Cluster, token: str, path: Path) -> Path:
+    """Write a kubeconfig for ``cluster``'s API server that authenticates with ``token`` alone (a
+    ServiceAccount's, from ``kubectl create token``), so that a process run with it has exactly that
+    identity; return its path."""
+    admin = yaml.safe_load(cluster.kubeconfig.read_text())
+    server = admin["clusters"][0]["cluster"]
+    ca = (
+        server.get("certificate-authority-data")
+        or base64.b64encode(Path(server["certificate-authority"]).read_bytes()).decode()
+    )
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [
+                    {"name": "c", "cluster": {"server": server["server"], "certificate-authority-data": ca}}
+                ],
+                "users": [{"name": "sa", "user": {"token": token}}],
+                "contexts": [{"name": "c", "context": {"cluster": "c", "user": "sa"}}],
+                "current-context": "c",
+            }
+        )
+    )
+    return path

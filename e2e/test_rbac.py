@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import base64
 from pathlib import Path
 
 import pytest
-import yaml
 
-from e2e.harness import ROOT, Cluster, condition, running_operator, wait_for
+from e2e.harness import ROOT, Cluster, condition, running_operator, token_kubeconfig, wait_for
 
 RBAC = ROOT / "manifests" / "operator" / "rbac.yaml"
 QUICKSTART = ROOT / "manifests" / "examples" / "quickstart.yaml"
@@ -21,28 +19,7 @@ def operator_kubeconfig(cluster: Cluster, tmp_path_factory: pytest.TempPathFacto
     cluster.kubectl("create", "namespace", "modelloop-system", check=False)
     cluster.kubectl("apply", "-f", str(RBAC))
     token = cluster.kubectl("create", "token", "modelloop", "-n", "modelloop-system").stdout.strip()
-    admin = yaml.safe_load(cluster.kubeconfig.read_text())
-    server = admin["clusters"][0]["cluster"]
-    ca = (
-        server.get("certificate-authority-data")
-        or base64.b64encode(Path(server["certificate-authority"]).read_bytes()).decode()
-    )
-    path = tmp_path_factory.mktemp("rbac") / "kubeconfig"
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [
-                    {"name": "c", "cluster": {"server": server["server"], "certificate-authority-data": ca}}
-                ],
-                "users": [{"name": "modelloop", "user": {"token": token}}],
-                "contexts": [{"name": "c", "context": {"cluster": "c", "user": "modelloop"}}],
-                "current-context": "c",
-            }
-        )
-    )
-    return path
+    return token_kubeconfig(cluster, token, tmp_path_factory.mktemp("rbac") / "kubeconfig")
 
 
 def can_i(cluster: Cluster, verb: str, resource: str, subresource: str = "") -> bool:

@@ -23,13 +23,14 @@ def test_crds_prints_every_committed_crd_as_one_yaml_stream() -> None:
     )
 
 
-def test_crds_writes_one_file_per_crd(tmp_path: Path) -> None:
+def test_crds_writes_one_file_per_crd_and_their_kustomization(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["crds", "--output-dir", str(tmp_path)])
 
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        p.name for p in (ROOT / "crds").glob("*.yaml")
+        [*(p.name for p in (ROOT / "crds").glob("*.yaml")), "Kustomization"]
     )
+    assert (tmp_path / "Kustomization").read_text() == (ROOT / "crds" / "Kustomization").read_text()
 
 
 def test_version() -> None:

@@ -41,6 +41,8 @@ class Runtime:
     drift_policies: SpecReviewer
     gate: asyncio.Task[None] | None = None
     metrics_server: Any = None
+    active: bool = True
+    """False while the peering gate holds this replica as a standby (its watches, and indexes, stop)."""
 
     def controllers(
         self,
@@ -52,12 +54,14 @@ class Runtime:
             yield controller.queue
 
     def pause(self) -> None:
+        self.active = False
         for queue in self.queues():
             queue.pause()
 
     async def resume(self) -> None:
         """Go on, with every object the indexes hold queued once: what the other replica did meanwhile is
         in the indexes (kopf re-lists on resume), and each reconcile starts from there."""
+        self.active = True
         for controller in self.controllers():
             for key in controller.known_keys():
                 controller.queue.add(key)
@@ -91,7 +95,8 @@ async def start_controllers(memo: kopf.Memo, **kwargs: Any) -> None:
         )
         runtime.gate = asyncio.get_running_loop().create_task(gate.run(), name="peering gate")
     metrics.QUEUE_DEPTH.queues = lambda: [(q.name, q.depth(), q.scheduled()) for q in runtime.queues()]
-    OBJECT_STATES.indexes = lambda: indexes
+    # A standby's indexes are frozen: it reports no object states, so alerts see the active replica's.
+    OBJECT_STATES.indexes = lambda: indexes if runtime.active else {}
     if settings.metrics_address is not None:
         runtime.metrics_server = await metrics.serve(settings.metrics_address)
     memo.runtime = runtime
