@@ -23,7 +23,7 @@ SELDON_STAMP  := $(SELDON_VENV)/.installed
 export PIP_CACHE_DIR ?= $(HOME)/.cache/modelloop/pip
 export KUBECONFIG := $(CURDIR)/.cluster/kubeconfig
 
-.PHONY: help setup venv lock crds cluster-bins kserve-bins helm-bin prometheus-bin cluster cluster-down lint typecheck unit alerts-test e2e test demo clean
+.PHONY: help setup venv lock crds cluster-bins kserve-bins helm-bin prometheus-bin cluster cluster-down lint typecheck unit alerts-test argocd-health argocd-health-build argocd-health-test e2e test demo clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -74,6 +74,15 @@ typecheck: $(STAMP) ## mypy --strict on operator/modelloop
 unit: $(STAMP) ## unit tests (no cluster)
 	$(VENV)/bin/pytest tests -q
 
+argocd-health: $(STAMP) ## regenerate manifests/argocd/argocd-cm-health.yaml from argocd/resource_customizations
+	$(PY) hack/argocd_health.py
+
+argocd-health-build: ## build the Argo CD health test with Argo CD's Go module (once; cached in ~/.cache/modelloop)
+	hack/test-argocd-health.sh -run '^$$' >/dev/null
+
+argocd-health-test: argocd-health-build ## the Argo CD health checks, run by Argo CD's own Lua code (Go)
+	hack/test-argocd-health.sh
+
 alerts-test: prometheus-bin ## promtool's unit tests of the alerts (manifests/monitoring/alerts.test.yaml)
 	hack/test-alerts.sh
 
@@ -81,9 +90,9 @@ e2e: $(STAMP) $(TRAINER_STAMP) $(SERVER_STAMP) $(SELDON_STAMP) cluster-bins kser
 	$(VENV)/bin/pytest e2e -q
 
 setup: ## every environment and binary the tests need, made in parallel (what is there already is kept)
-	$(MAKE) --no-print-directory -j4 venv trainer-venv server-venv seldon-venv cluster-bins kserve-bins helm-bin prometheus-bin
+	$(MAKE) --no-print-directory -j4 venv trainer-venv server-venv seldon-venv cluster-bins kserve-bins helm-bin argocd-health-build prometheus-bin
 
-test: setup lint typecheck unit alerts-test trainer-lint trainer-test server-lint server-test seldon-lint seldon-test e2e ## everything: lint, types, unit and e2e tests (operator and runtimes)
+test: setup lint typecheck unit alerts-test argocd-health-test trainer-lint trainer-test server-lint server-test seldon-lint seldon-test e2e ## everything: lint, types, unit and e2e tests (operator and runtimes)
 
 demo: $(STAMP) $(TRAINER_STAMP) ## the whole show on a local control plane
 	hack/demo.sh

@@ -72,6 +72,7 @@ ALL_FEATURES = {
     "prometheusRule": {"enabled": True},
     "grafanaDashboard": {"enabled": True},
     "servingRuntime": {"enabled": True, "image": {"tag": "0.2.0"}},
+    "argocd": {"healthChecks": {"enabled": True}},
     "podLabels": {"team": "ml"},
 }
 
@@ -202,7 +203,9 @@ def chart_crd_kinds(cluster: Cluster) -> None:
 def test_rendered_chart_is_accepted_by_the_api_server(
     helm: Helm, cluster: Cluster, release_namespace: str, features: str, tmp_path: Path
 ) -> None:
-    values = values_file(tmp_path, ALL_FEATURES) if features == "everything" else []
+    # Argo CD's argocd-cm in the release's namespace: `kubectl apply -n` takes one namespace.
+    argocd = {"healthChecks": {"enabled": True, "namespace": release_namespace}}
+    values = values_file(tmp_path, {**ALL_FEATURES, "argocd": argocd}) if features == "everything" else []
     started = time.monotonic()
     # --dry-run=server: with the API server's own capabilities (it serves MutatingAdmissionPolicy); the
     # CRDs that the suite installed belong to no release, as a user's kubectl-applied ones would not.
@@ -252,9 +255,15 @@ def test_rendered_chart_is_accepted_by_the_api_server(
         assert service["metadata"]["labels"][monitor["spec"]["jobLabel"]] == "modelloop"
         alerts = yaml.safe_load((CHART / "files" / "alerts.yaml").read_text())
         assert one(rendered, "PrometheusRule")["spec"]["groups"] == alerts["spec"]["groups"]
-        dashboard = one(rendered, "ConfigMap")
+        maps = {m["metadata"]["name"]: m for m in rendered if m["kind"] == "ConfigMap"}
+        dashboard = next(m for name, m in maps.items() if name.endswith("-dashboard"))
         assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
         json.loads(dashboard["data"]["modelloop.json"])
+        # Argo CD's argocd-cm with exactly modelloop's health checks, kept on uninstall.
+        argocd_cm = maps["argocd-cm"]
+        patch = yaml.safe_load((ROOT / "manifests" / "argocd" / "argocd-cm-health.yaml").read_text())
+        assert argocd_cm["data"] == patch["data"] and argocd_cm["metadata"]["namespace"] == release_namespace
+        assert argocd_cm["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
 
 
 @pytest.mark.parametrize(

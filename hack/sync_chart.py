@@ -41,6 +41,7 @@ COPIED = {
     "files/clusterservingruntime.yaml": "runtimes/server/clusterservingruntime.yaml",
     "files/alerts.yaml": "manifests/monitoring/alerts.yaml",
     "files/dashboard.json": "manifests/monitoring/dashboard.json",
+    "files/argocd-cm-health.yaml": "manifests/argocd/argocd-cm-health.yaml",
 }
 
 
