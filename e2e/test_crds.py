@@ -256,6 +256,42 @@ def test_drift_policy_with_a_malformed_window_is_rejected_naming_the_field(
     assert "spec.window" in error, error
 
 
+@pytest.mark.parametrize(
+    ("path", "value", "field"),
+    [
+        (("metrics", 0, "name"), "", "spec.metrics[0].name"),
+        (("metrics", 0, "name"), "../../etc/passwd", "spec.metrics[0].name"),
+        (("retrain", "trainingRunTemplate", "image"), "", "spec.retrain.trainingRunTemplate.image"),
+        (("retrain", "trainingRunTemplate", "image"), "trainer :1", "spec.retrain.trainingRunTemplate.image"),
+        (("retrain", "trainingRunTemplate", "command"), [" "], "spec.retrain.trainingRunTemplate.command[0]"),
+    ],
+    ids=["blank-metric", "path-metric", "blank-image", "spaced-image", "blank-command"],
+)
+def test_a_drift_policy_with_what_a_new_user_might_try_is_refused_naming_the_field(
+    cluster: Cluster, namespace: str, path: tuple[Any, ...], value: Any, field: str
+) -> None:
+    policy = copy.deepcopy(quickstart()["DriftPolicy"])
+    node = policy["spec"]
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+
+    error = rejected(cluster, namespace, policy)
+
+    assert field in error, error
+
+
+def test_a_training_run_with_a_spaced_image_is_refused_naming_the_field(
+    cluster: Cluster, namespace: str
+) -> None:
+    run = copy.deepcopy(quickstart()["TrainingRun"])
+    run["spec"]["image"] = "ghcr.io/modelloop/trainer :0.1.0"
+
+    error = rejected(cluster, namespace, run)
+
+    assert "spec.image" in error, error
+
+
 def test_unknown_fields_are_refused_by_strict_field_validation(cluster: Cluster, namespace: str) -> None:
     run = copy.deepcopy(quickstart()["TrainingRun"])
     run["spec"]["gpuz"] = 2

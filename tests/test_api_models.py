@@ -234,6 +234,67 @@ def test_spec_rejects_invalid_input_naming_the_field(
         model.model_validate(spec)
 
 
+def drift_metric(name: str) -> dict[str, Any]:
+    return {"name": name, "query": "max(drift_score)", "threshold": 0.5, "comparison": "GreaterThan"}
+
+
+@pytest.mark.parametrize(
+    ("spec", "field"),
+    [
+        # What a new user tries: a blank or path-like metric name, a blank or spaced image, a blank command.
+        (changed(DRIFT_POLICY, "metrics", [drift_metric("")]), "metrics.0.name"),
+        (changed(DRIFT_POLICY, "metrics", [drift_metric("../../etc/passwd")]), "metrics.0.name"),
+        (changed(DRIFT_POLICY, "metrics", [drift_metric("$(rm -rf /)")]), "metrics.0.name"),
+        (changed(DRIFT_POLICY, "retrain.trainingRunTemplate.image", ""), "retrain.trainingRunTemplate.image"),
+        (
+            changed(DRIFT_POLICY, "retrain.trainingRunTemplate.image", "  "),
+            "retrain.trainingRunTemplate.image",
+        ),
+        (
+            changed(DRIFT_POLICY, "retrain.trainingRunTemplate.image", "trainer :1"),
+            "retrain.trainingRunTemplate.image",
+        ),
+        (
+            changed(DRIFT_POLICY, "retrain.trainingRunTemplate.command", [""]),
+            "retrain.trainingRunTemplate.command.0",
+        ),
+        (
+            changed(DRIFT_POLICY, "retrain.trainingRunTemplate.command", ["  "]),
+            "retrain.trainingRunTemplate.command.0",
+        ),
+    ],
+)
+def test_a_drift_policy_refuses_what_a_new_user_might_try_naming_the_field(
+    spec: dict[str, Any], field: str
+) -> None:
+    with pytest.raises(ValidationError) as refused:
+        DriftPolicySpec.model_validate(spec)
+    assert field in {".".join(str(part) for part in error["loc"]) for error in refused.value.errors()}
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        "trainer:1",
+        "ghcr.io/modelloop/trainer:0.1.0",
+        "localhost:5000/ml/trainer:dev",
+        "busybox",
+        "ghcr.io/modelloop/trainer@sha256:" + "0" * 64,
+        "ghcr.io/modelloop/trainer:0.1.0@sha256:" + "a" * 64,
+    ],
+)
+def test_image_references_as_registries_name_them_are_accepted(image: str) -> None:
+    assert TrainingRunSpec.model_validate(changed(TRAINING_RUN, "image", image)).image == image
+
+
+@pytest.mark.parametrize(
+    "image", ["trainer 1", "ghcr.io/Modelloop/trainer", "trainer:", "trainer@sha256:xyz", "\ttrainer"]
+)
+def test_a_training_run_refuses_an_image_reference_registries_would_not_take(image: str) -> None:
+    with pytest.raises(ValidationError, match="image"):
+        TrainingRunSpec.model_validate(changed(TRAINING_RUN, "image", image))
+
+
 def test_unknown_fields_are_rejected_like_a_strict_kubectl_apply() -> None:
     with pytest.raises(ValidationError, match="gpus\n  Extra inputs are not permitted"):
         TrainingRunSpec.model_validate(changed(TRAINING_RUN, "gpus", 1))

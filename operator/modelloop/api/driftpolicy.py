@@ -49,9 +49,9 @@ class PrometheusSource(ApiModel):
 class DriftMetric(ApiModel):
     """A Prometheus query whose value, compared with a threshold, signals drift."""
 
-    name: Annotated[str, StringConstraints(min_length=1, max_length=63)] = Field(
-        description="Name of the signal, e.g. feature-drift or accuracy."
-    )
+    name: Annotated[
+        str, StringConstraints(min_length=1, max_length=63, pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$")
+    ] = Field(description="Name of the signal, an identifier (letters, digits, _ and -), e.g. feature-drift.")
     query: Annotated[str, StringConstraints(min_length=1, max_length=4096)] = Field(
         description="PromQL query returning one number; {{namespace}} and {{name}} are substituted."
     )

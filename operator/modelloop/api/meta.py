@@ -57,7 +57,18 @@ LabelValue = Annotated[str, StringConstraints(max_length=63, pattern=LABEL_VALUE
 MetricName = Annotated[str, StringConstraints(min_length=1, max_length=63, pattern=METRIC_NAME_PATTERN)]
 """The name of a model metric, e.g. ``accuracy`` or ``val_loss``."""
 
-ImageReference = Annotated[str, StringConstraints(min_length=1, max_length=512)]
+# [registry[:port]/]path[:tag][@digest], as the OCI distribution spec names images: no whitespace, a
+# lower-case path, a tag of up to 128 characters, a digest algorithm:hex.
+_PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+IMAGE_REFERENCE_PATTERN = (
+    r"^(?:[a-zA-Z0-9](?:[a-zA-Z0-9.-]*[a-zA-Z0-9])?(?::[0-9]+)?/)?"
+    rf"{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*"
+    r"(?::[a-zA-Z0-9_][a-zA-Z0-9_.-]{0,127})?"
+    r"(?:@[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-fA-F0-9]{32,})?$"
+)
+ImageReference = Annotated[
+    str, StringConstraints(min_length=1, max_length=512, pattern=IMAGE_REFERENCE_PATTERN)
+]
 """A container image reference, e.g. ``ghcr.io/modelloop/trainer:0.1.0`` or one by digest."""
 
 Uri = Annotated[str, StringConstraints(min_length=1, max_length=MAX_URI_LENGTH)]

@@ -33,6 +33,8 @@ from .meta import (
 from .validation import ObjectiveDirection, Validation
 
 CommandArgument = Annotated[str, StringConstraints(max_length=4096)]
+# An entrypoint's words: the executable and its fixed arguments are never blank.
+CommandWord = Annotated[str, StringConstraints(min_length=1, max_length=4096, pattern=r"\S")]
 
 
 class TrainingRunPhase(StrEnum):
@@ -174,7 +176,7 @@ class TrainingRunSpec(ApiModel):
     """The desired training run: what to run, on which data and hardware, and what model it produces."""
 
     image: ImageReference = Field(description="Container image of the trainer.")
-    command: list[CommandArgument] = Field(
+    command: list[CommandWord] = Field(
         default_factory=list, max_length=64, description="Entrypoint of the trainer; the image's when empty."
     )
     args: list[CommandArgument] = Field(
