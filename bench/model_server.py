@@ -32,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -134,19 +134,78 @@ class Results:
         return statistics.median(figure(measurement) for measurement in getattr(self, of))
 
 
-def _arguments() -> argparse.Namespace:
+def argument_parser(description: str | None, rounds: int) -> argparse.ArgumentParser:
+    """The load's options, shared with the benchmarks that build on this one."""
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--concurrency", type=int, default=8, help="connections in the throughput test")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each measurement")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds of load before each measurement")
     parser.add_argument("--rate", type=float, default=200.0, help="requests per second in the latency test")
-    parser.add_argument("--rounds", type=int, default=3, help="turns each server takes; figures are medians")
-    return parser.parse_args()
+    parser.add_argument(
+        "--rounds", type=int, default=rounds, help="turns each server takes; figures are medians"
+    )
+    return parser
 
 
-def _write_artifact(folder: Path) -> None:
+Runner = Callable[[Coroutine[Any, Any, Any]], Any]
+"""Runs a coroutine to completion on a fresh event loop (``asyncio.run``, ``uvloop.run``)."""
+
+
+def event_loop_runner() -> Runner:
+    """uvloop's run where it is installed (as KServe's server runs), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run
+    runner: Runner = uvloop.run
+    return runner
+
+
+Server = tuple[str, Callable[[int], list[str]], Endpoint]
+"""A server to measure: its name, its command line for a port, and how it is asked."""
+
+
+def kserve_servers(model_dir: Path) -> list[Server]:
+    """modelloop's model server and a plain ``kserve.Model`` (BASELINE_SERVER), on ``model_dir``."""
+    serve = str(Path(sys.executable).with_name("modelloop-serve"))
+    return [
+        (
+            "modelloop",
+            lambda port: [
+                serve,
+                f"--model_name={MODEL_NAME}",
+                f"--model_dir={model_dir}",
+                f"--http_port={port}",
+                "--model_version=bench",
+            ],
+            KSERVE_V1,
+        ),
+        (
+            "kserve",
+            lambda port: [sys.executable, "-c", BASELINE_SERVER, MODEL_NAME, str(model_dir), str(port)],
+            KSERVE_V1,
+        ),
+    ]
+
+
+def run_rounds(
+    servers: list[Server],
+    folder: Path,
+    args: argparse.Namespace,
+    run: Runner,
+    results: dict[str, Results],
+) -> None:
+    """Measure each server ``args.rounds`` times, in turns, into ``results[name]``."""
+    for round_number in range(1, args.rounds + 1):
+        print(f"round {round_number} of {args.rounds}")
+        # Turn about, so that a change in the machine's load favours no server.
+        for name, command, endpoint in servers if round_number % 2 else servers[::-1]:
+            bench_server(name, command, folder, args, run, results[name], endpoint)
+
+
+def write_artifact(folder: Path) -> None:
     features, target = datasets.load_iris(return_X_y=True, as_frame=True)
     joblib.dump(LogisticRegression(max_iter=1000).fit(features, target), folder / "model.joblib")
 
@@ -259,12 +318,12 @@ def _tree_cpu_seconds(server: psutil.Process) -> float:
     return seconds
 
 
-def _bench_server(
+def bench_server(
     name: str,
     command: Callable[[int], list[str]],
     folder: Path,
     args: argparse.Namespace,
-    run: Callable[[Awaitable[Any]], Any],
+    run: Runner,
     results: Results,
     endpoint: Endpoint = KSERVE_V1,
 ) -> None:
@@ -286,14 +345,8 @@ def _bench_server(
 
 
 def main() -> int:
-    args = _arguments()
-    try:
-        import uvloop
-
-        run: Callable[[Awaitable[Any]], Any] = uvloop.run
-    except ImportError:
-        run = asyncio.run
-    serve = str(Path(sys.executable).with_name("modelloop-serve"))
+    args = argument_parser(__doc__, rounds=3).parse_args()
+    run = event_loop_runner()
     print(
         f"{os.cpu_count()} CPUs; one worker per server; "
         "single-row V1 predictions of a LogisticRegression on iris"
@@ -303,30 +356,8 @@ def main() -> int:
         folder = Path(scratch)
         model_dir = folder / "model"
         model_dir.mkdir()
-        _write_artifact(model_dir)
-        servers: list[tuple[str, Callable[[int], list[str]], Results]] = [
-            (
-                "modelloop",
-                lambda port: [
-                    serve,
-                    f"--model_name={MODEL_NAME}",
-                    f"--model_dir={model_dir}",
-                    f"--http_port={port}",
-                    "--model_version=bench",
-                ],
-                modelloop,
-            ),
-            (
-                "kserve",
-                lambda port: [sys.executable, "-c", BASELINE_SERVER, MODEL_NAME, str(model_dir), str(port)],
-                kserve,
-            ),
-        ]
-        for round_number in range(1, args.rounds + 1):
-            print(f"round {round_number} of {args.rounds}")
-            # Turn about, so that a change in the machine's load favours neither server.
-            for name, command, results in servers if round_number % 2 else servers[::-1]:
-                _bench_server(name, command, folder, args, run, results)
+        write_artifact(model_dir)
+        run_rounds(kserve_servers(model_dir), folder, args, run, {"modelloop": modelloop, "kserve": kserve})
     print(f"medians over {args.rounds} rounds:")
     for name, results in (("modelloop", modelloop), ("kserve", kserve)):
         print(

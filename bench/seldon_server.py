@@ -18,17 +18,15 @@ requests per second (the exit status is 1 when it does not).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import sys
 import tempfile
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import model_server
-from model_server import KSERVE_V1, MODEL_NAME, ROW, Endpoint, Results
+from model_server import ROW, Endpoint, Results
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_RATIO = 1.3
@@ -44,14 +42,7 @@ SELDON_IMAGE_ENV = {
 
 
 def _arguments() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--concurrency", type=int, default=8, help="connections in the throughput test")
-    parser.add_argument("--seconds", type=float, default=10.0, help="length of each measurement")
-    parser.add_argument("--warmup", type=float, default=3.0, help="seconds of load before each measurement")
-    parser.add_argument("--rate", type=float, default=200.0, help="requests per second in the latency test")
-    parser.add_argument("--rounds", type=int, default=1, help="turns each server takes; figures are medians")
+    parser = model_server.argument_parser(__doc__, rounds=1)
     parser.add_argument(
         "--seldon-venv",
         type=Path,
@@ -109,13 +100,7 @@ def main() -> int:
     if not microservice.is_file():
         print(f"{microservice} is missing: make seldon-venv", file=sys.stderr)
         return 2
-    try:
-        import uvloop
-
-        run: Callable[[Awaitable[Any]], Any] = uvloop.run
-    except ImportError:
-        run = asyncio.run
-    serve = str(Path(sys.executable).with_name("modelloop-serve"))
+    run = model_server.event_loop_runner()
     print(
         f"{os.cpu_count()} CPUs; one worker per server; single-row predictions of a LogisticRegression "
         f"on iris; {args.concurrency} connections for throughput"
@@ -125,38 +110,12 @@ def main() -> int:
         folder = Path(scratch)
         model_dir = folder / "model"
         model_dir.mkdir()
-        model_server._write_artifact(model_dir)
-        servers: list[tuple[str, Callable[[int], list[str]], Endpoint]] = [
-            (
-                "modelloop",
-                lambda port: [
-                    serve,
-                    f"--model_name={MODEL_NAME}",
-                    f"--model_dir={model_dir}",
-                    f"--http_port={port}",
-                    "--model_version=bench",
-                ],
-                KSERVE_V1,
-            ),
-            (
-                "kserve",
-                lambda port: [
-                    sys.executable,
-                    "-c",
-                    model_server.BASELINE_SERVER,
-                    MODEL_NAME,
-                    str(model_dir),
-                    str(port),
-                ],
-                KSERVE_V1,
-            ),
+        model_server.write_artifact(model_dir)
+        servers = [
+            *model_server.kserve_servers(model_dir),
             ("seldon", _seldon_command(microservice, model_dir), SELDON_REST),
         ]
-        for round_number in range(1, args.rounds + 1):
-            print(f"round {round_number} of {args.rounds}")
-            # Turn about, so that a change in the machine's load favours no server.
-            for name, command, endpoint in servers if round_number % 2 else servers[::-1]:
-                model_server._bench_server(name, command, folder, args, run, results[name], endpoint)
+        model_server.run_rounds(servers, folder, args, run, results)
     print(f"medians over {args.rounds} round(s):")
     ratio, kserve_ratio = _report(results, args.rate)
     verdict = "holds" if ratio >= TARGET_RATIO else "does NOT hold"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import logging
 import os
 import signal
 import socket
@@ -24,10 +25,20 @@ from typing import Any, TypeVar
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART = ROOT / "manifests" / "examples" / "quickstart.yaml"
+QUICKSTART_OBJECTS = [
+    ("trainingrun", "iris-rf"),
+    ("modelversion", "iris-v1"),
+    ("modelpolicy", "iris"),
+    ("inferenceservice.modelloop.dev", "iris"),
+    ("driftpolicy", "iris-drift"),
+]
+"""The quickstart's objects, as (resource, name)."""
 SHARED_CRDS = Path(os.environ.get("MODELLOOP_SHARED_DIR", ROOT.parent / "shared")) / "crds"
 
 T = TypeVar("T")
 B = TypeVar("B", bound="BackgroundLoop")
+log = logging.getLogger(__name__)
 Manifest = str | Mapping[str, Any] | Sequence[Mapping[str, Any]]
 
 
@@ -92,6 +103,32 @@ class BackgroundLoop:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class PollingLoop(BackgroundLoop):
+    """A background loop that calls ``sync`` every ``interval`` seconds and goes on when a pass fails (the
+    API server may be busy for a moment), keeping the failure in ``last_error`` until a pass succeeds."""
+
+    def __init__(self, name: str, interval: float) -> None:
+        super().__init__(name)
+        self.interval = interval
+        self.last_error: str | None = None
+        """The last error of a background :meth:`sync` (the thread goes on polling)."""
+
+    def sync(self) -> None:
+        raise NotImplementedError
+
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self.sync()
+                self.last_error = None
+            except Exception as error:
+                self.last_error = f"{type(error).__name__}: {error}"
+                logging.getLogger(type(self).__module__).warning(
+                    "%s sync failed: %s", self._name, self.last_error
+                )
+            self._stopping.wait(self.interval)
 
 
 @dataclass(frozen=True)
@@ -173,6 +210,17 @@ def cluster_script(*args: str, env: Mapping[str, str]) -> str:
     ).stdout
 
 
+def apply_quickstart_until_ready(cluster: Cluster, namespace: str, timeout: float = 60) -> None:
+    """Apply the quickstart in ``namespace`` and wait until each of its objects has a Ready condition."""
+    cluster.kubectl("apply", "-n", namespace, "-f", str(QUICKSTART))
+    for resource, name in QUICKSTART_OBJECTS:
+        wait_for(
+            lambda r=resource, n=name: condition(cluster.get(r, n, namespace), "Ready"),
+            timeout=timeout,
+            what=f"Ready condition of {name}",
+        )
+
+
 def condition(obj: Mapping[str, Any], type_: str) -> Mapping[str, Any] | None:
     """The status condition of ``type_`` of an object, or None."""
     for cond in obj.get("status", {}).get("conditions") or ():
@@ -209,13 +257,18 @@ def running_operator(
         assert process.poll() is None, f"operator exited early:\n{log_path.read_text()}"
         yield process
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        sys.stdout.write(f"\n--- operator log ({log_path}) ---\n{log_path.read_text()[-20000:]}\n")
+        stop_operator(process, log_path)
+
+
+def stop_operator(process: subprocess.Popen[bytes], log_path: Path) -> None:
+    """SIGTERM the operator (SIGKILL after 30 s) and print the end of its log for the test report."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    sys.stdout.write(f"\n--- operator log ({log_path}) ---\n{log_path.read_text()[-20000:]}\n")
 
 
 def free_port() -> int:

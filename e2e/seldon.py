@@ -40,7 +40,7 @@ from typing import Any
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from e2e.harness import ROOT, BackgroundLoop, Cluster, free_port, wait_for
+from e2e.harness import ROOT, Cluster, PollingLoop, free_port, wait_for
 from e2e.prometheus import Prometheus
 from e2e.serving import (
     MODEL_MOUNT,
@@ -91,7 +91,7 @@ class _Predictor:
         return f"{self.deployment}-{self.name}"
 
 
-class SeldonStandIn(BackgroundLoop):
+class SeldonStandIn(PollingLoop):
     """Runs the predictors of every SeldonDeployment of one namespace and writes their status."""
 
     def __init__(
@@ -105,19 +105,17 @@ class SeldonStandIn(BackgroundLoop):
         ready_timeout: float = 120,
         interval: float = 0.5,
     ) -> None:
-        super().__init__(f"seldon-stand-in-{namespace}")
+        super().__init__(f"seldon-stand-in-{namespace}", interval)
         self.namespace = namespace
         self.workdir = workdir
         self.prometheus = prometheus
         self.seldon_bin = seldon_bin
         self.ready_timeout = ready_timeout
-        self.interval = interval
         self.api = client.CustomObjectsApi(config.new_client_from_config(config_file=str(cluster.kubeconfig)))
         self._predictors: dict[tuple[str, str, str], _Predictor] = {}  # (deployment uid, name, predictor)
         self._failures: dict[str, str] = {}  # pod-like name -> why it does not serve
         self._lock = threading.Lock()
         self.join_timeout = 60.0
-        self.last_error: str | None = None
 
     # --- the loop -------------------------------------------------------------------------------------
 
@@ -127,16 +125,6 @@ class SeldonStandIn(BackgroundLoop):
             for key in list(self._predictors):
                 self._stop(key)
             self._publish_targets()
-
-    def _loop(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                self.sync()
-                self.last_error = None
-            except Exception as error:  # keep polling: the API server may be busy for a moment
-                self.last_error = f"{type(error).__name__}: {error}"
-                log.warning("seldon stand-in sync failed: %s", self.last_error)
-            self._stopping.wait(self.interval)
 
     def sync(self) -> None:
         """One pass: start, probe and stop predictor servers as the specs say; write every status."""

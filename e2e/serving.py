@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from e2e.harness import ROOT, BackgroundLoop, Cluster, free_port, wait_for
+from e2e.harness import ROOT, Cluster, PollingLoop, free_port, wait_for
 from e2e.prometheus import Prometheus, label_name
 
 SERVER_BIN = ROOT / ".venvs" / "server" / "bin"
@@ -96,7 +96,7 @@ class _ServedPod:
         return f"http://127.0.0.1:{self.agent_port}" if self.agent_port else self.server_url
 
 
-class ServingKubelet(BackgroundLoop):
+class ServingKubelet(PollingLoop):
     """Runs the model servers of the KServe predictor pods of one namespace, and keeps Prometheus's targets
     in step with them. Call :meth:`sync` in a polling loop, or :meth:`start` a thread that does."""
 
@@ -113,7 +113,7 @@ class ServingKubelet(BackgroundLoop):
         ready_timeout: float = 120,
         interval: float = 0.5,
     ) -> None:
-        super().__init__(f"serving-kubelet-{namespace}")
+        super().__init__(f"serving-kubelet-{namespace}", interval)
         self.cluster = cluster
         self.namespace = namespace
         self.workdir = workdir
@@ -122,14 +122,11 @@ class ServingKubelet(BackgroundLoop):
         self.agent_binary = agent_binary
         self.agent_log_url = agent_log_url
         self.ready_timeout = ready_timeout
-        self.interval = interval
         self._pods: dict[str, _ServedPod] = {}  # by uid
         self._failures: dict[str, str] = {}  # pod name -> why it does not serve
         self._failed_uids: set[str] = set()
         self._lock = threading.Lock()
         self.join_timeout = 60.0
-        self.last_error: str | None = None
-        """The last error of a background :meth:`sync` (the thread goes on polling)."""
 
     # --- the loop -------------------------------------------------------------------------------------
 
@@ -140,16 +137,6 @@ class ServingKubelet(BackgroundLoop):
             for uid in list(self._pods):
                 self._stop_pod(uid)
             self._publish_targets()
-
-    def _loop(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                self.sync()
-                self.last_error = None
-            except Exception as error:  # keep polling: the API server may be busy for a moment
-                self.last_error = f"{type(error).__name__}: {error}"
-                log.warning("serving kubelet sync failed: %s", self.last_error)
-            self._stopping.wait(self.interval)
 
     def sync(self) -> None:
         """One pass: start servers for new Running predictor pods, register those that became ready, stop

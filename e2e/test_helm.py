@@ -13,7 +13,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -29,18 +28,20 @@ import pytest
 import yaml
 
 from e2e.harness import (
+    QUICKSTART,
+    QUICKSTART_OBJECTS,
     ROOT,
     SHARED_CRDS,
     Cluster,
-    condition,
+    apply_quickstart_until_ready,
     free_port,
+    stop_operator,
     token_kubeconfig,
     wait_for,
 )
 from modelloop.api import GROUP, KINDS
 
 CHART = ROOT / "charts" / "modelloop"
-QUICKSTART = ROOT / "manifests" / "examples" / "quickstart.yaml"
 HELM = (
     Path(
         subprocess.run(
@@ -55,13 +56,6 @@ ENTRYPOINT: list[str] = next(
     for line in (ROOT / "operator" / "Dockerfile").read_text().splitlines()
     if line.startswith("ENTRYPOINT")
 )
-QUICKSTART_OBJECTS = [
-    ("trainingrun", "iris-rf"),
-    ("modelversion", "iris-v1"),
-    ("modelpolicy", "iris"),
-    ("inferenceservice.modelloop.dev", "iris"),
-    ("driftpolicy", "iris-drift"),
-]
 MODELLOOP_CRDS = sorted(f"{info.plural}.{GROUP}" for info in KINDS)
 # Every optional part of the chart at once.
 ALL_FEATURES = {
@@ -329,13 +323,7 @@ def running_as_pod(pod: dict[str, Any], kubeconfig: Path, log: Path) -> Iterator
     try:
         yield PodProcess(process, f"http://127.0.0.1:{port}{probe['path']}", log)
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        sys.stdout.write(f"\n--- operator log ({log}) ---\n{log.read_text()[-20000:]}\n")
+        stop_operator(process, log)
 
 
 def chart_pod(cluster: Cluster, release: str, namespace: str) -> dict[str, Any]:
@@ -392,13 +380,7 @@ def test_installed_chart_runs_the_quickstart_as_its_deployment_would(
         ready = time.monotonic()
         # Ready means the preflight has passed: the operator logged it before serving the probe.
         assert "serves every modelloop kind" in operator.log.read_text()
-        cluster.kubectl("apply", "-n", namespace, "-f", str(QUICKSTART))
-        for resource, name in QUICKSTART_OBJECTS:
-            wait_for(
-                lambda r=resource, n=name: condition(cluster.get(r, n, namespace), "Ready"),
-                timeout=60,
-                what=f"Ready condition of {name}",
-            )
+        apply_quickstart_until_ready(cluster, namespace)
         reconciled = time.monotonic()
     print(
         f"helm install -> operator Ready: {ready - started:.1f}s; "

@@ -17,7 +17,14 @@ import pytest
 import yaml
 
 from e2e.conftest import check_statuses
-from e2e.harness import ROOT, Cluster, condition, running_operator, token_kubeconfig, wait_for
+from e2e.harness import (
+    ROOT,
+    Cluster,
+    apply_quickstart_until_ready,
+    running_operator,
+    token_kubeconfig,
+    wait_for,
+)
 
 MANIFESTS = ROOT / "manifests"
 BASE = MANIFESTS
@@ -25,7 +32,6 @@ SINGLE_NAMESPACE = MANIFESTS / "overlays" / "single-namespace"
 HA = MANIFESTS / "overlays" / "ha"
 KUSTOMIZATIONS = {"base": BASE, "single-namespace": SINGLE_NAMESPACE, "ha": HA}
 PEERING_CRDS = HA / "peering-crds.yaml"
-QUICKSTART = MANIFESTS / "examples" / "quickstart.yaml"
 CHART = ROOT / "charts" / "modelloop"
 
 SYSTEM_NAMESPACE = "modelloop-system"
@@ -283,19 +289,7 @@ def test_the_single_namespace_overlays_rbac_is_enough_in_its_namespace_and_nothi
     # The operator watching its own namespace, as the Deployment has it, with exactly its ServiceAccount's
     # rights.
     with running_operator(cluster, WATCHED_NAMESPACE, log, kubeconfig=kubeconfig):
-        cluster.kubectl("apply", "-n", WATCHED_NAMESPACE, "-f", str(QUICKSTART))
-        for resource, name in [
-            ("trainingrun", "iris-rf"),
-            ("modelversion", "iris-v1"),
-            ("modelpolicy", "iris"),
-            ("inferenceservice.modelloop.dev", "iris"),
-            ("driftpolicy", "iris-drift"),
-        ]:
-            wait_for(
-                lambda r=resource, n=name: condition(cluster.get(r, n, WATCHED_NAMESPACE), "Ready"),
-                timeout=60,
-                what=f"Ready condition of {name}",
-            )
+        apply_quickstart_until_ready(cluster, WATCHED_NAMESPACE)
 
     text = log.read_text()
     assert "Forbidden" not in text and "403" not in text and "Not enough permissions" not in text, text[

@@ -21,14 +21,13 @@ from typing import Any
 import pytest
 import yaml
 
-from e2e.harness import ROOT, SHARED_CRDS, Cluster, free_port, running_operator, wait_for
+from e2e.harness import QUICKSTART, ROOT, SHARED_CRDS, Cluster, free_port, running_operator, wait_for
 from e2e.prometheus import Prometheus, running_prometheus
 from e2e.serving import SERVER_BIN, answers_ok, file_tail, terminate_process
 
 MONITORING = ROOT / "manifests" / "monitoring"
 DASHBOARD = MONITORING / "dashboard.json"
 ALERTS = MONITORING / "alerts.yaml"
-QUICKSTART = ROOT / "manifests" / "examples" / "quickstart.yaml"
 SELDON_BIN = ROOT / ".venvs" / "seldon" / "bin"
 PROMETHEUS_OPERATOR_CRDS = SHARED_CRDS / "prometheus-operator"
 HTTPROUTE_CRD = SHARED_CRDS / "gateway-api" / "gateway.networking.k8s.io_httproutes.yaml"

@@ -6,10 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from e2e.harness import ROOT, Cluster, condition, running_operator, token_kubeconfig, wait_for
+from e2e.harness import (
+    ROOT,
+    Cluster,
+    apply_quickstart_until_ready,
+    running_operator,
+    token_kubeconfig,
+)
 
 RBAC = ROOT / "manifests" / "operator" / "rbac.yaml"
-QUICKSTART = ROOT / "manifests" / "examples" / "quickstart.yaml"
 SERVICE_ACCOUNT = "system:serviceaccount:modelloop-system:modelloop"
 
 
@@ -34,19 +39,7 @@ def test_operator_sets_status_with_only_the_shipped_rbac(
     cluster: Cluster, namespace: str, operator_kubeconfig: Path, tmp_path: Path
 ) -> None:
     with running_operator(cluster, namespace, tmp_path / "operator.log", kubeconfig=operator_kubeconfig):
-        cluster.kubectl("apply", "-n", namespace, "-f", str(QUICKSTART))
-        for resource, name in [
-            ("trainingrun", "iris-rf"),
-            ("modelversion", "iris-v1"),
-            ("modelpolicy", "iris"),
-            ("inferenceservice.modelloop.dev", "iris"),
-            ("driftpolicy", "iris-drift"),
-        ]:
-            wait_for(
-                lambda r=resource, n=name: condition(cluster.get(r, n, namespace), "Ready"),
-                timeout=60,
-                what=f"Ready condition of {name}",
-            )
+        apply_quickstart_until_ready(cluster, namespace)
     log = (tmp_path / "operator.log").read_text()
     assert "Forbidden" not in log and "403" not in log, log[-5000:]
 

@@ -71,16 +71,17 @@ def run_of(meta: Mapping[str, Any]) -> str | None:
     return annotations.get(ANNOTATION_TRAINING_RUN) or (meta.get("labels") or {}).get(LABEL_TRAINING_RUN)
 
 
-def owner_reference(owner: Mapping[str, Any], kind: str) -> dict[str, Any]:
+def owner_reference(owner: Mapping[str, Any], kind: str, *, block_deletion: bool = True) -> dict[str, Any]:
     """An owner reference to one of our objects that makes it the controller: deleting the owner deletes
-    the owned object (the garbage collector's foreground/background cascade)."""
+    the owned object (the garbage collector's foreground/background cascade). ``block_deletion`` needs
+    the right to set finalizers on the owned kind, which the operator has on its own kinds and Jobs."""
     return {
         "apiVersion": API_VERSION,
         "kind": kind,
         "name": owner["metadata"]["name"],
         "uid": owner["metadata"]["uid"],
         "controller": True,
-        "blockOwnerDeletion": True,
+        "blockOwnerDeletion": block_deletion,
     }
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from modelloop.api import InferenceServiceSpec, Predictor
+from modelloop.naming import LABEL_MANAGED_BY, MANAGED_BY, owner_reference
 from modelloop.serving.rollout import Observed, Serving
 
 LABEL_INFERENCE_SERVICE = "modelloop.dev/inference-service"
@@ -37,16 +38,21 @@ class ServiceContext:
     spec: InferenceServiceSpec
     versions: Mapping[int, VersionInfo]
 
-    def owner_reference(self) -> dict[str, Any]:
+    def metadata(self, name: str, **extra: Any) -> dict[str, Any]:
+        """The metadata of an object a backend owns for this service: its labels and owner reference."""
         return {
-            "apiVersion": "modelloop.dev/v1alpha1",
-            "kind": "InferenceService",
-            "name": self.name,
-            "uid": self.uid,
-            "controller": True,
-            # Deleting our InferenceService deletes what it owns; no finalizer rights needed to block it.
-            "blockOwnerDeletion": False,
+            "name": name,
+            "namespace": self.namespace,
+            "labels": {LABEL_INFERENCE_SERVICE: self.name, LABEL_MANAGED_BY: MANAGED_BY},
+            "ownerReferences": [self.owner_reference()],
+            **extra,
         }
+
+    def owner_reference(self) -> dict[str, Any]:
+        # Deleting our InferenceService deletes what it owns; no finalizer rights on KServe's or Seldon's
+        # kinds are needed to block it.
+        owner = {"metadata": {"name": self.name, "uid": self.uid}}
+        return owner_reference(owner, "InferenceService", block_deletion=False)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,6 @@ from typing import Any
 
 from modelloop.api import DeploymentMode, Predictor
 from modelloop.serving.backend import (
-    LABEL_INFERENCE_SERVICE,
     OwnedObject,
     ServiceContext,
     VersionInfo,
@@ -114,15 +113,6 @@ class KServeBackend:
 
     # -- rendering -----------------------------------------------------------------------------------
 
-    def _metadata(self, service: ServiceContext, name: str, **extra: Any) -> dict[str, Any]:
-        return {
-            "name": name,
-            "namespace": service.namespace,
-            "labels": {LABEL_INFERENCE_SERVICE: service.name, "app.kubernetes.io/managed-by": "modelloop"},
-            "ownerReferences": [service.owner_reference()],
-            **extra,
-        }
-
     def _knative(self, service: ServiceContext, serving: Serving) -> dict[str, Any]:
         serving_version = serving.canary if serving.canary is not None else serving.stable
         predictor = predictor_spec(service, service.versions[serving_version])
@@ -146,7 +136,7 @@ class KServeBackend:
     def _isvc(
         self, service: ServiceContext, mode: DeploymentMode, predictor: dict[str, Any]
     ) -> dict[str, Any]:
-        meta = self._metadata(service, service.name, annotations={ANNOTATION_DEPLOYMENT_MODE: mode.value})
+        meta = service.metadata(service.name, annotations={ANNOTATION_DEPLOYMENT_MODE: mode.value})
         return {
             "apiVersion": KSERVE_API_VERSION,
             "kind": "InferenceService",
@@ -180,7 +170,7 @@ class KServeBackend:
         return {
             "apiVersion": HTTPROUTE_API_VERSION,
             "kind": "HTTPRoute",
-            "metadata": self._metadata(service, route_name(service.name)),
+            "metadata": service.metadata(route_name(service.name)),
             "spec": {
                 "parentRefs": [{"group": "gateway.networking.k8s.io", "kind": "Gateway", **parent}],
                 "rules": [

@@ -64,15 +64,7 @@ class SeldonBackend:
             {
                 "apiVersion": SELDON_API_VERSION,
                 "kind": "SeldonDeployment",
-                "metadata": {
-                    "name": service.name,
-                    "namespace": service.namespace,
-                    "labels": {
-                        LABEL_INFERENCE_SERVICE: service.name,
-                        "app.kubernetes.io/managed-by": "modelloop",
-                    },
-                    "ownerReferences": [service.owner_reference()],
-                },
+                "metadata": service.metadata(service.name),
                 "spec": {"name": service.name, "protocol": "seldon", "predictors": predictors},
             }
         ]
