@@ -194,7 +194,7 @@ def test_status_has_phase_observed_generation_and_conditions_keyed_by_type(info:
         (KINDS[1], ["Model", "Version", "Metric", "Validated", "Stage", "Age"]),
         (KINDS[2], ["Champion", "Latest", "Versions", "Keep", "Age"]),
         (KINDS[3], ["Model", "Stable", "Canary", "Traffic", "Step", "Phase", "Backend", "URL", "Age"]),
-        (KINDS[4], ["Target", "Phase", "Last Run", "Age"]),
+        (KINDS[4], ["Target", "Phase", "Value", "Last Run", "Age"]),
     ],
     ids=[info.kind for info in KINDS],
 )

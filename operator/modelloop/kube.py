@@ -425,6 +425,18 @@ async def create_job(manifest: Mapping[str, Any]) -> bool:
     return True
 
 
+async def create_object(plural: str, manifest: Mapping[str, Any]) -> bool:
+    """Create one of our objects; return False when one of that name exists already (the name is
+    deterministic, so that is the same object, created before a restart or by a retried pass)."""
+    try:
+        await request("POST", _path(plural, manifest["metadata"]["namespace"]), body=manifest, parse=False)
+    except ApiException as error:
+        if error.status == 409:
+            return False
+        raise
+    return True
+
+
 async def patch_status(
     plural: str, namespace: str, name: str, status: Mapping[str, Any], resource_version: str | None
 ) -> str:

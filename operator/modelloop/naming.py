@@ -15,6 +15,7 @@ LABEL_TRAINING_RUN = f"{GROUP}/training-run"
 LABEL_MODEL = f"{GROUP}/model"
 LABEL_TRIAL = f"{GROUP}/trial"
 LABEL_STAGE = f"{GROUP}/stage"
+LABEL_DRIFT_POLICY = f"{GROUP}/drift-policy"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 # A user (or GitOps) asks for a ModelVersion's stage with this annotation, and may say why with the other.
 ANNOTATION_REQUESTED_STAGE = f"{GROUP}/requested-stage"
@@ -22,6 +23,7 @@ ANNOTATION_STAGE_REASON = f"{GROUP}/stage-reason"
 # Set by the API server (manifests/admission/registered-by.yaml) to the user that created a ModelVersion.
 ANNOTATION_REGISTERED_BY = f"{GROUP}/registered-by"
 ANNOTATION_RUN_UID = f"{GROUP}/training-run-uid"
+ANNOTATION_DRIFT_POLICY_UID = f"{GROUP}/drift-policy-uid"
 # The run's whole name: the label above holds at most 63 characters of it (see ``label_value``).
 ANNOTATION_TRAINING_RUN = f"{GROUP}/training-run"
 

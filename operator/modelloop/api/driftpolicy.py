@@ -6,11 +6,12 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import Field, StringConstraints
+from pydantic import ConfigDict, Field, StringConstraints
 
 from .meta import (
     AGE_COLUMN,
     ApiModel,
+    CelRule,
     Comparison,
     CrdInfo,
     DnsSubdomain,
@@ -19,6 +20,7 @@ from .meta import (
     ResourceStatus,
     ShortText,
     Uri,
+    cel_rules,
 )
 from .trainingrun import TrainingRunSpec
 
@@ -30,6 +32,17 @@ class DriftPolicyPhase(StrEnum):
     BREACHED = "Breached"
     RETRAINING = "Retraining"
     COOLING_DOWN = "CoolingDown"
+    INCONCLUSIVE = "Inconclusive"
+    DEGRADED = "Degraded"
+
+
+class EvaluationResult(StrEnum):
+    """What one evaluation of a policy's metrics found."""
+
+    WATCHING = "Watching"
+    BREACHED = "Breached"
+    INCONCLUSIVE = "Inconclusive"
+    DEGRADED = "Degraded"
 
 
 class DriftTarget(ApiModel):
@@ -46,6 +59,31 @@ class PrometheusSource(ApiModel):
     url: Uri = Field(description="Base URL of the Prometheus server, e.g. http://prometheus:9090.")
 
 
+class DetectorSource(ApiModel):
+    """The drift detector (runtimes/detector) that the target's payload logger feeds."""
+
+    url: Uri = Field(
+        description="Base URL of the detector, e.g. http://drift-detector.ml:8080. The operator tells it "
+        "which versions are served and where their reference samples are, and asks it for recent data."
+    )
+
+
+class RetrainingBudget(ApiModel):
+    """At most so many retrainings in a period, whatever the metrics say."""
+
+    max_retrainings: int = Field(3, ge=1, le=1000, description="Retrainings allowed in one period.")
+    period: Duration = Field("24h", description="The sliding period the budget counts over.")
+
+
+class RecentData(ApiModel):
+    """The detector's window of recent rows, added to the retraining's data."""
+
+    uri_prefix: Uri = Field(
+        description="Where the detector writes the dataset file, e.g. s3://datasets/recent; the file name "
+        "carries the service, the time and the content hash."
+    )
+
+
 class DriftMetric(ApiModel):
     """A Prometheus query whose value, compared with a threshold, signals drift."""
 
@@ -53,7 +91,8 @@ class DriftMetric(ApiModel):
         str, StringConstraints(min_length=1, max_length=63, pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$")
     ] = Field(description="Name of the signal, an identifier (letters, digits, _ and -), e.g. feature-drift.")
     query: Annotated[str, StringConstraints(min_length=1, max_length=4096)] = Field(
-        description="PromQL query returning one number; {{namespace}} and {{name}} are substituted."
+        description="PromQL query returning one number; {{namespace}}, {{name}} (the InferenceService), "
+        "{{model}} and {{version}} (the stable version served) are substituted."
     )
     threshold: float = Field(description="The value the query's result is compared with.")
     comparison: Comparison = Field(
@@ -67,10 +106,25 @@ class RetrainSpec(ApiModel):
     training_run_template: TrainingRunSpec = Field(
         description="Spec of the TrainingRun to create; the operator fills in triggeredBy with the evidence."
     )
+    recent_data: RecentData | None = Field(
+        None,
+        description="Add the detector's recent rows (joined with their feedback labels) to the run's data, "
+        "so that it learns from the data that drifted; needs spec.detector.",
+    )
 
 
 class DriftPolicySpec(ApiModel):
     """When the target counts as drifted (any metric breached for a whole window) and what to do then."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            CelRule(
+                rule="!has(self.retrain.recentData) || has(self.detector)",
+                message="spec.retrain.recentData needs spec.detector: the detector exports the recent data",
+                field_path=".retrain.recentData",
+            ),
+        )
+    )
 
     target: DriftTarget = Field(description="The served model to watch.")
     prometheus: PrometheusSource | None = Field(
@@ -82,17 +136,42 @@ class DriftPolicySpec(ApiModel):
     window: Duration = Field("10m", description="How long a breach must hold before retraining starts.")
     cooldown: Duration = Field("1h", description="Least time between two retrainings.")
     evaluation_interval: Duration = Field("1m", description="How often the metrics are evaluated.")
+    budget: RetrainingBudget = Field(
+        default_factory=RetrainingBudget,
+        json_schema_extra={"default": {}},
+        description="At most so many retrainings per period.",
+    )
+    detector: DetectorSource | None = Field(
+        None, description="The drift detector fed by the target's payload logger, when there is one."
+    )
     retrain: RetrainSpec = Field(description="The retraining to start on drift.")
 
 
 class DriftPolicyStatus(ResourceStatus):
     """The observed state of a DriftPolicy."""
 
-    phase: DriftPolicyPhase | None = Field(None, description="Watching, Breached, Retraining or CoolingDown.")
+    phase: DriftPolicyPhase | None = Field(
+        None, description="Watching, Breached, Retraining, CoolingDown, Inconclusive or Degraded."
+    )
+    last_result: EvaluationResult | None = Field(
+        None, description="What the last evaluation found: Watching, Breached, Inconclusive or Degraded."
+    )
     last_evaluation_time: datetime | None = Field(None, description="When the metrics were last evaluated.")
+    last_value: ShortText | None = Field(
+        None, description="The first metric's value at the last evaluation, e.g. feature-drift=0.42."
+    )
     breach_start_time: datetime | None = Field(None, description="When the current breach began.")
     last_trigger_time: datetime | None = Field(None, description="When a retraining was last started.")
     last_training_run: DnsSubdomain | None = Field(None, description="Name of the last TrainingRun started.")
+    last_model_version: DnsSubdomain | None = Field(
+        None, description="The ModelVersion the last TrainingRun registered."
+    )
+    retrainings: list[datetime] = Field(
+        default_factory=list, max_length=1000, description="When each retraining of the budget period began."
+    )
+    retrainings_in_period: int | None = Field(
+        None, ge=0, description="Retrainings started in the budget period."
+    )
     evidence: dict[str, ShortText] = Field(
         default_factory=dict, max_length=32, description="The metric values of the last evaluation."
     )
@@ -109,6 +188,7 @@ DRIFT_POLICY = CrdInfo(
     printer_columns=(
         PrinterColumn("Target", ".spec.target.inferenceService", "string", "The InferenceService watched."),
         PrinterColumn("Phase", ".status.phase", "string", "Lifecycle phase of the policy."),
+        PrinterColumn("Value", ".status.lastValue", "string", "The first metric at the last evaluation."),
         PrinterColumn("Last Run", ".status.lastTrainingRun", "string", "The last TrainingRun started."),
         AGE_COLUMN,
     ),

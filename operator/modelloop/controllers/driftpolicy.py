@@ -1,28 +1,340 @@
-"""DriftPolicy: when a served model counts as drifted, and how to retrain it.
+"""DriftPolicy: watches a served model's metrics and retrains it when drift is confirmed.
 
-The foundation validates the spec and reports it in status; the kind's own logic builds on this.
+Each pass reads the policy (from kopf's index), its target InferenceService, the model's versions and its
+last TrainingRun (the indexes), queries Prometheus when an evaluation is due (in the query pool, each query
+with its deadline), lets the pure ``modelloop.drift.policy.decide`` decide, creates the TrainingRun it asks
+for, and writes the whole status once. The next evaluation comes back through the work queue's
+requeue-after; a run, version or service that changes wakes the policy at once.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
-from modelloop.api import DRIFT_POLICY, DriftPolicySpec
-from modelloop.controllers.reporting import SpecReviewer, watch_reviewed_kind
-from modelloop.review import ReviewOutcome
+import kopf
+import pydantic
 
-ACCEPTED = ReviewOutcome(
-    phase="Watching",
-    ready="True",
-    reason="Watching",
-    message="The drift policy is accepted.",
+from modelloop import kube
+from modelloop.api import (
+    DRIFT_POLICY,
+    GROUP,
+    INFERENCE_SERVICE,
+    MODEL_VERSION,
+    TRAINING_RUN,
+    VERSION,
+    DriftMetric,
+    DriftPolicyPhase,
+    DriftPolicySpec,
+    parse_duration,
 )
+from modelloop.conditions import set_condition, utc_now
+from modelloop.controllers.reporting import post_event
+from modelloop.drift.detector import DetectorClient, DetectorError, served_versions
+from modelloop.drift.policy import Measurement, PolicyDecision, decide, evaluation_due
+from modelloop.drift.retrain import render_training_run, retraining_in_flight
+from modelloop.naming import LABEL_DRIFT_POLICY, LABEL_TRAINING_RUN
+from modelloop.objects import slim_object
+from modelloop.review import INVALID_SPEC, describe_validation_error
+from modelloop.runtime import metrics
+from modelloop.runtime.executors import call_query
+from modelloop.runtime.status import ObjectKey, StatusWriter
+from modelloop.runtime.workqueue import WorkQueue
+from modelloop.serving.analysis import Prometheus, PrometheusRefused, PrometheusUnreachable, QueryContext
+from modelloop.settings import Settings
 
-watch_reviewed_kind(DRIFT_POLICY, "drift_policies")
+PLURAL = DRIFT_POLICY.plural
+# Evaluations at once: each mostly waits on Prometheus (in the query pool) and the API server.
+WORKERS = 32
+
+logger = logging.getLogger(__name__)
 
 
-def make_controller(indexes: Mapping[str, Any]) -> SpecReviewer:
-    return SpecReviewer(
-        DRIFT_POLICY.kind, DRIFT_POLICY.plural, DriftPolicySpec, ACCEPTED, lambda: indexes["drift_policies"]
+@kopf.index(GROUP, VERSION, PLURAL)
+async def drift_policies(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[ObjectKey, Any]:
+    """Every DriftPolicy by (namespace, name)."""
+    return {(namespace or "", name): slim_object(body)}
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+async def on_drift_policy(
+    type: str, namespace: str | None, name: str, meta: kopf.Meta, memo: Any, **_: Any
+) -> None:
+    controller: DriftPolicyController = memo.runtime.drift_policies
+    key = (namespace or "", name)
+    if type == "DELETED":
+        controller.forget(key)
+    elif not controller.writer.wrote(key, meta.get("resourceVersion")):
+        controller.queue.add(key)
+
+
+@kopf.on.event(GROUP, VERSION, TRAINING_RUN.plural, labels={LABEL_DRIFT_POLICY: kopf.PRESENT})
+async def on_retraining_run(namespace: str | None, labels: kopf.Labels, memo: Any, **_: Any) -> None:
+    """A retraining that moves on (trains, succeeds, fails) changes its policy's phase."""
+    memo.runtime.drift_policies.queue.add((namespace or "", str(labels[LABEL_DRIFT_POLICY])))
+
+
+@kopf.on.event(GROUP, VERSION, MODEL_VERSION.plural, labels={LABEL_TRAINING_RUN: kopf.PRESENT})
+async def on_retrained_version(namespace: str | None, labels: kopf.Labels, memo: Any, **_: Any) -> None:
+    """A retrained version validated, rejected, in canary or promoted: its policy's phase follows."""
+    controller: DriftPolicyController = memo.runtime.drift_policies
+    run = next(
+        iter(controller.indexes["training_runs"].get((namespace or "", labels[LABEL_TRAINING_RUN]), ())), None
     )
+    policy = ((run or {}).get("metadata", {}).get("labels") or {}).get(LABEL_DRIFT_POLICY)
+    if policy:
+        controller.queue.add((namespace or "", str(policy)))
+
+
+@kopf.on.event(GROUP, VERSION, INFERENCE_SERVICE.plural)
+async def on_target_service(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
+    """A target that serves another version has the detector told at once."""
+    controller: DriftPolicyController = memo.runtime.drift_policies
+    for key in controller.policies_of((namespace or "", name)):
+        controller.queue.add(key)
+
+
+class DriftPolicyController:
+    """Evaluates DriftPolicies and starts their retrainings."""
+
+    def __init__(self, settings: Settings, indexes: Mapping[str, Any], workers: int = WORKERS) -> None:
+        self.settings = settings
+        self.indexes = indexes
+        self.writer = StatusWriter(PLURAL)
+        self.prometheus = Prometheus(settings.prometheus_url)
+        self.detector = DetectorClient()
+        self.queue = WorkQueue("DriftPolicy", self.reconcile, workers=workers, on_failure=self.report_failure)
+        # The served versions last registered with each policy's detector, for its uid: to log changes only.
+        self._registered: dict[ObjectKey, tuple[str, Any]] = {}
+
+    def known_keys(self) -> list[ObjectKey]:
+        return list(self.indexes["drift_policies"].keys())
+
+    def forget(self, key: ObjectKey) -> None:
+        self.queue.forget(key)
+        self.writer.forget(key)
+        self._registered.pop(key, None)
+
+    def policies_of(self, service: ObjectKey) -> list[ObjectKey]:
+        """The policies whose target is ``service``."""
+        return [
+            key
+            for key, store in self.indexes["drift_policies"].items()
+            if key[0] == service[0]
+            for policy in store
+            if ((policy.get("spec") or {}).get("target") or {}).get("inferenceService") == service[1]
+        ]
+
+    def _policy(self, key: ObjectKey) -> dict[str, Any] | None:
+        obj = next(iter(self.indexes["drift_policies"].get(key, ())), None)
+        if obj is None or obj["metadata"].get("deletionTimestamp"):
+            return None
+        return self.writer.view(obj)
+
+    async def reconcile(self, key: ObjectKey) -> float | None:
+        obj = self._policy(key)
+        if obj is None:
+            return None
+        requeue: list[float | None] = [None]
+
+        async def act(current: dict[str, Any]) -> None:
+            requeue[0] = await self._reconcile(current)
+
+        await self.writer.reconcile(obj, act, f"DriftPolicy {key[0]}/{key[1]}")
+        return requeue[0]
+
+    async def _reconcile(self, obj: dict[str, Any]) -> float | None:
+        meta = obj["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        previous = obj.get("status") or {}
+        generation = int(meta.get("generation") or 1)
+        try:
+            spec = DriftPolicySpec.model_validate(obj["spec"])
+        except pydantic.ValidationError as error:
+            await self._write_refusal(obj, INVALID_SPEC, describe_validation_error(error))
+            return None
+        now = datetime.now(UTC)
+        service = next(
+            iter(self.indexes["inference_services"].get((namespace, spec.target.inference_service), ())), None
+        )
+        service_status = (service or {}).get("status") or {}
+        model = str(
+            ((service or {}).get("spec") or {}).get("model", {}).get("name")
+            or spec.retrain.training_run_template.output.model_name
+        )
+        versions = list(self.indexes["model_versions"].get((namespace, model), ()))
+
+        measurements: list[Measurement] | None = None
+        if evaluation_due(spec, previous, generation, now):
+            due = _time(previous.get("lastEvaluationTime"))
+            if due is not None and previous.get("observedGeneration") == generation:
+                lag = (now - due).total_seconds() - _seconds(spec.evaluation_interval)
+                metrics.DRIFT_EVALUATION_LAG.observe(max(0.0, lag))
+            if spec.detector is not None and service is not None:
+                await self._register(obj, spec, model, versions, service_status)
+            context = QueryContext(
+                namespace, spec.target.inference_service, int(service_status.get("stableVersion") or 0)
+            )
+            url = (spec.prometheus.url if spec.prometheus else None) or self.settings.prometheus_url
+            measurements = list(
+                await asyncio.gather(*(self._measure(url, m, context, model, now) for m in spec.metrics))
+            )
+
+        last_run_name = previous.get("lastTrainingRun")
+        run = (
+            next(iter(self.indexes["training_runs"].get((namespace, last_run_name), ())))
+            if last_run_name
+            else None
+        )
+        in_flight = retraining_in_flight(run, versions)
+        decision = decide(name, spec, previous, measurements, in_flight, now, generation)
+        status = decision.status
+        if run is not None and (run.get("status") or {}).get("modelVersion"):
+            status["lastModelVersion"] = run["status"]["modelVersion"]
+        if decision.start_run is not None:
+            await self._start_run(obj, spec, decision, model)
+        if decision.skipped is not None:
+            metrics.RETRAININGS.labels("skipped", decision.skipped).inc()
+        await self.writer.write(obj, status)
+        self._post(obj, decision)
+        return decision.requeue_after
+
+    async def _measure(
+        self, url: str | None, metric: DriftMetric, context: QueryContext, model: str, now: datetime
+    ) -> Measurement:
+        query = context.render(metric.query).replace("{{model}}", model).replace("{{ model }}", model)
+        if url is None:
+            error = "no Prometheus to ask: set spec.prometheus.url or MODELLOOP_PROMETHEUS_URL"
+            return Measurement(metric, query, now, error=error)
+        try:
+            value = await call_query(self.prometheus.query, url, query)
+        except PrometheusRefused as error:
+            return Measurement(metric, query, now, error=str(error), refused=True)
+        except PrometheusUnreachable as error:
+            return Measurement(metric, query, now, error=str(error))
+        return Measurement(metric, query, now, value=value)
+
+    async def _register(
+        self,
+        obj: Mapping[str, Any],
+        spec: DriftPolicySpec,
+        model: str,
+        versions: list[dict[str, Any]],
+        service_status: Mapping[str, Any],
+    ) -> None:
+        """Tell the detector what the target serves; a detector that cannot be told is an event, never a
+        breach: the metrics it would have made are missing, which the evaluation reads as inconclusive."""
+        assert spec.detector is not None
+        meta = obj["metadata"]
+        key = (meta["namespace"], meta["name"])
+        served = served_versions(versions, service_status)
+        if not served:
+            return
+        target = spec.retrain.training_run_template.dataset.target_column
+        try:
+            await self.detector.register(
+                spec.detector.url, meta["namespace"], spec.target.inference_service, model, served, target
+            )
+        except DetectorError as error:
+            post_event(obj, "Warning", "DetectorUnreachable", str(error))
+            self._registered.pop(key, None)
+            return
+        if self._registered.get(key) != (meta["uid"], served):
+            logger.info("DriftPolicy %s/%s: detector serves versions %s", *key, ", ".join(served))
+            self._registered[key] = (meta["uid"], served)
+
+    async def _start_run(
+        self, obj: Mapping[str, Any], spec: DriftPolicySpec, decision: PolicyDecision, model: str
+    ) -> None:
+        assert decision.start_run is not None
+        meta = obj["metadata"]
+        evidence = dict(decision.evidence)
+        recent = None
+        if spec.retrain.recent_data is not None and spec.detector is not None:
+            target = spec.retrain.training_run_template.dataset.target_column
+            try:
+                exported = await self.detector.export(
+                    spec.detector.url,
+                    meta["namespace"],
+                    spec.target.inference_service,
+                    spec.retrain.recent_data.uri_prefix,
+                    target,
+                )
+            except DetectorError as error:
+                # The retraining goes on with the template's data: drift confirmed is reason enough.
+                evidence["recentData"] = f"unavailable: {error}"[:1024]
+                post_event(obj, "Warning", "RecentDataUnavailable", str(error))
+            else:
+                recent = {"uri": exported.uri, "format": "csv", "hash": exported.hash}
+                evidence["recentData"] = (
+                    f"{exported.uri} ({exported.hash}): {exported.rows} rows, {exported.labelled} labelled"
+                )[:1024]
+        run = render_training_run(obj, spec, decision.start_run, evidence, recent)
+        created = await kube.create_object(TRAINING_RUN.plural, run)
+        if created:
+            metrics.RETRAININGS.labels("started", "DriftConfirmed").inc()
+            logger.info(
+                "DriftPolicy %s/%s started TrainingRun %s",
+                meta["namespace"],
+                meta["name"],
+                decision.start_run,
+            )
+
+    def _post(self, obj: Mapping[str, Any], decision: PolicyDecision) -> None:
+        for event in decision.events:
+            post_event(obj, event.type, event.reason, event.message)
+        phase = decision.status.get("phase")
+        if phase != (obj.get("status") or {}).get("phase"):
+            meta = obj["metadata"]
+            logger.info("DriftPolicy %s/%s is %s", meta["namespace"], meta["name"], phase)
+
+    async def _write_refusal(self, obj: dict[str, Any], reason: str, message: str) -> None:
+        previous = obj.get("status") or {}
+        generation = int(obj["metadata"].get("generation") or 1)
+        status = {
+            "phase": DriftPolicyPhase.DEGRADED.value,
+            "reason": reason,
+            "message": message,
+            "observedGeneration": generation,
+            "conditions": set_condition(
+                previous.get("conditions"),
+                type_="Ready",
+                status="False",
+                reason=reason,
+                message=message,
+                observed_generation=generation,
+                now=utc_now(),
+            ),
+        }
+        if previous.get("message") != message:
+            post_event(obj, "Warning", reason, message)
+        await self.writer.write(obj, status)
+
+    async def report_failure(self, key: ObjectKey, error: BaseException, failures: int) -> None:
+        """A TrainingRun the API server refuses for good (its template no longer admitted, no RBAC) reaches
+        the status and an event, once per message; the queue backs off."""
+        if not (isinstance(error, kube.ApiException) and error.status in (*kube.PERMANENT_STATUSES, 404)):
+            return
+        obj = self._policy(key)
+        if obj is None:
+            return
+        message = f"cannot create the retraining's TrainingRun: {kube.api_message(error)}"
+        if (obj.get("status") or {}).get("message") == message:
+            return
+        try:
+            await self._write_refusal(obj, "ApiRequestRefused", message)
+        except (kube.Conflict, kube.ApiException):
+            return
+
+
+def _time(value: Any) -> datetime | None:
+    if not value:
+        return None
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+
+
+def _seconds(duration: str) -> float:
+    return parse_duration(duration).total_seconds()

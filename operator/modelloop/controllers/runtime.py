@@ -16,10 +16,9 @@ from typing import Any
 
 import kopf
 
-from modelloop.controllers import driftpolicy
+from modelloop.controllers.driftpolicy import DriftPolicyController
 from modelloop.controllers.inferenceservice import InferenceServiceController
 from modelloop.controllers.modelversion import ModelRegistry
-from modelloop.controllers.reporting import SpecReviewer
 from modelloop.controllers.states import ObjectStates
 from modelloop.controllers.trainingrun import TrainingRunController
 from modelloop.runtime import metrics
@@ -38,7 +37,7 @@ class Runtime:
     training_runs: TrainingRunController
     registry: ModelRegistry
     inference_services: InferenceServiceController
-    drift_policies: SpecReviewer
+    drift_policies: DriftPolicyController
     gate: asyncio.Task[None] | None = None
     metrics_server: Any = None
     active: bool = True
@@ -46,7 +45,9 @@ class Runtime:
 
     def controllers(
         self,
-    ) -> tuple[TrainingRunController | ModelRegistry | InferenceServiceController | SpecReviewer, ...]:
+    ) -> tuple[
+        TrainingRunController | ModelRegistry | InferenceServiceController | DriftPolicyController, ...
+    ]:
         return (self.training_runs, self.registry, self.inference_services, self.drift_policies)
 
     def queues(self) -> Iterator[WorkQueue[Any]]:
@@ -82,7 +83,7 @@ async def start_controllers(memo: kopf.Memo, **kwargs: Any) -> None:
         training_runs=TrainingRunController(settings, indexes),
         registry=ModelRegistry(settings, indexes),
         inference_services=InferenceServiceController(settings, indexes),
-        drift_policies=driftpolicy.make_controller(indexes),
+        drift_policies=DriftPolicyController(settings, indexes),
     )
     if settings.peering is not None and settings.priority is not None:
         gate = PeeringGate(
@@ -114,5 +115,6 @@ async def stop_controllers(memo: kopf.Memo, **_: Any) -> None:
             await runtime.gate
     await asyncio.gather(*(queue.shutdown(SHUTDOWN_SECONDS) for queue in runtime.queues()))
     logger.info("every work queue is drained")
+    await runtime.drift_policies.detector.close()
     if runtime.metrics_server is not None:
         await runtime.metrics_server.cleanup()

@@ -41,6 +41,11 @@ API_SECONDS = Histogram(
     buckets=_DURATIONS, registry=REGISTRY,
 )  # fmt: skip
 
+DRIFT_EVALUATION_LAG = Histogram(
+    "modelloop_drift_evaluation_lag_seconds",
+    "How late DriftPolicy evaluations ran after they were due (interval after the last one).",
+    buckets=_DURATIONS, registry=REGISTRY,
+)  # fmt: skip
 RETRAININGS = Counter(
     "modelloop_retrainings", "Retrainings a DriftPolicy started or skipped, by result and reason.",
     ("result", "reason"), registry=REGISTRY,

@@ -6,8 +6,11 @@ inconclusive: it says nothing about the canary, so the step is held (never advan
 
 from __future__ import annotations
 
+import ast
 import asyncio
+import json
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,6 +95,9 @@ class Prometheus:
         try:
             return sample_value(self.client(url).custom_query(query))
         except PrometheusApiClientException as error:
+            refusal = _refusal(str(error))
+            if refusal is not None:
+                raise PrometheusRefused(f"Prometheus at {url} refused the query: {refusal}") from error
             raise PrometheusUnreachable(f"Prometheus at {url} refused the query: {error}") from error
         except requests.RequestException as error:
             raise PrometheusUnreachable(
@@ -121,3 +127,29 @@ class Prometheus:
 
 class PrometheusUnreachable(Exception):
     """Prometheus gave no answer to judge (connection failed, timed out, or refused the query)."""
+
+
+class PrometheusRefused(PrometheusUnreachable):
+    """Prometheus refused the query itself (HTTP 400 or 422: bad PromQL, a bad parameter); the message is
+    Prometheus's own."""
+
+
+_HTTP_ERROR = re.compile(r"HTTP Status Code (\d+) \((.*)\)\s*$", re.DOTALL)
+
+
+def _refusal(text: str) -> str | None:
+    """Prometheus's own error message when ``text`` (prometheus-api-client's error) is a refusal of the
+    query, else None. The client formats it ``HTTP Status Code 400 (b'{...json...}')``."""
+    matched = _HTTP_ERROR.search(text)
+    if matched is None or matched.group(1) not in ("400", "422"):
+        return None
+    body = matched.group(2)
+    try:
+        literal = ast.literal_eval(body)
+        payload = json.loads(literal.decode() if isinstance(literal, bytes) else literal)
+    except (ValueError, SyntaxError, UnicodeDecodeError):
+        return body[:500]
+    if isinstance(payload, dict) and payload.get("error"):
+        kind = payload.get("errorType")
+        return f"{kind}: {payload['error']}" if kind else str(payload["error"])
+    return body[:500]

@@ -1,0 +1,320 @@
+"""A DriftPolicy's decision, as a pure function of its spec, its last status, what the metrics say now and
+how far its last retraining has come.
+
+One evaluation judges every metric: a value past its threshold is a breach; no value (no data, NaN, an
+unreachable Prometheus) is inconclusive and never a breach; a query Prometheus refuses makes the policy
+Degraded with Prometheus's own message. A breach counts only once it has held at every evaluation for the
+whole ``window``: an inconclusive or clean evaluation in between starts the window again. A confirmed
+breach starts a retraining unless one is in flight (its run trains, or its version is in validation or
+canary), the ``cooldown`` since the last one has not passed, or the budget of the period is spent.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from modelloop.api import (
+    DriftMetric,
+    DriftPolicyPhase,
+    DriftPolicySpec,
+    EvaluationResult,
+    parse_duration,
+)
+from modelloop.api.meta import Comparison
+from modelloop.conditions import ConditionValue, set_condition
+
+_SYMBOLS = {
+    Comparison.GREATER_THAN_OR_EQUAL: ">=",
+    Comparison.GREATER_THAN: ">",
+    Comparison.LESS_THAN_OR_EQUAL: "<=",
+    Comparison.LESS_THAN: "<",
+}
+EVIDENCE_TEXT_LIMIT = 1024
+# Reasons of skipped retrainings, as modelloop_retrainings_total{result="skipped"} counts them.
+SKIP_IN_FLIGHT = "InFlight"
+SKIP_COOLDOWN = "Cooldown"
+SKIP_BUDGET = "BudgetExhausted"
+STARTED = "DriftConfirmed"
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One metric's query, run once: its value, or why there is none."""
+
+    metric: DriftMetric
+    query: str
+    time: datetime
+    value: float | None = None
+    error: str | None = None
+    refused: bool = False
+    """Prometheus refused the query itself (bad PromQL): the policy is wrong, not the data missing."""
+
+    @property
+    def conclusive(self) -> bool:
+        return self.error is None and self.value is not None and not math.isnan(self.value)
+
+    @property
+    def breached(self) -> bool:
+        return (
+            self.conclusive
+            and self.value is not None
+            and self.metric.comparison.holds(self.value, self.metric.threshold)
+        )
+
+    def shown(self) -> str:
+        """The value as status shows it: ``0.42``, ``no data`` or the error."""
+        if self.conclusive and self.value is not None:
+            return f"{self.value:.6g}"
+        return self.error or "no data"
+
+    def evidence(self) -> str:
+        """The value, the threshold it was compared with, the time and the query."""
+        wanted = f"{_SYMBOLS[self.metric.comparison]} {self.metric.threshold:g}"
+        text = f"{self.shown()} (breach when {wanted}) at {_iso(self.time)}; query: {self.query}"
+        return text[:EVIDENCE_TEXT_LIMIT]
+
+
+@dataclass(frozen=True)
+class InFlight:
+    """The policy's last retraining, still on its way: what it is doing."""
+
+    what: str
+
+
+@dataclass(frozen=True)
+class PolicyEvent:
+    type: str
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class PolicyDecision:
+    """The whole new status, and what to do: start a retraining with this evidence, or count a skip."""
+
+    status: dict[str, Any]
+    start_run: str | None = None
+    """The TrainingRun to create: its name, derived from the breach it acts on (a retried pass creates
+    the same one, never a second)."""
+    evidence: dict[str, str] = field(default_factory=dict)
+    skipped: str | None = None
+    events: list[PolicyEvent] = field(default_factory=list)
+    requeue_after: float | None = None
+
+
+def evaluation_due(spec: DriftPolicySpec, status: Mapping[str, Any], generation: int, now: datetime) -> bool:
+    """Whether the metrics are to be queried in this pass: at every interval, and at once for a new spec."""
+    last = _time(status.get("lastEvaluationTime"))
+    if last is None or status.get("observedGeneration") != generation:
+        return True
+    return now >= last + parse_duration(spec.evaluation_interval)
+
+
+def run_name(policy: str, breach_start: datetime) -> str:
+    """``<policy>-<breach start in Unix seconds>``: one breach, one run, however often it is decided."""
+    return f"{policy[:240]}-{int(breach_start.timestamp())}"
+
+
+def decide(
+    policy: str,
+    spec: DriftPolicySpec,
+    previous: Mapping[str, Any],
+    measurements: Sequence[Measurement] | None,
+    in_flight: InFlight | None,
+    now: datetime,
+    generation: int,
+) -> PolicyDecision:
+    """The new status of policy ``policy``; ``measurements`` is None in a pass that evaluates nothing."""
+    status: dict[str, Any] = {
+        key: previous[key]
+        for key in (
+            "lastResult",
+            "lastEvaluationTime",
+            "lastValue",
+            "breachStartTime",
+            "lastTriggerTime",
+            "lastTrainingRun",
+            "lastModelVersion",
+            "evidence",
+        )
+        if key in previous
+    }
+    status["observedGeneration"] = generation
+    period = parse_duration(spec.budget.period)
+    recent = [t for t in map(_time, previous.get("retrainings") or ()) if t is not None and now - t < period]
+
+    events: list[PolicyEvent] = []
+    refused: list[Measurement] = []
+    if measurements is not None:
+        refused = [m for m in measurements if m.refused]
+        breached = [m for m in measurements if m.breached]
+        unknown = [m for m in measurements if not m.conclusive]
+        if refused:
+            result = EvaluationResult.DEGRADED
+        elif breached:
+            result = EvaluationResult.BREACHED
+        elif unknown:
+            result = EvaluationResult.INCONCLUSIVE
+        else:
+            result = EvaluationResult.WATCHING
+        status["lastResult"] = result.value
+        status["lastEvaluationTime"] = _iso(now)
+        status["evidence"] = {m.metric.name: m.shown()[:EVIDENCE_TEXT_LIMIT] for m in measurements}
+        first = measurements[0]
+        status["lastValue"] = f"{first.metric.name}={first.shown()}"[:EVIDENCE_TEXT_LIMIT]
+        if result == EvaluationResult.BREACHED:
+            status["breachStartTime"] = previous.get("breachStartTime") or _iso(now)
+            if not previous.get("breachStartTime"):
+                names = ", ".join(f"{m.metric.name}={m.shown()}" for m in breached)
+                events.append(PolicyEvent("Normal", "BreachStarted", f"Breached: {names}."))
+        else:
+            status["breachStartTime"] = None
+
+    result_now = status.get("lastResult")
+    breach_start = _time(status.get("breachStartTime"))
+    window = parse_duration(spec.window)
+    confirmed = breach_start is not None and now - breach_start >= window
+    last_trigger = _time(status.get("lastTriggerTime"))
+    cooldown = parse_duration(spec.cooldown)
+    cooling = last_trigger is not None and now - last_trigger < cooldown
+    decision_time = measurements is not None  # a skip is counted once per evaluation, not per event
+
+    start: str | None = None
+    skipped: str | None = None
+    evidence: dict[str, str] = {}
+    if result_now == EvaluationResult.DEGRADED:
+        phase, reason = DriftPolicyPhase.DEGRADED, "QueryRefused"
+        message = "Prometheus refused a query: " + "; ".join(
+            f"{m.metric.name}: {m.error}" for m in refused or measurements or ()
+        )
+        if not refused:
+            message = str(previous.get("message") or message)
+    elif in_flight is not None:
+        phase, reason = DriftPolicyPhase.RETRAINING, "RetrainingInFlight"
+        message = in_flight.what
+        if confirmed:
+            message += "; the breach it confirms starts no other retraining"
+            skipped = SKIP_IN_FLIGHT if decision_time else None
+    elif confirmed and cooling and last_trigger is not None:
+        phase, reason = DriftPolicyPhase.COOLING_DOWN, "Cooldown"
+        until = _iso(last_trigger + cooldown)
+        message = f"Drift confirmed, but the cooldown after the last retraining lasts until {until}."
+        skipped = SKIP_COOLDOWN if decision_time else None
+    elif confirmed and len(recent) >= spec.budget.max_retrainings:
+        phase, reason = DriftPolicyPhase.BREACHED, SKIP_BUDGET
+        message = (
+            f"Drift confirmed, but {len(recent)} retrainings in the last {spec.budget.period} spend the "
+            f"budget of {spec.budget.max_retrainings}; the next is allowed at {_iso(min(recent) + period)}."
+        )
+        skipped = SKIP_BUDGET if decision_time else None
+    elif confirmed and breach_start is not None:
+        start = run_name(policy, breach_start)
+        evidence = {m.metric.name: m.evidence() for m in measurements or () if m.breached}
+        evidence["breachStart"] = _iso(breach_start)
+        evidence["confirmedAt"] = _iso(now)
+        evidence["window"] = spec.window
+        phase, reason = DriftPolicyPhase.RETRAINING, "RetrainingStarted"
+        message = f"Drift held for {spec.window} since {_iso(breach_start)}: started TrainingRun {start}."
+        status.update(lastTriggerTime=_iso(now), lastTrainingRun=start, lastModelVersion=None)
+        status["breachStartTime"] = None  # this breach is acted on; a new one must hold a window again
+        recent.append(now)
+        events.append(PolicyEvent("Normal", "RetrainingStarted", message))
+    elif result_now == EvaluationResult.BREACHED and breach_start is not None:
+        phase, reason = DriftPolicyPhase.BREACHED, "BreachHolding"
+        message = (
+            f"Breached since {_iso(breach_start)}: drift is confirmed if it holds until "
+            f"{_iso(breach_start + window)} (window {spec.window})."
+        )
+    elif cooling and last_trigger is not None:
+        phase, reason = DriftPolicyPhase.COOLING_DOWN, "Cooldown"
+        message = (
+            f"Retrained at {_iso(last_trigger)}; the cooldown lasts until {_iso(last_trigger + cooldown)}."
+        )
+    elif result_now == EvaluationResult.INCONCLUSIVE:
+        phase, reason = DriftPolicyPhase.INCONCLUSIVE, "Inconclusive"
+        unknown_now = [m for m in measurements or () if not m.conclusive]
+        message = (
+            "The metrics cannot tell drift, which is never taken for a breach: "
+            + "; ".join(f"{m.metric.name}: {m.shown()}" for m in unknown_now)
+            if unknown_now
+            else str(previous.get("message") or "The metrics cannot tell drift.")
+        )
+    else:
+        phase, reason = DriftPolicyPhase.WATCHING, "Watching"
+        message = "No metric is breached."
+    if skipped is not None:
+        events.append(PolicyEvent("Normal", "RetrainingSkipped", message))
+    if phase == DriftPolicyPhase.DEGRADED and previous.get("message") != message:
+        events.append(PolicyEvent("Warning", reason, message))
+
+    status.update(
+        phase=phase.value,
+        reason=reason,
+        message=message,
+        retrainings=[_iso(t) for t in recent],
+        retrainingsInPeriod=len(recent),
+    )
+    status["conditions"] = _ready_condition(previous, phase, reason, message, generation, now)
+    return PolicyDecision(
+        status=status,
+        start_run=start,
+        evidence=evidence,
+        skipped=skipped,
+        events=events,
+        requeue_after=_next_evaluation(spec, status, now, window),
+    )
+
+
+def _next_evaluation(
+    spec: DriftPolicySpec, status: Mapping[str, Any], now: datetime, window: timedelta
+) -> float:
+    """Seconds to the next evaluation; sooner when the window of a breach ends before it."""
+    interval = parse_duration(spec.evaluation_interval)
+    last = _time(status.get("lastEvaluationTime")) or now
+    due = last + interval
+    breach_start = _time(status.get("breachStartTime"))
+    if breach_start is not None and now < breach_start + window < due:
+        due = breach_start + window
+    return max(0.0, (due - now).total_seconds())
+
+
+def _ready_condition(
+    previous: Mapping[str, Any],
+    phase: DriftPolicyPhase,
+    reason: str,
+    message: str,
+    generation: int,
+    now: datetime,
+) -> list[dict[str, Any]]:
+    """Ready is True while the policy can tell drift, Unknown while it cannot (Inconclusive; its
+    transition time is how long), False when its queries are refused."""
+    value: ConditionValue = "True"
+    if phase == DriftPolicyPhase.INCONCLUSIVE:
+        value = "Unknown"
+    elif phase == DriftPolicyPhase.DEGRADED:
+        value = "False"
+    return set_condition(
+        previous.get("conditions"),
+        type_="Ready",
+        status=value,
+        reason=reason,
+        message=message,
+        observed_generation=generation,
+        now=_iso(now),
+    )
+
+
+def _iso(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _time(value: Any) -> datetime | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, datetime):
+        return value
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
