@@ -123,6 +123,7 @@ def test_kubectl_get_modelloop_lists_every_kind_with_its_columns(cluster: Cluste
         "NAME",
         "TARGET",
         "PHASE",
+        "VALUE",
         "LAST RUN",
         "AGE",
     ]

@@ -56,6 +56,6 @@ def test_metrics_count_the_reconciles_and_api_calls_the_operator_made(
     assert value("modelloop_api_requests_total", verb="POST", code="201") >= 1  # the Job
     assert value("modelloop_api_requests_total", verb="PATCH", code="200") >= 2  # statuses
     assert ("modelloop_queue_depth", (("kind", "TrainingRun"),)) in seen
-    assert value("modelloop_objects", kind="DriftPolicy", phase="Watching") == 1
+    assert value("modelloop_objects", kind="DriftPolicy", phase="Inconclusive") == 1
     assert value("modelloop_training_run_oldest_pending_seconds") == 0  # none is Pending any more
     assert ("modelloop_rollout_oldest_step_seconds", ()) in seen

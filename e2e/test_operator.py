@@ -20,7 +20,7 @@ QUICKSTART = ROOT / "manifests" / "examples" / "quickstart.yaml"
 EXPECTED = [
     ("modelversion", "iris-v1", "Validated", "True", "ChecksPassed"),
     ("modelpolicy", "iris", "Active", "True", "Active"),
-    ("driftpolicy", "iris-drift", "Watching", "True", "Watching"),
+    ("driftpolicy", "iris-drift", "Inconclusive", "Unknown", "Inconclusive"),
 ]
 
 

@@ -25,7 +25,7 @@ def drift_policy(name: str) -> dict[str, Any]:
 
 def handled_by(log: Path, name: str) -> bool:
     """Whether the operator writing ``log`` reviewed the DriftPolicy ``name`` (and wrote its status)."""
-    return any(f"/{name} is Watching" in line for line in log.read_text().splitlines())
+    return any(f"/{name} is Inconclusive" in line for line in log.read_text().splitlines())
 
 
 def reported(cluster: Cluster, name: str, namespace: str) -> bool:

@@ -399,3 +399,42 @@ def test_parse_duration_rejects_other_forms(text: str) -> None:
 )
 def test_comparison_holds_against_threshold(comparison: Comparison, value: float, holds: bool) -> None:
     assert comparison.holds(value, 0.9) is holds
+
+
+def test_a_training_run_appends_up_to_eight_additional_datasets_of_csv_or_parquet() -> None:
+    additional = [
+        {"uri": "s3://drift/iris/recent-1.csv", "format": "csv"},
+        {"uri": "s3://drift/iris/recent-2.parquet", "format": "parquet", "hash": "sha256:0123abcd"},
+    ]
+    spec = TrainingRunSpec.model_validate(changed(TRAINING_RUN, "dataset.additional", additional))
+
+    assert [d.format.value for d in spec.dataset.additional] == ["csv", "parquet"]
+    assert spec.model_dump(mode="json", exclude_none=True)["dataset"]["additional"] == additional
+    defaulted = TrainingRunSpec.model_validate(
+        changed(TRAINING_RUN, "dataset.additional", [{"uri": "s3://x"}])
+    )
+    assert defaulted.dataset.additional[0].format.value == "csv"
+    for wrong in (
+        [{"uri": "s3://x"}] * 9,
+        [{"uri": "sklearn://iris", "format": "sklearn"}],
+        [{"uri": "s3://x", "hash": "x"}],
+    ):
+        with pytest.raises(ValidationError, match=r"dataset\.additional"):
+            TrainingRunSpec.model_validate(changed(TRAINING_RUN, "dataset.additional", wrong))
+
+
+def test_a_model_version_records_its_reference_files_and_the_champions_metrics_on_its_data() -> None:
+    example = changed(MODEL_VERSION, "artifact.referenceUri", "s3://models/iris/iris-1/reference.csv")
+    example["artifact"]["referencePredictionsUri"] = "s3://models/iris/iris-1/reference_predictions.csv"
+    example["championEvaluation"] = {"version": "iris-v2", "metrics": {"accuracy": 0.94}}
+
+    spec = ModelVersionSpec.model_validate(example)
+
+    dumped = spec.model_dump(mode="json", exclude_none=True)
+    assert (dumped["artifact"], dumped["championEvaluation"]) == (
+        example["artifact"],
+        example["championEvaluation"],
+    )
+    assert spec.champion_evaluation is not None and spec.champion_evaluation.version == "iris-v2"
+    with pytest.raises(ValidationError, match=r"championEvaluation\.version"):
+        ModelVersionSpec.model_validate(changed(example, "championEvaluation.version", "Iris V2"))

@@ -257,7 +257,7 @@ def test_the_retraining_run_is_the_template_with_the_trigger_and_the_recent_data
     assert run["spec"]["dataset"]["uri"] == "sklearn://iris"
     assert run["spec"]["dataset"]["additional"] == [recent]
     assert run["spec"]["image"] == "ghcr.io/modelloop/trainer:0.1.0"
-    assert "additional" not in render_training_run(policy, SPEC, "x", evidence)["spec"]["dataset"]
+    assert not render_training_run(policy, SPEC, "x", evidence)["spec"]["dataset"].get("additional")
 
 
 def test_the_detector_is_told_the_stable_and_canary_versions_with_their_references() -> None:

@@ -62,6 +62,20 @@ def test_a_new_version_is_compared_with_the_current_champion_and_rejected_when_w
     assert any(e.type == "Warning" and e.name == "iris-v2" for e in result.events)
 
 
+def test_a_new_version_is_compared_with_the_champion_on_its_own_held_out_data_when_measured() -> None:
+    champion = version(1, metrics={"accuracy": 0.90}, status=decided("Champion"))
+    # Better than the champion's record (0.90), worse than the champion on this version's rows (0.97).
+    new = version(2, metrics={"accuracy": 0.93}, validation=CHAMPION_ACCURACY)
+    new["spec"]["championEvaluation"] = {"version": "iris-v1", "metrics": {"accuracy": 0.97}}
+
+    result = plan([champion, new])
+
+    status = result.statuses["iris-v2"]
+    assert status["phase"] == "Rejected"
+    assert status["checks"][0]["sameData"] is True
+    assert "champion iris-v1's accuracy=0.97 on the same held-out data" in status["message"]
+
+
 def test_the_policys_gates_apply_to_every_version_of_the_model() -> None:
     result = plan(
         [version(1, metrics={"accuracy": 0.85})],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from modelloop.api import ModelVersionPhase, Validation
+from modelloop.api import ChampionEvaluation, ModelVersionPhase, Validation
 from modelloop.registry.validation import Champion, format_key_metric, validate_version
 
 
@@ -110,6 +110,63 @@ def test_the_versions_own_champion_comparison_wins_over_the_policys() -> None:
 
     assert verdict.phase == ModelVersionPhase.VALIDATED
     assert len(verdict.checks) == 1
+
+
+def same_data(version: str, **metrics: float) -> ChampionEvaluation:
+    return ChampionEvaluation(version=version, metrics=metrics)
+
+
+def test_a_version_better_than_the_champions_record_but_worse_on_the_same_data_is_rejected() -> None:
+    own = validation(champion={"metric": "accuracy"})
+    # The champion's own record came from easier held-out rows; on this version's rows it scores 0.95.
+    champion = Champion("iris-v3", {"accuracy": 0.89})
+
+    verdict = validate_version({"accuracy": 0.91}, own, None, champion, same_data("iris-v3", accuracy=0.95))
+
+    assert verdict.phase == ModelVersionPhase.REJECTED
+    check = verdict.checks[0]
+    assert (check["passed"], check["threshold"], check["sameData"]) == (False, 0.95, True)
+    assert check["message"] == (
+        "accuracy=0.91 is worse than champion iris-v3's accuracy=0.95 on the same held-out data"
+    )
+    assert verdict.compared_with == "iris-v3"
+    # Without the evaluation, the record alone would have let it through.
+    assert validate_version({"accuracy": 0.91}, own, None, champion).phase == ModelVersionPhase.VALIDATED
+
+
+def test_a_version_no_worse_than_the_champion_on_the_same_data_passes_within_the_margin() -> None:
+    own = validation(champion={"metric": "accuracy", "margin": 0.02})
+    champion = Champion("iris-v3", {"accuracy": 0.99})
+
+    verdict = validate_version({"accuracy": 0.94}, own, None, champion, same_data("iris-v3", accuracy=0.95))
+
+    assert verdict.phase == ModelVersionPhase.VALIDATED
+    assert verdict.checks[0]["sameData"] is True
+    assert (
+        "no worse than champion iris-v3's accuracy=0.95 on the same held-out data within a margin of 0.02"
+        in (verdict.checks[0]["message"])
+    )
+
+
+@pytest.mark.parametrize(
+    "evaluation",
+    [same_data("iris-v2", accuracy=0.5), same_data("iris-v3", f1_macro=0.5)],
+    ids=["of-another-champion", "without-the-metric"],
+)
+def test_an_evaluation_of_another_champion_or_metric_falls_back_to_the_champions_record(
+    evaluation: ChampionEvaluation,
+) -> None:
+    own = validation(champion={"metric": "accuracy"})
+
+    verdict = validate_version(
+        {"accuracy": 0.9}, own, None, Champion("iris-v3", {"accuracy": 0.95}), evaluation
+    )
+
+    check = verdict.checks[0]
+    assert verdict.phase == ModelVersionPhase.REJECTED
+    assert "sameData" not in check
+    assert check["threshold"] == 0.95
+    assert "same held-out data" not in check["message"]
 
 
 def test_key_metric_prefers_the_metrics_the_gates_look_at() -> None:

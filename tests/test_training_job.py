@@ -7,7 +7,7 @@ from typing import Any
 
 from modelloop.api import TrainingRunSpec
 from modelloop.naming import job_name
-from modelloop.training.job import TrialPlan, output_uri, render_job
+from modelloop.training.job import ChampionModel, TrialPlan, current_champion, output_uri, render_job
 
 RUN: dict[str, Any] = {
     "apiVersion": "modelloop.dev/v1alpha1",
@@ -172,3 +172,66 @@ def test_output_uri_uses_the_runs_prefix_when_given() -> None:
         == "s3://b/p/r"
     )
     assert output_uri(spec(), "r", "file:///x/") == "file:///x/iris/r"
+
+
+def test_additional_datasets_reach_the_trainer_as_one_json_list() -> None:
+    dataset = {
+        "uri": "s3://data/iris.csv",
+        "targetColumn": "species",
+        "additional": [
+            {"uri": "s3://drift/iris/recent-1.csv"},
+            {"uri": "s3://drift/iris/recent-2.parquet", "format": "parquet", "hash": "sha256:cd"},
+        ],
+    }
+
+    env = env_of(render_job(RUN, spec(dataset=dataset), "s3://models"))
+
+    assert json.loads(env["MODELLOOP_ADDITIONAL_DATASETS"]) == [
+        {"uri": "s3://drift/iris/recent-1.csv", "format": "csv"},
+        {"uri": "s3://drift/iris/recent-2.parquet", "format": "parquet", "hash": "sha256:cd"},
+    ]
+
+
+def test_without_additional_datasets_or_a_champion_the_trainer_gets_neither_variable() -> None:
+    env = env_of(render_job(RUN, spec(), "s3://models"))
+
+    assert not {
+        "MODELLOOP_ADDITIONAL_DATASETS",
+        "MODELLOOP_CHAMPION_URI",
+        "MODELLOOP_CHAMPION_VERSION",
+    } & set(env)
+
+
+def test_the_champion_reaches_the_trainer_by_artifact_and_name() -> None:
+    champion = ChampionModel(name="iris-v3", artifact_uri="s3://models/iris/iris-3/model.joblib")
+
+    single = env_of(render_job(RUN, spec(), "s3://models", champion=champion))
+    trial = env_of(render_job(RUN, spec(), "s3://models", TrialPlan(index=1), champion))
+
+    for env in (single, trial):
+        assert env["MODELLOOP_CHAMPION_URI"] == "s3://models/iris/iris-3/model.joblib"
+        assert env["MODELLOOP_CHAMPION_VERSION"] == "iris-v3"
+
+
+def model_version(
+    name: str, stage: str | None, champion_since: str = "2024-01-01T00:00:00Z"
+) -> dict[str, Any]:
+    history = [{"stage": stage, "time": champion_since}] if stage else []
+    return {
+        "metadata": {"name": name},
+        "spec": {"modelName": "iris", "artifact": {"uri": f"s3://models/iris/{name}/model.joblib"}},
+        "status": {"stage": stage, "history": history} if stage else {},
+    }
+
+
+def test_the_current_champion_is_the_version_in_the_champion_stage() -> None:
+    versions = [
+        model_version("iris-v1", "Archived"),
+        model_version("iris-v2", "Champion"),
+        model_version("iris-v3", "Candidate"),
+        model_version("iris-v4", None),
+    ]
+
+    assert current_champion(versions) == ChampionModel("iris-v2", "s3://models/iris/iris-v2/model.joblib")
+    assert current_champion([model_version("iris-v1", "Challenger")]) is None
+    assert current_champion([]) is None

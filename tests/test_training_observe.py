@@ -11,7 +11,7 @@ from typing import Any
 
 from modelloop.api import TrainingRunPhase
 from modelloop.training.observe import observe_job, slim_job, slim_pod
-from modelloop.training.result import parse_result
+from modelloop.training.result import ChampionReport, parse_result
 
 SUCCESS = {
     "status": "Succeeded",
@@ -182,3 +182,29 @@ def test_parse_result_ignores_what_is_not_the_trainers_json() -> None:
     assert parse_result("plain text") is None
     assert parse_result('{"status": "Weird"}') is None
     assert parse_result("[1, 2]") is None
+
+
+def test_parse_result_reads_the_reference_files_and_the_champions_evaluation() -> None:
+    result = parse_result(
+        json.dumps(
+            {
+                **SUCCESS,
+                "referenceUri": "s3://m/iris/r/reference.csv",
+                "referencePredictionsUri": "s3://m/iris/r/reference_predictions.csv",
+                "champion": {"version": "iris-v3", "metrics": {"accuracy": 0.95, "n": "x"}},
+            }
+        )
+    )
+
+    assert result is not None
+    assert result.reference_uri == "s3://m/iris/r/reference.csv"
+    assert result.reference_predictions_uri == "s3://m/iris/r/reference_predictions.csv"
+    assert result.champion == ChampionReport(version="iris-v3", metrics={"accuracy": 0.95})
+
+
+def test_parse_result_keeps_why_the_champion_was_not_evaluated_and_ignores_a_nameless_one() -> None:
+    failed = parse_result(json.dumps({**SUCCESS, "champion": {"version": "iris-v3", "error": "no file"}}))
+    nameless = parse_result(json.dumps({**SUCCESS, "champion": {"metrics": {"accuracy": 1.0}}}))
+
+    assert failed is not None and failed.champion == ChampionReport("iris-v3", {}, "no file")
+    assert nameless is not None and nameless.champion is None

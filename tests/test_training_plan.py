@@ -7,7 +7,7 @@ from typing import Any
 
 from modelloop.api import ModelVersionSpec, TrainingRunSpec
 from modelloop.naming import ANNOTATION_RUN_UID, job_name
-from modelloop.training.job import render_job
+from modelloop.training.job import ChampionModel, render_job
 from modelloop.training.observe import slim_job, slim_pod
 from modelloop.training.plan import plan_run
 from modelloop.training.register import render_model_version, run_key_metric
@@ -39,7 +39,7 @@ def spec_of(obj: dict[str, Any]) -> TrainingRunSpec:
 
 
 def finished_job(
-    obj: dict[str, Any], accuracy: float | None, trial: int | None = None
+    obj: dict[str, Any], accuracy: float | None, trial: int | None = None, **reported: Any
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """A Job of ``obj`` that completed, and its pod with the trainer's termination message."""
     name = job_name("iris", UID, trial)
@@ -56,6 +56,7 @@ def finished_job(
                 "metrics": {"accuracy": accuracy},
                 "artifactUri": f"file:///a/{name}/model.joblib",
                 "framework": "sklearn",
+                **reported,
             }
         )
     pod = {
@@ -193,3 +194,74 @@ def test_key_metric_prefers_the_gate_metric() -> None:
     obj = run()
     assert run_key_metric(spec_of(obj), {"f1_macro": 0.5, "accuracy": 0.95321}) == "accuracy=0.9532"
     assert run_key_metric(spec_of(run({"validation": None})), {"zeta": 1.0, "alpha": 2.0}) == "alpha=2"
+
+
+CHAMPION = ChampionModel(name="iris-v3", artifact_uri="s3://models/iris/iris-3/model.joblib")
+
+
+def test_a_new_run_names_the_champion_its_job_evaluates() -> None:
+    obj = run()
+    plan = plan_run(obj, spec_of(obj), {}, [], "file:///a", CHAMPION)
+
+    assert plan.status["champion"] == "iris-v3"
+    assert plan.jobs_to_create == [render_job(obj, spec_of(obj), "file:///a", champion=CHAMPION)]
+    without = plan_run(obj, spec_of(obj), {}, [], "file:///a")
+    assert without.status["champion"] is None
+    env = {e["name"] for e in without.jobs_to_create[0]["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert "MODELLOOP_CHAMPION_URI" not in env
+
+
+def test_the_recorded_champion_stays_while_the_job_runs_and_a_new_champion_changes_nothing() -> None:
+    obj = run(status={"phase": "Running", "champion": "iris-v3"})
+    job, pod = finished_job(obj, 0.97)
+    job["status"] = {"active": 1}
+
+    plan = plan_run(obj, spec_of(obj), {job["metadata"]["name"]: job}, [pod], "file:///a", None)
+
+    assert plan.status["champion"] == "iris-v3"
+
+
+def test_the_champion_the_trainer_reports_is_recorded_and_registered() -> None:
+    obj = run(status={"phase": "Running", "champion": "iris-v3"})
+    reported = {
+        "referenceUri": "file:///a/x/reference.csv",
+        "referencePredictionsUri": "file:///a/x/reference_predictions.csv",
+        "champion": {"version": "iris-v3", "metrics": {"accuracy": 0.95, "f1_macro": 0.94}},
+    }
+    job, pod = finished_job(obj, 0.97, **reported)
+
+    plan = plan_run(obj, spec_of(obj), {job["metadata"]["name"]: job}, [pod], "file:///a")
+
+    assert plan.status["champion"] == "iris-v3"
+    assert plan.registration is not None
+    manifest = render_model_version(obj, spec_of(obj), plan.registration.result, 4, {})
+    spec = ModelVersionSpec.model_validate(manifest["spec"])
+    assert spec.artifact.reference_uri == "file:///a/x/reference.csv"
+    assert spec.artifact.reference_predictions_uri == "file:///a/x/reference_predictions.csv"
+    assert spec.champion_evaluation is not None
+    assert spec.champion_evaluation.version == "iris-v3"
+    assert spec.champion_evaluation.metrics == {"accuracy": 0.95, "f1_macro": 0.94}
+
+
+def test_a_champion_the_trainer_could_not_evaluate_is_not_registered_as_an_evaluation() -> None:
+    obj = run()
+    job, pod = finished_job(obj, 0.97, champion={"version": "iris-v3", "error": "cannot load s3://..."})
+
+    plan = plan_run(obj, spec_of(obj), {job["metadata"]["name"]: job}, [pod], "file:///a")
+
+    assert plan.registration is not None
+    champion = plan.registration.result.champion
+    assert champion is not None and champion.error == "cannot load s3://..."
+    manifest = render_model_version(obj, spec_of(obj), plan.registration.result, 4, {})
+    assert "championEvaluation" not in manifest["spec"]
+    assert "referenceUri" not in manifest["spec"]["artifact"]
+
+
+def test_a_sweeps_trials_evaluate_the_champion_and_the_status_names_it() -> None:
+    obj = sweep_run()
+    plan = plan_run(obj, spec_of(obj), {}, [], "file:///a", CHAMPION)
+
+    assert plan.status["champion"] == "iris-v3"
+    for job in plan.jobs_to_create:
+        env = {e["name"]: e["value"] for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+        assert env["MODELLOOP_CHAMPION_VERSION"] == "iris-v3"

@@ -77,6 +77,7 @@ from .modelpolicy import MODEL_POLICY, ModelPolicySpec, ModelPolicyStatus, Reten
 from .modelversion import (
     MODEL_VERSION,
     Artifact,
+    ChampionEvaluation,
     Framework,
     Lineage,
     ModelFramework,
@@ -91,6 +92,8 @@ from .modelversion import (
 )
 from .trainingrun import (
     TRAINING_RUN,
+    AdditionalDataset,
+    AdditionalDatasetFormat,
     Dataset,
     DatasetFormat,
     ModelOutput,
@@ -116,6 +119,8 @@ __all__ = [
     "MODEL_VERSION",
     "TRAINING_RUN",
     "VERSION",
+    "AdditionalDataset",
+    "AdditionalDatasetFormat",
     "Analysis",
     "AnalysisMetric",
     "AnalysisStatus",
@@ -125,6 +130,7 @@ __all__ = [
     "BackendState",
     "CelRule",
     "ChampionComparison",
+    "ChampionEvaluation",
     "Comparison",
     "Condition",
     "ConditionStatus",

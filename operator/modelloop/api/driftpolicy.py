@@ -16,6 +16,7 @@ from .meta import (
     CrdInfo,
     DnsSubdomain,
     Duration,
+    LabelValue,
     PrinterColumn,
     ResourceStatus,
     ShortText,
@@ -105,6 +106,11 @@ class RetrainSpec(ApiModel):
 
     training_run_template: TrainingRunSpec = Field(
         description="Spec of the TrainingRun to create; the operator fills in triggeredBy with the evidence."
+    )
+    labels: dict[str, LabelValue] = Field(
+        default_factory=dict,
+        max_length=16,
+        description="Labels of the TrainingRun (its Job and pods get them too), e.g. a team or a queue.",
     )
     recent_data: RecentData | None = Field(
         None,

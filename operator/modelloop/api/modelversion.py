@@ -64,6 +64,27 @@ class Artifact(ApiModel):
 
     uri: Uri = Field(description="Where the model artifact is stored, e.g. s3://models/iris/run-1.")
     digest: Digest | None = Field(None, description="Content digest of the artifact, e.g. sha256:<hex>.")
+    reference_uri: Uri | None = Field(
+        None,
+        description="The trainer's reference sample of the training features, read by the drift detector.",
+    )
+    reference_predictions_uri: Uri | None = Field(
+        None,
+        description=(
+            "The model's predictions on the reference sample, row for row, read by the drift detector."
+        ),
+    )
+
+
+class ChampionEvaluation(ApiModel):
+    """The champion measured on this version's own held-out data, by the trainer."""
+
+    version: DnsSubdomain = Field(description="Name of the champion ModelVersion, e.g. iris-v3.")
+    metrics: dict[str, float] = Field(
+        default_factory=dict,
+        max_length=MAX_MAP_ENTRIES,
+        description="The champion's metrics on this version's held-out data.",
+    )
 
 
 class Framework(ApiModel):
@@ -106,6 +127,13 @@ class ModelVersionSpec(ApiModel):
     metrics: dict[str, float] = Field(
         default_factory=dict, max_length=MAX_MAP_ENTRIES, description="Metrics measured at training time."
     )
+    champion_evaluation: ChampionEvaluation | None = Field(
+        None,
+        description=(
+            "The champion's metrics on this version's own held-out data, measured by the trainer; the "
+            "champion comparison uses them when they are the current champion's."
+        ),
+    )
     lineage: Lineage | None = Field(None, description="Where the model came from.")
     validation: Validation | None = Field(
         None,
@@ -138,6 +166,13 @@ class ValidationCheck(ApiModel):
     )
     threshold: float | None = Field(None, description="The value it was compared with.")
     comparison: Comparison | None = Field(None, description="How value was compared with threshold.")
+    same_data: bool | None = Field(
+        None,
+        description=(
+            "True when a champion comparison used the champion's metric on this version's own held-out data "
+            "(spec.championEvaluation) rather than the champion's own recorded metric."
+        ),
+    )
     passed: bool = Field(description="Whether the check passed.")
     message: ShortText | None = Field(None, description="Human-readable outcome of the check.")
 

@@ -54,6 +54,28 @@ class DatasetFormat(StrEnum):
     SKLEARN = "sklearn"
 
 
+class AdditionalDatasetFormat(StrEnum):
+    """How the trainer reads an additional dataset: a file, never a built-in dataset."""
+
+    CSV = "csv"
+    PARQUET = "parquet"
+
+
+class AdditionalDataset(ApiModel):
+    """A table appended to the dataset before the split, e.g. recent data exported by the drift detector."""
+
+    uri: Uri = Field(description="Where the data lives, e.g. s3://drift/iris/recent-2024-05-01.csv.")
+    format: AdditionalDatasetFormat = Field(
+        AdditionalDatasetFormat.CSV, description="File format: csv or parquet."
+    )
+    hash: str | None = Field(
+        None,
+        max_length=256,
+        pattern=r"^[a-z0-9]+:[a-fA-F0-9]+$",
+        description="Expected content hash, e.g. sha256:<hex>; the run fails when the data differs.",
+    )
+
+
 class Dataset(ApiModel):
     """The data a run trains on."""
 
@@ -69,6 +91,15 @@ class Dataset(ApiModel):
         max_length=256,
         pattern=r"^[a-z0-9]+:[a-fA-F0-9]+$",
         description="Expected content hash, e.g. sha256:<hex>; the run fails when the data differs.",
+    )
+    additional: list[AdditionalDataset] = Field(
+        default_factory=list,
+        max_length=8,
+        description=(
+            "Further tables whose rows are appended to the main dataset before the split (e.g. recent data "
+            "exported by the drift detector), in order; each must have the main dataset's columns. Rows "
+            "whose target is missing are dropped."
+        ),
     )
 
 
@@ -270,6 +301,9 @@ class TrainingRunStatus(ResourceStatus):
     trials: list[Trial] = Field(default_factory=list, max_length=1000, description="The trials of a sweep.")
     best_trial: int | None = Field(
         None, ge=0, description="Index of the sweep's best trial by its objective."
+    )
+    champion: DnsSubdomain | None = Field(
+        None, description="The champion the trainer evaluated on this run's held-out data."
     )
 
 

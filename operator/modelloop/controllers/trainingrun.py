@@ -25,6 +25,7 @@ from modelloop.review import INVALID_SPEC, describe_validation_error
 from modelloop.runtime.status import StatusWriter
 from modelloop.runtime.workqueue import WorkQueue
 from modelloop.settings import Settings
+from modelloop.training.job import ChampionModel, current_champion
 from modelloop.training.observe import slim_job, slim_pod
 from modelloop.training.plan import RunPlan, plan_run
 from modelloop.training.register import render_model_version
@@ -151,7 +152,9 @@ class TrainingRunController:
         created = {name: job for name, job in created.items() if name not in jobs}
         self._created[key] = (uid, created)
         pods = self._owned(self.indexes["training_pods"], key, uid)
-        plan = plan_run(run, spec, {**created, **jobs}, pods, self.settings.artifact_root)
+        plan = plan_run(
+            run, spec, {**created, **jobs}, pods, self.settings.artifact_root, self._champion(key[0], spec)
+        )
 
         for manifest in plan.jobs_to_create:
             # A new single-run Job is announced by the status transition (reason JobCreated); trial Jobs by
@@ -166,6 +169,10 @@ class TrainingRunController:
         elif plan.registration is not None:
             status["modelVersion"] = await self._register(run, spec, plan)
         await self._write(run, status, generation)
+
+    def _champion(self, namespace: str, spec: TrainingRunSpec) -> ChampionModel | None:
+        """The run's model's current Champion, from the registry's index: a Job created now evaluates it."""
+        return current_champion(self.indexes["model_versions"].get((namespace, spec.output.model_name), ()))
 
     async def _write(self, run: dict[str, Any], status: dict[str, Any], generation: int) -> None:
         previous = run.get("status") or {}

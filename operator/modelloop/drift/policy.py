@@ -248,8 +248,11 @@ def decide(
         message = "No metric is breached."
     if skipped is not None:
         events.append(PolicyEvent("Normal", "RetrainingSkipped", message))
+    troubled = phase in (DriftPolicyPhase.DEGRADED, DriftPolicyPhase.INCONCLUSIVE)
     if phase == DriftPolicyPhase.DEGRADED and previous.get("message") != message:
         events.append(PolicyEvent("Warning", reason, message))
+    elif phase.value != previous.get("phase") and all(e.reason != reason for e in events):
+        events.append(PolicyEvent("Warning" if troubled else "Normal", reason, message))
 
     status.update(
         phase=phase.value,

@@ -46,6 +46,7 @@ def render_training_run(
             "name": name,
             "namespace": meta["namespace"],
             "labels": {
+                **spec.retrain.labels,
                 **standard_labels("retraining", meta["name"]),
                 LABEL_DRIFT_POLICY: label_value(meta["name"]),
             },

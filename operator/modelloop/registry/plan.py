@@ -180,7 +180,9 @@ def _validated(
     champion_name = champion_of({n: s for n, s in statuses.items() if n != name})
     champion = None if champion_name is None else Champion(champion_name, metrics.get(champion_name) or {})
     policy_validation = policy_spec.validation if policy_spec else None
-    verdict = validate_version(spec.metrics, spec.validation, policy_validation, champion)
+    verdict = validate_version(
+        spec.metrics, spec.validation, policy_validation, champion, spec.champion_evaluation
+    )
     validated = verdict.phase == ModelVersionPhase.VALIDATED
     status.update(
         phase=verdict.phase.value,

@@ -8,6 +8,7 @@ from typing import Any
 
 from modelloop.api import (
     ChampionComparison,
+    ChampionEvaluation,
     Comparison,
     ModelVersionPhase,
     ObjectiveDirection,
@@ -47,6 +48,7 @@ def validate_version(
     own: Validation | None,
     policy: Validation | None,
     champion: Champion | None,
+    champion_evaluation: ChampionEvaluation | None = None,
 ) -> Verdict:
     """Check ``metrics`` against the version's own gates, the model policy's gates, and the champion.
 
@@ -54,6 +56,10 @@ def validate_version(
     there is nothing to compare with, and that check passes (the first version of a model has to become
     champion somehow). A metric that was not reported fails its check: an unmeasured model is not
     known to be good enough.
+
+    When ``champion_evaluation`` (the trainer's measurement of the champion on this version's own held-out
+    data) is of the current champion and has the compared metric, the version is compared with that value:
+    two models measured on the same rows. Otherwise with the champion's own recorded metric.
     """
     checks = [
         *(_gate_check("gate", gate, metrics) for gate in (own.gates if own else ())),
@@ -62,7 +68,7 @@ def validate_version(
     comparison = (own.champion if own else None) or (policy.champion if policy else None)
     compared_with = None
     if comparison is not None:
-        checks.append(_champion_check(comparison, metrics, champion))
+        checks.append(_champion_check(comparison, metrics, champion, champion_evaluation))
         compared_with = champion.name if champion else None
     failed = [check for check in checks if not check["passed"]]
     if not checks:
@@ -112,7 +118,10 @@ def _gate_check(source: str, gate: ValidationGate, metrics: Mapping[str, float])
 
 
 def _champion_check(
-    comparison: ChampionComparison, metrics: Mapping[str, float], champion: Champion | None
+    comparison: ChampionComparison,
+    metrics: Mapping[str, float],
+    champion: Champion | None,
+    evaluation: ChampionEvaluation | None,
 ) -> dict[str, Any]:
     metric = comparison.metric
     check: dict[str, Any] = {"name": f"champion/{metric}", "metric": metric}
@@ -121,7 +130,15 @@ def _champion_check(
         check["value"] = value
     if champion is None:
         return {**check, "passed": True, "message": "The model has no champion yet: nothing to compare with."}
-    best = champion.metrics.get(metric)
+    same_data = (
+        evaluation is not None and evaluation.version == champion.name and metric in evaluation.metrics
+    )
+    if same_data:
+        assert evaluation is not None
+        best: float | None = evaluation.metrics[metric]
+        check["sameData"] = True
+    else:
+        best = champion.metrics.get(metric)
     if best is None:
         return {
             **check,
@@ -133,8 +150,10 @@ def _champion_check(
     else:
         threshold, rule = best + comparison.margin, Comparison.LESS_THAN_OR_EQUAL
     check.update(threshold=threshold, comparison=rule.value)
-    wanted = f"champion {champion.name}'s {metric}={best:g}" + (
-        f" within a margin of {comparison.margin:g}" if comparison.margin else ""
+    wanted = (
+        f"champion {champion.name}'s {metric}={best:g}"
+        + (" on the same held-out data" if same_data else "")
+        + (f" within a margin of {comparison.margin:g}" if comparison.margin else "")
     )
     if value is None:
         return {

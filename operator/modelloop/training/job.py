@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +20,7 @@ from modelloop.naming import (
     standard_labels,
     user_labels,
 )
+from modelloop.registry.stages import champion_of
 from modelloop.training import result as contract
 
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -37,6 +38,24 @@ class TrialPlan:
     params: dict[str, ParamValue] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class ChampionModel:
+    """The model's current Champion ModelVersion, which the trainer evaluates on the run's held-out data."""
+
+    name: str
+    artifact_uri: str
+
+
+def current_champion(versions: Iterable[Mapping[str, Any]]) -> ChampionModel | None:
+    """The Champion among one model's ModelVersion objects (as the registry index holds them), if any."""
+    by_name = {v["metadata"]["name"]: v for v in versions}
+    name = champion_of({n: v.get("status") or {} for n, v in by_name.items()})
+    if name is None:
+        return None
+    uri = ((by_name[name].get("spec") or {}).get("artifact") or {}).get("uri")
+    return ChampionModel(name=name, artifact_uri=str(uri)) if uri else None
+
+
 def output_uri(spec: TrainingRunSpec, run_name: str, artifact_root: str, trial: int | None = None) -> str:
     """Where the trainer writes this run's (or trial's) artifacts."""
     prefix = spec.output.artifact_uri_prefix or f"{artifact_root.rstrip('/')}/{spec.output.model_name}"
@@ -49,8 +68,11 @@ def render_job(
     spec: TrainingRunSpec,
     artifact_root: str,
     trial: TrialPlan | None = None,
+    champion: ChampionModel | None = None,
 ) -> dict[str, Any]:
     """The Job that trains ``run`` (a TrainingRun object as read from the API server).
+
+    With a ``champion``, the trainer also evaluates it on the run's held-out data.
 
     The pod gets no service account token (results travel by termination message), runs as non-root with
     no privileges, tolerates the GPU taint when it asks for GPUs, and is pinned to the GPU product asked
@@ -73,7 +95,7 @@ def render_job(
     job_spec: dict[str, Any] = {
         "template": {
             "metadata": {"labels": labels, "annotations": run_annotations(run)},
-            "spec": _pod_spec(meta["name"], spec, params, artifact_root, trial),
+            "spec": _pod_spec(meta["name"], spec, params, artifact_root, trial, champion),
         },
     }
     for key, value in (
@@ -105,6 +127,7 @@ def _pod_spec(
     params: Mapping[str, ParamValue],
     artifact_root: str,
     trial: TrialPlan | None,
+    champion: ChampionModel | None,
 ) -> dict[str, Any]:
     resources = spec.resources
     # Quantities travel as strings (the API's canonical form).
@@ -131,7 +154,7 @@ def _pod_spec(
         "name": CONTAINER,
         "image": spec.image,
         "command": list(spec.command) or list(DEFAULT_COMMAND),
-        "env": _trainer_env(run_name, spec, params, artifact_root, trial),
+        "env": _trainer_env(run_name, spec, params, artifact_root, trial, champion),
         "terminationMessagePath": contract.RESULT_PATH,
         "terminationMessagePolicy": "File",
         "securityContext": {
@@ -168,6 +191,7 @@ def _trainer_env(
     params: Mapping[str, ParamValue],
     artifact_root: str,
     trial: TrialPlan | None,
+    champion: ChampionModel | None,
 ) -> list[dict[str, str]]:
     env = {
         contract.ENV_RUN_NAME: run_name,
@@ -187,6 +211,12 @@ def _trainer_env(
         env[contract.ENV_TARGET_COLUMN] = spec.dataset.target_column
     if spec.dataset.hash:
         env[contract.ENV_DATASET_HASH] = spec.dataset.hash
+    if spec.dataset.additional:
+        additional = [d.model_dump(mode="json", exclude_none=True) for d in spec.dataset.additional]
+        env[contract.ENV_ADDITIONAL_DATASETS] = json.dumps(additional, separators=(",", ":"))
+    if champion is not None:
+        env[contract.ENV_CHAMPION_URI] = champion.artifact_uri
+        env[contract.ENV_CHAMPION_VERSION] = champion.name
     return [{"name": k, "value": v} for k, v in env.items()]
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from modelloop.api import TrainingRunPhase, TrainingRunSpec
 from modelloop.api.meta import ParamValue
 from modelloop.naming import job_name
-from modelloop.training.job import render_job
+from modelloop.training.job import ChampionModel, render_job
 from modelloop.training.observe import JOB_CREATED_MESSAGE, JobObservation, observe_job
 from modelloop.training.register import registration_problem, run_key_metric
 from modelloop.training.result import TrainerResult
@@ -50,10 +50,15 @@ def plan_run(
     jobs: Mapping[str, Mapping[str, Any]],
     pods: Sequence[Mapping[str, Any]],
     artifact_root: str,
+    champion: ChampionModel | None = None,
 ) -> RunPlan:
-    """Decide the next step of ``run`` given its Jobs (by name) and their pods."""
+    """Decide the next step of ``run`` given its Jobs (by name) and their pods.
+
+    ``champion`` is the model's current Champion: a Job created now evaluates it too, and the status
+    records its name (``status.champion``), which the trainer's own report confirms once it finishes.
+    """
     if spec.sweep is not None:
-        return _plan_sweep(run, spec, jobs, pods, artifact_root)
+        return _plan_sweep(run, spec, jobs, pods, artifact_root, champion)
     meta = run["metadata"]
     previous = run.get("status") or {}
     name = job_name(meta["name"], meta["uid"])
@@ -63,16 +68,17 @@ def plan_run(
             # Finished and the Job is gone (ttlSecondsAfterFinished): the status already tells the story.
             return RunPlan(status=_carry(previous))
         return RunPlan(
-            jobs_to_create=[render_job(run, spec, artifact_root)],
+            jobs_to_create=[render_job(run, spec, artifact_root, champion=champion)],
             status={
                 "phase": TrainingRunPhase.PENDING.value,
                 "jobName": name,
                 "reason": "JobCreated",
                 "message": JOB_CREATED_MESSAGE,
+                "champion": None if champion is None else champion.name,
             },
         )
     observation = observe_job(job, _pods_of(pods, name))
-    status = _status_of(spec, observation, name)
+    status = {**_status_of(spec, observation, name), "champion": previous.get("champion")}
     registration = None
     if observation.phase == TrainingRunPhase.SUCCEEDED:
         status, registration = _registration(spec, observation, spec.params, status)
@@ -85,6 +91,7 @@ def _plan_sweep(
     jobs: Mapping[str, Mapping[str, Any]],
     pods: Sequence[Mapping[str, Any]],
     artifact_root: str,
+    champion: ChampionModel | None,
 ) -> RunPlan:
     assert spec.sweep is not None
     meta = run["metadata"]
@@ -128,6 +135,7 @@ def _plan_sweep(
     done = sum(1 for s in states if s.finished)
     succeeded = [s for s in states if s.phase == TrainingRunPhase.SUCCEEDED]
     status: dict[str, Any] = {"trials": [_trial_status(t) for t in trials]}
+    status["champion"] = previous.get("champion") or (champion.name if champion and to_start else None)
     registration = None
     if done < len(plan):
         phase = (
@@ -179,7 +187,7 @@ def _plan_sweep(
     if status.get("metrics"):
         status["keyMetric"] = run_key_metric(spec, status["metrics"])
     return RunPlan(
-        jobs_to_create=[render_job(run, spec, artifact_root, trial) for trial in to_start],
+        jobs_to_create=[render_job(run, spec, artifact_root, trial, champion) for trial in to_start],
         registration=registration,
         status=status,
     )
@@ -225,6 +233,9 @@ def _registration(
     status = {**status, "artifactUri": result.artifact_uri, "metrics": result.metrics}
     if result.dataset_hash:
         status["datasetHash"] = result.dataset_hash
+    if result.champion is not None:
+        # The champion the registered model was actually compared with, as the trainer reports it.
+        status["champion"] = result.champion.version
     if result.metrics:
         status["keyMetric"] = run_key_metric(spec, result.metrics)
     return status, Registration(result=result, params=dict(params), image_digest=observation.image_digest)
@@ -252,6 +263,7 @@ def _carry(previous: Mapping[str, Any]) -> dict[str, Any]:
         "datasetHash",
         "trials",
         "bestTrial",
+        "champion",
     )
     return {k: previous[k] for k in keep if k in previous}
 

@@ -45,6 +45,10 @@ def render_model_version(
     artifact: dict[str, Any] = {"uri": result.artifact_uri}
     if result.artifact_digest:
         artifact["digest"] = result.artifact_digest
+    if result.reference_uri:
+        artifact["referenceUri"] = result.reference_uri
+    if result.reference_predictions_uri:
+        artifact["referencePredictionsUri"] = result.reference_predictions_uri
     lineage: dict[str, Any] = {
         "trainingRun": meta["name"],
         "image": spec.image,
@@ -68,6 +72,10 @@ def render_model_version(
         "lineage": lineage,
         "createdBy": f"trainingrun/{meta['name']}",
     }
+    champion = result.champion
+    if champion is not None and champion.error is None and champion.metrics:
+        # Measured on this version's own held-out rows: the registry compares like with like.
+        version_spec["championEvaluation"] = {"version": champion.version, "metrics": dict(champion.metrics)}
     if spec.validation is not None:
         # The gates travel with the version: its record says what it had to pass.
         version_spec["validation"] = spec.validation.model_dump(mode="json", exclude_none=True)

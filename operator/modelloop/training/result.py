@@ -24,7 +24,19 @@ ENV_DATASET_HASH = "MODELLOOP_DATASET_HASH"
 ENV_OUTPUT_URI = "MODELLOOP_OUTPUT_URI"
 ENV_RESULT_PATH = "MODELLOOP_RESULT_PATH"
 ENV_CODE_VERSION = "MODELLOOP_CODE_VERSION"
+ENV_CHAMPION_URI = "MODELLOOP_CHAMPION_URI"
+ENV_CHAMPION_VERSION = "MODELLOOP_CHAMPION_VERSION"
+ENV_ADDITIONAL_DATASETS = "MODELLOOP_ADDITIONAL_DATASETS"
 RESULT_PATH = "/dev/termination-log"
+
+
+@dataclass(frozen=True)
+class ChampionReport:
+    """The champion as the trainer evaluated it on the run's held-out data: its metrics, or why not."""
+
+    version: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -36,6 +48,8 @@ class TrainerResult:
     artifact_uri: str | None = None
     artifact_digest: str | None = None
     reference_uri: str | None = None
+    reference_predictions_uri: str | None = None
+    champion: ChampionReport | None = None
     dataset_hash: str | None = None
     code_version: str | None = None
     framework: str | None = None
@@ -62,6 +76,8 @@ def parse_result(message: str | None) -> TrainerResult | None:
         artifact_uri=_text(raw.get("artifactUri")),
         artifact_digest=_text(raw.get("artifactDigest")),
         reference_uri=_text(raw.get("referenceUri")),
+        reference_predictions_uri=_text(raw.get("referencePredictionsUri")),
+        champion=_champion(raw.get("champion")),
         dataset_hash=_text(raw.get("datasetHash")),
         code_version=_text(raw.get("codeVersion")),
         framework=_text(raw.get("framework")),
@@ -69,6 +85,19 @@ def parse_result(message: str | None) -> TrainerResult | None:
         result_uri=_text(raw.get("resultUri")),
         reason=_text(raw.get("reason")),
         message=_text(raw.get("message")),
+    )
+
+
+def _champion(raw: Any) -> ChampionReport | None:
+    if not isinstance(raw, dict) or not isinstance(raw.get("version"), str) or not raw["version"]:
+        return None
+    error = raw.get("error")
+    if error is None and not isinstance(raw.get("metrics"), dict):
+        error = "the trainer reported no metrics for the champion"
+    return ChampionReport(
+        version=raw["version"][:253],
+        metrics=_metrics(raw.get("metrics")),
+        error=None if error is None else _text(error),
     )
 
 

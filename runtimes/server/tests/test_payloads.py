@@ -80,9 +80,10 @@ def test_v2_bytes_are_not_features() -> None:
         features_from_request(v2_request(tensor), NAMES, 3)
 
 
-def test_a_v1_answer_lists_the_predictions() -> None:
+def test_a_v1_answer_lists_the_predictions_and_names_the_version() -> None:
     assert prediction_response({"instances": [[1]]}, np.array(["x", "y"]), "m", "1") == {
-        "predictions": ["x", "y"]
+        "predictions": ["x", "y"],
+        "model_version": "1",
     }
 
 

@@ -41,7 +41,10 @@ def test_v1_predictions_are_the_estimators_own(
 
     assert response.status_code == 200, response.text
     columns = list(iris_frame.columns[:4])
-    assert response.json() == {"predictions": expected_labels(iris_artifact, ROWS, columns)}
+    assert response.json() == {
+        "predictions": expected_labels(iris_artifact, ROWS, columns),
+        "model_version": "v7",
+    }
     assert response.json()["predictions"] == ["setosa", "versicolor", "virginica"]
 
 

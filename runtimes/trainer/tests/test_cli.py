@@ -65,6 +65,7 @@ def test_a_run_with_the_operators_environment_succeeds_and_leaves_loadable_artif
         "artifactUri",
         "artifactDigest",
         "referenceUri",
+        "referencePredictionsUri",
         "datasetHash",
         "codeVersion",
         "framework",
@@ -89,6 +90,7 @@ def test_a_run_with_the_operators_environment_succeeds_and_leaves_loadable_artif
         "metrics.json",
         "model.joblib",
         "reference.csv",
+        "reference_predictions.csv",
         "result.json",
     ]
     reference = pd.read_csv(output / "reference.csv")

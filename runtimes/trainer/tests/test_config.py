@@ -7,7 +7,13 @@ from typing import Any
 
 import pytest
 
-from modelloop_trainer.config import DEFAULT_RESULT_PATH, TrainerConfig, TrainingSettings
+from modelloop_trainer.config import (
+    DEFAULT_RESULT_PATH,
+    AdditionalDataset,
+    ChampionModel,
+    TrainerConfig,
+    TrainingSettings,
+)
 from modelloop_trainer.errors import FailureReason, TrainerError
 
 BASE = {"MODELLOOP_DATASET_URI": "sklearn://iris", "MODELLOOP_OUTPUT_URI": "file:///artifacts/iris/run/"}
@@ -29,6 +35,25 @@ def test_defaults_for_a_bundled_dataset() -> None:
     assert parsed.device == "auto"
     assert parsed.trial is None
     assert parsed.code_version is None
+    assert parsed.champion is None
+    assert parsed.additional_datasets == ()
+
+
+def test_the_champion_is_named_by_its_artifact_and_its_version() -> None:
+    parsed = config(CHAMPION_URI="s3://models/iris/iris-3/model.joblib", CHAMPION_VERSION="iris-v3")
+    assert parsed.champion == ChampionModel("s3://models/iris/iris-3/model.joblib", "iris-v3")
+
+
+def test_additional_datasets_are_read_in_order_with_csv_as_the_default_format() -> None:
+    entries = [
+        {"uri": "s3://drift/iris/recent-1.csv"},
+        {"uri": "s3://drift/iris/recent-2.parquet", "format": "parquet", "hash": "sha256:" + "cd" * 32},
+    ]
+    parsed = config(ADDITIONAL_DATASETS=json.dumps(entries))
+    assert parsed.additional_datasets == (
+        AdditionalDataset("s3://drift/iris/recent-1.csv", "csv", None),
+        AdditionalDataset("s3://drift/iris/recent-2.parquet", "parquet", "sha256:" + "cd" * 32),
+    )
 
 
 def test_every_variable_of_the_contract_is_read() -> None:
@@ -98,6 +123,19 @@ def test_reserved_params_are_kept_from_the_estimator() -> None:
         ({"MODELLOOP_TRIAL": "two"}, "MODELLOOP_TRIAL must be a non-negative integer"),
         ({"MODELLOOP_DEVICE": "tpu"}, "MODELLOOP_DEVICE must be one of cpu, cuda, auto"),
         ({"MODELLOOP_OUTPUT_URI": ""}, "MODELLOOP_OUTPUT_URI is not set"),
+        (
+            {"MODELLOOP_CHAMPION_URI": "s3://m/model.joblib"},
+            "MODELLOOP_CHAMPION_URI is set but MODELLOOP_CHAMPION_VERSION is not",
+        ),
+        ({"MODELLOOP_ADDITIONAL_DATASETS": "[{"}, "MODELLOOP_ADDITIONAL_DATASETS is not valid JSON"),
+        ({"MODELLOOP_ADDITIONAL_DATASETS": '{"uri": "a"}'}, "must be a JSON list"),
+        ({"MODELLOOP_ADDITIONAL_DATASETS": '[{"uri": ""}]'}, "MODELLOOP_ADDITIONAL_DATASETS[0].uri must be"),
+        (
+            {"MODELLOOP_ADDITIONAL_DATASETS": '[{"uri": "a", "format": "sklearn"}]'},
+            "[0].format must be one of csv, parquet",
+        ),
+        ({"MODELLOOP_ADDITIONAL_DATASETS": '[{"uri": "a", "hash": "md5:1"}]'}, "[0].hash must look like"),
+        ({"MODELLOOP_ADDITIONAL_DATASETS": json.dumps([{"uri": "a"}] * 9)}, "lists 9 datasets; at most 8"),
     ],
 )
 def test_a_malformed_variable_is_an_invalid_parameters_error(env: dict[str, str], fragment: str) -> None:

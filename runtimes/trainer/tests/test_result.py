@@ -55,6 +55,34 @@ def test_a_large_result_is_reduced_under_the_limit_and_points_to_the_full_one() 
     assert list(reduced["metrics"]) == [f"f1_class_{index:04d}" for index in range(REDUCED_METRICS)]
 
 
+def test_a_reduced_result_keeps_the_champions_evaluation_and_the_reference_uris() -> None:
+    champion = {"version": "iris-v3", "metrics": {"accuracy": 0.95, "f1_macro": 0.94}}
+    result = {
+        **success(400),
+        "referencePredictionsUri": "s3://models/iris/iris-rf/reference_predictions.csv",
+        "champion": champion,
+    }
+    message = termination_message(result, "s3://models/iris/iris-rf/result.json")
+    reduced = json.loads(message)
+    assert reduced["truncated"] is True
+    assert len(message.encode()) < MESSAGE_LIMIT_BYTES
+    assert reduced["champion"] == champion
+    assert reduced["referenceUri"] == result["referenceUri"]
+    assert reduced["referencePredictionsUri"] == result["referencePredictionsUri"]
+
+
+def test_a_champion_too_large_for_the_message_is_cut_then_dropped_before_the_metrics() -> None:
+    many = {f"f1_class_{index:04d}": 0.5 for index in range(400)}
+    result = {**success(400), "champion": {"version": "iris-v3", "metrics": many, "error": "e" * 5000}}
+    reduced = reduced_result(result, None)
+    assert list(reduced["champion"]["metrics"]) == list(many)[:REDUCED_METRICS]
+    assert len(reduced["champion"]["error"]) == 256
+    huge = {**success(3, code_version="v" * 3600), "champion": {"version": "iris-v3", "metrics": {"a": 1.0}}}
+    squeezed = reduced_result(huge, None)
+    assert "champion" not in squeezed
+    assert len(squeezed["metrics"]) == 3
+
+
 def test_even_absurdly_long_fields_are_cut_to_fit() -> None:
     result = success(400, code_version="v" * 10_000)
     reduced = reduced_result(result, "file:///" + "x" * 5000)

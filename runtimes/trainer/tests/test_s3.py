@@ -99,6 +99,7 @@ def test_a_dataset_on_s3_trains_and_the_artifacts_land_on_s3(
         "metrics.json",
         "model.joblib",
         "reference.csv",
+        "reference_predictions.csv",
         "result.json",
     ]
     model_bytes = s3.get_object(Bucket=BUCKET, Key="artifacts/iris/iris-rf/model.joblib")["Body"].read()

@@ -38,6 +38,10 @@ local ready = ready_condition()
 if status.reason == "InvalidSpec" or (ready.status == "False" and ready.reason == "InvalidSpec") then
   hs.status = "Degraded"
   hs.message = message_or("The DriftPolicy's spec is invalid.")
+elseif status.phase == "Degraded" then
+  -- Prometheus refuses a query of the policy: its spec is wrong, and the model goes unwatched.
+  hs.status = "Degraded"
+  hs.message = message_or("The DriftPolicy's queries are refused.")
 elseif status.phase == "Inconclusive" then
   -- The metrics cannot be evaluated (no data, Prometheus unreachable): the model goes unwatched.
   hs.status = "Degraded"

@@ -39,9 +39,12 @@ def features_from_request(
 def prediction_response(
     payload: Payload, predictions: np.ndarray, model_name: str, model_version: str
 ) -> Any:
-    """The V1 (``{"predictions": [...]}``) or V2 (an InferResponse) answer for ``predictions``."""
+    """The V1 (``{"predictions": [...], "model_version": ...}``) or V2 (an InferResponse) answer.
+
+    Both name the version, so that a payload logger's response event says which version answered.
+    """
     if not isinstance(payload, InferRequest):
-        return {"predictions": predictions.tolist()}
+        return {"predictions": predictions.tolist(), "model_version": model_version}
     if predictions.dtype.kind in "OUS":
         output = InferOutput(name="output-0", shape=[len(predictions)], datatype="BYTES")
         output.set_data_from_numpy(predictions.astype(np.object_), binary_data=payload.use_binary_outputs)

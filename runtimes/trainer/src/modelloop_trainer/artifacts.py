@@ -2,7 +2,8 @@
 
 The folder holds the model (``model.joblib``, or ``model.pt`` + ``model.json`` for PyTorch),
 ``metrics.json``, ``reference.csv`` (a sample of the training features, the reference for
-drift detection) and ``result.json`` (the full result).
+drift detection), ``reference_predictions.csv`` (the model's predictions on those rows) and
+``result.json`` (the full result). :func:`read_model` reads such a model back (the champion's).
 """
 
 from __future__ import annotations
@@ -19,13 +20,15 @@ import joblib
 import pandas as pd
 
 from modelloop_trainer.errors import FailureReason, TrainerError
-from modelloop_trainer.torch_mlp import TorchMLP
+from modelloop_trainer.torch_mlp import TorchMLP, load_torch_mlp
 
 SKLEARN_MODEL_FILE = "model.joblib"
 TORCH_MODEL_FILE = "model.pt"
 TORCH_ARCHITECTURE_FILE = "model.json"
 METRICS_FILE = "metrics.json"
 REFERENCE_FILE = "reference.csv"
+REFERENCE_PREDICTIONS_FILE = "reference_predictions.csv"
+PREDICTION_COLUMN = "prediction"
 RESULT_FILE = "result.json"
 
 
@@ -78,9 +81,59 @@ def write_model(output_uri: str, model: Any) -> ModelArtifact:
     return ModelArtifact(uri=uri, digest=sha256_digest(payload))
 
 
-def write_reference(output_uri: str, x_train: pd.DataFrame, *, rows: int, seed: int) -> str:
-    """Write a sample of ``rows`` training rows (features only) as CSV; returns its URI."""
+@dataclass(frozen=True)
+class ReferenceFiles:
+    """The reference sample's URI and that of the model's predictions on it, row for row."""
+
+    uri: str
+    predictions_uri: str
+
+
+def write_reference(
+    output_uri: str, x_train: pd.DataFrame, model: Any, *, rows: int, seed: int
+) -> ReferenceFiles:
+    """Write a sample of ``rows`` training rows (features only) as CSV, and ``model``'s predictions on
+    exactly those rows, in the same order, as a CSV of one column ``prediction``.
+
+    The drift detector compares served inputs with the sample, and served predictions with these.
+    """
     sample = x_train.sample(n=min(rows, len(x_train)), random_state=seed) if len(x_train) > rows else x_train
     uri = output_file_uri(output_uri, REFERENCE_FILE)
     write_bytes(uri, sample.to_csv(index=False, lineterminator="\n").encode())
-    return uri
+    try:
+        predicted = model.predict(sample)
+    except Exception as exc:
+        raise TrainerError(
+            FailureReason.TRAINING_FAILED,
+            f"predicting the reference sample failed: {type(exc).__name__}: {exc}",
+        ) from exc
+    predictions = pd.DataFrame({PREDICTION_COLUMN: list(predicted)})
+    predictions_uri = output_file_uri(output_uri, REFERENCE_PREDICTIONS_FILE)
+    write_bytes(predictions_uri, predictions.to_csv(index=False, lineterminator="\n").encode())
+    return ReferenceFiles(uri=uri, predictions_uri=predictions_uri)
+
+
+def read_model(uri: str) -> Any:
+    """Load a model the trainer wrote: ``uri`` names its model file (``model.joblib``, or ``model.pt``
+    with ``model.json`` beside it) or the folder that holds one. Raises ValueError or OSError."""
+    base = uri.rstrip("/")
+    name = posixpath.basename(base)
+    if name == SKLEARN_MODEL_FILE:
+        return joblib.load(io.BytesIO(_read_bytes(base)))
+    if name == TORCH_MODEL_FILE:
+        folder = base[: -len(TORCH_MODEL_FILE)].rstrip("/")
+        architecture = json.loads(_read_bytes(output_file_uri(folder, TORCH_ARCHITECTURE_FILE)))
+        return load_torch_mlp(_read_bytes(base), architecture)
+    filesystem, path = fsspec.core.url_to_fs(base)
+    for candidate in (SKLEARN_MODEL_FILE, TORCH_MODEL_FILE):
+        if filesystem.isfile(posixpath.join(path, candidate)):
+            return read_model(output_file_uri(base, candidate))
+    raise FileNotFoundError(
+        f"{uri} is neither a model file nor a folder holding {SKLEARN_MODEL_FILE} or {TORCH_MODEL_FILE}"
+    )
+
+
+def _read_bytes(uri: str) -> bytes:
+    with fsspec.open(uri, "rb") as stream:
+        payload: bytes = stream.read()
+    return payload

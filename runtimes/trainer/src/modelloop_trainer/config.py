@@ -17,12 +17,20 @@ from typing import Any, Literal
 from modelloop_trainer.errors import FailureReason, TrainerError
 
 DatasetFormat = Literal["csv", "parquet", "sklearn"]
+FileFormat = Literal["csv", "parquet"]
 Device = Literal["cpu", "cuda", "auto"]
 Bound = float | None
 
 DEFAULT_RESULT_PATH = "/dev/termination-log"
+# The current champion, which the trainer evaluates on this run's held-out rows.
+ENV_CHAMPION_URI = "MODELLOOP_CHAMPION_URI"
+ENV_CHAMPION_VERSION = "MODELLOOP_CHAMPION_VERSION"
+# Further tables appended to the dataset before the split: a JSON list of {uri, format, hash?}.
+ENV_ADDITIONAL_DATASETS = "MODELLOOP_ADDITIONAL_DATASETS"
+MAX_ADDITIONAL_DATASETS = 8
 SKLEARN_TARGET_COLUMN = "target"
 DATASET_FORMATS: tuple[DatasetFormat, ...] = ("csv", "parquet", "sklearn")
+FILE_FORMATS: tuple[FileFormat, ...] = ("csv", "parquet")
 DEVICES: tuple[Device, ...] = ("cpu", "cuda", "auto")
 _HASH_PATTERN = re.compile(r"sha256:[0-9a-f]{64}")
 
@@ -124,6 +132,23 @@ def _bound(where: str, bound: Any) -> Bound:
 
 
 @dataclass(frozen=True)
+class ChampionModel:
+    """The model's current champion: its artifact and its ModelVersion's name."""
+
+    uri: str
+    version: str
+
+
+@dataclass(frozen=True)
+class AdditionalDataset:
+    """A table appended to the dataset before the split, e.g. recent data the drift detector exported."""
+
+    uri: str
+    format: FileFormat = "csv"
+    expected_hash: str | None = None
+
+
+@dataclass(frozen=True)
 class TrainerConfig:
     """Everything one training run needs, read from the environment by :meth:`from_env`."""
 
@@ -140,6 +165,8 @@ class TrainerConfig:
     result_path: str = DEFAULT_RESULT_PATH
     code_version: str | None = None
     device: Device = "auto"
+    champion: ChampionModel | None = None
+    additional_datasets: tuple[AdditionalDataset, ...] = ()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> TrainerConfig:
@@ -166,6 +193,8 @@ class TrainerConfig:
             result_path=result_path_from_env(env),
             code_version=env.get("MODELLOOP_CODE_VERSION") or None,
             device=_device(env.get("MODELLOOP_DEVICE", "").strip() or "auto"),
+            champion=_champion(env),
+            additional_datasets=_additional_datasets(env.get(ENV_ADDITIONAL_DATASETS, "")),
         )
 
 
@@ -218,12 +247,63 @@ def _trial(raw: str) -> int | None:
     return int(raw)
 
 
-def _expected_hash(raw: str) -> str | None:
+def _expected_hash(raw: str, where: str = "MODELLOOP_DATASET_HASH") -> str | None:
     if not raw:
         return None
     if not _HASH_PATTERN.fullmatch(raw):
-        raise _invalid(f"MODELLOOP_DATASET_HASH must look like sha256:<64 hex digits>, got {raw!r}")
+        raise _invalid(f"{where} must look like sha256:<64 hex digits>, got {raw!r}")
     return raw
+
+
+def _champion(env: Mapping[str, str]) -> ChampionModel | None:
+    uri = env.get(ENV_CHAMPION_URI, "").strip()
+    version = env.get(ENV_CHAMPION_VERSION, "").strip()
+    if not uri and not version:
+        return None
+    if not uri or not version:
+        given, missing = (
+            (ENV_CHAMPION_URI, ENV_CHAMPION_VERSION) if uri else (ENV_CHAMPION_VERSION, ENV_CHAMPION_URI)
+        )
+        raise _invalid(f"{given} is set but {missing} is not: name the champion with both or neither")
+    return ChampionModel(uri=uri, version=version)
+
+
+def _additional_datasets(raw: str) -> tuple[AdditionalDataset, ...]:
+    if not raw.strip():
+        return ()
+    try:
+        entries = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise _invalid(f"{ENV_ADDITIONAL_DATASETS} is not valid JSON: {exc}") from None
+    if not isinstance(entries, list):
+        raise _invalid(f"{ENV_ADDITIONAL_DATASETS} must be a JSON list, got {type(entries).__name__}")
+    if len(entries) > MAX_ADDITIONAL_DATASETS:
+        raise _invalid(
+            f"{ENV_ADDITIONAL_DATASETS} lists {len(entries)} datasets; at most {MAX_ADDITIONAL_DATASETS}"
+        )
+    return tuple(_additional_dataset(index, entry) for index, entry in enumerate(entries))
+
+
+def _additional_dataset(index: int, entry: Any) -> AdditionalDataset:
+    where = f"{ENV_ADDITIONAL_DATASETS}[{index}]"
+    if not isinstance(entry, dict):
+        raise _invalid(f"{where} must be an object with uri, format and hash, got {entry!r}")
+    unknown = sorted(set(entry) - {"uri", "format", "hash"})
+    if unknown:
+        raise _invalid(f"{where} has unknown keys {unknown}: expected uri, format and hash")
+    uri = entry.get("uri")
+    if not isinstance(uri, str) or not uri.strip():
+        raise _invalid(f"{where}.uri must be a non-empty string, got {uri!r}")
+    declared = entry.get("format") or "csv"
+    file_format = next((known for known in FILE_FORMATS if known == declared), None)
+    if file_format is None:
+        raise _invalid(f"{where}.format must be one of {', '.join(FILE_FORMATS)}, got {declared!r}")
+    expected = entry.get("hash")
+    if expected is not None and not isinstance(expected, str):
+        raise _invalid(f"{where}.hash must be a string, got {expected!r}")
+    return AdditionalDataset(
+        uri=uri.strip(), format=file_format, expected_hash=_expected_hash(expected or "", f"{where}.hash")
+    )
 
 
 def _device(raw: str) -> Device:

@@ -27,6 +27,9 @@ _KEPT_FIELDS = (
     "datasetHash",
     "codeVersion",
     "framework",
+    "referenceUri",
+    "referencePredictionsUri",
+    "additionalRows",
 )
 _STRING_CAPS = (1024, 256, 64)
 
@@ -62,15 +65,19 @@ def termination_message(result: Mapping[str, Any], result_uri: str | None) -> st
 def reduced_result(result: Mapping[str, Any], result_uri: str | None) -> dict[str, Any]:
     """A copy of ``result`` small enough for a termination message.
 
-    It keeps the identifying fields and the first few metrics, then drops the metrics and
-    finally shortens long strings until the encoded message fits.
+    It keeps the identifying fields, the first few metrics and the champion's evaluation (with as many
+    metrics), then drops the champion, then the metrics, and finally shortens long strings until the
+    encoded message fits.
     """
     base: dict[str, Any] = {key: result[key] for key in _KEPT_FIELDS if key in result}
-    metrics = dict(list(result.get("metrics", {}).items())[:REDUCED_METRICS])
+    metrics = _first_metrics(result.get("metrics"))
     tail: dict[str, Any] = {"truncated": True}
     if result_uri is not None:
         tail["resultUri"] = result_uri
     candidates = [{**base, "metrics": metrics, **tail}, {**base, **tail}]
+    champion = result.get("champion")
+    if isinstance(champion, Mapping):
+        candidates.insert(0, {**base, "metrics": metrics, "champion": _reduced_champion(champion), **tail})
     candidates += [
         {key: _shorten(value, cap) for key, value in {**base, **tail}.items()} for cap in _STRING_CAPS
     ]
@@ -78,6 +85,19 @@ def reduced_result(result: Mapping[str, Any], result_uri: str | None) -> dict[st
         if fits(encode(candidate)):
             return candidate
     return {"status": result.get("status", "Failed"), "truncated": True}
+
+
+def _first_metrics(metrics: Any) -> dict[str, Any]:
+    return dict(list(metrics.items())[:REDUCED_METRICS]) if isinstance(metrics, Mapping) else {}
+
+
+def _reduced_champion(champion: Mapping[str, Any]) -> dict[str, Any]:
+    reduced: dict[str, Any] = {"version": _shorten(champion.get("version"), _STRING_CAPS[1])}
+    if "metrics" in champion:
+        reduced["metrics"] = _first_metrics(champion["metrics"])
+    if "error" in champion:
+        reduced["error"] = _shorten(champion["error"], _STRING_CAPS[1])
+    return reduced
 
 
 def _shorten(value: Any, cap: int) -> Any:

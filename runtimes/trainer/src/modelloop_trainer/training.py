@@ -26,9 +26,10 @@ from modelloop_trainer.artifacts import (
     write_model,
     write_reference,
 )
+from modelloop_trainer.champion import evaluate_champion
 from modelloop_trainer.checks import CheckInput, failure_message, run_checks
 from modelloop_trainer.config import TrainerConfig
-from modelloop_trainer.dataset import load_dataset
+from modelloop_trainer.dataset import append_additional, load_dataset
 from modelloop_trainer.device import resolve_device
 from modelloop_trainer.errors import FailureReason, TrainerError
 from modelloop_trainer.estimators import (
@@ -70,8 +71,11 @@ def train(config: TrainerConfig) -> TrainingOutcome:
     )
 
     dataset = load_dataset(config.dataset_uri, config.dataset_format)
-    frame = dataset.frame
-    log.info("read %d rows x %d columns from %s (%s)", *frame.shape, dataset.uri, dataset.content_hash)
+    log.info(
+        "read %d rows x %d columns from %s (%s)", *dataset.frame.shape, dataset.uri, dataset.content_hash
+    )
+    combined = append_additional(dataset, config.additional_datasets, config.target_column)
+    frame = combined.frame
     target = frame[config.target_column] if config.target_column in frame.columns else pd.Series(dtype=object)
     task = resolve_task(spec, config.estimator_params, target)
 
@@ -82,6 +86,7 @@ def train(config: TrainerConfig) -> TrainingOutcome:
             task=task,
             estimator=spec.name,
             settings=settings,
+            # MODELLOOP_DATASET_HASH is the main dataset's; each additional one was checked on its own.
             content_hash=dataset.content_hash,
             expected_hash=config.expected_dataset_hash,
         )
@@ -93,7 +98,7 @@ def train(config: TrainerConfig) -> TrainingOutcome:
             FailureReason.DATA_VALIDATION_FAILED,
             failure_message(checks),
             checks=[check.as_dict() for check in checks],
-            datasetHash=dataset.content_hash,
+            datasetHash=combined.content_hash,
         )
 
     split = split_dataset(
@@ -121,26 +126,32 @@ def train(config: TrainerConfig) -> TrainingOutcome:
         }
     )
     log.info("metrics: %s", metrics)
+    champion = None if config.champion is None else evaluate_champion(config.champion, split, task)
 
     artifact = write_model(config.output_uri, model)
     metrics_uri = output_file_uri(config.output_uri, METRICS_FILE)
     write_json(metrics_uri, metrics)
-    reference_uri = write_reference(
-        config.output_uri, split.x_train, rows=settings.reference_rows, seed=settings.seed
+    reference = write_reference(
+        config.output_uri, split.x_train, model, rows=settings.reference_rows, seed=settings.seed
     )
-    result = {
+    result: dict[str, Any] = {
         "status": "Succeeded",
         "metrics": metrics,
         "artifactUri": artifact.uri,
         "artifactDigest": artifact.digest,
-        "referenceUri": reference_uri,
-        "datasetHash": dataset.content_hash,
+        "referenceUri": reference.uri,
+        "referencePredictionsUri": reference.predictions_uri,
+        "datasetHash": combined.content_hash,
         "codeVersion": config.code_version or default_code_version(),
         "framework": spec.framework,
         "frameworkVersion": _framework_version(spec),
         "estimator": spec.name,
         "device": device,
     }
+    if config.additional_datasets:
+        result["additionalRows"] = combined.additional_rows
+    if champion is not None:
+        result["champion"] = champion
     details = {
         "task": task,
         "params": _json_params(model),
