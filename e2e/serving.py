@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from e2e.harness import ROOT, Cluster, PollingLoop, free_port, wait_for
-from e2e.prometheus import Prometheus, label_name
+from e2e.prometheus import Prometheus, Target, label_name
 
 SERVER_BIN = ROOT / ".venvs" / "server" / "bin"
 MODEL_CONTAINER = "kserve-container"
@@ -127,6 +127,8 @@ class ServingKubelet(PollingLoop):
         self._failed_uids: set[str] = set()
         self._lock = threading.Lock()
         self.join_timeout = 60.0
+        self.extra_targets: list[Target] = []
+        """Other scrape targets Prometheus keeps beside the model servers (e.g. a drift detector)."""
 
     # --- the loop -------------------------------------------------------------------------------------
 
@@ -345,7 +347,7 @@ class ServingKubelet(PollingLoop):
                 labels = {label_name(key): value for key, value in served.labels.items()}
                 labels.update(namespace=self.namespace, pod=served.name)
                 targets.append((f"127.0.0.1:{served.port}", labels))
-        self.prometheus.set_targets(sorted(targets, key=lambda t: t[0]))
+        self.prometheus.set_targets([*sorted(targets, key=lambda t: t[0]), *self.extra_targets])
 
 
 def initialize_storage(source: str, destination: Path) -> None:

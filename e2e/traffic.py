@@ -166,9 +166,11 @@ class LoadGenerator(BackgroundLoop):
         *,
         route_refresh_s: float = 1.0,
         timeout_s: float = 5.0,
+        headers: Callable[[Mapping[str, Any]], Mapping[str, str]] | None = None,
     ) -> None:
         """``payload`` is one row of features (sent as ``{"instances": [row]}``), or a function of the pod
-        name returning the whole V1 body."""
+        name returning the whole V1 body; ``headers`` gives a body's extra request headers (e.g. the
+        ``Ce-Id`` that KServe's payload logger takes as the event id)."""
         super().__init__("load-generator")
         self.kubelet = kubelet
         self.route_reader = route_reader
@@ -176,6 +178,7 @@ class LoadGenerator(BackgroundLoop):
         self.payload = payload
         self.route_refresh_s = route_refresh_s
         self.timeout_s = timeout_s
+        self.headers = headers
         self._responses: Counter[tuple[str, int]] = Counter()
         self._mirrored: Counter[tuple[str, int]] = Counter()
         self._unroutable: Counter[str] = Counter()
@@ -326,7 +329,7 @@ class LoadGenerator(BackgroundLoop):
         request = urllib.request.Request(
             url,
             data=body,
-            headers={"Content-Type": "application/json"},
+            headers={"Content-Type": "application/json", **(self.headers(v1_body) if self.headers else {})},
             method="POST",
         )
         try:

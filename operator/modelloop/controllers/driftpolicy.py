@@ -185,7 +185,7 @@ class DriftPolicyController:
 
         last_run_name = previous.get("lastTrainingRun")
         run = (
-            next(iter(self.indexes["training_runs"].get((namespace, last_run_name), ())))
+            next(iter(self.indexes["training_runs"].get((namespace, last_run_name), ())), None)
             if last_run_name
             else None
         )
@@ -196,6 +196,7 @@ class DriftPolicyController:
             status["lastModelVersion"] = run["status"]["modelVersion"]
         if decision.start_run is not None:
             await self._start_run(obj, spec, decision, model)
+            metrics.RETRAINING_START_SECONDS.observe((datetime.now(UTC) - now).total_seconds())
         if decision.skipped is not None:
             metrics.RETRAININGS.labels("skipped", decision.skipped).inc()
         await self.writer.write(obj, status)

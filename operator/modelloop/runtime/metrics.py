@@ -46,6 +46,11 @@ DRIFT_EVALUATION_LAG = Histogram(
     "How late DriftPolicy evaluations ran after they were due (interval after the last one).",
     buckets=_DURATIONS, registry=REGISTRY,
 )  # fmt: skip
+RETRAINING_START_SECONDS = Histogram(
+    "modelloop_drift_retraining_start_seconds",
+    "From the start of the evaluation that confirms a breach to its TrainingRun created.",
+    buckets=_DURATIONS, registry=REGISTRY,
+)  # fmt: skip
 RETRAININGS = Counter(
     "modelloop_retrainings", "Retrainings a DriftPolicy started or skipped, by result and reason.",
     ("result", "reason"), registry=REGISTRY,
