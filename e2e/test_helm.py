@@ -56,6 +56,7 @@ ENTRYPOINT: list[str] = next(
     for line in (ROOT / "operator" / "Dockerfile").read_text().splitlines()
     if line.startswith("ENTRYPOINT")
 )
+COMPONENT = "app.kubernetes.io/component"
 MODELLOOP_CRDS = sorted(f"{info.plural}.{GROUP}" for info in KINDS)
 # Every optional part of the chart at once.
 ALL_FEATURES = {
@@ -68,6 +69,7 @@ ALL_FEATURES = {
     "servingRuntime": {"enabled": True, "image": {"tag": "0.2.0"}},
     "argocd": {"healthChecks": {"enabled": True}},
     "podLabels": {"team": "ml"},
+    "detector": {"enabled": True, "gpus": 1, "extraEnvFrom": [{"secretRef": {"name": "s3-credentials"}}]},
 }
 
 pytestmark = pytest.mark.skipif(not HELM.exists(), reason="helm is not built: run hack/build-helm.sh")
@@ -238,12 +240,14 @@ def test_rendered_chart_is_accepted_by_the_api_server(
     )
     assert result.returncode == 0, result.stderr
     if features == "everything":
-        deployment = one(rendered, "Deployment")
+        # The detector's Deployment, Service and ServiceMonitor are tests/test_chart.py's.
+        operator = [d for d in rendered if d["metadata"].get("labels", {}).get(COMPONENT) != "detector"]
+        deployment = one(operator, "Deployment")
         env = {
             e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
         }
         assert env["MODELLOOP_PEERING"] == one(rendered, "ClusterKopfPeering")["metadata"]["name"]
-        monitor, service = one(rendered, "ServiceMonitor"), one(rendered, "Service")
+        monitor, service = one(operator, "ServiceMonitor"), one(operator, "Service")
         assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
         # The job label that modelloop's alerts and dashboard select (manifests/monitoring).
         assert service["metadata"]["labels"][monitor["spec"]["jobLabel"]] == "modelloop"

@@ -1,12 +1,16 @@
-"""The Helm chart (charts/modelloop) holds exactly what its sources make, and every value is documented
-and covered by values.schema.json. No cluster and no helm binary: e2e/test_helm.py renders and installs it."""
+"""The Helm chart (charts/modelloop) holds exactly what its sources make, every value is documented and
+covered by values.schema.json, and the drift detector's templates render what its values ask for. No
+cluster: the detector's tests run `helm template` when Helm is built (hack/build-helm.sh) and are skipped
+otherwise; e2e/test_helm.py installs the chart on a real API server."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import shutil
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +25,20 @@ from modelloop.api import crd_filename, render_crds
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CHART = REPO_ROOT / "charts" / "modelloop"
 ADMISSION = REPO_ROOT / "manifests" / "admission" / "registered-by.yaml"
+DETECTOR_MANIFESTS = REPO_ROOT / "manifests" / "detector"
+HELM = (
+    Path(
+        subprocess.run(
+            [str(REPO_ROOT / "hack" / "build-helm.sh"), "--print-dir"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    )
+    / "helm"
+)
+needs_helm = pytest.mark.skipif(not HELM.exists(), reason="helm is not built: run hack/build-helm.sh")
+DIGEST = "sha256:" + "0123456789abcdef" * 4
 
 
 def _load_sync_chart() -> ModuleType:
@@ -225,6 +243,12 @@ def test_default_values_satisfy_the_schema() -> None:
         ({"image": {"digest": "latest"}}, ".image.digest"),
         ({"metrics": {"port": 80}}, ".metrics.port"),
         ({"crds": {"install": "yes"}}, ".crds.install"),
+        ({"detector": {"enabled": "yes"}}, ".detector.enabled"),
+        ({"detector": {"windowRows": "many"}}, ".detector.windowRows"),
+        ({"detector": {"replicaCount": 2}}, ".detector.replicaCount"),
+        ({"detector": {"device": "tpu"}}, ".detector.device"),
+        ({"detector": {"gpus": -1}}, ".detector.gpus"),
+        ({"detector": {"window": 1000}}, ".detector.window"),
     ],
 )
 def test_schema_refuses_a_wrong_value_naming_it(override: dict[str, Any], field: str) -> None:
@@ -236,3 +260,268 @@ def test_schema_refuses_a_wrong_value_naming_it(override: dict[str, Any], field:
             values[key] = value
     found = list(violations(values, SCHEMA))
     assert found and all(v.startswith(field) for v in found), found
+
+
+# --- the drift detector, rendered by helm ---------------------------------------------------------------
+
+
+def helm(
+    tmp_path: Path, *args: str, values: dict[str, Any] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """helm with its own folders and no cluster, on the chart, with ``values`` as a values file."""
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump(values or {}))
+    env = {
+        **os.environ,
+        "HELM_CONFIG_HOME": str(tmp_path / "config"),
+        "HELM_CACHE_HOME": str(tmp_path / "cache"),
+        "HELM_DATA_HOME": str(tmp_path / "data"),
+        "KUBECONFIG": str(tmp_path / "no-kubeconfig"),
+    }
+    return subprocess.run(
+        [str(HELM), *args, str(CHART), "-n", "modelloop-system", "-f", str(path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+
+
+def rendered(tmp_path: Path, values: dict[str, Any]) -> list[dict[str, Any]]:
+    """The objects that `helm template modelloop` renders with ``values``."""
+    result = helm(tmp_path, "template", "modelloop", values=values)
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def detector_objects(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The detector's objects by kind."""
+    found = [
+        o for o in objects if o["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "detector"
+    ]
+    by_kind = {o["kind"]: o for o in found}
+    assert len(by_kind) == len(found), [o["kind"] for o in found]
+    return by_kind
+
+
+def detector_container(deployment: dict[str, Any]) -> dict[str, Any]:
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return dict(container)
+
+
+@needs_helm
+def test_detector_is_off_by_default_and_renders_nothing(tmp_path: Path) -> None:
+    assert VALUES["detector"]["enabled"] is False
+    objects = rendered(tmp_path, {"serviceMonitor": {"enabled": True}})
+    assert detector_objects(objects) == {}
+    assert not [o for o in objects if o["metadata"]["name"].endswith("-detector")]
+
+
+@needs_helm
+def test_enabled_detector_is_a_deployment_and_a_service_that_selects_its_pods(tmp_path: Path) -> None:
+    objects = detector_objects(rendered(tmp_path, {"detector": {"enabled": True}}))
+
+    assert sorted(objects) == ["Deployment", "Service"]
+    deployment, service = objects["Deployment"], objects["Service"]
+    assert deployment["metadata"]["name"] == service["metadata"]["name"] == "modelloop-detector"
+    assert deployment["spec"]["replicas"] == 1
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    http = {"name": "http", "port": 8080, "targetPort": "http", "protocol": "TCP"}
+    assert service["spec"]["ports"] == [http]
+    assert detector_container(deployment)["ports"] == [
+        {"name": "http", "containerPort": 8080, "protocol": "TCP"}
+    ]
+
+
+@needs_helm
+def test_the_operators_objects_never_select_the_detectors_pods(tmp_path: Path) -> None:
+    objects = rendered(tmp_path, {"detector": {"enabled": True}, "serviceMonitor": {"enabled": True}})
+    detector_pods = detector_objects(objects)["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    operator = [
+        o for o in objects if o["metadata"]["labels"].get("app.kubernetes.io/component") == "operator"
+    ]
+    selectors = [
+        o["spec"]["selector"] for o in operator if o["kind"] in ("Deployment", "Service", "ServiceMonitor")
+    ]
+    for selector in selectors:
+        assert not selector.get("matchLabels", selector).items() <= detector_pods.items()
+
+
+@needs_helm
+def test_detector_pod_is_non_root_read_only_without_capabilities_or_token(tmp_path: Path) -> None:
+    deployment = detector_objects(rendered(tmp_path, {"detector": {"enabled": True}}))["Deployment"]
+    pod = deployment["spec"]["template"]["spec"]
+    container = detector_container(deployment)
+
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] != 0
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert "emptyDir" in volumes[mounts["/tmp"]]
+    assert "emptyDir" in volumes[mounts["/var/lib/modelloop"]]
+    for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert container["resources"] == VALUES["detector"]["resources"]
+
+
+@needs_helm
+def test_detector_runs_with_the_settings_of_its_values(tmp_path: Path) -> None:
+    settings = {
+        "windowRows": 5000,
+        "windowSeconds": 1800,
+        "evaluateEveryRows": 250,
+        "evaluateEverySeconds": 2.5,
+        "pValue": 0.01,
+        "correction": "fdr",
+        "device": "cuda",
+        "mmdPermutations": 200,
+        "minRows": 80,
+        "feedbackWindow": 2000,
+        "logLevel": "DEBUG",
+    }
+    objects = detector_objects(rendered(tmp_path, {"detector": {"enabled": True, **settings}}))
+
+    assert detector_container(objects["Deployment"])["args"] == [
+        "--host=0.0.0.0",
+        "--port=8080",
+        "--window-rows=5000",
+        "--window-seconds=1800",
+        "--evaluate-every-rows=250",
+        "--evaluate-every-seconds=2.5",
+        "--p-value=0.01",
+        "--correction=fdr",
+        "--device=cuda",
+        "--mmd-permutations=200",
+        "--min-rows=80",
+        "--feedback-window=2000",
+        "--log-level=DEBUG",
+    ]
+
+
+@needs_helm
+def test_detector_image_is_taken_by_digest_when_one_is_given_else_by_the_apps_version(tmp_path: Path) -> None:
+    def image(values: dict[str, Any]) -> str:
+        objects = detector_objects(rendered(tmp_path, {"detector": {"enabled": True, "image": values}}))
+        return str(detector_container(objects["Deployment"])["image"])
+
+    app_version = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
+    assert image({}) == f"ghcr.io/modelloop/detector:{app_version}"
+    assert image({"tag": "0.3.0"}) == "ghcr.io/modelloop/detector:0.3.0"
+    assert image({"tag": "0.3.0", "digest": DIGEST}) == f"ghcr.io/modelloop/detector@{DIGEST}"
+    assert (
+        image({"repository": "registry.local/detector", "digest": DIGEST})
+        == f"registry.local/detector@{DIGEST}"
+    )
+
+
+@needs_helm
+def test_detector_takes_gpus_credentials_a_claim_and_its_nodes_from_values(tmp_path: Path) -> None:
+    values = {
+        "enabled": True,
+        "gpus": 1,
+        "extraEnvFrom": [{"secretRef": {"name": "s3-credentials"}}],
+        "extraEnv": [{"name": "AWS_REGION", "value": "eu-west-1"}],
+        "volume": {"existingClaim": "datasets", "mountPath": "/data"},
+        "nodeSelector": {"nvidia.com/gpu.present": "true"},
+        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+    }
+    deployment = detector_objects(rendered(tmp_path, {"detector": values}))["Deployment"]
+    pod = deployment["spec"]["template"]["spec"]
+    container = detector_container(deployment)
+
+    assert container["resources"]["limits"] == {"memory": "2Gi", "nvidia.com/gpu": 1}
+    assert container["resources"]["requests"] == VALUES["detector"]["resources"]["requests"]
+    assert container["envFrom"] == values["extraEnvFrom"]
+    assert container["env"] == values["extraEnv"]
+    (data,) = [m for m in container["volumeMounts"] if m["mountPath"] == "/data"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == data["name"]]
+    assert volume["persistentVolumeClaim"] == {"claimName": "datasets"}
+    assert pod["nodeSelector"] == values["nodeSelector"]
+    assert pod["tolerations"] == values["tolerations"]
+
+
+@needs_helm
+def test_detector_without_a_volume_mounts_only_tmp(tmp_path: Path) -> None:
+    values = {"detector": {"enabled": True, "volume": {"enabled": False}}}
+    deployment = detector_objects(rendered(tmp_path, values))["Deployment"]
+    assert [m["mountPath"] for m in detector_container(deployment)["volumeMounts"]] == ["/tmp"]
+    assert [v["name"] for v in deployment["spec"]["template"]["spec"]["volumes"]] == ["tmp"]
+
+
+@needs_helm
+def test_detector_is_scraped_with_the_service_monitor_switch_under_its_own_job(tmp_path: Path) -> None:
+    values = {
+        "detector": {"enabled": True},
+        "serviceMonitor": {"enabled": True, "labels": {"release": "kps"}},
+    }
+    objects = detector_objects(rendered(tmp_path, values))
+
+    monitor, service = objects["ServiceMonitor"], objects["Service"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert monitor["metadata"]["labels"]["release"] == "kps"
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["port"] == "http" and endpoint["path"] == "/metrics"
+    # Its series carry the InferenceService's namespace and service: they must win over the target's.
+    assert endpoint["honorLabels"] is True
+    # Not job="modelloop": the operator's alerts would take the detector's `up` for the operator's.
+    assert "jobLabel" not in monitor["spec"]
+
+
+@needs_helm
+def test_detector_notes_name_the_url_for_the_logger_and_the_drift_policy(tmp_path: Path) -> None:
+    result = helm(
+        tmp_path, "install", "modelloop", "--dry-run=client", values={"detector": {"enabled": True}}
+    )
+    assert result.returncode == 0, result.stderr
+    notes = result.stdout.split("NOTES:", 1)[1]
+    url = "http://modelloop-detector.modelloop-system.svc:8080"
+    assert f"spec.logger.url:  {url}/" in notes
+    assert f"spec.detector.url:                     {url}" in notes
+
+    result = helm(tmp_path, "install", "modelloop", "--dry-run=client", values={})
+    assert "detector" not in result.stdout.split("NOTES:", 1)[1]
+
+
+@needs_helm
+@pytest.mark.parametrize(
+    ("detector", "field"),
+    [
+        ({"windowRows": "many"}, "/detector/windowRows"),
+        ({"pValue": 1.5}, "/detector/pValue"),
+        ({"gpus": "one"}, "/detector/gpus"),
+        ({"volume": {"existingClaim": 7}}, "/detector/volume/existingClaim"),
+        ({"extraEnvFrom": [{"secret": {"name": "s3"}}]}, "/detector/extraEnvFrom/0"),
+    ],
+)
+def test_helm_refuses_a_wrong_detector_value_naming_it(
+    tmp_path: Path, detector: dict[str, Any], field: str
+) -> None:
+    result = helm(tmp_path, "template", "modelloop", values={"detector": {"enabled": True, **detector}})
+    assert result.returncode != 0
+    assert field in result.stderr, result.stderr
+
+
+@needs_helm
+def test_the_charts_default_detector_runs_as_the_kustomize_one(tmp_path: Path) -> None:
+    chart = detector_objects(rendered(tmp_path, {"detector": {"enabled": True}}))
+    manifests = {
+        doc["kind"]: doc
+        for name in ("deployment.yaml", "service.yaml")
+        for doc in yaml.safe_load_all((DETECTOR_MANIFESTS / name).read_text())
+    }
+    chart_pod, plain_pod = (d["Deployment"]["spec"]["template"]["spec"] for d in (chart, manifests))
+    # The chart's pull policy is a value; the plain manifests leave Kubernetes' default.
+    chart_pod["containers"][0].pop("imagePullPolicy")
+    assert chart_pod == plain_pod
+    assert chart["Deployment"]["spec"]["strategy"] == manifests["Deployment"]["spec"]["strategy"]
+    assert chart["Service"]["spec"]["ports"] == manifests["Service"]["spec"]["ports"]

@@ -1,9 +1,10 @@
-"""The kustomizations of crds/ and manifests/ name every manifest they should, and the HA overlay's copies of
-the peering manifests are the originals. (Rendering them and applying them to a real API server is
-e2e/test_kustomize.py's.)"""
+"""The kustomizations of crds/ and manifests/ name every manifest they should, the HA overlay's copies of
+the peering manifests are the originals, and the drift detector's manifests run its released image
+securely. (Rendering them and applying them to a real API server is e2e/test_kustomize.py's.)"""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,8 @@ MANIFESTS = ROOT / "manifests"
 KUSTOMIZATION_NAMES = ("kustomization.yaml", "kustomization.yml", "Kustomization")
 # The peering manifests are not the operator's base: only the HA overlay has them (as copies).
 PEERING = ("peering-crds.yaml", "peering.yaml")
+DETECTOR = MANIFESTS / "detector"
+DETECTOR_VERSION_FILE = ROOT / "runtimes" / "detector" / "src" / "modelloop_detector" / "version.py"
 
 
 def kustomization(folder: Path) -> dict[str, Any]:
@@ -73,3 +76,69 @@ def test_every_file_a_kustomization_names_exists(folder: Path) -> None:
     named += [f for generator in spec.get("configMapGenerator", []) for f in generator.get("files", [])]
     for entry in named:
         assert (folder / entry).exists(), f"{folder.relative_to(ROOT)} names {entry}, which does not exist"
+
+
+def detector_objects() -> dict[str, dict[str, Any]]:
+    """manifests/detector's objects, by kind."""
+    return {
+        doc["kind"]: doc
+        for name in kustomization(DETECTOR)["resources"]
+        for doc in yaml.safe_load_all((DETECTOR / name).read_text())
+        if doc
+    }
+
+
+def test_detector_kustomization_lists_the_detectors_manifests() -> None:
+    expected = sorted(p.name for p in DETECTOR.glob("*.yaml") if p.name != "kustomization.yaml")
+    assert sorted(kustomization(DETECTOR)["resources"]) == expected
+    assert sorted(detector_objects()) == ["Deployment", "Service"]
+
+
+def test_detector_runs_the_detectors_released_image() -> None:
+    match = re.search(r'^DETECTOR_VERSION = "([^"]+)"$', DETECTOR_VERSION_FILE.read_text(), re.MULTILINE)
+    assert match is not None
+    (container,) = detector_objects()["Deployment"]["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == f"ghcr.io/modelloop/detector:{match.group(1)}"
+
+
+def test_detector_pod_is_non_root_read_only_without_capabilities_or_token() -> None:
+    pod = detector_objects()["Deployment"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] != 0
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    (tmp,) = [m for m in container["volumeMounts"] if m["mountPath"] == "/tmp"]
+    assert "emptyDir" in volumes[tmp["name"]]
+    assert "limits" in container["resources"] and "requests" in container["resources"]
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "http"}
+
+
+def test_detector_service_reaches_the_detectors_pods_and_never_the_operators() -> None:
+    objects = detector_objects()
+    deployment, service = objects["Deployment"], objects["Service"]
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    assert service["spec"]["ports"] == [
+        {"name": "http", "port": 8080, "targetPort": "http", "protocol": "TCP"}
+    ]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert {"name": "http", "containerPort": 8080, "protocol": "TCP"} in container["ports"]
+    operator = [
+        doc
+        for doc in yaml.safe_load_all((MANIFESTS / "operator" / "deployment.yaml").read_text())
+        if doc["kind"] == "Deployment"
+    ]
+    for other in operator:
+        assert (
+            not service["spec"]["selector"].items() <= other["spec"]["template"]["metadata"]["labels"].items()
+        )

@@ -73,15 +73,46 @@ app.kubernetes.io/part-of: modelloop
 {{- default (include "modelloop.fullname" .) .Values.peering.name }}
 {{- end }}
 
-{{/* repository@digest when a digest is given, else repository:tag (the tag defaulting to appVersion). */}}
-{{- define "modelloop.image" -}}
-{{- if .Values.image.digest }}
-{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{/*
+An image block's reference: repository@digest when a digest is given, else repository:tag (the tag
+defaulting to appVersion). Called with (dict "image" <the block> "context" $).
+*/}}
+{{- define "modelloop.imageRef" -}}
+{{- $image := .image }}
+{{- if $image.digest }}
+{{- printf "%s@%s" $image.repository $image.digest }}
 {{- else }}
-{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- printf "%s:%s" $image.repository (default .context.Chart.AppVersion $image.tag) }}
 {{- end }}
+{{- end }}
+
+{{/* The operator's image. */}}
+{{- define "modelloop.image" -}}
+{{- include "modelloop.imageRef" (dict "image" .Values.image "context" .) }}
 {{- end }}
 
 {{- define "modelloop.metricsServiceName" -}}
 {{- printf "%s-metrics" (include "modelloop.fullname" .) }}
+{{- end }}
+
+{{- define "modelloop.detectorName" -}}
+{{- printf "%s-detector" (include "modelloop.fullname" .) }}
+{{- end }}
+
+{{/* The detector pod's selector; never changes between chart versions (a selector is immutable). */}}
+{{- define "modelloop.detectorSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "modelloop.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: detector
+{{- end }}
+
+{{/* Labels of the detector's objects. */}}
+{{- define "modelloop.detectorLabels" -}}
+{{ include "modelloop.labels" . }}
+app.kubernetes.io/component: detector
+{{- end }}
+
+{{/* The detector's in-cluster URL: the payload logger's and the DriftPolicy's. */}}
+{{- define "modelloop.detectorUrl" -}}
+{{- printf "http://%s.%s.svc:8080" (include "modelloop.detectorName" .) .Release.Namespace }}
 {{- end }}
