@@ -105,6 +105,23 @@ def analysis(**metric: Any) -> dict[str, Any]:
 
 
 TEMPLATE = ".spec.retrain.trainingRunTemplate"
+DETECTOR = {"url": "http://drift-detector.ml:8080"}
+RECENT = {"uriPrefix": "s3://datasets/recent"}
+
+
+def drift_policy(name: str, recent_data: Any = None, **spec: Any) -> dict[str, Any]:
+    """A DriftPolicy of the TrainingRun base spec, with ``spec``'s fields and recent data in retrain."""
+    retrain: dict[str, Any] = {"trainingRunTemplate": copy.deepcopy(TRAINING_RUN_SPEC)}
+    if recent_data is not None:
+        retrain["recentData"] = recent_data
+    base = {
+        "target": {"inferenceService": "iris"},
+        "metrics": [
+            {"name": "feature-drift", "query": "max(drift)", "threshold": 0.3, "comparison": "GreaterThan"}
+        ],
+        "retrain": retrain,
+    }
+    return manifest("DriftPolicy", name, {**base, **spec})
 
 
 def in_drift_policy_template(case: Case) -> Case:
@@ -337,6 +354,14 @@ CASES = [
         before=inference_service("switch"),
         valid=inference_service("switch") | {"metadata": {"name": "switch", "labels": {"team": "vision"}}},
         invalid=inference_service("switch", backend="seldon"),
+    ),
+    Case(
+        kind="DriftPolicy",
+        at=".spec",
+        message="spec.retrain.recentData needs spec.detector: the detector exports the recent data",
+        field="spec.retrain.recentData",
+        valid=drift_policy("with-detector", detector=DETECTOR, recent_data=RECENT),
+        invalid=drift_policy("no-detector", recent_data=RECENT),
     ),
     *map(in_drift_policy_template, TRAINING_RUN_CASES),
 ]

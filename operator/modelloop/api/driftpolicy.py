@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Self
 
-from pydantic import ConfigDict, Field, StringConstraints
+from pydantic import ConfigDict, Field, StringConstraints, model_validator
 
 from .meta import (
     AGE_COLUMN,
@@ -119,6 +119,11 @@ class RetrainSpec(ApiModel):
     )
 
 
+RECENT_DATA_NEEDS_DETECTOR = (
+    "spec.retrain.recentData needs spec.detector: the detector exports the recent data"
+)
+
+
 class DriftPolicySpec(ApiModel):
     """When the target counts as drifted (any metric breached for a whole window) and what to do then."""
 
@@ -126,7 +131,7 @@ class DriftPolicySpec(ApiModel):
         json_schema_extra=cel_rules(
             CelRule(
                 rule="!has(self.retrain.recentData) || has(self.detector)",
-                message="spec.retrain.recentData needs spec.detector: the detector exports the recent data",
+                message=RECENT_DATA_NEEDS_DETECTOR,
                 field_path=".retrain.recentData",
             ),
         )
@@ -151,6 +156,12 @@ class DriftPolicySpec(ApiModel):
         None, description="The drift detector fed by the target's payload logger, when there is one."
     )
     retrain: RetrainSpec = Field(description="The retraining to start on drift.")
+
+    @model_validator(mode="after")
+    def _check_like_the_crd(self) -> Self:
+        if self.retrain.recent_data is not None and self.detector is None:
+            raise ValueError(RECENT_DATA_NEEDS_DETECTOR)
+        return self
 
 
 class DriftPolicyStatus(ResourceStatus):
