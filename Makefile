@@ -19,7 +19,11 @@ SERVER_STAMP  := $(SERVER_VENV)/.installed
 SELDON        := runtimes/seldon
 SELDON_VENV   ?= .venvs/seldon
 SELDON_STAMP  := $(SELDON_VENV)/.installed
-# The trainer and both model servers install PyTorch (GBs): the later installs come from this cache.
+# The drift detector (alibi-detect 0.11.4: pydantic < 2, numpy < 2): its own environment.
+DETECTOR       := runtimes/detector
+DETECTOR_VENV  ?= .venvs/detector
+DETECTOR_STAMP := $(DETECTOR_VENV)/.installed
+# The trainer, both model servers and the detector install PyTorch (GBs): the later installs come from this cache.
 export PIP_CACHE_DIR ?= $(HOME)/.cache/modelloop/pip
 export KUBECONFIG := $(CURDIR)/.cluster/kubeconfig
 
@@ -86,19 +90,19 @@ argocd-health-test: argocd-health-build ## the Argo CD health checks, run by Arg
 alerts-test: prometheus-bin ## promtool's unit tests of the alerts (manifests/monitoring/alerts.test.yaml)
 	hack/test-alerts.sh
 
-e2e: $(STAMP) $(TRAINER_STAMP) $(SERVER_STAMP) $(SELDON_STAMP) cluster-bins kserve-bins helm-bin prometheus-bin ## end-to-end tests on the local control plane (started and stopped by the tests)
+e2e: $(STAMP) $(TRAINER_STAMP) $(SERVER_STAMP) $(SELDON_STAMP) $(DETECTOR_STAMP) cluster-bins kserve-bins helm-bin prometheus-bin ## end-to-end tests on the local control plane (started and stopped by the tests)
 	$(VENV)/bin/pytest e2e -q
 
 setup: ## every environment and binary the tests need, made in parallel (what is there already is kept)
-	$(MAKE) --no-print-directory -j4 venv trainer-venv server-venv seldon-venv cluster-bins kserve-bins helm-bin argocd-health-build prometheus-bin
+	$(MAKE) --no-print-directory -j4 venv trainer-venv server-venv seldon-venv detector-venv cluster-bins kserve-bins helm-bin argocd-health-build prometheus-bin
 
-test: setup lint typecheck unit alerts-test argocd-health-test trainer-lint trainer-test server-lint server-test seldon-lint seldon-test e2e ## everything: lint, types, unit and e2e tests (operator and runtimes)
+test: setup lint typecheck unit alerts-test argocd-health-test trainer-lint trainer-test server-lint server-test seldon-lint seldon-test detector-lint detector-test e2e ## everything: lint, types, unit and e2e tests (operator and runtimes)
 
-demo: $(STAMP) $(TRAINER_STAMP) ## the whole show on a local control plane
+demo: $(STAMP) $(TRAINER_STAMP) $(SERVER_STAMP) $(DETECTOR_STAMP) kserve-bins prometheus-bin ## the whole show on a local control plane, ending with the drift loop
 	hack/demo.sh
 
 clean: cluster-down ## remove the environment and local state (the binary cache stays)
-	rm -rf $(VENV) $(TRAINER_VENV) $(SERVER_VENV) $(SELDON_VENV) .cluster .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(TRAINER_VENV) $(SERVER_VENV) $(SELDON_VENV) $(DETECTOR_VENV) .cluster .mypy_cache .ruff_cache .pytest_cache
 
 # --- the trainer runtime (runtimes/trainer): its own environment, .venvs/trainer ---------------------
 
@@ -164,3 +168,24 @@ seldon-lint: $(STAMP) $(SELDON_STAMP) ## ruff and mypy --strict on the Seldon mo
 
 seldon-test: $(SELDON_STAMP) $(TRAINER_STAMP) prometheus-bin ## the Seldon model server's tests (real server processes, real HTTP, a real Prometheus)
 	cd $(SELDON) && $(CURDIR)/$(SELDON_VENV)/bin/pytest -q
+
+# --- the drift detector runtime (runtimes/detector): its own environment, .venvs/detector -----------
+
+.PHONY: detector-venv detector-lint detector-test
+
+$(DETECTOR_STAMP): $(DETECTOR)/requirements.lock $(DETECTOR)/requirements-dev.lock $(DETECTOR)/pyproject.toml
+	@test -x $(DETECTOR_VENV)/bin/python || python3.11 -m venv $(DETECTOR_VENV) 2>/dev/null || python3 -m venv $(DETECTOR_VENV)
+	$(DETECTOR_VENV)/bin/python -m pip install -q --disable-pip-version-check \
+	  -r $(DETECTOR)/requirements.lock -r $(DETECTOR)/requirements-dev.lock
+	$(DETECTOR_VENV)/bin/python -m pip install -q --disable-pip-version-check --no-deps -e $(DETECTOR)
+	@touch $@
+
+detector-venv: $(DETECTOR_STAMP) ## the drift detector's environment (.venvs/detector, with alibi-detect and PyTorch) from its lock files
+
+detector-lint: $(STAMP) $(DETECTOR_STAMP) ## ruff and mypy --strict on the drift detector and its benchmarks
+	$(VENV)/bin/ruff check $(DETECTOR) bench/detector_ingest.py bench/detector_mmd.py
+	$(VENV)/bin/ruff format --check $(DETECTOR) bench/detector_ingest.py bench/detector_mmd.py
+	cd $(DETECTOR) && $(CURDIR)/$(VENV)/bin/mypy --python-executable $(CURDIR)/$(DETECTOR_VENV)/bin/python
+
+detector-test: $(DETECTOR_STAMP) $(TRAINER_STAMP) ## the drift detector's tests (real alibi-detect, real CloudEvents over real HTTP)
+	cd $(DETECTOR) && $(CURDIR)/$(DETECTOR_VENV)/bin/pytest -q

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # make demo: the local control plane, modelloop's CRDs (and KServe's and Seldon Core's), the operator,
-# the quickstart example, and `kubectl get modelloop`. The cluster stays up afterwards for exploring;
+# the quickstart example, `kubectl get modelloop`, then the whole drift loop (e2e/loop.py). The cluster stays up afterwards for exploring;
 # `make cluster-down` removes it.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -106,5 +106,11 @@ step "The training run's events"
 kubectl get events -n demo --field-selector involvedObject.name=iris-rf --sort-by=.lastTimestamp \
   -o custom-columns='TYPE:.type,REASON:.reason,MESSAGE:.message'
 true
+
+step "The loop closes, with no human: drift -> retrain -> validate on the same data -> canary -> promote"
+# The whole loop in its own namespace, with KServe's real controller and agent (the payload logger), the
+# drift detector and a real Prometheus; the loop runs an operator of its own for that namespace.
+kill $OPERATOR 2>/dev/null || true; wait $OPERATOR 2>/dev/null || true
+.venv/bin/python -m e2e.loop --namespace demo-loop
 
 printf '\nThe cluster keeps running: eval "$(hack/cluster.sh env)" to use kubectl; make cluster-down to stop it.\n'

@@ -19,6 +19,7 @@ ENVIRONMENTS=(
   "trainer   runtimes/trainer  requirements.in  requirements-dev.in  the trainer image"
   "server    runtimes/server   requirements.in  requirements-dev.in  the model server image"
   "seldon    runtimes/seldon   requirements.in  requirements-dev.in  the Seldon model server image"
+  "detector  runtimes/detector requirements.in  requirements-dev.in  the drift detector image"
 )
 # pip freeze leaves out setuptools. The environments named here pin it in their runtime lock all the
 # same (seldon: seldon-core's gunicorn 20.1 imports pkg_resources, which setuptools 82 removed).

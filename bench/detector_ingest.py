@@ -1,0 +1,295 @@
+"""Ingestion throughput and verdict time of modelloop's drift detector.
+
+    .venvs/detector/bin/python bench/detector_ingest.py [--seconds 10] [--connections 16]
+
+1. CloudEvents per second into ``modelloop-detector`` (its window, pairing and evaluation threads
+   on, a 500-row reference like the trainer's) against a bare ASGI handler that only reads the
+   same events, under the same server (uvicorn, uvloop, httptools). Each server is pinned to one
+   core; the load generator (raw HTTP/1.1 over asyncio keep-alive connections, events encoded
+   beforehand in KServe's binary mode, one row of 20 features each) runs on another core.
+2. The time of a window verdict (a 1,000x20 window against 5,000 reference rows, KS per feature)
+   through the service (``DriftService.judge``: window copy, alibi-detect's KSDrift, bookkeeping)
+   against alibi-detect's ``KSDrift.predict`` alone on the same arrays.
+3. Evidently's data-drift report (``DataDriftPreset``) on the same window and reference, when
+   evidently is installed (the dev requirements have it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+# The detector's source, for a machine where the package is not installed (a GPU machine with the
+# wheels beside it); in .venvs/detector it is the same code as the installed (editable) package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "runtimes" / "detector" / "src"))
+
+from modelloop_detector.detectors import DetectorSettings
+from modelloop_detector.events import InferenceEvent
+from modelloop_detector.service import DriftService, Registration, VersionSpec, WindowSettings
+
+DETECTOR = str(Path(sys.executable).with_name("modelloop-detector"))
+FEATURES = 20
+
+
+async def bare_app(scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
+    """Reads the request's body and answers 202, like the detector, and does nothing else."""
+    if scope["type"] != "http":
+        return
+    more = True
+    while more:
+        message = await receive()
+        more = message.get("more_body", False)
+    body = b'{"accepted":true}'
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send(
+        {"type": "http.response.start", "status": 202 if scope["path"] == "/" else 200, "headers": headers}
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def serve_bare(port: int) -> None:
+    import uvicorn
+
+    uvicorn.run(
+        bare_app, host="127.0.0.1", port=port, loop="uvloop", http="httptools", lifespan="off",
+        access_log=False, log_level="warning",
+    )  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def pin(core: int) -> Callable[[], None]:
+    return lambda: os.sched_setaffinity(0, {core})
+
+
+def wait_healthy(port: int, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError("the server exited")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+                sock.sendall(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+                if b"200" in sock.recv(1024):
+                    return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError("the server did not start")
+
+
+def http_request(method: str, path: str, headers: dict[str, str], body: bytes) -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", "host: 127.0.0.1", f"content-length: {len(body)}"]
+    lines += [f"{key}: {value}" for key, value in headers.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def encoded_events(count: int, seed: int) -> list[bytes]:
+    """``count`` request/response pairs in KServe's binary mode, one row each, as raw HTTP requests."""
+    rng = np.random.default_rng(seed)
+    events = []
+    for index in range(count):
+        event_id = f"bench-{seed}-{index}"
+        common = {
+            "ce-specversion": "1.0",
+            "ce-id": event_id,
+            "ce-source": "http://localhost:9081/",
+            "ce-inferenceservicename": "bench",
+            "ce-namespace": "ml",
+            "ce-component": "predictor",
+            "ce-endpoint": "default",
+            "content-type": "application/json",
+        }
+        request = json.dumps({"instances": [np.round(rng.normal(size=FEATURES), 4).tolist()]}).encode()
+        response = json.dumps({"predictions": [int(rng.integers(3))]}).encode()
+        events.append(
+            http_request(
+                "POST", "/", {**common, "ce-type": "org.kubeflow.serving.inference.request"}, request
+            )
+        )
+        events.append(
+            http_request(
+                "POST", "/", {**common, "ce-type": "org.kubeflow.serving.inference.response"}, response
+            )
+        )
+    return events
+
+
+async def drive(port: int, events: list[bytes], connections: int, seconds: float) -> tuple[int, int]:
+    """Send ``events`` round-robin over ``connections`` keep-alive connections for ``seconds``;
+    returns (answered, answered with a status other than 2xx)."""
+    deadline = time.perf_counter() + seconds
+    share = [events[index::connections] for index in range(connections)]
+    counts = [0, 0]
+
+    async def connection(mine: list[bytes]) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        position = 0
+        while time.perf_counter() < deadline:
+            writer.write(mine[position % len(mine)])
+            position += 1
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            await reader.readexactly(length)
+            counts[0] += 1
+            if not head.startswith(b"HTTP/1.1 2"):
+                counts[1] += 1
+        writer.close()
+
+    await asyncio.gather(*(connection(mine) for mine in share))
+    return counts[0], counts[1]
+
+
+def throughput(args: argparse.Namespace, reference_uri: str) -> dict[str, float]:
+    results = {}
+    events = encoded_events(args.events, seed=1)
+    for name in ("bare", "detector"):
+        port = free_port()
+        if name == "bare":
+            command = [sys.executable, __file__, "--serve-bare", str(port)]
+        else:
+            command = [DETECTOR, "--host", "127.0.0.1", "--port", str(port), "--log-level", "WARNING"]
+        process = subprocess.Popen(command, preexec_fn=pin(0), stderr=subprocess.DEVNULL)
+        try:
+            wait_healthy(port, process)
+            if name == "detector":
+                registration = json.dumps(
+                    {"model": "bench", "versions": {"1": {"referenceUri": reference_uri}}}
+                )
+                with socket.create_connection(("127.0.0.1", port)) as sock:
+                    sock.sendall(http_request("PUT", "/v1/services/ml/bench", {}, registration.encode()))
+                    assert b" 200 " in sock.recv(4096)
+            asyncio.run(drive(port, events, args.connections, 1.0))  # warm-up
+            answered, failed = asyncio.run(drive(port, events, args.connections, args.seconds))
+            if failed:
+                raise RuntimeError(f"{name}: {failed} events were not accepted")
+            results[name] = answered / args.seconds
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+    return results
+
+
+def verdict_times(
+    reference: np.ndarray, window_rows: np.ndarray, repeats: int, reference_uri: str
+) -> dict[str, float]:
+    from alibi_detect.cd import KSDrift
+
+    service = DriftService(
+        WindowSettings(window_rows=len(window_rows), min_rows=1),
+        DetectorSettings(device="cpu", mmd_permutations=10),
+    )
+    service.register("ml", "bench", Registration(model="bench", versions={"1": VersionSpec(reference_uri)}))
+    for index, row in enumerate(window_rows.tolist()):
+        service.ingest(InferenceEvent("request", str(index), "ml", "bench", "default", {"instances": [row]}))
+        service.ingest(InferenceEvent("response", str(index), "ml", "bench", "default", {"predictions": [0]}))
+    state = service.service("ml", "bench")
+    version = state.versions["1"]
+    assert len(version.window) == len(window_rows)
+    raw = KSDrift(reference, p_val=0.05, correction="bonferroni")
+    window = version.window.snapshot().features
+
+    def judge() -> None:
+        service.judge(state, version, "fast")
+
+    def predict() -> None:
+        raw.predict(window, drift_type="batch", return_p_val=True, return_distance=True)
+
+    timings: dict[str, list[float]] = {"service": [], "raw": []}
+    for _ in range(repeats):  # interleaved, so that both see the same machine
+        for name, call in (("service", judge), ("raw", predict)):
+            started = time.perf_counter()
+            call()
+            timings[name].append(time.perf_counter() - started)
+    return {name: statistics.median(values) for name, values in timings.items()}
+
+
+def evidently_time(reference: np.ndarray, window: np.ndarray, repeats: int) -> float | None:
+    try:
+        from evidently.metric_preset import DataDriftPreset
+        from evidently.report import Report
+    except ImportError:
+        return None
+    columns = [f"f{index}" for index in range(reference.shape[1])]
+    reference_frame, current = pd.DataFrame(reference, columns=columns), pd.DataFrame(window, columns=columns)
+    seconds = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        report = Report(metrics=[DataDriftPreset()])
+        report.run(reference_data=reference_frame, current_data=current)
+        report.as_dict()
+        seconds.append(time.perf_counter() - started)
+    return statistics.median(seconds)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=10.0, help="each server's measured load")
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--events", type=int, default=20000, help="distinct request/response pairs cycled")
+    parser.add_argument("--repeats", type=int, default=20, help="verdicts timed (median)")
+    parser.add_argument("--serve-bare", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_bare:
+        serve_bare(args.serve_bare)
+        return
+    if len(os.sched_getaffinity(0)) < 2:
+        print("note: fewer than 2 cores: servers and load generator share one", file=sys.stderr)
+    else:
+        os.sched_setaffinity(0, {1})  # the load generator; the servers are pinned to core 0
+
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as folder:
+        columns = [f"f{index}" for index in range(FEATURES)]
+        small_uri = Path(folder, "reference-500.csv")
+        pd.DataFrame(rng.normal(size=(500, FEATURES)), columns=columns).to_csv(small_uri, index=False)
+        rates = throughput(args, small_uri.as_uri())
+        reference = rng.normal(size=(5000, FEATURES))
+        large_uri = Path(folder, "reference-5000.csv")
+        pd.DataFrame(reference, columns=columns).to_csv(large_uri, index=False)
+        reference = pd.read_csv(large_uri).to_numpy()  # exactly what the service reads
+        window = rng.normal(size=(1000, FEATURES))
+        window[:, 0] += 0.2
+        verdicts = verdict_times(reference, window, args.repeats, large_uri.as_uri())
+        evidently = evidently_time(reference, window, max(1, args.repeats // 5))
+
+    print(f"\nIngestion: {args.connections} keep-alive connections, 1-row V1 events, each server on one core")
+    print(f"  {'server':<44}{'events/s':>12}{'relative':>10}")
+    for name, label in (
+        ("bare", "bare ASGI handler (reads the event only)"),
+        ("detector", "modelloop-detector"),
+    ):
+        print(f"  {label:<44}{rates[name]:>12,.0f}{rates[name] / rates['bare']:>10.2f}")
+    shape = f"{len(window)}x{FEATURES} window vs {len(reference)} reference rows"
+    print(f"\nWindow verdict: {shape} (median of {args.repeats})")
+    print(f"  {'what':<44}{'ms':>12}{'relative':>10}")
+    print(f"  {'alibi-detect KSDrift.predict alone':<44}{verdicts['raw'] * 1000:>12.2f}{1.0:>10.2f}")
+    ratio = verdicts["service"] / verdicts["raw"]
+    label = "modelloop-detector KS verdict (DriftService)"
+    print(f"  {label:<44}{verdicts['service'] * 1000:>12.2f}{ratio:>10.2f}")
+    if evidently is None:
+        print("  Evidently: not installed")
+    else:
+        label = "Evidently DataDriftPreset report"
+        print(f"  {label:<44}{evidently * 1000:>12.2f}{evidently / verdicts['raw']:>10.2f}")
+
+
+if __name__ == "__main__":
+    main()

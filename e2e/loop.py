@@ -1,0 +1,483 @@
+"""The whole loop on the local control plane: drift → retrain → validate → canary → promote, with no human.
+
+Every part is real except the pods: the operator, KServe's controller and webhooks, KServe's agent (the
+payload logger) in front of the real model server, the real drift detector, a real Prometheus that
+scrapes the model servers and the detector, and the real trainer. The stand-ins play the kubelet only:
+they run each pod's container here, with the pod's own command and environment (e2e/serving.py for
+model servers, e2e/kubelet.py for training pods), and the detector's process stands in for its pod.
+
+Used by e2e/test_drift_loop.py and by `make demo` (``python -m e2e.loop``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import logging
+import random
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from e2e.harness import ROOT, SHARED_CRDS, Cluster, PollingLoop, free_port, running_operator, wait_for
+from e2e.kserve import KServe
+from e2e.kubelet import HOLD, TRAINER_BIN, run_pod, running_held_pods
+from e2e.prometheus import Prometheus, running_prometheus
+from e2e.serving import ServingKubelet, answers_ok, terminate_process
+from e2e.traffic import LoadGenerator, httproute_weights
+
+DETECTOR_BIN = ROOT / ".venvs" / "detector" / "bin"
+RUNTIME = ROOT / "runtimes" / "server" / "clusterservingruntime.yaml"
+HTTPROUTE_CRD = SHARED_CRDS / "gateway-api" / "gateway.networking.k8s.io_httproutes.yaml"
+MODEL = "iris"
+SERVICE = "iris"
+POLICY = "iris-drift"
+# The shift: petal length and width read 1.8 times too large (a sensor recalibrated), the species the same.
+SHIFT = (1.0, 1.0, 1.8, 1.8)
+ERROR_RATE = (
+    'sum(rate(modelloop_server_requests_total{namespace="{{namespace}}",version="{{version}}",'
+    'code=~"4..|5.."}[20s]) or vector(0)) / '
+    'sum(rate(modelloop_server_requests_total{namespace="{{namespace}}",version="{{version}}"}[20s]))'
+)
+SELECT = 'namespace="{{namespace}}",service="{{name}}",version="{{version}}"'
+DRIFT_QUERY = f'max(modelloop_drift_verdict{{{SELECT},detector="ks"}})'
+ACCURACY_QUERY = f"min(modelloop_feedback_accuracy{{{SELECT}}})"
+
+log = logging.getLogger(__name__)
+
+
+def iris_rows() -> list[tuple[list[float], int]]:
+    """Iris as scikit-learn ships it (read from the trainer's environment: nothing is downloaded)."""
+    path = next(TRAINER_BIN.parent.glob("lib/python3*/site-packages/sklearn/datasets/data/iris.csv"))
+    with path.open() as stream:
+        reader = csv.reader(stream)
+        next(reader)  # 150,4,setosa,versicolor,virginica
+        return [([float(v) for v in row[:4]], int(row[4])) for row in reader]
+
+
+class Detector:
+    """The drift detector's process (runtimes/detector), as its pod would run it, with short windows."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.log_path = workdir / "detector.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        command = [
+            str(DETECTOR_BIN / "modelloop-detector"),
+            *("--host", "127.0.0.1", "--port", str(self.port)),
+            *("--window-rows", "200", "--window-seconds", "600", "--min-rows", "50"),
+            *("--evaluate-every-rows", "25", "--evaluate-every-seconds", "1", "--feedback-window", "100"),
+        ]
+        with self.log_path.open("ab") as out:
+            self.process = subprocess.Popen(
+                command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        process = self.process
+        wait_for(
+            lambda: process.poll() is not None or answers_ok(f"{self.url}/healthz"),
+            timeout=120,
+            what="the drift detector",
+        )
+        assert process.poll() is None, f"the detector exited:\n{self.log_path.read_text()[-3000:]}"
+
+    def stop(self) -> None:
+        if self.process is not None:
+            terminate_process(self.process, timeout=10)
+
+    def state(self, namespace: str, service: str = SERVICE) -> dict[str, Any]:
+        with urllib.request.urlopen(f"{self.url}/v1/services/{namespace}/{service}", timeout=5) as answer:
+            return dict(json.loads(answer.read()))
+
+    def post_labels(self, namespace: str, labels: list[dict[str, Any]], service: str = SERVICE) -> None:
+        body = json.dumps({"labels": labels}).encode()
+        request = urllib.request.Request(
+            f"{self.url}/v1/feedback/{namespace}/{service}",
+            data=body,
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            answer.read()
+
+
+class TrainingKubelet(PollingLoop):
+    """Runs the held training pods of a namespace with the real trainer, as they appear."""
+
+    def __init__(self, cluster: Cluster, namespace: str, workdir: Path) -> None:
+        super().__init__(f"training-kubelet-{namespace}", 0.5)
+        self.cluster, self.namespace, self.workdir = cluster, namespace, workdir
+        self.ran: list[tuple[str, float, float, int]] = []
+        """(pod, started, finished, exit code) of every pod run, in time.monotonic() seconds."""
+
+    def sync(self) -> None:
+        for pod in running_held_pods(self.cluster, self.namespace):
+            started = time.monotonic()
+            execution = run_pod(self.cluster, pod, self.workdir)
+            self.ran.append((execution.pod, started, time.monotonic(), execution.exit_code))
+
+
+@dataclass
+class LabelledTraffic:
+    """Real requests, one iris row each, through KServe's agent (split by the route's weights), each with
+    its ``Ce-Id``; the true species of every answered row goes to the detector as feedback, a moment later,
+    as ground truth does. ``shifted`` switches the rows to the shifted distribution."""
+
+    detector: Detector
+    namespace: str
+    rows: list[tuple[list[float], int]]
+    shifted: bool = False
+    seed: int = 0
+    _labels: list[dict[str, Any]] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _random: random.Random = field(init=False)
+    sent_labels: int = 0
+
+    def __post_init__(self) -> None:
+        self._random = random.Random(self.seed)
+
+    def body(self, _pod: str) -> Mapping[str, Any]:
+        features, species = self._random.choice(self.rows)
+        if self.shifted:
+            features = [round(v * s, 2) for v, s in zip(features, SHIFT, strict=True)]
+        request_id = str(uuid.uuid4())
+        with self._lock:
+            self._labels.append({"id": request_id, "label": species})
+        return _Body({"instances": [features]}, request_id)
+
+    @staticmethod
+    def headers(body: Mapping[str, Any]) -> Mapping[str, str]:
+        return {"Ce-Id": body.request_id} if isinstance(body, _Body) else {}
+
+    def send_feedback(self) -> None:
+        with self._lock:
+            labels, self._labels = self._labels, []
+        if labels:
+            with contextlib.suppress(OSError):
+                self.detector.post_labels(self.namespace, labels)
+                self.sent_labels += len(labels)
+
+
+class _Body(dict[str, Any]):
+    def __init__(self, body: Mapping[str, Any], request_id: str) -> None:
+        super().__init__(body)
+        self.request_id = request_id
+
+
+class _Feedback(PollingLoop):
+    def __init__(self, traffic: LabelledTraffic) -> None:
+        super().__init__("feedback", 0.5)
+        self.traffic = traffic
+
+    def sync(self) -> None:
+        self.traffic.send_feedback()
+
+
+@dataclass
+class Loop:
+    cluster: Cluster
+    namespace: str
+    workdir: Path
+    prometheus: Prometheus
+    detector: Detector
+    serving: ServingKubelet
+    training: TrainingKubelet
+
+    @property
+    def artifacts(self) -> Path:
+        return self.workdir / "artifacts"
+
+    @contextlib.contextmanager
+    def traffic(self, rate_per_s: float = 30) -> Iterator[tuple[LabelledTraffic, LoadGenerator]]:
+        labelled = LabelledTraffic(self.detector, self.namespace, iris_rows())
+        route = httproute_weights(self.cluster, self.namespace, f"{SERVICE}-traffic")
+        with (
+            LoadGenerator(self.serving, route, rate_per_s, labelled.body, headers=labelled.headers) as load,
+            _Feedback(labelled),
+        ):
+            yield labelled, load
+
+
+@contextlib.contextmanager
+def drift_loop(cluster: Cluster, namespace: str, workdir: Path, kserve: KServe) -> Iterator[Loop]:
+    """Prometheus, the detector, the stand-in kubelets (with KServe's agent in front of each model
+    server) and the operator, for ``namespace``; all stopped at the end."""
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(RUNTIME))
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(HTTPROUTE_CRD))
+    workdir.mkdir(parents=True, exist_ok=True)
+    detector = Detector(workdir)
+    detector.start()
+    try:
+        with running_prometheus(workdir / "prometheus") as prometheus:
+            serving = ServingKubelet(
+                cluster, namespace, workdir / "pods", prometheus, agent_binary=kserve.agent_binary
+            )
+            # Prometheus scrapes the detector and the operator too (its job label as the PodMonitor sets it).
+            operator_metrics = f"127.0.0.1:{free_port()}"
+            serving.extra_targets = [
+                (detector.address, {"job": "detector"}),
+                (operator_metrics, {"job": "modelloop"}),
+            ]
+            training = TrainingKubelet(cluster, namespace, workdir / "training")
+            (workdir / "training").mkdir(exist_ok=True)
+            with serving, training:
+                env = {
+                    "MODELLOOP_PROMETHEUS_URL": prometheus.url,
+                    "MODELLOOP_KSERVE_MODE": "Standard",
+                    "MODELLOOP_ARTIFACT_ROOT": f"file://{workdir / 'artifacts'}",
+                }
+                with running_operator(
+                    cluster,
+                    namespace,
+                    workdir / "operator.log",
+                    extra_args=("--metrics", operator_metrics),
+                    env=env,
+                ):
+                    yield Loop(cluster, namespace, workdir, prometheus, detector, serving, training)
+    finally:
+        detector.stop()
+
+
+def initial_run(artifacts: Path) -> dict[str, Any]:
+    """The first model: the real trainer on scikit-learn's iris."""
+    return training_run("iris-initial", artifacts)
+
+
+def training_run(name: str, artifacts: Path, **params: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "modelloop.dev/v1alpha1",
+        "kind": "TrainingRun",
+        "metadata": {"name": name, "labels": dict(HOLD)},
+        "spec": training_template(artifacts, **params),
+    }
+
+
+def training_template(artifacts: Path, **params: Any) -> dict[str, Any]:
+    return {
+        "image": "ghcr.io/modelloop/trainer:0.1.0",
+        "params": {"seed": 1, **(params or {"estimator": "RandomForestClassifier", "n_estimators": 30})},
+        "dataset": {"uri": "sklearn://iris", "format": "sklearn", "targetColumn": "target"},
+        "backoffLimit": 0,
+        "output": {"modelName": MODEL, "artifactUriPrefix": f"file://{artifacts}"},
+        "validation": {
+            "gates": [{"metric": "accuracy", "comparison": "GreaterThanOrEqual", "threshold": 0.5}],
+            # Not worse than the champion, measured on the same held-out rows.
+            "champion": {"metric": "accuracy", "direction": "Maximize"},
+        },
+    }
+
+
+def inference_service(detector: Detector) -> dict[str, Any]:
+    """Follows the model (no pinned version): each newly validated version is rolled out by itself."""
+    return {
+        "apiVersion": "modelloop.dev/v1alpha1",
+        "kind": "InferenceService",
+        "metadata": {"name": SERVICE},
+        "spec": {
+            "model": {"name": MODEL},
+            "kserve": {"deploymentMode": "Standard"},
+            "predictor": {
+                "minReplicas": 1,
+                "resources": {"cpu": "100m", "memory": "256Mi"},
+            },
+            "logger": {"url": detector.url, "mode": "all"},
+            "rollout": {
+                "steps": [50, 100],
+                "stepInterval": "4s",
+                "analysis": {
+                    "interval": "2s",
+                    "failureLimit": 0,
+                    "inconclusiveLimit": 100,
+                    "metrics": [{"name": "error-rate", "query": ERROR_RATE, "max": 0.05}],
+                },
+            },
+        },
+    }
+
+
+def drift_policy(loop: Loop, *, recent_data: bool = True, **params: Any) -> dict[str, Any]:
+    retrain: dict[str, Any] = {
+        "labels": dict(HOLD),
+        "trainingRunTemplate": training_template(loop.artifacts, **params),
+    }
+    if recent_data:
+        retrain["recentData"] = {"uriPrefix": f"file://{loop.workdir / 'recent'}"}
+    return {
+        "apiVersion": "modelloop.dev/v1alpha1",
+        "kind": "DriftPolicy",
+        "metadata": {"name": POLICY},
+        "spec": {
+            "target": {"inferenceService": SERVICE},
+            "detector": {"url": loop.detector.url},
+            "metrics": [
+                {
+                    "name": "input-drift",
+                    "query": DRIFT_QUERY,
+                    "threshold": 1,
+                    "comparison": "GreaterThanOrEqual",
+                },
+                {"name": "accuracy", "query": ACCURACY_QUERY, "threshold": 0.85, "comparison": "LessThan"},
+            ],
+            "window": "4s",
+            "cooldown": "1h",
+            "evaluationInterval": "1s",
+            "retrain": retrain,
+        },
+    }
+
+
+def status_of(cluster: Cluster, resource: str, name: str, namespace: str) -> dict[str, Any]:
+    result = cluster.kubectl("get", resource, name, "-n", namespace, "-o", "json", check=False)
+    if result.returncode != 0:
+        return {}
+    return dict(json.loads(result.stdout).get("status") or {})
+
+
+def wait_status(
+    cluster: Cluster, resource: str, name: str, namespace: str, timeout: float = 120, **expected: Any
+) -> dict[str, Any]:
+    """The status once it has every ``expected`` value; fails at once on a Failed phase not expected."""
+
+    def matches() -> dict[str, Any] | None:
+        status = status_of(cluster, resource, name, namespace)
+        if status.get("phase") == "Failed" and expected.get("phase") != "Failed":
+            raise AssertionError(f"{resource} {name} failed: {status.get('message')}")
+        return status if status and all(status.get(k) == v for k, v in expected.items()) else None
+
+    return wait_for(matches, timeout=timeout, interval=0.25, what=f"{resource} {name} with {expected}")
+
+
+def retraining_runs(cluster: Cluster, namespace: str) -> list[dict[str, Any]]:
+    runs: list[dict[str, Any]] = cluster.get(
+        "trainingruns", namespace=namespace, selector=f"modelloop.dev/drift-policy={POLICY}"
+    )["items"]
+    return runs
+
+
+def serve_the_first_model(loop: Loop) -> None:
+    """Train iris-v1 with the real trainer, and serve it behind KServe's agent."""
+    cluster, namespace = loop.cluster, loop.namespace
+    cluster.apply(initial_run(loop.artifacts), namespace)
+    cluster.apply(inference_service(loop.detector), namespace)
+    wait_status(
+        cluster,
+        "inferenceservices.modelloop.dev",
+        SERVICE,
+        namespace,
+        timeout=240,
+        stableVersion=1,
+        phase="Stable",
+    )
+    loop.serving.wait_serving(1)
+
+
+def main() -> None:
+    """``python -m e2e.loop``: the whole loop for `make demo`, on the cluster of $KUBECONFIG."""
+    import argparse
+    import os
+    import tempfile
+
+    from e2e.kserve import running_kserve
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--namespace", default="demo-loop")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    bin_dir = Path(os.environ["PATH"].split(os.pathsep)[0])
+    cluster = Cluster(kubeconfig=Path(os.environ["KUBECONFIG"]), bin_dir=bin_dir, state_dir=ROOT / ".cluster")
+    namespace = args.namespace
+    cluster.kubectl("create", "namespace", namespace, check=False)
+    workdir = Path(tempfile.mkdtemp(prefix="modelloop-loop-"))
+    say = lambda text: print(f"\n\033[1m-- {text}\033[0m", flush=True)  # noqa: E731
+    with (
+        running_kserve(cluster, workdir / "kserve") as kserve,
+        drift_loop(cluster, namespace, workdir, kserve) as loop,
+    ):
+        say("iris-v1: trained by the real trainer, served by KServe behind its payload logger")
+        serve_the_first_model(loop)
+        print(cluster.kubectl("get", "modelversions", "-n", namespace).stdout)
+        cluster.apply(drift_policy(loop), namespace)
+        with loop.traffic() as (traffic, _):
+            wait_status(cluster, "driftpolicy", POLICY, namespace, timeout=120, lastResult="Watching")
+            print(cluster.kubectl("get", "driftpolicy", "-n", namespace).stdout)
+            say("The input shifts (petal sizes read 1.8x); feedback labels show accuracy falling")
+            timings = run_the_loop(loop, traffic, report=print)
+        say("kubectl get modelloop")
+        print(cluster.kubectl("get", "modelloop", "-n", namespace).stdout)
+        say("modelloop lineage iris-v2: why the new champion exists")
+        lineage = subprocess.run(
+            [str(ROOT / ".venv" / "bin" / "modelloop"), "lineage", "iris-v2", "-n", namespace],
+            env=cluster.env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        print(lineage.stdout or lineage.stderr)
+        say("Time from the shift to the new champion")
+        for phase, seconds in timings.items():
+            print(f"  {phase:<36} {seconds:6.1f} s")
+
+
+def run_the_loop(loop: Loop, traffic: LabelledTraffic, report: Any = lambda _: None) -> dict[str, float]:
+    """Shift the input and wait, step by step, for the new champion; what each step took, in seconds."""
+    cluster, namespace = loop.cluster, loop.namespace
+    shifted = time.monotonic()
+    traffic.shifted = True
+    marks: dict[str, float] = {}
+    wait_status(cluster, "driftpolicy", POLICY, namespace, timeout=120, lastResult="Breached")
+    marks["detection (shift → breach seen)"] = time.monotonic()
+    report("  the detector reports drift; the policy confirms it over its window")
+    runs = wait_for(lambda: retraining_runs(cluster, namespace), timeout=120, what="the retraining run")
+    marks["window (breach → TrainingRun)"] = time.monotonic()
+    run = runs[0]["metadata"]["name"]
+    report(f"  TrainingRun {run} created, with its evidence and the recent data")
+    done = wait_status(cluster, "trainingrun", run, namespace, timeout=300, phase="Succeeded")
+    marks["training (run → registered)"] = time.monotonic()
+    version = done["modelVersion"]
+    report(f"  {version} registered; validating against the champion on the same held-out data")
+    wait_for(
+        lambda: (
+            status_of(cluster, "modelversion", version, namespace).get("phase") in ("Validated", "Rejected")
+        ),
+        timeout=120,
+        what=f"{version} validated or rejected",
+    )
+    marks["validation"] = time.monotonic()
+    wait_status(
+        cluster,
+        "inferenceservices.modelloop.dev",
+        SERVICE,
+        namespace,
+        timeout=300,
+        phase="Promoted",
+        stableVersion=2,
+    )
+    marks["canary steps (50%, 100%) → promoted"] = time.monotonic()
+    report(f"  {version} rolled out step by step under analysis, and promoted")
+    timings, last = {}, shifted
+    for phase, moment in marks.items():
+        timings[phase] = moment - last
+        last = moment
+    timings["total: shift → new champion"] = last - shifted
+    return timings
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,5 @@
+"""``python -m modelloop_detector``."""
+
+from modelloop_detector.cli import main
+
+main()

@@ -1,0 +1,171 @@
+"""The HTTP API as a bare ASGI application (no framework: ingestion is the hot path).
+
+=======  ====================================  ===========================================
+POST     /                                     KServe's logged inference CloudEvents
+PUT/GET  /v1/services/{namespace}/{service}    register what is served / read its state
+DELETE   /v1/services/{namespace}/{service}    forget it
+POST     /v1/feedback/{namespace}/{service}    ground-truth labels by request id
+POST     /v1/export/{namespace}/{service}      write the window's rows (with labels) as CSV
+GET      /metrics, /healthz                    Prometheus metrics, liveness
+=======  ====================================  ===========================================
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from modelloop_detector.api import (
+    BadRequest,
+    parse_labels,
+    parse_registration,
+    reference_summary,
+    service_status,
+)
+from modelloop_detector.events import EventRejected, read_event
+from modelloop_detector.export import export_csv
+from modelloop_detector.metrics import DetectorMetrics
+from modelloop_detector.service import DriftService, NothingToExport, UnknownService
+
+logger = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+Reply = tuple[int, bytes, bytes]
+
+JSON = b"application/json"
+ACCEPTED = (202, b'{"accepted":true}', JSON)
+
+
+def _json(status: int, body: Any) -> Reply:
+    return status, json.dumps(body).encode(), JSON
+
+
+def _error(status: int, message: str) -> Reply:
+    return _json(status, {"error": message})
+
+
+class DetectorApp:
+    """The ASGI application over one :class:`DriftService`."""
+
+    def __init__(self, service: DriftService, metrics: DetectorMetrics) -> None:
+        self.service = service
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return  # lifespan: nothing to set up or tear down
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        try:
+            status, payload, content_type = await self._route(scope, body)
+        except Exception as exc:  # a bug must answer 500, not kill the connection
+            logger.exception("%s %s failed", scope["method"], scope["path"])
+            status, payload, content_type = _error(500, f"internal error: {type(exc).__name__}: {exc}")
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-type", content_type), (b"content-length", str(len(payload)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": payload})
+
+    async def _route(self, scope: Scope, body: bytes) -> Reply:
+        method, path = scope["method"], scope["path"]
+        if path == "/":
+            if method != "POST":
+                return _error(405, "POST inference CloudEvents to /")
+            return self._ingest(scope, body)
+        if path == "/healthz":
+            return 200, b'{"status":"ok"}', JSON
+        if path == "/metrics":
+            return 200, generate_latest(self.metrics.registry), CONTENT_TYPE_LATEST.encode()
+        parts = path.strip("/").split("/")
+        if len(parts) != 4 or parts[0] != "v1":
+            return _error(404, f"no such path: {path}")
+        resource, namespace, name = parts[1], parts[2], parts[3]
+        try:
+            if resource == "services":
+                return await self._services(method, namespace, name, body)
+            if resource == "feedback" and method == "POST":
+                joined, pending = self.service.add_labels(namespace, name, parse_labels(_load(body)))
+                return _json(200, {"joined": joined, "pending": pending})
+            if resource == "export" and method == "POST":
+                return await self._export(namespace, name, _load(body))
+        except BadRequest as exc:
+            return _error(400, str(exc))
+        except UnknownService as exc:
+            return _error(404, str(exc))
+        except NothingToExport as exc:
+            return _error(409, str(exc))
+        return _error(
+            404 if resource not in ("services", "feedback", "export") else 405, f"no {method} {path}"
+        )
+
+    def _ingest(self, scope: Scope, body: bytes) -> Reply:
+        headers = {key.decode("latin-1"): value.decode("latin-1") for key, value in scope["headers"]}
+        try:
+            event = read_event(headers, body)
+            self.metrics.events.labels(event.kind).inc()
+            self.service.ingest(event)
+        except EventRejected as exc:
+            self.metrics.count_drop(exc.reason)
+            return _error(400, str(exc))
+        return ACCEPTED
+
+    async def _services(self, method: str, namespace: str, name: str, body: bytes) -> Reply:
+        if method == "PUT":
+            registration = parse_registration(_load(body))
+            result = await asyncio.to_thread(self.service.register, namespace, name, registration)
+            versions = {key: reference_summary(reference) for key, reference in result.versions.items()}
+            if result.errors:
+                message = "; ".join(f"version {key}: {error}" for key, error in result.errors.items())
+                return _json(422, {"error": message, "errors": result.errors, "versions": versions})
+            return _json(200, {"versions": versions})
+        if method == "GET":
+            state = self.service.service(namespace, name)
+            with state.lock:
+                return _json(200, service_status(state))
+        if method == "DELETE":
+            if not self.service.unregister(namespace, name):
+                raise UnknownService(f"service {namespace}/{name} is not registered")
+            return _json(200, {"deleted": f"{namespace}/{name}"})
+        return _error(405, f"{method} is not allowed on /v1/services/...: use PUT, GET or DELETE")
+
+    async def _export(self, namespace: str, name: str, body: Any) -> Reply:
+        if not isinstance(body, dict) or not isinstance(body.get("uriPrefix"), str):
+            raise BadRequest("the body must name a 'uriPrefix' (file://..., s3://...)")
+        version, target = body.get("version"), body.get("targetColumn")
+        rows = self.service.export_rows(
+            namespace,
+            name,
+            None if version is None else str(version),
+            None if target is None else str(target),
+        )
+        try:
+            table = await asyncio.to_thread(export_csv, rows, body["uriPrefix"], namespace, name)
+        except Exception as exc:  # fsspec raises what each filesystem raises (OSError, ValueError, ...)
+            return _error(422, f"cannot write under {body['uriPrefix']}: {type(exc).__name__}: {exc}")
+        return _json(
+            200,
+            {"uri": table.uri, "hash": table.content_hash, "rows": table.rows, "labelled": table.labelled},
+        )
+
+
+def _load(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except ValueError as exc:
+        raise BadRequest(f"the body is not JSON: {exc}") from None

@@ -1,0 +1,184 @@
+"""``modelloop-detector``: the drift detector service."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import uvicorn
+
+from modelloop_detector.app import DetectorApp
+from modelloop_detector.detectors import DetectorSettings
+from modelloop_detector.evaluation import EvaluationLoop
+from modelloop_detector.metrics import DetectorMetrics
+from modelloop_detector.service import DriftService, WindowSettings
+from modelloop_detector.version import DETECTOR_VERSION
+
+logger = logging.getLogger("modelloop_detector")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, not {value}")
+    return value
+
+
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, not {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line."""
+    parser = argparse.ArgumentParser(
+        prog="modelloop-detector",
+        description="Watch KServe's logged inferences for data drift (alibi-detect KS, Chi-square, MMD) "
+        "and join ground-truth labels; Prometheus metrics at /metrics.",
+    )
+    parser.add_argument("--host", default="0.0.0.0", help="address to listen on (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=8080, help="port to listen on (default: %(default)s)")
+    parser.add_argument("--window-rows", type=_positive_int, default=1000, help="rows a window keeps at most")
+    parser.add_argument(
+        "--window-seconds",
+        type=_positive_float,
+        default=600.0,
+        help="age after which a row leaves its window",
+    )
+    parser.add_argument(
+        "--evaluate-every-rows",
+        type=_positive_int,
+        default=100,
+        help="judge a window after this many new rows",
+    )
+    parser.add_argument(
+        "--evaluate-every-seconds",
+        type=_positive_float,
+        default=5.0,
+        help="...or after this many seconds, if it changed",
+    )
+    parser.add_argument("--p-value", type=_probability, default=0.05, help="the tests' significance level")
+    parser.add_argument(
+        "--correction",
+        choices=["bonferroni", "fdr"],
+        default="bonferroni",
+        help="multiple-testing correction of the per-feature tests",
+    )
+    parser.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        default="auto",
+        help="where MMD runs: auto (CUDA when torch sees a GPU), cpu or cuda",
+    )
+    parser.add_argument(
+        "--mmd-permutations", type=_positive_int, default=100, help="permutations of MMD's permutation test"
+    )
+    parser.add_argument("--min-rows", type=_positive_int, default=50, help="rows a window needs to be judged")
+    parser.add_argument(
+        "--feedback-window",
+        type=_positive_int,
+        default=500,
+        help="labelled rows that feedback accuracy covers",
+    )
+    parser.add_argument("--log-level", default="INFO", help="logging level (default: %(default)s)")
+    return parser
+
+
+@dataclass
+class Detector:
+    """A detector process's parts: the service, its metrics, the HTTP app and the evaluation loops."""
+
+    service: DriftService
+    metrics: DetectorMetrics
+    app: DetectorApp
+    loops: list[EvaluationLoop]
+
+    def start(self) -> None:
+        """Start the evaluation threads."""
+        for loop in self.loops:
+            loop.start()
+
+    def stop(self) -> None:
+        """Stop the evaluation threads."""
+        for loop in self.loops:
+            loop.stop()
+
+
+def build_detector(args: argparse.Namespace) -> Detector:
+    """Wire a detector from parsed arguments."""
+    window = WindowSettings(
+        window_rows=args.window_rows,
+        window_seconds=args.window_seconds,
+        evaluate_every_rows=args.evaluate_every_rows,
+        evaluate_every_seconds=args.evaluate_every_seconds,
+        min_rows=args.min_rows,
+        feedback_window=args.feedback_window,
+    )
+    detectors = DetectorSettings(
+        p_value=args.p_value,
+        correction=args.correction,
+        device=args.device,
+        mmd_permutations=args.mmd_permutations,
+    )
+    metrics = DetectorMetrics()
+    service = DriftService(window, detectors, on_drop=metrics.count_drop)
+    metrics.watch(service)
+    loops = [EvaluationLoop(service, kind, metrics.observe_verdict) for kind in ("fast", "mmd")]
+    return Detector(service, metrics, DetectorApp(service, metrics), loops)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """The console script's entry point; SIGTERM or SIGINT stop it cleanly."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    detector = build_detector(args)
+    detector.start()
+    logger.info(
+        "modelloop-detector %s listening on %s:%d (window %d rows / %gs)",
+        DETECTOR_VERSION,
+        args.host,
+        args.port,
+        args.window_rows,
+        args.window_seconds,
+    )
+    config = uvicorn.Config(
+        detector.app,
+        host=args.host,
+        port=args.port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="off",
+        access_log=False,
+        log_level="warning",
+    )
+    # uvicorn handles SIGTERM and SIGINT while it runs: it stops accepting, finishes what is in flight,
+    # restores the handlers it found and raises the signal again. Handlers that only log make that
+    # last step a clean exit (status 0) instead of death by signal.
+    for stop_signal in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop_signal, _log_signal)
+    try:
+        uvicorn.Server(config).run()
+    finally:
+        detector.stop()
+    logger.info("modelloop-detector stopped")
+
+
+def _log_signal(number: int, frame: object) -> None:
+    logger.info("received %s", signal.Signals(number).name)

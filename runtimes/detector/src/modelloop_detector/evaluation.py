@@ -1,0 +1,84 @@
+"""The threads that judge windows: one for the fast detectors, one for MMD.
+
+Each loop wakes when ingestion says a window has enough new rows, or every
+``evaluate_every_seconds``; it judges every version that :func:`evaluation_due` says is due.
+MMD has its own thread so that a slow permutation test never delays the KS verdicts.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from modelloop_detector.detectors import Verdict
+from modelloop_detector.service import DriftService, LoopKind
+
+logger = logging.getLogger(__name__)
+
+VerdictObserver = Callable[[Verdict, float], None]
+# The share of a core that MMD may take: after a pass that took t seconds, the MMD loop rests
+# t * (1 / MMD_DUTY - 1) seconds. A CPU permutation test takes seconds and would otherwise run back
+# to back while rows stream in; on a GPU it takes milliseconds and the rest is negligible.
+MMD_DUTY = 0.2
+
+
+class EvaluationLoop:
+    """A daemon thread that judges the versions due for loop ``kind``."""
+
+    def __init__(self, service: DriftService, kind: LoopKind, observe: VerdictObserver | None = None) -> None:
+        self.service = service
+        self.kind = kind
+        self._observe = observe or (lambda verdict, seconds: None)
+        self._wakeup = threading.Event()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"modelloop-detector-{kind}", daemon=True)
+        service.add_waker(self._wakeup.set)
+
+    def start(self) -> None:
+        """Start the thread."""
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the thread after the verdict in progress, if any."""
+        self._stopping.set()
+        self._wakeup.set()
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        interval = self.service.window_settings.evaluate_every_seconds
+        while not self._stopping.is_set():
+            self._wakeup.wait(interval)
+            self._wakeup.clear()
+            if self._stopping.is_set():
+                return
+            if self.kind == "fast":
+                self.service.expire()
+            started = time.perf_counter()
+            if self.run_once() and self.kind == "mmd":
+                self._stopping.wait((time.perf_counter() - started) * (1 / MMD_DUTY - 1))
+
+    def run_once(self) -> int:
+        """Judge every version due now; returns how many were judged."""
+        judged = 0
+        for state, version in self.service.due(self.kind):
+            if self._stopping.is_set():
+                break
+            started = time.perf_counter()
+            try:
+                verdicts = self.service.judge(state, version, self.kind)
+            except Exception:
+                logger.exception(
+                    "%s/%s version %s: the %s detectors failed",
+                    state.namespace,
+                    state.name,
+                    version.name,
+                    self.kind,
+                )
+                continue
+            seconds = time.perf_counter() - started
+            for verdict in verdicts:
+                self._observe(verdict, verdict.seconds if len(verdicts) > 1 else seconds)
+            judged += 1
+        return judged

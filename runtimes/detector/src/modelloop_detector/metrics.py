@@ -1,0 +1,136 @@
+"""The detector's Prometheus metrics, in a registry of its own.
+
+Event counters and the verdict-time histogram are ordinary metrics; the per-version gauges are
+read from :class:`DriftService` at scrape time, so a forgotten version's series disappear with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from modelloop_detector.detectors import Verdict
+from modelloop_detector.events import DropReason
+from modelloop_detector.service import DriftService
+
+VERSION_LABELS = ["namespace", "service", "model", "version"]
+VERDICT_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class DetectorMetrics:
+    """The metrics of one detector process (and of one test's in-process server)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.events = Counter(
+            "modelloop_detector_events",
+            "Inference CloudEvents received, by type (request|response).",
+            ["type"],
+            registry=self.registry,
+        )
+        self.dropped = Counter(
+            "modelloop_detector_events_dropped",
+            "Inference CloudEvents that did not become window rows, by reason.",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.verdict_seconds = Histogram(
+            "modelloop_drift_verdict_seconds",
+            "Time to judge one window, by detector.",
+            ["detector"],
+            buckets=VERDICT_SECONDS_BUCKETS,
+            registry=self.registry,
+        )
+        for kind in ("request", "response"):
+            self.events.labels(kind)
+        for reason in DropReason:
+            self.dropped.labels(reason.value)
+
+    def watch(self, service: DriftService) -> None:
+        """Export ``service``'s per-version gauges."""
+        self.registry.register(DriftCollector(service))
+
+    def count_drop(self, reason: DropReason, count: int = 1) -> None:
+        """Count ``count`` dropped events."""
+        self.dropped.labels(reason.value).inc(count)
+
+    def observe_verdict(self, verdict: Verdict, seconds: float) -> None:
+        """Record how long a verdict took."""
+        self.verdict_seconds.labels(verdict.detector).observe(seconds)
+
+
+class DriftCollector(Collector):
+    """The per-version gauges, from the service's current state."""
+
+    def __init__(self, service: DriftService) -> None:
+        self.service = service
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        detail = [*VERSION_LABELS, "detector", "feature"]
+        score = GaugeMetricFamily(
+            "modelloop_drift_score",
+            "A drift test's statistic on the window (KS and Chi-square per feature, "
+            'feature="" the largest; MMD^2; the prediction check).',
+            labels=detail,
+        )
+        p_value = GaugeMetricFamily(
+            "modelloop_drift_p_value", "A drift test's p-value on the window.", labels=detail
+        )
+        verdict = GaugeMetricFamily(
+            "modelloop_drift_verdict",
+            "1 when a detector finds drift in the window, else 0 "
+            "(per-feature tests combined by the correction).",
+            labels=[*VERSION_LABELS, "detector"],
+        )
+        rows = GaugeMetricFamily("modelloop_drift_window_rows", "Rows in the window.", labels=VERSION_LABELS)
+        accuracy = GaugeMetricFamily(
+            "modelloop_feedback_accuracy",
+            "Fraction of the last labelled predictions equal to their label (classifiers).",
+            labels=VERSION_LABELS,
+        )
+        mae = GaugeMetricFamily(
+            "modelloop_feedback_mae",
+            "Mean absolute error of the last labelled predictions (regressors).",
+            labels=VERSION_LABELS,
+        )
+        labels_total = CounterMetricFamily(
+            "modelloop_feedback_labels", "Labels joined to a predicted row.", labels=VERSION_LABELS
+        )
+        for state in self.service.services():
+            with state.lock:
+                versions = [
+                    (
+                        version.name,
+                        len(version.window),
+                        list(version.verdicts.values()),
+                        version.feedback.accuracy(),
+                        version.feedback.mae(),
+                        version.feedback.labels_total,
+                    )
+                    for version in state.versions.values()
+                ]
+            for name, window_rows, verdicts, version_accuracy, version_mae, labelled in versions:
+                base = [state.namespace, state.name, state.model, name]
+                rows.add_metric(base, window_rows)
+                labels_total.add_metric(base, labelled)
+                if version_accuracy is not None:
+                    accuracy.add_metric(base, version_accuracy)
+                if version_mae is not None:
+                    mae.add_metric(base, version_mae)
+                for judged in verdicts:
+                    verdict.add_metric([*base, judged.detector], 1.0 if judged.drift else 0.0)
+                    if judged.detector != "chi2" or not judged.features:
+                        overall = "prediction" if judged.detector == "prediction" else ""
+                        score.add_metric([*base, judged.detector, overall], judged.score)
+                        p_value.add_metric([*base, judged.detector, overall], judged.p_value)
+                    if judged.detector in ("ks", "chi2"):
+                        for feature in judged.features:
+                            score.add_metric([*base, judged.detector, feature.feature], feature.score)
+                            p_value.add_metric([*base, judged.detector, feature.feature], feature.p_value)
+        yield from (score, p_value, verdict, rows, accuracy, mae, labels_total)

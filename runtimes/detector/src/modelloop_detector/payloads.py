@@ -1,0 +1,274 @@
+"""KServe's inference request and response bodies (V1 and V2 protocols) as rows and predictions.
+
+Pure functions: a body in, arrays out, or a :class:`PayloadError` that says what is wrong with it.
+A request is parsed once into :class:`RequestRows` (positional rows, or columns by feature name);
+:meth:`RequestRows.to_matrix` then lays it out in a reference's feature order.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+FloatArray = npt.NDArray[np.float64]
+ObjectArray = npt.NDArray[np.object_]
+
+
+class PayloadError(ValueError):
+    """A request or response body that cannot be read as rows or predictions."""
+
+
+@dataclass(frozen=True)
+class RequestRows:
+    """The rows of one inference request, before they are matched to a reference's features.
+
+    Exactly one of ``positional`` (an ``(n, d)`` array, float when every value is a number) and
+    ``columns`` (feature name -> ``n`` values) is set.
+    """
+
+    count: int
+    positional: npt.NDArray[Any] | None = None
+    columns: Mapping[str, npt.NDArray[Any]] | None = None
+
+    def to_matrix(self, features: Sequence[str], categorical: Mapping[int, CategoryCodes]) -> FloatArray:
+        """The rows as an ``(n, len(features))`` float array in ``features``' order.
+
+        Categorical columns (by index) are replaced by their category codes; every other value
+        must be a number.
+        """
+        width = len(features)
+        if self.columns is not None:
+            names = set(self.columns)
+            if names != set(features):
+                if len(names) == 1 and width == 1:
+                    raw: npt.NDArray[Any] = next(iter(self.columns.values())).reshape(self.count, 1)
+                else:
+                    missing = [name for name in features if name not in names]
+                    unknown = sorted(names.difference(features))
+                    raise PayloadError(
+                        f"the rows' features do not match the reference's {list(features)}: "
+                        + "; ".join(
+                            part
+                            for part in (
+                                f"missing {missing}" if missing else "",
+                                f"unknown {unknown}" if unknown else "",
+                            )
+                            if part
+                        )
+                    )
+            else:
+                raw = np.empty((self.count, width), dtype=object)
+                for index, name in enumerate(features):
+                    raw[:, index] = self.columns[name]
+        else:
+            assert self.positional is not None
+            raw = self.positional
+            if raw.shape[1] != width:
+                raise PayloadError(
+                    f"rows have {raw.shape[1]} values, the reference has {width} features {list(features)}"
+                )
+        if not categorical:
+            if raw.dtype == np.float64:
+                return raw
+            return _as_float(raw, features)
+        matrix = np.empty((self.count, width), dtype=np.float64)
+        numeric = [index for index in range(width) if index not in categorical]
+        if numeric:
+            matrix[:, numeric] = _as_float(raw[:, numeric], [features[index] for index in numeric])
+        for index, codes in categorical.items():
+            matrix[:, index] = codes.encode(raw[:, index])
+        return matrix
+
+
+class CategoryCodes:
+    """Category value -> integer code of one categorical column, starting from the reference's values.
+
+    Values first seen after the reference get new codes (up to ``limit``; past it they share one
+    "other" code), so that a window's rows can be written back with their original values.
+    """
+
+    def __init__(self, reference_values: Sequence[Any], *, limit: int = 1000) -> None:
+        self._codes: dict[Any, int] = {}
+        self._values: list[Any] = []
+        self._limit = limit
+        for value in reference_values:
+            self._code(value)
+        self.other = float(limit)
+
+    @staticmethod
+    def _key(value: Any) -> Any:
+        # 1, 1.0 and "1" read from CSV, JSON or a BYTES tensor must be the same category.
+        if isinstance(value, bytes):
+            value = value.decode(errors="replace")
+        if isinstance(value, str):
+            try:
+                number = float(value)
+            except ValueError:
+                return value
+            return number if math.isfinite(number) else value
+        if isinstance(value, bool | int | float | np.number):
+            return float(value)
+        return str(value)
+
+    def _code(self, value: Any) -> float:
+        key = self._key(value)
+        code = self._codes.get(key)
+        if code is None:
+            if len(self._values) >= self._limit:
+                return self.other
+            code = len(self._values)
+            self._codes[key] = code
+            self._values.append(value.item() if isinstance(value, np.generic) else value)
+        return float(code)
+
+    def encode(self, values: npt.NDArray[Any]) -> FloatArray:
+        """The codes of ``values``."""
+        return np.fromiter((self._code(value) for value in values), dtype=np.float64, count=len(values))
+
+    def decode(self, codes: FloatArray) -> list[Any]:
+        """The category values of ``codes`` (``None`` for the "other" code)."""
+        values = self._values
+        return [values[int(code)] if code < len(values) else None for code in codes]
+
+
+def _as_float(raw: npt.NDArray[Any], features: Sequence[str]) -> FloatArray:
+    try:
+        return raw.astype(np.float64)
+    except (TypeError, ValueError):
+        for column, name in enumerate(features):
+            for value in raw[:, column]:
+                try:
+                    float(value)
+                except (TypeError, ValueError):
+                    raise PayloadError(
+                        f"feature {name!r} is numeric in the reference, but a row has {value!r}"
+                    ) from None
+        raise PayloadError("the rows are not numbers") from None
+
+
+def parse_request(body: Any) -> RequestRows:
+    """The rows of a V1 (``instances``/``inputs`` rows) or V2 (``inputs`` tensors) request body."""
+    if not isinstance(body, dict):
+        raise PayloadError("the request body must be a JSON object with 'instances' or 'inputs'")
+    if "instances" in body:
+        return _v1_rows(body["instances"], "instances")
+    inputs = body.get("inputs")
+    if inputs is None:
+        raise PayloadError("the request body has neither 'instances' (V1) nor 'inputs' (V1 or V2)")
+    if isinstance(inputs, list) and inputs and all(_is_v2_tensor(item) for item in inputs):
+        return _v2_rows(inputs)
+    return _v1_rows(inputs, "inputs")
+
+
+def _is_v2_tensor(item: Any) -> bool:
+    return isinstance(item, dict) and "data" in item and "shape" in item
+
+
+def _v1_rows(rows: Any, key: str) -> RequestRows:
+    if not isinstance(rows, list) or not rows:
+        raise PayloadError(f"'{key}' must be a non-empty list of rows")
+    if all(isinstance(row, dict) for row in rows):
+        names = list(rows[0])
+        if any(list(row) != names and set(row) != set(names) for row in rows):
+            raise PayloadError(f"the object rows of '{key}' do not all have the same features")
+        columns = {name: np.array([row[name] for row in rows], dtype=object) for name in names}
+        return RequestRows(count=len(rows), columns=columns)
+    try:
+        array = np.asarray(rows, dtype=np.float64)
+    except (TypeError, ValueError):
+        if not all(isinstance(row, list) for row in rows) or len({len(row) for row in rows}) != 1:
+            raise PayloadError(f"'{key}' must be a list of rows of equal length (lists or objects)") from None
+        array = np.empty((len(rows), len(rows[0])), dtype=object)
+        array[:] = rows
+    if array.ndim != 2:
+        raise PayloadError(f"'{key}' must be a list of rows, each a list of feature values or an object")
+    return RequestRows(count=array.shape[0], positional=array)
+
+
+def _v2_rows(tensors: list[dict[str, Any]]) -> RequestRows:
+    arrays = [(str(tensor.get("name", "")), _tensor(tensor)) for tensor in tensors]
+    if len(arrays) == 1 and arrays[0][1].ndim == 2:
+        return RequestRows(count=arrays[0][1].shape[0], positional=arrays[0][1])
+    columns: dict[str, npt.NDArray[Any]] = {}
+    for name, array in arrays:
+        if array.ndim == 2 and array.shape[1] == 1:
+            array = array[:, 0]
+        if array.ndim != 1:
+            raise PayloadError(
+                f"input tensor {name!r} has shape {list(array.shape)}: send one tensor of shape [n, d], "
+                "or one tensor of shape [n] per feature"
+            )
+        if name in columns:
+            raise PayloadError(f"input tensor {name!r} appears twice")
+        columns[name] = array
+    counts = {len(array) for array in columns.values()}
+    if len(counts) != 1:
+        raise PayloadError("the per-feature input tensors do not have the same number of rows")
+    return RequestRows(count=counts.pop(), columns=columns)
+
+
+def _tensor(tensor: dict[str, Any]) -> npt.NDArray[Any]:
+    name, shape, data = tensor.get("name"), tensor["shape"], tensor["data"]
+    if not isinstance(shape, list) or not all(isinstance(size, int) and size >= 0 for size in shape):
+        raise PayloadError(f"tensor {name!r} has an invalid shape {shape!r}")
+    numeric = str(tensor.get("datatype", "")).upper() != "BYTES"
+    try:
+        array = np.asarray(data, dtype=np.float64 if numeric else object)
+    except (TypeError, ValueError):
+        raise PayloadError(f"tensor {name!r} has data that is not {tensor.get('datatype')}") from None
+    if array.size != math.prod(shape) or not shape:
+        raise PayloadError(
+            f"tensor {name!r} has {array.size} values, its shape {shape} needs {math.prod(shape)}"
+        )
+    return array.reshape(shape)
+
+
+@dataclass(frozen=True)
+class ResponsePredictions:
+    """The predictions of one inference response, one per request row, and the version that made them."""
+
+    values: ObjectArray
+    model_version: str | None
+
+
+def parse_response(body: Any) -> ResponsePredictions:
+    """The predictions of a V1 (``predictions``) or V2 (``outputs``) response body."""
+    if not isinstance(body, dict):
+        raise PayloadError("the response body must be a JSON object with 'predictions' or 'outputs'")
+    version = body.get("model_version")
+    model_version = None if version is None or version == "" else str(version)
+    if "predictions" in body:
+        values = _one_per_row(body["predictions"], "predictions")
+    elif isinstance(body.get("outputs"), list) and body["outputs"]:
+        output = body["outputs"][0]
+        if not _is_v2_tensor(output):
+            raise PayloadError("the response's first output is not a V2 tensor with 'shape' and 'data'")
+        shape = output["shape"]
+        if isinstance(shape, list) and len(shape) == 2 and shape[1] == 1:
+            shape = [shape[0]]
+        if not isinstance(shape, list) or len(shape) != 1:
+            raise PayloadError(
+                f"output {output.get('name')!r} has shape {shape!r}; one value per row is needed"
+            )
+        values = _one_per_row(output["data"], f"output {output.get('name')!r}")
+        if len(values) != shape[0]:
+            raise PayloadError(f"output {output.get('name')!r} has {len(values)} values for shape {shape}")
+    else:
+        raise PayloadError("the response body has neither 'predictions' (V1) nor 'outputs' (V2)")
+    return ResponsePredictions(values=values, model_version=model_version)
+
+
+def _one_per_row(values: Any, what: str) -> ObjectArray:
+    if not isinstance(values, list) or not values:
+        raise PayloadError(f"{what} must be a non-empty list")
+    flat = [value[0] if isinstance(value, list) and len(value) == 1 else value for value in values]
+    if any(isinstance(value, list | dict) for value in flat):
+        raise PayloadError(f"{what} must hold one value per row (a class or a number)")
+    array = np.empty(len(flat), dtype=object)
+    array[:] = flat
+    return array

@@ -1,0 +1,563 @@
+"""The drift detector's state: registered services and versions, their windows, labels and verdicts.
+
+:class:`DriftService` is what the HTTP API calls. Ingestion (:meth:`DriftService.ingest`) only
+parses, pairs and appends rows to a window; verdicts are computed by :mod:`evaluation`'s threads,
+which take a copy of a window (:meth:`DriftService.judge`) and never hold a lock while judging.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from modelloop_detector.detectors import DetectorSettings, Verdict, VersionDetectors
+from modelloop_detector.events import DEFAULT_ENDPOINT, DropReason, EventRejected, InferenceEvent
+from modelloop_detector.feedback import FeedbackScore, LabelBook
+from modelloop_detector.pairing import Pairing
+from modelloop_detector.payloads import (
+    CategoryCodes,
+    FloatArray,
+    ObjectArray,
+    PayloadError,
+    RequestRows,
+    ResponsePredictions,
+    parse_request,
+    parse_response,
+)
+from modelloop_detector.reference import Reference, ReferenceError, load_reference
+from modelloop_detector.window import RowWindow, WindowRows
+
+logger = logging.getLogger(__name__)
+
+LoopKind = Literal["fast", "mmd"]
+# A label waits for its row this many windows' time at most.
+PENDING_LABEL_WINDOWS = 6
+
+
+@dataclass(frozen=True)
+class WindowSettings:
+    """How rows are kept and how often they are judged."""
+
+    window_rows: int = 1000
+    window_seconds: float = 600.0
+    evaluate_every_rows: int = 100
+    evaluate_every_seconds: float = 5.0
+    min_rows: int = 50
+    feedback_window: int = 500
+
+    @property
+    def max_ids(self) -> int:
+        """How many row ids and labels a service remembers."""
+        return 10 * max(self.window_rows, self.feedback_window)
+
+
+class UnknownService(LookupError):
+    """A service that is not registered (HTTP 404)."""
+
+
+class NothingToExport(LookupError):
+    """A window with no rows to export (HTTP 409)."""
+
+
+@dataclass(frozen=True)
+class VersionSpec:
+    """One version of a registration: where its reference is and which endpoint serves it."""
+
+    reference_uri: str
+    predictions_uri: str | None = None
+    endpoint: str = DEFAULT_ENDPOINT
+
+
+@dataclass(frozen=True)
+class Registration:
+    """What a ``PUT /v1/services/{namespace}/{service}`` says is served."""
+
+    model: str
+    versions: Mapping[str, VersionSpec]
+    target_column: str | None = None
+    categorical: tuple[str, ...] = ()
+
+
+@dataclass
+class EvaluationMark:
+    """Where one evaluation loop last judged a version."""
+
+    changes: int = -1
+    appended: int = 0
+    time: float = float("-inf")
+
+
+@dataclass
+class VersionState:
+    """One version's reference, detectors, window, feedback and last verdicts."""
+
+    name: str
+    endpoint: str
+    cache_key: tuple[Any, ...]
+    reference: Reference
+    detectors: VersionDetectors
+    prediction_codes: CategoryCodes | None
+    window: RowWindow
+    feedback: FeedbackScore
+    appended: int = 0
+    verdicts: dict[str, Verdict] = field(default_factory=dict)
+    marks: dict[LoopKind, EvaluationMark] = field(
+        default_factory=lambda: {"fast": EvaluationMark(), "mmd": EvaluationMark()}
+    )
+
+    def encode_predictions(self, values: ObjectArray) -> FloatArray:
+        """Predictions as the prediction check compares them: class codes, or values (NaN if not numbers)."""
+        if self.prediction_codes is not None:
+            return self.prediction_codes.encode(values)
+        try:
+            return values.astype(np.float64)
+        except (TypeError, ValueError):
+            return np.full(len(values), np.nan)
+
+
+@dataclass
+class ServiceState:
+    """One registered InferenceService."""
+
+    namespace: str
+    name: str
+    model: str
+    target_column: str | None
+    categorical: tuple[str, ...]
+    labels: LabelBook
+    versions: dict[str, VersionState] = field(default_factory=dict)
+    # Row id -> (version, prediction) of recent rows, to join labels that arrive later.
+    row_index: OrderedDict[str, tuple[str, Any]] = field(default_factory=OrderedDict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def version_for(self, model_version: str | None, endpoint: str) -> VersionState | None:
+        """The version a response names, else the one registered for the endpoint that answered."""
+        if model_version is not None:
+            return self.versions.get(model_version)
+        for version in self.versions.values():
+            if version.endpoint == endpoint:
+                return version
+        return None
+
+
+@dataclass(frozen=True)
+class PendingRequest:
+    """A parsed request waiting for its response: its rows laid out for each version they fit."""
+
+    event: InferenceEvent
+    rows: RequestRows
+    matrices: dict[str, FloatArray]
+    errors: dict[str, str]
+
+
+@dataclass(frozen=True)
+class PendingResponse:
+    """A parsed response waiting for its request."""
+
+    event: InferenceEvent
+    predictions: ResponsePredictions
+
+
+@dataclass(frozen=True)
+class RegistrationResult:
+    """What a registration loaded, and the versions whose reference could not be used."""
+
+    versions: dict[str, Reference]
+    errors: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Export:
+    """A window's rows as a table, ready to be written."""
+
+    features: tuple[str, ...]
+    target_column: str
+    columns: dict[str, list[Any]]
+    rows: int
+    labelled: int
+
+
+Clock = Callable[[], float]
+DropCounter = Callable[[DropReason, int], None]
+
+
+class DriftService:
+    """Every registered service's state. Thread-safe: ingestion, registration and the evaluation
+    threads may call it at once."""
+
+    def __init__(
+        self,
+        window: WindowSettings,
+        detectors: DetectorSettings,
+        *,
+        clock: Clock = time.time,
+        on_drop: DropCounter | None = None,
+    ) -> None:
+        self.window_settings = window
+        self.detector_settings = detectors
+        self.clock = clock
+        self._on_drop = on_drop or (lambda reason, count: None)
+        self._services: dict[tuple[str, str], ServiceState] = {}
+        self._registry_lock = threading.Lock()
+        self._pairing: Pairing[PendingRequest | PendingResponse] = Pairing(
+            max_seconds=window.window_seconds, max_waiting=10 * window.window_rows
+        )
+        self._pairing_lock = threading.Lock()
+        self._wakers: list[Callable[[], None]] = []
+
+    # --- registration ----------------------------------------------------------------------------
+
+    def register(self, namespace: str, name: str, registration: Registration) -> RegistrationResult:
+        """Register (or update) a service; slow (it reads references and builds detectors), so
+        it runs off the event loop. Versions no longer listed are forgotten."""
+        with self._registry_lock:
+            existing = self._services.get((namespace, name))
+        current = dict(existing.versions) if existing else {}
+        built: dict[str, VersionState] = {}
+        errors: dict[str, str] = {}
+        for version_name, spec in registration.versions.items():
+            key = (
+                spec.reference_uri,
+                spec.predictions_uri,
+                registration.categorical,
+                registration.target_column,
+            )
+            previous = current.get(version_name)
+            if previous is not None and previous.cache_key == key:
+                previous.endpoint = spec.endpoint
+                built[version_name] = previous
+                continue
+            try:
+                built[version_name] = self._build_version(version_name, spec, registration, key)
+            except ReferenceError as exc:
+                errors[version_name] = str(exc)
+        with self._registry_lock:
+            state = self._services.get((namespace, name))
+            if state is None:
+                state = ServiceState(
+                    namespace=namespace,
+                    name=name,
+                    model=registration.model,
+                    target_column=registration.target_column,
+                    categorical=registration.categorical,
+                    labels=LabelBook(
+                        max_labels=self.window_settings.max_ids,
+                        pending_seconds=PENDING_LABEL_WINDOWS * self.window_settings.window_seconds,
+                    ),
+                )
+                self._services[(namespace, name)] = state
+            with state.lock:
+                state.model = registration.model
+                state.target_column = registration.target_column
+                state.categorical = registration.categorical
+                state.versions = built
+        for version_name in current.keys() - built.keys():
+            logger.info("%s/%s: version %s is no longer served; forgotten", namespace, name, version_name)
+        return RegistrationResult({key: version.reference for key, version in built.items()}, errors)
+
+    def _build_version(
+        self, name: str, spec: VersionSpec, registration: Registration, key: tuple[Any, ...]
+    ) -> VersionState:
+        reference = load_reference(
+            spec.reference_uri,
+            categorical=registration.categorical,
+            target_column=registration.target_column,
+            predictions_uri=spec.predictions_uri,
+        )
+        prediction_codes = None
+        if reference.task == "classification":
+            assert reference.predictions is not None
+            prediction_codes = CategoryCodes(list(dict.fromkeys(reference.predictions.tolist())))
+        detectors = VersionDetectors(reference, self.detector_settings, prediction_codes)
+        settings = self.window_settings
+        return VersionState(
+            name=name,
+            endpoint=spec.endpoint,
+            cache_key=key,
+            reference=reference,
+            detectors=detectors,
+            prediction_codes=prediction_codes,
+            window=RowWindow(
+                reference.width, max_rows=settings.window_rows, max_seconds=settings.window_seconds
+            ),
+            feedback=FeedbackScore(settings.feedback_window, reference.task),
+        )
+
+    def unregister(self, namespace: str, name: str) -> bool:
+        """Forget a service; whether it was registered."""
+        with self._registry_lock:
+            return self._services.pop((namespace, name), None) is not None
+
+    def service(self, namespace: str, name: str) -> ServiceState:
+        """A registered service, or :class:`UnknownService`."""
+        state = self._services.get((namespace, name))
+        if state is None:
+            raise UnknownService(f"service {namespace}/{name} is not registered")
+        return state
+
+    def services(self) -> list[ServiceState]:
+        """Every registered service."""
+        with self._registry_lock:
+            return list(self._services.values())
+
+    # --- ingestion -------------------------------------------------------------------------------
+
+    def ingest(self, event: InferenceEvent) -> int:
+        """Take one logged request or response; returns how many rows it completed (0 while its
+        other half is awaited, or when it was dropped). Malformed bodies raise :class:`EventRejected`."""
+        state = self._services.get((event.namespace, event.service))
+        if state is None:
+            self._on_drop(DropReason.UNKNOWN_SERVICE, 1)
+            return 0
+        half: PendingRequest | PendingResponse
+        try:
+            if event.kind == "request":
+                half = self._read_request(state, event)
+            else:
+                half = PendingResponse(event, parse_response(event.body))
+        except PayloadError as exc:
+            raise EventRejected(DropReason.INVALID_PAYLOAD, f"{event.kind} {event.id}: {exc}") from None
+        now = self.clock()
+        key = (event.namespace, event.service, event.id)
+        with self._pairing_lock:
+            other, expired = self._pairing.offer(key, half, now)
+            if other is not None and other.event.kind == event.kind:
+                # A repeated id: the earlier half can no longer be paired.
+                expired.append(other)
+                other, more = self._pairing.offer(key, half, now)
+                expired.extend(more)
+        if expired:
+            self._on_drop(DropReason.UNPAIRED, len(expired))
+        if other is None:
+            return 0
+        request, response = (half, other) if isinstance(half, PendingRequest) else (other, half)
+        assert isinstance(request, PendingRequest) and isinstance(response, PendingResponse)
+        return self._append(state, request, response, now)
+
+    def _read_request(self, state: ServiceState, event: InferenceEvent) -> PendingRequest:
+        rows = parse_request(event.body)
+        matrices: dict[str, FloatArray] = {}
+        errors: dict[str, str] = {}
+        by_layout: dict[int, FloatArray | str] = {}
+        for name, version in list(state.versions.items()):
+            layout = id(version.reference)
+            if layout not in by_layout:
+                try:
+                    by_layout[layout] = rows.to_matrix(
+                        version.reference.features, version.reference.categorical
+                    )
+                except PayloadError as exc:
+                    by_layout[layout] = str(exc)
+            result = by_layout[layout]
+            if isinstance(result, str):
+                errors[name] = result
+            else:
+                matrices[name] = result
+        if not matrices and errors:
+            message = next(iter(errors.values()))
+            raise EventRejected(DropReason.FEATURE_MISMATCH, f"request {event.id}: {message}")
+        return PendingRequest(event, rows, matrices, errors)
+
+    def _append(
+        self, state: ServiceState, request: PendingRequest, response: PendingResponse, now: float
+    ) -> int:
+        predictions = response.predictions
+        with state.lock:
+            version = state.version_for(predictions.model_version, response.event.endpoint)
+            if version is None:
+                drop = DropReason.UNKNOWN_VERSION
+            elif len(predictions.values) != request.rows.count:
+                drop = DropReason.INVALID_PAYLOAD
+            elif version.name not in request.matrices:
+                drop = DropReason.FEATURE_MISMATCH
+            else:
+                features = request.matrices[version.name]
+                count = len(features)
+                event_id = request.event.id
+                ids = [event_id] if count == 1 else [f"{event_id}/{index}" for index in range(count)]
+                version.window.expire(now)
+                version.window.append(
+                    features, version.encode_predictions(predictions.values), predictions.values, ids, now
+                )
+                version.appended += count
+                self._index_rows(state, version, ids, predictions.values)
+                due = self._rows_due(version)
+                drop = None
+        if drop is not None:
+            logger.debug("%s/%s event %s dropped: %s", state.namespace, state.name, request.event.id, drop)
+            self._on_drop(drop, 1)
+            return 0
+        if due:
+            self.wake()
+        return count
+
+    def _index_rows(
+        self, state: ServiceState, version: VersionState, ids: list[str], predictions: ObjectArray
+    ) -> None:
+        index, labels = state.row_index, state.labels
+        for row_id, prediction in zip(ids, predictions.tolist(), strict=True):
+            index[row_id] = (version.name, prediction)
+            label = labels.get(row_id)
+            if label is not None and label.version is None:
+                label.version = version.name
+                version.feedback.add(prediction, label.value)
+        while len(index) > self.window_settings.max_ids:
+            index.popitem(last=False)
+
+    def _rows_due(self, version: VersionState) -> bool:
+        settings = self.window_settings
+        if len(version.window) < settings.min_rows:
+            return False
+        return any(
+            mark.changes < 0 or version.appended - mark.appended >= settings.evaluate_every_rows
+            for mark in version.marks.values()
+        )
+
+    def expire(self) -> None:
+        """Expire old rows, unpaired halves and pending labels (called by the evaluation timer)."""
+        now = self.clock()
+        with self._pairing_lock:
+            expired = self._pairing.expire(now)
+        if expired:
+            self._on_drop(DropReason.UNPAIRED, len(expired))
+        for state in self.services():
+            with state.lock:
+                state.labels.expire(now)
+                for version in state.versions.values():
+                    version.window.expire(now)
+
+    # --- feedback --------------------------------------------------------------------------------
+
+    def add_labels(self, namespace: str, name: str, labels: Sequence[tuple[str, Any]]) -> tuple[int, int]:
+        """Record ground truth by row id; returns (joined now, waiting for their row)."""
+        state = self.service(namespace, name)
+        now = self.clock()
+        joined = 0
+        with state.lock:
+            for row_id, value in labels:
+                previous = state.labels.get(row_id)
+                label = state.labels.put(row_id, value, now)
+                if previous is not None and previous.version is not None:
+                    label.version = previous.version  # a correction: not counted twice
+                    continue
+                known = state.row_index.get(row_id)
+                if known is not None and known[0] in state.versions:
+                    label.version = known[0]
+                    state.versions[known[0]].feedback.add(known[1], value)
+                    joined += 1
+            pending = state.labels.pending()
+        return joined, pending
+
+    # --- evaluation ------------------------------------------------------------------------------
+
+    def add_waker(self, wake: Callable[[], None]) -> None:
+        """Have ``wake`` called when a window has enough new rows to be judged."""
+        self._wakers.append(wake)
+
+    def wake(self) -> None:
+        """Tell the evaluation loops that a window is due."""
+        for wake in self._wakers:
+            wake()
+
+    def due(self, kind: LoopKind) -> Iterator[tuple[ServiceState, VersionState]]:
+        """The versions that loop ``kind`` should judge now."""
+        settings = self.window_settings
+        now = self.clock()
+        for state in self.services():
+            with state.lock:
+                versions = list(state.versions.values())
+                for version in versions:
+                    version.window.expire(now)
+            for version in versions:
+                mark = version.marks[kind]
+                if evaluation_due(
+                    rows=len(version.window),
+                    changes=version.window.changes - mark.changes if mark.changes >= 0 else None,
+                    new_rows=version.appended - mark.appended,
+                    seconds=now - mark.time,
+                    settings=settings,
+                ):
+                    yield state, version
+
+    def judge(self, state: ServiceState, version: VersionState, kind: LoopKind) -> list[Verdict]:
+        """Judge ``version``'s window now with loop ``kind``'s detectors; records and returns the verdicts."""
+        now = self.clock()
+        with state.lock:
+            snapshot = version.window.snapshot()
+            mark = version.marks[kind]
+            mark.changes, mark.appended, mark.time = version.window.changes, version.appended, now
+        if kind == "fast":
+            verdicts = version.detectors.judge_fast(snapshot, now)
+        else:
+            mmd = version.detectors.judge_mmd(snapshot, now)
+            verdicts = [mmd] if mmd is not None else []
+        with state.lock:
+            for verdict in verdicts:
+                version.verdicts[verdict.detector] = verdict
+        return verdicts
+
+    # --- export ----------------------------------------------------------------------------------
+
+    def export_rows(
+        self, namespace: str, name: str, version_name: str | None, target_column: str | None
+    ) -> Export:
+        """The window's rows (one version's, or every version's) with their labels, as table columns."""
+        state = self.service(namespace, name)
+        target = target_column or state.target_column or "target"
+        with state.lock:
+            if version_name is not None:
+                if version_name not in state.versions:
+                    raise UnknownService(f"service {namespace}/{name} has no version {version_name}")
+                versions = [state.versions[version_name]]
+            else:
+                versions = list(state.versions.values())
+            features = versions[0].reference.features if versions else ()
+            if any(version.reference.features != features for version in versions):
+                raise NothingToExport(
+                    "the versions' references have different features; export one version at a time"
+                )
+            taken: list[tuple[VersionState, WindowRows]] = [
+                (version, version.window.rows()) for version in versions
+            ]
+            labels = [[_label_value(state.labels.get(row_id)) for row_id in rows.ids] for _, rows in taken]
+        if target in features:
+            raise NothingToExport(f"targetColumn {target!r} is also a feature column")
+        columns: dict[str, list[Any]] = {feature: [] for feature in features}
+        columns[target] = []
+        for (version, rows), row_labels in zip(taken, labels, strict=True):
+            for index, feature in enumerate(features):
+                values = rows.features[:, index]
+                codes = version.reference.categorical.get(index)
+                columns[feature].extend(codes.decode(values) if codes is not None else values.tolist())
+            columns[target].extend(row_labels)
+        count = len(columns[target])
+        if not count:
+            raise NothingToExport(f"service {namespace}/{name} has no rows in its window to export")
+        labelled = sum(value is not None for value in columns[target])
+        return Export(features=features, target_column=target, columns=columns, rows=count, labelled=labelled)
+
+
+def _label_value(label: Any) -> Any:
+    return None if label is None else label.value
+
+
+def evaluation_due(
+    *, rows: int, changes: int | None, new_rows: int, seconds: float, settings: WindowSettings
+) -> bool:
+    """Whether a window is judged now: it has ``min_rows``, it changed since its last verdict
+    (``changes`` None: never judged), and ``evaluate_every_rows`` rows or ``evaluate_every_seconds``
+    passed since."""
+    if rows < settings.min_rows:
+        return False
+    if changes is None:
+        return True
+    if changes == 0:
+        return False
+    return new_rows >= settings.evaluate_every_rows or seconds >= settings.evaluate_every_seconds

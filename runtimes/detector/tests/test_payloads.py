@@ -1,0 +1,129 @@
+"""Reading KServe's V1 and V2 request and response bodies."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from modelloop_detector.payloads import CategoryCodes, PayloadError, parse_request, parse_response
+
+FEATURES = ("a", "b", "c")
+
+
+def matrix(body: Any, categorical: dict[int, CategoryCodes] | None = None) -> np.ndarray:
+    return parse_request(body).to_matrix(FEATURES, categorical or {})
+
+
+def test_v1_instances_are_rows_in_order() -> None:
+    assert matrix({"instances": [[1, 2, 3], [4, 5, 6.5]]}).tolist() == [[1, 2, 3], [4, 5, 6.5]]
+
+
+def test_v1_inputs_is_a_synonym_of_instances() -> None:
+    assert matrix({"inputs": [[1, 2, 3]]}).tolist() == [[1, 2, 3]]
+
+
+def test_v1_object_rows_are_laid_out_by_feature_name() -> None:
+    body = {"instances": [{"c": 3, "a": 1, "b": 2}, {"b": 5, "c": 6, "a": 4}]}
+    assert matrix(body).tolist() == [[1, 2, 3], [4, 5, 6]]
+
+
+def test_v2_one_tensor_of_shape_n_by_d_is_n_rows() -> None:
+    body = {"inputs": [{"name": "input-0", "shape": [2, 3], "datatype": "FP32", "data": [1, 2, 3, 4, 5, 6]}]}
+    assert matrix(body).tolist() == [[1, 2, 3], [4, 5, 6]]
+
+
+def test_v2_nested_data_is_accepted_like_flat_data() -> None:
+    body = {
+        "inputs": [{"name": "input-0", "shape": [2, 3], "datatype": "FP64", "data": [[1, 2, 3], [4, 5, 6]]}]
+    }
+    assert matrix(body).tolist() == [[1, 2, 3], [4, 5, 6]]
+
+
+def test_v2_one_tensor_per_feature_is_columns_by_name() -> None:
+    body = {
+        "inputs": [
+            {"name": name, "shape": [2], "datatype": "FP32", "data": values}
+            for name, values in (("c", [3, 6]), ("a", [1, 4]), ("b", [2, 5]))
+        ]
+    }
+    assert matrix(body).tolist() == [[1, 2, 3], [4, 5, 6]]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"instances": [[1, 2]]}, "rows have 2 values, the reference has 3 features"),
+        ({"instances": [{"a": 1, "b": 2}]}, "missing ['c']"),
+        ({"instances": [{"a": 1, "b": 2, "c": 3, "d": 4}]}, "unknown ['d']"),
+        ({"instances": [[1, "x", 3]]}, "feature 'b' is numeric in the reference, but a row has 'x'"),
+    ],
+)
+def test_rows_that_do_not_fit_the_reference_are_refused(body: Any, message: str) -> None:
+    with pytest.raises(PayloadError, match=r".*" + message.replace("[", r"\[").replace("]", r"\]")):
+        matrix(body)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ([1, 2, 3], "must be a JSON object"),
+        ({"rows": [[1, 2, 3]]}, "neither 'instances'"),
+        ({"instances": []}, "non-empty list of rows"),
+        ({"instances": [1, 2, 3]}, "list of rows"),
+        ({"instances": [[1, 2], [1, 2, 3]]}, "rows of equal length"),
+        ({"inputs": [{"name": "x", "shape": [2, 3], "datatype": "FP32", "data": [1, 2]}]}, "has 2 values"),
+        ({"inputs": [{"name": "x", "shape": [1, 1, 3], "datatype": "FP32", "data": [1, 2, 3]}]}, "shape"),
+    ],
+)
+def test_malformed_requests_say_what_is_wrong(body: Any, message: str) -> None:
+    with pytest.raises(PayloadError, match=message):
+        parse_request(body)
+
+
+def test_categorical_columns_become_codes_and_unseen_values_get_new_ones() -> None:
+    codes = CategoryCodes(["red", "green"])
+    rows = parse_request({"instances": [[1, "green", 3], [4, "blue", 6], [7, "red", 9]]})
+    assert rows.to_matrix(FEATURES, {1: codes}).tolist() == [[1, 1, 3], [4, 2, 6], [7, 0, 9]]
+    assert codes.decode(np.array([0.0, 1.0, 2.0])) == ["red", "green", "blue"]
+
+
+def test_numeric_categories_match_across_int_float_and_text() -> None:
+    codes = CategoryCodes([1, 2])
+    assert codes.encode(np.array([1.0, "2", 2, 1], dtype=object)).tolist() == [0, 1, 1, 0]
+
+
+def test_v1_response_predictions_and_model_version() -> None:
+    response = parse_response({"predictions": [0, 2, [1]], "model_version": 3})
+    assert response.values.tolist() == [0, 2, 1]
+    assert response.model_version == "3"
+
+
+def test_v2_response_takes_the_first_output() -> None:
+    body = {
+        "model_name": "iris",
+        "model_version": "4",
+        "outputs": [{"name": "output-0", "shape": [2], "datatype": "BYTES", "data": ["setosa", "virginica"]}],
+    }
+    response = parse_response(body)
+    assert response.values.tolist() == ["setosa", "virginica"]
+    assert response.model_version == "4"
+
+
+def test_a_response_without_version_leaves_it_to_the_endpoint() -> None:
+    assert parse_response({"predictions": [1.5]}).model_version is None
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"result": [1]}, "neither 'predictions'"),
+        ({"predictions": [[0.1, 0.9]]}, "one value per row"),
+        ({"outputs": [{"name": "o", "shape": [2, 3], "data": [1, 2, 3, 4, 5, 6]}]}, "one value per row"),
+        ({"outputs": [{"name": "o", "shape": [3], "data": [1, 2]}]}, "has 2 values"),
+    ],
+)
+def test_malformed_responses_say_what_is_wrong(body: Any, message: str) -> None:
+    with pytest.raises(PayloadError, match=message):
+        parse_response(body)

@@ -1,0 +1,206 @@
+"""The service's bookkeeping in-process, on virtual time: pairing, version attribution, windows,
+dropped events and labels. The detectors are alibi-detect's, built from small references."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from conftest import numeric_rows, write_predictions, write_reference
+from modelloop_detector.detectors import DetectorSettings
+from modelloop_detector.events import DropReason, EventRejected, InferenceEvent
+from modelloop_detector.service import DriftService, Registration, VersionSpec, WindowSettings
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Harness:
+    def __init__(self, tmp_path: Path, **window: Any) -> None:
+        self.clock = Clock()
+        self.drops: Counter[DropReason] = Counter()
+        self.service = DriftService(
+            WindowSettings(**{"window_rows": 100, "window_seconds": 60.0, "min_rows": 10, **window}),
+            DetectorSettings(device="cpu", mmd_permutations=10),
+            clock=self.clock,
+            on_drop=lambda reason, count: self.drops.update({reason: count}),
+        )
+        self.tmp_path = tmp_path
+
+    def register(self, versions: dict[str, VersionSpec], **extra: Any) -> None:
+        result = self.service.register("ml", "iris", Registration(model="iris", versions=versions, **extra))
+        assert not result.errors
+
+    def event(self, kind: str, event_id: str, body: Any, endpoint: str = "default") -> int:
+        event = InferenceEvent(kind, event_id, "ml", "iris", endpoint, body)  # type: ignore[arg-type]
+        return self.service.ingest(event)
+
+    def pair(self, event_id: str, rows: list[list[float]], predictions: list[Any], **response: Any) -> int:
+        self.event("request", event_id, {"instances": rows})
+        return self.event("response", event_id, {"predictions": predictions, **response})
+
+    def window(self, version: str) -> list[str]:
+        state = self.service.service("ml", "iris")
+        return state.versions[version].window.ids()
+
+
+@pytest.fixture
+def harness(tmp_path: Path) -> Harness:
+    running = Harness(tmp_path)
+    uri = write_reference(tmp_path, numeric_rows(60, seed=1))
+    running.register({"3": VersionSpec(uri, endpoint="default"), "4": VersionSpec(uri, endpoint="canary")})
+    return running
+
+
+ROW = [5.1, 3.5, 1.4, 0.2]
+
+
+def test_a_request_and_its_response_become_rows_in_either_order(harness: Harness) -> None:
+    assert harness.event("request", "a", {"instances": [ROW]}) == 0
+    assert harness.event("response", "a", {"predictions": [0]}) == 1
+    assert harness.event("response", "b", {"predictions": [1, 2]}) == 0
+    assert harness.event("request", "b", {"instances": [ROW, ROW]}) == 2
+    assert harness.window("3") == ["a", "b/0", "b/1"]
+
+
+def test_the_response_model_version_decides_the_version(harness: Harness) -> None:
+    harness.event("request", "a", {"instances": [ROW]})
+    harness.event("response", "a", {"predictions": [0], "model_version": "4"})
+    assert harness.window("4") == ["a"]
+    assert harness.window("3") == []
+
+
+def test_without_model_version_the_endpoint_decides(harness: Harness) -> None:
+    harness.event("request", "a", {"instances": [ROW]}, endpoint="canary")
+    harness.event("response", "a", {"predictions": [0]}, endpoint="canary")
+    harness.event("request", "b", {"instances": [ROW]})
+    harness.event("response", "b", {"predictions": [0]})
+    assert harness.window("4") == ["a"]
+    assert harness.window("3") == ["b"]
+
+
+def test_an_unknown_version_is_dropped_and_counted(harness: Harness) -> None:
+    harness.event("request", "a", {"instances": [ROW]})
+    assert harness.event("response", "a", {"predictions": [0], "model_version": "9"}) == 0
+    assert harness.drops == {DropReason.UNKNOWN_VERSION: 1}
+
+
+def test_no_version_for_the_endpoint_is_an_unknown_version(tmp_path: Path) -> None:
+    running = Harness(tmp_path)
+    running.register(
+        {"3": VersionSpec(write_reference(tmp_path, numeric_rows(20, seed=1)), endpoint="default")}
+    )
+    running.event("request", "a", {"instances": [ROW]}, endpoint="canary")
+    running.event("response", "a", {"predictions": [0]}, endpoint="canary")
+    assert running.drops == {DropReason.UNKNOWN_VERSION: 1}
+
+
+def test_an_unpaired_half_expires_after_the_window_seconds(harness: Harness) -> None:
+    harness.event("request", "a", {"instances": [ROW]})
+    harness.clock.now += 61
+    harness.service.expire()
+    assert harness.drops == {DropReason.UNPAIRED: 1}
+    assert harness.event("response", "a", {"predictions": [0]}) == 0  # now waits for a new request
+
+
+def test_rows_leave_the_window_by_age(harness: Harness) -> None:
+    harness.pair("old", [ROW], [0])
+    harness.clock.now += 30
+    harness.pair("new", [ROW], [0])
+    harness.clock.now += 31
+    harness.service.expire()
+    assert harness.window("3") == ["new"]
+
+
+def test_the_window_keeps_at_most_window_rows(harness: Harness) -> None:
+    for index in range(12):
+        harness.pair(f"e{index}", [ROW] * 10, [0] * 10)
+    ids = harness.window("3")
+    assert len(ids) == 100
+    assert ids[0] == "e2/0" and ids[-1] == "e11/9"
+
+
+def test_rows_of_the_wrong_width_are_rejected_with_the_reason(harness: Harness) -> None:
+    with pytest.raises(EventRejected, match="rows have 3 values, the reference has 4 features") as caught:
+        harness.event("request", "a", {"instances": [[1, 2, 3]]})
+    assert caught.value.reason == DropReason.FEATURE_MISMATCH
+
+
+def test_a_response_with_a_different_row_count_is_dropped(harness: Harness) -> None:
+    harness.event("request", "a", {"instances": [ROW, ROW]})
+    assert harness.event("response", "a", {"predictions": [0]}) == 0
+    assert harness.drops == {DropReason.INVALID_PAYLOAD: 1}
+
+
+def test_events_of_an_unregistered_service_are_counted(harness: Harness) -> None:
+    event = InferenceEvent("request", "a", "ml", "nobody", "default", {"instances": [ROW]})
+    assert harness.service.ingest(event) == 0
+    assert harness.drops == {DropReason.UNKNOWN_SERVICE: 1}
+
+
+def test_labels_join_rows_that_arrived_before_or_after_them(harness: Harness) -> None:
+    harness.pair("before", [ROW, ROW], [0, 1])
+    assert harness.service.add_labels("ml", "iris", [("before/0", 0), ("before/1", 0), ("later", 1)]) == (
+        2,
+        1,
+    )
+    harness.pair("later", [ROW], [1])
+    version = harness.service.service("ml", "iris").versions["3"]
+    assert version.feedback.labels_total == 3
+    assert version.feedback.accuracy() == pytest.approx(2 / 3)
+    assert harness.service.service("ml", "iris").labels.pending() == 0
+
+
+def test_a_repeated_label_corrects_without_counting_twice(harness: Harness) -> None:
+    harness.pair("a", [ROW], [0])
+    harness.service.add_labels("ml", "iris", [("a", 0)])
+    assert harness.service.add_labels("ml", "iris", [("a", 0)]) == (0, 0)
+    assert harness.service.service("ml", "iris").versions["3"].feedback.labels_total == 1
+
+
+def test_a_regressor_is_scored_by_mean_absolute_error(tmp_path: Path) -> None:
+    running = Harness(tmp_path)
+    folder = tmp_path
+    running.register(
+        {
+            "1": VersionSpec(
+                write_reference(folder, numeric_rows(30, seed=1)),
+                write_predictions(folder, np.linspace(0.5, 3.5, 30)),
+            )
+        }
+    )
+    running.pair("a", [ROW, ROW], [1.5, 2.25])
+    running.service.add_labels("ml", "iris", [("a/0", 1.0), ("a/1", 2.25)])
+    feedback = running.service.service("ml", "iris").versions["1"].feedback
+    assert feedback.accuracy() is None
+    assert feedback.mae() == pytest.approx(0.25)
+
+
+def test_a_version_no_longer_registered_is_forgotten_and_the_others_reused(harness: Harness) -> None:
+    state = harness.service.service("ml", "iris")
+    kept = state.versions["3"]
+    harness.pair("a", [ROW], [0])
+    harness.register({"3": VersionSpec(kept.reference.uri, endpoint="default")})
+    assert list(state.versions) == ["3"]
+    assert state.versions["3"] is kept
+    assert harness.window("3") == ["a"]
+
+
+def test_a_verdict_is_judged_on_the_window_copy(harness: Harness) -> None:
+    rows = numeric_rows(40, seed=5, shift=2.0).tolist()
+    harness.pair("a", rows, [0] * 40)
+    state = harness.service.service("ml", "iris")
+    due = [(service.name, version.name) for service, version in harness.service.due("fast")]
+    assert due == [("iris", "3")]
+    [ks] = harness.service.judge(state, state.versions["3"], "fast")
+    assert ks.detector == "ks" and ks.drift and ks.rows == 40
+    assert list(harness.service.due("fast")) == []  # judged, unchanged

@@ -1,0 +1,89 @@
+"""The window's bounds (rows and age) and when a window is judged."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from modelloop_detector.service import WindowSettings, evaluation_due
+from modelloop_detector.window import RowWindow
+
+
+def add(window: RowWindow, start: int, count: int, now: float) -> None:
+    values = np.arange(start, start + count, dtype=np.float64)
+    window.append(
+        np.column_stack([values, -values]),
+        values,
+        values.astype(object),
+        [str(int(value)) for value in values],
+        now,
+    )
+
+
+def test_the_window_keeps_the_newest_rows_up_to_its_size() -> None:
+    window = RowWindow(2, max_rows=5, max_seconds=60)
+    add(window, 0, 3, now=0)
+    add(window, 3, 4, now=1)
+    assert len(window) == 5
+    assert window.ids() == ["2", "3", "4", "5", "6"]
+    assert sorted(window.snapshot().features[:, 0].tolist()) == [2, 3, 4, 5, 6]
+    assert window.rows().features[:, 1].tolist() == [-2, -3, -4, -5, -6]
+
+
+def test_a_batch_larger_than_the_window_keeps_its_last_rows() -> None:
+    window = RowWindow(2, max_rows=4, max_seconds=60)
+    add(window, 0, 10, now=0)
+    assert window.ids() == ["6", "7", "8", "9"]
+
+
+def test_rows_older_than_the_window_seconds_leave_it() -> None:
+    window = RowWindow(2, max_rows=100, max_seconds=10)
+    add(window, 0, 3, now=0)
+    add(window, 3, 2, now=5)
+    assert window.expire(now=10) == 0
+    assert window.expire(now=10.5) == 3
+    assert window.ids() == ["3", "4"]
+    assert window.expire(now=16) == 2
+    assert len(window) == 0
+
+
+def test_a_wrapped_window_snapshot_has_exactly_its_rows() -> None:
+    window = RowWindow(2, max_rows=4, max_seconds=10)
+    add(window, 0, 4, now=0)
+    add(window, 4, 2, now=5)
+    window.expire(now=10.5)  # rows 2, 3 (t=0) go; 4, 5 stay, stored at the front
+    snapshot = window.snapshot()
+    assert snapshot.rows == 2
+    assert sorted(snapshot.features[:, 0].tolist()) == [4, 5]
+
+
+def test_changes_count_appends_and_evictions() -> None:
+    window = RowWindow(1, max_rows=4, max_seconds=10)
+    window.append(np.zeros((1, 1)), np.zeros(1), np.zeros(1, dtype=object), ["a"], 0)
+    window.expire(5)
+    assert window.changes == 1
+    window.expire(11)
+    assert window.changes == 2
+
+
+SETTINGS = WindowSettings(min_rows=50, evaluate_every_rows=100, evaluate_every_seconds=5)
+
+
+@pytest.mark.parametrize(
+    ("rows", "changes", "new_rows", "seconds", "due"),
+    [
+        (49, None, 49, 0.0, False),  # too few rows
+        (50, None, 50, 0.0, True),  # first verdict as soon as there are enough
+        (500, 0, 0, 60.0, False),  # unchanged since the last verdict
+        (500, 3, 99, 1.0, False),  # neither enough new rows nor enough time
+        (500, 3, 100, 1.0, True),  # enough new rows
+        (500, 1, 1, 5.0, True),  # enough time
+    ],
+)
+def test_a_window_is_judged_when_it_has_enough_new_rows_or_time(
+    rows: int, changes: int | None, new_rows: int, seconds: float, due: bool
+) -> None:
+    assert (
+        evaluation_due(rows=rows, changes=changes, new_rows=new_rows, seconds=seconds, settings=SETTINGS)
+        is due
+    )
