@@ -65,3 +65,25 @@ def set_condition(
     if not replaced:
         result.append(updated)
     return result
+
+
+def refusal_status(
+    previous: Mapping[str, Any], generation: int, phase: str, reason: str, message: str, ready: ConditionValue
+) -> dict[str, Any]:
+    """The status of an object the operator cannot act on (an invalid spec, a request the API server
+    refuses for good): its phase, why, and Ready saying so, for the generation it looked at."""
+    return {
+        "phase": phase,
+        "reason": reason,
+        "message": message,
+        "observedGeneration": generation,
+        "conditions": set_condition(
+            previous.get("conditions"),
+            type_="Ready",
+            status=ready,
+            reason=reason,
+            message=message,
+            observed_generation=generation,
+            now=utc_now(),
+        ),
+    }

@@ -31,7 +31,7 @@ from modelloop.api import (
     DriftPolicySpec,
     parse_duration,
 )
-from modelloop.conditions import set_condition, utc_now
+from modelloop.conditions import refusal_status
 from modelloop.controllers.reporting import post_event
 from modelloop.drift.detector import DetectorClient, DetectorError, served_versions
 from modelloop.drift.policy import Measurement, PolicyDecision, decide, evaluation_due
@@ -129,22 +129,13 @@ class DriftPolicyController:
         ]
 
     def _policy(self, key: ObjectKey) -> dict[str, Any] | None:
-        obj = next(iter(self.indexes["drift_policies"].get(key, ())), None)
-        if obj is None or obj["metadata"].get("deletionTimestamp"):
-            return None
-        return self.writer.view(obj)
+        return self.writer.current(self.indexes["drift_policies"], key)
 
     async def reconcile(self, key: ObjectKey) -> float | None:
         obj = self._policy(key)
         if obj is None:
             return None
-        requeue: list[float | None] = [None]
-
-        async def act(current: dict[str, Any]) -> None:
-            requeue[0] = await self._reconcile(current)
-
-        await self.writer.reconcile(obj, act, f"DriftPolicy {key[0]}/{key[1]}")
-        return requeue[0]
+        return await self.writer.reconcile(obj, self._reconcile, f"DriftPolicy {key[0]}/{key[1]}")
 
     async def _reconcile(self, obj: dict[str, Any]) -> float | None:
         meta = obj["metadata"]
@@ -295,21 +286,9 @@ class DriftPolicyController:
     async def _write_refusal(self, obj: dict[str, Any], reason: str, message: str) -> None:
         previous = obj.get("status") or {}
         generation = int(obj["metadata"].get("generation") or 1)
-        status = {
-            "phase": DriftPolicyPhase.DEGRADED.value,
-            "reason": reason,
-            "message": message,
-            "observedGeneration": generation,
-            "conditions": set_condition(
-                previous.get("conditions"),
-                type_="Ready",
-                status="False",
-                reason=reason,
-                message=message,
-                observed_generation=generation,
-                now=utc_now(),
-            ),
-        }
+        status = refusal_status(
+            previous, generation, DriftPolicyPhase.DEGRADED.value, reason, message, "False"
+        )
         if previous.get("message") != message:
             post_event(obj, "Warning", reason, message)
         await self.writer.write(obj, status)

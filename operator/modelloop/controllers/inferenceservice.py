@@ -31,7 +31,7 @@ from modelloop.api import (
     InferenceServiceSpec,
     PauseReason,
 )
-from modelloop.conditions import ConditionValue, set_condition, utc_now
+from modelloop.conditions import ConditionValue, refusal_status, set_condition, utc_now
 from modelloop.controllers.reporting import post_event
 from modelloop.objects import slim_object
 from modelloop.review import INVALID_SPEC, describe_validation_error
@@ -144,22 +144,13 @@ class InferenceServiceController:
         self._applied.pop(key, None)
 
     def _service(self, key: ObjectKey) -> dict[str, Any] | None:
-        obj = next(iter(self.indexes["inference_services"].get(key, ())), None)
-        if obj is None or obj["metadata"].get("deletionTimestamp"):
-            return None
-        return self.writer.view(obj)
+        return self.writer.current(self.indexes["inference_services"], key)
 
     async def reconcile(self, key: ObjectKey) -> float | None:
         obj = self._service(key)
         if obj is None:
             return None
-        requeue: list[float | None] = [None]
-
-        async def act(current: dict[str, Any]) -> None:
-            requeue[0] = await self._reconcile(current)
-
-        await self.writer.reconcile(obj, act, f"InferenceService {key[0]}/{key[1]}")
-        return requeue[0]
+        return await self.writer.reconcile(obj, self._reconcile, f"InferenceService {key[0]}/{key[1]}")
 
     async def _reconcile(self, obj: dict[str, Any]) -> float | None:
         meta = obj["metadata"]
@@ -288,21 +279,14 @@ class InferenceServiceController:
     ) -> None:
         previous = obj.get("status") or {}
         generation = int(obj["metadata"].get("generation") or 1)
-        status = {
-            "phase": str(phase or previous.get("phase") or InferenceServicePhase.PENDING),
-            "reason": reason,
-            "message": message,
-            "observedGeneration": generation,
-            "conditions": set_condition(
-                previous.get("conditions"),
-                type_="Ready",
-                status="False" if previous.get("stableVersion") is None else "Unknown",
-                reason=reason,
-                message=message,
-                observed_generation=generation,
-                now=utc_now(),
-            ),
-        }
+        status = refusal_status(
+            previous,
+            generation,
+            str(phase or previous.get("phase") or InferenceServicePhase.PENDING),
+            reason,
+            message,
+            "False" if previous.get("stableVersion") is None else "Unknown",
+        )
         if previous.get("message") != message:
             post_event(obj, "Warning", reason, message)
         await self.writer.write(obj, status)

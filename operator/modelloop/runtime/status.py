@@ -15,7 +15,6 @@ same name never inherits anything.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
@@ -139,22 +138,32 @@ class StatusWriter:
         self.memory.remember(written)
         return written
 
+    def current(self, index: Mapping[ObjectKey, Any], key: ObjectKey) -> dict[str, Any] | None:
+        """The object ``key`` of a kopf index, to plan on (``view``); None when it is gone or being
+        deleted."""
+        obj = next(iter(index.get(key, ())), None)
+        if obj is None or obj["metadata"].get("deletionTimestamp"):
+            return None
+        return self.view(obj)
+
     async def reconcile(
-        self, obj: Mapping[str, Any], act: Callable[[dict[str, Any]], Awaitable[None]], what: str
-    ) -> None:
-        """Run ``act`` on the newest copy of one object (``view``); when a write in it meets a conflict,
-        read the object again and run ``act`` on that, as ``retry_on_conflict`` does. An object deleted
-        meanwhile ends the reconcile: its DELETED event says what follows."""
+        self, obj: Mapping[str, Any], act: Callable[[dict[str, Any]], Awaitable[T]], what: str
+    ) -> T | None:
+        """Run ``act`` on the newest copy of one object (``view``) and return what it returns; when a write
+        in it meets a conflict, read the object again and run ``act`` on that, as ``retry_on_conflict``
+        does. An object deleted meanwhile ends the reconcile (None): its DELETED event says what follows."""
         current = [self.view(obj)]
 
-        async def attempt() -> None:
-            await act(current[0])
+        async def attempt() -> T:
+            return await act(current[0])
 
         async def reread(conflict: kube.Conflict) -> None:
             current[0] = await self.refresh(*conflict.key)
 
-        with contextlib.suppress(ObjectGone):
-            await retry_on_conflict(attempt, reread, what)
+        try:
+            return await retry_on_conflict(attempt, reread, what)
+        except ObjectGone:
+            return None
 
     async def refresh(self, namespace: str, name: str) -> dict[str, Any]:
         """Read the object from the API server (after a conflict) and remember it; raise ObjectGone when

@@ -151,6 +151,17 @@ BAD_EVENTS = [
         "not a CloudEvent",
     ),
     ("not_cloudevent", {"content-type": "application/cloudevents+json"}, b"{oops", "not a CloudEvent"),
+    (
+        "not_cloudevent",  # binary mode without an id: nothing to pair it by
+        {
+            "content-type": "application/json",
+            "ce-specversion": "1.0",
+            "ce-source": "http://localhost:9081/",
+            "ce-type": "org.kubeflow.serving.inference.request",
+        },
+        b'{"instances": [[1, 2, 3, 4]]}',
+        "missing required attributes: ['id']",
+    ),
 ]
 
 

@@ -15,7 +15,7 @@ from enum import StrEnum
 from typing import Any, Literal
 
 from cloudevents.exceptions import GenericException
-from cloudevents.http import from_http
+from cloudevents.http import CloudEvent, from_http
 
 REQUEST_TYPE = "org.kubeflow.serving.inference.request"
 RESPONSE_TYPE = "org.kubeflow.serving.inference.response"
@@ -60,8 +60,10 @@ class InferenceEvent:
 def read_event(headers: Mapping[str, str], body: bytes) -> InferenceEvent:
     """The inference event in an HTTP request, or :class:`EventRejected` saying what is wrong."""
     try:
-        # The body is parsed below: a binary-mode body that is not JSON must be an error, not a string.
-        event = from_http(headers, body, data_unmarshaller=_keep)
+        event = _binary_event(headers, body)
+        if event is None:
+            # The body is parsed below: a body that is not JSON must be an error, not a string.
+            event = from_http(headers, body, data_unmarshaller=_keep)
     except (GenericException, ValueError, TypeError) as exc:
         raise EventRejected(DropReason.NOT_CLOUDEVENT, f"not a CloudEvent: {exc}") from None
     event_type = event["type"]
@@ -86,6 +88,24 @@ def read_event(headers: Mapping[str, str], body: bytes) -> InferenceEvent:
         endpoint=str(attributes.get("endpoint") or DEFAULT_ENDPOINT),
         body=_json_body(event.data),
     )
+
+
+def _binary_event(headers: Mapping[str, str], body: bytes) -> CloudEvent | None:
+    """A binary-mode event (what KServe's agent sends: attributes in ``ce-*`` headers, the JSON body as
+    its data), made with the SDK's CloudEvent from the headers directly: the SDK's generic ``from_http``
+    takes 15 times as long, the detector's hot path. None for any other mode, which ``from_http`` reads.
+    ASGI gives header names in lower case."""
+    if "ce-specversion" not in headers or headers.get("content-type", "").startswith(_STRUCTURED):
+        return None
+    attributes = {name[3:]: value for name, value in headers.items() if name.startswith("ce-")}
+    missing = [name for name in _REQUIRED if not attributes.get(name)]
+    if missing:
+        raise ValueError(f"missing required attributes: {missing}")
+    return CloudEvent(attributes, body)
+
+
+_STRUCTURED = "application/cloudevents"
+_REQUIRED = ("specversion", "id", "source", "type")
 
 
 def _keep(data: Any) -> Any:
