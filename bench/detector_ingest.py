@@ -3,7 +3,8 @@
     .venvs/detector/bin/python bench/detector_ingest.py [--seconds 10] [--connections 16]
 
 1. CloudEvents per second into ``modelloop-detector`` (its window, pairing and evaluation threads
-   on, a 500-row reference like the trainer's) against a bare ASGI handler that only reads the
+   on, a 500-row reference like the trainer's; and again with its verdicts held off, which shows
+   what ingestion alone costs) against a bare ASGI handler that only reads the
    same events, under the same server (uvicorn, uvloop, httptools). Each server is pinned to one
    core; the load generator (raw HTTP/1.1 over asyncio keep-alive connections, events encoded
    beforehand in KServe's binary mode, one row of 20 features each) runs on another core.
@@ -160,16 +161,18 @@ async def drive(port: int, events: list[bytes], connections: int, seconds: float
 def throughput(args: argparse.Namespace, reference_uri: str) -> dict[str, float]:
     results = {}
     events = encoded_events(args.events, seed=1)
-    for name in ("bare", "detector"):
+    for name in ("bare", "detector", "ingestion"):
         port = free_port()
         if name == "bare":
             command = [sys.executable, __file__, "--serve-bare", str(port)]
         else:
             command = [DETECTOR, "--host", "127.0.0.1", "--port", str(port), "--log-level", "WARNING"]
+        if name == "ingestion":  # the same detector, its verdicts held off: what ingestion alone costs
+            command += ["--evaluate-every-rows", str(10**9), "--evaluate-every-seconds", str(10**9)]
         process = subprocess.Popen(command, preexec_fn=pin(0), stderr=subprocess.DEVNULL)
         try:
             wait_healthy(port, process)
-            if name == "detector":
+            if name != "bare":
                 registration = json.dumps(
                     {"model": "bench", "versions": {"1": {"referenceUri": reference_uri}}}
                 )
@@ -275,6 +278,7 @@ def main() -> None:
     for name, label in (
         ("bare", "bare ASGI handler (reads the event only)"),
         ("detector", "modelloop-detector"),
+        ("ingestion", "modelloop-detector, verdicts held off"),
     ):
         print(f"  {label:<44}{rates[name]:>12,.0f}{rates[name] / rates['bare']:>10.2f}")
     shape = f"{len(window)}x{FEATURES} window vs {len(reference)} reference rows"
