@@ -18,10 +18,11 @@ from modelloop_detector.service import DriftService, LoopKind
 logger = logging.getLogger(__name__)
 
 VerdictObserver = Callable[[Verdict, float], None]
-# The share of a core that MMD may take: after a pass that took t seconds, the MMD loop rests
-# t * (1 / MMD_DUTY - 1) seconds. A CPU permutation test takes seconds and would otherwise run back
-# to back while rows stream in; on a GPU it takes milliseconds and the rest is negligible.
-MMD_DUTY = 0.2
+# The share of a core each loop may take: after a pass that took t seconds, it rests
+# t * (1 / duty - 1) seconds, so that verdicts never starve ingestion. A CPU permutation test takes
+# seconds and would otherwise run back to back while rows stream in (on a GPU it takes milliseconds
+# and the rest is negligible); KS at a high event rate would judge every few milliseconds.
+DUTY: dict[LoopKind, float] = {"fast": 0.25, "mmd": 0.2}
 
 
 class EvaluationLoop:
@@ -56,8 +57,8 @@ class EvaluationLoop:
             if self.kind == "fast":
                 self.service.expire()
             started = time.perf_counter()
-            if self.run_once() and self.kind == "mmd":
-                self._stopping.wait((time.perf_counter() - started) * (1 / MMD_DUTY - 1))
+            if self.run_once():
+                self._stopping.wait((time.perf_counter() - started) * (1 / DUTY[self.kind] - 1))
 
     def run_once(self) -> int:
         """Judge every version due now; returns how many were judged."""
