@@ -29,12 +29,11 @@ from modelloop.api import (
     DriftMetric,
     DriftPolicyPhase,
     DriftPolicySpec,
-    parse_duration,
 )
 from modelloop.conditions import refusal_status
 from modelloop.controllers.reporting import post_event
 from modelloop.drift.detector import DetectorClient, DetectorError, served_versions
-from modelloop.drift.policy import Measurement, PolicyDecision, decide, evaluation_due
+from modelloop.drift.policy import Measurement, PolicyDecision, decide, evaluation_due, evaluation_lag
 from modelloop.drift.retrain import render_training_run, retraining_in_flight
 from modelloop.naming import LABEL_DRIFT_POLICY, LABEL_TRAINING_RUN
 from modelloop.objects import slim_object
@@ -160,10 +159,9 @@ class DriftPolicyController:
 
         measurements: list[Measurement] | None = None
         if evaluation_due(spec, previous, generation, now):
-            due = _time(previous.get("lastEvaluationTime"))
-            if due is not None and previous.get("observedGeneration") == generation:
-                lag = (now - due).total_seconds() - _seconds(spec.evaluation_interval)
-                metrics.DRIFT_EVALUATION_LAG.observe(max(0.0, lag))
+            lag = evaluation_lag(spec, previous, generation, now)
+            if lag is not None:
+                metrics.DRIFT_EVALUATION_LAG.observe(lag)
             if spec.detector is not None and service is not None:
                 await self._register(obj, spec, model, versions, service_status)
             context = QueryContext(
@@ -308,13 +306,3 @@ class DriftPolicyController:
             await self._write_refusal(obj, "ApiRequestRefused", message)
         except (kube.Conflict, kube.ApiException):
             return
-
-
-def _time(value: Any) -> datetime | None:
-    if not value:
-        return None
-    return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-
-
-def _seconds(duration: str) -> float:
-    return parse_duration(duration).total_seconds()

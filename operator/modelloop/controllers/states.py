@@ -18,6 +18,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from modelloop.api import InferenceServicePhase
+from modelloop.conditions import parse_time
 
 Indexes = Mapping[str, Any]
 # The index of each kind, as the controllers register them.
@@ -138,16 +139,5 @@ def _ready_since(obj: Mapping[str, Any]) -> Any:
 
 
 def _oldest(name: str, documentation: str, times: Iterable[Any], now: datetime) -> GaugeMetricFamily:
-    ages = [(now - parsed).total_seconds() for parsed in map(_parse, times) if parsed is not None]
+    ages = [(now - parsed).total_seconds() for parsed in map(parse_time, times) if parsed is not None]
     return GaugeMetricFamily(name, documentation, value=max([0.0, *ages]))
-
-
-def _parse(value: Any) -> datetime | None:
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
-    if isinstance(value, str) and value:
-        try:
-            return datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            return None
-    return None

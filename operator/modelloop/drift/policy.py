@@ -25,7 +25,7 @@ from modelloop.api import (
     parse_duration,
 )
 from modelloop.api.meta import Comparison
-from modelloop.conditions import ConditionValue, set_condition
+from modelloop.conditions import ConditionValue, parse_time, set_condition
 
 _SYMBOLS = {
     Comparison.GREATER_THAN_OR_EQUAL: ">=",
@@ -108,10 +108,21 @@ class PolicyDecision:
 
 def evaluation_due(spec: DriftPolicySpec, status: Mapping[str, Any], generation: int, now: datetime) -> bool:
     """Whether the metrics are to be queried in this pass: at every interval, and at once for a new spec."""
-    last = _time(status.get("lastEvaluationTime"))
+    last = parse_time(status.get("lastEvaluationTime"))
     if last is None or status.get("observedGeneration") != generation:
         return True
     return now >= last + parse_duration(spec.evaluation_interval)
+
+
+def evaluation_lag(
+    spec: DriftPolicySpec, status: Mapping[str, Any], generation: int, now: datetime
+) -> float | None:
+    """How many seconds after it was due an evaluation at ``now`` runs; None for a policy's first
+    evaluation or one of a new spec, which are due at once."""
+    last = parse_time(status.get("lastEvaluationTime"))
+    if last is None or status.get("observedGeneration") != generation:
+        return None
+    return max(0.0, (now - last - parse_duration(spec.evaluation_interval)).total_seconds())
 
 
 def run_name(policy: str, breach_start: datetime) -> str:
@@ -145,7 +156,9 @@ def decide(
     }
     status["observedGeneration"] = generation
     period = parse_duration(spec.budget.period)
-    recent = [t for t in map(_time, previous.get("retrainings") or ()) if t is not None and now - t < period]
+    recent = [
+        t for t in map(parse_time, previous.get("retrainings") or ()) if t is not None and now - t < period
+    ]
 
     events: list[PolicyEvent] = []
     refused: list[Measurement] = []
@@ -175,10 +188,10 @@ def decide(
             status["breachStartTime"] = None
 
     result_now = status.get("lastResult")
-    breach_start = _time(status.get("breachStartTime"))
+    breach_start = parse_time(status.get("breachStartTime"))
     window = parse_duration(spec.window)
     confirmed = breach_start is not None and now - breach_start >= window
-    last_trigger = _time(status.get("lastTriggerTime"))
+    last_trigger = parse_time(status.get("lastTriggerTime"))
     cooldown = parse_duration(spec.cooldown)
     cooling = last_trigger is not None and now - last_trigger < cooldown
     decision_time = measurements is not None  # a skip is counted once per evaluation, not per event
@@ -277,9 +290,9 @@ def _next_evaluation(
 ) -> float:
     """Seconds to the next evaluation; sooner when the window of a breach ends before it."""
     interval = parse_duration(spec.evaluation_interval)
-    last = _time(status.get("lastEvaluationTime")) or now
+    last = parse_time(status.get("lastEvaluationTime")) or now
     due = last + interval
-    breach_start = _time(status.get("breachStartTime"))
+    breach_start = parse_time(status.get("breachStartTime"))
     if breach_start is not None and now < breach_start + window < due:
         due = breach_start + window
     return max(0.0, (due - now).total_seconds())
@@ -313,11 +326,3 @@ def _ready_condition(
 
 def _iso(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _time(value: Any) -> datetime | None:
-    if value is None or value == "":
-        return None
-    if isinstance(value, datetime):
-        return value
-    return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
