@@ -475,8 +475,10 @@ def run_the_loop(loop: Loop, traffic: LabelledTraffic, report: Any = lambda _: N
         phase="Promoted",
         stableVersion=2,
     )
+    # The registry follows the service: the loop is closed once the new version is the champion on record.
+    wait_status(cluster, "modelversion", version, namespace, timeout=60, stage="Champion")
     marks["canary steps (50%, 100%) → promoted"] = time.monotonic()
-    report(f"  {version} rolled out step by step under analysis, and promoted")
+    report(f"  {version} rolled out step by step under analysis, and promoted: the new champion")
     timings, last = {}, shifted
     for phase, moment in marks.items():
         timings[phase] = moment - last

@@ -123,7 +123,7 @@ def test_drift_retrains_validates_on_the_same_data_and_promotes_the_new_model_wi
     # Promoted: the new champion serves; the old one is archived.
     service = status_of(cluster, "inferenceservices.modelloop.dev", SERVICE, namespace)
     assert (service["phase"], service["stableVersion"]) == ("Promoted", 2)
-    wait_status(cluster, "modelversion", "iris-v2", namespace, timeout=30, stage="Champion")
+    assert status_of(cluster, "modelversion", "iris-v2", namespace)["stage"] == "Champion"
     assert status_of(cluster, "modelversion", "iris-v1", namespace)["stage"] == "Archived"
 
     # `modelloop lineage` of the new champion names the DriftPolicy and its evidence.
