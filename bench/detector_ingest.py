@@ -116,6 +116,10 @@ def encoded_events(count: int, seed: int) -> list[bytes]:
             "ce-namespace": "ml",
             "ce-component": "predictor",
             "ce-endpoint": "default",
+            # What else KServe's agent (pkg/logger/worker.go) sets on every event.
+            "ce-time": "2026-11-28T02:00:00.000000Z",
+            "ce-recordedtime": "2026-11-28T02:00:00.000100Z",
+            "ce-metadata": "{}",
             "content-type": "application/json",
         }
         request = json.dumps({"instances": [np.round(rng.normal(size=FEATURES), 4).tolist()]}).encode()
@@ -168,7 +172,7 @@ def throughput(args: argparse.Namespace, reference_uri: str) -> dict[str, float]
         else:
             command = [DETECTOR, "--host", "127.0.0.1", "--port", str(port), "--log-level", "WARNING"]
         if name == "ingestion":  # the same detector, its verdicts held off: what ingestion alone costs
-            command += ["--evaluate-every-rows", str(10**9), "--evaluate-every-seconds", str(10**9)]
+            command += ["--min-rows", str(10**9), "--evaluate-every-seconds", str(10**9)]
         process = subprocess.Popen(command, preexec_fn=pin(0), stderr=subprocess.DEVNULL)
         try:
             wait_healthy(port, process)

@@ -84,7 +84,8 @@ class Detector:
             str(DETECTOR_BIN / "modelloop-detector"),
             *("--host", "127.0.0.1", "--port", str(self.port)),
             *("--window-rows", "200", "--window-seconds", "600", "--min-rows", "50"),
-            *("--evaluate-every-rows", "25", "--evaluate-every-seconds", "1", "--feedback-window", "100"),
+            *("--evaluate-every-rows", "25", "--evaluate-every-seconds", "1"),
+            *("--min-verdict-interval", "0.5", "--feedback-window", "100"),
         ]
         with self.log_path.open("ab") as out:
             self.process = subprocess.Popen(

@@ -212,6 +212,7 @@ FAST_ARGS = (
     "--min-rows", "50",
     "--evaluate-every-rows", "50",
     "--evaluate-every-seconds", "0.5",
+    "--min-verdict-interval", "0.1",
     "--mmd-permutations", "20",
     "--device", "cpu",
 )  # fmt: skip

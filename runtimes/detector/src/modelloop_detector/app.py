@@ -27,7 +27,7 @@ from modelloop_detector.api import (
     reference_summary,
     service_status,
 )
-from modelloop_detector.events import EventRejected, read_event
+from modelloop_detector.events import EVENT_KINDS, EventRejected, read_asgi_event
 from modelloop_detector.export import export_csv
 from modelloop_detector.metrics import DetectorMetrics
 from modelloop_detector.service import DriftService, NothingToExport, UnknownService
@@ -58,6 +58,7 @@ class DetectorApp:
     def __init__(self, service: DriftService, metrics: DetectorMetrics) -> None:
         self.service = service
         self.metrics = metrics
+        self._received = {kind: metrics.events.labels(kind) for kind in EVENT_KINDS.values()}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -115,10 +116,9 @@ class DetectorApp:
         )
 
     def _ingest(self, scope: Scope, body: bytes) -> Reply:
-        headers = {key.decode("latin-1"): value.decode("latin-1") for key, value in scope["headers"]}
         try:
-            event = read_event(headers, body)
-            self.metrics.events.labels(event.kind).inc()
+            event = read_asgi_event(scope["headers"], body)
+            self._received[event.kind].inc()
             self.service.ingest(event)
         except EventRejected as exc:
             self.metrics.count_drop(exc.reason)

@@ -68,7 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--evaluate-every-seconds",
         type=_positive_float,
         default=5.0,
-        help="...or after this many seconds, if it changed",
+        help="...or after this many seconds, if it changed; MMD is judged at most this often",
+    )
+    parser.add_argument(
+        "--min-verdict-interval",
+        type=_positive_float,
+        default=1.0,
+        help="seconds between two passes of the fast detectors at least, however fast rows arrive",
     )
     parser.add_argument("--p-value", type=_probability, default=0.05, help="the tests' significance level")
     parser.add_argument(
@@ -124,6 +130,7 @@ def build_detector(args: argparse.Namespace) -> Detector:
         window_seconds=args.window_seconds,
         evaluate_every_rows=args.evaluate_every_rows,
         evaluate_every_seconds=args.evaluate_every_seconds,
+        min_verdict_seconds=args.min_verdict_interval,
         min_rows=args.min_rows,
         feedback_window=args.feedback_window,
     )

@@ -3,6 +3,13 @@
 Each loop wakes when ingestion says a window has enough new rows, or every
 ``evaluate_every_seconds``; it judges every version that :func:`evaluation_due` says is due.
 MMD has its own thread so that a slow permutation test never delays the KS verdicts.
+
+Two bounds keep judging from taking the core that ingestion needs:
+
+* a loop passes at most once per ``min_verdict_seconds`` (MMD, the costly joint test, at most once
+  per ``evaluate_every_seconds``): at thousands of rows a second, ``evaluate_every_rows`` alone would
+  re-judge a window that has barely changed many times between two Prometheus scrapes;
+* the duty cap below, for a verdict slower than that (MMD on a CPU).
 """
 
 from __future__ import annotations
@@ -48,7 +55,11 @@ class EvaluationLoop:
         self._thread.join(timeout)
 
     def _run(self) -> None:
-        interval = self.service.window_settings.evaluate_every_seconds
+        settings = self.service.window_settings
+        interval = settings.evaluate_every_seconds
+        floor = settings.min_verdict_seconds
+        if self.kind == "mmd":
+            floor = max(floor, interval)
         while not self._stopping.is_set():
             self._wakeup.wait(interval)
             self._wakeup.clear()
@@ -58,7 +69,8 @@ class EvaluationLoop:
                 self.service.expire()
             started = time.perf_counter()
             if self.run_once():
-                self._stopping.wait((time.perf_counter() - started) * (1 / DUTY[self.kind] - 1))
+                spent = time.perf_counter() - started
+                self._stopping.wait(max(spent * (1 / DUTY[self.kind] - 1), floor - spent))
 
     def run_once(self) -> int:
         """Judge every version due now; returns how many were judged."""

@@ -49,6 +49,7 @@ class WindowSettings:
     window_seconds: float = 600.0
     evaluate_every_rows: int = 100
     evaluate_every_seconds: float = 5.0
+    min_verdict_seconds: float = 1.0
     min_rows: int = 50
     feedback_window: int = 500
 
@@ -107,6 +108,9 @@ class VersionState:
     window: RowWindow
     feedback: FeedbackScore
     appended: int = 0
+    # The evaluation loops were told that this window is due and have not judged it since: ingestion
+    # tells them once, not at every row.
+    woken: bool = False
     verdicts: dict[str, Verdict] = field(default_factory=dict)
     marks: dict[LoopKind, EvaluationMark] = field(
         default_factory=lambda: {"fast": EvaluationMark(), "mmd": EvaluationMark()}
@@ -388,7 +392,8 @@ class DriftService:
                 )
                 version.appended += count
                 self._index_rows(state, version, ids, predictions.values)
-                due = self._rows_due(version)
+                due = not version.woken and self._rows_due(version)
+                version.woken = version.woken or due
                 drop = None
         if drop is not None:
             logger.debug("%s/%s event %s dropped: %s", state.namespace, state.name, request.event.id, drop)
@@ -493,6 +498,7 @@ class DriftService:
             snapshot = version.window.snapshot()
             mark = version.marks[kind]
             mark.changes, mark.appended, mark.time = version.window.changes, version.appended, now
+            version.woken = False
         if kind == "fast":
             verdicts = version.detectors.judge_fast(snapshot, now)
         else:
