@@ -149,9 +149,10 @@ class Prometheus:
             raise PrometheusQueryError(f"{expr!r} returned {len(series)} series, not one: {series}")
         return series[0][1]
 
-    def query_series(self, expr: str) -> list[tuple[dict[str, str], float]]:
-        """Every series of the instant query ``expr`` as (labels, value); a scalar has empty labels."""
-        data = self._api("query", {"query": expr})
+    def query_series(self, expr: str, at: str | None = None) -> list[tuple[dict[str, str], float]]:
+        """Every series of the instant query ``expr`` (now, or ``at``: RFC 3339 or Unix seconds) as
+        (labels, value); a scalar has empty labels."""
+        data = self._api("query", {"query": expr} if at is None else {"query": expr, "time": at})
         result = data["result"]
         if data["resultType"] == "scalar":
             return [({}, float(result[1]))]
