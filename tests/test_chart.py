@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from modelloop.api import crd_filename, render_crds
+from pod_security import assert_restricted
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CHART = REPO_ROOT / "charts" / "modelloop"
@@ -356,15 +357,7 @@ def test_detector_pod_is_non_root_read_only_without_capabilities_or_token(tmp_pa
     pod = deployment["spec"]["template"]["spec"]
     container = detector_container(deployment)
 
-    assert pod["automountServiceAccountToken"] is False
-    assert pod["securityContext"]["runAsNonRoot"] is True
-    assert pod["securityContext"]["runAsUser"] != 0
-    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
-    assert container["securityContext"] == {
-        "allowPrivilegeEscalation": False,
-        "readOnlyRootFilesystem": True,
-        "capabilities": {"drop": ["ALL"]},
-    }
+    assert_restricted(pod, container)
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert "emptyDir" in volumes[mounts["/tmp"]]

@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
+from pod_security import assert_restricted
+
 ROOT = Path(__file__).resolve().parents[1]
 MANIFESTS = ROOT / "manifests"
 KUSTOMIZATION_NAMES = ("kustomization.yaml", "kustomization.yml", "Kustomization")
@@ -105,15 +107,7 @@ def test_detector_pod_is_non_root_read_only_without_capabilities_or_token() -> N
     pod = detector_objects()["Deployment"]["spec"]["template"]["spec"]
     (container,) = pod["containers"]
 
-    assert pod["automountServiceAccountToken"] is False
-    assert pod["securityContext"]["runAsNonRoot"] is True
-    assert pod["securityContext"]["runAsUser"] != 0
-    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
-    assert container["securityContext"] == {
-        "allowPrivilegeEscalation": False,
-        "readOnlyRootFilesystem": True,
-        "capabilities": {"drop": ["ALL"]},
-    }
+    assert_restricted(pod, container)
     volumes = {v["name"]: v for v in pod["volumes"]}
     (tmp,) = [m for m in container["volumeMounts"] if m["mountPath"] == "/tmp"]
     assert "emptyDir" in volumes[tmp["name"]]

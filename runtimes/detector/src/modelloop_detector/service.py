@@ -393,7 +393,8 @@ class DriftService:
                 version.appended += count
                 self._index_rows(state, version, ids, predictions.values)
                 due = not version.woken and self._rows_due(version)
-                version.woken = version.woken or due
+                if due:
+                    version.woken = True
                 drop = None
         if drop is not None:
             logger.debug("%s/%s event %s dropped: %s", state.namespace, state.name, request.event.id, drop)
