@@ -157,7 +157,7 @@ def test_defaults_match_the_crd_defaults() -> None:
         (TrainingRunSpec, changed(TRAINING_RUN, "resources", {"gpuProduct": "A100"}), "gpuProduct requires"),
         (TrainingRunSpec, changed(TRAINING_RUN, "sweep.maxTrials", ...), "maxTrials is required"),
         (TrainingRunSpec, changed(TRAINING_RUN, "sweep.parallelism", 5), "parallelism must not exceed"),
-        (TrainingRunSpec, changed(TRAINING_RUN, "sweep.parameters", {}), "sweep.parameters"),
+        (TrainingRunSpec, changed(TRAINING_RUN, "sweep.parameters", {}), "spec.sweep needs parameters"),
         (TrainingRunSpec, changed(TRAINING_RUN, "output.modelName", "Iris_Model"), "output.modelName"),
         (TrainingRunSpec, changed(TRAINING_RUN, "image", ...), "image"),
         (TrainingRunSpec, changed(TRAINING_RUN, "dataset.format", "json"), "dataset.format"),

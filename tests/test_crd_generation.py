@@ -213,10 +213,18 @@ def test_printer_columns_point_at_fields_of_their_type(info: CrdInfo, columns: l
 
 def test_cel_rules_sit_where_the_rules_apply() -> None:
     training, model_version, policy, inference, drift = (rules_at(info) for info in KINDS)
-    assert set(training) == {".spec", ".spec.resources", ".spec.tolerations[]", ".spec.sweep"}
+    assert set(training) == {
+        ".spec",
+        ".spec.resources",
+        ".spec.tolerations[]",
+        ".spec.sweep",
+        ".spec.sweep.space{}",
+    }
     assert training[".spec"] == ["self == oldSelf"]
     assert "gpuProduct" in training[".spec.resources"][0]
-    assert len(training[".spec.sweep"]) == 2
+    assert len(training[".spec.sweep"]) == 8
+    assert any("cel.bind" in rule for rule in training[".spec.sweep"])  # the grid's size
+    assert len(training[".spec.sweep.space{}"]) == 7
     assert model_version[".spec"] == ["self == oldSelf"]
     assert "self.metadata.name" in model_version[""][0]
     assert set(policy) == {""}
@@ -247,13 +255,14 @@ def test_every_cel_rule_has_a_message() -> None:
 def test_free_form_values_preserve_unknown_fields_only_where_declared() -> None:
     nodes = dict(walk(schema_of(KINDS[0])))
     assert nodes[".spec.params{}"] == {"x-kubernetes-preserve-unknown-fields": True}
-    assert nodes[".spec.affinity"]["x-kubernetes-preserve-unknown-fields"] is True
+    # The affinity is typed (core/v1 Affinity, every list bounded): nothing in it is free-form.
     assert nodes[".spec.affinity"]["type"] == "object"
+    assert "x-kubernetes-preserve-unknown-fields" not in nodes[".spec.affinity"]
     preserved = [path for path, node in nodes.items() if node.get("x-kubernetes-preserve-unknown-fields")]
     assert preserved == [
         ".spec.params{}",
-        ".spec.affinity",
         ".spec.sweep.parameters{}[]",
+        ".spec.sweep.space{}.values[]",
         ".status.trials[].params{}",
     ]
 

@@ -6,11 +6,12 @@ import json
 from typing import Any
 
 from modelloop.api import ModelVersionSpec, TrainingRunSpec
-from modelloop.naming import ANNOTATION_RUN_UID, job_name
+from modelloop.naming import ANNOTATION_RUN_UID, ANNOTATION_TRIAL_PARAMS, LABEL_TRIAL, job_name
 from modelloop.training.job import ChampionModel, render_job
 from modelloop.training.observe import slim_job, slim_pod
 from modelloop.training.plan import plan_run
 from modelloop.training.register import render_model_version, run_key_metric
+from modelloop.training.sweep import grid_point
 
 UID = "run-uid"
 
@@ -43,8 +44,15 @@ def finished_job(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """A Job of ``obj`` that completed, and its pod with the trainer's termination message."""
     name = job_name("iris", UID, trial)
+    annotations = {ANNOTATION_RUN_UID: UID}
+    labels = {}
+    sweep = spec_of(obj).sweep
+    if trial is not None and sweep is not None:
+        # As render_job marks a trial's Job: its index, and the sweep's parameters it runs with.
+        labels[LABEL_TRIAL] = str(trial)
+        annotations[ANNOTATION_TRIAL_PARAMS] = json.dumps(grid_point(sweep, trial))
     job = {
-        "metadata": {"name": name, "annotations": {ANNOTATION_RUN_UID: UID}, "resourceVersion": "1"},
+        "metadata": {"name": name, "annotations": annotations, "labels": labels, "resourceVersion": "1"},
         "spec": {"template": {}},
         "status": {"conditions": [{"type": "Complete", "status": "True"}], "succeeded": 1},
     }
@@ -144,7 +152,9 @@ def test_a_sweep_starts_only_as_many_trials_as_its_parallelism() -> None:
     plan = plan_run(obj, spec_of(obj), {}, [], "file:///a")
 
     assert [j["metadata"]["labels"]["modelloop.dev/trial"] for j in plan.jobs_to_create] == ["0", "1"]
-    assert [t.get("phase") for t in plan.status["trials"]] == ["Pending", "Pending", None, None]
+    # Only the trials that start are materialised; the rest are not even listed.
+    assert [t.get("phase") for t in plan.status["trials"]] == ["Pending", "Pending"]
+    assert plan.status["trialsStarted"] == 2
     assert plan.status["phase"] == "Pending"
 
 

@@ -322,9 +322,11 @@ async def request(
     params: Mapping[str, str] | None = None,
     parse: bool = True,
     timeout: aiohttp.ClientTimeout | None = None,
+    text: bool = False,
 ) -> Any:
-    """One request to the API server; the parsed JSON answer (None when ``parse`` is False). An error
-    answer raises ApiException with the server's status, reason and body."""
+    """One request to the API server; the parsed JSON answer (None when ``parse`` is False; the body as
+    text when ``text`` is True). An error answer raises ApiException with the server's status, reason and
+    body."""
     current = await _session()
     headers = {"Accept": "application/json"}
     token = current.token()
@@ -341,13 +343,15 @@ async def request(
             method, current.config.server + path, data=data, headers=headers, params=params, timeout=timeout
         ) as response:
             code = response.status
-            text = await response.text()
+            body_text = await response.text()
     finally:
         metrics.API_REQUESTS.labels(method, str(code)).inc()
         metrics.API_SECONDS.labels(method).observe(time.monotonic() - started)
     if code >= 400:
-        raise ApiException(code, response.reason or "", text)
-    return json.loads(text) if parse and text else None
+        raise ApiException(code, response.reason or "", body_text)
+    if text:
+        return body_text
+    return json.loads(body_text) if parse and body_text else None
 
 
 def _path(plural: str, namespace: str, name: str | None = None, *, group_version: str | None = None) -> str:
@@ -420,6 +424,37 @@ async def create_job(manifest: Mapping[str, Any]) -> bool:
         await request("POST", path, body=manifest, parse=False)
     except ApiException as error:
         if error.status == 409:
+            return False
+        raise
+    return True
+
+
+async def pod_log(
+    namespace: str, pod: str, container: str, *, tail_lines: int, limit_bytes: int, timeout: float
+) -> str | None:
+    """The last ``tail_lines`` lines of a container's log (at most ``limit_bytes``), within ``timeout``
+    seconds; None when the pod or its log is not there (not started yet, or gone)."""
+    path = f"/api/v1/namespaces/{quote(namespace)}/pods/{quote(pod)}/log"
+    params = {"container": container, "tailLines": str(tail_lines), "limitBytes": str(limit_bytes)}
+    try:
+        answer = await request(
+            "GET", path, params=params, text=True, timeout=aiohttp.ClientTimeout(total=timeout)
+        )
+    except ApiException as error:
+        if error.status in (400, 404):  # 400: the container has not started (or has no log yet)
+            return None
+        raise
+    return str(answer)
+
+
+async def delete_job(namespace: str, name: str) -> bool:
+    """Delete a Job and, in the background, its pods; False when it was gone already."""
+    options = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Background"}
+    path = f"/apis/batch/v1/namespaces/{quote(namespace)}/jobs/{quote(name)}"
+    try:
+        await request("DELETE", path, body=options, parse=False)
+    except ApiException as error:
+        if error.status == 404:
             return False
         raise
     return True

@@ -26,6 +26,8 @@ ANNOTATION_RUN_UID = f"{GROUP}/training-run-uid"
 ANNOTATION_DRIFT_POLICY_UID = f"{GROUP}/drift-policy-uid"
 # The run's whole name: the label above holds at most 63 characters of it (see ``label_value``).
 ANNOTATION_TRAINING_RUN = f"{GROUP}/training-run"
+# A trial Job's own parameters (JSON): a restarted operator reads what a trial runs with from its Job.
+ANNOTATION_TRIAL_PARAMS = f"{GROUP}/trial-params"
 
 # Kubernetes keeps these for itself or for us; a user's labels with these prefixes are not copied.
 _RESERVED_PREFIXES = (f"{GROUP}/", "app.kubernetes.io/", "kubernetes.io/", "k8s.io/", "batch.kubernetes.io/")

@@ -37,6 +37,8 @@ class Settings:
         kserve_mode: KServe deployment mode of InferenceServices that name none (Knative or Standard).
         gateway: ``namespace/name`` of the Gateway that Standard-mode HTTPRoutes attach to by default.
         prometheus_url: Prometheus that rollout analysis queries when an InferenceService names none.
+        trial_progress_seconds: how often the log of each running trial of a sweep with early stopping is
+            read for its progress (and the trial judged).
     """
 
     namespaces: tuple[str, ...] = field(default_factory=tuple)
@@ -51,14 +53,15 @@ class Settings:
     kserve_mode: str = "Knative"
     gateway: str = "kserve/kserve-ingress-gateway"
     prometheus_url: str | None = None
+    trial_progress_seconds: float = 10.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Read ``MODELLOOP_NAMESPACES`` (comma-separated), ``MODELLOOP_LOG_FORMAT``,
         ``MODELLOOP_LIVENESS_ENDPOINT``, ``MODELLOOP_METRICS_ADDRESS``, ``MODELLOOP_PEERING``,
         ``MODELLOOP_PRIORITY``, ``MODELLOOP_VERBOSE``, ``MODELLOOP_ARTIFACT_ROOT``,
-        ``MODELLOOP_KEEP_ARCHIVED``, ``MODELLOOP_KSERVE_MODE``, ``MODELLOOP_GATEWAY`` and
-        ``MODELLOOP_PROMETHEUS_URL``."""
+        ``MODELLOOP_KEEP_ARCHIVED``, ``MODELLOOP_KSERVE_MODE``, ``MODELLOOP_GATEWAY``,
+        ``MODELLOOP_PROMETHEUS_URL`` and ``MODELLOOP_TRIAL_PROGRESS_SECONDS``."""
         env = os.environ if environ is None else environ
         namespaces = tuple(ns.strip() for ns in env.get("MODELLOOP_NAMESPACES", "").split(",") if ns.strip())
         log_format = env.get("MODELLOOP_LOG_FORMAT", "full").strip().lower()
@@ -86,6 +89,9 @@ class Settings:
             kserve_mode=mode,
             gateway=gateway,
             prometheus_url=env.get("MODELLOOP_PROMETHEUS_URL") or None,
+            trial_progress_seconds=_seconds(
+                env, "MODELLOOP_TRIAL_PROGRESS_SECONDS", cls.trial_progress_seconds
+            ),
         )
 
 
@@ -99,4 +105,17 @@ def _optional_int(env: Mapping[str, str], name: str, minimum: int | None = None)
         raise ValueError(f"{name} must be an integer, not {raw!r}") from None
     if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be at least {minimum}, not {value}")
+    return value
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number of seconds, not {raw!r}") from None
+    if not 0.5 <= value <= 3600:
+        raise ValueError(f"{name} must be between 0.5 and 3600 seconds, not {value}")
     return value

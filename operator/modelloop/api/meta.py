@@ -91,8 +91,11 @@ Quantity = Annotated[
 ]
 """A Kubernetes resource quantity: a non-negative integer or a string such as ``500m`` or ``4Gi``."""
 
+MAX_PARAM_STRING = 1024
+"""Characters a string hyperparameter may have (checked by the operator: CEL cannot see untyped nodes)."""
+
 ParamValue = Annotated[
-    bool | int | float | str,
+    bool | int | float | Annotated[str, StringConstraints(max_length=MAX_PARAM_STRING)],
     WithJsonSchema({"x-kubernetes-preserve-unknown-fields": True}),
 ]
 """A hyperparameter value: an integer, a number, a string or a boolean.

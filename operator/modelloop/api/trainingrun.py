@@ -8,6 +8,7 @@ from typing import Annotated, Self
 
 from pydantic import ConfigDict, Field, StringConstraints, model_validator
 
+from .affinity import Affinity
 from .meta import (
     AGE_COLUMN,
     MAX_MAP_ENTRIES,
@@ -16,10 +17,8 @@ from .meta import (
     CrdInfo,
     DnsLabel,
     DnsSubdomain,
-    FreeFormObject,
     ImageReference,
     LabelValue,
-    MetricName,
     ParamValue,
     PrinterColumn,
     Quantity,
@@ -30,7 +29,8 @@ from .meta import (
     Uri,
     cel_rules,
 )
-from .validation import ObjectiveDirection, Validation
+from .sweep import MAX_TRIALS, Sweep, Trial
+from .validation import Validation
 
 CommandArgument = Annotated[str, StringConstraints(max_length=4096)]
 # An entrypoint's words: the executable and its fixed arguments are never blank.
@@ -145,64 +145,6 @@ class ModelOutput(ApiModel):
     )
 
 
-class SweepStrategy(StrEnum):
-    """How a sweep picks parameter combinations."""
-
-    GRID = "Grid"
-    RANDOM = "Random"
-
-
-class SweepObjective(ApiModel):
-    """The metric that picks a sweep's best trial."""
-
-    metric: MetricName = Field(description="Name of the metric that ranks the trials.")
-    direction: ObjectiveDirection = Field(
-        ObjectiveDirection.MAXIMIZE, description="Maximize or Minimize the metric."
-    )
-
-
-class Sweep(ApiModel):
-    """A hyperparameter sweep: one trial Job per parameter combination; the best trial is registered."""
-
-    model_config = ConfigDict(
-        json_schema_extra=cel_rules(
-            CelRule(
-                rule="!has(self.maxTrials) || !has(self.parallelism) || self.parallelism <= self.maxTrials",
-                message="spec.sweep.parallelism must not exceed spec.sweep.maxTrials",
-                field_path=".parallelism",
-            ),
-            CelRule(
-                rule="!(has(self.strategy) && self.strategy == 'Random') || has(self.maxTrials)",
-                message="spec.sweep.maxTrials is required when spec.sweep.strategy is Random",
-                field_path=".maxTrials",
-                reason="FieldValueRequired",
-            ),
-        )
-    )
-
-    strategy: SweepStrategy = Field(
-        SweepStrategy.GRID, description="Grid tries every combination; Random samples maxTrials of them."
-    )
-    parameters: dict[str, Annotated[list[ParamValue], Field(min_length=1, max_length=100)]] = Field(
-        min_length=1,
-        max_length=16,
-        description="Candidate values per parameter; each trial overrides spec.params with one combination.",
-    )
-    max_trials: int | None = Field(
-        None, ge=1, le=1000, description="Upper bound on the number of trials; required for Random."
-    )
-    parallelism: int = Field(1, ge=1, le=100, description="How many trials run at the same time.")
-    objective: SweepObjective = Field(description="The metric that ranks the trials.")
-
-    @model_validator(mode="after")
-    def _check_like_the_crd(self) -> Self:
-        if self.max_trials is not None and self.parallelism > self.max_trials:
-            raise ValueError("spec.sweep.parallelism must not exceed spec.sweep.maxTrials")
-        if self.strategy == SweepStrategy.RANDOM and self.max_trials is None:
-            raise ValueError("spec.sweep.maxTrials is required when spec.sweep.strategy is Random")
-        return self
-
-
 class TrainingRunSpec(ApiModel):
     """The desired training run: what to run, on which data and hardware, and what model it produces."""
 
@@ -233,7 +175,7 @@ class TrainingRunSpec(ApiModel):
     node_selector: dict[str, LabelValue] = Field(
         default_factory=dict, max_length=32, description="Node labels the training pod must be scheduled on."
     )
-    affinity: FreeFormObject | None = Field(
+    affinity: Affinity | None = Field(
         None, description="Affinity of the training pod, a core/v1 Affinity passed through unchanged."
     )
     priority_class_name: DnsSubdomain | None = Field(None, description="PriorityClass of the training pod.")
@@ -262,22 +204,6 @@ class TrainingRunSpec(ApiModel):
     )
 
 
-class Trial(ApiModel):
-    """One trial of a sweep."""
-
-    index: int = Field(ge=0, description="Position of the trial in the sweep, from 0.")
-    params: dict[str, ParamValue] = Field(
-        default_factory=dict,
-        max_length=MAX_MAP_ENTRIES,
-        description="The parameters this trial ran with (spec.params overridden by the sweep).",
-    )
-    phase: TrainingRunPhase | None = Field(None, description="Lifecycle phase of the trial.")
-    metrics: dict[str, float] = Field(
-        default_factory=dict, max_length=MAX_MAP_ENTRIES, description="Metrics the trial reported."
-    )
-    job_name: DnsSubdomain | None = Field(None, description="Name of the trial's Job.")
-
-
 class TrainingRunStatus(ResourceStatus):
     """The observed state of a TrainingRun."""
 
@@ -298,7 +224,15 @@ class TrainingRunStatus(ResourceStatus):
     model_version: DnsSubdomain | None = Field(
         None, description="Name of the ModelVersion this run registered."
     )
-    trials: list[Trial] = Field(default_factory=list, max_length=1000, description="The trials of a sweep.")
+    trials: list[Trial] = Field(
+        default_factory=list,
+        max_length=MAX_TRIALS,
+        description="The trials of a sweep (the oldest finished ones are dropped past a size budget).",
+    )
+    trials_started: int | None = Field(None, ge=0, description="How many trials of the sweep have started.")
+    trials_dropped: int | None = Field(
+        None, ge=0, description="Finished trials left out of status.trials to keep the status small."
+    )
     best_trial: int | None = Field(
         None, ge=0, description="Index of the sweep's best trial by its objective."
     )

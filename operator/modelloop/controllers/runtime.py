@@ -115,6 +115,7 @@ async def stop_controllers(memo: kopf.Memo, **_: Any) -> None:
             await runtime.gate
     await asyncio.gather(*(queue.shutdown(SHUTDOWN_SECONDS) for queue in runtime.queues()))
     logger.info("every work queue is drained")
+    runtime.training_runs.close()
     await runtime.drift_policies.detector.close()
     if runtime.metrics_server is not None:
         await runtime.metrics_server.cleanup()

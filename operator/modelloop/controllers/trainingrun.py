@@ -8,8 +8,12 @@ the one status writer.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
-from collections.abc import Mapping
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import kopf
@@ -25,11 +29,14 @@ from modelloop.review import INVALID_SPEC, describe_validation_error
 from modelloop.runtime.status import StatusWriter
 from modelloop.runtime.workqueue import WorkQueue
 from modelloop.settings import Settings
-from modelloop.training.job import ChampionModel, current_champion
+from modelloop.training import search
+from modelloop.training.job import CONTAINER, ChampionModel, current_champion, trial_index
 from modelloop.training.observe import slim_job, slim_pod
 from modelloop.training.plan import RunPlan, plan_run
+from modelloop.training.progress import LOG_LIMIT_BYTES, LOG_TAIL_LINES, Point, parse_progress
 from modelloop.training.register import render_model_version
 from modelloop.training.report import report_refusal, report_run
+from modelloop.training.sweep import FINAL_TRIAL_PHASES
 
 RunKey = tuple[str, str]  # (namespace, run name)
 PLURAL = TRAINING_RUN.plural
@@ -87,6 +94,12 @@ async def on_training_workload(namespace: str | None, meta: kopf.Meta, memo: Any
 # under load a request takes tens of milliseconds, and 16 reconciles at once could not keep up with 16
 # clients creating runs (bench/trainingruns.py); the API server serves many more at once.
 WORKERS = 48
+# Sweeps whose planning asks Optuna (a suggestion, a pruning verdict) plan in this many threads, so that
+# no search holds up the event loop and other objects' reconciles.
+SEARCH_THREADS = 2
+# Trial logs read at once, over all runs, and how long one read may take.
+LOG_READS = 8
+LOG_READ_SECONDS = 5.0
 
 
 class TrainingRunController:
@@ -99,6 +112,10 @@ class TrainingRunController:
         # Jobs created but not yet seen in the index, by run: (the run's uid, {Job name: manifest}). A
         # reconcile right after a create must not plan them again.
         self._created: dict[RunKey, tuple[str, dict[str, dict[str, Any]]]] = {}
+        # When each run's trial logs were last read: (the run's uid, monotonic time).
+        self._progress_read: dict[RunKey, tuple[str, float]] = {}
+        self._search_pool: ThreadPoolExecutor | None = None
+        self._log_reads = asyncio.Semaphore(LOG_READS)
         self.queue = WorkQueue(
             "TrainingRun",
             self.reconcile,
@@ -115,6 +132,13 @@ class TrainingRunController:
         self.queue.forget(key)
         self.writer.forget(key)
         self._created.pop(key, None)
+        self._progress_read.pop(key, None)
+
+    def close(self) -> None:
+        """Let the search threads go (at shut-down)."""
+        if self._search_pool is not None:
+            self._search_pool.shutdown(wait=False, cancel_futures=True)
+            self._search_pool = None
 
     def _run(self, key: RunKey) -> dict[str, Any] | None:
         run = next(iter(self.indexes["training_runs"].get(key, ())), None)
@@ -124,9 +148,14 @@ class TrainingRunController:
 
     async def reconcile(self, key: RunKey) -> float | None:
         run = self._run(key)
-        if run is not None:
-            await self.writer.reconcile(run, self._reconcile_run, f"TrainingRun {key[0]}/{key[1]}")
-        return None
+        if run is None:
+            return None
+        await self.writer.reconcile(run, self._reconcile_run, f"TrainingRun {key[0]}/{key[1]}")
+        read = self._progress_read.get(key)
+        if read is None or read[0] != run["metadata"]["uid"]:
+            return None
+        # A sweep with early stopping has trials running: read their progress again in a while.
+        return max(0.0, read[1] + self.settings.trial_progress_seconds - time.monotonic())
 
     async def _reconcile_run(self, run: dict[str, Any]) -> None:
         key = (run["metadata"]["namespace"], run["metadata"]["name"])
@@ -152,10 +181,26 @@ class TrainingRunController:
         created = {name: job for name, job in created.items() if name not in jobs}
         self._created[key] = (uid, created)
         pods = self._owned(self.indexes["training_pods"], key, uid)
-        plan = plan_run(
-            run, spec, {**created, **jobs}, pods, self.settings.artifact_root, self._champion(key[0], spec)
+        progress = await self._progress(key, run, spec, jobs, pods)
+        planning = functools.partial(
+            plan_run,
+            run,
+            spec,
+            {**created, **jobs},
+            pods,
+            self.settings.artifact_root,
+            self._champion(key[0], spec),
+            progress,
         )
+        if spec.sweep is not None and (search.uses_optuna(spec.sweep) or spec.sweep.early_stopping):
+            plan = await asyncio.get_running_loop().run_in_executor(self._searches(), planning)
+        else:
+            plan = planning()
 
+        for name in plan.jobs_to_delete:
+            await kube.delete_job(key[0], name)
+        for reason, message in plan.events:
+            post_event(run, "Normal", reason, message)
         for manifest in plan.jobs_to_create:
             # A new single-run Job is announced by the status transition (reason JobCreated); trial Jobs by
             # an event each.
@@ -169,6 +214,67 @@ class TrainingRunController:
         elif plan.registration is not None:
             status["modelVersion"] = await self._register(run, spec, plan)
         await self._write(run, status, generation)
+
+    def _searches(self) -> ThreadPoolExecutor:
+        if self._search_pool is None:
+            self._search_pool = ThreadPoolExecutor(SEARCH_THREADS, thread_name_prefix="modelloop-search")
+        return self._search_pool
+
+    async def _progress(
+        self,
+        key: RunKey,
+        run: Mapping[str, Any],
+        spec: TrainingRunSpec,
+        jobs: Mapping[str, Mapping[str, Any]],
+        pods: Sequence[Mapping[str, Any]],
+    ) -> dict[int, list[Point]]:
+        """What the unfinished trials of a sweep with early stopping reported, read from their pods' logs
+        at most once per ``trial_progress_seconds``; {} otherwise."""
+        uid = run["metadata"]["uid"]
+        if spec.sweep is None or spec.sweep.early_stopping is None:
+            return {}
+        final = {
+            t["index"]
+            for t in (run.get("status") or {}).get("trials") or ()
+            if t.get("phase") in FINAL_TRIAL_PHASES
+        }
+        reading: dict[int, str] = {}
+        for name, job in jobs.items():
+            index = trial_index(job)
+            if index is None or index in final:
+                continue
+            for pod in pods:
+                labels = pod["metadata"].get("labels") or {}
+                if labels.get("batch.kubernetes.io/job-name") == name and (pod.get("status") or {}).get(
+                    "phase"
+                ) in ("Running", "Succeeded", "Failed"):
+                    reading[index] = pod["metadata"]["name"]
+        if not reading:
+            self._progress_read.pop(key, None)
+            return {}
+        last = self._progress_read.get(key)
+        now = time.monotonic()
+        if last is not None and last[0] == uid and now - last[1] < self.settings.trial_progress_seconds:
+            return {}
+        self._progress_read[key] = (uid, now)
+        logs = await asyncio.gather(*(self._read_log(key[0], pod) for pod in reading.values()))
+        return {index: parse_progress(log) for index, log in zip(reading, logs, strict=True) if log}
+
+    async def _read_log(self, namespace: str, pod: str) -> str | None:
+        """A trial pod's recent log; None when it cannot be read now (the next poll tries again)."""
+        async with self._log_reads:
+            try:
+                return await kube.pod_log(
+                    namespace,
+                    pod,
+                    CONTAINER,
+                    tail_lines=LOG_TAIL_LINES,
+                    limit_bytes=LOG_LIMIT_BYTES,
+                    timeout=LOG_READ_SECONDS,
+                )
+            except (kube.ApiException, TimeoutError, OSError) as error:
+                logger.debug("cannot read the log of pod %s/%s: %s", namespace, pod, error)
+                return None
 
     def _champion(self, namespace: str, spec: TrainingRunSpec) -> ChampionModel | None:
         """The run's model's current Champion, from the registry's index: a Job created now evaluates it."""

@@ -10,6 +10,7 @@ from typing import Any
 from modelloop.api import TRAINING_RUN, TrainingRunSpec
 from modelloop.api.meta import ParamValue
 from modelloop.naming import (
+    ANNOTATION_TRIAL_PARAMS,
     LABEL_MODEL,
     LABEL_TRAINING_RUN,
     LABEL_TRIAL,
@@ -107,6 +108,9 @@ def render_job(
             job_spec[key] = value
     if spec.queue_name:
         job_spec["suspend"] = True
+    annotations = run_annotations(run)
+    if trial is not None:
+        annotations[ANNOTATION_TRIAL_PARAMS] = json.dumps(trial.params, separators=(",", ":"))
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -114,11 +118,27 @@ def render_job(
             "name": name,
             "namespace": meta["namespace"],
             "labels": labels,
-            "annotations": run_annotations(run),
+            "annotations": annotations,
             "ownerReferences": [owner_reference(run, TRAINING_RUN.kind)],
         },
         "spec": job_spec,
     }
+
+
+def trial_index(job: Mapping[str, Any]) -> int | None:
+    """The sweep trial a Job runs (its label), or None for a single run's Job."""
+    value = (job["metadata"].get("labels") or {}).get(LABEL_TRIAL)
+    return int(value) if value is not None and value.isdigit() else None
+
+
+def job_trial_params(job: Mapping[str, Any]) -> dict[str, ParamValue]:
+    """The sweep's parameters a trial Job runs with, as recorded on the Job when it was created."""
+    raw = (job["metadata"].get("annotations") or {}).get(ANNOTATION_TRIAL_PARAMS)
+    try:
+        params = json.loads(raw) if raw else {}
+    except ValueError:
+        return {}
+    return params if isinstance(params, dict) else {}
 
 
 def _pod_spec(
@@ -179,7 +199,7 @@ def _pod_spec(
     if tolerations:
         pod["tolerations"] = tolerations
     if spec.affinity:
-        pod["affinity"] = spec.affinity
+        pod["affinity"] = spec.affinity.model_dump(mode="json", exclude_unset=True)
     if spec.priority_class_name:
         pod["priorityClassName"] = spec.priority_class_name
     return pod

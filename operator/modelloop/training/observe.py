@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from modelloop.api import TrainingRunPhase
-from modelloop.naming import ANNOTATION_RUN_UID, ANNOTATION_TRAINING_RUN
+from modelloop.naming import ANNOTATION_RUN_UID, ANNOTATION_TRAINING_RUN, ANNOTATION_TRIAL_PARAMS, LABEL_TRIAL
 from modelloop.training.job import CONTAINER
 from modelloop.training.result import TrainerResult, parse_result
 
@@ -160,7 +160,11 @@ def slim_job(body: Mapping[str, Any]) -> dict[str, Any]:
     meta = body["metadata"]
     status = body.get("status") or {}
     return {
-        "metadata": {"name": meta["name"], "annotations": _annotations(meta)},
+        "metadata": {
+            "name": meta["name"],
+            "annotations": _annotations(meta),
+            "labels": {k: v for k, v in (meta.get("labels") or {}).items() if k == LABEL_TRIAL},
+        },
         "spec": {"suspend": (body.get("spec") or {}).get("suspend")},
         "status": {k: status[k] for k in ("conditions", "startTime", "completionTime") if k in status},
     }
@@ -193,4 +197,5 @@ def slim_pod(body: Mapping[str, Any]) -> dict[str, Any]:
 
 def _annotations(meta: Mapping[str, Any]) -> dict[str, str]:
     annotations = meta.get("annotations") or {}
-    return {k: annotations[k] for k in (ANNOTATION_RUN_UID, ANNOTATION_TRAINING_RUN) if k in annotations}
+    keep = (ANNOTATION_RUN_UID, ANNOTATION_TRAINING_RUN, ANNOTATION_TRIAL_PARAMS)
+    return {k: annotations[k] for k in keep if k in annotations}

@@ -10,14 +10,24 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from modelloop.api import TrainingRunPhase, TrainingRunSpec
+from modelloop.api import EarlyStoppingRule, Pruning, TrainingRunPhase, TrainingRunSpec, TrialPhase
 from modelloop.api.meta import ParamValue
 from modelloop.naming import job_name
-from modelloop.training.job import ChampionModel, render_job
+from modelloop.training.job import ChampionModel, TrialPlan, job_trial_params, render_job, trial_index
 from modelloop.training.observe import JOB_CREATED_MESSAGE, JobObservation, observe_job
 from modelloop.training.register import registration_problem, run_key_metric
 from modelloop.training.result import TrainerResult
-from modelloop.training.sweep import TrialState, best_trial, plan_trials, trials_to_start
+from modelloop.training.search import judge
+from modelloop.training.sweep import (
+    FINAL_TRIAL_PHASES as FINAL_TRIAL,
+)
+from modelloop.training.sweep import (
+    best_trial,
+    compact_trials,
+    merge_curve,
+    record_of,
+    trial_params,
+)
 
 FINISHED = (TrainingRunPhase.SUCCEEDED, TrainingRunPhase.FAILED)
 
@@ -36,8 +46,12 @@ class RunPlan:
     """What the controller should do now. ``status`` lacks modelVersion, which registration fills in."""
 
     jobs_to_create: list[dict[str, Any]] = field(default_factory=list)
+    jobs_to_delete: list[str] = field(default_factory=list)
+    """Jobs of trials stopped early (by name)."""
     registration: Registration | None = None
     status: dict[str, Any] = field(default_factory=dict)
+    events: list[tuple[str, str]] = field(default_factory=list)
+    """Normal events to post: (reason, message)."""
 
     @property
     def phase(self) -> TrainingRunPhase:
@@ -51,14 +65,18 @@ def plan_run(
     pods: Sequence[Mapping[str, Any]],
     artifact_root: str,
     champion: ChampionModel | None = None,
+    progress: Mapping[int, Sequence[tuple[int, Mapping[str, float]]]] | None = None,
 ) -> RunPlan:
     """Decide the next step of ``run`` given its Jobs (by name) and their pods.
+
+    ``progress`` holds what a sweep's running trials reported since (by trial index: (step, metrics)),
+    read from their pods' logs; early stopping judges the curves it adds to.
 
     ``champion`` is the model's current Champion: a Job created now evaluates it too, and the status
     records its name (``status.champion``), which the trainer's own report confirms once it finishes.
     """
     if spec.sweep is not None:
-        return _plan_sweep(run, spec, jobs, pods, artifact_root, champion)
+        return _plan_sweep(run, spec, jobs, pods, artifact_root, champion, progress or {})
     meta = run["metadata"]
     previous = run.get("status") or {}
     name = job_name(meta["name"], meta["uid"])
@@ -92,52 +110,107 @@ def _plan_sweep(
     pods: Sequence[Mapping[str, Any]],
     artifact_root: str,
     champion: ChampionModel | None,
+    progress: Mapping[int, Sequence[tuple[int, Mapping[str, float]]]],
 ) -> RunPlan:
-    assert spec.sweep is not None
+    sweep = spec.sweep
+    assert sweep is not None
     meta = run["metadata"]
     previous = run.get("status") or {}
-    recorded = {t["index"]: t for t in previous.get("trials") or ()}
-    plan = plan_trials(spec.sweep, seed=_seed(spec))
-    states: list[TrialState] = []
-    trials: list[dict[str, Any]] = []
+    metric = sweep.objective.metric
+    seed = _seed(spec)
+    total = sweep.trial_count()
+    dropped = int(previous.get("trialsDropped") or 0)
+    trials: dict[int, dict[str, Any]] = {int(t["index"]): dict(t) for t in previous.get("trials") or ()}
+    by_index: dict[int, Mapping[str, Any]] = {}
+    for name, trial_job in jobs.items():
+        index = trial_index(trial_job)
+        if index is not None and name == job_name(meta["name"], meta["uid"], index):
+            by_index[index] = trial_job
+    started = max(
+        int(previous.get("trialsStarted") or 0),
+        len(trials) + dropped,
+        max([*trials, *by_index], default=-1) + 1,
+    )
+    finished_count = sum(1 for t in trials.values() if t.get("finishedOrder") is not None)
     observations: dict[int, JobObservation] = {}
-    for trial in plan:
-        name = job_name(meta["name"], meta["uid"], trial.index)
-        job = jobs.get(name)
-        entry: dict[str, Any] = {
-            "index": trial.index,
-            "params": {**spec.params, **trial.params},
-            "jobName": name,
-        }
-        if job is not None:
-            observation = observe_job(job, _pods_of(pods, name))
-            observations[trial.index] = observation
-            entry["phase"] = observation.phase.value
-            if observation.result is not None and observation.result.metrics:
-                entry["metrics"] = observation.result.metrics
-            if observation.phase == TrainingRunPhase.FAILED:
-                entry["reason"] = observation.reason
-            states.append(TrialState(trial.index, True, observation.phase, entry.get("metrics", {})))
-        elif (old := recorded.get(trial.index)) and old.get("phase") in FINISHED:
-            # The trial's Job was removed after it finished: keep what the status recorded.
-            entry.update({k: old[k] for k in ("phase", "metrics", "reason") if k in old})
-            states.append(
-                TrialState(trial.index, True, TrainingRunPhase(old["phase"]), old.get("metrics", {}))
-            )
-        else:
-            states.append(TrialState(trial.index, False))
-        trials.append(entry)
+    to_create: list[TrialPlan] = []
+    events: list[tuple[str, str]] = []
 
-    to_start = trials_to_start(plan, states, spec.sweep.parallelism)
-    for trial in to_start:
-        trials[trial.index]["phase"] = TrainingRunPhase.PENDING.value
-    running = sum(1 for s in states if s.has_job and not s.finished) + len(to_start)
-    done = sum(1 for s in states if s.finished)
-    succeeded = [s for s in states if s.phase == TrainingRunPhase.SUCCEEDED]
-    status: dict[str, Any] = {"trials": [_trial_status(t) for t in trials]}
-    status["champion"] = previous.get("champion") or (champion.name if champion and to_start else None)
+    for index in sorted({*trials, *by_index}):
+        entry = trials.setdefault(index, {"index": index})
+        entry["jobName"] = job_name(meta["name"], meta["uid"], index)
+        job = by_index.get(index)
+        if not entry.get("params") and job is not None:
+            entry["params"] = job_trial_params(job)
+        if entry.get("phase") in FINAL_TRIAL:
+            continue  # a finished (or pruned) trial's record is final; its Job may linger or be gone
+        if job is None:
+            # Suggested and recorded, but its Job was never created (or the pass died before it was).
+            entry["phase"] = TrialPhase.PENDING.value
+            to_create.append(TrialPlan(index, dict(entry.get("params") or {})))
+            continue
+        observation = observe_job(job, _pods_of(pods, entry["jobName"]))
+        observations[index] = observation
+        entry["phase"] = observation.phase.value
+        if sweep.early_stopping is not None:
+            curve = merge_curve(entry.get("curve"), progress.get(index, ()), metric)
+            if curve is not None:
+                entry["curve"] = curve
+        if observation.result is not None and observation.result.metrics:
+            entry["metrics"] = observation.result.metrics
+        if observation.finished:
+            entry["finishedOrder"] = finished_count
+            finished_count += 1
+
+    if sweep.early_stopping is not None:
+        for index in sorted(trials):
+            entry = trials[index]
+            if entry.get("phase") != TrialPhase.RUNNING.value or not entry.get("curve"):
+                continue
+            records = [record_of(t, metric) for t in trials.values()]
+            verdict = judge(sweep, records, record_of(entry, metric))
+            if verdict.rungs:
+                entry["rungs"] = list(verdict.rungs)
+            if verdict.pruning is None:
+                continue
+            entry.update(
+                phase=TrialPhase.PRUNED.value,
+                pruning=verdict.pruning.model_dump(mode="json", exclude_none=True),
+                finishedOrder=finished_count,
+            )
+            finished_count += 1
+            events.append(("TrialPruned", prune_message(index, verdict.pruning, metric)))
+
+    running = sum(1 for t in trials.values() if t.get("phase") not in FINAL_TRIAL)
+    while running < sweep.parallelism and started < total:
+        records = [record_of(t, metric) for t in trials.values()]
+        params = trial_params(sweep, started, records, seed)
+        trials[started] = {
+            "index": started,
+            "params": params,
+            "phase": TrialPhase.PENDING.value,
+            "jobName": job_name(meta["name"], meta["uid"], started),
+            "suggestedAfter": finished_count,
+        }
+        to_create.append(TrialPlan(started, params))
+        started += 1
+        running += 1
+
+    ordered = [trials[i] for i in sorted(trials)]
+    done = sum(1 for t in ordered if t.get("phase") in FINAL_TRIAL) + dropped
+    best = best_trial(ordered, metric, sweep.objective.direction)
+    if best is None:
+        best = previous.get("bestTrial") if previous.get("bestTrial") in trials else None
+    kept, newly_dropped = compact_trials(ordered, keep={best} if best is not None else set())
+    status: dict[str, Any] = {
+        "trials": [_trial_status(t) for t in kept],
+        "trialsStarted": started,
+        "trialsDropped": dropped + newly_dropped,
+    }
+    status["champion"] = previous.get("champion") or (champion.name if champion and to_create else None)
+    pruned = sum(1 for t in ordered if t.get("phase") == TrialPhase.PRUNED.value)
     registration = None
-    if done < len(plan):
+    if done < total or running:
         phase = (
             TrainingRunPhase.RUNNING
             if done or any(o.phase == TrainingRunPhase.RUNNING for o in observations.values())
@@ -146,51 +219,87 @@ def _plan_sweep(
         status.update(
             phase=phase.value,
             reason="SweepRunning",
-            message=f"{done}/{len(plan)} trials finished, {running} running "
-            f"(parallelism {spec.sweep.parallelism}).",
+            message=f"{done}/{total} trials finished"
+            + (f" ({pruned} stopped early)" if pruned else "")
+            + f", {running} running (parallelism {sweep.parallelism}).",
         )
+        if best is not None:
+            status["bestTrial"] = best
     else:
-        objective = spec.sweep.objective
-        best = best_trial(states, objective.metric, objective.direction)
+        succeeded = sum(1 for t in ordered if t.get("phase") == TrialPhase.SUCCEEDED.value)
         if best is None:
             status.update(
                 phase=TrainingRunPhase.FAILED.value,
                 reason="NoSuccessfulTrial",
-                message=f"None of the {len(plan)} trials succeeded with metric {objective.metric}.",
+                message=f"None of the {total} trials succeeded with metric {metric}.",
             )
         else:
-            best_observation = observations.get(best.index)
-            status.update(bestTrial=best.index, metrics=dict(best.metrics))
+            best_observation = observations.get(best) or _observe_finished(
+                by_index.get(best), pods, trials[best]["jobName"]
+            )
+            status.update(bestTrial=best, metrics=dict(trials[best].get("metrics") or {}))
             if best_observation is None or best_observation.result is None:
                 status.update(
                     phase=TrainingRunPhase.FAILED.value,
                     reason="ResultMissing",
-                    message=f"The best trial ({best.index}) has no result to register any more.",
+                    message=f"The best trial ({best}) has no result to register any more.",
                 )
             else:
                 status.update(
                     phase=TrainingRunPhase.SUCCEEDED.value,
                     reason="Succeeded",
-                    message=f"{len(succeeded)}/{len(plan)} trials succeeded; trial {best.index} is the "
-                    f"best by {objective.metric} ({objective.direction.value}).",
-                    jobName=trials[best.index]["jobName"],
+                    message=f"{succeeded}/{total} trials succeeded"
+                    + (f" ({pruned} stopped early)" if pruned else "")
+                    + f"; trial {best} is the best by {metric} ({sweep.objective.direction.value}).",
+                    jobName=trials[best]["jobName"],
                 )
-                status, registration = _registration(
-                    spec, best_observation, trials[best.index]["params"], status
-                )
+                params = {**spec.params, **(trials[best].get("params") or {})}
+                status, registration = _registration(spec, best_observation, params, status)
         status["completionTime"] = max(
-            (o.completion_time for o in observations.values() if o.completion_time), default=None
+            (o.completion_time for o in observations.values() if o.completion_time),
+            default=previous.get("completionTime"),
         )
     starts = [o.start_time for o in observations.values() if o.start_time]
+    if previous.get("startTime"):
+        starts.append(previous["startTime"])
     if starts:
         status["startTime"] = min(starts)
     if status.get("metrics"):
         status["keyMetric"] = run_key_metric(spec, status["metrics"])
     return RunPlan(
-        jobs_to_create=[render_job(run, spec, artifact_root, trial, champion) for trial in to_start],
+        jobs_to_create=[render_job(run, spec, artifact_root, trial, champion) for trial in to_create],
+        jobs_to_delete=[
+            entry["jobName"]
+            for entry in ordered
+            if entry.get("phase") == TrialPhase.PRUNED.value and entry["index"] in by_index
+        ],
         registration=registration,
         status=status,
+        events=events,
     )
+
+
+def prune_message(index: int, pruning: Pruning, metric: str) -> str:
+    """What a stopped trial's event says: the step, its value and what it had to reach."""
+    against = (
+        (
+            f"the median of the completed trials, {pruning.threshold:.4g}"
+            if pruning.rule == EarlyStoppingRule.MEDIAN
+            else f"its rung's cut-off, {pruning.threshold:.4g}"
+        )
+        if pruning.threshold is not None
+        else "the others"
+    )
+    return (
+        f"Trial {index} stopped at step {pruning.step} ({pruning.rule.value}): its best {metric} so far, "
+        f"{pruning.value:.4g}, is worse than {against}."
+    )
+
+
+def _observe_finished(
+    job: Mapping[str, Any] | None, pods: Sequence[Mapping[str, Any]], name: str
+) -> JobObservation | None:
+    return None if job is None else observe_job(job, _pods_of(pods, name))
 
 
 def _status_of(spec: TrainingRunSpec, observation: JobObservation, name: str) -> dict[str, Any]:
@@ -241,8 +350,22 @@ def _registration(
     return status, Registration(result=result, params=dict(params), image_digest=observation.image_digest)
 
 
+_TRIAL_FIELDS = (
+    "index",
+    "params",
+    "phase",
+    "metrics",
+    "jobName",
+    "curve",
+    "rungs",
+    "pruning",
+    "suggestedAfter",
+    "finishedOrder",
+)
+
+
 def _trial_status(entry: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: entry[k] for k in ("index", "params", "phase", "metrics", "jobName") if k in entry}
+    return {k: entry[k] for k in _TRIAL_FIELDS if k in entry}
 
 
 def _pods_of(pods: Sequence[Mapping[str, Any]], job: str) -> list[Mapping[str, Any]]:
@@ -262,6 +385,8 @@ def _carry(previous: Mapping[str, Any]) -> dict[str, Any]:
         "artifactUri",
         "datasetHash",
         "trials",
+        "trialsStarted",
+        "trialsDropped",
         "bestTrial",
         "champion",
     )

@@ -1,75 +1,139 @@
-"""Hyperparameter sweeps: which trials to run, how many at once, and which one won."""
+"""Hyperparameter sweeps: the next trials' parameters, which trial won, and a status that stays small.
+
+No sweep is ever expanded: a Grid trial decodes its own position, a Random one samples positions lazily
+(or asks Optuna for ranges), and a learning search asks ``modelloop.training.search``. Only the trials
+that run next are ever materialised.
+"""
 
 from __future__ import annotations
 
-import math
+import json
 import random
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from typing import Any
 
-from modelloop.api import ObjectiveDirection, Sweep, SweepStrategy, TrainingRunPhase
+from modelloop.api import ObjectiveDirection, ParameterRange, ParameterType, Sweep, SweepStrategy, TrialPhase
 from modelloop.api.meta import ParamValue
-from modelloop.training.job import TrialPlan
+from modelloop.api.sweep import MAX_CURVE_POINTS
+from modelloop.training import search
+from modelloop.training.search import TrialRecord
+
+STATUS_BUDGET_BYTES = 600_000
+"""What status.trials may take, serialised: etcd keeps objects under 1.5 MiB, and the run's spec and the
+rest of its status need room too."""
+RECENT_CURVES = 200
+"""Finished trials past the newest this many keep no curve when the budget runs short (pruning judges
+against the recent ones)."""
+FINAL_TRIAL_PHASES = (TrialPhase.SUCCEEDED, TrialPhase.FAILED, TrialPhase.PRUNED)
 
 
-@dataclass(frozen=True)
-class TrialState:
-    """What is known of a trial: whether its Job exists, its phase and metrics."""
-
-    index: int
-    has_job: bool
-    phase: TrainingRunPhase | None = None
-    metrics: Mapping[str, float] = field(default_factory=dict)
-
-    @property
-    def finished(self) -> bool:
-        return self.phase in (TrainingRunPhase.SUCCEEDED, TrainingRunPhase.FAILED)
-
-
-def plan_trials(sweep: Sweep, seed: int = 0) -> list[TrialPlan]:
-    """The sweep's trials, in order; the same sweep and seed always give the same plan, so that a
-    restarted operator continues the sweep it started.
-
-    Grid takes the combinations in order (parameters in the order written, the last varying fastest) up
-    to maxTrials; Random samples maxTrials distinct combinations with the seed.
-    """
-    names = list(sweep.parameters)
-    sizes = [len(sweep.parameters[name]) for name in names]
-    total = math.prod(sizes)
-    limit = min(total, sweep.max_trials) if sweep.max_trials is not None else total
+def trial_params(
+    sweep: Sweep, index: int, records: Sequence[TrialRecord], seed: int
+) -> dict[str, ParamValue]:
+    """The sweep's parameters of trial ``index``: a function of the sweep, the trials recorded before it
+    and the seed, so that a restarted operator suggests what the dead one would have."""
+    if search.uses_optuna(sweep):
+        return search.suggest(sweep, records, seed, index)
     if sweep.strategy == SweepStrategy.RANDOM:
-        positions = sorted(random.Random(seed).sample(range(total), limit))
-    else:
-        positions = list(range(limit))
-    return [
-        TrialPlan(index=i, params=_combination(sweep, names, sizes, position))
-        for i, position in enumerate(positions)
+        return grid_point(sweep, _random_position(sweep, index, seed))
+    return grid_point(sweep, index)
+
+
+def grid_point(sweep: Sweep, position: int) -> dict[str, ParamValue]:
+    """Decode a position in the grid (mixed radix, parameters in the order written, lists before ranges,
+    the last varying fastest) into parameter values."""
+    axes: list[tuple[str, int]] = [(name, len(values)) for name, values in sweep.parameters.items()]
+    axes += [(name, spec.grid_size() or 1) for name, spec in sweep.space.items()]
+    values: dict[str, ParamValue] = {}
+    for name, size in reversed(axes):
+        position, digit = divmod(position, size)
+        values[name] = _axis_value(sweep, name, digit)
+    return {name: values[name] for name, _ in axes}
+
+
+def _axis_value(sweep: Sweep, name: str, digit: int) -> ParamValue:
+    if name in sweep.parameters:
+        return sweep.parameters[name][digit]
+    spec: ParameterRange = sweep.space[name]
+    if spec.values is not None:
+        return spec.values[digit]
+    assert spec.min is not None
+    if spec.type == ParameterType.INT:
+        return int(spec.min) + digit * int(spec.step or 1)
+    assert spec.step is not None
+    return round(spec.min + digit * spec.step, 12)
+
+
+def _random_position(sweep: Sweep, index: int, seed: int) -> int:
+    """The ``index``-th of maxTrials distinct grid positions drawn with ``seed`` (sampled, never listed)."""
+    total = sweep.grid_size()
+    count = sweep.trial_count()
+    positions = sorted(random.Random(seed).sample(range(total), count))
+    return positions[index]
+
+
+def best_trial(trials: Sequence[Mapping[str, Any]], metric: str, direction: ObjectiveDirection) -> int | None:
+    """The index of the succeeded trial with the best objective metric (the lowest index on ties)."""
+    candidates = [
+        t for t in trials if t.get("phase") == TrialPhase.SUCCEEDED and metric in (t.get("metrics") or {})
     ]
-
-
-def trials_to_start(
-    plan: Sequence[TrialPlan], states: Sequence[TrialState], parallelism: int
-) -> list[TrialPlan]:
-    """The next trials to create Jobs for, so that at most ``parallelism`` run at once."""
-    by_index = {state.index: state for state in states}
-    running = sum(1 for s in states if s.has_job and not s.finished)
-    waiting = [t for t in plan if not (by_index.get(t.index) and by_index[t.index].has_job)]
-    return waiting[: max(0, parallelism - running)]
-
-
-def best_trial(states: Sequence[TrialState], metric: str, direction: ObjectiveDirection) -> TrialState | None:
-    """The succeeded trial with the best objective metric (the lowest index on ties), or None."""
-    candidates = [s for s in states if s.phase == TrainingRunPhase.SUCCEEDED and metric in s.metrics]
     if not candidates:
         return None
     sign = 1.0 if direction == ObjectiveDirection.MAXIMIZE else -1.0
-    return max(candidates, key=lambda s: (sign * s.metrics[metric], -s.index))
+    best = max(candidates, key=lambda t: (sign * t["metrics"][metric], -t["index"]))
+    return int(best["index"])
 
 
-def _combination(sweep: Sweep, names: list[str], sizes: list[int], position: int) -> dict[str, ParamValue]:
-    """Decode a position in the grid (mixed radix, last parameter fastest) into parameter values."""
-    values: dict[str, ParamValue] = {}
-    for name, size in zip(reversed(names), reversed(sizes), strict=True):
-        position, digit = divmod(position, size)
-        values[name] = sweep.parameters[name][digit]
-    return {name: values[name] for name in names}
+def record_of(trial: Mapping[str, Any], metric: str) -> TrialRecord:
+    """What the search needs of a trial as status records it."""
+    curve = trial.get("curve") or {}
+    return TrialRecord(
+        index=int(trial["index"]),
+        params=trial.get("params") or {},
+        phase=TrialPhase(trial.get("phase") or TrialPhase.PENDING),
+        value=(trial.get("metrics") or {}).get(metric),
+        curve=tuple(zip(curve.get("steps") or (), curve.get("values") or (), strict=False)),
+        rungs=tuple(trial.get("rungs") or ()),
+        suggested_after=int(trial.get("suggestedAfter") or 0),
+        finished_order=trial.get("finishedOrder"),
+    )
+
+
+def merge_curve(
+    curve: Mapping[str, Any] | None, points: Sequence[tuple[int, Mapping[str, float]]], metric: str
+) -> dict[str, list[Any]] | None:
+    """The recorded curve with the objective of newly reported points added (the first steps only)."""
+    merged = dict(zip((curve or {}).get("steps") or (), (curve or {}).get("values") or (), strict=False))
+    for step, metrics in points:
+        if metric in metrics and step not in merged:
+            merged[step] = float(metrics[metric])
+    if not merged:
+        return None
+    steps = sorted(merged)[:MAX_CURVE_POINTS]
+    return {"steps": steps, "values": [merged[s] for s in steps]}
+
+
+def compact_trials(
+    trials: list[dict[str, Any]], keep: set[int], budget: int = STATUS_BUDGET_BYTES
+) -> tuple[list[dict[str, Any]], int]:
+    """Trials that fit ``budget`` bytes serialised: first the curves of finished trials past the newest
+    ``RECENT_CURVES`` go, then the oldest finished trials (never those in ``keep``, nor unfinished ones).
+    Returns the trials kept and how many were dropped."""
+
+    def size(items: Sequence[Mapping[str, Any]]) -> int:
+        return len(json.dumps(items, separators=(",", ":")))
+
+    if size(trials) <= budget:
+        return trials, 0
+    finished = [t for t in trials if t.get("phase") in FINAL_TRIAL_PHASES and t["index"] not in keep]
+    old = {t["index"] for t in finished[:-RECENT_CURVES]} if len(finished) > RECENT_CURVES else set()
+    trials = [{k: v for k, v in t.items() if k != "curve"} if t["index"] in old else t for t in trials]
+    finished = [t for t in trials if t.get("phase") in FINAL_TRIAL_PHASES and t["index"] not in keep]
+    total = size(trials)
+    dropped: set[int] = set()
+    for trial in finished:
+        if total <= budget:
+            break
+        dropped.add(trial["index"])
+        total -= len(json.dumps(trial, separators=(",", ":"))) + 1
+    return [t for t in trials if t["index"] not in dropped], len(dropped)
