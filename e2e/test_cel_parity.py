@@ -76,6 +76,42 @@ SWEEP: dict[str, Any] = {
     "parameters": {"max_depth": [2, 4, 8]},
     "objective": {"metric": "accuracy"},
 }
+FLOAT_RANGE: dict[str, Any] = {"type": "float", "min": 0.0, "max": 1.0}
+LOG_RANGE: dict[str, Any] = {"type": "float", "min": 1e-4, "max": 1.0, "log": True}
+# The rules of one range: (a name, the message, what the API server appends to the field, valid, invalid).
+RANGE_CASES: list[tuple[str, str, str, dict[str, Any], dict[str, Any]]] = [
+    (
+        "bounds",
+        "a float or int range needs min and max; a categorical one needs values",
+        "",
+        FLOAT_RANGE,
+        {"type": "float", "min": 0.0},
+    ),
+    (
+        "categorical",
+        "a categorical range takes only values (no min, max, step or log)",
+        "",
+        {"type": "categorical", "values": ["relu", "tanh"]},
+        {"type": "categorical", "values": ["relu"], "min": 1.0},
+    ),
+    (
+        "values",
+        "values are for a categorical range; a float or int range takes min and max",
+        ".values",
+        FLOAT_RANGE,
+        {**FLOAT_RANGE, "values": [0.5]},
+    ),
+    ("order", "min must not exceed max", ".min", FLOAT_RANGE, {**FLOAT_RANGE, "min": 2.0}),
+    ("log", "a log range needs min > 0", ".min", LOG_RANGE, {**LOG_RANGE, "min": 0.0}),
+    ("log-step", "a log range takes no step", ".step", LOG_RANGE, {**LOG_RANGE, "step": 0.1}),
+    (
+        "int",
+        "an int range's min, max and step are integers",
+        "",
+        {"type": "int", "min": 1, "max": 9, "step": 2},
+        {"type": "int", "min": 1, "max": 9, "step": 1.5},
+    ),
+]
 MODEL_VERSION_SPEC: dict[str, Any] = {
     "modelName": "iris",
     "version": 3,
@@ -210,10 +246,94 @@ TRAINING_RUN_CASES = [
     Case(
         kind="TrainingRun",
         at=".spec.sweep",
-        message="spec.sweep.maxTrials is required when spec.sweep.strategy is Random",
+        message="spec.sweep.maxTrials is required unless spec.sweep.strategy is Grid",
         field="spec.sweep.maxTrials",
-        valid=training_run("random", sweep={**SWEEP, "strategy": "Random", "maxTrials": 2}),
+        valid=training_run("bayesian", sweep={**SWEEP, "strategy": "Bayesian", "maxTrials": 2}),
         invalid=training_run("random-unbounded", sweep={**SWEEP, "strategy": "Random"}),
+    ),
+    Case(
+        kind="TrainingRun",
+        at=".spec.sweep",
+        message="spec.sweep needs parameters (lists) or space (ranges)",
+        field="spec.sweep.parameters",
+        valid=training_run("space-only", sweep={**SWEEP, "parameters": {}, "space": {"lr": LOG_RANGE}}),
+        invalid=training_run("nothing-to-vary", sweep={"objective": {"metric": "accuracy"}}),
+    ),
+    Case(
+        kind="TrainingRun",
+        at=".spec.sweep",
+        message="spec.sweep varies at most 16 parameters (parameters and space together)",
+        field="spec.sweep.space",
+        valid=training_run(
+            "sixteen",
+            sweep={
+                **SWEEP,
+                "parameters": {f"p{i}": [1] for i in range(8)},
+                "space": {f"r{i}": {"type": "categorical", "values": [1]} for i in range(8)},
+            },
+        ),
+        invalid=training_run(
+            "seventeen",
+            sweep={
+                **SWEEP,
+                "parameters": {f"p{i}": [1] for i in range(9)},
+                "space": {f"r{i}": {"type": "categorical", "values": [1]} for i in range(8)},
+            },
+        ),
+    ),
+    Case(
+        kind="TrainingRun",
+        at=".spec.sweep",
+        message="spec.sweep.space names a parameter that spec.sweep.parameters lists too",
+        field="spec.sweep.space",
+        valid=training_run("apart", sweep={**SWEEP, "space": {"lr": LOG_RANGE}}),
+        invalid=training_run("twice", sweep={**SWEEP, "space": {"max_depth": LOG_RANGE}}),
+    ),
+    Case(
+        kind="TrainingRun",
+        at=".spec.sweep",
+        message="spec.sweep.space: a Grid sweep needs a step for every float range",
+        field="spec.sweep.space",
+        valid=training_run("stepped", sweep={**SWEEP, "space": {"lr": {**FLOAT_RANGE, "step": 0.25}}}),
+        invalid=training_run("continuous-grid", sweep={**SWEEP, "space": {"lr": FLOAT_RANGE}}),
+    ),
+    Case(
+        kind="TrainingRun",
+        at=".spec.sweep",
+        message="spec.sweep.parameters: a Grid sweep may have at most 1000 combinations (the product of the "
+        "parameters' value counts), or 1000000 with spec.sweep.maxTrials",
+        field="spec.sweep.parameters",
+        # 10 x 10 x 10 = 1000 combinations pass; 100 x 100 x 100, the grid that once kept the operator busy
+        # for as long as it existed, does not.
+        valid=training_run("thousand", sweep={**SWEEP, "parameters": {k: list(range(10)) for k in "abc"}}),
+        invalid=training_run("million", sweep={**SWEEP, "parameters": {k: list(range(100)) for k in "abc"}}),
+    ),
+    Case(
+        kind="TrainingRun",
+        at=".spec.sweep",
+        message="spec.sweep.earlyStopping.minTrials must be below spec.sweep.maxTrials",
+        field="spec.sweep.earlyStopping.minTrials",
+        valid=training_run("stops", sweep={**SWEEP, "maxTrials": 3, "earlyStopping": {"rule": "Median"}}),
+        invalid=training_run(
+            "never-stops",
+            sweep={**SWEEP, "maxTrials": 3, "earlyStopping": {"rule": "Median", "minTrials": 3}},
+        ),
+    ),
+    *(
+        Case(
+            kind="TrainingRun",
+            at=".spec.sweep.space{}",
+            message=message,
+            field=f"spec.sweep.space[lr]{suffix}",
+            valid=training_run(
+                f"range-{name}", sweep={**SWEEP, "strategy": "Random", "maxTrials": 2, "space": {"lr": valid}}
+            ),
+            invalid=training_run(
+                f"range-{name}-bad",
+                sweep={**SWEEP, "strategy": "Random", "maxTrials": 2, "space": {"lr": invalid}},
+            ),
+        )
+        for name, message, suffix, valid, invalid in RANGE_CASES
     ),
 ]
 

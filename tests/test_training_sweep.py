@@ -295,3 +295,12 @@ def test_status_stays_under_its_budget_by_dropping_old_curves_then_the_oldest_fi
     assert indexes[1:] == sorted(indexes[1:]) and indexes[2] > 3  # the oldest went first
     assert "curve" in kept[-2]  # the newest keep their curves
     assert compact_trials(trials[:10], keep=set()) == (trials[:10], 0)
+
+
+def test_random_over_an_astronomic_grid_draws_without_listing_it() -> None:
+    astronomic = sweep(
+        strategy="Random", maxTrials=1000, parameters={f"p{i}": list(range(100)) for i in range(16)}
+    )
+    assert astronomic.grid_size() == 100**16
+    drawn = [tuple(trial_params(astronomic, i, [], 1).values()) for i in (0, 1, 999)]
+    assert len(set(drawn)) == 3

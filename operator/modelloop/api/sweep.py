@@ -209,7 +209,8 @@ class Sweep(ApiModel):
                 reason="FieldValueRequired",
             ),
             CelRule(
-                rule="has(self.parameters) || has(self.space)",
+                rule="(has(self.parameters) && size(self.parameters) > 0) || "
+                "(has(self.space) && size(self.space) > 0)",
                 message="spec.sweep needs parameters (lists) or space (ranges)",
                 field_path=".parameters",
                 reason="FieldValueRequired",

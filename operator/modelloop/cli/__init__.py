@@ -176,6 +176,32 @@ def _parse_at(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 
 
 @main.command()
+@click.argument("name")
+@namespace_option
+@output_option
+def trials(name: str, namespace: str | None, output: str) -> None:
+    """Show the trials of the TrainingRun NAME's sweep: phase, objective, learning curve, parameters, and
+    why a trial was stopped early (* marks the best)."""
+    from modelloop import kube
+    from modelloop.api import TRAINING_RUN
+    from modelloop.cli.render import render_trials
+
+    namespace = namespace or kube.current_namespace()
+
+    async def read() -> Any:
+        run = await kube.get_object(TRAINING_RUN.plural, namespace, name)
+        if run is None:
+            raise click.ClickException(f"TrainingRun {name} not found in namespace {namespace}")
+        return run
+
+    run = _read_cluster(read)
+    if output == "json":
+        click.echo(json.dumps((run.get("status") or {}).get("trials") or [], indent=2))
+    else:
+        click.echo(render_trials(run), nl=False)
+
+
+@main.command()
 @click.argument("model")
 @namespace_option
 @click.option(

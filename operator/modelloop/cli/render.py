@@ -152,3 +152,56 @@ def render_rollout(service: Mapping[str, Any]) -> str:
 
 def _or_dash(value: Any) -> str:
     return "-" if value is None else str(value)
+
+
+_BARS = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: Sequence[float], low: float, high: float, width: int = 24) -> str:
+    """``values`` as bars between ``low`` and ``high`` (the last ``width`` of them)."""
+    span = (high - low) or 1.0
+    return "".join(
+        _BARS[min(len(_BARS) - 1, max(0, int((v - low) / span * (len(_BARS) - 1) + 0.5)))]
+        for v in values[-width:]
+    )
+
+
+def render_trials(run: Mapping[str, Any]) -> str:
+    """A sweep's trials as ``modelloop trials`` shows them: phase, objective, learning curve, params, and
+    why a trial was stopped early."""
+    spec, status = run.get("spec") or {}, run.get("status") or {}
+    sweep = spec.get("sweep") or {}
+    metric = (sweep.get("objective") or {}).get("metric", "-")
+    trials = status.get("trials") or []
+    curves = [v for t in trials for v in ((t.get("curve") or {}).get("values") or ())]
+    low, high = (min(curves), max(curves)) if curves else (0.0, 1.0)
+    best = status.get("bestTrial")
+    lines = [
+        f"Name:       {run['metadata']['name']}",
+        f"Strategy:   {sweep.get('strategy', 'Grid')}"
+        + (f", early stopping {sweep['earlyStopping']['rule']}" if sweep.get("earlyStopping") else ""),
+        f"Phase:      {status.get('phase', '-')}"
+        + (f" ({status['message']})" if status.get("message") else ""),
+        f"Trials:     {status.get('trialsStarted', len(trials))} started"
+        + (f", {status['trialsDropped']} dropped from status" if status.get("trialsDropped") else ""),
+        f"Curves:     {metric} from {low:.4g} (▁) to {high:.4g} (█)",
+        "",
+        f"{'TRIAL':>5}  {'PHASE':<9}  {metric.upper():>10}  {'CURVE':<24}  PARAMS",
+    ]
+    for trial in trials:
+        value = (trial.get("metrics") or {}).get(metric)
+        values = (trial.get("curve") or {}).get("values") or []
+        mark = "*" if trial.get("index") == best else " "
+        lines.append(
+            f"{trial.get('index', ''):>4}{mark}  {trial.get('phase', '-'):<9}  "
+            f"{'-' if value is None else f'{value:.4g}':>10}  {sparkline(values, low, high):<24}  "
+            f"{_pairs(trial.get('params') or {}) or '-'}"
+        )
+        pruning = trial.get("pruning")
+        if pruning:
+            against = pruning.get("threshold")
+            lines.append(
+                f"{'':>7}stopped at step {pruning['step']} by {pruning['rule']}: best {pruning['value']:.4g}"
+                + (f" against {against:.4g}" if against is not None else "")
+            )
+    return "\n".join(lines) + "\n"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -45,13 +46,25 @@ DEBOUNCE_SECONDS = 0.2
 logger = logging.getLogger(__name__)
 
 
+# What one run's spec may take in the operator's memory, serialised. The schema bounds every field, but
+# their product is still large (an affinity of 8 terms of 8 expressions of 32 values); a spec over this is
+# refused with InvalidSpec and the index keeps none of it, so that no one object takes the memory of others.
+MAX_SPEC_BYTES = 128 * 1024
+OVERSIZED = "oversizedSpec"
+
+
 # Index functions are async: kopf would run plain functions in a thread, once per event.
 @kopf.index(GROUP, VERSION, PLURAL)
 async def training_runs(
     namespace: str | None, name: str, body: kopf.Body, **_: Any
 ) -> dict[RunKey, dict[str, Any]]:
-    """Every TrainingRun by (namespace, name)."""
-    return {(namespace or "", name): slim_object(body)}
+    """Every TrainingRun by (namespace, name); of a spec too large to keep, only its size."""
+    slim = slim_object(body)
+    size = len(json.dumps(slim["spec"], separators=(",", ":")))
+    if size > MAX_SPEC_BYTES:
+        slim["spec"] = {}
+        slim[OVERSIZED] = size
+    return {(namespace or "", name): slim}
 
 
 @kopf.index("batch", "v1", "jobs", labels={LABEL_TRAINING_RUN: kopf.PRESENT})
@@ -161,14 +174,23 @@ class TrainingRunController:
         key = (run["metadata"]["namespace"], run["metadata"]["name"])
         previous = run.get("status") or {}
         generation = int(run["metadata"].get("generation") or 1)
-        try:
-            spec = TrainingRunSpec.model_validate(run["spec"])
-        except pydantic.ValidationError as error:
+        problem = None
+        if run.get(OVERSIZED):
+            problem = (
+                f"spec is {run[OVERSIZED]} bytes serialised; the operator takes at most {MAX_SPEC_BYTES} "
+                "(shorten params, affinity or the sweep's values)"
+            )
+        else:
+            try:
+                spec = TrainingRunSpec.model_validate(run["spec"])
+            except pydantic.ValidationError as error:
+                problem = describe_validation_error(error)
+        if problem is not None:
             status = {
                 **{k: v for k, v in previous.items() if k not in ("reason", "message")},
                 "phase": previous.get("phase") or TrainingRunPhase.PENDING.value,
                 "reason": INVALID_SPEC,
-                "message": describe_validation_error(error),
+                "message": problem,
             }
             await self._write(run, status, generation)
             return

@@ -65,11 +65,18 @@ def _axis_value(sweep: Sweep, name: str, digit: int) -> ParamValue:
 
 
 def _random_position(sweep: Sweep, index: int, seed: int) -> int:
-    """The ``index``-th of maxTrials distinct grid positions drawn with ``seed`` (sampled, never listed)."""
+    """The ``index``-th of maxTrials distinct grid positions drawn with ``seed`` (drawn one by one, never
+    listed: a grid of 16 parameters of 100 values has 10**32 positions)."""
     total = sweep.grid_size()
-    count = sweep.trial_count()
-    positions = sorted(random.Random(seed).sample(range(total), count))
-    return positions[index]
+    rng = random.Random(seed)
+    seen: set[int] = set()
+    drawn: list[int] = []
+    while len(drawn) <= index:
+        position = rng.randrange(total)
+        if position not in seen:
+            seen.add(position)
+            drawn.append(position)
+    return drawn[index]
 
 
 def best_trial(trials: Sequence[Mapping[str, Any]], metric: str, direction: ObjectiveDirection) -> int | None:
