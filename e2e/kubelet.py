@@ -6,6 +6,11 @@ the pod's environment, on this machine, with the trainer runtime's environment a
 then it writes the container's termination state and message into the pod's status. The one deliberate
 difference: the termination-message file, /dev/termination-log in a container, is a temporary file here,
 as the kubelet maps a host file there (MODELLOOP_RESULT_PATH points to it).
+
+The container's stdout and stderr go, line by line as the program writes them, to a log file in the CRI
+format a kubelet's runtime writes; a kwok ``Logs`` object of the pod's name points kwok's kubelet-like
+server at that file, so that the pod's log through the API (`kubectl logs`) shows the program's output
+while it runs, as it would on a real node.
 """
 
 from __future__ import annotations
@@ -13,15 +18,17 @@ from __future__ import annotations
 import datetime
 import json
 import subprocess
+import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from e2e.harness import ROOT, Cluster
 
 TRAINER_BIN = ROOT / ".venvs" / "trainer" / "bin"
 HOLD = {"sim.modelloop.dev/outcome": "Hold"}
 TERMINATION_MESSAGE_LIMIT = 4096  # bytes the kubelet keeps of a termination message
+LOG_LINE_LIMIT = 16 * 1024  # a longer line goes into the log in parts (tag P), as the kubelet's runtime does
 
 
 @dataclass(frozen=True)
@@ -35,7 +42,8 @@ class Execution:
 
 
 def run_pod(cluster: Cluster, pod: dict[str, Any], workdir: Path, timeout: float = 300) -> Execution:
-    """Run the pod's (single) container here and report its end into the pod's status."""
+    """Run the pod's (single) container here and report its end into the pod's status; its output is the
+    pod's log (see :func:`pod_log`) while and after it runs."""
     spec = pod["spec"]["containers"][0]
     env = {}
     for item in spec.get("env") or ():
@@ -44,23 +52,108 @@ def run_pod(cluster: Cluster, pod: dict[str, Any], workdir: Path, timeout: float
     name = pod["metadata"]["name"]
     termination_log = workdir / f"{name}.termination-log"
     env["MODELLOOP_RESULT_PATH"] = str(termination_log)
+    log_file = (workdir / f"{name}.log").resolve()
+    log_file.write_bytes(b"")
+    publish_log(cluster, pod, log_file)
     command = [*spec.get("command", []), *spec.get("args", [])]
     started = _now()
-    process = subprocess.run(
-        command,
-        env={"PATH": f"{TRAINER_BIN}:/usr/local/bin:/usr/bin:/bin", "HOME": str(workdir), **env},
-        cwd=workdir,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    stderr: list[bytes] = []
+    with log_file.open("ab") as log:
+        lock = threading.Lock()
+        process = subprocess.Popen(
+            command,
+            env={"PATH": f"{TRAINER_BIN}:/usr/local/bin:/usr/bin:/bin", "HOME": str(workdir), **env},
+            cwd=workdir,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert process.stdout is not None and process.stderr is not None
+        pumps = [
+            threading.Thread(target=_pump, args=(process.stdout, "stdout", log, lock, None), daemon=True),
+            threading.Thread(target=_pump, args=(process.stderr, "stderr", log, lock, stderr), daemon=True),
+        ]
+        for pump in pumps:
+            pump.start()
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            raise
+        finally:
+            for pump in pumps:
+                pump.join(timeout=10)
     message = (
         termination_log.read_bytes()[:TERMINATION_MESSAGE_LIMIT].decode(errors="replace")
         if termination_log.exists()
         else ""
     )
     report_termination(cluster, pod, process.returncode, message, started)
-    return Execution(name, process.returncode, message, process.stderr)
+    stderr_text = b"".join(stderr).decode(errors="replace").replace("\r\n", "\n")
+    return Execution(name, process.returncode, message, stderr_text)
+
+
+def publish_log(cluster: Cluster, pod: dict[str, Any], log_file: Path) -> None:
+    """Create (or update) the kwok ``Logs`` object of the pod (same name and namespace), so that kwok
+    serves the pod's container log from ``log_file``, following it as it grows. It belongs to the pod:
+    the garbage collector removes it with the pod."""
+    metadata = pod["metadata"]
+    logs: dict[str, Any] = {
+        "apiVersion": "kwok.x-k8s.io/v1alpha1",
+        "kind": "Logs",
+        "metadata": {"name": metadata["name"], "namespace": metadata["namespace"]},
+        "spec": {
+            "logs": [
+                {
+                    "containers": [c["name"] for c in pod["spec"]["containers"]],
+                    "logsFile": str(log_file),
+                    "follow": True,
+                }
+            ]
+        },
+    }
+    if metadata.get("uid"):
+        logs["metadata"]["ownerReferences"] = [
+            {"apiVersion": "v1", "kind": "Pod", "name": metadata["name"], "uid": metadata["uid"]}
+        ]
+    cluster.apply(logs, metadata["namespace"])
+
+
+def pod_log(
+    cluster: Cluster,
+    namespace: str,
+    pod: str,
+    tail_lines: int | None = None,
+    limit_bytes: int | None = None,
+) -> str:
+    """The pod's log through the API (``GET .../pods/POD/log``, with ``tailLines`` and ``limitBytes``), as
+    `kubectl logs` shows it; a failure raises :class:`~e2e.harness.KubectlError`."""
+    args = ["logs", pod, "-n", namespace]
+    if tail_lines is not None:
+        args.append(f"--tail={tail_lines}")
+    if limit_bytes is not None:
+        args.append(f"--limit-bytes={limit_bytes}")
+    return cluster.kubectl(*args).stdout
+
+
+def _pump(
+    source: IO[bytes], stream: str, log: IO[bytes], lock: threading.Lock, keep: list[bytes] | None
+) -> None:
+    """Copy a container's output stream into the log file in the CRI format, ``TIMESTAMP STREAM TAG
+    CONTENT`` a line (tag F: a full line; P: part of a longer one), each line flushed at once; with
+    ``keep``, keep what was read there too."""
+    while chunk := source.readline(LOG_LINE_LIMIT):
+        if keep is not None:
+            keep.append(chunk)
+        full = chunk.endswith(b"\n")
+        content = chunk[:-1] if full else chunk
+        # A line cut at the limit is a part; the last line of the stream, without its newline, is full.
+        tag = b"P" if not full and len(chunk) == LOG_LINE_LIMIT else b"F"
+        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ").encode()
+        with lock:
+            log.write(b" ".join((stamp, stream.encode(), tag, content)) + b"\n")
+            log.flush()
 
 
 def report_termination(

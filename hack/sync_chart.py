@@ -10,6 +10,7 @@ What it writes, each from its one source:
   chart's ``crds/`` folder, so upgradable CRDs must be templates.
 - ``templates/clusterrole.yaml``: the rules of ``manifests/operator/rbac.yaml``, comments and all.
 - ``templates/admission-registered-by.yaml``: ``manifests/admission/registered-by.yaml``.
+- ``templates/admission-free-form-bounds.yaml``: ``manifests/admission/free-form-bounds.yaml``.
 - ``crds/kopf-peering.yaml``: kopf's peering kinds, ``manifests/operator/peering-crds.yaml``. They never
   change and other kopf operators share them, so Helm's install-once ``crds/`` is right for them.
 - ``files/``: ``runtimes/server/clusterservingruntime.yaml`` and, once they exist,
@@ -124,23 +125,25 @@ def cluster_role_template() -> str:
     )
 
 
-def admission_template() -> str:
-    source = "manifests/admission/registered-by.yaml"
+def admission_template(source: str, kind: str, suffix: str, values_key: str) -> str:
+    """The chart's template of an admission policy and its binding in ``source`` (named
+    ``<fullname>-<suffix>``, installed when ``.Values.admission.<values_key>.enabled`` and the API server
+    serves ``kind``, or when forced)."""
     text = (ROOT / source).read_text()
-    policy = document_of_kind(text, "MutatingAdmissionPolicy", source)
-    binding = document_of_kind(text, "MutatingAdmissionPolicyBinding", source)
+    policy = document_of_kind(text, kind, source)
+    binding = document_of_kind(text, f"{kind}Binding", source)
     name = yaml.safe_load(policy)["metadata"]["name"]
     binding_spec = top_level_block(binding, "spec", source)
     if f"policyName: {name}" not in binding_spec:
         raise SystemExit(f"{source}: the binding does not name the policy {name}")
     binding_spec = escape(binding_spec).replace(
-        f"policyName: {name}", 'policyName: {{ include "modelloop.fullname" . }}-registered-by'
+        f"policyName: {name}", f'policyName: {{{{ include "modelloop.fullname" . }}}}-{suffix}'
     )
 
     def metadata() -> str:
         return (
             "metadata:\n"
-            '  name: {{ include "modelloop.fullname" . }}-registered-by\n'
+            f'  name: {{{{ include "modelloop.fullname" . }}}}-{suffix}\n'
             "  labels:\n"
             '    {{- include "modelloop.labels" . | nindent 4 }}\n'
             "    app.kubernetes.io/component: admission\n"
@@ -149,17 +152,14 @@ def admission_template() -> str:
     return (
         f"{{{{- /* {GENERATED.format(source=source)} */}}}}\n"
         "{{- $api := .Capabilities.APIVersions.Has "
-        '"admissionregistration.k8s.io/v1/MutatingAdmissionPolicy" }}\n'
-        "{{- $wanted := .Values.admission.registeredBy }}\n"
+        f'"admissionregistration.k8s.io/v1/{kind}" }}}}\n'
+        f"{{{{- $wanted := .Values.admission.{values_key} }}}}\n"
         "{{- if and $wanted.enabled (or $api $wanted.force) }}\n"
         + leading_comments(text)
         + "apiVersion: admissionregistration.k8s.io/v1\n"
-        "kind: MutatingAdmissionPolicy\n"
-        + metadata()
-        + escape(top_level_block(policy, "spec", source))
-        + "---\n"
+        f"kind: {kind}\n" + metadata() + escape(top_level_block(policy, "spec", source)) + "---\n"
         "apiVersion: admissionregistration.k8s.io/v1\n"
-        "kind: MutatingAdmissionPolicyBinding\n" + metadata() + binding_spec + "{{- end }}\n"
+        f"kind: {kind}Binding\n" + metadata() + binding_spec + "{{- end }}\n"
     )
 
 
@@ -247,7 +247,18 @@ def desired_files() -> dict[str, str]:
     files = {
         **crd_templates(),
         "templates/clusterrole.yaml": cluster_role_template(),
-        "templates/admission-registered-by.yaml": admission_template(),
+        "templates/admission-registered-by.yaml": admission_template(
+            "manifests/admission/registered-by.yaml",
+            "MutatingAdmissionPolicy",
+            "registered-by",
+            "registeredBy",
+        ),
+        "templates/admission-free-form-bounds.yaml": admission_template(
+            "manifests/admission/free-form-bounds.yaml",
+            "ValidatingAdmissionPolicy",
+            "free-form-bounds",
+            "freeFormBounds",
+        ),
         "crds/kopf-peering.yaml": peering_crds(),
     }
     for target, source in COPIED.items():

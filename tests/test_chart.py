@@ -88,13 +88,14 @@ def test_chart_cluster_role_has_exactly_the_rules_of_the_manifests() -> None:
     assert rendered["rules"] == role["rules"]
 
 
-def test_chart_admission_policy_is_the_manifests_policy() -> None:
-    manifests = list(yaml.safe_load_all(ADMISSION.read_text()))
-    rendered = untemplated((CHART / "templates" / "admission-registered-by.yaml").read_text())
+@pytest.mark.parametrize("suffix", ["registered-by", "free-form-bounds"])
+def test_chart_admission_policy_is_the_manifests_policy(suffix: str) -> None:
+    manifests = list(yaml.safe_load_all((ADMISSION.parent / f"{suffix}.yaml").read_text()))
+    rendered = untemplated((CHART / "templates" / f"admission-{suffix}.yaml").read_text())
     assert [doc["kind"] for doc in rendered] == [doc["kind"] for doc in manifests]
     assert rendered[0]["spec"] == manifests[0]["spec"]
-    assert rendered[1]["spec"] == {**manifests[1]["spec"], "policyName": "NAME-registered-by"}
-    assert rendered[0]["metadata"]["name"] == rendered[1]["metadata"]["name"] == "NAME-registered-by"
+    assert rendered[1]["spec"] == {**manifests[1]["spec"], "policyName": f"NAME-{suffix}"}
+    assert rendered[0]["metadata"]["name"] == rendered[1]["metadata"]["name"] == f"NAME-{suffix}"
 
 
 def test_sync_check_names_a_stale_file_and_sync_repairs_it(

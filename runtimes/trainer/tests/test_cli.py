@@ -13,6 +13,7 @@ from pathlib import Path
 import joblib
 import numpy as np
 import pandas as pd
+import pytest
 
 from modelloop_trainer.dataset import dataset_hash
 
@@ -57,7 +58,7 @@ def test_a_run_with_the_operators_environment_succeeds_and_leaves_loadable_artif
 
     message = termination_log.read_text()
     result = json.loads(message)
-    assert process.stdout.strip().splitlines()[-1] == message
+    assert process.stdout.strip().splitlines() == [message]  # a random forest has no steps to report
     assert len(message.encode()) < 4096
     assert set(result) == {
         "status",
@@ -101,6 +102,33 @@ def test_a_run_with_the_operators_environment_succeeds_and_leaves_loadable_artif
     hashed = modelloop_train({}, "--dataset-hash", "sklearn://iris")
     assert hashed.returncode == 0, hashed.stderr
     assert hashed.stdout.strip() == result["datasetHash"]
+
+
+def test_a_run_prints_a_progress_line_per_epoch_on_stdout_before_its_result(tmp_path: Path) -> None:
+    termination_log = tmp_path / "termination-log"
+    env = {
+        "MODELLOOP_PARAMS": json.dumps(
+            {"estimator": "TorchMLP", "hidden_sizes": [16], "epochs": 5, "lr": 0.01}
+        ),
+        "MODELLOOP_DATASET_URI": "sklearn://wine",
+        "MODELLOOP_OUTPUT_URI": (tmp_path / "out").as_uri(),
+        "MODELLOOP_RESULT_PATH": str(termination_log),
+        "MODELLOOP_DEVICE": "cpu",
+    }
+    process = modelloop_train(env)
+    assert process.returncode == 0, process.stderr
+    *progress, last = process.stdout.splitlines()
+    assert last == termination_log.read_text()
+    assert len(progress) == 5
+    for step, line in enumerate(progress, start=1):
+        prefix, body = line.split(" ", 1)
+        assert prefix == "modelloop:progress"
+        assert json.loads(body)["step"] == step
+        assert set(json.loads(body)["metrics"]) == {"accuracy", "f1_macro"}
+    metrics = json.loads(last)["metrics"]
+    for name, value in json.loads(progress[-1].split(" ", 1)[1])["metrics"].items():
+        assert value == pytest.approx(metrics[name], rel=1e-12)
+    assert "modelloop:progress" not in process.stderr
 
 
 def test_bad_data_exits_1_with_a_readable_reason_and_no_traceback_in_the_result(

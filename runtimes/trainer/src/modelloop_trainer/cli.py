@@ -1,8 +1,9 @@
 """``modelloop-train``: train from the ``MODELLOOP_*`` environment and report the result.
 
 Exit status 0 with a Succeeded result, 1 with a Failed one. The result goes to
-``MODELLOOP_RESULT_PATH`` (the termination message) and to stdout; tracebacks and
-progress go to stderr only.
+``MODELLOOP_RESULT_PATH`` (the termination message) and to stdout, as its last line, after
+the progress lines (:mod:`modelloop_trainer.progress`); tracebacks and log messages go to
+stderr only.
 """
 
 from __future__ import annotations

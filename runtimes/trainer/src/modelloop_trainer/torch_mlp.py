@@ -12,7 +12,7 @@ import io
 import os
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -99,8 +99,12 @@ class TorchMLP(BaseEstimator):  # type: ignore[misc]
 
     # -- training ---------------------------------------------------------------------------------
 
-    def fit(self, features: Any, target: Any) -> TorchMLP:
-        """Train from scratch on ``features`` (rows x columns) and ``target``."""
+    def fit(self, features: Any, target: Any, on_epoch: Callable[[int], None] | None = None) -> TorchMLP:
+        """Train from scratch on ``features`` (rows x columns) and ``target``.
+
+        ``on_epoch(epoch)`` (from 1) is called after each epoch; it may predict (see :meth:`predictor`),
+        which changes neither the weights nor the random streams of the training.
+        """
         import torch
 
         self.check_params()
@@ -153,7 +157,7 @@ class TorchMLP(BaseEstimator):  # type: ignore[misc]
         self.graph_replays_ = 0
         warm_up_steps = 0
         self.network_.train()
-        for _ in range(self.epochs):
+        for epoch in range(1, self.epochs + 1):
             started = time.perf_counter()
             permutation = torch.randperm(len(inputs), generator=order).to(device)
             total.zero_()
@@ -171,39 +175,66 @@ class TorchMLP(BaseEstimator):  # type: ignore[misc]
                     self.graph_replays_ += 1
             self.loss_history_.append(float(total) / len(inputs))  # float() waits for the device
             self.epoch_seconds_.append(time.perf_counter() - started)
+            if on_epoch is not None:
+                on_epoch(epoch)  # Linear and ReLU only: training and evaluation mode compute the same
         self.network_.eval()
         return self
 
     # -- prediction -------------------------------------------------------------------------------
 
-    def _forward(self, features: Any) -> np.ndarray:
+    def _input_chunks(self, features: Any) -> Iterator[torch.Tensor]:
+        """The rows filled and standardized, on the network's device, in chunks of _PREDICT_CHUNK rows."""
         import torch
 
         x = _as_matrix(features)
         x = (np.where(np.isnan(x), self.fill_, x) - self.mean_) / self.std_
         device = next(self.network_.parameters()).device
-        chunks = []
-        with torch.no_grad():
-            for start in range(0, len(x), _PREDICT_CHUNK):
-                part = torch.as_tensor(x[start : start + _PREDICT_CHUNK], dtype=torch.float32, device=device)
-                chunks.append(self.network_(part).cpu().numpy())
-        return np.concatenate(chunks) if chunks else np.empty((0, 1), dtype=np.float32)
+        for start in range(0, len(x), _PREDICT_CHUNK):
+            yield torch.as_tensor(x[start : start + _PREDICT_CHUNK], dtype=torch.float32, device=device)
 
-    def predict(self, features: Any) -> np.ndarray:
-        """Class labels (classification) or values (regression)."""
-        scores = self._forward(features)
+    def _scores(self, chunks: Iterable[torch.Tensor]) -> np.ndarray:
+        import torch
+
+        with torch.no_grad():
+            outputs = [self.network_(part).cpu().numpy() for part in chunks]
+        return np.concatenate(outputs) if outputs else np.empty((0, 1), dtype=np.float32)
+
+    def _labels(self, scores: np.ndarray) -> np.ndarray:
         if self.task == "classification":
             return np.asarray(self.classes_[scores.argmax(axis=1)])
         return scores[:, 0].astype(np.float64) * self.y_std_ + self.y_mean_
+
+    def _probabilities(self, scores: np.ndarray) -> np.ndarray:
+        if self.task != "classification":
+            raise AttributeError("predict_proba is only available for classification")
+        scores = scores.astype(np.float64)
+        scores -= scores.max(axis=1, keepdims=True)
+        exp = np.exp(scores)
+        return np.asarray(exp / exp.sum(axis=1, keepdims=True))
+
+    def predict(self, features: Any) -> np.ndarray:
+        """Class labels (classification) or values (regression)."""
+        return self._labels(self._scores(self._input_chunks(features)))
 
     def predict_proba(self, features: Any) -> np.ndarray:
         """Class probabilities, columns in the order of ``classes_``."""
         if self.task != "classification":
             raise AttributeError("predict_proba is only available for classification")
-        scores = self._forward(features).astype(np.float64)
-        scores -= scores.max(axis=1, keepdims=True)
-        exp = np.exp(scores)
-        return np.asarray(exp / exp.sum(axis=1, keepdims=True))
+        return self._probabilities(self._scores(self._input_chunks(features)))
+
+    def predictor(
+        self, features: Any, *, probabilities: bool = False
+    ) -> Callable[[], tuple[np.ndarray, np.ndarray | None]]:
+        """A function that returns what ``predict`` (and ``predict_proba``) return for ``features`` with
+        the current weights. The rows are prepared once, so a call costs one forward pass: for
+        evaluating after each epoch (from ``fit``'s ``on_epoch``, which may create it too)."""
+        chunks = list(self._input_chunks(features))
+
+        def current() -> tuple[np.ndarray, np.ndarray | None]:
+            scores = self._scores(chunks)
+            return self._labels(scores), self._probabilities(scores) if probabilities else None
+
+        return current
 
     # -- artifacts --------------------------------------------------------------------------------
 

@@ -34,13 +34,15 @@ from modelloop_trainer.device import resolve_device
 from modelloop_trainer.errors import FailureReason, TrainerError
 from modelloop_trainer.estimators import (
     EstimatorSpec,
+    Task,
     build_estimator,
     estimator_spec,
     resolve_task,
     with_imputer,
 )
-from modelloop_trainer.evaluation import evaluate, split_dataset
+from modelloop_trainer.evaluation import Split, evaluate, split_dataset
 from modelloop_trainer.result import finite_metrics
+from modelloop_trainer.stepwise import fit_with_progress
 from modelloop_trainer.torch_mlp import torch_version
 from modelloop_trainer.version import TRAINER_VERSION
 
@@ -109,7 +111,7 @@ def train(config: TrainerConfig) -> TrainingOutcome:
         estimator = with_imputer(estimator)
     log.info("training %s (%s) on %d rows, %s", spec.name, task, len(split.x_train), device)
     started = time.perf_counter()
-    model = _fit(spec, estimator, split.x_train, split.y_train)
+    model = _fit(spec, estimator, split, task)
     train_seconds = time.perf_counter() - started
     try:
         quality = evaluate(model, split, task)
@@ -161,9 +163,10 @@ def train(config: TrainerConfig) -> TrainingOutcome:
     return TrainingOutcome(result=result, details=details, model=model)
 
 
-def _fit(spec: EstimatorSpec, estimator: BaseEstimator, x: pd.DataFrame, y: pd.Series) -> Any:
+def _fit(spec: EstimatorSpec, estimator: BaseEstimator, split: Split, task: Task) -> Any:
+    """Fit on the training rows, printing progress lines to stdout for an estimator that trains in steps."""
     try:
-        return estimator.fit(x, y)
+        return fit_with_progress(estimator, split, task)
     except InvalidParameterError as exc:
         raise TrainerError(FailureReason.INVALID_PARAMETERS, f"{spec.name}: {exc}") from None
     except Exception as exc:
