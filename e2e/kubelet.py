@@ -19,6 +19,7 @@ import datetime
 import json
 import subprocess
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -41,9 +42,17 @@ class Execution:
     stderr: str
 
 
-def run_pod(cluster: Cluster, pod: dict[str, Any], workdir: Path, timeout: float = 300) -> Execution:
+def run_pod(
+    cluster: Cluster,
+    pod: dict[str, Any],
+    workdir: Path,
+    timeout: float = 300,
+    stop: threading.Event | None = None,
+) -> Execution:
     """Run the pod's (single) container here and report its end into the pod's status; its output is the
-    pod's log (see :func:`pod_log`) while and after it runs."""
+    pod's log (see :func:`pod_log`) while and after it runs. When ``stop`` is set (the pod was deleted),
+    the program is killed, as the kubelet kills a deleted pod's containers, and nothing is reported
+    (exit code -9)."""
     spec = pod["spec"]["containers"][0]
     env = {}
     for item in spec.get("env") or ():
@@ -75,12 +84,18 @@ def run_pod(cluster: Cluster, pod: dict[str, Any], workdir: Path, timeout: float
         ]
         for pump in pumps:
             pump.start()
+        deadline = time.monotonic() + timeout
         try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-            raise
+            while process.poll() is None:
+                if stop is not None and stop.is_set():
+                    process.kill()
+                    process.wait()
+                    return Execution(name, -9, "", "")
+                if time.monotonic() > deadline:
+                    process.kill()
+                    process.wait()
+                    raise subprocess.TimeoutExpired(command, timeout)
+                time.sleep(0.1)
         finally:
             for pump in pumps:
                 pump.join(timeout=10)

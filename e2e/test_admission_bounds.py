@@ -82,9 +82,9 @@ BOUNDS = [
     ),
     Bound(
         "sweep-values",
-        "spec.sweep: every value is a string (at most 1024 characters), a number or a boolean",
-        training_run("short-values", sweep={**SWEEP, "parameters": {"kernel": ["rbf", "x" * 1024]}}),
-        training_run("long-values", sweep={**SWEEP, "parameters": {"kernel": ["rbf", "x" * 1025]}}),
+        "spec.sweep: every value is a string (at most 128 characters), a number or a boolean",
+        training_run("short-values", sweep={**SWEEP, "parameters": {"kernel": ["rbf", "x" * 128]}}),
+        training_run("long-values", sweep={**SWEEP, "parameters": {"kernel": ["rbf", "x" * 129]}}),
     ),
     Bound(
         "varies-something",

@@ -89,3 +89,16 @@ def test_a_refused_request_keeps_the_phase_and_carries_the_servers_own_message()
     assert refusal in status["message"]
     assert status["conditions"][0]["reason"] == API_REFUSED
     assert report.event is not None and report.event.type == "Warning"
+
+
+def test_a_sweeps_trial_counts_are_written_with_its_status() -> None:
+    status = {
+        "phase": "Running",
+        "reason": "SweepRunning",
+        "message": "m",
+        "trials": [],
+        "trialsStarted": 4,
+        "trialsDropped": 1,
+    }
+    report = report_run({}, status, 1, "2026-01-01T00:00:00Z")
+    assert (report.status["trialsStarted"], report.status["trialsDropped"]) == (4, 1)

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from modelloop.api import ObjectiveDirection, Sweep, TrialPhase
-from modelloop.training.search import TrialRecord, judge, suggest
+from modelloop.training.search import TrialRecord, judge, judge_all, suggest
 from modelloop.training.sweep import (
     best_trial,
     compact_trials,
@@ -304,3 +304,14 @@ def test_random_over_an_astronomic_grid_draws_without_listing_it() -> None:
     assert astronomic.grid_size() == 100**16
     drawn = [tuple(trial_params(astronomic, i, [], 1).values()) for i in (0, 1, 999)]
     assert len(set(drawn)) == 3
+
+
+def test_judging_every_running_trial_on_one_study_says_what_judging_each_says() -> None:
+    stopping = learning(earlyStopping={"rule": "Median", "startStep": 2, "minTrials": 2})
+    others = [completed(0, 0.5, 0.6, 0.7), completed(1, 0.5, 0.7, 0.8)]
+    runs = [running(2, 0.1, 0.2), running(3, 0.9, 0.9), running(4, 0.5, 0.6)]
+
+    together = judge_all(stopping, [*others, *runs], [2, 3, 4])
+
+    assert together == {r.index: judge(stopping, others, r) for r in runs}
+    assert [i for i, v in together.items() if v.pruning] == [2, 4]  # 0.6 at step 2 is below the median 0.65

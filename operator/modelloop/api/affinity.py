@@ -10,9 +10,9 @@ from pydantic import Field, StringConstraints
 
 from .meta import ApiModel
 
-MAX_TERMS = 8
-MAX_EXPRESSIONS = 8
-MAX_VALUES = 32
+MAX_TERMS = 4
+MAX_EXPRESSIONS = 4
+MAX_VALUES = 16
 
 _Key = Annotated[str, StringConstraints(min_length=1, max_length=317)]  # a prefixed label key
 _Value = Annotated[str, StringConstraints(max_length=63)]  # a label value

@@ -21,6 +21,9 @@ MAX_PARAMETERS = 16
 """Parameters a sweep may vary, lists and ranges together."""
 MAX_VALUES = 100
 """Values a parameter's list (or a categorical range) may hold."""
+MAX_VALUE_STRING = 128
+"""Characters a string value of a sweep may have: a trial's status records its values, and a hundred
+running trials must fit in the status together."""
 MAX_TRIALS = 1000
 """Trials one sweep may run."""
 MAX_GRID = 1000
@@ -236,6 +239,13 @@ class Sweep(ApiModel):
             raise ValueError("spec.sweep.parallelism must not exceed spec.sweep.maxTrials")
         if self.strategy != SweepStrategy.GRID and self.max_trials is None:
             raise ValueError("spec.sweep.maxTrials is required unless spec.sweep.strategy is Grid")
+        values = [v for vs in self.parameters.values() for v in vs]
+        values += [v for r in self.space.values() for v in r.values or ()]
+        if any(isinstance(v, str) and len(v) > MAX_VALUE_STRING for v in values):
+            raise ValueError(
+                f"spec.sweep: every value is a string (at most {MAX_VALUE_STRING} characters), a number or "
+                "a boolean"
+            )
         if not self.parameters and not self.space:
             raise ValueError("spec.sweep needs parameters (lists) or space (ranges)")
         if len(self.parameters) + len(self.space) > MAX_PARAMETERS:

@@ -17,7 +17,7 @@ from modelloop.training.job import ChampionModel, TrialPlan, job_trial_params, r
 from modelloop.training.observe import JOB_CREATED_MESSAGE, JobObservation, observe_job
 from modelloop.training.register import registration_problem, run_key_metric
 from modelloop.training.result import TrainerResult
-from modelloop.training.search import judge
+from modelloop.training.search import judge_all
 from modelloop.training.sweep import (
     FINAL_TRIAL_PHASES as FINAL_TRIAL,
 )
@@ -163,12 +163,10 @@ def _plan_sweep(
             finished_count += 1
 
     if sweep.early_stopping is not None:
-        for index in sorted(trials):
+        judged = [i for i in sorted(trials) if trials[i].get("phase") == TrialPhase.RUNNING.value]
+        records = [record_of(t, metric) for t in trials.values()]
+        for index, verdict in judge_all(sweep, records, judged).items():
             entry = trials[index]
-            if entry.get("phase") != TrialPhase.RUNNING.value or not entry.get("curve"):
-                continue
-            records = [record_of(t, metric) for t in trials.values()]
-            verdict = judge(sweep, records, record_of(entry, metric))
             if verdict.rungs:
                 entry["rungs"] = list(verdict.rungs)
             if verdict.pruning is None:

@@ -18,7 +18,8 @@ WARNING_REASONS = frozenset({INVALID_SPEC, API_REFUSED, "Unschedulable", "Result
 # The status keys the operator owns: each is written (or removed, when None) on every change.
 STATUS_KEYS = (
     "phase", "jobName", "startTime", "completionTime", "metrics", "keyMetric", "artifactUri", "datasetHash",
-    "modelVersion", "trials", "bestTrial", "champion", "reason", "message", "observedGeneration",
+    "modelVersion", "trials", "trialsStarted", "trialsDropped", "bestTrial", "champion", "reason", "message",
+    "observedGeneration",
     "conditions",
 )  # fmt: skip
 _ENDED = (TrainingRunPhase.SUCCEEDED.value, TrainingRunPhase.FAILED.value)
