@@ -275,3 +275,43 @@ def test_a_sweeps_trials_evaluate_the_champion_and_the_status_names_it() -> None
     for job in plan.jobs_to_create:
         env = {e["name"]: e["value"] for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
         assert env["MODELLOOP_CHAMPION_VERSION"] == "iris-v3"
+
+
+def test_trials_dropped_from_status_are_not_followed_again_from_their_lingering_jobs() -> None:
+    status = {
+        "trialsStarted": 4,
+        "trialsDropped": 2,
+        "trials": [
+            {
+                "index": 2,
+                "phase": "Succeeded",
+                "params": {"n_estimators": 50, "max_depth": 2},
+                "metrics": {"accuracy": 0.9},
+                "finishedOrder": 2,
+            },
+            {"index": 3, "phase": "Running", "params": {"n_estimators": 50, "max_depth": 8}},
+        ],
+    }
+    obj = sweep_run(status)
+    jobs, pods = {}, []
+    for trial, accuracy in enumerate([0.91, 0.97, 0.9, 0.93]):
+        job, pod = finished_job(obj, accuracy, trial)
+        jobs[job["metadata"]["name"]] = job
+        pods.append(pod)
+
+    plan = plan_run(obj, spec_of(obj), jobs, pods, "file:///a")
+
+    assert [t["index"] for t in plan.status["trials"]] == [2, 3]
+    assert (plan.status["trialsStarted"], plan.status["trialsDropped"]) == (4, 2)
+    assert plan.status["phase"] == "Succeeded"
+    assert plan.status["bestTrial"] == 3  # the dropped trial 1 (0.97) is gone with its record
+    assert plan.jobs_to_create == []
+
+
+def test_a_sweep_recorded_by_an_older_operator_starts_no_trial_beyond_its_parallelism() -> None:
+    status = {"trials": [{"index": i, "params": {}} for i in range(4)]}  # not started: no phase
+    obj = sweep_run(status)
+
+    plan = plan_run(obj, spec_of(obj), {}, [], "file:///a")
+
+    assert len(plan.jobs_to_create) == 2

@@ -120,17 +120,23 @@ def _plan_sweep(
     seed = _seed(spec)
     total = sweep.trial_count()
     dropped = int(previous.get("trialsDropped") or 0)
-    trials: dict[int, dict[str, Any]] = {int(t["index"]): dict(t) for t in previous.get("trials") or ()}
+    # Trials recorded with a phase; an operator before 0.2 also listed the trials not started yet.
+    trials: dict[int, dict[str, Any]] = {
+        int(t["index"]): dict(t) for t in previous.get("trials") or () if t.get("phase")
+    }
+    # Trials started before and no longer in status were dropped from it (compact_trials): their Jobs
+    # may linger, but they are done with. Every other Job of the run is a trial to follow.
+    recorded_started = previous.get("trialsStarted")
+    started = int(recorded_started) if recorded_started is not None else len(trials) + dropped
     by_index: dict[int, Mapping[str, Any]] = {}
     for name, trial_job in jobs.items():
         index = trial_index(trial_job)
-        if index is not None and name == job_name(meta["name"], meta["uid"], index):
-            by_index[index] = trial_job
-    started = max(
-        int(previous.get("trialsStarted") or 0),
-        len(trials) + dropped,
-        max([*trials, *by_index], default=-1) + 1,
-    )
+        if index is None or name != job_name(meta["name"], meta["uid"], index):
+            continue
+        if index < started and index not in trials:
+            continue
+        by_index[index] = trial_job
+    started = max(started, max(by_index, default=-1) + 1)
     finished_count = sum(1 for t in trials.values() if t.get("finishedOrder") is not None)
     observations: dict[int, JobObservation] = {}
     to_create: list[TrialPlan] = []
