@@ -18,6 +18,7 @@ import pytest
 
 from e2e.harness import Cluster, running_operator, wait_for
 from e2e.kubelet import HOLD, TRAINER_BIN, Execution, run_pod
+from modelloop.cli.render import render_trials
 from modelloop.naming import ANNOTATION_TRIAL_PARAMS
 
 pytestmark = pytest.mark.skipif(
@@ -137,6 +138,7 @@ def test_a_bayesian_sweep_stops_hopeless_trials_registers_the_best_and_survives_
                 what="the sweep to finish and register",
             )
 
+    print(render_trials(cluster.get("trainingrun", "search", namespace)))  # what `modelloop trials` shows
     assert status["phase"] == "Succeeded", status
     assert status["trialsStarted"] == trials
     recorded = status["trials"]

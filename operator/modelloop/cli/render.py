@@ -195,7 +195,7 @@ def render_trials(run: Mapping[str, Any]) -> str:
         lines.append(
             f"{trial.get('index', ''):>4}{mark}  {trial.get('phase', '-'):<9}  "
             f"{'-' if value is None else f'{value:.4g}':>10}  {sparkline(values, low, high):<24}  "
-            f"{_pairs(trial.get('params') or {}) or '-'}"
+            f"{_params(trial.get('params') or {})}"
         )
         pruning = trial.get("pruning")
         if pruning:
@@ -205,3 +205,9 @@ def render_trials(run: Mapping[str, Any]) -> str:
                 + (f" against {against:.4g}" if against is not None else "")
             )
     return "\n".join(lines) + "\n"
+
+
+def _params(params: Mapping[str, Any]) -> str:
+    """A trial's parameters, floats to four significant digits."""
+    shown = [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(params.items())]
+    return ", ".join(shown) or "-"
