@@ -250,6 +250,18 @@ TRAINING_RUN_CASES = [
     Case(
         kind="TrainingRun",
         at=".spec.sweep",
+        message="spec.sweep.maxTrials is at most 300 for CMAES",
+        field="spec.sweep.maxTrials",
+        valid=training_run(
+            "cmaes", sweep={**SWEEP, "strategy": "CMAES", "maxTrials": 300, "space": {"lr": LOG_RANGE}}
+        ),
+        invalid=training_run(
+            "cmaes-long", sweep={**SWEEP, "strategy": "CMAES", "maxTrials": 301, "space": {"lr": LOG_RANGE}}
+        ),
+    ),
+    Case(
+        kind="TrainingRun",
+        at=".spec.sweep",
         message="spec.sweep.earlyStopping.minTrials must be below spec.sweep.maxTrials",
         field="spec.sweep.earlyStopping.minTrials",
         valid=training_run("stops", sweep={**SWEEP, "maxTrials": 4, "earlyStopping": {"rule": "Median"}}),

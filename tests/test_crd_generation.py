@@ -223,7 +223,7 @@ def test_cel_rules_sit_where_the_rules_apply() -> None:
     assert training[".spec"] == ["self == oldSelf"]
     assert "gpuProduct" in training[".spec.resources"][0]
     # The rules on typed fields; those on values (the grid's size) are the admission policy's.
-    assert len(training[".spec.sweep"]) == 4
+    assert len(training[".spec.sweep"]) == 5
     assert len(training[".spec.sweep.space{}"]) == 6
     assert model_version[".spec"] == ["self == oldSelf"]
     assert "self.metadata.name" in model_version[""][0]
