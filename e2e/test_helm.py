@@ -156,6 +156,7 @@ def test_chart_renders_exactly_the_repositorys_crds_rbac_admission_and_runtime(t
             [
                 *(str(HELM), "template", "modelloop", str(CHART), "-n", "modelloop-system"),
                 *("--api-versions", "admissionregistration.k8s.io/v1/MutatingAdmissionPolicy"),
+                *("--api-versions", "admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy"),
                 *values_file(tmp_path, {"servingRuntime": {"enabled": True}}),
             ],
             capture_output=True,
@@ -170,11 +171,12 @@ def test_chart_renders_exactly_the_repositorys_crds_rbac_admission_and_runtime(t
         assert chart_crd["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
     manifests = documents((ROOT / "manifests" / "operator" / "rbac.yaml").read_text())
     assert one(rendered, "ClusterRole")["rules"] == one(manifests, "ClusterRole")["rules"]
-    admission = documents((ROOT / "manifests" / "admission" / "registered-by.yaml").read_text())
     # Released as `modelloop`, the chart names things as the plain manifests do.
-    for kind in ("MutatingAdmissionPolicy", "MutatingAdmissionPolicyBinding"):
-        assert one(rendered, kind)["spec"] == one(admission, kind)["spec"]
-        assert one(rendered, kind)["metadata"]["name"] == one(admission, kind)["metadata"]["name"]
+    for source, policy in (("registered-by", "Mutating"), ("free-form-bounds", "Validating")):
+        admission = documents((ROOT / "manifests" / "admission" / f"{source}.yaml").read_text())
+        for kind in (f"{policy}AdmissionPolicy", f"{policy}AdmissionPolicyBinding"):
+            assert one(rendered, kind)["spec"] == one(admission, kind)["spec"]
+            assert one(rendered, kind)["metadata"]["name"] == one(admission, kind)["metadata"]["name"]
     runtime = yaml.safe_load((ROOT / "runtimes" / "server" / "clusterservingruntime.yaml").read_text())
     assert one(rendered, "ClusterServingRuntime")["spec"] == runtime["spec"]
     deployment = one(rendered, "Deployment")
@@ -203,7 +205,7 @@ def test_rendered_chart_is_accepted_by_the_api_server(
     argocd = {"healthChecks": {"enabled": True, "namespace": release_namespace}}
     values = values_file(tmp_path, {**ALL_FEATURES, "argocd": argocd}) if features == "everything" else []
     started = time.monotonic()
-    # --dry-run=server: with the API server's own capabilities (it serves MutatingAdmissionPolicy); the
+    # --dry-run=server: with the API server's own capabilities (it serves both admission policies); the
     # CRDs that the suite installed belong to no release, as a user's kubectl-applied ones would not.
     text = helm(
         *("template", "mlh", str(CHART), "-n", release_namespace, "--include-crds"),
@@ -221,6 +223,8 @@ def test_rendered_chart_is_accepted_by_the_api_server(
         "Deployment",
         "MutatingAdmissionPolicy",
         "MutatingAdmissionPolicyBinding",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
     }
     if features == "everything":
         expected |= {
@@ -530,6 +534,7 @@ def test_uninstall_leaves_the_crds_and_users_objects(
         ("clusterrole", "mlh-un-modelloop-operator", None),
         ("clusterrolebinding", "mlh-un-modelloop-operator", None),
         ("mutatingadmissionpolicy", "mlh-un-modelloop-registered-by", None),
+        ("validatingadmissionpolicy", "mlh-un-modelloop-free-form-bounds", None),
     ]:
         gone = cluster.kubectl("get", kind, name, *(["-n", ns] if ns else []), check=False)
         assert gone.returncode != 0 and "NotFound" in gone.stderr, (kind, name)

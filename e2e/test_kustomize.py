@@ -38,7 +38,13 @@ SYSTEM_NAMESPACE = "modelloop-system"
 WATCHED_NAMESPACE = "ml"  # the single-namespace overlay's `namespace:`
 OPERATOR_LABELS = {"app.kubernetes.io/name": "modelloop", "app.kubernetes.io/component": "operator"}
 # Installed by conftest for the whole suite: a real apply here must not take them away.
-SHARED_KINDS = {"CustomResourceDefinition", "MutatingAdmissionPolicy", "MutatingAdmissionPolicyBinding"}
+SHARED_KINDS = {
+    "CustomResourceDefinition",
+    "MutatingAdmissionPolicy",
+    "MutatingAdmissionPolicyBinding",
+    "ValidatingAdmissionPolicy",
+    "ValidatingAdmissionPolicyBinding",
+}
 # conftest applied the admission policy client-side: a server-side apply of it (the same policy) takes over
 # its fields, which server-side apply calls a conflict until forced. A fresh cluster needs no force.
 APPLY = ("apply", "--server-side", "--force-conflicts")
