@@ -273,17 +273,16 @@ class TrainingRunController:
             for t in (run.get("status") or {}).get("trials") or ()
             if t.get("phase") in FINAL_TRIAL_PHASES
         }
+        started_pods = {
+            (pod["metadata"].get("labels") or {}).get("batch.kubernetes.io/job-name"): pod["metadata"]["name"]
+            for pod in pods
+            if (pod.get("status") or {}).get("phase") in ("Running", "Succeeded", "Failed")
+        }
         reading: dict[int, str] = {}
         for name, job in jobs.items():
             index = trial_index(job)
-            if index is None or index in final:
-                continue
-            for pod in pods:
-                labels = pod["metadata"].get("labels") or {}
-                if labels.get("batch.kubernetes.io/job-name") == name and (pod.get("status") or {}).get(
-                    "phase"
-                ) in ("Running", "Succeeded", "Failed"):
-                    reading[index] = pod["metadata"]["name"]
+            if index is not None and index not in final and name in started_pods:
+                reading[index] = started_pods[name]
         if not reading:
             self._progress_read.pop(key, None)
             return {}

@@ -186,8 +186,8 @@ def _plan_sweep(
             events.append(("TrialPruned", prune_message(index, verdict.pruning, metric)))
 
     running = sum(1 for t in trials.values() if t.get("phase") not in FINAL_TRIAL)
+    records = [record_of(t, metric) for t in trials.values()]
     while running < sweep.parallelism and started < total:
-        records = [record_of(t, metric) for t in trials.values()]
         params = trial_params(sweep, started, records, seed)
         trials[started] = {
             "index": started,
@@ -196,6 +196,7 @@ def _plan_sweep(
             "jobName": job_name(meta["name"], meta["uid"], started),
             "suggestedAfter": finished_count,
         }
+        records.append(record_of(trials[started], metric))  # the next suggestion sees this one running
         to_create.append(TrialPlan(started, params))
         started += 1
         running += 1
