@@ -87,6 +87,7 @@ from trainingruns import EXTRA_ENV, OPERATOR_COMMAND, cpu_seconds, peak_rss_mib,
 
 from modelloop import kube
 from modelloop.api import GROUP, VERSION
+from modelloop.kubeconfig import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 STATE = Path(os.environ.get("MODELLOOP_CLUSTER_DIR") or ROOT / ".cluster" / "bench-sweeps")
@@ -103,6 +104,9 @@ BEST_ACCURACY = 0.98
 MAX_STARTUP_TRIALS = 10  # TPE's random start (modelloop.training.search): min(10, trials // 5)
 
 Metrics = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+# The bench's own calls go through the operator's client (its connections open on the bench's loop).
+KUBE = kube.KubeClient()
 
 
 # --- what the runs are and what their trials score (pure) ------------------------------------------------
@@ -346,12 +350,12 @@ def vm_rss_mib(pid: int) -> float:
 
 
 class Watches:
-    """Watches on the API server with the operator's own configuration (modelloop.kube.load_config),
+    """Watches on the API server with the operator's own configuration (modelloop.kubeconfig.load_config),
     resumed from the last resourceVersion when the server ends them, re-listed (as ADDED events) after
     410 Gone. Handlers run on the event loop and must not block."""
 
     def __init__(self) -> None:
-        self.config = kube.load_config()
+        self.config = load_config()
         ssl_context = self.config.ssl_context() if self.config.server.startswith("https") else False
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(ssl=ssl_context, limit=16),
@@ -383,7 +387,7 @@ class Watches:
         while not self.stopped.is_set():
             if resource_version is None and connected.is_set():
                 # 410 Gone: list again (every object as ADDED; handlers are idempotent), watch from there.
-                listed = await kube.request("GET", path, params=dict(params))
+                listed = await KUBE.request("GET", path, params=dict(params))
                 for item in listed.get("items") or ():
                     handler("ADDED", item)
                 resource_version = listed["metadata"]["resourceVersion"]
@@ -475,7 +479,7 @@ class Kubelet:
         for attempt in range(6):
             try:
                 async with self.writes:
-                    await kube.request(
+                    await KUBE.request(
                         "PATCH",
                         path,
                         body=body,
@@ -613,7 +617,7 @@ async def create_all(objects: Sequence[dict[str, Any]], namespace: str, writers:
         async with semaphore:
             for attempt in range(6):
                 try:
-                    await kube.request("POST", path, body=obj, parse=False)
+                    await KUBE.request("POST", path, body=obj, parse=False)
                     return
                 except kube.ApiException as error:
                     if error.status == 409:
@@ -731,7 +735,7 @@ async def measure(
         await sampler
         await asyncio.gather(*kubelet.tasks, return_exceptions=True)
         await watches.close()
-        await kube.close()
+        await KUBE.close()
         operator.stop()
 
     durations = [runs.finished_at[name] - start for name in runs.finished_at]
@@ -817,7 +821,7 @@ async def background(count: int, env: dict[str, str]) -> None:
         await asyncio.wait_for(runs.done.wait(), 600)
     finally:
         await watches.close()
-        await kube.close()
+        await KUBE.close()
         operator.stop()
 
 

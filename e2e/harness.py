@@ -290,6 +290,12 @@ def token_kubeconfig(cluster: Cluster, token: str, path: Path) -> Path:
     """Write a kubeconfig for ``cluster``'s API server that authenticates with ``token`` alone (a
     ServiceAccount's, from ``kubectl create token``), so that a process run with it has exactly that
     identity; return its path."""
+    return user_kubeconfig(cluster, {"token": token}, path)
+
+
+def user_kubeconfig(cluster: Cluster, user: Mapping[str, Any], path: Path) -> Path:
+    """Write a kubeconfig for ``cluster``'s API server whose user is ``user`` (a token, an exec
+    credential plugin, ...) and nothing else; return its path."""
     admin = yaml.safe_load(cluster.kubeconfig.read_text())
     server = admin["clusters"][0]["cluster"]
     ca = (
@@ -304,7 +310,7 @@ def token_kubeconfig(cluster: Cluster, token: str, path: Path) -> Path:
                 "clusters": [
                     {"name": "c", "cluster": {"server": server["server"], "certificate-authority-data": ca}}
                 ],
-                "users": [{"name": "sa", "user": {"token": token}}],
+                "users": [{"name": "sa", "user": dict(user)}],
                 "contexts": [{"name": "c", "context": {"cluster": "c", "user": "sa"}}],
                 "current-context": "c",
             }

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from e2e.harness import ROOT, Cluster, condition, wait_for
-from modelloop.kube import PreflightError, preflight
+from modelloop.kube import KubeClient, PreflightError
 
 QUICKSTART = ROOT / "manifests" / "examples" / "quickstart.yaml"
 
@@ -105,10 +105,10 @@ def test_preflight_names_the_missing_crds_and_how_to_install_them(
     cluster: Cluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig))
-    assert asyncio.run(preflight()).startswith("v1.36")
+    assert asyncio.run(KubeClient().preflight()).startswith("v1.36")
 
     with pytest.raises(PreflightError) as raised:
-        asyncio.run(preflight(plurals=["trainingruns", "featurestores"]))
+        asyncio.run(KubeClient().preflight(plurals=["trainingruns", "featurestores"]))
 
     assert "featurestores.modelloop.dev" in str(raised.value)
     assert "trainingruns" not in str(raised.value)

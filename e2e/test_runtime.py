@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -198,26 +196,16 @@ def test_a_run_deleted_and_created_again_under_its_name_registers_a_version_of_i
 
 
 @pytest.fixture
-def in_process_client(cluster: Cluster) -> Iterator[None]:
-    """The operator's own client module, pointed at the e2e cluster, in this process."""
+def client(cluster: Cluster) -> Any:
+    """The operator's own client, pointed at the e2e cluster, in this process."""
     from modelloop import kube
+    from modelloop.kubeconfig import kubeconfig
 
-    previous = os.environ.get("KUBECONFIG")
-    os.environ["KUBECONFIG"] = str(cluster.kubeconfig)
-    kube._current = None
-    try:
-        yield
-    finally:
-        kube._current = None
-        if previous is None:
-            os.environ.pop("KUBECONFIG", None)
-        else:
-            os.environ["KUBECONFIG"] = previous
+    return kube.KubeClient(kubeconfig(str(cluster.kubeconfig)))
 
 
-@pytest.mark.usefixtures("in_process_client")
 def test_a_status_write_planned_on_a_stale_read_is_refused_and_a_fresh_one_goes_through(
-    cluster: Cluster, namespace: str
+    cluster: Cluster, namespace: str, client: Any
 ) -> None:
     from modelloop import kube
     from modelloop.runtime.status import StatusWriter
@@ -230,13 +218,13 @@ def test_a_status_write_planned_on_a_stale_read_is_refused_and_a_fresh_one_goes_
         "-p", json.dumps({"status": {"history": [{"stage": "Candidate", "time": "2026-11-01T00:00:00Z",
                                                   "reason": "Registered", "message": "by the other"}]}}),
     )  # fmt: skip
-    writer = StatusWriter("modelversions")
+    writer = StatusWriter("modelversions", client)
 
     async def stale_write() -> None:
         try:
             await writer.write(stale, {"history": [], "stage": "Archived"})
         finally:
-            await kube.close()
+            await client.close()
 
     with pytest.raises(kube.Conflict) as conflict:
         asyncio.run(stale_write())
@@ -251,16 +239,15 @@ def test_a_status_write_planned_on_a_stale_read_is_refused_and_a_fresh_one_goes_
             fresh = await writer.refresh(namespace, "iris-v1")
             return await writer.write(fresh, {"stage": "Candidate"})
         finally:
-            await kube.close()
+            await client.close()
 
     written = asyncio.run(fresh_write())
     assert written["status"]["stage"] == "Candidate"
     assert cluster.get("modelversion", "iris-v1", namespace)["status"]["stage"] == "Candidate"
 
 
-@pytest.mark.usefixtures("in_process_client")
 def test_server_side_apply_owns_its_fields_of_a_kserve_inference_service_and_reports_a_conflict(
-    cluster: Cluster, namespace: str
+    cluster: Cluster, namespace: str, client: Any
 ) -> None:
     from modelloop import kube
 
@@ -280,9 +267,9 @@ def test_server_side_apply_owns_its_fields_of_a_kserve_inference_service_and_rep
     def apply(manifest: dict[str, Any]) -> kube.Applied:
         async def applying() -> kube.Applied:
             try:
-                return await kube.server_side_apply("inferenceservices", manifest)
+                return await client.server_side_apply("inferenceservices", manifest)
             finally:
-                await kube.close()
+                await client.close()
 
         return asyncio.run(applying())
 

@@ -194,6 +194,16 @@ def test_a_bayesian_sweep_stops_hopeless_trials_registers_the_best_and_survives_
     assert version["spec"]["metrics"]["accuracy"] == best["metrics"]["accuracy"]
     # Every completed trial's curve was read from its log while it ran or when it ended.
     assert all(t.get("curve") for t in succeeded)
+    # Once status records a finished trial, its Job goes (the operator keeps no trial it is done with in
+    # memory); the best trial's stays, as the ModelVersion's lineage names it.
+    wait_for(
+        lambda: (
+            [j["metadata"]["name"] for j in cluster.get("jobs", namespace=namespace)["items"]]
+            == [best["jobName"]]
+        ),
+        timeout=60,
+        what="only the best trial's Job to be left",
+    )
 
 
 @pytest.mark.timeout(600)
@@ -220,6 +230,8 @@ def test_the_largest_sweep_the_api_admits_keeps_its_status_under_etcds_limit(
                 "parallelism": 100,
                 "parameters": values,
                 "objective": {"metric": "accuracy"},
+                # The worst case for the operator's memory too: it follows every trial's Job to the end.
+                "retainTrialJobs": True,
             },
         },
     }

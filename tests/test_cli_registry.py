@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -10,8 +11,9 @@ import pytest
 import yaml
 from click.testing import CliRunner, Result
 
-from modelloop import kube
+from modelloop import kube, kubeconfig
 from modelloop.cli import main
+from modelloop.kubeconfig import current_namespace
 
 NO_CLUSTER = {"KUBERNETES_SERVICE_HOST": ""}
 
@@ -37,28 +39,44 @@ VERSION = {
 RUN = {"metadata": {"name": "iris-retrain"}, "spec": {"image": "trainer:2"}, "status": {"phase": "Succeeded"}}
 
 
-@pytest.fixture
-def reads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str, str]]:
-    """A cluster holding VERSION and RUN (no DriftPolicy) in namespace ml; records every read."""
-    calls: list[tuple[str, str, str]] = []
-    stored = {("modelversions", "iris-v2"): VERSION, ("trainingruns", "iris-retrain"): RUN}
+class RecordingClient(kube.KubeClient):
+    """The cluster as the CLI's injected client: VERSION and RUN (no DriftPolicy) in namespace ml; records
+    every read."""
 
-    async def get_object(plural: str, namespace: str, name: str) -> dict[str, Any] | None:
-        calls.append((plural, namespace, name))
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, str, str]] = []
+
+    async def get_object(
+        self, plural: str, namespace: str, name: str, group_version: str | None = None
+    ) -> dict[str, Any] | None:
+        self.calls.append((plural, namespace, name))
+        stored = {("modelversions", "iris-v2"): VERSION, ("trainingruns", "iris-retrain"): RUN}
         return stored.get((plural, name)) if namespace == "ml" else None
 
-    async def list_objects(plural: str, namespace: str, label_selector: str = "") -> list[dict[str, Any]]:
-        calls.append((plural, namespace, label_selector))
+    async def list_objects(
+        self, plural: str, namespace: str, label_selector: str = ""
+    ) -> list[dict[str, Any]]:
+        self.calls.append((plural, namespace, label_selector))
         return [VERSION] if namespace == "ml" and plural == "modelversions" else []
 
-    monkeypatch.setattr(kube, "get_object", get_object)
-    monkeypatch.setattr(kube, "list_objects", list_objects)
-    monkeypatch.setattr(kube, "current_namespace", lambda: "ml")
-    return calls
+
+INJECTED: list[RecordingClient] = []
+
+
+@pytest.fixture
+def reads(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str, str, str]]]:
+    """The reads of the client every command of this test is given (``main(obj=client)``)."""
+    client = RecordingClient()
+    monkeypatch.setattr(kubeconfig, "current_namespace", lambda: "ml")
+    INJECTED.append(client)
+    yield client.calls
+    INJECTED.remove(client)
 
 
 def invoke(*args: str, env: dict[str, str] | None = None) -> Result:
-    return CliRunner().invoke(main, list(args), env={**NO_CLUSTER, **(env or {})})
+    client = INJECTED[-1] if INJECTED else None
+    return CliRunner().invoke(main, list(args), env={**NO_CLUSTER, **(env or {})}, obj=client)
 
 
 def test_help_lists_the_registry_commands_and_their_options() -> None:
@@ -183,4 +201,4 @@ def test_the_default_namespace_is_the_kubeconfig_contexts(
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
 
-    assert kube.current_namespace() == expected
+    assert current_namespace() == expected

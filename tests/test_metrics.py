@@ -56,7 +56,8 @@ async def test_the_wait_for_a_worker_is_measured_and_the_depth_is_read_when_scra
         await asyncio.sleep(1)
 
     queue = WorkQueue("metrics-b", reconcile, workers=1, debounce=0)
-    metrics.QUEUE_DEPTH.queues = lambda: [(queue.name, queue.depth(), queue.scheduled())]
+    depth = metrics.QueueDepth(lambda: [(queue.name, queue.depth(), queue.scheduled())])
+    metrics.REGISTRY.register(depth)
     for key in ("a", "b", "c"):
         queue.add(key)
     queue.add("later", after=100)
@@ -69,7 +70,7 @@ async def test_the_wait_for_a_worker_is_measured_and_the_depth_is_read_when_scra
     waits = samples("modelloop_queue_wait_seconds", kind="metrics-b")
     assert waits["modelloop_queue_wait_seconds_count"] == 3
     assert waits["modelloop_queue_wait_seconds_sum"] == pytest.approx(0 + 1 + 2, abs=0.01)
-    metrics.QUEUE_DEPTH.queues = tuple
+    metrics.REGISTRY.unregister(depth)
 
 
 def test_no_label_carries_an_objects_name() -> None:

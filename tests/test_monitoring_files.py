@@ -50,9 +50,11 @@ GRAFANA_VARIABLES = {"__rate_interval", "__interval", "__range"}
 
 
 def operator_metrics() -> set[str]:
-    """Every sample name the operator can serve: its registry's families, and the object-state gauges."""
+    """Every sample name the operator can serve: its registry's families, and those of the collectors its
+    runtime registers while it runs (the work queues' depths, the object-state gauges)."""
     names: set[str] = set()
-    families = [*metrics.REGISTRY.collect(), *gauges({}, datetime.now(UTC))]
+    depth = metrics.QueueDepth(lambda: [("TrainingRun", 0, 0)])
+    families = [*metrics.REGISTRY.collect(), *depth.collect(), *gauges({}, datetime.now(UTC))]
     for family in families:
         if family.type == "counter":
             names.add(f"{family.name}_total")

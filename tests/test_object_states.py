@@ -19,8 +19,7 @@ def obj(name: str, status: dict[str, Any], created: str = "2026-11-27T11:00:00Z"
 
 
 def scrape(indexes: dict[str, Any]) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    states = ObjectStates(clock=lambda: NOW)
-    states.indexes = lambda: indexes
+    states = ObjectStates(lambda: indexes, clock=lambda: NOW)
     registry = CollectorRegistry()
     registry.register(states)
     samples = {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from modelloop.kube import KubeClient
 from modelloop.runtime.status import ObjectMemory, StatusWriter, is_newer
 
 
@@ -58,7 +59,7 @@ def test_resource_versions_compare_as_numbers_and_never_trust_what_is_not_one() 
 
 
 def test_the_writer_knows_the_event_of_its_own_last_write_and_no_other() -> None:
-    writer = StatusWriter("inferenceservices")
+    writer = StatusWriter("inferenceservices", KubeClient())
     writer.memory.remember(obj(rv="12", phase="Succeeded"))
 
     assert writer.wrote(("ml", "iris"), "12")

@@ -6,21 +6,27 @@ import asyncio
 import json
 from typing import Any
 
-from modelloop.controllers.trainingrun import MAX_SPEC_BYTES, OVERSIZED, training_runs, with_spec
+from modelloop.controllers.trainingrun import (
+    MAX_SPEC_BYTES,
+    OVERSIZED,
+    TRIALS_JSON,
+    training_runs,
+    with_spec,
+)
 
 
-def body(spec: dict[str, Any]) -> dict[str, Any]:
+def body(spec: dict[str, Any], status: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "apiVersion": "modelloop.dev/v1alpha1",
         "kind": "TrainingRun",
         "metadata": {"name": "r", "namespace": "ml", "uid": "u", "resourceVersion": "1"},
         "spec": spec,
-        "status": {"phase": "Running"},
+        "status": status or {"phase": "Running"},
     }
 
 
-def indexed(spec: dict[str, Any]) -> dict[str, Any]:
-    entry: dict[str, Any] = asyncio.run(training_runs(namespace="ml", name="r", body=body(spec)))
+def indexed(spec: dict[str, Any], status: dict[str, Any] | None = None) -> dict[str, Any]:
+    entry: dict[str, Any] = asyncio.run(training_runs(namespace="ml", name="r", body=body(spec, status)))
     return entry[("ml", "r")]
 
 
@@ -37,3 +43,15 @@ def test_a_spec_over_the_bound_is_not_kept_only_its_size() -> None:
     assert entry[OVERSIZED] > MAX_SPEC_BYTES
     assert with_spec(entry)["spec"] == {}
     assert len(json.dumps(entry)) < 1000
+
+
+def test_a_sweeps_trials_are_kept_as_text_and_the_rest_of_status_as_it_is() -> None:
+    trials = [
+        {"index": i, "phase": "Succeeded", "params": {"lr": 0.1 * i}, "metrics": {"a": 0.9}} for i in range(3)
+    ]
+    status = {"phase": "Running", "bestTrial": 0, "trials": trials}
+    entry = indexed({"image": "t:1"}, status)
+    # Other readers (the phase metrics, a DriftPolicy's last run) read status as it is, without trials.
+    assert entry["status"] == {"phase": "Running", "bestTrial": 0}
+    assert isinstance(entry[TRIALS_JSON], str)
+    assert with_spec(entry)["status"] == status

@@ -134,13 +134,14 @@ def test_a_succeeded_job_without_a_result_fails_the_run_saying_why() -> None:
     assert plan.registration is None
 
 
-def sweep_run(status: dict[str, Any] | None = None) -> dict[str, Any]:
+def sweep_run(status: dict[str, Any] | None = None, **sweep: Any) -> dict[str, Any]:
     return run(
         {
             "sweep": {
                 "parameters": {"n_estimators": [10, 50], "max_depth": [2, 8]},
                 "parallelism": 2,
                 "objective": {"metric": "accuracy", "direction": "Maximize"},
+                **sweep,
             }
         },
         status,
@@ -306,6 +307,8 @@ def test_trials_dropped_from_status_are_not_followed_again_from_their_lingering_
     assert plan.status["phase"] == "Succeeded"
     assert plan.status["bestTrial"] == 3  # the dropped trial 1 (0.97) is gone with its record
     assert plan.jobs_to_create == []
+    # The lingering Jobs of dropped trials go, and that of trial 2, recorded before and not the best.
+    assert plan.jobs_to_delete == [job_name("iris", UID, i) for i in (2, 0, 1)]
 
 
 def test_a_sweep_recorded_by_an_older_operator_starts_no_trial_beyond_its_parallelism() -> None:
@@ -315,3 +318,83 @@ def test_a_sweep_recorded_by_an_older_operator_starts_no_trial_beyond_its_parall
     plan = plan_run(obj, spec_of(obj), {}, [], "file:///a")
 
     assert len(plan.jobs_to_create) == 2
+
+
+def failed_job(obj: dict[str, Any], trial: int, message: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    job, pod = finished_job(obj, None, trial)
+    job["status"]["conditions"] = [
+        {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": message}
+    ]
+    pod["status"]["phase"] = "Failed"
+    pod["status"]["containerStatuses"][0]["state"] = {"terminated": {"exitCode": 1, "reason": "Error"}}
+    return job, pod
+
+
+def recorded(index: int, accuracy: float | None, order: int) -> dict[str, Any]:
+    trial: dict[str, Any] = {"index": index, "phase": "Failed" if accuracy is None else "Succeeded"}
+    if accuracy is not None:
+        trial["metrics"] = {"accuracy": accuracy}
+    return {**trial, "params": {}, "finishedOrder": order}
+
+
+def test_finished_trials_jobs_go_once_status_recorded_them_except_the_best_ones() -> None:
+    # Trials 0-2 were recorded as finished by an earlier pass; trial 3 finishes in this one.
+    status = {
+        "trialsStarted": 4,
+        "trials": [recorded(0, 0.91, 0), recorded(1, 0.97, 1), recorded(2, None, 2)],
+    }
+    status["trials"].append({"index": 3, "phase": "Running", "params": {}})
+    obj = sweep_run(status)
+    jobs, pods = {}, []
+    for trial, accuracy in enumerate([0.91, 0.97, None, 0.93]):
+        job, pod = finished_job(obj, accuracy, trial) if accuracy is not None else failed_job(obj, trial, "x")
+        jobs[job["metadata"]["name"]] = job
+        pods.append(pod)
+
+    plan = plan_run(obj, spec_of(obj), jobs, pods, "file:///a")
+
+    # Not the best's (1), which registration reads, nor trial 3's, whose result this plan records first.
+    assert plan.jobs_to_delete == [job_name("iris", UID, 0), job_name("iris", UID, 2)]
+    assert plan.status["phase"] == "Succeeded" and plan.registration is not None
+    assert plan.registration.result.artifact_uri.endswith(f"{job_name('iris', UID, 1)}/model.joblib")
+
+    # The next pass, with trial 3 recorded: its Job goes too; the best's stays.
+    again = sweep_run({**status, "trials": [*status["trials"][:3], recorded(3, 0.93, 3)]})
+    left = {name: job for name, job in jobs.items() if name not in plan.jobs_to_delete}
+    assert plan_run(again, spec_of(again), left, pods, "file:///a").jobs_to_delete == [
+        job_name("iris", UID, 3)
+    ]
+
+
+def test_a_sweep_that_retains_its_trial_jobs_deletes_none_it_did_not_prune() -> None:
+    status = {"trialsStarted": 2, "trials": [recorded(0, 0.91, 0), recorded(1, 0.97, 1)]}
+    obj = sweep_run(status, retainTrialJobs=True)
+    jobs = {}
+    for trial, accuracy in enumerate([0.91, 0.97]):
+        job, _ = finished_job(obj, accuracy, trial)
+        jobs[job["metadata"]["name"]] = job
+
+    plan = plan_run(obj, spec_of(obj), jobs, [], "file:///a")
+
+    assert plan.jobs_to_delete == []
+    assert [t["phase"] for t in plan.status["trials"][:2]] == ["Succeeded", "Succeeded"]
+
+
+def test_a_failing_trial_says_why_in_an_event_before_its_job_goes() -> None:
+    status = {"trialsStarted": 2, "trials": [{"index": 0, "phase": "Running", "params": {}}]}
+    status["trials"].append({"index": 1, "phase": "Running", "params": {}})
+    obj = sweep_run(status)
+    job, pod = failed_job(obj, 0, "Job has reached the specified backoff limit")
+
+    plan = plan_run(obj, spec_of(obj), {job["metadata"]["name"]: job}, [pod], "file:///a")
+
+    assert plan.events == [
+        (
+            "Warning",
+            "TrialFailed",
+            "Trial 0 failed: BackoffLimitExceeded: Job has reached the specified backoff limit "
+            "Last pod: exit code 1 (Error)",
+        )
+    ]
+    assert plan.status["trials"][0]["phase"] == "Failed"
+    assert plan.jobs_to_delete == []  # recorded by this plan's write first

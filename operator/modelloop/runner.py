@@ -19,7 +19,7 @@ if "kubernetes" not in sys.modules:
 
 import kopf
 
-from modelloop.kube import preflight
+from modelloop.kube import KubeClient
 from modelloop.settings import Settings
 
 _LOG_FORMATS = {"plain": kopf.LogFormat.PLAIN, "full": kopf.LogFormat.FULL, "json": kopf.LogFormat.JSON}
@@ -31,10 +31,11 @@ def run_operator(settings: Settings) -> None:
     Raises PreflightError when the API server cannot be reached or does not serve our kinds, so that a
     misconfigured operator stops at once with the reason instead of retrying in silence.
     """
+    limit_malloc_arenas()
     # Text logs name the object each line is about; JSON logs carry it as fields instead.
     kopf.configure(verbose=settings.verbose, log_format=_LOG_FORMATS[settings.log_format], log_prefix=None)
     logging.getLogger("kopf.objects").addFilter(_drop_routine_event_logs)
-    server_version = asyncio.run(preflight())
+    server_version = asyncio.run(KubeClient().preflight())
     logging.getLogger("modelloop").info("API server %s serves every modelloop kind", server_version)
     import modelloop.controllers  # noqa: F401  # registers the handlers
 
@@ -54,6 +55,27 @@ def run_operator(settings: Settings) -> None:
         priority=priority,
         memo=kopf.Memo(settings=settings, identity=identity),
     )
+
+
+# glibc gives each thread that allocates an arena of its own (up to 8 per core), and keeps what it frees
+# there. The operator's threads (kopf's executor, the sweeps' search threads) allocate in bursts; with two
+# arenas, 100 sweeps of 100 trials peak 8 MiB lower (bench/sweeps.py) at no measurable cost in speed.
+MALLOC_ARENAS = 2
+_M_ARENA_MAX = -8  # mallopt's parameter, from glibc's malloc.h
+
+
+def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
+    """Cap glibc's malloc arenas (as MALLOC_ARENA_MAX would) before any thread starts; whether it could
+    (not on other C libraries, nor when MALLOC_ARENA_MAX is set: the person who set it decides)."""
+    if os.environ.get("MALLOC_ARENA_MAX") or not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None)
+        return bool(libc.mallopt(_M_ARENA_MAX, arenas))
+    except (OSError, AttributeError):  # musl and others have no mallopt
+        return False
 
 
 def _drop_routine_event_logs(record: logging.LogRecord) -> bool:

@@ -241,6 +241,12 @@ class Sweep(ApiModel):
         description="Stop hopeless trials early, from the values the trainer reports after each step "
         "(epoch or boosting stage).",
     )
+    retain_trial_jobs: bool = Field(
+        False,
+        description="Keep the Job and pod (and so the log) of every finished trial. By default a finished "
+        "trial's Job is deleted once status records its result, except the best trial's; a failed trial's "
+        "reason is posted as an event first.",
+    )
 
     @model_validator(mode="after")
     def _check_like_the_crd(self) -> Self:

@@ -10,12 +10,15 @@ import json
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from modelloop import __version__
 from modelloop.settings import LOG_FORMATS, Settings
+
+if TYPE_CHECKING:
+    from modelloop.kube import KubeClient
 
 T = TypeVar("T")
 
@@ -140,21 +143,21 @@ output_option = click.option(
 @output_option
 def lineage(name: str, namespace: str | None, output: str) -> None:
     """Show where the ModelVersion NAME came from: its TrainingRun, and what started that run."""
-    from modelloop import kube
     from modelloop.api import DRIFT_POLICY, MODEL_VERSION, TRAINING_RUN
     from modelloop.cli.render import render_lineage
+    from modelloop.kubeconfig import current_namespace
     from modelloop.registry.lineage import build_lineage, drift_policy_name, training_run_name
 
-    namespace = namespace or kube.current_namespace()
+    namespace = namespace or current_namespace()
 
-    async def read() -> tuple[Any, Any, Any]:
-        version = await kube.get_object(MODEL_VERSION.plural, namespace, name)
+    async def read(client: KubeClient) -> tuple[Any, Any, Any]:
+        version = await client.get_object(MODEL_VERSION.plural, namespace, name)
         if version is None:
             raise click.ClickException(f"ModelVersion {name} not found in namespace {namespace}")
         run_name = training_run_name(version)
-        run = await kube.get_object(TRAINING_RUN.plural, namespace, run_name) if run_name else None
+        run = await client.get_object(TRAINING_RUN.plural, namespace, run_name) if run_name else None
         policy_name = drift_policy_name(version, run)
-        policy = await kube.get_object(DRIFT_POLICY.plural, namespace, policy_name) if policy_name else None
+        policy = await client.get_object(DRIFT_POLICY.plural, namespace, policy_name) if policy_name else None
         return version, run, policy
 
     version, run, policy = _read_cluster(read)
@@ -182,14 +185,14 @@ def _parse_at(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 def trials(name: str, namespace: str | None, output: str) -> None:
     """Show the trials of the TrainingRun NAME's sweep: phase, objective, learning curve, parameters, and
     why a trial was stopped early (* marks the best)."""
-    from modelloop import kube
     from modelloop.api import TRAINING_RUN
     from modelloop.cli.render import render_trials
+    from modelloop.kubeconfig import current_namespace
 
-    namespace = namespace or kube.current_namespace()
+    namespace = namespace or current_namespace()
 
-    async def read() -> Any:
-        run = await kube.get_object(TRAINING_RUN.plural, namespace, name)
+    async def read(client: KubeClient) -> Any:
+        run = await client.get_object(TRAINING_RUN.plural, namespace, name)
         if run is None:
             raise click.ClickException(f"TrainingRun {name} not found in namespace {namespace}")
         return run
@@ -215,13 +218,15 @@ def trials(name: str, namespace: str | None, output: str) -> None:
 def history(model: str, namespace: str | None, at: datetime | None, output: str) -> None:
     """List the stage changes of every version of MODEL, oldest first; with --at, name the version that
     was Champion at that time (or "none")."""
-    from modelloop import kube
     from modelloop.api import MODEL_VERSION
     from modelloop.cli.render import render_champion, render_timeline
+    from modelloop.kubeconfig import current_namespace
     from modelloop.registry.history import champion_at, format_time, timeline, versions_of
 
-    namespace = namespace or kube.current_namespace()
-    versions = versions_of(_read_cluster(lambda: kube.list_objects(MODEL_VERSION.plural, namespace)), model)
+    namespace = namespace or current_namespace()
+    versions = versions_of(
+        _read_cluster(lambda client: client.list_objects(MODEL_VERSION.plural, namespace)), model
+    )
     if not versions:
         raise click.ClickException(f"no ModelVersion of model {model} in namespace {namespace}")
     if at is None:
@@ -246,18 +251,22 @@ def history(model: str, namespace: str | None, at: datetime | None, output: str)
         click.echo(render_champion(champion))
 
 
-def _read_cluster(read: Callable[[], Awaitable[T]]) -> T:
-    """Run ``read`` (the command's reads of the cluster) and turn failures to reach or read the cluster
-    into one-line errors instead of tracebacks."""
+def _read_cluster(read: Callable[[KubeClient], Awaitable[T]]) -> T:
+    """Run ``read`` (the command's calls to the cluster) with the command's client, and turn failures to
+    reach or read the cluster into one-line errors instead of tracebacks. The client is the one in the
+    command's context object (``main(obj=client)``: tests inject theirs), else a new one that logs in
+    as kubectl would."""
     import aiohttp
 
     from modelloop import kube
 
+    client = click.get_current_context().find_object(kube.KubeClient) or kube.KubeClient()
+
     async def reading() -> T:
         try:
-            return await read()
+            return await read(client)
         finally:
-            await kube.close()
+            await client.close()
 
     try:
         return asyncio.run(reading())
@@ -279,18 +288,18 @@ def _rollout_action(verb: str, summary: str) -> None:
     @click.argument("name")
     @namespace_option
     def command(name: str, namespace: str | None) -> None:
-        from modelloop import kube
         from modelloop.api import INFERENCE_SERVICE
+        from modelloop.kubeconfig import current_namespace
         from modelloop.serving.rollout import ANNOTATION_ROLLOUT_ACTION
 
-        namespace = namespace or kube.current_namespace()
+        namespace = namespace or current_namespace()
         # A token makes each use a new request, even of the same verb as last time.
         value = f"{verb}@{datetime.now(UTC).strftime('%Y%m%dT%H%M%S.%fZ')}"
 
-        async def act() -> None:
-            if await kube.get_object(INFERENCE_SERVICE.plural, namespace, name) is None:
+        async def act(client: KubeClient) -> None:
+            if await client.get_object(INFERENCE_SERVICE.plural, namespace, name) is None:
                 raise click.ClickException(f"InferenceService {name} not found in namespace {namespace}")
-            await kube.patch_annotations(
+            await client.patch_annotations(
                 INFERENCE_SERVICE.plural, namespace, name, {ANNOTATION_ROLLOUT_ACTION: value}
             )
 
@@ -316,14 +325,14 @@ def rollout_status(name: str, namespace: str | None, watch: bool, timeout: float
     """Show the rollout of the InferenceService NAME: versions, step, traffic, analysis, phase."""
     import time
 
-    from modelloop import kube
     from modelloop.api import INFERENCE_SERVICE
     from modelloop.cli.render import render_rollout
+    from modelloop.kubeconfig import current_namespace
 
-    namespace = namespace or kube.current_namespace()
+    namespace = namespace or current_namespace()
 
-    async def read() -> Any:
-        obj = await kube.get_object(INFERENCE_SERVICE.plural, namespace, name)
+    async def read(client: KubeClient) -> Any:
+        obj = await client.get_object(INFERENCE_SERVICE.plural, namespace, name)
         if obj is None:
             raise click.ClickException(f"InferenceService {name} not found in namespace {namespace}")
         return obj

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
+from concurrent.futures import Executor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -39,7 +40,6 @@ from modelloop.naming import LABEL_DRIFT_POLICY, LABEL_TRAINING_RUN
 from modelloop.objects import slim_object
 from modelloop.review import INVALID_SPEC, describe_validation_error
 from modelloop.runtime import metrics
-from modelloop.runtime.executors import call_query
 from modelloop.runtime.status import ObjectKey, StatusWriter
 from modelloop.runtime.workqueue import WorkQueue
 from modelloop.serving.analysis import Prometheus, PrometheusRefused, PrometheusUnreachable, QueryContext
@@ -99,11 +99,19 @@ async def on_target_service(namespace: str | None, name: str, memo: Any, **_: An
 class DriftPolicyController:
     """Evaluates DriftPolicies and starts their retrainings."""
 
-    def __init__(self, settings: Settings, indexes: Mapping[str, Any], workers: int = WORKERS) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        indexes: Mapping[str, Any],
+        client: kube.KubeClient,
+        queries: Executor | None = None,
+        workers: int = WORKERS,
+    ) -> None:
         self.settings = settings
         self.indexes = indexes
-        self.writer = StatusWriter(PLURAL)
-        self.prometheus = Prometheus(settings.prometheus_url)
+        self.client = client
+        self.writer = StatusWriter(PLURAL, client)
+        self.prometheus = Prometheus(settings.prometheus_url, executor=queries)
         self.detector = DetectorClient()
         self.queue = WorkQueue("DriftPolicy", self.reconcile, workers=workers, on_failure=self.report_failure)
         # The served versions last registered with each policy's detector, for its uid: to log changes only.
@@ -200,7 +208,7 @@ class DriftPolicyController:
             error = "no Prometheus to ask: set spec.prometheus.url or MODELLOOP_PROMETHEUS_URL"
             return Measurement(metric, query, now, error=error)
         try:
-            value = await call_query(self.prometheus.query, url, query)
+            value = await self.prometheus.run_query(url, query)
         except PrometheusRefused as error:
             return Measurement(metric, query, now, error=str(error), refused=True)
         except PrometheusUnreachable as error:
@@ -263,7 +271,7 @@ class DriftPolicyController:
                     f"{exported.uri} ({exported.hash}): {exported.rows} rows, {exported.labelled} labelled"
                 )[:1024]
         run = render_training_run(obj, spec, decision.start_run, evidence, recent)
-        created = await kube.create_object(TRAINING_RUN.plural, run)
+        created = await self.client.create_object(TRAINING_RUN.plural, run)
         if created:
             metrics.RETRAININGS.labels("started", "DriftConfirmed").inc()
             logger.info(

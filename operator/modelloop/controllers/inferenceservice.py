@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Mapping
+from concurrent.futures import Executor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -117,16 +118,24 @@ async def on_model_version_served(namespace: str | None, spec: kopf.Spec, memo: 
 class InferenceServiceController:
     """Reconciles InferenceServices through a serving backend."""
 
-    def __init__(self, settings: Settings, indexes: Mapping[str, Any], workers: int = WORKERS) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        indexes: Mapping[str, Any],
+        client: kube.KubeClient,
+        queries: Executor | None = None,
+        workers: int = WORKERS,
+    ) -> None:
         self.settings = settings
         self.indexes = indexes
-        self.writer = StatusWriter(PLURAL, (ANNOTATION_ROLLOUT_ACTION,))
+        self.client = client
+        self.writer = StatusWriter(PLURAL, client, (ANNOTATION_ROLLOUT_ACTION,))
         self.kserve = KServeBackend(DeploymentMode(settings.kserve_mode), settings.gateway)
         self.backends: dict[Backend, ServingBackend] = {
             Backend.KSERVE: self.kserve,
             Backend.SELDON: SeldonBackend(),
         }
-        self.prometheus = Prometheus(settings.prometheus_url)
+        self.prometheus = Prometheus(settings.prometheus_url, executor=queries)
         self.queue = WorkQueue(
             "InferenceService", self.reconcile, workers=workers, on_failure=self.report_failure
         )
@@ -228,7 +237,7 @@ class InferenceServiceController:
         """The objects the backend owns for ``context``, read at once (None: absent)."""
         owned = backend.owned(context)
         read = await asyncio.gather(
-            *(kube.get_object(o.plural, context.namespace, o.name, o.api_version) for o in owned)
+            *(self.client.get_object(o.plural, context.namespace, o.name, o.api_version) for o in owned)
         )
         return {o.name: obj for o, obj in zip(owned, read, strict=True)}
 
@@ -251,7 +260,7 @@ class InferenceServiceController:
             if existing is not None and applied_before.get(name) == (_generation(existing), rendered):
                 continue  # applied already, and nobody changed its spec since
             try:
-                applied = await kube.server_side_apply(PLURALS[manifest["kind"]], manifest)
+                applied = await self.client.server_side_apply(PLURALS[manifest["kind"]], manifest)
             except kube.ApiException as error:
                 if error.status == 404:
                     what = f"{manifest['kind']} ({manifest['apiVersion']})"

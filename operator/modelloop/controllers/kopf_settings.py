@@ -6,14 +6,15 @@ import asyncio
 import base64
 import logging
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from typing import Any, cast
 
 import kopf
 
-from modelloop import kube
 from modelloop.api import API_VERSION, GROUP, KINDS
+from modelloop.kubeconfig import EXPIRY_MARGIN_SECONDS, Credentials, data_file, load_config
 from modelloop.naming import LABEL_TRAINING_RUN
-from modelloop.runtime.executors import default_executor
+from modelloop.runtime.executors import default_pool
 
 # Kinds that only event handlers and indexes watch: kopf never diffs them (no on.create/update/delete).
 # That is every kind: each controller reconciles through its work queue.
@@ -52,22 +53,35 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.queueing.idle_timeout = 0.3
     # The operator's API calls are asynchronous; kopf's own blocking calls get a small pool (queries of
     # other systems have one of their own).
-    asyncio.get_running_loop().set_default_executor(default_executor())
+    asyncio.get_running_loop().set_default_executor(default_pool())
 
 
 @kopf.on.login()
 async def login(**_: Any) -> kopf.ConnectionInfo:
-    """kopf connects with the configuration the operator's own client uses (``kube.load_config``): in a
-    pod its service account (the token re-read at each login: projected tokens rotate), else the
-    kubeconfig's current context."""
-    config = kube.load_config()
+    """kopf connects with the configuration the operator's own client uses (``load_config``): in a pod its
+    service account (the token re-read at each login: projected tokens rotate), else the kubeconfig's
+    current context, running its exec credential plugin if it has one. kopf logs in again when the
+    credential expires (a plugin's ``expirationTimestamp``) or the API server refuses it (401)."""
+    config = load_config()
+    credentials = Credentials(config)
+    token = await credentials.token()
+    certificate, key = config.certificate_file, config.key_file
+    expiration = None
+    if credentials.uses_plugin:
+        credential = await credentials.current()
+        if credential.certificate and credential.key:
+            certificate = data_file(credential.certificate, encoded=False)
+            key = data_file(credential.key, encoded=False)
+        if credential.expires is not None:
+            expiration = datetime.fromtimestamp(credential.expires - EXPIRY_MARGIN_SECONDS, UTC)
     return kopf.ConnectionInfo(
         server=config.server,
         ca_path=config.ca_file,
         ca_data=base64.b64encode(config.ca_data.encode()).decode() if config.ca_data else None,
         insecure=config.insecure or None,
-        certificate_path=config.certificate_file,
-        private_key_path=config.key_file,
-        token=config.bearer_token(),
+        certificate_path=certificate,
+        private_key_path=key,
+        token=token,
         default_namespace=config.namespace,
+        expiration=expiration,
     )

@@ -95,11 +95,14 @@ async def on_served_model(namespace: str | None, spec: kopf.Spec, memo: Any, **_
 class ModelRegistry:
     """Reconciles models: their ModelVersions and ModelPolicy, one model at a time."""
 
-    def __init__(self, settings: Settings, indexes: Mapping[str, Any], workers: int = 8) -> None:
+    def __init__(
+        self, settings: Settings, indexes: Mapping[str, Any], client: kube.KubeClient, workers: int = 8
+    ) -> None:
         self.settings = settings
         self.indexes = indexes
-        self.versions = StatusWriter(MODEL_VERSION.plural, _ANNOTATIONS)
-        self.policies = StatusWriter(MODEL_POLICY.plural, _ANNOTATIONS)
+        self.client = client
+        self.versions = StatusWriter(MODEL_VERSION.plural, client, _ANNOTATIONS)
+        self.policies = StatusWriter(MODEL_POLICY.plural, client, _ANNOTATIONS)
         self.queue = WorkQueue("model", self.reconcile, workers=workers)
 
     def known_keys(self) -> list[ModelKey]:
@@ -184,7 +187,7 @@ class ModelRegistry:
         for version in plan.deletions:
             meta = version["metadata"]
             # Not deleted when it changed since it was read (resourceVersion): the next reconcile decides.
-            deleted = await kube.delete_object(
+            deleted = await self.client.delete_object(
                 MODEL_VERSION.plural,
                 namespace,
                 meta["name"],

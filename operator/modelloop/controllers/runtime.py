@@ -11,17 +11,21 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Iterator, Mapping
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
 
 import kopf
+from prometheus_client.registry import Collector
 
 from modelloop.controllers.driftpolicy import DriftPolicyController
 from modelloop.controllers.inferenceservice import InferenceServiceController
 from modelloop.controllers.modelversion import ModelRegistry
 from modelloop.controllers.states import ObjectStates
 from modelloop.controllers.trainingrun import TrainingRunController
+from modelloop.kube import KubeClient
 from modelloop.runtime import metrics
+from modelloop.runtime.executors import query_pool
 from modelloop.runtime.peering import PeeringGate
 from modelloop.runtime.workqueue import WorkQueue
 from modelloop.settings import Settings
@@ -38,8 +42,12 @@ class Runtime:
     registry: ModelRegistry
     inference_services: InferenceServiceController
     drift_policies: DriftPolicyController
+    client: KubeClient
+    queries: Executor
     gate: asyncio.Task[None] | None = None
     metrics_server: Any = None
+    collectors: tuple[Collector, ...] = ()
+    """This runtime's scrape-time metrics (queue depths, object states), registered while it runs."""
     active: bool = True
     """False while the peering gate holds this replica as a standby (its watches, and indexes, stop)."""
 
@@ -69,24 +77,27 @@ class Runtime:
             controller.queue.resume()
 
 
-OBJECT_STATES = ObjectStates()
-metrics.REGISTRY.register(OBJECT_STATES)
-
-
 @kopf.on.startup()
 async def start_controllers(memo: kopf.Memo, **kwargs: Any) -> None:
     """Make the controllers (kopf passes the indexes to start-up handlers too) and, with peering, the
     gate that pauses them while another replica is active."""
     settings: Settings = memo.settings
     indexes: Mapping[str, Any] = kwargs
+    # The one client of this process: every controller's calls, with the operator's request metrics.
+    client = KubeClient(observe=metrics.observe_api_request)
+    # Blocking queries of Prometheus, for the rollouts' analysis and the drift policies.
+    queries = query_pool()
     runtime = Runtime(
-        training_runs=TrainingRunController(settings, indexes),
-        registry=ModelRegistry(settings, indexes),
-        inference_services=InferenceServiceController(settings, indexes),
-        drift_policies=DriftPolicyController(settings, indexes),
+        training_runs=TrainingRunController(settings, indexes, client),
+        registry=ModelRegistry(settings, indexes, client),
+        inference_services=InferenceServiceController(settings, indexes, client, queries),
+        drift_policies=DriftPolicyController(settings, indexes, client, queries),
+        client=client,
+        queries=queries,
     )
     if settings.peering is not None and settings.priority is not None:
         gate = PeeringGate(
+            client,
             settings.peering,
             settings.namespaces,
             memo.identity,
@@ -95,11 +106,16 @@ async def start_controllers(memo: kopf.Memo, **kwargs: Any) -> None:
             on_resume=runtime.resume,
         )
         runtime.gate = asyncio.get_running_loop().create_task(gate.run(), name="peering gate")
-    metrics.QUEUE_DEPTH.queues = lambda: [(q.name, q.depth(), q.scheduled()) for q in runtime.queues()]
-    # A standby's indexes are frozen: it reports no object states, so alerts see the active replica's.
-    OBJECT_STATES.indexes = lambda: indexes if runtime.active else {}
+    runtime.collectors = (
+        metrics.QueueDepth(lambda: [(q.name, q.depth(), q.scheduled()) for q in runtime.queues()]),
+        # A standby's indexes are frozen: it reports no object states, so alerts see the active replica's.
+        ObjectStates(lambda: indexes if runtime.active else {}),
+    )
     if settings.metrics_address is not None:
         runtime.metrics_server = await metrics.serve(settings.metrics_address)
+    # Last: a start-up that failed before (and that kopf retries) has registered nothing.
+    for collector in runtime.collectors:
+        metrics.REGISTRY.register(collector)
     memo.runtime = runtime
 
 
@@ -119,3 +135,7 @@ async def stop_controllers(memo: kopf.Memo, **_: Any) -> None:
     await runtime.drift_policies.detector.close()
     if runtime.metrics_server is not None:
         await runtime.metrics_server.cleanup()
+    await runtime.client.close()
+    for collector in runtime.collectors:
+        metrics.REGISTRY.unregister(collector)
+    runtime.queries.shutdown(wait=False, cancel_futures=True)

@@ -110,11 +110,13 @@ def gauges(indexes: Indexes, now: datetime) -> list[GaugeMetricFamily]:
 
 
 class ObjectStates(Collector):
-    """The gauges above, collected at scrape time. ``indexes`` gives the controllers' indexes; the
-    operator's runtime sets it at start-up (before, every gauge is empty)."""
+    """The gauges above, collected at scrape time from the controllers' indexes (``indexes``). The
+    operator's runtime registers one at start-up and unregisters it at clean-up."""
 
-    def __init__(self, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
-        self.indexes: Callable[[], Indexes] = dict
+    def __init__(
+        self, indexes: Callable[[], Indexes], clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    ) -> None:
+        self.indexes = indexes
         self.clock = clock
 
     def collect(self) -> Iterable[GaugeMetricFamily]:

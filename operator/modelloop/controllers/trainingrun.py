@@ -13,7 +13,7 @@ import functools
 import json
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -21,7 +21,7 @@ import kopf
 import pydantic
 
 from modelloop import kube
-from modelloop.api import GROUP, TRAINING_RUN, VERSION, TrainingRunPhase, TrainingRunSpec
+from modelloop.api import GROUP, MODEL_VERSION, TRAINING_RUN, VERSION, TrainingRunPhase, TrainingRunSpec
 from modelloop.conditions import utc_now
 from modelloop.controllers.reporting import post_event
 from modelloop.naming import ANNOTATION_RUN_UID, LABEL_TRAINING_RUN, label_value, run_of
@@ -52,31 +52,65 @@ logger = logging.getLogger(__name__)
 MAX_SPEC_BYTES = 1024 * 1024
 OVERSIZED = "oversizedSpec"
 SPEC_JSON = "specJson"
+TRIALS_JSON = "trialsJson"
 
 
 # Index functions are async: kopf would run plain functions in a thread, once per event.
+async def register_next_version(
+    client: kube.KubeClient,
+    namespace: str,
+    model_name: str,
+    render: Callable[[int], dict[str, Any]],
+    attempts: int = 100,
+) -> str:
+    """Create the next version of a model, one more than the highest registered, and return its name. The
+    version is part of the object's name, so when two runs finish at once the API server refuses the
+    second create, which then takes the next number."""
+    # By spec, not by label: a user may register versions by hand, with labels or without.
+    existing = [
+        mv
+        for mv in await client.list_objects(MODEL_VERSION.plural, namespace)
+        if (mv.get("spec") or {}).get("modelName") == model_name
+    ]
+    version = max((int(mv["spec"]["version"]) for mv in existing), default=0)
+    for _ in range(attempts):
+        # Each refusal means that number was just taken: the next one is tried, so that numbers stay
+        # consecutive however many registrations race.
+        version += 1
+        manifest = render(version)
+        if await client.create_object(MODEL_VERSION.plural, manifest):
+            return str(manifest["metadata"]["name"])
+    raise RuntimeError(f"could not register a version of {model_name} after {attempts} attempts")
+
+
 @kopf.index(GROUP, VERSION, PLURAL)
 async def training_runs(
     namespace: str | None, name: str, body: kopf.Body, **_: Any
 ) -> dict[RunKey, dict[str, Any]]:
-    """Every TrainingRun by (namespace, name). The spec is kept as its compact JSON text, parsed when the run
-    is reconciled (two thirds of the memory of its Python objects, and one object for the collector
-    instead of thousands). Of a spec too large to keep, only its size."""
+    """Every TrainingRun by (namespace, name). The spec and a sweep's status.trials are kept as their
+    compact JSON text, parsed when the run is reconciled (a quarter to a third of the memory of their
+    Python objects, and one object for the collector instead of thousands). Of a spec too large to keep,
+    only its size."""
     slim = slim_object(body)
     text = json.dumps(slim.pop("spec"), separators=(",", ":"))
     if len(text) > MAX_SPEC_BYTES:
         slim[OVERSIZED] = len(text)
     else:
         slim[SPEC_JSON] = text
+    trials = slim["status"].pop("trials", None)
+    if trials:
+        slim[TRIALS_JSON] = json.dumps(trials, separators=(",", ":"))
     return {(namespace or "", name): slim}
 
 
 def with_spec(run: Mapping[str, Any]) -> dict[str, Any]:
-    """The run as the index keeps it, with its spec parsed again."""
-    parsed = {k: v for k, v in run.items() if k != SPEC_JSON}
+    """The run as the index keeps it, with its spec and status.trials parsed again."""
+    parsed = {k: v for k, v in run.items() if k not in (SPEC_JSON, TRIALS_JSON)}
     if SPEC_JSON in run:
         parsed["spec"] = json.loads(run[SPEC_JSON])
     parsed.setdefault("spec", {})
+    if TRIALS_JSON in run:
+        parsed["status"] = {**(run.get("status") or {}), "trials": json.loads(run[TRIALS_JSON])}
     return parsed
 
 
@@ -131,13 +165,19 @@ LOG_READ_SECONDS = 5.0
 class TrainingRunController:
     """Reconciles TrainingRuns; what it remembers of a run is valid for that run's uid only."""
 
-    def __init__(self, settings: Settings, indexes: Mapping[str, Any], workers: int = WORKERS) -> None:
+    def __init__(
+        self, settings: Settings, indexes: Mapping[str, Any], client: kube.KubeClient, workers: int = WORKERS
+    ) -> None:
         self.settings = settings
         self.indexes = indexes
-        self.writer = StatusWriter(PLURAL)
+        self.client = client
+        self.writer = StatusWriter(PLURAL, client)
         # Jobs created but not yet seen in the index, by run: (the run's uid, {Job name: manifest}). A
         # reconcile right after a create must not plan them again.
         self._created: dict[RunKey, tuple[str, dict[str, dict[str, Any]]]] = {}
+        # Jobs deleted (finished or pruned trials) that the index still shows, by run: (uid, names). A
+        # reconcile before their DELETED events neither plans on them nor deletes them again.
+        self._deleted: dict[RunKey, tuple[str, set[str]]] = {}
         # When each run's trial logs were last read: (the run's uid, monotonic time).
         self._progress_read: dict[RunKey, tuple[str, float]] = {}
         self._search_pool: ThreadPoolExecutor | None = None
@@ -158,6 +198,7 @@ class TrainingRunController:
         self.queue.forget(key)
         self.writer.forget(key)
         self._created.pop(key, None)
+        self._deleted.pop(key, None)
         self._progress_read.pop(key, None)
 
     def close(self) -> None:
@@ -210,6 +251,13 @@ class TrainingRunController:
 
         uid = run["metadata"]["uid"]
         jobs = {job["metadata"]["name"]: job for job in self._owned(self.indexes["training_jobs"], key, uid)}
+        deleted_uid, deleted = self._deleted.get(key, (uid, set()))
+        deleted = {name for name in deleted if name in jobs} if deleted_uid == uid else set()
+        if deleted:
+            self._deleted[key] = (uid, deleted)
+            jobs = {name: job for name, job in jobs.items() if name not in deleted}
+        else:
+            self._deleted.pop(key, None)
         remembered_uid, created = self._created.get(key, (uid, {}))
         if remembered_uid != uid:  # another run of the same name: nothing of the old one applies
             created = {}
@@ -232,14 +280,10 @@ class TrainingRunController:
         else:
             plan = planning()
 
-        for name in plan.jobs_to_delete:
-            await kube.delete_job(key[0], name)
-        for reason, message in plan.events:
-            post_event(run, "Normal", reason, message)
         for manifest in plan.jobs_to_create:
             # A new single-run Job is announced by the status transition (reason JobCreated); trial Jobs by
             # an event each.
-            if await kube.create_job(manifest) and spec.sweep is not None:
+            if await self.client.create_job(manifest) and spec.sweep is not None:
                 post_event(run, "Normal", "TrialStarted", f"Created Job {manifest['metadata']['name']}.")
             created[manifest["metadata"]["name"]] = manifest
 
@@ -249,6 +293,14 @@ class TrainingRunController:
         elif plan.registration is not None:
             status["modelVersion"] = await self._register(run, spec, plan)
         await self._write(run, status, generation)
+        # Only once status records why: a pruned trial's Job deleted before would be taken, on the next
+        # pass, for one never created, and a finished trial's result would be lost with its Job.
+        for name in plan.jobs_to_delete:
+            await self.client.delete_job(key[0], name)
+            deleted.add(name)
+            self._deleted[key] = (uid, deleted)
+        for type_, reason, message in plan.events:
+            post_event(run, type_, reason, message)
 
     def _searches(self) -> ThreadPoolExecutor:
         if self._search_pool is None:
@@ -298,7 +350,7 @@ class TrainingRunController:
         """A trial pod's recent log; None when it cannot be read now (the next poll tries again)."""
         async with self._log_reads:
             try:
-                return await kube.pod_log(
+                return await self.client.pod_log(
                     namespace,
                     pod,
                     CONTAINER,
@@ -331,20 +383,20 @@ class TrainingRunController:
         selector = f"{LABEL_TRAINING_RUN}={label_value(meta['name'])}"
         existing = [
             mv
-            for mv in await kube.list_objects("modelversions", meta["namespace"], selector)
+            for mv in await self.client.list_objects(MODEL_VERSION.plural, meta["namespace"], selector)
             if (mv["metadata"].get("annotations") or {}).get(ANNOTATION_RUN_UID) == meta["uid"]
         ]
         if existing:
             return str(existing[0]["metadata"]["name"])
         registration = plan.registration
-        created = await kube.register_model_version(
+        name = await register_next_version(
+            self.client,
             meta["namespace"],
             spec.output.model_name,
             lambda version: render_model_version(
                 run, spec, registration.result, version, registration.params, registration.image_digest
             ),
         )
-        name = str(created["metadata"]["name"])
         post_event(run, "Normal", "ModelRegistered", f"Registered ModelVersion {name}.")
         return name
 

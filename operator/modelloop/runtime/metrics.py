@@ -41,6 +41,13 @@ API_SECONDS = Histogram(
     buckets=_DURATIONS, registry=REGISTRY,
 )  # fmt: skip
 
+
+def observe_api_request(verb: str, code: int, seconds: float) -> None:
+    """Count one request of the operator's client (``KubeClient``'s ``observe``)."""
+    API_REQUESTS.labels(verb, str(code)).inc()
+    API_SECONDS.labels(verb).observe(seconds)
+
+
 DRIFT_EVALUATION_LAG = Histogram(
     "modelloop_drift_evaluation_lag_seconds",
     "How late DriftPolicy evaluations ran after they were due (interval after the last one).",
@@ -59,10 +66,11 @@ RETRAININGS = Counter(
 
 class QueueDepth(Collector):
     """Reads each work queue's depth when scraped: keys due and waiting, and keys with a timer.
-    ``queues`` gives (kind, depth, scheduled) of every queue; the operator's runtime sets it."""
+    ``queues`` gives (kind, depth, scheduled) of every queue. The operator's runtime registers one for its
+    queues at start-up and unregisters it at clean-up."""
 
-    def __init__(self) -> None:
-        self.queues: Callable[[], Iterable[tuple[str, int, int]]] = tuple
+    def __init__(self, queues: Callable[[], Iterable[tuple[str, int, int]]]) -> None:
+        self.queues = queues
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         due = GaugeMetricFamily(
@@ -78,10 +86,6 @@ class QueueDepth(Collector):
             timers.add_metric([kind], scheduled)
         yield due
         yield timers
-
-
-QUEUE_DEPTH = QueueDepth()
-REGISTRY.register(QUEUE_DEPTH)
 
 
 def render() -> bytes:

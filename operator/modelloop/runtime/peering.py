@@ -43,7 +43,9 @@ def peering_paused(
     return False
 
 
-async def read_peers(name: str, namespaces: Iterable[str]) -> list[Mapping[str, Any]]:
+async def read_peers(
+    client: kube.KubeClient, name: str, namespaces: Iterable[str]
+) -> list[Mapping[str, Any]]:
     """The status of the peering objects named ``name``: the ClusterKopfPeering when ``namespaces`` is
     empty, else the KopfPeering of each namespace (those that exist)."""
     base = f"/apis/{PEERING_GROUP}/{PEERING_VERSION}"
@@ -52,7 +54,7 @@ async def read_peers(name: str, namespaces: Iterable[str]) -> list[Mapping[str, 
         if not namespaces
         else [f"{base}/namespaces/{namespace}/kopfpeerings/{name}" for namespace in namespaces]
     )
-    found = [await kube.get(path) for path in paths]
+    found = [await client.get(path) for path in paths]
     return [dict(obj.get("status") or {}) for obj in found if obj is not None]
 
 
@@ -61,6 +63,7 @@ class PeeringGate:
 
     def __init__(
         self,
+        client: kube.KubeClient,
         name: str,
         namespaces: Iterable[str],
         identity: str,
@@ -69,6 +72,7 @@ class PeeringGate:
         on_resume: Callable[[], Awaitable[None]],
         interval: float = 1.0,
     ) -> None:
+        self.client = client
         self.name = name
         self.namespaces = tuple(namespaces)
         self.identity = identity
@@ -84,7 +88,7 @@ class PeeringGate:
         self._on_pause()
         while True:
             try:
-                statuses = await read_peers(self.name, self.namespaces)
+                statuses = await read_peers(self.client, self.name, self.namespaces)
             except Exception as error:  # an unreadable peering object keeps the last decision
                 logger.warning("cannot read peering %s: %s", self.name, kube.api_message(error))
             else:

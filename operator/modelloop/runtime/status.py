@@ -86,8 +86,9 @@ class ObjectMemory:
 class StatusWriter:
     """Writes the status (and the labels) of one kind of ours, never blindly; every controller uses one."""
 
-    def __init__(self, plural: str, annotations: tuple[str, ...] = ()) -> None:
+    def __init__(self, plural: str, client: kube.KubeClient, annotations: tuple[str, ...] = ()) -> None:
         self.plural = plural
+        self.client = client
         self.memory = ObjectMemory()
         self._annotations = annotations
 
@@ -116,7 +117,7 @@ class StatusWriter:
         if not changed:
             return dict(obj)
         namespace, name = object_key(obj)
-        version = await kube.patch_status(
+        version = await self.client.patch_status(
             self.plural, namespace, name, changed, obj["metadata"].get("resourceVersion")
         )
         merged = {k: v for k, v in {**previous, **changed}.items() if v is not None}
@@ -130,7 +131,7 @@ class StatusWriter:
         if all(current.get(k) == v for k, v in labels.items()):
             return dict(obj)
         namespace, name = object_key(obj)
-        version = await kube.patch_labels(
+        version = await self.client.patch_labels(
             self.plural, namespace, name, labels, obj["metadata"].get("resourceVersion")
         )
         meta = {**obj["metadata"], "resourceVersion": version, "labels": {**current, **labels}}
@@ -168,7 +169,7 @@ class StatusWriter:
     async def refresh(self, namespace: str, name: str) -> dict[str, Any]:
         """Read the object from the API server (after a conflict) and remember it; raise ObjectGone when
         it no longer exists."""
-        fresh = await kube.get_object(self.plural, namespace, name)
+        fresh = await self.client.get_object(self.plural, namespace, name)
         if fresh is None:
             self.memory.forget((namespace, name))
             raise ObjectGone(f"{self.plural} {namespace}/{name}")

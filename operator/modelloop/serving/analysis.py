@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import functools
 import json
 import math
 import re
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +22,6 @@ from prometheus_api_client.exceptions import PrometheusApiClientException
 from urllib3.util.retry import Retry
 
 from modelloop.api import Analysis, AnalysisMetric, MeasurementPhase
-from modelloop.runtime.executors import call_query
 from modelloop.serving.rollout import MetricResult
 
 QUERY_TIMEOUT_SECONDS = 5.0
@@ -82,6 +83,9 @@ class Prometheus:
 
     default_url: str | None
     timeout: float = QUERY_TIMEOUT_SECONDS
+    executor: Executor | None = None
+    """Where the blocking queries run: the operator's query pool (a slow Prometheus never holds up the
+    event loop); None: the loop's default pool."""
     _clients: dict[str, PrometheusConnect] = field(default_factory=dict)
 
     def client(self, url: str) -> PrometheusConnect:
@@ -104,6 +108,12 @@ class Prometheus:
                 f"Prometheus at {url} is unreachable ({type(error).__name__})"
             ) from error
 
+    async def run_query(self, url: str, query: str) -> float | None:
+        """``query`` in the executor: what it returns, or what it raises."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self.executor, functools.partial(self.query, url, query)
+        )
+
     async def measure(self, analysis: Analysis, context: QueryContext) -> list[MetricResult]:
         """Run every metric's query once (at the same time, in the query pool) and judge each."""
         url = analysis.prometheus_url or self.default_url
@@ -119,7 +129,7 @@ class Prometheus:
     async def _measure(self, url: str, metric: AnalysisMetric, context: QueryContext) -> MetricResult:
         query = context.render(metric.query)
         try:
-            value = await call_query(self.query, url, query)
+            value = await self.run_query(url, query)
         except PrometheusUnreachable as error:
             return judge(metric, query, None, str(error))
         return judge(metric, query, value)

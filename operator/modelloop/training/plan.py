@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from modelloop.api import EarlyStoppingRule, Pruning, TrainingRunPhase, TrainingRunSpec, TrialPhase
+from modelloop.api import EarlyStoppingRule, Pruning, Sweep, TrainingRunPhase, TrainingRunSpec, TrialPhase
 from modelloop.api.meta import ParamValue
 from modelloop.naming import job_name
 from modelloop.training.job import ChampionModel, TrialPlan, job_trial_params, render_job, trial_index
@@ -47,11 +47,12 @@ class RunPlan:
 
     jobs_to_create: list[dict[str, Any]] = field(default_factory=list)
     jobs_to_delete: list[str] = field(default_factory=list)
-    """Jobs of trials stopped early (by name)."""
+    """Jobs (by name) of trials stopped early and, unless the sweep retains them, of finished trials that
+    status recorded before, except the best one's; deleted once this plan's status is written."""
     registration: Registration | None = None
     status: dict[str, Any] = field(default_factory=dict)
-    events: list[tuple[str, str]] = field(default_factory=list)
-    """Normal events to post: (reason, message)."""
+    events: list[tuple[str, str, str]] = field(default_factory=list)
+    """Events to post once the status is written: (type, reason, message)."""
 
     @property
     def phase(self) -> TrainingRunPhase:
@@ -128,19 +129,23 @@ def _plan_sweep(
     # may linger, but they are done with. Every other Job of the run is a trial to follow.
     recorded_started = previous.get("trialsStarted")
     started = int(recorded_started) if recorded_started is not None else len(trials) + dropped
+    # What status recorded as final before this pass: those trials' results are safe in etcd.
+    recorded_final = {index for index, t in trials.items() if t.get("phase") in FINAL_TRIAL}
     by_index: dict[int, Mapping[str, Any]] = {}
+    lingering: list[str] = []
     for name, trial_job in jobs.items():
         index = trial_index(trial_job)
         if index is None or name != job_name(meta["name"], meta["uid"], index):
             continue
         if index < started and index not in trials:
+            lingering.append(name)
             continue
         by_index[index] = trial_job
     started = max(started, max(by_index, default=-1) + 1)
     finished_count = sum(1 for t in trials.values() if t.get("finishedOrder") is not None)
     observations: dict[int, JobObservation] = {}
     to_create: list[TrialPlan] = []
-    events: list[tuple[str, str]] = []
+    events: list[tuple[str, str, str]] = []
 
     for index in sorted({*trials, *by_index}):
         entry = trials.setdefault(index, {"index": index})
@@ -167,6 +172,15 @@ def _plan_sweep(
         if observation.finished:
             entry["finishedOrder"] = finished_count
             finished_count += 1
+            if observation.phase == TrainingRunPhase.FAILED:
+                # Its Job (and the pod's log) goes once status records it: say why it failed while it can.
+                events.append(
+                    (
+                        "Warning",
+                        "TrialFailed",
+                        f"Trial {index} failed: {observation.reason}: {observation.message}",
+                    )
+                )
 
     if sweep.early_stopping is not None:
         judged = [i for i in sorted(trials) if trials[i].get("phase") == TrialPhase.RUNNING.value]
@@ -183,7 +197,7 @@ def _plan_sweep(
                 finishedOrder=finished_count,
             )
             finished_count += 1
-            events.append(("TrialPruned", prune_message(index, verdict.pruning, metric)))
+            events.append(("Normal", "TrialPruned", prune_message(index, verdict.pruning, metric)))
 
     running = sum(1 for t in trials.values() if t.get("phase") not in FINAL_TRIAL)
     records = [record_of(t, metric) for t in trials.values()]
@@ -273,15 +287,38 @@ def _plan_sweep(
         status["keyMetric"] = run_key_metric(spec, status["metrics"])
     return RunPlan(
         jobs_to_create=[render_job(run, spec, artifact_root, trial, champion) for trial in to_create],
-        jobs_to_delete=[
-            entry["jobName"]
-            for entry in ordered
-            if entry.get("phase") == TrialPhase.PRUNED.value and entry["index"] in by_index
-        ],
+        jobs_to_delete=_jobs_to_delete(sweep, ordered, by_index, recorded_final, best, lingering),
         registration=registration,
         status=status,
         events=events,
     )
+
+
+def _jobs_to_delete(
+    sweep: Sweep,
+    ordered: Sequence[Mapping[str, Any]],
+    by_index: Mapping[int, Mapping[str, Any]],
+    recorded_final: set[int],
+    best: int | None,
+    lingering: Sequence[str],
+) -> list[str]:
+    """The Jobs to delete after this pass's status write: those of trials pruned (now or before), and,
+    unless ``retainTrialJobs``, those of every finished trial that status had recorded before this pass
+    (its result is in etcd) except the best one's, which registration reads, and those of trials dropped
+    from status. The operator keeps each Job and pod it watches in memory: a sweep then costs it only its
+    running trials and its best, however many trials it has."""
+    names = []
+    for entry in ordered:
+        index = entry["index"]
+        if index not in by_index:
+            continue
+        if entry.get("phase") == TrialPhase.PRUNED.value or (
+            not sweep.retain_trial_jobs and index in recorded_final and index != best
+        ):
+            names.append(entry["jobName"])
+    if not sweep.retain_trial_jobs:
+        names += lingering
+    return names
 
 
 def prune_message(index: int, pruning: Pruning, metric: str) -> str:

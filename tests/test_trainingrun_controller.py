@@ -1,0 +1,203 @@
+"""The TrainingRun controller's glue, with an injected client: what it asks the API server, and in which
+order. The decisions are ``plan_run``'s (tests/test_training_plan.py); this is reading the indexes,
+applying a plan, and writing status once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+
+from modelloop.controllers import trainingrun as controller_module
+from modelloop.controllers.trainingrun import TrainingRunController, register_next_version, training_runs
+from modelloop.kube import KubeClient
+from modelloop.naming import ANNOTATION_RUN_UID, ANNOTATION_TRIAL_PARAMS, LABEL_TRIAL, job_name
+from modelloop.settings import Settings
+from modelloop.training.observe import slim_job, slim_pod
+
+UID = "run-uid"
+KEY = ("ml", "search")
+
+
+class RecordingClient(KubeClient):
+    """The API server as the controller sees it: every call recorded in order; status writes answered
+    with the next resourceVersion; ModelVersion names in ``taken`` refused as existing."""
+
+    def __init__(self, versions: list[dict[str, Any]] | None = None, taken: set[str] | None = None) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, ...]] = []
+        self.statuses: list[Mapping[str, Any]] = []
+        self.versions = versions or []
+        self.taken = taken or set()
+        self.resource_version = 10
+
+    async def patch_status(
+        self, plural: str, namespace: str, name: str, status: Mapping[str, Any], resource_version: str | None
+    ) -> str:
+        self.calls.append(("patch_status", name))
+        self.statuses.append(status)
+        self.resource_version += 1
+        return str(self.resource_version)
+
+    async def delete_job(self, namespace: str, name: str) -> bool:
+        self.calls.append(("delete_job", name))
+        return True
+
+    async def create_job(self, manifest: Mapping[str, Any]) -> bool:
+        self.calls.append(("create_job", manifest["metadata"]["name"]))
+        return True
+
+    async def list_objects(
+        self, plural: str, namespace: str, label_selector: str = ""
+    ) -> list[dict[str, Any]]:
+        self.calls.append(("list", plural))
+        return list(self.versions)
+
+    async def create_object(self, plural: str, manifest: Mapping[str, Any]) -> bool:
+        name = manifest["metadata"]["name"]
+        self.calls.append(("create", name))
+        return name not in self.taken
+
+
+@pytest.fixture(autouse=True)
+def events(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """Events the controller posts (through kopf, which needs a running operator): recorded instead."""
+    posted: list[tuple[str, str]] = []
+    monkeypatch.setattr(
+        controller_module, "post_event", lambda obj, type_, reason, message: posted.append((type_, reason))
+    )
+    return posted
+
+
+def sweep_run(status: dict[str, Any]) -> dict[str, Any]:
+    body = {
+        "apiVersion": "modelloop.dev/v1alpha1",
+        "kind": "TrainingRun",
+        "metadata": {
+            "name": "search",
+            "namespace": "ml",
+            "uid": UID,
+            "generation": 1,
+            "resourceVersion": "5",
+        },
+        "spec": {
+            "image": "trainer:1",
+            "dataset": {"uri": "sklearn://iris", "format": "sklearn", "targetColumn": "target"},
+            "output": {"modelName": "iris"},
+            "sweep": {
+                "parameters": {"max_depth": [1, 2, 3]},
+                "parallelism": 1,
+                "objective": {"metric": "accuracy"},
+            },
+        },
+        "status": status,
+    }
+    return asyncio.run(training_runs(namespace="ml", name="search", body=body))[KEY]
+
+
+def trial_job(index: int, accuracy: float) -> tuple[dict[str, Any], dict[str, Any]]:
+    name = job_name("search", UID, index)
+    job = {
+        "metadata": {
+            "name": name,
+            "labels": {LABEL_TRIAL: str(index)},
+            "annotations": {
+                ANNOTATION_RUN_UID: UID,
+                ANNOTATION_TRIAL_PARAMS: json.dumps({"max_depth": index + 1}),
+            },
+        },
+        "status": {"conditions": [{"type": "Complete", "status": "True"}]},
+    }
+    result = {"status": "Succeeded", "metrics": {"accuracy": accuracy}, "artifactUri": f"file:///a/{name}"}
+    pod = {
+        "metadata": {
+            "name": f"{name}-x",
+            "labels": {"batch.kubernetes.io/job-name": name},
+            "annotations": {ANNOTATION_RUN_UID: UID},
+        },
+        "status": {
+            "phase": "Succeeded",
+            "containerStatuses": [
+                {"name": "trainer", "state": {"terminated": {"exitCode": 0, "message": json.dumps(result)}}}
+            ],
+        },
+    }
+    return slim_job(job), slim_pod(pod)
+
+
+def recorded(index: int, accuracy: float) -> dict[str, Any]:
+    return {
+        "index": index,
+        "phase": "Succeeded",
+        "params": {"max_depth": index + 1},
+        "metrics": {"accuracy": accuracy},
+        "finishedOrder": index,
+    }
+
+
+def controller_for(
+    run: dict[str, Any], jobs: list[tuple[dict[str, Any], dict[str, Any]]], client: KubeClient
+) -> TrainingRunController:
+    indexes = {
+        "training_runs": {KEY: [run]},
+        "training_jobs": {KEY: [job for job, _ in jobs]},
+        "training_pods": {KEY: [pod for _, pod in jobs]},
+        "model_versions": {},
+    }
+    return TrainingRunController(Settings(), indexes, client)
+
+
+def test_finished_trials_jobs_are_deleted_only_after_the_status_write_and_only_once() -> None:
+    # Trials 0 and 1 were recorded as finished; trial 1 is the best; trial 2 is next.
+    run = sweep_run({"phase": "Running", "trialsStarted": 2, "trials": [recorded(0, 0.8), recorded(1, 0.9)]})
+    jobs = [trial_job(0, 0.8), trial_job(1, 0.9)]
+    client = RecordingClient()
+    controller = controller_for(run, jobs, client)
+
+    asyncio.run(controller.reconcile(KEY))
+
+    assert client.calls == [
+        ("create_job", job_name("search", UID, 2)),
+        ("patch_status", "search"),
+        ("delete_job", job_name("search", UID, 0)),  # not the best trial's
+    ]
+    assert client.statuses[0]["trialsStarted"] == 3
+
+    # A reconcile before the index sees the Job gone neither plans on it nor deletes it again.
+    client.calls.clear()
+    asyncio.run(controller.reconcile(KEY))
+    assert ("delete_job", job_name("search", UID, 0)) not in client.calls
+
+
+def test_a_failed_status_write_deletes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    run = sweep_run({"phase": "Running", "trialsStarted": 2, "trials": [recorded(0, 0.8), recorded(1, 0.9)]})
+    client = RecordingClient()
+
+    async def refused(*_: Any, **__: Any) -> str:
+        client.calls.append(("patch_status", "refused"))
+        raise OSError("connection reset")
+
+    monkeypatch.setattr(client, "patch_status", refused)
+    controller = controller_for(run, [trial_job(0, 0.8), trial_job(1, 0.9)], client)
+
+    with pytest.raises(OSError, match="connection reset"):
+        asyncio.run(controller._reconcile_run(controller._run(KEY) or {}))
+
+    assert not any(call[0] == "delete_job" for call in client.calls)
+
+
+def test_the_next_version_is_one_above_the_highest_and_a_taken_number_moves_on() -> None:
+    versions = [{"spec": {"modelName": "iris", "version": v}} for v in (1, 2)]
+    versions.append({"spec": {"modelName": "wine", "version": 9}})  # another model's
+    client = RecordingClient(versions, taken={"iris-v3"})  # registered meanwhile by another run
+
+    def render(version: int) -> dict[str, Any]:
+        return {"metadata": {"name": f"iris-v{version}", "namespace": "ml"}}
+
+    name = asyncio.run(register_next_version(client, "ml", "iris", render))
+
+    assert name == "iris-v4"
+    assert client.calls == [("list", "modelversions"), ("create", "iris-v3"), ("create", "iris-v4")]
