@@ -10,9 +10,11 @@ from modelloop.controllers.trainingrun import (
     MAX_SPEC_BYTES,
     OVERSIZED,
     TRIALS_JSON,
+    compact_run,
     training_runs,
     with_spec,
 )
+from modelloop.runtime.status import ObjectMemory
 
 
 def body(spec: dict[str, Any], status: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -55,3 +57,19 @@ def test_a_sweeps_trials_are_kept_as_text_and_the_rest_of_status_as_it_is() -> N
     assert entry["status"] == {"phase": "Running", "bestTrial": 0}
     assert isinstance(entry[TRIALS_JSON], str)
     assert with_spec(entry)["status"] == status
+
+
+def test_what_the_status_writer_remembers_of_a_run_is_in_the_index_form_and_reads_back_whole() -> None:
+    trials = [{"index": i, "phase": "Succeeded", "params": {"lr": 0.1 * i}} for i in range(3)]
+    entry = indexed({"image": "t:1"}, {"phase": "Running", "trials": trials})
+    run = with_spec(entry)
+    memory = ObjectMemory(compact_run)
+
+    memory.remember({**run, "metadata": {**run["metadata"], "resourceVersion": "2"}})
+    remembered = memory.view(entry)  # the index still shows resourceVersion 1: the newer copy wins
+
+    assert remembered["metadata"]["resourceVersion"] == "2"
+    assert "spec" not in remembered and "trials" not in remembered["status"]
+    assert isinstance(remembered[TRIALS_JSON], str)
+    assert with_spec(remembered)["spec"] == run["spec"]
+    assert with_spec(remembered)["status"] == run["status"]

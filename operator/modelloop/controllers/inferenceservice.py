@@ -30,30 +30,27 @@ from modelloop.api import (
     DeploymentMode,
     InferenceServicePhase,
     InferenceServiceSpec,
-    PauseReason,
 )
-from modelloop.conditions import ConditionValue, refusal_status, set_condition, utc_now
+from modelloop.conditions import refusal_status
 from modelloop.controllers.reporting import post_event
 from modelloop.objects import slim_object
 from modelloop.review import INVALID_SPEC, describe_validation_error
 from modelloop.runtime.status import ObjectKey, StatusWriter
 from modelloop.runtime.workqueue import WorkQueue
 from modelloop.serving.analysis import Prometheus, QueryContext
-from modelloop.serving.backend import LABEL_INFERENCE_SERVICE, ServiceContext, ServingBackend, VersionInfo
+from modelloop.serving.backend import LABEL_INFERENCE_SERVICE, ServiceContext, ServingBackend
 from modelloop.serving.kserve import KServeBackend
+from modelloop.serving.plan import backend_change, plan_service, version_infos
 from modelloop.serving.rollout import (
     ANNOTATION_ROLLOUT_ACTION,
     Decision,
     MetricResult,
     Observed,
-    Serving,
-    decide,
     measurement_due,
     parse_action,
     serving_of,
-    target_version,
 )
-from modelloop.serving.seldon import InvalidTraffic, SeldonBackend
+from modelloop.serving.seldon import SeldonBackend
 from modelloop.settings import Settings
 
 PLURAL = INFERENCE_SERVICE.plural
@@ -171,56 +168,39 @@ class InferenceServiceController:
         except pydantic.ValidationError as error:
             await self._write_refusal(obj, INVALID_SPEC, describe_validation_error(error))
             return None
-        deployed_on = previous.get("backend")
-        if deployed_on is not None and deployed_on != spec.backend:
-            # The CRD refuses the change; a CRD without that rule must not leave two backends serving.
-            message = (
-                f"spec.backend changed from {deployed_on} to {spec.backend.value}, which this service cannot "
-                f"follow: it goes on serving on {deployed_on}. Create a new InferenceService instead."
-            )
-            await self._write_refusal(obj, "BackendChanged", message, InferenceServicePhase.DEGRADED)
+        refusal = backend_change(spec, previous)
+        if refusal is not None:
+            await self._write_refusal(obj, "BackendChanged", refusal, InferenceServicePhase.DEGRADED)
             return None
         backend = self.backends[spec.backend]
 
         versions = self.indexes["model_versions"].get((namespace, spec.model.name), ())
-        context = ServiceContext(namespace, name, meta["uid"], spec, _version_infos(versions))
+        context = ServiceContext(namespace, name, meta["uid"], spec, version_infos(versions))
         now = datetime.now(UTC)
         serving_now = serving_of(previous)
         current = await self._current(backend, context)
         observed = backend.observe(context, serving_now, current) if serving_now else Observed()
-
-        action = parse_action(meta.get("annotations"))
-        new_action = action if action is not None and action != previous.get("action") else None
         measurements: list[MetricResult] = []
         if spec.rollout and spec.rollout.analysis and measurement_due(spec, previous, observed, now):
             query = QueryContext(
                 namespace, name, int(previous["canaryVersion"]), previous.get("stableVersion")
             )
             measurements = await self.prometheus.measure(spec.rollout.analysis, query)
-        decision = decide(
-            spec, previous, target_version(spec, versions), observed, now, new_action, measurements
+        plan = plan_service(
+            spec,
+            previous,
+            versions,
+            context,
+            backend,
+            current,
+            observed,
+            parse_action(meta.get("annotations")),
+            measurements,
+            now,
+            generation,
+            self.kserve.mode(context).value if spec.backend == Backend.KSERVE else None,
         )
-        status = dict(decision.status)
-        if action is None and previous.get("action"):
-            status["action"] = None  # the annotation is gone: the same value again is a new request
-        missing = _missing_versions(decision.serving, context)
-        if missing:
-            status.update(phase=InferenceServicePhase.DEGRADED.value, reason="VersionMissing")
-            status["message"] = (
-                f"ModelVersion {missing} of model {spec.model.name} no longer exists: register it again."
-            )
-        manifests: list[dict[str, Any]] = []
-        if decision.serving is not None and not missing:
-            try:
-                manifests = backend.render(context, decision.serving, current)
-            except InvalidTraffic as error:  # checked before every write; a bug, never a half-routed write
-                status.update(phase=InferenceServicePhase.DEGRADED.value, reason="InvalidTraffic")
-                status["message"] = f"{error}; nothing was written."
-        status["backend"] = spec.backend.value
-        kserve = spec.backend == Backend.KSERVE
-        status["deploymentMode"] = self.kserve.mode(context).value if kserve else None
-        status["backendState"] = _backend_state(observed)
-        status = _with_conditions(status, previous, observed, generation)
+        status, decision, manifests = plan.status, plan.decision, plan.manifests
 
         await self.writer.write(obj, status)
         self._post(obj, decision)
@@ -319,82 +299,3 @@ class InferenceServiceController:
 
 def _generation(obj: Mapping[str, Any]) -> int:
     return int(obj["metadata"].get("generation") or 0)
-
-
-def _version_infos(versions: Any) -> dict[int, VersionInfo]:
-    infos: dict[int, VersionInfo] = {}
-    for version in versions:
-        spec = version.get("spec") or {}
-        number = spec.get("version")
-        if not isinstance(number, int):
-            continue
-        infos[number] = VersionInfo(
-            number,
-            str(spec.get("modelName")),
-            str((spec.get("artifact") or {}).get("uri")),
-            str((spec.get("framework") or {}).get("name") or "sklearn"),
-        )
-    return infos
-
-
-def _backend_state(observed: Observed) -> dict[str, Any] | None:
-    state = {
-        "state": observed.state,
-        "replicas": observed.replicas,
-        "availableReplicas": observed.available_replicas,
-    }
-    return state if any(value is not None for value in state.values()) else None
-
-
-def _missing_versions(serving: Serving | None, context: ServiceContext) -> int | None:
-    if serving is None:
-        return None
-    for number in (serving.stable, serving.canary):
-        if number is not None and number not in context.versions:
-            return number
-    return None
-
-
-def _with_conditions(
-    status: dict[str, Any], previous: Mapping[str, Any], observed: Observed, generation: int
-) -> dict[str, Any]:
-    """Ready says whether the backend serves the stable version; Progressing whether a rollout moves
-    (False with the reason while it is paused, held for good or over); observedGeneration the spec
-    acted on."""
-    now = utc_now()
-    ready: ConditionValue
-    if observed.ready:
-        ready, reason, message = "True", "Serving", f"Serving version {status.get('stableVersion')}."
-    elif status.get("stableVersion") is None:
-        ready, reason, message = (
-            "False",
-            str(status.get("reason") or "Pending"),
-            str(status.get("message") or ""),
-        )
-    else:
-        ready, reason = "False", "BackendNotReady"
-        message = observed.message or "The backend does not report the service ready yet."
-    conditions = set_condition(
-        previous.get("conditions"),
-        type_="Ready",
-        status=ready,
-        reason=reason,
-        message=message,
-        observed_generation=generation,
-        now=now,
-    )
-    phase = status.get("phase")
-    progressing: ConditionValue = "True" if phase == InferenceServicePhase.PROGRESSING else "False"
-    why = str(status.get("reason") or phase or "Pending")
-    if phase == InferenceServicePhase.PAUSED:
-        why = "AnalysisInconclusive" if status.get("pauseReason") == PauseReason.INCONCLUSIVE else "Paused"
-    conditions = set_condition(
-        conditions,
-        type_="Progressing",
-        status=progressing,
-        reason=why,
-        message=str(status.get("message") or ""),
-        observed_generation=generation,
-        now=now,
-    )
-    return {**status, "conditions": conditions, "observedGeneration": generation}

@@ -87,20 +87,33 @@ async def register_next_version(
 async def training_runs(
     namespace: str | None, name: str, body: kopf.Body, **_: Any
 ) -> dict[RunKey, dict[str, Any]]:
-    """Every TrainingRun by (namespace, name). The spec and a sweep's status.trials are kept as their
-    compact JSON text, parsed when the run is reconciled (a quarter to a third of the memory of their
-    Python objects, and one object for the collector instead of thousands). Of a spec too large to keep,
-    only its size."""
-    slim = slim_object(body)
-    text = json.dumps(slim.pop("spec"), separators=(",", ":"))
-    if len(text) > MAX_SPEC_BYTES:
-        slim[OVERSIZED] = len(text)
-    else:
-        slim[SPEC_JSON] = text
-    trials = slim["status"].pop("trials", None)
+    """Every TrainingRun by (namespace, name), in the form ``compact_run`` keeps it."""
+    return {(namespace or "", name): compact_run(slim_object(body))}
+
+
+def compact_run(run: Mapping[str, Any]) -> dict[str, Any]:
+    """A run as the operator keeps it in memory (its index, and the status writer's copy of what it
+    wrote): the spec and a sweep's status.trials as their compact JSON text, parsed again by
+    ``with_spec`` when the run is reconciled (a quarter to a third of the memory of their Python
+    objects, and one object for the collector instead of thousands). Of a spec too large to keep, only
+    its size."""
+    compact = {k: v for k, v in run.items() if k not in ("spec", "status")}
+    if "spec" in run:
+        text = json.dumps(run["spec"], separators=(",", ":"))
+        compact.pop(SPEC_JSON, None)
+        if len(text) > MAX_SPEC_BYTES:
+            compact[OVERSIZED] = len(text)
+        else:
+            compact[SPEC_JSON] = text
+    status = dict(run.get("status") or {})
+    trials = status.pop("trials", None)
+    compact["status"] = status
+    compact.pop(TRIALS_JSON, None)
     if trials:
-        slim[TRIALS_JSON] = json.dumps(trials, separators=(",", ":"))
-    return {(namespace or "", name): slim}
+        compact[TRIALS_JSON] = json.dumps(trials, separators=(",", ":"))
+    elif TRIALS_JSON in run and "trials" not in (run.get("status") or {}):
+        compact[TRIALS_JSON] = run[TRIALS_JSON]
+    return compact
 
 
 def with_spec(run: Mapping[str, Any]) -> dict[str, Any]:
@@ -171,7 +184,7 @@ class TrainingRunController:
         self.settings = settings
         self.indexes = indexes
         self.client = client
-        self.writer = StatusWriter(PLURAL, client)
+        self.writer = StatusWriter(PLURAL, client, compact=compact_run)
         # Jobs created but not yet seen in the index, by run: (the run's uid, {Job name: manifest}). A
         # reconcile right after a create must not plan them again.
         self._created: dict[RunKey, tuple[str, dict[str, dict[str, Any]]]] = {}

@@ -50,8 +50,10 @@ def object_key(obj: Mapping[str, Any]) -> ObjectKey:
 class ObjectMemory:
     """The newest copy this process has of each object it wrote, until the index catches up."""
 
-    def __init__(self) -> None:
+    def __init__(self, compact: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None) -> None:
         self._objects: dict[ObjectKey, dict[str, Any]] = {}
+        # How a kind keeps an object in memory (its index's form: a TrainingRun's spec and trials as text).
+        self._compact = compact or dict
 
     def view(self, obj: Mapping[str, Any]) -> dict[str, Any]:
         """``obj`` as the index has it, or the copy remembered for it when that is newer (same uid)."""
@@ -69,7 +71,7 @@ class ObjectMemory:
         return dict(obj)
 
     def remember(self, obj: Mapping[str, Any]) -> None:
-        self._objects[object_key(obj)] = dict(obj)
+        self._objects[object_key(obj)] = self._compact(obj)
 
     def resource_version(self, key: ObjectKey) -> str | None:
         """The resourceVersion of the copy remembered for ``key`` (this process's last write), if any."""
@@ -86,10 +88,18 @@ class ObjectMemory:
 class StatusWriter:
     """Writes the status (and the labels) of one kind of ours, never blindly; every controller uses one."""
 
-    def __init__(self, plural: str, client: kube.KubeClient, annotations: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        plural: str,
+        client: kube.KubeClient,
+        annotations: tuple[str, ...] = (),
+        compact: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None,
+    ) -> None:
+        """``compact`` gives the form in which the objects this writer wrote are remembered (the kind's
+        index's form, which its controller reads back); by default, as written."""
         self.plural = plural
         self.client = client
-        self.memory = ObjectMemory()
+        self.memory = ObjectMemory(compact)
         self._annotations = annotations
 
     def view(self, obj: Mapping[str, Any]) -> dict[str, Any]:

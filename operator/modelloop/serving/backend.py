@@ -18,6 +18,11 @@ from modelloop.serving.rollout import Observed, Serving
 LABEL_INFERENCE_SERVICE = "modelloop.dev/inference-service"
 
 
+class InvalidTraffic(ValueError):
+    """A backend refuses to render a traffic split it cannot route exactly (Seldon: weights of the
+    non-shadow predictors that do not sum to 100); nothing is written."""
+
+
 @dataclass(frozen=True)
 class VersionInfo:
     """What a backend needs of a ModelVersion to serve it."""

@@ -22,6 +22,7 @@ from typing import Any
 from modelloop.api import Predictor, SeldonSettings
 from modelloop.serving.backend import (
     LABEL_INFERENCE_SERVICE,
+    InvalidTraffic,
     OwnedObject,
     ServiceContext,
     VersionInfo,
@@ -35,10 +36,6 @@ MODEL_CONTAINER = "model"
 """The graph node's name and its container's: Seldon pairs them by name."""
 STATE_AVAILABLE = "Available"
 STATE_FAILED = "Failed"
-
-
-class InvalidTraffic(ValueError):
-    """A SeldonDeployment whose non-shadow predictors' weights do not sum to 100."""
 
 
 @dataclass(frozen=True)
