@@ -201,3 +201,45 @@ def test_the_next_version_is_one_above_the_highest_and_a_taken_number_moves_on()
 
     assert name == "iris-v4"
     assert client.calls == [("list", "modelversions"), ("create", "iris-v3"), ("create", "iris-v4")]
+
+
+class BlockingClient(RecordingClient):
+    """Status writes wait until released; counts the writes waiting at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+        self.waiting = 0
+        self.most_waiting = 0
+
+    async def patch_status(
+        self, plural: str, namespace: str, name: str, status: Mapping[str, Any], resource_version: str | None
+    ) -> str:
+        self.waiting += 1
+        self.most_waiting = max(self.most_waiting, self.waiting)
+        await self.release.wait()
+        self.waiting -= 1
+        return await super().patch_status(plural, namespace, name, status, resource_version)
+
+
+def test_only_a_few_sweeps_are_in_a_pass_at_once_however_many_workers_hold_one() -> None:
+    client = BlockingClient()
+    runs = {}
+    for i in range(3 * controller_module.SWEEP_PASSES):
+        run = sweep_run({})
+        run["metadata"] = {**run["metadata"], "name": f"search-{i}"}
+        runs[("ml", f"search-{i}")] = [run]
+    indexes = {"training_runs": runs, "training_jobs": {}, "training_pods": {}, "model_versions": {}}
+    controller = TrainingRunController(Settings(), indexes, client)
+
+    async def scenario() -> None:
+        passes = [asyncio.create_task(controller.reconcile(key)) for key in runs]
+        for _ in range(200):  # every pass that can start reaches its status write
+            await asyncio.sleep(0)
+        assert client.waiting == controller_module.SWEEP_PASSES
+        client.release.set()
+        await asyncio.gather(*passes)
+
+    asyncio.run(scenario())
+    assert client.most_waiting == controller_module.SWEEP_PASSES
+    assert len(client.statuses) == len(runs)

@@ -170,6 +170,9 @@ WORKERS = 48
 # Sweeps whose planning asks Optuna (a suggestion, a pruning verdict) plan in this many threads, so that
 # no search holds up the event loop and other objects' reconciles.
 SEARCH_THREADS = 2
+# Passes of sweeps at once (each holds its sweep's history, parsed): twice the search threads, so that one
+# writes while another plans.
+SWEEP_PASSES = 2 * SEARCH_THREADS
 # Trial logs read at once, over all runs, and how long one read may take.
 LOG_READS = 8
 LOG_READ_SECONDS = 5.0
@@ -195,6 +198,7 @@ class TrainingRunController:
         self._progress_read: dict[RunKey, tuple[str, float]] = {}
         self._search_pool: ThreadPoolExecutor | None = None
         self._log_reads = asyncio.Semaphore(LOG_READS)
+        self._sweep_passes = asyncio.Semaphore(SWEEP_PASSES)
         self.queue = WorkQueue(
             "TrainingRun",
             self.reconcile,
@@ -220,6 +224,11 @@ class TrainingRunController:
             self._search_pool.shutdown(wait=False, cancel_futures=True)
             self._search_pool = None
 
+    def _is_sweep(self, key: RunKey) -> bool:
+        """Whether the run ``key`` has a sweep, from its spec's text (without parsing it)."""
+        run = next(iter(self.indexes["training_runs"].get(key, ())), None)
+        return run is not None and '"sweep":' in run.get(SPEC_JSON, "")
+
     def _run(self, key: RunKey) -> dict[str, Any] | None:
         run = next(iter(self.indexes["training_runs"].get(key, ())), None)
         if run is None or run["metadata"].get("deletionTimestamp"):
@@ -227,10 +236,19 @@ class TrainingRunController:
         return with_spec(self.writer.view(run))
 
     async def reconcile(self, key: RunKey) -> float | None:
-        run = self._run(key)
-        if run is None:
-            return None
-        await self.writer.reconcile(run, self._reconcile_run, f"TrainingRun {key[0]}/{key[1]}")
+        if self._is_sweep(key):
+            # A sweep's pass holds its whole history parsed (and a study while it plans): only a few at
+            # once, however many of the workers hold sweeps.
+            async with self._sweep_passes:
+                run = self._run(key)
+                if run is None:
+                    return None
+                await self.writer.reconcile(run, self._reconcile_run, f"TrainingRun {key[0]}/{key[1]}")
+        else:
+            run = self._run(key)
+            if run is None:
+                return None
+            await self.writer.reconcile(run, self._reconcile_run, f"TrainingRun {key[0]}/{key[1]}")
         read = self._progress_read.get(key)
         if read is None or read[0] != run["metadata"]["uid"]:
             return None
