@@ -346,12 +346,12 @@ def test_an_invalid_exec_entry_is_refused_naming_what_is_wrong(
             {"fail": "you are not logged in: run `sso login`"},
             r"failed \(exit code 3\): you are not logged in",
         ),
-        (credential({"token": "t"}, V1BETA1), "answered in .*v1beta1.* asks for .*v1'"),
-        ({"apiVersion": V1, "kind": "Secret", "status": {"token": "t"}}, "other than an ExecCredential"),
+        (credential({"token": "s3cr3t"}, V1BETA1), "answered in .*v1beta1.* asks for .*v1'"),
+        ({"apiVersion": V1, "kind": "Secret", "status": {"token": "s3cr3t"}}, "other than an ExecCredential"),
         (credential({}), "neither a token nor a client certificate"),
         (credential({"clientCertificateData": "c"}), "certificate and no key"),
-        (credential({"token": "t", "expirationTimestamp": "soon"}), "not a time"),
-        (credential({"token": "t", "expirationTimestamp": "2001-01-01T00:00:00Z"}), "expired at 2001"),
+        (credential({"token": "s3cr3t", "expirationTimestamp": "soon"}), "not a time"),
+        (credential({"token": "s3cr3t", "expirationTimestamp": "2001-01-01T00:00:00Z"}), "expired at 2001"),
     ],
 )
 def test_a_plugin_that_gives_no_usable_credential_is_reported_without_its_secret(
@@ -360,7 +360,7 @@ def test_a_plugin_that_gives_no_usable_credential_is_reported_without_its_secret
     config = exec_config(tmp_path, monkeypatch, answer)
     with pytest.raises(kc.CredentialError, match=message) as error:
         asyncio.run(kc.Credentials(config, interactive=False).token())
-    assert "t-1" not in str(error.value)
+    assert "s3cr3t" not in str(error.value)  # the secret, not a path that happens to hold "t-1"
 
 
 def test_a_plugin_that_is_not_installed_says_how_to_install_it(

@@ -15,7 +15,12 @@ ConditionValue = Literal["True", "False", "Unknown"]
 
 def utc_now() -> str:
     """The current time as Kubernetes writes it: RFC 3339, UTC, whole seconds."""
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return format_time(datetime.datetime.now(datetime.UTC))
+
+
+def format_time(moment: datetime.datetime) -> str:
+    """``moment`` (UTC) as Kubernetes writes times: RFC 3339, whole seconds."""
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def parse_time(value: Any) -> datetime.datetime | None:

@@ -9,6 +9,7 @@ the one status writer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
@@ -236,15 +237,10 @@ class TrainingRunController:
         return with_spec(self.writer.view(run))
 
     async def reconcile(self, key: RunKey) -> float | None:
-        if self._is_sweep(key):
-            # A sweep's pass holds its whole history parsed (and a study while it plans): only a few at
-            # once, however many of the workers hold sweeps.
-            async with self._sweep_passes:
-                run = self._run(key)
-                if run is None:
-                    return None
-                await self.writer.reconcile(run, self._reconcile_run, f"TrainingRun {key[0]}/{key[1]}")
-        else:
+        # A sweep's pass holds its whole history parsed (and a study while it plans): only a few at once,
+        # however many of the workers hold sweeps.
+        slot = self._sweep_passes if self._is_sweep(key) else contextlib.nullcontext()
+        async with slot:
             run = self._run(key)
             if run is None:
                 return None

@@ -25,7 +25,7 @@ from modelloop.api import (
     parse_duration,
 )
 from modelloop.api.meta import Comparison
-from modelloop.conditions import ConditionValue, parse_time, set_condition
+from modelloop.conditions import ConditionValue, format_time, parse_time, set_condition
 
 _SYMBOLS = {
     Comparison.GREATER_THAN_OR_EQUAL: ">=",
@@ -325,4 +325,4 @@ def _ready_condition(
 
 
 def _iso(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return format_time(moment)

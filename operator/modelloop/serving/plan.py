@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from modelloop.api import InferenceServicePhase, InferenceServiceSpec, PauseReason
-from modelloop.conditions import ConditionValue, set_condition
+from modelloop.conditions import ConditionValue, format_time, set_condition
 from modelloop.serving.backend import InvalidTraffic, ServiceContext, ServingBackend, VersionInfo
 from modelloop.serving.rollout import Decision, MetricResult, Observed, Serving, decide, target_version
 
@@ -137,7 +137,7 @@ def with_conditions(
     """Ready says whether the backend serves the stable version; Progressing whether a rollout moves
     (False with the reason while it is paused, held for good or over); observedGeneration the spec
     acted on."""
-    stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    stamp = format_time(now)
     ready: ConditionValue
     if observed.ready:
         ready, reason, message = "True", "Serving", f"Serving version {status.get('stableVersion')}."
