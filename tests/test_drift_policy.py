@@ -3,22 +3,19 @@ cooldown, budget and a retraining in flight each start nothing; Prometheus's ref
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
-from modelloop.api import DriftPolicySpec
-from modelloop.drift.detector import served_versions
-from modelloop.drift.policy import (
-    InFlight,
-    Measurement,
-    PolicyDecision,
-    decide,
-    evaluation_due,
-    run_name,
-)
+from modelloop.api import DriftPolicySpec, DriftPolicyStatus
+from modelloop.api.inferenceservice import RolloutVersions
+from modelloop.drift import policy
+from modelloop.drift.detector import detector_versions
+from modelloop.drift.policy import InFlight, Measurement, PolicyDecision, run_name
 from modelloop.drift.retrain import render_training_run, retraining_in_flight
+from modelloop.runtime.status import status_json
 from modelloop.serving.analysis import _refusal
 
 T0 = datetime(2026, 11, 27, 12, 0, 0, tzinfo=UTC)
@@ -61,6 +58,39 @@ def make_spec(**overrides: Any) -> DriftPolicySpec:
 SPEC = make_spec()
 
 
+@dataclass(frozen=True)
+class Decided(PolicyDecision):
+    """A decision as the tests read it: its status as the API server stores it."""
+
+    status: dict[str, Any]  # type: ignore[assignment]
+
+
+def stored(status: DriftPolicyStatus) -> dict[str, Any]:
+    """What the status writer makes of it (None: a field the pass unset)."""
+    return status_json(status)
+
+
+def decide(
+    name: str,
+    spec: DriftPolicySpec,
+    status: dict[str, Any],
+    measurements: list[Measurement] | None,
+    in_flight: InFlight | None,
+    now: datetime,
+    generation: int,
+    trained: str | None = None,
+) -> Decided:
+    """``policy.decide`` on a status as stored: parsed once, decided, dumped once (every decided status
+    is a valid status of the CRD)."""
+    typed = DriftPolicyStatus.model_validate(status)
+    decision = policy.decide(name, spec, typed, measurements, in_flight, now, generation, trained)
+    return Decided(**{**vars(decision), "status": stored(decision.status)})
+
+
+def evaluation_due(spec: DriftPolicySpec, status: dict[str, Any], generation: int, now: datetime) -> bool:
+    return policy.evaluation_due(spec, DriftPolicyStatus.model_validate(status), generation, now)
+
+
 def measure(
     drift: float | None, accuracy: float | None = 0.95, at: datetime = T0, **kwargs: Any
 ) -> list[Measurement]:
@@ -72,7 +102,7 @@ def measure(
 
 def run_evaluations(
     values: list[float | None], *, start: dict[str, Any] | None = None, in_flight: InFlight | None = None
-) -> tuple[dict[str, Any], list[PolicyDecision]]:
+) -> tuple[dict[str, Any], list[Decided]]:
     """Evaluate once a minute from T0 with the drift values given; the status and every decision."""
     status: dict[str, Any] = dict(start or {})
     decisions = []
@@ -272,13 +302,15 @@ def test_the_detector_is_told_the_stable_and_canary_versions_with_their_referenc
         version(2, "file:///m/2/reference.csv"),
         version(3, "file:///m/3/reference.csv"),
     ]
-    assert served_versions(versions, {"stableVersion": 2, "canaryVersion": 3}) == {
+    assert detector_versions(versions, RolloutVersions(2, 3)) == {
         "2": {"referenceUri": "file:///m/2/reference.csv", "endpoint": "default",
               "predictionsUri": "file:///m/2/reference.csv.p"},
         "3": {"referenceUri": "file:///m/3/reference.csv", "endpoint": "canary",
               "predictionsUri": "file:///m/3/reference.csv.p"},
     }  # fmt: skip
-    assert served_versions(versions, {"stableVersion": 1}) == {}, "a version without a reference is left out"
+    assert detector_versions(versions, RolloutVersions(1, None)) == {}, (
+        "a version without a reference is left out"
+    )
 
 
 def test_prometheus_refusals_are_told_apart_from_other_errors() -> None:
@@ -291,3 +323,19 @@ def test_prometheus_refusals_are_told_apart_from_other_errors() -> None:
     )
     assert _refusal(f"HTTP Status Code 503 ({body!r})") is None
     assert _refusal("HTTP Status Code 422 (b'not json')") == "b'not json'"
+
+
+def test_the_version_a_retraining_registered_is_recorded_and_a_new_retraining_forgets_it() -> None:
+    status, _ = run_evaluations([0.5] * 6)
+    later = T0 + timedelta(minutes=7)
+    recorded = decide(POLICY, SPEC, status, None, None, later, 1, trained="iris-v3")
+    assert recorded.status["lastModelVersion"] == "iris-v3"
+    # Past the cooldown, a new breach held for the window starts a new run: the old version is not its.
+    status = recorded.status
+    start = T0 + timedelta(hours=1)
+    for minute in range(6):
+        now = start + timedelta(minutes=minute)
+        decision = decide(POLICY, SPEC, status, measure(0.5, at=now), None, now, 1, trained="iris-v3")
+        status = decision.status
+    assert decision.start_run == run_name(POLICY, start)
+    assert status["lastTrainingRun"] == decision.start_run and status["lastModelVersion"] is None

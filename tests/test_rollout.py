@@ -77,13 +77,15 @@ def error_rate(spec: InferenceServiceSpec, value: float | None) -> list[MetricRe
     return [judge(metric, metric.query, value)]
 
 
-def stored(value: Any) -> Any:
+def typed(status: dict[str, Any]) -> InferenceServiceStatus:
+    """A status as the operator reads it: parsed once."""
+    return InferenceServiceStatus.model_validate(status)
+
+
+def stored(status: InferenceServiceStatus) -> dict[str, Any]:
     """A status as the API server gives it back: JSON, without the fields written as null."""
-    if isinstance(value, dict):
-        return {k: stored(v) for k, v in value.items() if v is not None}
-    if isinstance(value, list):
-        return [stored(v) for v in value]
-    return value
+    written: dict[str, Any] = json.loads(json.dumps(status.model_dump(mode="json", exclude_none=True)))
+    return written
 
 
 ROLLOUT_STATE = (
@@ -133,22 +135,23 @@ class Service:
         return Observed(exists=True, current=True, ready=True, canary_traffic=traffic, shadow=shadow, url=URL)
 
     def due(self) -> bool:
-        return measurement_due(self.spec, self.status, self.observed(), self.now)
+        return measurement_due(self.spec, typed(self.status), self.observed(), self.now)
 
     def step(self, action: str | None = None, measurements: list[MetricResult] | None = None) -> Decision:
         observed = self.observed()
         target = target_version(self.spec, self.versions)
-        before = copy.deepcopy(self.status)
-        decision = decide(self.spec, self.status, target, observed, self.now, action, measurements or ())
-        assert self.status == before, "decide must not change the status it was given"
-        InferenceServiceStatus.model_validate(decision.status)
+        given = typed(self.status)
+        before = copy.deepcopy(given)
+        decision = decide(self.spec, given, target, observed, self.now, action, measurements or ())
+        assert given == before, "decide must not change the status it was given"
+        written = stored(decision.status)
         # A restarted operator reads the status back from the API server and decides again on what it
         # sees: the very same traffic, and nothing to announce.
-        again = decide(self.spec, stored(json.loads(json.dumps(decision.status))), target, observed, self.now)
+        again = decide(self.spec, typed(written), target, observed, self.now)
         assert again.serving == decision.serving
         assert again.events == ()
-        assert rollout_state(again.status) == rollout_state(decision.status)
-        self.status, self.serving = decision.status, decision.serving
+        assert rollout_state(stored(again.status)) == rollout_state(written)
+        self.status, self.serving = written, decision.serving
         self.events.extend(decision.events)
         return decision
 
@@ -622,13 +625,13 @@ def test_a_restart_while_the_backend_still_converges_asks_for_the_same_weight_ag
     stale = Observed(exists=True, current=True, ready=True, canary_traffic=10)
     restarted = decide(
         service.spec,
-        stored(service.status),
+        typed(service.status),
         target_version(service.spec, service.versions),
         stale,
         service.now,
     )
     assert restarted.serving == Serving(1, 2, 25)
-    assert restarted.status["reason"] == "WaitingForTraffic"
+    assert restarted.status.reason == "WaitingForTraffic"
 
 
 # When to measure.
@@ -656,10 +659,11 @@ def test_no_measurement_is_due_while_paused_converging_or_without_a_canary() -> 
     service.stuck = Observed(exists=True, current=True, ready=True, canary_traffic=0)
     assert not service.due()
     service.stuck = None
-    assert not measurement_due(make_spec(paused=True), service.status, service.observed(), service.now)
+    assert not measurement_due(make_spec(paused=True), typed(service.status), service.observed(), service.now)
     paused = {**service.status, "pauseReason": "Requested"}
-    assert not measurement_due(service.spec, paused, service.observed(), service.now)
-    assert not measurement_due(make_spec(analysis=False), service.status, service.observed(), service.now)
+    assert not measurement_due(service.spec, typed(paused), service.observed(), service.now)
+    current = typed(service.status)
+    assert not measurement_due(make_spec(analysis=False), current, service.observed(), service.now)
     stable = stable_service(make_spec())
     stable.advance(hours=1)
     assert not stable.due()

@@ -5,12 +5,15 @@ and tested here, next to the status and conditions it writes."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
-from modelloop.api import InferenceServiceSpec
+from modelloop.api import Backend, DeploymentMode, InferenceServiceSpec
+from modelloop.api.inferenceservice import InferenceServiceStatus
+from modelloop.runtime.status import status_patch
 from modelloop.serving.backend import InvalidTraffic, OwnedObject, ServiceContext
 from modelloop.serving.kserve import KServeBackend
 from modelloop.serving.plan import backend_change, plan_service, version_infos
@@ -51,6 +54,15 @@ class Refusing:
         return Observed()
 
 
+@dataclass(frozen=True)
+class Planned:
+    """A plan as the tests read it: its status as stored, and the merge patch the writer sends."""
+
+    status: dict[str, Any]
+    patch: dict[str, Any]
+    manifests: list[dict[str, Any]]
+
+
 def plan(
     service: InferenceServiceSpec,
     previous: dict[str, Any],
@@ -58,11 +70,11 @@ def plan(
     backend: Any = None,
     observed: Observed | None = None,
     action: str | None = None,
-) -> Any:
+) -> Planned:
     backend = backend or KServeBackend()
-    return plan_service(
+    result = plan_service(
         service,
-        previous,
+        InferenceServiceStatus.model_validate(previous),
         versions,
         context(service, versions),
         backend,
@@ -72,8 +84,10 @@ def plan(
         [],
         NOW,
         3,
-        "Standard",
+        DeploymentMode.STANDARD,
     )
+    stored = result.status.model_dump(mode="json", exclude_none=True)
+    return Planned(stored, status_patch(previous, result.status), result.manifests)
 
 
 def test_a_new_service_serves_the_newest_validated_version_and_says_it_waits_for_the_backend() -> None:
@@ -90,7 +104,7 @@ def test_a_new_service_serves_the_newest_validated_version_and_says_it_waits_for
 
 def test_a_version_served_that_no_longer_exists_degrades_the_service_and_writes_nothing() -> None:
     # Version 1 serves; its ModelVersion was deleted, and nothing newer is validated.
-    previous = {"phase": "Serving", "stableVersion": 1, "backend": "kserve"}
+    previous = {"phase": "Stable", "stableVersion": 1, "backend": "kserve"}
 
     result = plan(spec(model={"name": "iris", "version": 1}), previous, [])
 
@@ -109,23 +123,25 @@ def test_a_split_the_backend_cannot_route_degrades_the_service_and_writes_nothin
 
 
 def test_a_changed_backend_is_refused_naming_both() -> None:
-    assert backend_change(spec(backend="seldon"), {"backend": "kserve"}) == (
+    kserve = InferenceServiceStatus(backend=Backend.KSERVE)
+    assert backend_change(spec(backend="seldon"), kserve) == (
         "spec.backend changed from kserve to seldon, which this service cannot follow: it goes on "
         "serving on kserve. Create a new InferenceService instead."
     )
-    assert backend_change(spec(backend="kserve"), {"backend": "kserve"}) is None
-    assert backend_change(spec(backend="seldon"), {}) is None  # not deployed yet: any backend
+    assert backend_change(spec(backend="kserve"), kserve) is None
+    # Not deployed yet: any backend.
+    assert backend_change(spec(backend="seldon"), InferenceServiceStatus()) is None
 
 
 @pytest.mark.parametrize(("previous_action", "cleared"), [("promote@1", True), (None, False)])
 def test_an_action_annotation_that_is_gone_is_forgotten(previous_action: str | None, cleared: bool) -> None:
-    previous = {"phase": "Serving", "stableVersion": 1, "backend": "kserve"}
+    previous = {"phase": "Stable", "stableVersion": 1, "backend": "kserve"}
     if previous_action:
         previous["action"] = previous_action
 
     result = plan(spec(), previous, [version(1)], observed=Observed(exists=True, current=True, ready=True))
 
-    assert ("action" in result.status and result.status["action"] is None) is cleared
+    assert ("action" in result.patch and result.patch["action"] is None) is cleared
     ready = next(c for c in result.status["conditions"] if c["type"] == "Ready")
     assert (ready["status"], ready["reason"]) == ("True", "Serving")
 

@@ -10,6 +10,8 @@ import datetime
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
+from modelloop.api.meta import MAX_MESSAGE_LENGTH, Condition, ConditionStatus
+
 ConditionValue = Literal["True", "False", "Unknown"]
 
 
@@ -83,6 +85,34 @@ def set_condition(
     if not replaced:
         result.append(updated)
     return result
+
+
+def with_condition(
+    conditions: Sequence[Condition],
+    *,
+    type_: str,
+    status: ConditionValue,
+    reason: str,
+    message: str,
+    observed_generation: int | None,
+    now: datetime.datetime,
+) -> list[Condition]:
+    """``set_condition`` for a typed status: the conditions with one added or replaced, its
+    ``lastTransitionTime`` moved (to ``now``, in whole seconds) only when its status changes."""
+    previous = next((c for c in conditions if c.type == type_), None)
+    transition = now.replace(microsecond=0)
+    if previous is not None and previous.status == status:
+        transition = previous.last_transition_time
+    updated = Condition(
+        type=type_,
+        status=ConditionStatus(status),
+        reason=reason,
+        message=message[:MAX_MESSAGE_LENGTH],
+        observed_generation=observed_generation,
+        last_transition_time=transition,
+    )
+    replaced = [updated if c.type == type_ else c for c in conditions]
+    return replaced if previous is not None else [*replaced, updated]
 
 
 def refusal_status(

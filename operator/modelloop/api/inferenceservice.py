@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from enum import StrEnum
 from itertools import pairwise
-from typing import Annotated, Self
+from typing import Annotated, Any, NamedTuple, Self
 
 from pydantic import ConfigDict, Field, StringConstraints, field_validator, model_validator
 
@@ -434,6 +435,24 @@ class InferenceServiceStatus(ResourceStatus):
     )
     deployment_mode: DeploymentMode | None = Field(None, description="KServe mode the service runs in.")
     url: ShortText | None = Field(None, description="Where the model answers predictions.")
+
+
+class RolloutVersions(NamedTuple):
+    """The versions an InferenceService serves (stable) and rolls out (canary)."""
+
+    stable: int | None
+    canary: int | None
+
+
+def rollout_versions(status: Mapping[str, Any]) -> RolloutVersions:
+    """The versions a stored InferenceService status names, read without parsing the rest of it (the
+    indexes hold statuses as stored): anything but a positive integer is None."""
+
+    def number(field: str) -> int | None:
+        value = status.get(InferenceServiceStatus.model_fields[field].alias or field)
+        return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+    return RolloutVersions(number("stable_version"), number("canary_version"))
 
 
 INFERENCE_SERVICE = CrdInfo(

@@ -30,10 +30,12 @@ from modelloop.api import (
     DriftMetric,
     DriftPolicyPhase,
     DriftPolicySpec,
+    DriftPolicyStatus,
 )
+from modelloop.api.inferenceservice import rollout_versions
 from modelloop.conditions import refusal_status
 from modelloop.controllers.reporting import post_event
-from modelloop.drift.detector import DetectorClient, DetectorError, served_versions
+from modelloop.drift.detector import DetectorClient, DetectorError, detector_versions
 from modelloop.drift.policy import Measurement, PolicyDecision, decide, evaluation_due, evaluation_lag
 from modelloop.drift.retrain import render_training_run, retraining_in_flight
 from modelloop.naming import LABEL_DRIFT_POLICY, LABEL_TRAINING_RUN
@@ -147,12 +149,17 @@ class DriftPolicyController:
     async def _reconcile(self, obj: dict[str, Any]) -> float | None:
         meta = obj["metadata"]
         namespace, name = meta["namespace"], meta["name"]
-        previous = obj.get("status") or {}
         generation = int(meta.get("generation") or 1)
         try:
             spec = DriftPolicySpec.model_validate(obj["spec"])
         except pydantic.ValidationError as error:
             await self._write_refusal(obj, INVALID_SPEC, describe_validation_error(error))
+            return None
+        try:
+            previous = DriftPolicyStatus.model_validate(obj.get("status") or {})
+        except pydantic.ValidationError as error:
+            message = f"status cannot be read, left as it is: {describe_validation_error(error)}"
+            await self._write_refusal(obj, "InvalidStatus", message)
             return None
         now = datetime.now(UTC)
         service = next(
@@ -172,31 +179,28 @@ class DriftPolicyController:
                 metrics.DRIFT_EVALUATION_LAG.observe(lag)
             if spec.detector is not None and service is not None:
                 await self._register(obj, spec, model, versions, service_status)
-            context = QueryContext(
-                namespace, spec.target.inference_service, int(service_status.get("stableVersion") or 0)
-            )
+            stable = rollout_versions(service_status).stable
+            context = QueryContext(namespace, spec.target.inference_service, stable or 0)
             url = (spec.prometheus.url if spec.prometheus else None) or self.settings.prometheus_url
             measurements = list(
                 await asyncio.gather(*(self._measure(url, m, context, model, now) for m in spec.metrics))
             )
 
-        last_run_name = previous.get("lastTrainingRun")
+        last_run_name = previous.last_training_run
         run = (
             next(iter(self.indexes["training_runs"].get((namespace, last_run_name), ())), None)
             if last_run_name
             else None
         )
         in_flight = retraining_in_flight(run, versions)
-        decision = decide(name, spec, previous, measurements, in_flight, now, generation)
-        status = decision.status
-        if run is not None and (run.get("status") or {}).get("modelVersion"):
-            status["lastModelVersion"] = run["status"]["modelVersion"]
+        trained = ((run or {}).get("status") or {}).get("modelVersion") or None
+        decision = decide(name, spec, previous, measurements, in_flight, now, generation, trained)
         if decision.start_run is not None:
             await self._start_run(obj, spec, decision, model)
             metrics.RETRAINING_START_SECONDS.observe((datetime.now(UTC) - now).total_seconds())
         if decision.skipped is not None:
             metrics.RETRAININGS.labels("skipped", decision.skipped).inc()
-        await self.writer.write(obj, status)
+        await self.writer.write(obj, decision.status)
         self._post(obj, decision)
         return decision.requeue_after
 
@@ -228,7 +232,7 @@ class DriftPolicyController:
         assert spec.detector is not None
         meta = obj["metadata"]
         key = (meta["namespace"], meta["name"])
-        served = served_versions(versions, service_status)
+        served = detector_versions(versions, rollout_versions(service_status))
         if not served:
             return
         target = spec.retrain.training_run_template.dataset.target_column
@@ -284,8 +288,8 @@ class DriftPolicyController:
     def _post(self, obj: Mapping[str, Any], decision: PolicyDecision) -> None:
         for event in decision.events:
             post_event(obj, event.type, event.reason, event.message)
-        phase = decision.status.get("phase")
-        if phase != (obj.get("status") or {}).get("phase"):
+        phase = decision.status.phase
+        if phase is not None and phase != (obj.get("status") or {}).get("phase"):
             meta = obj["metadata"]
             logger.info("DriftPolicy %s/%s is %s", meta["namespace"], meta["name"], phase)
 

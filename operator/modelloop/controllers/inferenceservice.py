@@ -31,6 +31,7 @@ from modelloop.api import (
     InferenceServicePhase,
     InferenceServiceSpec,
 )
+from modelloop.api.inferenceservice import InferenceServiceStatus
 from modelloop.conditions import refusal_status
 from modelloop.controllers.reporting import post_event
 from modelloop.objects import slim_object
@@ -161,12 +162,17 @@ class InferenceServiceController:
     async def _reconcile(self, obj: dict[str, Any]) -> float | None:
         meta = obj["metadata"]
         namespace, name = meta["namespace"], meta["name"]
-        previous = obj.get("status") or {}
         generation = int(meta.get("generation") or 1)
         try:
             spec = InferenceServiceSpec.model_validate(obj["spec"])
         except pydantic.ValidationError as error:
             await self._write_refusal(obj, INVALID_SPEC, describe_validation_error(error))
+            return None
+        try:
+            previous = InferenceServiceStatus.model_validate(obj.get("status") or {})
+        except pydantic.ValidationError as error:
+            message = f"status cannot be read, left as it is: {describe_validation_error(error)}"
+            await self._write_refusal(obj, "InvalidStatus", message, InferenceServicePhase.DEGRADED)
             return None
         refusal = backend_change(spec, previous)
         if refusal is not None:
@@ -181,11 +187,10 @@ class InferenceServiceController:
         current = await self._current(backend, context)
         observed = backend.observe(context, serving_now, current) if serving_now else Observed()
         measurements: list[MetricResult] = []
-        if spec.rollout and spec.rollout.analysis and measurement_due(spec, previous, observed, now):
-            query = QueryContext(
-                namespace, name, int(previous["canaryVersion"]), previous.get("stableVersion")
-            )
-            measurements = await self.prometheus.measure(spec.rollout.analysis, query)
+        analysis = spec.rollout.analysis if spec.rollout else None
+        if analysis and previous.canary_version and measurement_due(spec, previous, observed, now):
+            query = QueryContext(namespace, name, previous.canary_version, previous.stable_version)
+            measurements = await self.prometheus.measure(analysis, query)
         plan = plan_service(
             spec,
             previous,
@@ -198,7 +203,7 @@ class InferenceServiceController:
             measurements,
             now,
             generation,
-            self.kserve.mode(context).value if spec.backend == Backend.KSERVE else None,
+            self.kserve.mode(context) if spec.backend == Backend.KSERVE else None,
         )
         status, decision, manifests = plan.status, plan.decision, plan.manifests
 
@@ -258,8 +263,8 @@ class InferenceServiceController:
     def _post(self, obj: Mapping[str, Any], decision: Decision) -> None:
         for event in decision.events:
             post_event(obj, event.type, event.reason, event.message)
-        phase = decision.status.get("phase")
-        if phase != (obj.get("status") or {}).get("phase"):
+        phase = decision.status.phase
+        if phase is not None and phase != (obj.get("status") or {}).get("phase"):
             meta = obj["metadata"]
             logger.info("InferenceService %s/%s is %s", meta["namespace"], meta["name"], phase)
 

@@ -15,6 +15,8 @@ from urllib.parse import quote
 
 import aiohttp
 
+from modelloop.api.inferenceservice import RolloutVersions
+
 TIMEOUT_SECONDS = 10.0
 
 
@@ -32,15 +34,12 @@ class RecentDataset:
     labelled: int
 
 
-def served_versions(
-    versions: Iterable[Mapping[str, Any]], service_status: Mapping[str, Any]
-) -> dict[str, Any]:
+def detector_versions(versions: Iterable[Mapping[str, Any]], served: RolloutVersions) -> dict[str, Any]:
     """The registration's ``versions``: the service's stable version (endpoint default) and its canary
     (endpoint canary), each with its reference sample as its ModelVersion records it."""
     by_number = {v.get("spec", {}).get("version"): v for v in versions}
-    served: dict[str, Any] = {}
-    for field, endpoint in (("stableVersion", "default"), ("canaryVersion", "canary")):
-        number = service_status.get(field)
+    registered: dict[str, Any] = {}
+    for number, endpoint in ((served.stable, "default"), (served.canary, "canary")):
         version = by_number.get(number)
         artifact = ((version or {}).get("spec") or {}).get("artifact") or {}
         if number is None or not artifact.get("referenceUri"):
@@ -48,8 +47,8 @@ def served_versions(
         entry = {"referenceUri": artifact["referenceUri"], "endpoint": endpoint}
         if artifact.get("referencePredictionsUri"):
             entry["predictionsUri"] = artifact["referencePredictionsUri"]
-        served[str(number)] = entry
-    return served
+        registered[str(number)] = entry
+    return registered
 
 
 class DetectorClient:

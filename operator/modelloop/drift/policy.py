@@ -12,20 +12,20 @@ canary), the ``cooldown`` since the last one has not passed, or the budget of th
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
 
 from modelloop.api import (
     DriftMetric,
     DriftPolicyPhase,
     DriftPolicySpec,
+    DriftPolicyStatus,
     EvaluationResult,
     parse_duration,
 )
-from modelloop.api.meta import Comparison
-from modelloop.conditions import ConditionValue, format_time, parse_time, set_condition
+from modelloop.api.meta import Comparison, Condition
+from modelloop.conditions import ConditionValue, format_time, with_condition
 
 _SYMBOLS = {
     Comparison.GREATER_THAN_OR_EQUAL: ">=",
@@ -96,7 +96,7 @@ class PolicyEvent:
 class PolicyDecision:
     """The whole new status, and what to do: start a retraining with this evidence, or count a skip."""
 
-    status: dict[str, Any]
+    status: DriftPolicyStatus
     start_run: str | None = None
     """The TrainingRun to create: its name, derived from the breach it acts on (a retried pass creates
     the same one, never a second)."""
@@ -106,21 +106,21 @@ class PolicyDecision:
     requeue_after: float | None = None
 
 
-def evaluation_due(spec: DriftPolicySpec, status: Mapping[str, Any], generation: int, now: datetime) -> bool:
+def evaluation_due(spec: DriftPolicySpec, status: DriftPolicyStatus, generation: int, now: datetime) -> bool:
     """Whether the metrics are to be queried in this pass: at every interval, and at once for a new spec."""
-    last = parse_time(status.get("lastEvaluationTime"))
-    if last is None or status.get("observedGeneration") != generation:
+    last = status.last_evaluation_time
+    if last is None or status.observed_generation != generation:
         return True
     return now >= last + parse_duration(spec.evaluation_interval)
 
 
 def evaluation_lag(
-    spec: DriftPolicySpec, status: Mapping[str, Any], generation: int, now: datetime
+    spec: DriftPolicySpec, status: DriftPolicyStatus, generation: int, now: datetime
 ) -> float | None:
     """How many seconds after it was due an evaluation at ``now`` runs; None for a policy's first
     evaluation or one of a new spec, which are due at once."""
-    last = parse_time(status.get("lastEvaluationTime"))
-    if last is None or status.get("observedGeneration") != generation:
+    last = status.last_evaluation_time
+    if last is None or status.observed_generation != generation:
         return None
     return max(0.0, (now - last - parse_duration(spec.evaluation_interval)).total_seconds())
 
@@ -133,32 +133,21 @@ def run_name(policy: str, breach_start: datetime) -> str:
 def decide(
     policy: str,
     spec: DriftPolicySpec,
-    previous: Mapping[str, Any],
+    previous: DriftPolicyStatus,
     measurements: Sequence[Measurement] | None,
     in_flight: InFlight | None,
     now: datetime,
     generation: int,
+    trained: str | None = None,
 ) -> PolicyDecision:
-    """The new status of policy ``policy``; ``measurements`` is None in a pass that evaluates nothing."""
-    status: dict[str, Any] = {
-        key: previous[key]
-        for key in (
-            "lastResult",
-            "lastEvaluationTime",
-            "lastValue",
-            "breachStartTime",
-            "lastTriggerTime",
-            "lastTrainingRun",
-            "lastModelVersion",
-            "evidence",
-        )
-        if key in previous
-    }
-    status["observedGeneration"] = generation
+    """The new status of policy ``policy``; ``measurements`` is None in a pass that evaluates nothing;
+    ``trained`` is the ModelVersion the last retraining registered, once it has."""
+    status = previous.model_copy(deep=True)
+    status.observed_generation = generation
+    if trained is not None:
+        status.last_model_version = trained
     period = parse_duration(spec.budget.period)
-    recent = [
-        t for t in map(parse_time, previous.get("retrainings") or ()) if t is not None and now - t < period
-    ]
+    recent = [t for t in previous.retrainings if now - t < period]
 
     events: list[PolicyEvent] = []
     refused: list[Measurement] = []
@@ -174,24 +163,24 @@ def decide(
             result = EvaluationResult.INCONCLUSIVE
         else:
             result = EvaluationResult.WATCHING
-        status["lastResult"] = result.value
-        status["lastEvaluationTime"] = _iso(now)
-        status["evidence"] = {m.metric.name: m.shown()[:EVIDENCE_TEXT_LIMIT] for m in measurements}
+        status.last_result = result
+        status.last_evaluation_time = _second(now)
+        status.evidence = {m.metric.name: m.shown()[:EVIDENCE_TEXT_LIMIT] for m in measurements}
         first = measurements[0]
-        status["lastValue"] = f"{first.metric.name}={first.shown()}"[:EVIDENCE_TEXT_LIMIT]
+        status.last_value = f"{first.metric.name}={first.shown()}"[:EVIDENCE_TEXT_LIMIT]
         if result == EvaluationResult.BREACHED:
-            status["breachStartTime"] = previous.get("breachStartTime") or _iso(now)
-            if not previous.get("breachStartTime"):
+            status.breach_start_time = previous.breach_start_time or _second(now)
+            if previous.breach_start_time is None:
                 names = ", ".join(f"{m.metric.name}={m.shown()}" for m in breached)
                 events.append(PolicyEvent("Normal", "BreachStarted", f"Breached: {names}."))
         else:
-            status["breachStartTime"] = None
+            status.breach_start_time = None
 
-    result_now = status.get("lastResult")
-    breach_start = parse_time(status.get("breachStartTime"))
+    result_now = status.last_result
+    breach_start = status.breach_start_time
     window = parse_duration(spec.window)
     confirmed = breach_start is not None and now - breach_start >= window
-    last_trigger = parse_time(status.get("lastTriggerTime"))
+    last_trigger = status.last_trigger_time
     cooldown = parse_duration(spec.cooldown)
     cooling = last_trigger is not None and now - last_trigger < cooldown
     decision_time = measurements is not None  # a skip is counted once per evaluation, not per event
@@ -205,7 +194,7 @@ def decide(
             f"{m.metric.name}: {m.error}" for m in refused or measurements or ()
         )
         if not refused:
-            message = str(previous.get("message") or message)
+            message = previous.message or message
     elif in_flight is not None:
         phase, reason = DriftPolicyPhase.RETRAINING, "RetrainingInFlight"
         message = in_flight.what
@@ -232,9 +221,13 @@ def decide(
         evidence["window"] = spec.window
         phase, reason = DriftPolicyPhase.RETRAINING, "RetrainingStarted"
         message = f"Drift held for {spec.window} since {_iso(breach_start)}: started TrainingRun {start}."
-        status.update(lastTriggerTime=_iso(now), lastTrainingRun=start, lastModelVersion=None)
-        status["breachStartTime"] = None  # this breach is acted on; a new one must hold a window again
-        recent.append(now)
+        status.last_trigger_time, status.last_training_run, status.last_model_version = (
+            _second(now),
+            start,
+            None,
+        )
+        status.breach_start_time = None  # this breach is acted on; a new one must hold a window again
+        recent.append(_second(now))
         events.append(PolicyEvent("Normal", "RetrainingStarted", message))
     elif result_now == EvaluationResult.BREACHED and breach_start is not None:
         phase, reason = DriftPolicyPhase.BREACHED, "BreachHolding"
@@ -254,7 +247,7 @@ def decide(
             "The metrics cannot tell drift, which is never taken for a breach: "
             + "; ".join(f"{m.metric.name}: {m.shown()}" for m in unknown_now)
             if unknown_now
-            else str(previous.get("message") or "The metrics cannot tell drift.")
+            else previous.message or "The metrics cannot tell drift."
         )
     else:
         phase, reason = DriftPolicyPhase.WATCHING, "Watching"
@@ -262,19 +255,14 @@ def decide(
     if skipped is not None:
         events.append(PolicyEvent("Normal", "RetrainingSkipped", message))
     troubled = phase in (DriftPolicyPhase.DEGRADED, DriftPolicyPhase.INCONCLUSIVE)
-    if phase == DriftPolicyPhase.DEGRADED and previous.get("message") != message:
+    if phase == DriftPolicyPhase.DEGRADED and previous.message != message:
         events.append(PolicyEvent("Warning", reason, message))
-    elif phase.value != previous.get("phase") and all(e.reason != reason for e in events):
+    elif phase != previous.phase and all(e.reason != reason for e in events):
         events.append(PolicyEvent("Warning" if troubled else "Normal", reason, message))
 
-    status.update(
-        phase=phase.value,
-        reason=reason,
-        message=message,
-        retrainings=[_iso(t) for t in recent],
-        retrainingsInPeriod=len(recent),
-    )
-    status["conditions"] = _ready_condition(previous, phase, reason, message, generation, now)
+    status.phase, status.reason, status.message = phase, reason, message
+    status.retrainings, status.retrainings_in_period = recent, len(recent)
+    status.conditions = _ready_condition(previous, phase, reason, message, generation, now)
     return PolicyDecision(
         status=status,
         start_run=start,
@@ -286,26 +274,26 @@ def decide(
 
 
 def _next_evaluation(
-    spec: DriftPolicySpec, status: Mapping[str, Any], now: datetime, window: timedelta
+    spec: DriftPolicySpec, status: DriftPolicyStatus, now: datetime, window: timedelta
 ) -> float:
     """Seconds to the next evaluation; sooner when the window of a breach ends before it."""
     interval = parse_duration(spec.evaluation_interval)
-    last = parse_time(status.get("lastEvaluationTime")) or now
+    last = status.last_evaluation_time or now
     due = last + interval
-    breach_start = parse_time(status.get("breachStartTime"))
+    breach_start = status.breach_start_time
     if breach_start is not None and now < breach_start + window < due:
         due = breach_start + window
     return max(0.0, (due - now).total_seconds())
 
 
 def _ready_condition(
-    previous: Mapping[str, Any],
+    previous: DriftPolicyStatus,
     phase: DriftPolicyPhase,
     reason: str,
     message: str,
     generation: int,
     now: datetime,
-) -> list[dict[str, Any]]:
+) -> list[Condition]:
     """Ready is True while the policy can tell drift, Unknown while it cannot (Inconclusive; its
     transition time is how long), False when its queries are refused."""
     value: ConditionValue = "True"
@@ -313,16 +301,21 @@ def _ready_condition(
         value = "Unknown"
     elif phase == DriftPolicyPhase.DEGRADED:
         value = "False"
-    return set_condition(
-        previous.get("conditions"),
+    return with_condition(
+        previous.conditions,
         type_="Ready",
         status=value,
         reason=reason,
         message=message,
         observed_generation=generation,
-        now=_iso(now),
+        now=now,
     )
 
 
 def _iso(moment: datetime) -> str:
     return format_time(moment)
+
+
+def _second(moment: datetime) -> datetime:
+    """Times in a policy's status are whole seconds, as Kubernetes writes them."""
+    return moment.replace(microsecond=0)

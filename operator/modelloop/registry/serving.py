@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from modelloop.api import ModelStage
+from modelloop.api.inferenceservice import rollout_versions
 from modelloop.registry.stages import StageChange
 
 SERVING_STAGE = "servingStage"
@@ -43,13 +44,9 @@ class ServingChange:
 
 
 def served_model(name: str, status: Mapping[str, Any]) -> ServedModel:
-    """Read an InferenceService's status (``stableVersion``, ``canaryVersion``)."""
-
-    def number(key: str) -> int | None:
-        value = status.get(key)
-        return int(value) if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
-
-    return ServedModel(name, number("stableVersion"), number("canaryVersion"))
+    """Read an InferenceService's stored status: the versions it serves and rolls out."""
+    stable, canary = rollout_versions(status)
+    return ServedModel(name, stable, canary)
 
 
 def serving_changes(

@@ -19,6 +19,8 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
+from pydantic import BaseModel
+
 from modelloop import kube
 from modelloop.objects import slim_object
 
@@ -114,16 +116,15 @@ class StatusWriter:
         brings nothing a reconcile does not know)."""
         return resource_version is not None and self.memory.resource_version(key) == resource_version
 
-    async def write(self, obj: Mapping[str, Any], status: Mapping[str, Any]) -> dict[str, Any]:
-        """Write the keys of ``status`` that differ from ``obj``'s (a merge patch: None removes a key), if
-        ``obj`` is still at its resourceVersion; return the object as it is now.
+    async def write(self, obj: Mapping[str, Any], status: Mapping[str, Any] | BaseModel) -> dict[str, Any]:
+        """Write the keys of ``status`` (a kind's typed status, dumped here, or its JSON form) that differ
+        from ``obj``'s (a merge patch: None removes a key), if ``obj`` is still at its resourceVersion;
+        return the object as it is now.
 
         Raises kube.Conflict when the object changed since: plan again on a fresh copy.
         """
         previous = obj.get("status") or {}
-        changed = {
-            k: v for k, v in status.items() if previous.get(k) != v and (v is not None or k in previous)
-        }
+        changed = status_patch(previous, status)
         if not changed:
             return dict(obj)
         namespace, name = object_key(obj)
@@ -186,6 +187,21 @@ class StatusWriter:
         slim = slim_object(fresh, self._annotations)
         self.memory.remember(slim)
         return slim
+
+
+def status_patch(previous: Mapping[str, Any], status: Mapping[str, Any] | BaseModel) -> dict[str, Any]:
+    """The merge patch from ``previous`` (status as read) to ``status``: the keys whose value changed, and
+    None for a key that was set and is no longer. A typed status is dumped to JSON here, once."""
+    wanted = status_json(status) if isinstance(status, BaseModel) else status
+    return {k: v for k, v in wanted.items() if previous.get(k) != v and (v is not None or k in previous)}
+
+
+def status_json(status: BaseModel) -> dict[str, Any]:
+    """A typed status as the API server stores it (no nulls inside), with None for each unset top-level
+    field, so that ``status_patch`` removes what a pass unset."""
+    fields = type(status).model_fields
+    unset = {(field.alias or name): None for name, field in fields.items()}
+    return {**unset, **status.model_dump(mode="json", exclude_none=True)}
 
 
 async def retry_on_conflict(

@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from modelloop.api import InferenceServicePhase, InferenceServiceSpec, PauseReason
-from modelloop.conditions import ConditionValue, format_time, set_condition
+from modelloop.api import DeploymentMode, InferenceServicePhase, InferenceServiceSpec, PauseReason
+from modelloop.api.inferenceservice import BackendState, InferenceServiceStatus
+from modelloop.conditions import ConditionValue, with_condition
 from modelloop.serving.backend import InvalidTraffic, ServiceContext, ServingBackend, VersionInfo
 from modelloop.serving.rollout import Decision, MetricResult, Observed, Serving, decide, target_version
 
@@ -25,27 +26,27 @@ class ServicePlan:
     """What the controller does now: write ``status`` (once), then apply ``manifests``; post
     ``decision``'s events; look again after ``decision.requeue_after``."""
 
-    status: dict[str, Any]
+    status: InferenceServiceStatus
     decision: Decision
     manifests: list[dict[str, Any]] = field(default_factory=list)
 
 
-def backend_change(spec: InferenceServiceSpec, previous: Mapping[str, Any]) -> str | None:
+def backend_change(spec: InferenceServiceSpec, previous: InferenceServiceStatus) -> str | None:
     """Why the service cannot follow its spec when spec.backend changed from the one it is deployed on
     (the CRD refuses the change; a CRD without that rule must not leave two backends serving); None when
     it did not change."""
-    deployed_on = previous.get("backend")
+    deployed_on = previous.backend
     if deployed_on is None or deployed_on == spec.backend:
         return None
     return (
-        f"spec.backend changed from {deployed_on} to {spec.backend.value}, which this service cannot "
-        f"follow: it goes on serving on {deployed_on}. Create a new InferenceService instead."
+        f"spec.backend changed from {deployed_on.value} to {spec.backend.value}, which this service cannot "
+        f"follow: it goes on serving on {deployed_on.value}. Create a new InferenceService instead."
     )
 
 
 def plan_service(
     spec: InferenceServiceSpec,
-    previous: Mapping[str, Any],
+    previous: InferenceServiceStatus,
     versions: Iterable[Mapping[str, Any]],
     context: ServiceContext,
     backend: ServingBackend,
@@ -55,7 +56,7 @@ def plan_service(
     measurements: list[MetricResult],
     now: datetime,
     generation: int,
-    deployment_mode: str | None = None,
+    deployment_mode: DeploymentMode | None = None,
 ) -> ServicePlan:
     """Decide one pass of the service ``context`` on ``backend``.
 
@@ -64,34 +65,30 @@ def plan_service(
     written, ``measurements`` the analysis measured for this pass (if it was due) and ``deployment_mode``
     the KServe deployment mode (None on other backends).
     """
-    new_action = action if action is not None and action != previous.get("action") else None
+    new_action = action if action is not None and action != previous.action else None
     decision = decide(
         spec, previous, target_version(spec, list(versions)), observed, now, new_action, measurements
     )
-    status = dict(decision.status)
-    if action is None and previous.get("action"):
-        status["action"] = None  # the annotation is gone: the same value again is a new request
+    status = decision.status.model_copy()
+    if action is None and previous.action:
+        status.action = None  # the annotation is gone: the same value again is a new request
     manifests: list[dict[str, Any]] = []
     missing = missing_version(decision.serving, context)
     if missing is not None:
-        status.update(
-            phase=InferenceServicePhase.DEGRADED.value,
-            reason="VersionMissing",
-            message=f"ModelVersion {missing} of model {spec.model.name} no longer exists: register it again.",
+        status.phase, status.reason = InferenceServicePhase.DEGRADED, "VersionMissing"
+        status.message = (
+            f"ModelVersion {missing} of model {spec.model.name} no longer exists: register it again."
         )
     elif decision.serving is not None:
         try:
             manifests = backend.render(context, decision.serving, current)
         except InvalidTraffic as error:  # checked before every write; a bug, never a half-routed write
-            status.update(
-                phase=InferenceServicePhase.DEGRADED.value,
-                reason="InvalidTraffic",
-                message=f"{error}; nothing was written.",
-            )
-    status["backend"] = spec.backend.value
-    status["deploymentMode"] = deployment_mode
-    status["backendState"] = backend_state(observed)
-    return ServicePlan(with_conditions(status, previous, observed, generation, now), decision, manifests)
+            status.phase, status.reason = InferenceServicePhase.DEGRADED, "InvalidTraffic"
+            status.message = f"{error}; nothing was written."
+    status.backend = spec.backend
+    status.deployment_mode = deployment_mode
+    status.backend_state = backend_state(observed)
+    return ServicePlan(with_conditions(status, observed, generation, now), decision, manifests)
 
 
 def version_infos(versions: Iterable[Mapping[str, Any]]) -> dict[int, VersionInfo]:
@@ -112,13 +109,12 @@ def version_infos(versions: Iterable[Mapping[str, Any]]) -> dict[int, VersionInf
     return infos
 
 
-def backend_state(observed: Observed) -> dict[str, Any] | None:
-    state = {
-        "state": observed.state,
-        "replicas": observed.replicas,
-        "availableReplicas": observed.available_replicas,
-    }
-    return state if any(value is not None for value in state.values()) else None
+def backend_state(observed: Observed) -> BackendState | None:
+    if observed.state is None and observed.replicas is None and observed.available_replicas is None:
+        return None
+    return BackendState(
+        state=observed.state, replicas=observed.replicas, available_replicas=observed.available_replicas
+    )
 
 
 def missing_version(serving: Serving | None, context: ServiceContext) -> int | None:
@@ -132,45 +128,40 @@ def missing_version(serving: Serving | None, context: ServiceContext) -> int | N
 
 
 def with_conditions(
-    status: dict[str, Any], previous: Mapping[str, Any], observed: Observed, generation: int, now: datetime
-) -> dict[str, Any]:
+    status: InferenceServiceStatus, observed: Observed, generation: int, now: datetime
+) -> InferenceServiceStatus:
     """Ready says whether the backend serves the stable version; Progressing whether a rollout moves
     (False with the reason while it is paused, held for good or over); observedGeneration the spec
-    acted on."""
-    stamp = format_time(now)
+    acted on. ``status`` keeps its conditions from before this pass; a new status is returned."""
     ready: ConditionValue
     if observed.ready:
-        ready, reason, message = "True", "Serving", f"Serving version {status.get('stableVersion')}."
-    elif status.get("stableVersion") is None:
-        ready, reason, message = (
-            "False",
-            str(status.get("reason") or "Pending"),
-            str(status.get("message") or ""),
-        )
+        ready, reason, message = "True", "Serving", f"Serving version {status.stable_version}."
+    elif status.stable_version is None:
+        ready, reason, message = "False", status.reason or "Pending", status.message or ""
     else:
         ready, reason = "False", "BackendNotReady"
         message = observed.message or "The backend does not report the service ready yet."
-    conditions = set_condition(
-        previous.get("conditions"),
+    conditions = with_condition(
+        status.conditions,
         type_="Ready",
         status=ready,
         reason=reason,
         message=message,
         observed_generation=generation,
-        now=stamp,
+        now=now,
     )
-    phase = status.get("phase")
+    phase = status.phase
     progressing: ConditionValue = "True" if phase == InferenceServicePhase.PROGRESSING else "False"
-    why = str(status.get("reason") or phase or "Pending")
+    why = status.reason or (phase.value if phase else "Pending")
     if phase == InferenceServicePhase.PAUSED:
-        why = "AnalysisInconclusive" if status.get("pauseReason") == PauseReason.INCONCLUSIVE else "Paused"
-    conditions = set_condition(
+        why = "AnalysisInconclusive" if status.pause_reason == PauseReason.INCONCLUSIVE else "Paused"
+    conditions = with_condition(
         conditions,
         type_="Progressing",
         status=progressing,
         reason=why,
-        message=str(status.get("message") or ""),
+        message=status.message or "",
         observed_generation=generation,
-        now=stamp,
+        now=now,
     )
-    return {**status, "conditions": conditions, "observedGeneration": generation}
+    return status.model_copy(update={"conditions": conditions, "observed_generation": generation})

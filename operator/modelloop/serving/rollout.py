@@ -26,14 +26,22 @@ from modelloop.api import (
     PauseReason,
     parse_duration,
 )
-from modelloop.api.inferenceservice import MEASUREMENTS_KEPT
+from modelloop.api.inferenceservice import (
+    MEASUREMENTS_KEPT,
+    AnalysisStatus,
+    InferenceServiceStatus,
+    Measurement,
+)
 
 ANNOTATION_ROLLOUT_ACTION = f"{GROUP}/rollout-action"
 ACTIONS = ("promote", "abort", "pause", "resume")
 # While the backend has not yet reported the traffic asked for, look again this soon.
 CONVERGE_POLL_SECONDS = 2.0
 MEASUREMENTS_PER_METRIC = 4
+# A measurement's message is cut to this length in status.
+MAX_MEASUREMENT_MESSAGE = 1024
 Phase = InferenceServicePhase
+Status = InferenceServiceStatus
 
 
 @dataclass(frozen=True)
@@ -101,7 +109,7 @@ class Decision:
     """The outcome of one pass: the status to write, what to serve (None: nothing yet), the events to
     post, and when to look again (None: when something changes)."""
 
-    status: dict[str, Any]
+    status: Status
     serving: Serving | None
     events: tuple[Event, ...] = ()
     requeue_after: float | None = None
@@ -111,7 +119,7 @@ class Decision:
 class _Pass:
     """The mutable scratch of one pass of ``decide``."""
 
-    status: dict[str, Any]
+    status: Status
     events: list[Event] = field(default_factory=list)
     requeue: list[float] = field(default_factory=list)
 
@@ -152,22 +160,20 @@ def target_version(spec: InferenceServiceSpec, versions: Sequence[Mapping[str, A
     return Target(max(validated))
 
 
-def measurement_due(
-    spec: InferenceServiceSpec, status: Mapping[str, Any], observed: Observed, now: datetime
-) -> bool:
+def measurement_due(spec: InferenceServiceSpec, status: Status, observed: Observed, now: datetime) -> bool:
     """Whether this pass should measure the analysis metrics: a canary takes the traffic asked for, the
     rollout is not paused, and an interval has passed since the step began or was last measured."""
     analysis = spec.rollout.analysis if spec.rollout else None
-    if analysis is None or status.get("canaryVersion") is None or _paused(spec, status):
+    if analysis is None or status.canary_version is None or _paused(spec, status):
         return False
-    if status.get("phase") == Phase.ROLLED_BACK or not _converged(status, observed):
+    if status.phase == Phase.ROLLED_BACK or not _converged(status, observed):
         return False
     return now >= _next_measurement(status, parse_duration(analysis.interval))
 
 
 def decide(
     spec: InferenceServiceSpec,
-    status: Mapping[str, Any],
+    status: Status,
     target: Target,
     observed: Observed,
     now: datetime,
@@ -175,65 +181,71 @@ def decide(
     measurements: Sequence[MetricResult] = (),
 ) -> Decision:
     """One step of the state machine. ``action`` is the rollout-action annotation's value when it was not
-    acted on yet; ``measurements`` the analysis metrics measured in this pass (see ``measurement_due``)."""
-    work = _Pass(dict(status))
+    acted on yet; ``measurements`` the analysis metrics measured in this pass (see ``measurement_due``).
+    ``status`` is not changed: the decision carries a new one."""
+    work = _Pass(status.model_copy(deep=True))
     s = work.status
     asked = serving_of(status)
     if action is not None:
-        s["action"] = action
-        _act(spec, work, action_verb(action), now)
+        s.action = action
+        _act(work, action_verb(action), now)
 
-    stable, canary = s.get("stableVersion"), s.get("canaryVersion")
-    if stable is None:
+    if s.stable_version is None:
         if target.version is None:
-            s.update(phase=Phase.PENDING.value, reason=target.reason, message=target.message)
+            _set_phase(s, Phase.PENDING, target.reason, target.message)
             return Decision(s, None, tuple(work.events))
-        s.update(stableVersion=target.version, phase=Phase.PROGRESSING.value, reason="Deploying")
-        s["message"] = f"Deploying version {target.version}."
+        s.stable_version = target.version
+        _set_phase(s, Phase.PROGRESSING, "Deploying", f"Deploying version {target.version}.")
         work.event("Normal", "Deploying", f"Serving version {target.version}.")
-    elif canary is None or s.get("phase") != Phase.ROLLED_BACK:
+    elif s.canary_version is None or s.phase != Phase.ROLLED_BACK:
         _follow_target(spec, work, target, now)
     if serving_of(s) != asked:
         # The backend's report is about what was asked before this pass, not about the new ask.
         observed = replace(observed, current=False)
 
-    if s.get("canaryVersion") is not None:
+    if s.canary_version is not None:
         _progress(spec, work, observed, measurements, now)
     else:
         _settle(work, observed)
 
-    s["url"] = observed.url or s.get("url")
-    s["canaryTraffic"] = observed.canary_traffic if s.get("canaryVersion") is not None else None
+    s.url = observed.url or s.url
+    s.canary_traffic = observed.canary_traffic if s.canary_version is not None else None
     return Decision(s, serving_of(s), tuple(work.events), min(work.requeue) if work.requeue else None)
 
 
-def serving_of(status: Mapping[str, Any]) -> Serving | None:
+def serving_of(status: Status) -> Serving | None:
     """What a status asks the backend to serve (None before any version)."""
-    stable = status.get("stableVersion")
-    if stable is None:
+    if status.stable_version is None:
         return None
-    canary = status.get("canaryVersion")
-    if canary is None:
-        return Serving(int(stable))
-    shadow = bool(status.get("shadow"))
-    return Serving(int(stable), int(canary), 0 if shadow else int(status.get("canaryWeight") or 0), shadow)
+    if status.canary_version is None:
+        return Serving(status.stable_version)
+    shadow = bool(status.shadow)
+    weight = 0 if shadow else status.canary_weight or 0
+    return Serving(status.stable_version, status.canary_version, weight, shadow)
 
 
-def _act(spec: InferenceServiceSpec, work: _Pass, verb: str, now: datetime) -> None:
+def _set_phase(s: Status, phase: Phase, reason: str, message: str) -> None:
+    s.phase, s.reason, s.message = phase, reason, message
+
+
+def _end_steps(s: Status) -> None:
+    """No canary step runs any more (its weight, shadow, index and start are gone)."""
+    s.canary_weight = s.shadow = s.step_index = s.step_start_time = None
+
+
+def _act(work: _Pass, verb: str, now: datetime) -> None:
     s = work.status
-    canary = s.get("canaryVersion")
-    in_rollout = canary is not None and s.get("phase") != Phase.ROLLED_BACK
+    canary = s.canary_version
+    in_rollout = canary is not None and s.phase != Phase.ROLLED_BACK
     if verb == "pause":
-        s["pauseReason"] = PauseReason.REQUESTED.value
+        s.pause_reason = PauseReason.REQUESTED
         work.event("Normal", "Paused", "Rollout paused through the rollout-action annotation.")
     elif verb == "resume":
-        analysis = dict(s.get("analysis") or {})
-        if analysis:
-            analysis["inconclusive"] = 0
-            s["analysis"] = analysis
-        s["pauseReason"] = None
-        if not in_rollout and s.get("rolledBackVersion") is not None:
-            s["rolledBackVersion"] = None  # resuming after a rollback retries the version
+        if s.analysis is not None:
+            s.analysis.inconclusive = 0
+        s.pause_reason = None
+        if not in_rollout and s.rolled_back_version is not None:
+            s.rolled_back_version = None  # resuming after a rollback retries the version
             work.event("Normal", "Resumed", "The rolled-back version may be rolled out again.")
         else:
             work.event("Normal", "Resumed", "Rollout resumed through the rollout-action annotation.")
@@ -254,7 +266,7 @@ def _act(spec: InferenceServiceSpec, work: _Pass, verb: str, now: datetime) -> N
 def _follow_target(spec: InferenceServiceSpec, work: _Pass, target: Target, now: datetime) -> None:
     """Start (or restart, or drop) a rollout when the target differs from what is served."""
     s = work.status
-    stable, canary, version = s["stableVersion"], s.get("canaryVersion"), target.version
+    stable, canary, version = s.stable_version, s.canary_version, target.version
     if version is None or version == canary:
         return
     if version == stable:
@@ -266,35 +278,26 @@ def _follow_target(spec: InferenceServiceSpec, work: _Pass, target: Target, now:
                 now,
             )
         return
-    if version == s.get("rolledBackVersion"):
+    if version == s.rolled_back_version:
         return  # rolled back: not rolled out again by itself (the resume action retries it)
     if spec.rollout is None:
-        s.update(stableVersion=version, canaryVersion=None, canaryWeight=None, stepIndex=None)
-        s.update(
-            phase=Phase.PROGRESSING.value,
-            reason="Deploying",
-            message=f"Replacing version {stable} by {version}.",
-        )
+        s.stable_version, s.canary_version = version, None
+        s.canary_weight = s.step_index = None
+        _set_phase(s, Phase.PROGRESSING, "Deploying", f"Replacing version {stable} by {version}.")
         work.event("Normal", "Deploying", f"Version {version} replaces version {stable} (no rollout steps).")
         return
     if canary is not None:
         work.event("Normal", "CanaryReplaced", f"Version {version} replaces canary version {canary}.")
     shadow = spec.rollout.shadow
     weight = 0 if shadow else spec.rollout.steps[0]
-    s.update(
-        canaryVersion=version,
-        canaryWeight=weight,
-        shadow=True if shadow else None,
-        stepIndex=None if shadow else 0,
-        stepStartTime=_time(now),
-        analysis={"measurements": [], "failed": 0, "inconclusive": 0} if spec.rollout.analysis else None,
-        pauseReason=None,
-        phase=Phase.PROGRESSING.value,
-        reason="ShadowStarted" if shadow else "CanaryStarted",
-    )
-    s["message"] = _step_message(spec, version, s)
+    s.canary_version, s.canary_weight = version, weight
+    s.shadow, s.step_index = (True, None) if shadow else (None, 0)
+    s.step_start_time = now
+    s.analysis = AnalysisStatus() if spec.rollout.analysis else None
+    s.pause_reason = None
+    _set_phase(s, Phase.PROGRESSING, "ShadowStarted" if shadow else "CanaryStarted", _step_message(spec, s))
     first = "mirrored traffic first (shadow)" if shadow else f"{weight}% first"
-    work.event("Normal", str(s["reason"]), f"Rolling out version {version} beside version {stable}: {first}.")
+    work.event("Normal", str(s.reason), f"Rolling out version {version} beside version {stable}: {first}.")
 
 
 def _progress(
@@ -305,11 +308,12 @@ def _progress(
     now: datetime,
 ) -> None:
     s = work.status
-    canary = s["canaryVersion"]
-    if s.get("phase") == Phase.ROLLED_BACK:
+    canary = s.canary_version
+    if s.phase == Phase.ROLLED_BACK:
         # Retiring a rolled-back canary: once no traffic reaches it, it goes.
         if observed.current and not observed.canary_traffic and not observed.shadow:
-            s.update(canaryVersion=None, canaryWeight=None, stepIndex=None, stepStartTime=None)
+            s.canary_version = None
+            _end_steps(s)
         else:
             work.requeue.append(CONVERGE_POLL_SECONDS)
         return
@@ -317,149 +321,126 @@ def _progress(
         _promote(work, "Promoted", f"Version {canary} takes all traffic: the spec has no rollout any more.")
         return
     steps = spec.rollout.steps
-    index = min(int(s.get("stepIndex") or 0), len(steps) - 1)
-    if measurements:
-        _record(spec, work, measurements, now)
-        if s.get("phase") == Phase.ROLLED_BACK:
-            return
+    index = min(s.step_index or 0, len(steps) - 1)
+    if measurements and _record(spec, work, measurements, now) == Phase.ROLLED_BACK:
+        return
     if _paused(spec, s):
         why = "spec.paused is true" if spec.paused else _pause_message(s)
-        s.update(
-            phase=Phase.PAUSED.value,
-            reason="Paused",
-            message=f"Rollout of version {canary} is paused: {why}.",
-        )
+        _set_phase(s, Phase.PAUSED, "Paused", f"Rollout of version {canary} is paused: {why}.")
         return
-    s["phase"] = Phase.PROGRESSING.value
+    s.phase = Phase.PROGRESSING
     if not _converged(s, observed):
-        s["reason"] = "WaitingForTraffic"
-        wanted = "a mirrored copy" if s.get("shadow") else f"{s.get('canaryWeight')}%"
-        s["message"] = f"Waiting for the backend to give version {canary} {wanted} of the traffic" + (
+        s.reason = "WaitingForTraffic"
+        wanted = "a mirrored copy" if s.shadow else f"{s.canary_weight}%"
+        s.message = f"Waiting for the backend to give version {canary} {wanted} of the traffic" + (
             f": {observed.message}" if observed.message else "."
         )
         work.requeue.append(CONVERGE_POLL_SECONDS)
         return
-    step_due = _parse_time(s.get("stepStartTime"), now) + parse_duration(spec.rollout.step_interval)
+    step_due = _started(s) + parse_duration(spec.rollout.step_interval)
     analysis = spec.rollout.analysis
-    passed = analysis is None or (s.get("analysis") or {}).get("lastPhase") == MeasurementPhase.PASSED
+    passed = analysis is None or (s.analysis is not None and s.analysis.last_phase == MeasurementPhase.PASSED)
     if now >= step_due and passed:
-        following = 0 if s.get("shadow") else index + 1  # after the shadow phase comes the first step
+        following = 0 if s.shadow else index + 1  # after the shadow phase comes the first step
         if following >= len(steps) or steps[following] >= 100:
             _promote(work, "Promoted", f"Version {canary} passed every step and is promoted.")
             return
-        weight = steps[following]
-        s.update(stepIndex=following, canaryWeight=weight, shadow=None, stepStartTime=_time(now))
-        s.update(reason="StepAdvanced", message=_step_message(spec, canary, s))
-        if s.get("analysis"):
-            s["analysis"] = {**s["analysis"], "lastPhase": None}
-        work.event("Normal", "StepAdvanced", s["message"])
+        s.step_index, s.canary_weight, s.shadow, s.step_start_time = following, steps[following], None, now
+        s.reason, s.message = "StepAdvanced", _step_message(spec, s)
+        if s.analysis is not None:
+            s.analysis.last_phase = None
+        work.event("Normal", "StepAdvanced", s.message)
         work.requeue.append(CONVERGE_POLL_SECONDS)
         return
-    s["reason"] = "StepRunning"
+    s.reason = "StepRunning"
     waits = [max(0.0, (step_due - now).total_seconds())]
     if analysis is not None:
         interval = parse_duration(analysis.interval)
         waits.append(max(0.0, (_next_measurement(s, interval) - now).total_seconds()))
     if now >= step_due:  # time is up but the last measurement did not pass: the next one decides
         waits = waits[1:]
-    s["message"] = _step_message(spec, canary, s)
+    s.message = _step_message(spec, s)
     work.requeue.append(max(0.5, min(waits)))
 
 
-def _step_message(spec: InferenceServiceSpec, canary: int, status: Mapping[str, Any]) -> str:
+def _step_message(spec: InferenceServiceSpec, status: Status) -> str:
     steps = len(spec.rollout.steps) if spec.rollout else 1
-    if status.get("shadow"):
+    canary = status.canary_version
+    if status.shadow:
         return (
             f"Version {canary} gets a mirrored copy of the traffic; its answers reach no one "
             f"(shadow, before step 1 of {steps})."
         )
-    index = int(status.get("stepIndex") or 0)
-    return (
-        f"Version {canary} gets {status.get('canaryWeight')}% of the traffic (step {index + 1} of {steps})."
-    )
+    index = status.step_index or 0
+    return f"Version {canary} gets {status.canary_weight}% of the traffic (step {index + 1} of {steps})."
 
 
-def _record(spec: InferenceServiceSpec, work: _Pass, results: Sequence[MetricResult], now: datetime) -> None:
+def _record(
+    spec: InferenceServiceSpec, work: _Pass, results: Sequence[MetricResult], now: datetime
+) -> Phase | None:
     """Fold one round of measurements into status: a failure counts, beyond failureLimit rolls back; an
-    inconclusive round holds the step, beyond inconclusiveLimit pauses."""
+    inconclusive round holds the step, beyond inconclusiveLimit pauses. Returns the phase after."""
     assert spec.rollout is not None and spec.rollout.analysis is not None
     limits = spec.rollout.analysis
     s = work.status
-    analysis = dict(s.get("analysis") or {"measurements": [], "failed": 0, "inconclusive": 0})
-    when = _time(now)
-    kept = [*(analysis.get("measurements") or ())]
-    for result in results:
-        entry: dict[str, Any] = {
-            "metric": result.metric,
-            "phase": result.phase.value,
-            "time": when,
-            "message": result.message[:1024],
-        }
-        if result.value is not None:
-            entry["value"] = result.value
-        kept.append(entry)
-    analysis["measurements"] = _bounded(kept)
-    analysis["lastTime"] = when
+    analysis = s.analysis = s.analysis or AnalysisStatus()
+    kept = [
+        *analysis.measurements,
+        *(
+            Measurement(
+                metric=result.metric,
+                phase=result.phase,
+                value=result.value,
+                time=now,
+                message=result.message[:MAX_MEASUREMENT_MESSAGE],
+            )
+            for result in results
+        ),
+    ]
+    analysis.measurements = _bounded(kept)
+    analysis.last_time = now
     failed = [r for r in results if r.phase == MeasurementPhase.FAILED]
     inconclusive = [r for r in results if r.phase == MeasurementPhase.INCONCLUSIVE]
-    canary = s["canaryVersion"]
+    canary = s.canary_version
     if failed:
-        analysis["failed"] = int(analysis.get("failed") or 0) + 1
-        analysis["lastPhase"] = MeasurementPhase.FAILED.value
-        s["analysis"] = analysis
+        analysis.failed += 1
+        analysis.last_phase = MeasurementPhase.FAILED
         detail = "; ".join(r.message for r in failed)
-        if analysis["failed"] > limits.failure_limit:
+        if analysis.failed > limits.failure_limit:
             _roll_back(work, "AnalysisFailed", f"Version {canary} failed analysis: {detail}", now)
         else:
             work.event(
                 "Warning",
                 "MeasurementFailed",
-                f"{detail} ({analysis['failed']} of {limits.failure_limit} tolerated).",
+                f"{detail} ({analysis.failed} of {limits.failure_limit} tolerated).",
             )
     elif inconclusive:
-        analysis["inconclusive"] = int(analysis.get("inconclusive") or 0) + 1
-        analysis["lastPhase"] = MeasurementPhase.INCONCLUSIVE.value
-        s["analysis"] = analysis
+        analysis.inconclusive += 1
+        analysis.last_phase = MeasurementPhase.INCONCLUSIVE
         detail = "; ".join(r.message for r in inconclusive)
-        if analysis["inconclusive"] > limits.inconclusive_limit:
-            s["pauseReason"] = PauseReason.INCONCLUSIVE.value
+        if analysis.inconclusive > limits.inconclusive_limit:
+            s.pause_reason = PauseReason.INCONCLUSIVE
             work.event("Warning", "AnalysisInconclusive", f"Rollout of version {canary} paused: {detail}")
     else:
-        analysis["lastPhase"] = MeasurementPhase.PASSED.value
-        s["analysis"] = analysis
+        analysis.last_phase = MeasurementPhase.PASSED
+    return s.phase
 
 
 def _promote(work: _Pass, reason: str, message: str) -> None:
     s = work.status
-    canary = s["canaryVersion"]
-    previous = s.get("stableVersion")
-    s.update(
-        stableVersion=canary,
-        canaryVersion=None,
-        canaryWeight=None,
-        shadow=None,
-        stepIndex=None,
-        stepStartTime=None,
-        pauseReason=None,
-        phase=Phase.PROMOTED.value,
-        reason=reason,
-        message=message,
-    )
+    previous = s.stable_version
+    s.stable_version, s.canary_version = s.canary_version, None
+    _end_steps(s)
+    s.pause_reason = None
+    _set_phase(s, Phase.PROMOTED, reason, message)
     work.event("Normal", reason, f"{message} It replaces version {previous}.")
 
 
 def _roll_back(work: _Pass, reason: str, message: str, now: datetime) -> None:
     s = work.status
-    s.update(
-        rolledBackVersion=s["canaryVersion"],
-        canaryWeight=0,
-        shadow=None,
-        stepStartTime=_time(now),
-        pauseReason=None,
-        phase=Phase.ROLLED_BACK.value,
-        reason=reason,
-        message=message,
-    )
+    s.rolled_back_version = s.canary_version
+    s.canary_weight, s.shadow, s.step_start_time, s.pause_reason = 0, None, now, None
+    _set_phase(s, Phase.ROLLED_BACK, reason, message)
     work.event("Warning", "RolledBack", message)
     work.requeue.append(CONVERGE_POLL_SECONDS)
 
@@ -467,77 +448,68 @@ def _roll_back(work: _Pass, reason: str, message: str, now: datetime) -> None:
 def _settle(work: _Pass, observed: Observed) -> None:
     """No canary: the stable version is served; say whether the backend serves it well."""
     s = work.status
-    stable = s["stableVersion"]
-    s.update(canaryWeight=None, shadow=None, stepIndex=None, stepStartTime=None, pauseReason=None)
+    stable = s.stable_version
+    _end_steps(s)
+    s.pause_reason = None
     if observed.failed:
-        s.update(phase=Phase.DEGRADED.value, reason="BackendFailed")
-        s["message"] = f"The backend cannot serve version {stable}: {observed.message or 'not ready'}."
+        message = f"The backend cannot serve version {stable}: {observed.message or 'not ready'}."
+        _set_phase(s, Phase.DEGRADED, "BackendFailed", message)
         work.requeue.append(CONVERGE_POLL_SECONDS * 5)
         return
     if not (observed.current and observed.ready):
-        if s.get("phase") in (Phase.PENDING, Phase.PROGRESSING, None):
-            s.update(phase=Phase.PROGRESSING.value, reason="Deploying")
-            s["message"] = f"Waiting for the backend to serve version {stable}" + (
+        if s.phase in (Phase.PENDING, Phase.PROGRESSING, None):
+            message = f"Waiting for the backend to serve version {stable}" + (
                 f": {observed.message}" if observed.message else "."
             )
+            _set_phase(s, Phase.PROGRESSING, "Deploying", message)
         work.requeue.append(CONVERGE_POLL_SECONDS)
         return
-    if s.get("phase") in (Phase.PENDING, Phase.PROGRESSING, Phase.DEGRADED, Phase.PAUSED, None):
-        s.update(phase=Phase.STABLE.value, reason="Serving", message=f"Serving version {stable}.")
+    if s.phase in (Phase.PENDING, Phase.PROGRESSING, Phase.DEGRADED, Phase.PAUSED, None):
+        _set_phase(s, Phase.STABLE, "Serving", f"Serving version {stable}.")
 
 
-def _paused(spec: InferenceServiceSpec, status: Mapping[str, Any]) -> bool:
-    return spec.paused or status.get("pauseReason") is not None
+def _paused(spec: InferenceServiceSpec, status: Status) -> bool:
+    return spec.paused or status.pause_reason is not None
 
 
-def _pause_message(status: Mapping[str, Any]) -> str:
-    if status.get("pauseReason") == PauseReason.INCONCLUSIVE:
-        analysis = status.get("analysis") or {}
-        last = (analysis.get("measurements") or [{}])[-1]
+def _pause_message(status: Status) -> str:
+    if status.pause_reason == PauseReason.INCONCLUSIVE:
+        analysis = status.analysis or AnalysisStatus()
+        last = analysis.measurements[-1].message if analysis.measurements else None
         return (
-            f"{analysis.get('inconclusive')} inconclusive measurements ({last.get('message', 'no data')}); "
+            f"{analysis.inconclusive} inconclusive measurements ({last or 'no data'}); "
             "resume it once the metrics are back"
         )
     return "paused through the rollout-action annotation; resume it to go on"
 
 
-def _converged(status: Mapping[str, Any], observed: Observed) -> bool:
-    shadow = bool(status.get("shadow"))
-    weight = 0 if shadow else status.get("canaryWeight")
+def _converged(status: Status, observed: Observed) -> bool:
+    shadow = bool(status.shadow)
+    weight = 0 if shadow else status.canary_weight
     return observed.current and observed.canary_traffic == weight and observed.shadow == shadow
 
 
-def _next_measurement(status: Mapping[str, Any], interval: timedelta) -> datetime:
-    started = _parse_time(status.get("stepStartTime"), None)
-    last = (status.get("analysis") or {}).get("lastTime")
-    base = max(started, _parse_time(last, started)) if last else started
-    return base + interval
+def _started(status: Status) -> datetime:
+    assert status.step_start_time is not None, "a rollout in progress has a stepStartTime"
+    return status.step_start_time
 
 
-def _bounded(measurements: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _next_measurement(status: Status, interval: timedelta) -> datetime:
+    started = _started(status)
+    last = status.analysis.last_time if status.analysis else None
+    return (max(started, last) if last else started) + interval
+
+
+def _bounded(measurements: list[Measurement]) -> list[Measurement]:
     """The last few measurements of each metric, oldest first, at most MEASUREMENTS_KEPT."""
     seen: dict[str, int] = {}
-    kept: list[dict[str, Any]] = []
+    kept: list[Measurement] = []
     for entry in reversed(measurements):
-        count = seen.get(entry["metric"], 0)
+        count = seen.get(entry.metric, 0)
         if count < MEASUREMENTS_PER_METRIC:
-            seen[entry["metric"]] = count + 1
+            seen[entry.metric] = count + 1
             kept.append(entry)
     return list(reversed(kept))[-MEASUREMENTS_KEPT:]
-
-
-def _time(now: datetime) -> str:
-    """RFC 3339 with milliseconds: step and measurement times are due to the second, so they keep more."""
-    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
-
-
-def _parse_time(value: Any, default: datetime | None) -> datetime:
-    if isinstance(value, str) and value:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
-    if isinstance(value, datetime):
-        return value
-    assert default is not None, "a rollout in progress has a stepStartTime"
-    return default
 
 
 __all__ = [
