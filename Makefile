@@ -7,6 +7,10 @@ VENV      ?= .venv
 PY        := $(VENV)/bin/python
 STAMP     := $(VENV)/.installed
 CLUSTER   := hack/cluster.sh
+# What the runtimes share (the artifact layout, the dataset hash, model loading, the detector's API): one
+# package that every runtime's environment installs, and reinstalls when it changes.
+CONTRACTS         := contracts
+CONTRACTS_SOURCES := $(CONTRACTS)/pyproject.toml $(wildcard $(CONTRACTS)/src/modelloop_contracts/*.py)
 # The trainer runtime has dependencies of its own (scikit-learn, PyTorch): its own environment.
 TRAINER       := runtimes/trainer
 TRAINER_VENV  ?= .venvs/trainer
@@ -43,7 +47,8 @@ venv: $(STAMP) ## create the Python environment (.venv) from the lock files
 lock: ## re-resolve every environment's lock files from its *.in files (one of them: make lock ONLY=trainer)
 	hack/lock.sh $(ONLY)
 
-crds: $(STAMP) ## regenerate crds/ (and the chart's copy) from the API models
+crds: $(STAMP) ## regenerate crds/ (and the chart's copy) from the API models, and what follows from the backends
+	$(PY) hack/sync_backends.py
 	$(VENV)/bin/modelloop crds --output-dir crds
 	$(PY) hack/sync_chart.py
 
@@ -69,8 +74,8 @@ cluster-down: ## stop the local control plane and remove its state
 	$(CLUSTER) down
 
 lint: $(STAMP) ## ruff
-	$(VENV)/bin/ruff check operator tests e2e hack bench
-	$(VENV)/bin/ruff format --check operator tests e2e hack bench
+	$(VENV)/bin/ruff check operator tests e2e hack bench $(CONTRACTS)
+	$(VENV)/bin/ruff format --check operator tests e2e hack bench $(CONTRACTS)
 
 typecheck: $(STAMP) ## mypy --strict on operator/modelloop
 	$(VENV)/bin/mypy
@@ -96,7 +101,7 @@ e2e: $(STAMP) $(TRAINER_STAMP) $(SERVER_STAMP) $(SELDON_STAMP) $(DETECTOR_STAMP)
 setup: ## every environment and binary the tests need, made in parallel (what is there already is kept)
 	$(MAKE) --no-print-directory -j4 venv trainer-venv server-venv seldon-venv detector-venv cluster-bins kserve-bins helm-bin argocd-health-build prometheus-bin
 
-test: setup lint typecheck unit alerts-test argocd-health-test trainer-lint trainer-test server-lint server-test seldon-lint seldon-test detector-lint detector-test e2e ## everything: lint, types, unit and e2e tests (operator and runtimes)
+test: setup lint typecheck unit alerts-test argocd-health-test contracts-lint contracts-test trainer-lint trainer-test server-lint server-test seldon-lint seldon-test detector-lint detector-test e2e ## everything: lint, types, unit and e2e tests (operator and runtimes)
 
 demo: $(STAMP) $(TRAINER_STAMP) $(SERVER_STAMP) $(DETECTOR_STAMP) kserve-bins prometheus-bin ## the whole show on a local control plane, ending with the drift loop
 	hack/demo.sh
@@ -104,15 +109,27 @@ demo: $(STAMP) $(TRAINER_STAMP) $(SERVER_STAMP) $(DETECTOR_STAMP) kserve-bins pr
 clean: cluster-down ## remove the environment and local state (the binary cache stays)
 	rm -rf $(VENV) $(TRAINER_VENV) $(SERVER_VENV) $(SELDON_VENV) $(DETECTOR_VENV) .cluster .mypy_cache .ruff_cache .pytest_cache
 
+# --- the runtimes' shared contracts (contracts/): installed into each runtime's environment -----------
+
+.PHONY: contracts-lint contracts-test
+
+contracts-lint: $(STAMP) $(TRAINER_STAMP) ## mypy --strict on the runtimes' shared contracts (make lint runs ruff on them)
+	cd $(CONTRACTS) && $(CURDIR)/$(VENV)/bin/mypy --python-executable $(CURDIR)/$(TRAINER_VENV)/bin/python
+
+contracts-test: $(TRAINER_STAMP) $(SERVER_STAMP) $(SELDON_STAMP) $(DETECTOR_STAMP) ## the contracts' tests in each runtime's environment (pandas 2 and 3, numpy 1 and 2)
+	for venv in $(TRAINER_VENV) $(SERVER_VENV) $(SELDON_VENV) $(DETECTOR_VENV); do \
+	  echo "contracts in $$venv"; (cd $(CONTRACTS) && $(CURDIR)/$$venv/bin/pytest -q) || exit 1; \
+	done
+
 # --- the trainer runtime (runtimes/trainer): its own environment, .venvs/trainer ---------------------
 
 .PHONY: trainer-venv trainer-lint trainer-test
 
-$(TRAINER_STAMP): $(TRAINER)/requirements.lock $(TRAINER)/requirements-dev.lock $(TRAINER)/pyproject.toml
+$(TRAINER_STAMP): $(TRAINER)/requirements.lock $(TRAINER)/requirements-dev.lock $(TRAINER)/pyproject.toml $(CONTRACTS_SOURCES)
 	@test -x $(TRAINER_VENV)/bin/python || python3.11 -m venv $(TRAINER_VENV) 2>/dev/null || python3 -m venv $(TRAINER_VENV)
 	$(TRAINER_VENV)/bin/python -m pip install -q --disable-pip-version-check \
 	  -r $(TRAINER)/requirements.lock -r $(TRAINER)/requirements-dev.lock
-	$(TRAINER_VENV)/bin/python -m pip install -q --disable-pip-version-check --no-deps -e $(TRAINER)
+	$(TRAINER_VENV)/bin/python -m pip install -q --disable-pip-version-check --no-deps -e $(CONTRACTS) -e $(TRAINER)
 	@touch $@
 
 trainer-venv: $(TRAINER_STAMP) ## the trainer's environment (.venvs/trainer, with PyTorch) from its lock files
@@ -129,11 +146,11 @@ trainer-test: $(TRAINER_STAMP) ## the trainer's tests (real data, files and a lo
 
 .PHONY: server-venv server-lint server-test
 
-$(SERVER_STAMP): $(SERVER)/requirements.lock $(SERVER)/requirements-dev.lock $(SERVER)/pyproject.toml
+$(SERVER_STAMP): $(SERVER)/requirements.lock $(SERVER)/requirements-dev.lock $(SERVER)/pyproject.toml $(CONTRACTS_SOURCES)
 	@test -x $(SERVER_VENV)/bin/python || python3.11 -m venv $(SERVER_VENV) 2>/dev/null || python3 -m venv $(SERVER_VENV)
 	$(SERVER_VENV)/bin/python -m pip install -q --disable-pip-version-check \
 	  -r $(SERVER)/requirements.lock -r $(SERVER)/requirements-dev.lock
-	$(SERVER_VENV)/bin/python -m pip install -q --disable-pip-version-check --no-deps -e $(SERVER)
+	$(SERVER_VENV)/bin/python -m pip install -q --disable-pip-version-check --no-deps -e $(CONTRACTS) -e $(SERVER)
 	@touch $@
 
 server-venv: $(SERVER_STAMP) ## the model server's environment (.venvs/server, with kserve and PyTorch) from its lock files
@@ -150,11 +167,11 @@ server-test: $(SERVER_STAMP) ## the model server's tests (real artifacts, a real
 
 .PHONY: seldon-venv seldon-lint seldon-test
 
-$(SELDON_STAMP): $(SELDON)/requirements.lock $(SELDON)/requirements-dev.lock $(SELDON)/pyproject.toml
+$(SELDON_STAMP): $(SELDON)/requirements.lock $(SELDON)/requirements-dev.lock $(SELDON)/pyproject.toml $(CONTRACTS_SOURCES)
 	@test -x $(SELDON_VENV)/bin/python || python3.11 -m venv $(SELDON_VENV) 2>/dev/null || python3 -m venv $(SELDON_VENV)
 	$(SELDON_VENV)/bin/python -m pip install -q --disable-pip-version-check \
 	  -r $(SELDON)/requirements.lock -r $(SELDON)/requirements-dev.lock
-	$(SELDON_VENV)/bin/python -m pip install -q --disable-pip-version-check --no-deps -e $(SELDON)
+	$(SELDON_VENV)/bin/python -m pip install -q --disable-pip-version-check --no-deps -e $(CONTRACTS) -e $(SELDON)
 	@# The lock pins setuptools below 82, whose removal of pkg_resources breaks seldon-core's gunicorn.
 	$(SELDON_VENV)/bin/python -W ignore -c 'import seldon_core.microservice, modelloop_seldon'
 	@touch $@
@@ -173,11 +190,11 @@ seldon-test: $(SELDON_STAMP) $(TRAINER_STAMP) prometheus-bin ## the Seldon model
 
 .PHONY: detector-venv detector-lint detector-test
 
-$(DETECTOR_STAMP): $(DETECTOR)/requirements.lock $(DETECTOR)/requirements-dev.lock $(DETECTOR)/pyproject.toml
+$(DETECTOR_STAMP): $(DETECTOR)/requirements.lock $(DETECTOR)/requirements-dev.lock $(DETECTOR)/pyproject.toml $(CONTRACTS_SOURCES)
 	@test -x $(DETECTOR_VENV)/bin/python || python3.11 -m venv $(DETECTOR_VENV) 2>/dev/null || python3 -m venv $(DETECTOR_VENV)
 	$(DETECTOR_VENV)/bin/python -m pip install -q --disable-pip-version-check \
 	  -r $(DETECTOR)/requirements.lock -r $(DETECTOR)/requirements-dev.lock
-	$(DETECTOR_VENV)/bin/python -m pip install -q --disable-pip-version-check --no-deps -e $(DETECTOR)
+	$(DETECTOR_VENV)/bin/python -m pip install -q --disable-pip-version-check --no-deps -e $(CONTRACTS) -e $(DETECTOR)
 	@touch $@
 
 detector-venv: $(DETECTOR_STAMP) ## the drift detector's environment (.venvs/detector, with alibi-detect and PyTorch) from its lock files

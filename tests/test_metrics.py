@@ -73,7 +73,12 @@ async def test_the_wait_for_a_worker_is_measured_and_the_depth_is_read_when_scra
     metrics.REGISTRY.unregister(depth)
 
 
+RETRAINING_REASONS = {"DriftConfirmed", "InFlight", "Cooldown", "BudgetExhausted"}
+
+
 def test_no_label_carries_an_objects_name() -> None:
     for family in text_string_to_metric_families(metrics.render().decode()):
         for sample in family.samples:
-            assert set(sample.labels) <= {"kind", "result", "verb", "code", "le"}, sample
+            assert set(sample.labels) <= {"kind", "result", "verb", "code", "le", "reason"}, sample
+            # A retraining's reason is one of a fixed few (started, or why it was skipped).
+            assert sample.labels.get("reason", "DriftConfirmed") in RETRAINING_REASONS, sample

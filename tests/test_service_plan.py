@@ -84,7 +84,7 @@ def plan(
         [],
         NOW,
         3,
-        DeploymentMode.STANDARD,
+        {"deployment_mode": DeploymentMode.STANDARD},
     )
     stored = result.status.model_dump(mode="json", exclude_none=True)
     return Planned(stored, status_patch(previous, result.status), result.manifests)

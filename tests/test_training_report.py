@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from modelloop.api import TrainingRunStatus
-from modelloop.training.report import API_REFUSED, STATUS_KEYS, report_refusal, report_run
+from modelloop.review import API_REFUSED
+from modelloop.training.report import STATUS_KEYS, report_refusal, report_run
 
 NOW = "2026-11-27T10:00:00Z"
 
@@ -81,7 +82,7 @@ def test_a_refused_request_keeps_the_phase_and_carries_the_servers_own_message()
     previous = valid(report_run({}, {"phase": "Pending", "jobName": "j"}, 1, NOW).status)
     refusal = '422 Unprocessable Entity: Job.batch "j" is invalid: metadata.labels: Invalid value'
 
-    report = report_refusal(previous, refusal, 1, NOW)
+    report = report_refusal(previous, API_REFUSED, refusal, 1, NOW)
 
     status = valid(report.status)
     assert status["phase"] == "Pending" and status["jobName"] == "j"

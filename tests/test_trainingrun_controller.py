@@ -11,10 +11,12 @@ from typing import Any
 
 import pytest
 
+from controller_fakes import RecordingClient
 from modelloop.controllers import trainingrun as controller_module
 from modelloop.controllers.trainingrun import TrainingRunController, register_next_version, training_runs
 from modelloop.kube import KubeClient
 from modelloop.naming import ANNOTATION_RUN_UID, ANNOTATION_TRIAL_PARAMS, LABEL_TRIAL, job_name
+from modelloop.runtime import events as runtime_events
 from modelloop.settings import Settings
 from modelloop.training.observe import slim_job, slim_pod
 
@@ -22,52 +24,12 @@ UID = "run-uid"
 KEY = ("ml", "search")
 
 
-class RecordingClient(KubeClient):
-    """The API server as the controller sees it: every call recorded in order; status writes answered
-    with the next resourceVersion; ModelVersion names in ``taken`` refused as existing."""
-
-    def __init__(self, versions: list[dict[str, Any]] | None = None, taken: set[str] | None = None) -> None:
-        super().__init__()
-        self.calls: list[tuple[str, ...]] = []
-        self.statuses: list[Mapping[str, Any]] = []
-        self.versions = versions or []
-        self.taken = taken or set()
-        self.resource_version = 10
-
-    async def patch_status(
-        self, plural: str, namespace: str, name: str, status: Mapping[str, Any], resource_version: str | None
-    ) -> str:
-        self.calls.append(("patch_status", name))
-        self.statuses.append(status)
-        self.resource_version += 1
-        return str(self.resource_version)
-
-    async def delete_job(self, namespace: str, name: str) -> bool:
-        self.calls.append(("delete_job", name))
-        return True
-
-    async def create_job(self, manifest: Mapping[str, Any]) -> bool:
-        self.calls.append(("create_job", manifest["metadata"]["name"]))
-        return True
-
-    async def list_objects(
-        self, plural: str, namespace: str, label_selector: str = ""
-    ) -> list[dict[str, Any]]:
-        self.calls.append(("list", plural))
-        return list(self.versions)
-
-    async def create_object(self, plural: str, manifest: Mapping[str, Any]) -> bool:
-        name = manifest["metadata"]["name"]
-        self.calls.append(("create", name))
-        return name not in self.taken
-
-
 @pytest.fixture(autouse=True)
 def events(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
     """Events the controller posts (through kopf, which needs a running operator): recorded instead."""
     posted: list[tuple[str, str]] = []
     monkeypatch.setattr(
-        controller_module, "post_event", lambda obj, type_, reason, message: posted.append((type_, reason))
+        runtime_events, "post_event", lambda obj, type_, reason, message: posted.append((type_, reason))
     )
     return posted
 
@@ -184,7 +146,7 @@ def test_a_failed_status_write_deletes_nothing(monkeypatch: pytest.MonkeyPatch) 
     controller = controller_for(run, [trial_job(0, 0.8), trial_job(1, 0.9)], client)
 
     with pytest.raises(OSError, match="connection reset"):
-        asyncio.run(controller._reconcile_run(controller._run(KEY) or {}))
+        asyncio.run(controller.reconcile(KEY))
 
     assert not any(call[0] == "delete_job" for call in client.calls)
 

@@ -17,6 +17,10 @@ from modelloop.conditions import ConditionValue, find_condition, set_condition
 
 READY = "Ready"
 INVALID_SPEC = "InvalidSpec"
+# The status the operator finds cannot be read (edited by hand, or written by another version).
+INVALID_STATUS = "InvalidStatus"
+# A request the API server refuses whatever the number of retries (a 400, 403, 422, or a kind not served).
+API_REFUSED = "ApiRequestRefused"
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,7 @@
 """The typed API of modelloop's custom resources, and the CRDs generated from it."""
 
+from .backend import BackendCapabilities, BackendDeclaration
+from .backends import BACKENDS, DEFAULT_BACKEND, Backend
 from .crd import (
     KINDS,
     SchemaConversionError,
@@ -29,7 +31,6 @@ from .inferenceservice import (
     Analysis,
     AnalysisMetric,
     AnalysisStatus,
-    Backend,
     BackendState,
     DeploymentMode,
     GatewayReference,
@@ -119,7 +120,9 @@ from .validation import ChampionComparison, ObjectiveDirection, Validation, Vali
 
 __all__ = [
     "API_VERSION",
+    "BACKENDS",
     "CATEGORY",
+    "DEFAULT_BACKEND",
     "DRIFT_POLICY",
     "GROUP",
     "INFERENCE_SERVICE",
@@ -136,6 +139,8 @@ __all__ = [
     "ApiModel",
     "Artifact",
     "Backend",
+    "BackendCapabilities",
+    "BackendDeclaration",
     "BackendState",
     "CelRule",
     "ChampionComparison",

@@ -10,6 +10,8 @@ from typing import Annotated, Any, NamedTuple, Self
 
 from pydantic import ConfigDict, Field, StringConstraints, field_validator, model_validator
 
+from .backend import backend_choices, backend_refusal, backend_rules, either, shadow_choices
+from .backends import BACKENDS, DEFAULT_BACKEND, Backend
 from .meta import (
     AGE_COLUMN,
     ApiModel,
@@ -81,13 +83,6 @@ class PauseReason(StrEnum):
 
     REQUESTED = "Requested"
     INCONCLUSIVE = "Inconclusive"
-
-
-class Backend(StrEnum):
-    """The serving platform that runs the model."""
-
-    KSERVE = "kserve"
-    SELDON = "seldon"
 
 
 class ModelReference(ApiModel):
@@ -245,7 +240,8 @@ class Rollout(ApiModel):
         False,
         description=(
             "Before its first traffic step, the new version gets a mirrored copy of the traffic for one "
-            "stepInterval, gated by the analysis like a step; no user sees its answers (seldon backend)."
+            "stepInterval, gated by the analysis like a step; no user sees its answers "
+            f"({shadow_choices(BACKENDS)} backend)."
         ),
     )
 
@@ -309,33 +305,16 @@ class PayloadLogger(ApiModel):
 class InferenceServiceSpec(ApiModel):
     """The desired served model: which version, on which backend, rolled out how."""
 
-    model_config = ConfigDict(
-        json_schema_extra=cel_rules(
-            CelRule(
-                rule="!has(self.kserve) || self.backend == 'kserve'",
-                message="spec.kserve applies to the kserve backend only",
-                field_path=".kserve",
-            ),
-            CelRule(
-                rule="!has(self.seldon) || self.backend == 'seldon'",
-                message="spec.seldon applies to the seldon backend only",
-                field_path=".seldon",
-            ),
-            CelRule(
-                rule="!has(self.rollout) || !has(self.rollout.shadow) || !self.rollout.shadow "
-                "|| self.backend == 'seldon'",
-                message="spec.rollout.shadow needs the seldon backend (KServe cannot mirror traffic)",
-                field_path=".rollout.shadow",
-            ),
-        )
-    )
+    # A backend's settings only with that backend, a shadow phase only where it can mirror: the rules
+    # follow from the backends' declarations (modelloop.api.backends, copied from their plugins).
+    model_config = ConfigDict(json_schema_extra=cel_rules(*backend_rules(BACKENDS)))
 
     model: ModelReference = Field(description="The model to serve.")
     backend: Backend = Field(
-        Backend.KSERVE,
+        DEFAULT_BACKEND,
         description=(
-            "Serving platform: kserve or seldon. It cannot change: serve on the other platform with a new "
-            "InferenceService, then delete this one."
+            f"Serving platform: {backend_choices(BACKENDS)}. It cannot change: serve on the other platform "
+            "with a new InferenceService, then delete this one."
         ),
     )
     kserve: KServeSettings | None = Field(None, description="Settings of the kserve backend.")
@@ -352,12 +331,11 @@ class InferenceServiceSpec(ApiModel):
 
     @model_validator(mode="after")
     def _check_like_the_crd(self) -> Self:
-        if self.kserve is not None and self.backend != Backend.KSERVE:
-            raise ValueError("spec.kserve applies to the kserve backend only")
-        if self.seldon is not None and self.backend != Backend.SELDON:
-            raise ValueError("spec.seldon applies to the seldon backend only")
-        if self.rollout is not None and self.rollout.shadow and self.backend != Backend.SELDON:
-            raise ValueError("spec.rollout.shadow needs the seldon backend (KServe cannot mirror traffic)")
+        settings = [d.name for d in BACKENDS if d.settings and getattr(self, d.name, None) is not None]
+        shadow = self.rollout is not None and self.rollout.shadow
+        refusal = backend_refusal(BACKENDS, self.backend.value, settings, shadow)
+        if refusal is not None:
+            raise ValueError(refusal)
         return self
 
 
@@ -462,7 +440,8 @@ INFERENCE_SERVICE = CrdInfo(
     # KServe's InferenceService already owns "isvc".
     short_names=("mlisvc",),
     description=(
-        "InferenceService serves a model on KServe or Seldon Core and rolls out new versions behind a canary."
+        f"InferenceService serves a model on {either([d.title for d in BACKENDS])} and rolls out new "
+        "versions behind a canary."
     ),
     spec_model=InferenceServiceSpec,
     status_model=InferenceServiceStatus,

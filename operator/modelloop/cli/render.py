@@ -11,6 +11,7 @@ from typing import Any
 
 from modelloop.registry.history import StageEntry, format_time
 from modelloop.registry.lineage import LineageReport
+from modelloop.serving.backends import DEFAULT_BACKEND
 
 
 def render_timeline(changes: Sequence[StageEntry]) -> str:
@@ -125,7 +126,7 @@ def render_rollout(service: Mapping[str, Any]) -> str:
         f"Traffic:    asked {_or_dash(status.get('canaryWeight'))}%, "
         f"observed {_or_dash(status.get('canaryTraffic'))}%",
         f"URL:        {status.get('url', '-')}",
-        f"Backend:    {spec.get('backend', 'kserve')}"
+        f"Backend:    {spec.get('backend', DEFAULT_BACKEND.name)}"
         + (f" ({backend['state']})" if backend.get("state") else "")
         + (
             f", {backend.get('availableReplicas', 0)} of {backend['replicas']} replicas available"

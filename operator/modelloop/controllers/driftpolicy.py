@@ -17,7 +17,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import kopf
-import pydantic
 
 from modelloop import kube
 from modelloop.api import (
@@ -34,14 +33,13 @@ from modelloop.api import (
 )
 from modelloop.api.inferenceservice import rollout_versions
 from modelloop.conditions import refusal_status
-from modelloop.controllers.reporting import post_event
 from modelloop.drift.detector import DetectorClient, DetectorError, detector_versions
 from modelloop.drift.policy import Measurement, PolicyDecision, decide, evaluation_due, evaluation_lag
 from modelloop.drift.retrain import render_training_run, retraining_in_flight
 from modelloop.naming import LABEL_DRIFT_POLICY, LABEL_TRAINING_RUN
 from modelloop.objects import slim_object
-from modelloop.review import INVALID_SPEC, describe_validation_error
-from modelloop.runtime import metrics
+from modelloop.runtime import events, metrics
+from modelloop.runtime.reconcile import ObjectReconciler, Parsed
 from modelloop.runtime.status import ObjectKey, StatusWriter
 from modelloop.runtime.workqueue import WorkQueue
 from modelloop.serving.analysis import Prometheus, PrometheusRefused, PrometheusUnreachable, QueryContext
@@ -115,7 +113,22 @@ class DriftPolicyController:
         self.writer = StatusWriter(PLURAL, client)
         self.prometheus = Prometheus(settings.prometheus_url, executor=queries)
         self.detector = DetectorClient()
-        self.queue = WorkQueue("DriftPolicy", self.reconcile, workers=workers, on_failure=self.report_failure)
+        self.objects: ObjectReconciler[DriftPolicySpec, DriftPolicyStatus] = ObjectReconciler(
+            "DriftPolicy",
+            "drift_policies",
+            indexes,
+            self.writer,
+            lambda obj: DriftPolicySpec.model_validate(obj["spec"]),
+            DriftPolicyStatus.model_validate,
+            self._reconcile,
+            _refusal,
+            failure_message=lambda error: (
+                f"cannot create the retraining's TrainingRun: {kube.api_message(error)}"
+            ),
+        )
+        self.queue = WorkQueue(
+            "DriftPolicy", self.objects.reconcile, workers=workers, on_failure=self.objects.report_failure
+        )
         # The served versions last registered with each policy's detector, for its uid: to log changes only.
         self._registered: dict[ObjectKey, tuple[str, Any]] = {}
 
@@ -137,30 +150,9 @@ class DriftPolicyController:
             if ((policy.get("spec") or {}).get("target") or {}).get("inferenceService") == service[1]
         ]
 
-    def _policy(self, key: ObjectKey) -> dict[str, Any] | None:
-        return self.writer.current(self.indexes["drift_policies"], key)
-
-    async def reconcile(self, key: ObjectKey) -> float | None:
-        obj = self._policy(key)
-        if obj is None:
-            return None
-        return await self.writer.reconcile(obj, self._reconcile, f"DriftPolicy {key[0]}/{key[1]}")
-
-    async def _reconcile(self, obj: dict[str, Any]) -> float | None:
-        meta = obj["metadata"]
-        namespace, name = meta["namespace"], meta["name"]
-        generation = int(meta.get("generation") or 1)
-        try:
-            spec = DriftPolicySpec.model_validate(obj["spec"])
-        except pydantic.ValidationError as error:
-            await self._write_refusal(obj, INVALID_SPEC, describe_validation_error(error))
-            return None
-        try:
-            previous = DriftPolicyStatus.model_validate(obj.get("status") or {})
-        except pydantic.ValidationError as error:
-            message = f"status cannot be read, left as it is: {describe_validation_error(error)}"
-            await self._write_refusal(obj, "InvalidStatus", message)
-            return None
+    async def _reconcile(self, policy: Parsed[DriftPolicySpec, DriftPolicyStatus]) -> float | None:
+        obj, spec, previous, generation = policy.obj, policy.spec, policy.status, policy.generation
+        namespace, name = policy.key
         now = datetime.now(UTC)
         service = next(
             iter(self.indexes["inference_services"].get((namespace, spec.target.inference_service), ())), None
@@ -241,7 +233,7 @@ class DriftPolicyController:
                 spec.detector.url, meta["namespace"], spec.target.inference_service, model, served, target
             )
         except DetectorError as error:
-            post_event(obj, "Warning", "DetectorUnreachable", str(error))
+            events.post_event(obj, "Warning", "DetectorUnreachable", str(error))
             self._registered.pop(key, None)
             return
         if self._registered.get(key) != (meta["uid"], served):
@@ -268,7 +260,7 @@ class DriftPolicyController:
             except DetectorError as error:
                 # The retraining goes on with the template's data: drift confirmed is reason enough.
                 evidence["recentData"] = f"unavailable: {error}"[:1024]
-                post_event(obj, "Warning", "RecentDataUnavailable", str(error))
+                events.post_event(obj, "Warning", "RecentDataUnavailable", str(error))
             else:
                 recent = {"uri": exported.uri, "format": "csv", "hash": exported.hash}
                 evidence["recentData"] = (
@@ -287,34 +279,13 @@ class DriftPolicyController:
 
     def _post(self, obj: Mapping[str, Any], decision: PolicyDecision) -> None:
         for event in decision.events:
-            post_event(obj, event.type, event.reason, event.message)
+            events.post_event(obj, event.type, event.reason, event.message)
         phase = decision.status.phase
         if phase is not None and phase != (obj.get("status") or {}).get("phase"):
             meta = obj["metadata"]
             logger.info("DriftPolicy %s/%s is %s", meta["namespace"], meta["name"], phase)
 
-    async def _write_refusal(self, obj: dict[str, Any], reason: str, message: str) -> None:
-        previous = obj.get("status") or {}
-        generation = int(obj["metadata"].get("generation") or 1)
-        status = refusal_status(
-            previous, generation, DriftPolicyPhase.DEGRADED.value, reason, message, "False"
-        )
-        if previous.get("message") != message:
-            post_event(obj, "Warning", reason, message)
-        await self.writer.write(obj, status)
 
-    async def report_failure(self, key: ObjectKey, error: BaseException, failures: int) -> None:
-        """A TrainingRun the API server refuses for good (its template no longer admitted, no RBAC) reaches
-        the status and an event, once per message; the queue backs off."""
-        if not (isinstance(error, kube.ApiException) and error.status in (*kube.PERMANENT_STATUSES, 404)):
-            return
-        obj = self._policy(key)
-        if obj is None:
-            return
-        message = f"cannot create the retraining's TrainingRun: {kube.api_message(error)}"
-        if (obj.get("status") or {}).get("message") == message:
-            return
-        try:
-            await self._write_refusal(obj, "ApiRequestRefused", message)
-        except (kube.Conflict, kube.ApiException):
-            return
+def _refusal(previous: Mapping[str, Any], generation: int, reason: str, message: str) -> dict[str, Any]:
+    """A policy the operator cannot act on is Degraded, and not Ready."""
+    return refusal_status(previous, generation, DriftPolicyPhase.DEGRADED.value, reason, message, "False")

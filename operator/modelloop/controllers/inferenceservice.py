@@ -12,13 +12,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor
 from datetime import UTC, datetime
 from typing import Any
 
 import kopf
-import pydantic
 
 from modelloop import kube
 from modelloop.api import (
@@ -26,21 +26,26 @@ from modelloop.api import (
     INFERENCE_SERVICE,
     MODEL_VERSION,
     VERSION,
-    Backend,
-    DeploymentMode,
     InferenceServicePhase,
     InferenceServiceSpec,
 )
 from modelloop.api.inferenceservice import InferenceServiceStatus
-from modelloop.conditions import refusal_status
-from modelloop.controllers.reporting import post_event
+from modelloop.conditions import ConditionValue, refusal_status
 from modelloop.objects import slim_object
-from modelloop.review import INVALID_SPEC, describe_validation_error
-from modelloop.runtime.status import ObjectKey, StatusWriter
+from modelloop.review import INVALID_SPEC
+from modelloop.runtime import events
+from modelloop.runtime.reconcile import ObjectReconciler, Parsed, Refused
+from modelloop.runtime.status import ObjectKey, StatusWriter, is_newer
 from modelloop.runtime.workqueue import WorkQueue
+from modelloop.serving import backends
 from modelloop.serving.analysis import Prometheus, QueryContext
-from modelloop.serving.backend import LABEL_INFERENCE_SERVICE, ServiceContext, ServingBackend
-from modelloop.serving.kserve import KServeBackend
+from modelloop.serving.backend import (
+    LABEL_INFERENCE_SERVICE,
+    BackendPlugin,
+    OwnedKind,
+    ServiceContext,
+    ServingBackend,
+)
 from modelloop.serving.plan import backend_change, plan_service, version_infos
 from modelloop.serving.rollout import (
     ANNOTATION_ROLLOUT_ACTION,
@@ -51,18 +56,13 @@ from modelloop.serving.rollout import (
     parse_action,
     serving_of,
 )
-from modelloop.serving.seldon import SeldonBackend
 from modelloop.settings import Settings
 
 PLURAL = INFERENCE_SERVICE.plural
+BACKEND_CHANGED = "BackendChanged"
 WORKERS = 32
 # A settled service is looked at again this often, to notice a backend that stopped serving.
 RESYNC_SECONDS = 60.0
-PLURALS = {
-    "InferenceService": "inferenceservices",
-    "HTTPRoute": "httproutes",
-    "SeldonDeployment": "seldondeployments",
-}
 
 logger = logging.getLogger(__name__)
 
@@ -87,20 +87,46 @@ async def on_inference_service(
         controller.queue.add(key)  # the event of our own status write brings nothing new
 
 
-@kopf.on.event(
-    "serving.kserve.io", "v1beta1", "inferenceservices", labels={LABEL_INFERENCE_SERVICE: kopf.PRESENT}
-)
-async def on_kserve_service(namespace: str | None, labels: kopf.Labels, memo: Any, **_: Any) -> None:
-    """What KServe reports (readiness, traffic) moves the rollout on: look at its owner again."""
+async def on_backend_object(namespace: str | None, labels: kopf.Labels, memo: Any, **_: Any) -> None:
+    """What the platform reports on an object a backend owns (KServe's readiness and traffic, Seldon's
+    state) moves the rollout on: look at its owner again."""
     memo.runtime.inference_services.queue.add((namespace or "", str(labels[LABEL_INFERENCE_SERVICE])))
 
 
-@kopf.on.event(
-    "machinelearning.seldon.io", "v1", "seldondeployments", labels={LABEL_INFERENCE_SERVICE: kopf.PRESENT}
-)
-async def on_seldon_deployment(namespace: str | None, labels: kopf.Labels, memo: Any, **_: Any) -> None:
-    """What Seldon reports (its state, replicas) moves the rollout on: look at its owner again."""
-    memo.runtime.inference_services.queue.add((namespace or "", str(labels[LABEL_INFERENCE_SERVICE])))
+async def backend_objects(
+    namespace: str | None, name: str, body: kopf.Body, **_: Any
+) -> dict[ObjectKey, Any]:
+    """The objects of one watched backend kind that modelloop owns, by (namespace, name): a pass reads
+    them here instead of asking the API server."""
+    return {(namespace or "", name): slim_object(body)}
+
+
+def backend_index(kind: OwnedKind) -> str:
+    """The name of the index of a watched backend kind (kopf hands indexes to handlers by name)."""
+    return "backend_" + re.sub(r"\W", "_", f"{kind.plural}_{kind.group}")
+
+
+def watch_backend_kinds(
+    plugins: Sequence[BackendPlugin] = backends.BACKENDS, registry: kopf.OperatorRegistry | None = None
+) -> None:
+    """Watch and index every kind a backend declares watched, for the objects modelloop owns (kopf's
+    default registry unless one is given)."""
+    for kind in backends.watched_kinds(plugins):
+        selected = {LABEL_INFERENCE_SERVICE: kopf.PRESENT}
+        kopf.on.event(
+            kind.group,
+            kind.version,
+            kind.plural,
+            id=f"on_backend_object/{kind.plural}.{kind.group}",
+            labels=selected,
+            registry=registry,
+        )(on_backend_object)
+        kopf.index(
+            kind.group, kind.version, kind.plural, id=backend_index(kind), labels=selected, registry=registry
+        )(backend_objects)
+
+
+watch_backend_kinds()
 
 
 @kopf.on.event(GROUP, VERSION, MODEL_VERSION.plural)
@@ -128,19 +154,35 @@ class InferenceServiceController:
         self.indexes = indexes
         self.client = client
         self.writer = StatusWriter(PLURAL, client, (ANNOTATION_ROLLOUT_ACTION,))
-        self.kserve = KServeBackend(DeploymentMode(settings.kserve_mode), settings.gateway)
-        self.backends: dict[Backend, ServingBackend] = {
-            Backend.KSERVE: self.kserve,
-            Backend.SELDON: SeldonBackend(),
+        self.backends: dict[str, ServingBackend] = backends.create_backends(settings)
+        # Where a pass reads the objects of each watched backend kind: (API version, plural) → index.
+        self._backend_indexes = {
+            (kind.api_version, kind.plural): backend_index(kind) for kind in backends.watched_kinds()
         }
         self.prometheus = Prometheus(settings.prometheus_url, executor=queries)
+        self.objects: ObjectReconciler[InferenceServiceSpec, InferenceServiceStatus] = ObjectReconciler(
+            "InferenceService",
+            "inference_services",
+            indexes,
+            self.writer,
+            lambda obj: InferenceServiceSpec.model_validate(obj["spec"]),
+            InferenceServiceStatus.model_validate,
+            self._reconcile,
+            _refusal,
+        )
         self.queue = WorkQueue(
-            "InferenceService", self.reconcile, workers=workers, on_failure=self.report_failure
+            "InferenceService",
+            self.objects.reconcile,
+            workers=workers,
+            on_failure=self.objects.report_failure,
         )
         # What this process last applied of each owned object: by our object, for its uid, by the owned
         # object's name, the generation after the apply and the manifest. A pass that renders the same
         # again, on an object still at that generation, has nothing to write.
         self._applied: dict[ObjectKey, tuple[str, dict[str, tuple[int, str]]]] = {}
+        # The owned objects as this process last applied them, by our object and the owned object's name:
+        # until the index shows that resourceVersion or a newer one, a pass reads them from here.
+        self._written: dict[ObjectKey, dict[str, dict[str, Any]]] = {}
 
     def known_keys(self) -> list[ObjectKey]:
         return list(self.indexes["inference_services"].keys())
@@ -149,35 +191,18 @@ class InferenceServiceController:
         self.queue.forget(key)
         self.writer.forget(key)
         self._applied.pop(key, None)
-
-    def _service(self, key: ObjectKey) -> dict[str, Any] | None:
-        return self.writer.current(self.indexes["inference_services"], key)
+        self._written.pop(key, None)
 
     async def reconcile(self, key: ObjectKey) -> float | None:
-        obj = self._service(key)
-        if obj is None:
-            return None
-        return await self.writer.reconcile(obj, self._reconcile, f"InferenceService {key[0]}/{key[1]}")
+        return await self.objects.reconcile(key)
 
-    async def _reconcile(self, obj: dict[str, Any]) -> float | None:
+    async def _reconcile(self, parsed: Parsed[InferenceServiceSpec, InferenceServiceStatus]) -> float | None:
+        obj, spec, previous, generation = parsed.obj, parsed.spec, parsed.status, parsed.generation
         meta = obj["metadata"]
-        namespace, name = meta["namespace"], meta["name"]
-        generation = int(meta.get("generation") or 1)
-        try:
-            spec = InferenceServiceSpec.model_validate(obj["spec"])
-        except pydantic.ValidationError as error:
-            await self._write_refusal(obj, INVALID_SPEC, describe_validation_error(error))
-            return None
-        try:
-            previous = InferenceServiceStatus.model_validate(obj.get("status") or {})
-        except pydantic.ValidationError as error:
-            message = f"status cannot be read, left as it is: {describe_validation_error(error)}"
-            await self._write_refusal(obj, "InvalidStatus", message, InferenceServicePhase.DEGRADED)
-            return None
+        namespace, name = parsed.key
         refusal = backend_change(spec, previous)
         if refusal is not None:
-            await self._write_refusal(obj, "BackendChanged", refusal, InferenceServicePhase.DEGRADED)
-            return None
+            raise Refused(BACKEND_CHANGED, refusal)
         backend = self.backends[spec.backend]
 
         versions = self.indexes["model_versions"].get((namespace, spec.model.name), ())
@@ -203,7 +228,7 @@ class InferenceServiceController:
             measurements,
             now,
             generation,
-            self.kserve.mode(context) if spec.backend == Backend.KSERVE else None,
+            backend.own_status(context),
         )
         status, decision, manifests = plan.status, plan.decision, plan.manifests
 
@@ -219,12 +244,31 @@ class InferenceServiceController:
     async def _current(
         self, backend: ServingBackend, context: ServiceContext
     ) -> dict[str, dict[str, Any] | None]:
-        """The objects the backend owns for ``context``, read at once (None: absent)."""
+        """The objects the backend owns for ``context`` (None: absent): those of a watched kind from its
+        index (or this process's newer copy), the others read from the API server, at once."""
         owned = backend.owned(context)
+        key = (context.namespace, context.name)
+        current: dict[str, dict[str, Any] | None] = {}
+        reads = []
+        for o in owned:
+            index = self._backend_indexes.get((o.api_version, o.plural))
+            if index is None or index not in self.indexes:
+                reads.append(o)
+                continue
+            indexed = next(iter(self.indexes[index].get((context.namespace, o.name), ())), None)
+            mine = self._written.get(key, {}).get(o.name)
+            if indexed is not None and mine is not None:
+                newer = is_newer(
+                    str(mine["metadata"].get("resourceVersion") or ""),
+                    str(indexed["metadata"].get("resourceVersion") or ""),
+                )
+                indexed = mine if newer else indexed
+            current[o.name] = indexed
         read = await asyncio.gather(
-            *(self.client.get_object(o.plural, context.namespace, o.name, o.api_version) for o in owned)
+            *(self.client.get_object(o.plural, context.namespace, o.name, o.api_version) for o in reads)
         )
-        return {o.name: obj for o, obj in zip(owned, read, strict=True)}
+        current.update({o.name: obj for o, obj in zip(reads, read, strict=True)})
+        return current
 
     async def _apply(
         self,
@@ -244,8 +288,9 @@ class InferenceServiceController:
             existing = current.get(name)
             if existing is not None and applied_before.get(name) == (_generation(existing), rendered):
                 continue  # applied already, and nobody changed its spec since
+            plural = backends.plural_of(manifest["apiVersion"], manifest["kind"])
             try:
-                applied = await self.client.server_side_apply(PLURALS[manifest["kind"]], manifest)
+                applied = await self.client.server_side_apply(plural, manifest)
             except kube.ApiException as error:
                 if error.status == 404:
                     what = f"{manifest['kind']} ({manifest['apiVersion']})"
@@ -255,51 +300,30 @@ class InferenceServiceController:
                 raise
             if applied.obj is not None:
                 applied_before[name] = (_generation(applied.obj), rendered)
+                self._written.setdefault(key, {})[name] = slim_object(applied.obj)
             if applied.conflict is not None:
                 what = f"{manifest['kind']} {manifest['metadata']['name']}"
                 message = f"Another field manager owns fields of {what}, left as they are: {applied.conflict}"
-                post_event(obj, "Warning", "FieldConflict", message)
+                events.post_event(obj, "Warning", "FieldConflict", message)
 
     def _post(self, obj: Mapping[str, Any], decision: Decision) -> None:
         for event in decision.events:
-            post_event(obj, event.type, event.reason, event.message)
+            events.post_event(obj, event.type, event.reason, event.message)
         phase = decision.status.phase
         if phase is not None and phase != (obj.get("status") or {}).get("phase"):
             meta = obj["metadata"]
             logger.info("InferenceService %s/%s is %s", meta["namespace"], meta["name"], phase)
 
-    async def _write_refusal(
-        self, obj: dict[str, Any], reason: str, message: str, phase: InferenceServicePhase | None = None
-    ) -> None:
-        previous = obj.get("status") or {}
-        generation = int(obj["metadata"].get("generation") or 1)
-        status = refusal_status(
-            previous,
-            generation,
-            str(phase or previous.get("phase") or InferenceServicePhase.PENDING),
-            reason,
-            message,
-            "False" if previous.get("stableVersion") is None else "Unknown",
-        )
-        if previous.get("message") != message:
-            post_event(obj, "Warning", reason, message)
-        await self.writer.write(obj, status)
 
-    async def report_failure(self, key: ObjectKey, error: BaseException, failures: int) -> None:
-        """A request the API server refuses for good (KServe's webhook refusing the object, KServe not
-        installed) reaches the status and an event, once per message; the queue backs off."""
-        if not (isinstance(error, kube.ApiException) and error.status in (*kube.PERMANENT_STATUSES, 404)):
-            return
-        obj = self._service(key)
-        if obj is None:
-            return
-        message = kube.api_message(error)
-        if (obj.get("status") or {}).get("message") == message:
-            return
-        try:
-            await self._write_refusal(obj, "ApiRequestRefused", message, InferenceServicePhase.DEGRADED)
-        except (kube.Conflict, kube.ApiException):
-            return
+def _refusal(previous: Mapping[str, Any], generation: int, reason: str, message: str) -> dict[str, Any]:
+    """A service the operator cannot act on: an invalid spec leaves its phase as it was, anything else
+    (a backend that cannot change, a request refused for good) degrades it; Ready is False before any
+    version is served, Unknown after (the backend may still serve the last one)."""
+    phase = previous.get("phase") or InferenceServicePhase.PENDING.value
+    if reason != INVALID_SPEC:
+        phase = InferenceServicePhase.DEGRADED.value
+    ready: ConditionValue = "False" if previous.get("stableVersion") is None else "Unknown"
+    return refusal_status(previous, generation, str(phase), reason, message, ready)
 
 
 def _generation(obj: Mapping[str, Any]) -> int:

@@ -22,11 +22,11 @@ import kopf
 from modelloop import kube
 from modelloop.api import GROUP, INFERENCE_SERVICE, MODEL_POLICY, MODEL_VERSION, VERSION
 from modelloop.conditions import utc_now
-from modelloop.controllers.reporting import post_event
 from modelloop.naming import ANNOTATION_REQUESTED_STAGE, ANNOTATION_STAGE_REASON
 from modelloop.objects import slim_object
 from modelloop.registry.plan import RETENTION, ModelPlan, plan_model
 from modelloop.registry.serving import ServedModel, served_model
+from modelloop.runtime import events
 from modelloop.runtime.status import ObjectGone, StatusWriter, retry_on_conflict
 from modelloop.runtime.workqueue import WorkQueue
 from modelloop.settings import Settings
@@ -153,7 +153,7 @@ class ModelRegistry:
             for event in [e for e in pending if e.kind == kind and e.name == name]:
                 pending.remove(event)
                 if obj is not None:
-                    post_event(obj, event.type, event.reason, event.message)
+                    events.post_event(obj, event.type, event.reason, event.message)
 
         async def write(name: str) -> None:
             version = versions[name]
@@ -166,6 +166,8 @@ class ModelRegistry:
             except kube.ApiException as error:
                 if error.status != 404:  # deleted meanwhile: its DELETED event reconciles the model again
                     raise
+                # Nothing is told of a version that is gone.
+                pending[:] = [e for e in pending if (e.kind, e.name) != (MODEL_VERSION.kind, name)]
                 return
             post(MODEL_VERSION.kind, name)
 
@@ -197,4 +199,4 @@ class ModelRegistry:
             if deleted:
                 logger.info("retention deleted ModelVersion %s/%s", namespace, meta["name"])
                 event = retention[meta["name"]]
-                post_event(version, event.type, event.reason, event.message)
+                events.post_event(version, event.type, event.reason, event.message)

@@ -19,15 +19,15 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import kopf
-import pydantic
 
 from modelloop import kube
-from modelloop.api import GROUP, MODEL_VERSION, TRAINING_RUN, VERSION, TrainingRunPhase, TrainingRunSpec
+from modelloop.api import GROUP, MODEL_VERSION, TRAINING_RUN, VERSION, TrainingRunSpec
 from modelloop.conditions import utc_now
-from modelloop.controllers.reporting import post_event
 from modelloop.naming import ANNOTATION_RUN_UID, LABEL_TRAINING_RUN, label_value, run_of
 from modelloop.objects import slim_object
-from modelloop.review import INVALID_SPEC, describe_validation_error
+from modelloop.review import INVALID_SPEC
+from modelloop.runtime import events
+from modelloop.runtime.reconcile import ObjectReconciler, Parsed, Refused
 from modelloop.runtime.status import StatusWriter
 from modelloop.runtime.workqueue import WorkQueue
 from modelloop.settings import Settings
@@ -200,12 +200,26 @@ class TrainingRunController:
         self._search_pool: ThreadPoolExecutor | None = None
         self._log_reads = asyncio.Semaphore(LOG_READS)
         self._sweep_passes = asyncio.Semaphore(SWEEP_PASSES)
+        self.objects: ObjectReconciler[TrainingRunSpec, dict[str, Any]] = ObjectReconciler(
+            "TrainingRun",
+            "training_runs",
+            indexes,
+            self.writer,
+            _parse_spec,
+            dict,
+            self._reconcile_run,
+            _refusal,
+            view=with_spec,
+            failure_message=lambda error: (
+                f"The API server refused the operator's request: {kube.api_message(error)}"
+            ),
+        )
         self.queue = WorkQueue(
             "TrainingRun",
             self.reconcile,
             workers=workers,
             debounce=DEBOUNCE_SECONDS,
-            on_failure=self.report_failure,
+            on_failure=self.objects.report_failure,
         )
 
     def known_keys(self) -> list[RunKey]:
@@ -230,52 +244,16 @@ class TrainingRunController:
         run = next(iter(self.indexes["training_runs"].get(key, ())), None)
         return run is not None and '"sweep":' in run.get(SPEC_JSON, "")
 
-    def _run(self, key: RunKey) -> dict[str, Any] | None:
-        run = next(iter(self.indexes["training_runs"].get(key, ())), None)
-        if run is None or run["metadata"].get("deletionTimestamp"):
-            return None
-        return with_spec(self.writer.view(run))
-
     async def reconcile(self, key: RunKey) -> float | None:
         # A sweep's pass holds its whole history parsed (and a study while it plans): only a few at once,
         # however many of the workers hold sweeps.
         slot = self._sweep_passes if self._is_sweep(key) else contextlib.nullcontext()
         async with slot:
-            run = self._run(key)
-            if run is None:
-                return None
-            await self.writer.reconcile(run, self._reconcile_run, f"TrainingRun {key[0]}/{key[1]}")
-        read = self._progress_read.get(key)
-        if read is None or read[0] != run["metadata"]["uid"]:
-            return None
-        # A sweep with early stopping has trials running: read their progress again in a while.
-        return max(0.0, read[1] + self.settings.trial_progress_seconds - time.monotonic())
+            return await self.objects.reconcile(key)
 
-    async def _reconcile_run(self, run: dict[str, Any]) -> None:
-        key = (run["metadata"]["namespace"], run["metadata"]["name"])
-        previous = run.get("status") or {}
-        generation = int(run["metadata"].get("generation") or 1)
-        problem = None
-        if run.get(OVERSIZED):
-            problem = (
-                f"spec is {run[OVERSIZED]} bytes serialised; the operator takes at most {MAX_SPEC_BYTES} "
-                "(install modelloop's CRDs and admission policies, which bound every field)"
-            )
-        else:
-            try:
-                spec = TrainingRunSpec.model_validate(run["spec"])
-            except pydantic.ValidationError as error:
-                problem = describe_validation_error(error)
-        if problem is not None:
-            status = {
-                **{k: v for k, v in previous.items() if k not in ("reason", "message")},
-                "phase": previous.get("phase") or TrainingRunPhase.PENDING.value,
-                "reason": INVALID_SPEC,
-                "message": problem,
-            }
-            await self._write(run, status, generation)
-            return
-
+    async def _reconcile_run(self, parsed: Parsed[TrainingRunSpec, dict[str, Any]]) -> float | None:
+        run, spec, previous, generation = parsed.obj, parsed.spec, parsed.status, parsed.generation
+        key = parsed.key
         uid = run["metadata"]["uid"]
         jobs = {job["metadata"]["name"]: job for job in self._owned(self.indexes["training_jobs"], key, uid)}
         deleted_uid, deleted = self._deleted.get(key, (uid, set()))
@@ -311,7 +289,9 @@ class TrainingRunController:
             # A new single-run Job is announced by the status transition (reason JobCreated); trial Jobs by
             # an event each.
             if await self.client.create_job(manifest) and spec.sweep is not None:
-                post_event(run, "Normal", "TrialStarted", f"Created Job {manifest['metadata']['name']}.")
+                events.post_event(
+                    run, "Normal", "TrialStarted", f"Created Job {manifest['metadata']['name']}."
+                )
             created[manifest["metadata"]["name"]] = manifest
 
         status = dict(plan.status)
@@ -327,7 +307,12 @@ class TrainingRunController:
             deleted.add(name)
             self._deleted[key] = (uid, deleted)
         for type_, reason, message in plan.events:
-            post_event(run, type_, reason, message)
+            events.post_event(run, type_, reason, message)
+        read = self._progress_read.get(key)
+        if read is None or read[0] != uid:
+            return None
+        # A sweep with early stopping has trials running: read their progress again in a while.
+        return max(0.0, read[1] + self.settings.trial_progress_seconds - time.monotonic())
 
     def _searches(self) -> ThreadPoolExecutor:
         if self._search_pool is None:
@@ -401,7 +386,7 @@ class TrainingRunController:
             meta = run["metadata"]
             logger.info("TrainingRun %s/%s is %s", meta["namespace"], meta["name"], report.status["phase"])
         if report.event is not None:
-            post_event(run, report.event.type, report.event.reason, report.event.message)
+            events.post_event(run, report.event.type, report.event.reason, report.event.message)
 
     async def _register(self, run: Mapping[str, Any], spec: TrainingRunSpec, plan: RunPlan) -> str:
         """The name of the run's ModelVersion, registering it unless an earlier pass already did."""
@@ -424,27 +409,8 @@ class TrainingRunController:
                 run, spec, registration.result, version, registration.params, registration.image_digest
             ),
         )
-        post_event(run, "Normal", "ModelRegistered", f"Registered ModelVersion {name}.")
+        events.post_event(run, "Normal", "ModelRegistered", f"Registered ModelVersion {name}.")
         return name
-
-    async def report_failure(self, key: RunKey, error: BaseException, failures: int) -> None:
-        """A request the API server refuses for good reaches the run's status and events (once per
-        message); the queue backs off. Transient failures are only logged by the queue."""
-        if not (isinstance(error, kube.ApiException) and error.status in kube.PERMANENT_STATUSES):
-            return
-        run = self._run(key)
-        if run is None:
-            return
-        previous = run.get("status") or {}
-        generation = int(run["metadata"].get("generation") or 1)
-        report = report_refusal(previous, kube.api_message(error), generation, utc_now())
-        if previous.get("message") == report.status["message"]:
-            return
-        try:
-            await self.writer.write(run, report.status)
-        except (kube.Conflict, kube.ApiException):
-            return  # the next pass reports it
-        post_event(run, "Warning", str(report.status["reason"]), str(report.status["message"]))
 
     @staticmethod
     def _owned(index: Any, key: RunKey, uid: str) -> list[dict[str, Any]]:
@@ -454,3 +420,18 @@ class TrainingRunController:
             for obj in index.get(key, ())
             if (obj["metadata"].get("annotations") or {}).get(ANNOTATION_RUN_UID) == uid
         ]
+
+
+def _parse_spec(run: dict[str, Any]) -> TrainingRunSpec:
+    """The run's spec; a spec larger than the operator takes is refused before it is parsed."""
+    if run.get(OVERSIZED):
+        raise Refused(
+            INVALID_SPEC,
+            f"spec is {run[OVERSIZED]} bytes serialised; the operator takes at most {MAX_SPEC_BYTES} "
+            "(install modelloop's CRDs and admission policies, which bound every field)",
+        )
+    return TrainingRunSpec.model_validate(run["spec"])
+
+
+def _refusal(previous: Mapping[str, Any], generation: int, reason: str, message: str) -> dict[str, Any]:
+    return report_refusal(previous, reason, message, generation, utc_now()).status

@@ -19,14 +19,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from modelloop.api import DeploymentMode, Predictor
+from modelloop.api import DeploymentMode, KServeSettings, Predictor
+from modelloop.api.backend import BackendCapabilities
 from modelloop.serving.backend import (
+    BackendPlugin,
+    OwnedKind,
     OwnedObject,
     ServiceContext,
     VersionInfo,
     resource_requirements,
 )
 from modelloop.serving.rollout import Observed, Serving
+from modelloop.settings import Settings
 
 KSERVE_API_VERSION = "serving.kserve.io/v1beta1"
 HTTPROUTE_API_VERSION = "gateway.networking.k8s.io/v1"
@@ -35,6 +39,10 @@ DEFAULT_RUNTIME = "modelloop-server"
 VERSION_ENV = "MODELLOOP_MODEL_VERSION"
 SERVICE_PORT = 80
 MODEL_CONTAINER = "kserve-container"
+
+
+INFERENCE_SERVICES = OwnedKind(KSERVE_API_VERSION, "InferenceService", "inferenceservices", watched=True)
+HTTP_ROUTES = OwnedKind(HTTPROUTE_API_VERSION, "HTTPRoute", "httproutes")
 
 
 @dataclass(frozen=True)
@@ -49,10 +57,13 @@ class KServeBackend:
         return (settings.deployment_mode if settings else None) or self.default_mode
 
     def owned(self, service: ServiceContext) -> list[OwnedObject]:
-        owned = [OwnedObject("inferenceservices", KSERVE_API_VERSION, service.name)]
+        owned = [OwnedObject(INFERENCE_SERVICES.plural, KSERVE_API_VERSION, service.name)]
         if self.mode(service) == DeploymentMode.STANDARD:
-            owned.append(OwnedObject("httproutes", HTTPROUTE_API_VERSION, route_name(service.name)))
+            owned.append(OwnedObject(HTTP_ROUTES.plural, HTTPROUTE_API_VERSION, route_name(service.name)))
         return owned
+
+    def own_status(self, service: ServiceContext) -> dict[str, Any]:
+        return {"deployment_mode": self.mode(service)}
 
     def render(
         self, service: ServiceContext, serving: Serving, current: Mapping[str, dict[str, Any] | None]
@@ -264,3 +275,24 @@ def _route_weight(route: Mapping[str, Any] | None, backend: str) -> int | None:
             if ref.get("name") == backend:
                 return int(ref.get("weight", 1))
     return 0
+
+
+def _create(settings: Settings) -> KServeBackend:
+    return KServeBackend(DeploymentMode(settings.kserve_mode), settings.gateway)
+
+
+PLUGIN = BackendPlugin(
+    name="kserve",
+    title="KServe",
+    summary=(
+        "the KServe InferenceService of each of ours and, in KServe's Standard mode, the HTTPRoute that "
+        "splits its traffic"
+    ),
+    owns=(INFERENCE_SERVICES, HTTP_ROUTES),
+    create=_create,
+    # KServe cannot mirror traffic; its header routing is not modelloop's to configure.
+    capabilities=BackendCapabilities(shadow=False, header_routing=False, max_versions=2),
+    settings=KServeSettings,
+    status_fields=("deployment_mode",),
+)
+"""KServe (``serving.kserve.io/v1beta1``), in Knative or Standard mode."""

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from modelloop.api import DeploymentMode, InferenceServicePhase, InferenceServiceSpec, PauseReason
+from modelloop.api import InferenceServicePhase, InferenceServiceSpec, PauseReason
 from modelloop.api.inferenceservice import BackendState, InferenceServiceStatus
 from modelloop.conditions import ConditionValue, with_condition
 from modelloop.serving.backend import InvalidTraffic, ServiceContext, ServingBackend, VersionInfo
@@ -56,14 +56,15 @@ def plan_service(
     measurements: list[MetricResult],
     now: datetime,
     generation: int,
-    deployment_mode: DeploymentMode | None = None,
+    backend_status: Mapping[str, Any] | None = None,
 ) -> ServicePlan:
     """Decide one pass of the service ``context`` on ``backend``.
 
     ``versions`` are the model's ModelVersions, ``current`` the backend's objects as read (by name; None:
     absent), ``observed`` what the backend reports of them, ``action`` the rollout-action annotation as
-    written, ``measurements`` the analysis measured for this pass (if it was due) and ``deployment_mode``
-    the KServe deployment mode (None on other backends).
+    written, ``measurements`` the analysis measured for this pass (if it was due) and ``backend_status``
+    the status fields the backend sets itself (``ServingBackend.own_status``, e.g. KServe's deployment
+    mode).
     """
     new_action = action if action is not None and action != previous.action else None
     decision = decide(
@@ -86,8 +87,8 @@ def plan_service(
             status.phase, status.reason = InferenceServicePhase.DEGRADED, "InvalidTraffic"
             status.message = f"{error}; nothing was written."
     status.backend = spec.backend
-    status.deployment_mode = deployment_mode
     status.backend_state = backend_state(observed)
+    status = status.model_copy(update=dict(backend_status or {}))
     return ServicePlan(with_conditions(status, observed, generation, now), decision, manifests)
 
 

@@ -20,9 +20,12 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from modelloop.api import Predictor, SeldonSettings
+from modelloop.api.backend import BackendCapabilities
 from modelloop.serving.backend import (
     LABEL_INFERENCE_SERVICE,
+    BackendPlugin,
     InvalidTraffic,
+    OwnedKind,
     OwnedObject,
     ServiceContext,
     VersionInfo,
@@ -30,6 +33,7 @@ from modelloop.serving.backend import (
 )
 from modelloop.serving.kserve import VERSION_ENV
 from modelloop.serving.rollout import Observed, Serving
+from modelloop.settings import Settings
 
 SELDON_API_VERSION = "machinelearning.seldon.io/v1"
 MODEL_CONTAINER = "model"
@@ -38,12 +42,19 @@ STATE_AVAILABLE = "Available"
 STATE_FAILED = "Failed"
 
 
+SELDON_DEPLOYMENTS = OwnedKind(SELDON_API_VERSION, "SeldonDeployment", "seldondeployments", watched=True)
+
+
 @dataclass(frozen=True)
 class SeldonBackend:
     """Seldon Core v1."""
 
     def owned(self, service: ServiceContext) -> list[OwnedObject]:
-        return [OwnedObject("seldondeployments", SELDON_API_VERSION, service.name)]
+        return [OwnedObject(SELDON_DEPLOYMENTS.plural, SELDON_API_VERSION, service.name)]
+
+    def own_status(self, service: ServiceContext) -> dict[str, Any]:
+        # Seldon's state and replicas reach status.backendState through what it reports (Observed).
+        return {}
 
     def render(
         self, service: ServiceContext, serving: Serving, current: Mapping[str, dict[str, Any] | None]
@@ -189,3 +200,20 @@ def _replicas(status: Mapping[str, Any]) -> tuple[int | None, int | None]:
     total = sum(int(d.get("replicas") or 0) for d in deployments)
     available = sum(int(d.get("availableReplicas") or 0) for d in deployments)
     return total, available
+
+
+def _create(settings: Settings) -> SeldonBackend:
+    return SeldonBackend()
+
+
+PLUGIN = BackendPlugin(
+    name="seldon",
+    title="Seldon Core",
+    summary="the SeldonDeployment of each of ours",
+    owns=(SELDON_DEPLOYMENTS,),
+    create=_create,
+    capabilities=BackendCapabilities(shadow=True, header_routing=False, max_versions=2),
+    settings=SeldonSettings,
+    status_fields=("backend_state",),
+)
+"""Seldon Core v1 (``machinelearning.seldon.io/v1``): champion/challenger, with a shadow phase."""

@@ -9,11 +9,9 @@ from typing import Any
 
 from modelloop.api import TrainingRunPhase
 from modelloop.conditions import set_condition
-from modelloop.review import INVALID_SPEC, READY, Event
+from modelloop.review import API_REFUSED, INVALID_SPEC, READY, Event
 from modelloop.training.observe import IMAGE_PROBLEMS
 
-# A request the API server refuses whatever the number of retries (a 422, 403 or 400).
-API_REFUSED = "ApiRequestRefused"
 WARNING_REASONS = frozenset({INVALID_SPEC, API_REFUSED, "Unschedulable", "ResultMissing", *IMAGE_PROBLEMS})
 # The status keys the operator owns: each is written (or removed, when None) on every change.
 STATUS_KEYS = (
@@ -63,13 +61,15 @@ def report_run(
     return RunReport(desired, event)
 
 
-def report_refusal(previous: Mapping[str, Any], refusal: str, generation: int, now: str) -> RunReport:
-    """The status of a run whose request the API server refuses for good (``refusal`` is its own
-    message): the phase stays, Ready turns False with reason ApiRequestRefused."""
+def report_refusal(
+    previous: Mapping[str, Any], reason: str, message: str, generation: int, now: str
+) -> RunReport:
+    """The status of a run the operator cannot act on (``reason``: its spec is invalid, or the API server
+    refuses a request for good): the phase and the rest stay, Ready turns False with the reason."""
     status = {
         **{key: previous.get(key) for key in STATUS_KEYS},
         "phase": previous.get("phase") or TrainingRunPhase.PENDING.value,
-        "reason": API_REFUSED,
-        "message": f"The API server refused the operator's request: {refusal}",
+        "reason": reason,
+        "message": message,
     }
     return report_run(previous, status, generation, now)

@@ -7,11 +7,13 @@ import threading
 import time
 from pathlib import Path
 
+from modelloop_contracts import Registration, VersionSpec
+
 from conftest import numeric_rows, write_reference
 from modelloop_detector.detectors import DetectorSettings, Verdict
 from modelloop_detector.evaluation import EvaluationLoop
 from modelloop_detector.events import InferenceEvent
-from modelloop_detector.service import DriftService, Registration, VersionSpec, WindowSettings
+from modelloop_detector.service import DriftService, WindowSettings
 
 
 def served(tmp_path: Path, settings: WindowSettings, clock: object = time.time) -> DriftService:

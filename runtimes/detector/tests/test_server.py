@@ -292,7 +292,7 @@ def test_feedback_for_an_unregistered_service_is_not_found(detector: Detector) -
     assert reply.status_code == 404
 
 
-def test_export_writes_the_window_with_labels_and_the_trainers_hash(
+def test_export_writes_the_window_with_labels_and_the_hash_the_trainer_reads_it_with(
     detector: Detector, reference_uri: str, tmp_path: Path
 ) -> None:
     register(detector, "exported", reference_uri, targetColumn="species")
@@ -321,8 +321,9 @@ def test_export_writes_the_window_with_labels_and_the_trainers_hash(
         [
             str(TRAINER_PYTHON),
             "-c",
-            "import sys, pandas; from modelloop_trainer.dataset import dataset_hash; "
-            "print(dataset_hash(pandas.read_csv(sys.argv[1])))",
+            # The trainer reads the file as it reads an additional dataset, with its own pandas and numpy.
+            "import sys; from modelloop_trainer.dataset import load_dataset; "
+            "print(load_dataset(sys.argv[1], 'csv').content_hash)",
             result["uri"],
         ],
         capture_output=True,

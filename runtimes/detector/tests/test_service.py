@@ -9,11 +9,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+from modelloop_contracts import Registration, VersionSpec
 
 from conftest import numeric_rows, write_predictions, write_reference
 from modelloop_detector.detectors import DetectorSettings
 from modelloop_detector.events import DropReason, EventRejected, InferenceEvent
-from modelloop_detector.service import DriftService, Registration, VersionSpec, WindowSettings
+from modelloop_detector.service import DriftService, WindowSettings
 
 
 class Clock:

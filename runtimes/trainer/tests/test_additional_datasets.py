@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from modelloop_contracts import dataset_hash
 
 from conftest import RunTrainer
-from modelloop_trainer.dataset import dataset_hash
 
 WriteCsv = Callable[[pd.DataFrame, str], str]
 

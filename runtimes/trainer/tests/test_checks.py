@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from modelloop_contracts import dataset_hash
 
 from modelloop_trainer.checks import CheckInput, CheckResult, failure_message, run_checks
 from modelloop_trainer.config import TrainingSettings
-from modelloop_trainer.dataset import dataset_hash
 from modelloop_trainer.estimators import Task
 
 

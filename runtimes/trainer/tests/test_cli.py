@@ -14,8 +14,7 @@ import joblib
 import numpy as np
 import pandas as pd
 import pytest
-
-from modelloop_trainer.dataset import dataset_hash
+from modelloop_contracts import dataset_hash
 
 COMMAND = str(Path(sys.executable).with_name("modelloop-train"))
 

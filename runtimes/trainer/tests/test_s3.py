@@ -22,9 +22,8 @@ import boto3
 import joblib
 import pandas as pd
 import pytest
+from modelloop_contracts import dataset_hash
 from moto.server import ThreadedMotoServer
-
-from modelloop_trainer.dataset import dataset_hash
 
 BUCKET = "modelloop-test"
 CREDENTIALS = {

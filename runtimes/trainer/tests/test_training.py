@@ -10,10 +10,10 @@ import joblib
 import numpy as np
 import pandas as pd
 import pytest
+from modelloop_contracts import dataset_hash
 from sklearn.pipeline import Pipeline
 
 from conftest import RunTrainer
-from modelloop_trainer.dataset import dataset_hash
 from modelloop_trainer.torch_mlp import cuda_available, load_torch_mlp
 
 WriteCsv = Callable[[pd.DataFrame, str], str]

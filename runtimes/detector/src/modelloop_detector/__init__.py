@@ -7,12 +7,14 @@ MMD, and a prediction-distribution check). Ground-truth labels join the rows by 
 window can be exported, with its labels, as the next training table.
 """
 
+from modelloop_contracts import Registration, VersionSpec
+
 from modelloop_detector.detectors import DetectorSettings, Verdict, VersionDetectors
 from modelloop_detector.events import DropReason, EventRejected, InferenceEvent, read_event
-from modelloop_detector.export import dataset_hash, export_csv
+from modelloop_detector.export import export_csv
 from modelloop_detector.payloads import PayloadError, parse_request, parse_response
 from modelloop_detector.reference import Reference, ReferenceError, load_reference
-from modelloop_detector.service import DriftService, Registration, VersionSpec, WindowSettings
+from modelloop_detector.service import DriftService, WindowSettings
 from modelloop_detector.version import DETECTOR_VERSION
 
 __version__ = DETECTOR_VERSION
@@ -32,7 +34,6 @@ __all__ = [
     "VersionSpec",
     "WindowSettings",
     "__version__",
-    "dataset_hash",
     "export_csv",
     "load_reference",
     "parse_request",

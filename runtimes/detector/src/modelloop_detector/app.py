@@ -18,15 +18,10 @@ import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from modelloop_contracts import ExportRequest, InvalidMessage, Registration
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from modelloop_detector.api import (
-    BadRequest,
-    parse_labels,
-    parse_registration,
-    reference_summary,
-    service_status,
-)
+from modelloop_detector.api import parse_labels, reference_summary, service_status
 from modelloop_detector.events import EVENT_KINDS, EventRejected, read_asgi_event
 from modelloop_detector.export import export_csv
 from modelloop_detector.metrics import DetectorMetrics
@@ -104,8 +99,8 @@ class DetectorApp:
                 joined, pending = self.service.add_labels(namespace, name, parse_labels(_load(body)))
                 return _json(200, {"joined": joined, "pending": pending})
             if resource == "export" and method == "POST":
-                return await self._export(namespace, name, _load(body))
-        except BadRequest as exc:
+                return await self._export(namespace, name, ExportRequest.from_json(_load(body)))
+        except InvalidMessage as exc:
             return _error(400, str(exc))
         except UnknownService as exc:
             return _error(404, str(exc))
@@ -127,7 +122,7 @@ class DetectorApp:
 
     async def _services(self, method: str, namespace: str, name: str, body: bytes) -> Reply:
         if method == "PUT":
-            registration = parse_registration(_load(body))
+            registration = Registration.from_json(_load(body))
             result = await asyncio.to_thread(self.service.register, namespace, name, registration)
             versions = {key: reference_summary(reference) for key, reference in result.versions.items()}
             if result.errors:
@@ -144,28 +139,17 @@ class DetectorApp:
             return _json(200, {"deleted": f"{namespace}/{name}"})
         return _error(405, f"{method} is not allowed on /v1/services/...: use PUT, GET or DELETE")
 
-    async def _export(self, namespace: str, name: str, body: Any) -> Reply:
-        if not isinstance(body, dict) or not isinstance(body.get("uriPrefix"), str):
-            raise BadRequest("the body must name a 'uriPrefix' (file://..., s3://...)")
-        version, target = body.get("version"), body.get("targetColumn")
-        rows = self.service.export_rows(
-            namespace,
-            name,
-            None if version is None else str(version),
-            None if target is None else str(target),
-        )
+    async def _export(self, namespace: str, name: str, request: ExportRequest) -> Reply:
+        rows = self.service.export_rows(namespace, name, request.version, request.target_column)
         try:
-            table = await asyncio.to_thread(export_csv, rows, body["uriPrefix"], namespace, name)
+            table = await asyncio.to_thread(export_csv, rows, request.uri_prefix, namespace, name)
         except Exception as exc:  # fsspec raises what each filesystem raises (OSError, ValueError, ...)
-            return _error(422, f"cannot write under {body['uriPrefix']}: {type(exc).__name__}: {exc}")
-        return _json(
-            200,
-            {"uri": table.uri, "hash": table.content_hash, "rows": table.rows, "labelled": table.labelled},
-        )
+            return _error(422, f"cannot write under {request.uri_prefix}: {type(exc).__name__}: {exc}")
+        return _json(200, table.to_json())
 
 
 def _load(body: bytes) -> Any:
     try:
         return json.loads(body)
     except ValueError as exc:
-        raise BadRequest(f"the body is not JSON: {exc}") from None
+        raise InvalidMessage(f"the body is not JSON: {exc}") from None

@@ -16,11 +16,11 @@ from typing import Any, Literal
 
 from cloudevents.exceptions import GenericException
 from cloudevents.http import CloudEvent, from_http
+from modelloop_contracts import DEFAULT_ENDPOINT
 
 REQUEST_TYPE = "org.kubeflow.serving.inference.request"
 RESPONSE_TYPE = "org.kubeflow.serving.inference.response"
 EVENT_KINDS: dict[str, Literal["request", "response"]] = {REQUEST_TYPE: "request", RESPONSE_TYPE: "response"}
-DEFAULT_ENDPOINT = "default"
 
 
 class DropReason(StrEnum):

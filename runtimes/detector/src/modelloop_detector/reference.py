@@ -12,10 +12,10 @@ from typing import Any, Literal
 import fsspec
 import numpy as np
 import pandas as pd
+from modelloop_contracts import PREDICTION_COLUMN
 
 from modelloop_detector.payloads import CategoryCodes, FloatArray, ObjectArray
 
-PREDICTION_COLUMN = "prediction"
 Task = Literal["classification", "regression"]
 
 

@@ -3,6 +3,8 @@
 :class:`DriftService` is what the HTTP API calls. Ingestion (:meth:`DriftService.ingest`) only
 parses, pairs and appends rows to a window; verdicts are computed by :mod:`evaluation`'s threads,
 which take a copy of a window (:meth:`DriftService.judge`) and never hold a lock while judging.
+What a registration says is served is ``modelloop_contracts``' :class:`~modelloop_contracts.Registration`,
+the type the detector's clients write.
 """
 
 from __future__ import annotations
@@ -11,14 +13,15 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
+from modelloop_contracts import Registration, VersionSpec
 
 from modelloop_detector.detectors import DetectorSettings, Verdict, VersionDetectors
-from modelloop_detector.events import DEFAULT_ENDPOINT, DropReason, EventRejected, InferenceEvent
+from modelloop_detector.events import DropReason, EventRejected, InferenceEvent
 from modelloop_detector.feedback import FeedbackScore, LabelBook
 from modelloop_detector.pairing import Pairing
 from modelloop_detector.payloads import (
@@ -65,25 +68,6 @@ class UnknownService(LookupError):
 
 class NothingToExport(LookupError):
     """A window with no rows to export (HTTP 409)."""
-
-
-@dataclass(frozen=True)
-class VersionSpec:
-    """One version of a registration: where its reference is and which endpoint serves it."""
-
-    reference_uri: str
-    predictions_uri: str | None = None
-    endpoint: str = DEFAULT_ENDPOINT
-
-
-@dataclass(frozen=True)
-class Registration:
-    """What a ``PUT /v1/services/{namespace}/{service}`` says is served."""
-
-    model: str
-    versions: Mapping[str, VersionSpec]
-    target_column: str | None = None
-    categorical: tuple[str, ...] = ()
 
 
 @dataclass

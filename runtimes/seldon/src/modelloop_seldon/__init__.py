@@ -5,10 +5,11 @@ or ``model.pt`` + ``model.json`` (the trainer's PyTorch MLP), answers Seldon's p
 and counts requests, errors and predictions, labelled with the model's version, in Seldon's metrics.
 """
 
-from modelloop_seldon.artifacts import ArtifactError, Predictor, load_predictor
+from modelloop_contracts import ArtifactError, Predictor
+
 from modelloop_seldon.metrics import ServerMetrics
-from modelloop_seldon.model import ModelloopModel
+from modelloop_seldon.model import ModelloopModel, load_artifact
 
 __version__ = "0.1.0"
 
-__all__ = ["ArtifactError", "ModelloopModel", "Predictor", "ServerMetrics", "__version__", "load_predictor"]
+__all__ = ["ArtifactError", "ModelloopModel", "Predictor", "ServerMetrics", "__version__", "load_artifact"]

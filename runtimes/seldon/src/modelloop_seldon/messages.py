@@ -13,8 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-
-from modelloop_seldon.artifacts import Array
+from modelloop_contracts import Array
 
 # Why a request failed: the bounded values of the errors metric's ``reason`` label.
 INVALID_MESSAGE = "invalid_message"

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from modelloop_contracts import Array, python_scalar
 
-from modelloop_seldon.artifacts import Array, python_scalar
 from modelloop_seldon.messages import ERROR_REASONS
 
 # Counter names; Prometheus sees each with a _total suffix.

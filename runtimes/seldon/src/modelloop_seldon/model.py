@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 
+from modelloop_contracts import ArtifactError, Predictor, load_predictor
 from seldon_core.proto import prediction_pb2
 from seldon_core.utils import construct_response_json, json_to_seldon_message, seldon_message_to_json
 
-from modelloop_seldon.artifacts import ArtifactError, Predictor, load_predictor, model_folder
 from modelloop_seldon.messages import (
     INTERNAL,
     MODEL_REJECTED,
@@ -23,6 +25,32 @@ DEFAULT_MODEL_URI = "/mnt/models"  # where Seldon's storage initializer puts a g
 VERSION_ENV = "MODELLOOP_MODEL_VERSION"
 
 logger = logging.getLogger(__name__)
+
+
+def model_folder(model_uri: str) -> Path:
+    """The local folder that ``model_uri`` names: a path, or a ``file://`` URI."""
+    parsed = urlparse(model_uri)
+    if parsed.scheme == "file":
+        return Path(unquote(parsed.path))
+    if parsed.scheme:
+        raise ArtifactError(
+            f"model_uri {model_uri!r} is not a local folder: give a path or a file:// URI "
+            "(Seldon's storage initializer copies a graph's modelUri to /mnt/models)"
+        )
+    return Path(model_uri)
+
+
+def load_artifact(folder: Path) -> Predictor:
+    """The model in ``folder`` (``modelloop_contracts.load_predictor``), a PyTorch MLP rebuilt by
+    :mod:`modelloop_seldon.torch_mlp`; :class:`~modelloop_contracts.ArtifactError` when it cannot be."""
+    return load_predictor(folder, load_torch=_load_torch_mlp)
+
+
+def _load_torch_mlp(weights: bytes, architecture: dict[str, Any]) -> Predictor:
+    # PyTorch is imported for PyTorch artifacts only: a scikit-learn server starts seconds sooner.
+    from modelloop_seldon.torch_mlp import load_torch_mlp
+
+    return load_torch_mlp(weights, architecture)
 
 
 class ModelloopModel:
@@ -46,7 +74,7 @@ class ModelloopModel:
     def load(self) -> None:
         """Load the artifact; raises :class:`ArtifactError` (the worker then fails to boot) when it cannot."""
         try:
-            self.predictor = load_predictor(self.model_dir)
+            self.predictor = load_artifact(self.model_dir)
         except ArtifactError:
             raise
         except Exception as exc:

@@ -3,6 +3,7 @@
 The network is re-created from the architecture the trainer wrote (``Linear`` and ``ReLU`` layers
 in a ``Sequential``, so the state's keys match) and the weights are loaded with
 ``torch.load(weights_only=True)``, which unpickles tensors only: no code from the artifact runs.
+:func:`load_torch_mlp` is the ``load_torch`` that ``modelloop_contracts.load_predictor`` calls.
 """
 
 from __future__ import annotations
@@ -12,8 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from modelloop_seldon.artifacts import Array, ArtifactError, Predictor
+from modelloop_contracts import Array, ArtifactError, Predictor
 
 ARCHITECTURE_FORMAT = "modelloop-torch-mlp/v1"
 

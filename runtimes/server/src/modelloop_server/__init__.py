@@ -5,9 +5,10 @@ MLP), answers KServe's V1 and V2 protocols, and adds Prometheus metrics labelled
 name and version: requests by status code, latency, and the distribution of the predictions.
 """
 
-from modelloop_server.artifacts import ArtifactError, Predictor, load_predictor
+from modelloop_contracts import ArtifactError, Predictor
+
 from modelloop_server.metrics import RequestMetricsMiddleware, ServerMetrics
-from modelloop_server.model import ModelloopModel
+from modelloop_server.model import ModelloopModel, load_artifact
 from modelloop_server.version import SERVER_VERSION
 
 __version__ = SERVER_VERSION
@@ -19,5 +20,5 @@ __all__ = [
     "RequestMetricsMiddleware",
     "ServerMetrics",
     "__version__",
-    "load_predictor",
+    "load_artifact",
 ]

@@ -14,8 +14,8 @@ from pathlib import Path
 from kserve import ModelServer
 from kserve import model_server as kserve_model_server
 from kserve.logging import KSERVE_TRACE_LOGGER_NAME
+from modelloop_contracts import ArtifactError
 
-from modelloop_server.artifacts import ArtifactError
 from modelloop_server.metrics import PREDICTION_VALUE_BUCKETS, RequestMetricsMiddleware, ServerMetrics
 from modelloop_server.model import ModelloopModel
 

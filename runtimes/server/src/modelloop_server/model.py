@@ -7,10 +7,23 @@ from typing import Any
 
 import kserve
 from kserve.errors import InferenceError, InvalidInput
+from modelloop_contracts import Predictor, load_predictor
 
-from modelloop_server.artifacts import Predictor, load_predictor
 from modelloop_server.metrics import ServerMetrics
 from modelloop_server.payloads import Payload, features_from_request, prediction_response
+
+
+def load_artifact(model_dir: Path) -> Predictor:
+    """The model in ``model_dir`` (``modelloop_contracts.load_predictor``), a PyTorch MLP rebuilt by
+    :mod:`modelloop_server.torch_mlp`; :class:`~modelloop_contracts.ArtifactError` when it cannot be."""
+    return load_predictor(model_dir, load_torch=_load_torch_mlp)
+
+
+def _load_torch_mlp(weights: bytes, architecture: dict[str, Any]) -> Predictor:
+    # PyTorch is imported only for PyTorch artifacts: a scikit-learn server starts seconds sooner.
+    from modelloop_server.torch_mlp import load_torch_mlp
+
+    return load_torch_mlp(weights, architecture)
 
 
 class ModelloopModel(kserve.Model):  # type: ignore[misc]
@@ -29,8 +42,8 @@ class ModelloopModel(kserve.Model):  # type: ignore[misc]
         self.ready = False
 
     def load(self) -> bool:
-        """Load the artifact; raises :class:`~modelloop_server.artifacts.ArtifactError` when it cannot."""
-        self.predictor = load_predictor(self.model_dir)
+        """Load the artifact; raises :class:`~modelloop_contracts.ArtifactError` when it cannot."""
+        self.predictor = load_artifact(self.model_dir)
         if self.predictor.classes is not None:
             self.metrics.declare_classes(self.predictor.classes)
         self.ready = True

@@ -10,6 +10,7 @@ Anything that cannot become such an array is an :class:`~kserve.errors.InvalidIn
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from typing import Any, TypeAlias
 
 import numpy as np
@@ -21,7 +22,7 @@ Payload: TypeAlias = dict[str, Any] | InferRequest
 
 
 def features_from_request(
-    payload: Payload, feature_names: list[str] | None, n_features: int | None
+    payload: Payload, feature_names: Sequence[str] | None, n_features: int | None
 ) -> np.ndarray:
     """The request's rows as a 2-D float64 array in the model's column order."""
     if isinstance(payload, InferRequest):
@@ -63,7 +64,7 @@ def prediction_response(
     )
 
 
-def _features_from_v1(payload: dict[str, Any], feature_names: list[str] | None) -> np.ndarray:
+def _features_from_v1(payload: dict[str, Any], feature_names: Sequence[str] | None) -> np.ndarray:
     # KServe's V1 decoder accepts "inputs" as a synonym of "instances"; so does this server.
     instances = payload.get("instances", payload.get("inputs"))
     if not isinstance(instances, list) or not instances:
@@ -73,7 +74,7 @@ def _features_from_v1(payload: dict[str, Any], feature_names: list[str] | None) 
     return _as_rows(instances, 'each of "instances" must be a list of numbers')
 
 
-def _rows_from_objects(instances: list[Any], feature_names: list[str] | None) -> list[list[Any]]:
+def _rows_from_objects(instances: list[Any], feature_names: Sequence[str] | None) -> list[list[Any]]:
     if feature_names is None:
         raise InvalidInput("this model has no feature names; send each instance as a list of numbers")
     try:
@@ -83,7 +84,7 @@ def _rows_from_objects(instances: list[Any], feature_names: list[str] | None) ->
         raise InvalidInput('"instances" mixes objects and other values') from None
 
 
-def _features_from_v2(request: InferRequest, feature_names: list[str] | None) -> np.ndarray:
+def _features_from_v2(request: InferRequest, feature_names: Sequence[str] | None) -> np.ndarray:
     inputs = request.inputs
     if not inputs:
         raise InvalidInput('the request needs "inputs": at least one tensor')

@@ -3,6 +3,7 @@
 The server does not import the trainer: it re-creates the same network (``Linear``/``ReLU``
 layers in a ``Sequential``, so the state's keys match) from the architecture the trainer wrote,
 and loads the weights with ``torch.load(weights_only=True)``, which unpickles tensors only.
+:func:`load_torch_mlp` is the ``load_torch`` that ``modelloop_contracts.load_predictor`` calls.
 """
 
 from __future__ import annotations
@@ -12,11 +13,22 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from modelloop_server.artifacts import ArtifactError
+from modelloop_contracts import ArtifactError, Predictor
 
 ARCHITECTURE_FORMAT = "modelloop-torch-mlp/v1"
 _PREPROCESS_KEYS = ("fill", "mean", "std")
+
+
+def load_torch_mlp(weights: bytes, architecture: dict[str, Any]) -> Predictor:
+    """The network of ``model.pt`` and ``model.json`` as a :class:`~modelloop_contracts.Predictor`."""
+    mlp = TorchMLPPredictor.load(weights, architecture)
+    return Predictor(
+        framework=mlp.framework,
+        predict=mlp.predict,
+        feature_names=None if mlp.feature_names is None else tuple(mlp.feature_names),
+        n_features=mlp.n_features,
+        classes=None if mlp.classes is None else tuple(mlp.classes),
+    )
 
 
 class TorchMLPPredictor:

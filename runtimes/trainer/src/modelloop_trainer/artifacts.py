@@ -1,8 +1,8 @@
 """Writing a run's files to its output folder (any fsspec URI: file://, s3://, ...).
 
-The folder holds the model (``model.joblib``, or ``model.pt`` + ``model.json`` for PyTorch),
-``metrics.json``, ``reference.csv`` (a sample of the training features, the reference for
-drift detection), ``reference_predictions.csv`` (the model's predictions on those rows) and
+The folder's layout is ``modelloop_contracts.layout``: the model (``model.joblib``, or ``model.pt`` +
+``model.json`` for PyTorch), ``metrics.json``, ``reference.csv`` (a sample of the training features, the
+reference for drift detection), ``reference_predictions.csv`` (the model's predictions on those rows) and
 ``result.json`` (the full result). :func:`read_model` reads such a model back (the champion's).
 """
 
@@ -18,18 +18,18 @@ from typing import Any
 import fsspec
 import joblib
 import pandas as pd
+from modelloop_contracts import (
+    MODEL_FILES,
+    PREDICTION_COLUMN,
+    REFERENCE_FILE,
+    REFERENCE_PREDICTIONS_FILE,
+    SKLEARN_MODEL_FILE,
+    TORCH_ARCHITECTURE_FILE,
+    TORCH_MODEL_FILE,
+)
 
 from modelloop_trainer.errors import FailureReason, TrainerError
 from modelloop_trainer.torch_mlp import TorchMLP, load_torch_mlp
-
-SKLEARN_MODEL_FILE = "model.joblib"
-TORCH_MODEL_FILE = "model.pt"
-TORCH_ARCHITECTURE_FILE = "model.json"
-METRICS_FILE = "metrics.json"
-REFERENCE_FILE = "reference.csv"
-REFERENCE_PREDICTIONS_FILE = "reference_predictions.csv"
-PREDICTION_COLUMN = "prediction"
-RESULT_FILE = "result.json"
 
 
 @dataclass(frozen=True)
@@ -125,7 +125,7 @@ def read_model(uri: str) -> Any:
         architecture = json.loads(_read_bytes(output_file_uri(folder, TORCH_ARCHITECTURE_FILE)))
         return load_torch_mlp(_read_bytes(base), architecture)
     filesystem, path = fsspec.core.url_to_fs(base)
-    for candidate in (SKLEARN_MODEL_FILE, TORCH_MODEL_FILE):
+    for candidate in MODEL_FILES:
         if filesystem.isfile(posixpath.join(path, candidate)):
             return read_model(output_file_uri(base, candidate))
     raise FileNotFoundError(

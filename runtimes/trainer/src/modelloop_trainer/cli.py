@@ -16,7 +16,9 @@ import traceback
 from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
 
-from modelloop_trainer.artifacts import RESULT_FILE, output_file_uri, write_json
+from modelloop_contracts import RESULT_FILE
+
+from modelloop_trainer.artifacts import output_file_uri, write_json
 from modelloop_trainer.config import DATASET_FORMATS, TrainerConfig, result_path_from_env
 from modelloop_trainer.dataset import load_dataset
 from modelloop_trainer.errors import FailureReason, TrainerError

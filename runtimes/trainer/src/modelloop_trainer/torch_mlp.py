@@ -16,12 +16,12 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from modelloop_contracts import TORCH_ARCHITECTURE_FORMAT
 from sklearn.base import BaseEstimator
 
 if TYPE_CHECKING:
     import torch
 
-ARCHITECTURE_FORMAT = "modelloop-torch-mlp/v1"
 _PREDICT_CHUNK = 65536
 # Eager steps before a CUDA graph is captured: they initialize cuBLAS and the optimizer's state.
 _GRAPH_WARMUP_STEPS = 3
@@ -241,7 +241,7 @@ class TorchMLP(BaseEstimator):  # type: ignore[misc]
     def architecture(self) -> dict[str, Any]:
         """What it takes to rebuild the network: the JSON written next to the weights."""
         architecture: dict[str, Any] = {
-            "format": ARCHITECTURE_FORMAT,
+            "format": TORCH_ARCHITECTURE_FORMAT,
             "task": self.task,
             "n_features": len(self.feature_names_),
             "feature_names": self.feature_names_,
@@ -327,8 +327,8 @@ def load_torch_mlp(weights: bytes, architecture: dict[str, Any]) -> TorchMLP:
     """Rebuild a fitted TorchMLP (on the CPU) from :meth:`TorchMLP.weights_bytes` and its architecture."""
     import torch
 
-    if architecture.get("format") != ARCHITECTURE_FORMAT:
-        raise ValueError(f"not a {ARCHITECTURE_FORMAT} architecture: {architecture.get('format')!r}")
+    if architecture.get("format") != TORCH_ARCHITECTURE_FORMAT:
+        raise ValueError(f"not a {TORCH_ARCHITECTURE_FORMAT} architecture: {architecture.get('format')!r}")
     state = torch.load(io.BytesIO(weights), map_location="cpu", weights_only=True)
     model = TorchMLP(task=architecture["task"], hidden_sizes=architecture["hidden_sizes"])
     model.feature_names_ = list(architecture["feature_names"])

@@ -14,18 +14,13 @@ from typing import Any
 
 import pandas as pd
 import sklearn
+from modelloop_contracts import METRICS_FILE
 from sklearn.base import BaseEstimator
 
 # scikit-learn's error for a bad parameter value (since 1.2); it has no public import path.
 from sklearn.utils._param_validation import InvalidParameterError
 
-from modelloop_trainer.artifacts import (
-    METRICS_FILE,
-    output_file_uri,
-    write_json,
-    write_model,
-    write_reference,
-)
+from modelloop_trainer.artifacts import output_file_uri, write_json, write_model, write_reference
 from modelloop_trainer.champion import evaluate_champion
 from modelloop_trainer.checks import CheckInput, failure_message, run_checks
 from modelloop_trainer.config import TrainerConfig

@@ -1,4 +1,4 @@
-"""Events on our objects, posted through kopf."""
+"""Events on our objects, posted through kopf (which batches and rate-limits them)."""
 
 from __future__ import annotations
 

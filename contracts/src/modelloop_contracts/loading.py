@@ -1,7 +1,9 @@
-"""Loading a modelloop artifact folder, as the trainer writes it, into a :class:`Predictor`.
+"""Loading an artifact folder, as the trainer writes it, into a :class:`Predictor`: what every model
+server answers requests with.
 
-The folder holds ``model.joblib`` (a scikit-learn estimator or pipeline) or ``model.pt`` +
-``model.json`` (the trainer's PyTorch MLP: tensors only, and the architecture to rebuild it).
+The folder's layout is checked here and ``model.joblib`` is loaded here. The trainer's PyTorch MLP is
+rebuilt by the server's own code, handed in as ``load_torch``: only a server that serves one imports
+PyTorch, and only when it loads one.
 """
 
 from __future__ import annotations
@@ -12,22 +14,22 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
 
-import joblib
 import numpy as np
 import numpy.typing as npt
-from sklearn.base import is_classifier
 
-SKLEARN_MODEL_FILE = "model.joblib"
-TORCH_MODEL_FILE = "model.pt"
-TORCH_ARCHITECTURE_FILE = "model.json"
+from modelloop_contracts.layout import (
+    SKLEARN_MODEL_FILE,
+    TORCH_ARCHITECTURE_FILE,
+    TORCH_ARCHITECTURE_FORMAT,
+    TORCH_MODEL_FILE,
+)
 
 Array = npt.NDArray[Any]
 
 
 class ArtifactError(Exception):
-    """The folder holds no model this server can load; the message says what is wrong."""
+    """The folder holds no model that can be served; the message says what is wrong."""
 
 
 @dataclass(frozen=True)
@@ -46,32 +48,26 @@ class Predictor:
     """A classifier's labels (Python scalars); None for a regressor."""
 
 
-def model_folder(model_uri: str) -> Path:
-    """The local folder that ``model_uri`` names: a path, or a ``file://`` URI."""
-    parsed = urlparse(model_uri)
-    if parsed.scheme == "file":
-        return Path(unquote(parsed.path))
-    if parsed.scheme:
-        raise ArtifactError(
-            f"model_uri {model_uri!r} is not a local folder: give a path or a file:// URI "
-            "(Seldon's storage initializer copies a graph's modelUri to /mnt/models)"
-        )
-    return Path(model_uri)
+TorchLoader = Callable[[bytes, dict[str, Any]], Predictor]
+"""Rebuilds the trainer's PyTorch MLP from ``model.pt``'s bytes and ``model.json``'s manifest."""
 
 
-def load_predictor(folder: Path) -> Predictor:
-    """Load the model in ``folder``; :class:`ArtifactError` when there is none or it is unreadable."""
+def load_predictor(folder: Path, *, load_torch: TorchLoader | None = None) -> Predictor:
+    """Load the model in ``folder``; :class:`ArtifactError` when there is none or it is unreadable.
+
+    ``load_torch`` rebuilds a PyTorch model; without it, a folder holding one is refused.
+    """
     if not folder.is_dir():
         raise ArtifactError(f"model folder {folder} does not exist")
     sklearn_file, torch_file = folder / SKLEARN_MODEL_FILE, folder / TORCH_MODEL_FILE
     if sklearn_file.is_file() and torch_file.is_file():
         raise ArtifactError(
-            f"{folder} holds both {SKLEARN_MODEL_FILE} and {TORCH_MODEL_FILE}; it must hold one"
+            f"{folder} holds both {SKLEARN_MODEL_FILE} and {TORCH_MODEL_FILE}; a model folder holds one model"
         )
     if sklearn_file.is_file():
         return _load_sklearn(sklearn_file)
     if torch_file.is_file():
-        return _load_torch(torch_file, folder / TORCH_ARCHITECTURE_FILE)
+        return _load_torch(torch_file, folder / TORCH_ARCHITECTURE_FILE, load_torch)
     present = sorted(path.name for path in folder.iterdir())
     raise ArtifactError(
         f"{folder} holds neither {SKLEARN_MODEL_FILE} nor {TORCH_MODEL_FILE} "
@@ -85,14 +81,20 @@ def python_scalar(value: Any) -> Any:
 
 
 def _load_sklearn(path: Path) -> Predictor:
+    # Imported on use: scikit-learn takes a while to import, and a PyTorch model needs neither.
+    import joblib
+    from sklearn.base import is_classifier
+
     try:
         estimator = joblib.load(path)
     except Exception as exc:
         raise ArtifactError(f"cannot load {path}: {type(exc).__name__}: {exc}") from exc
     if not callable(getattr(estimator, "predict", None)):
         raise ArtifactError(f"{path} holds a {type(estimator).__name__}, which has no predict method")
-    # The trainer fits on a named table; requests become plain rows in the same column order, so
-    # scikit-learn's warning about missing names says nothing (and would be logged per request).
+    # The trainer fits on a named table; requests become plain rows in the same column order (requests
+    # with names are put in that order first), so scikit-learn's warning about the missing names says
+    # nothing. One filter for the process: catch_warnings() around every predict would reset the warnings
+    # registry on each request, which costs more.
     warnings.filterwarnings("ignore", message="X does not have valid feature names", category=UserWarning)
     names = getattr(estimator, "feature_names_in_", None)
     n_features = getattr(estimator, "n_features_in_", None)
@@ -107,18 +109,24 @@ def _load_sklearn(path: Path) -> Predictor:
     )
 
 
-def _load_torch(weights: Path, architecture_file: Path) -> Predictor:
+def _load_torch(weights: Path, architecture_file: Path, load_torch: TorchLoader | None) -> Predictor:
+    if load_torch is None:
+        raise ArtifactError(f"{weights} is a PyTorch model, which this server does not load")
     if not architecture_file.is_file():
         raise ArtifactError(f"{weights} has no {TORCH_ARCHITECTURE_FILE} beside it to rebuild the network")
     try:
         architecture = json.loads(architecture_file.read_text())
     except (OSError, ValueError) as exc:
         raise ArtifactError(f"cannot read {architecture_file}: {exc}") from exc
-    # PyTorch is imported for PyTorch artifacts only: a scikit-learn server starts seconds sooner.
-    from modelloop_seldon.torch_mlp import load_torch_mlp
-
+    if not isinstance(architecture, dict):
+        raise ArtifactError(f"{architecture_file} holds no JSON object")
+    if architecture.get("format") != TORCH_ARCHITECTURE_FORMAT:
+        raise ArtifactError(
+            f"{TORCH_ARCHITECTURE_FILE} is not a {TORCH_ARCHITECTURE_FORMAT} architecture: "
+            f"format {architecture.get('format')!r}"
+        )
     try:
-        return load_torch_mlp(weights.read_bytes(), architecture)
+        return load_torch(weights.read_bytes(), architecture)
     except ArtifactError:
         raise
     except Exception as exc:

@@ -1,0 +1,70 @@
+"""What modelloop's runtimes agree on, in one place: each runtime's environment and image installs this
+package, since the runtimes cannot import one another.
+
+- :mod:`~modelloop_contracts.layout`: the artifact folder the trainer writes (file names, ``model.json``'s
+  format), which the model servers, the drift detector and the next run's champion evaluation read.
+- :mod:`~modelloop_contracts.dataset`: the dataset hash, computed by the trainer and the drift detector.
+- :mod:`~modelloop_contracts.loading`: an artifact folder loaded for serving, by both model servers.
+- :mod:`~modelloop_contracts.detector`: the drift detector's HTTP API, for the detector and its clients.
+
+Only numpy is imported with it: pandas (for :func:`dataset_hash`) and scikit-learn with joblib (for a
+``model.joblib``) are imported when used, so the model servers need no pandas.
+"""
+
+from modelloop_contracts.dataset import dataset_hash
+from modelloop_contracts.detector import (
+    DEFAULT_ENDPOINT,
+    ENDPOINTS,
+    ExportedDataset,
+    ExportRequest,
+    InvalidMessage,
+    Registration,
+    VersionSpec,
+)
+from modelloop_contracts.layout import (
+    METRICS_FILE,
+    MODEL_FILES,
+    PREDICTION_COLUMN,
+    REFERENCE_FILE,
+    REFERENCE_PREDICTIONS_FILE,
+    RESULT_FILE,
+    SKLEARN_MODEL_FILE,
+    TORCH_ARCHITECTURE_FILE,
+    TORCH_ARCHITECTURE_FORMAT,
+    TORCH_MODEL_FILE,
+)
+from modelloop_contracts.loading import (
+    Array,
+    ArtifactError,
+    Predictor,
+    TorchLoader,
+    load_predictor,
+    python_scalar,
+)
+
+__all__ = [
+    "DEFAULT_ENDPOINT",
+    "ENDPOINTS",
+    "METRICS_FILE",
+    "MODEL_FILES",
+    "PREDICTION_COLUMN",
+    "REFERENCE_FILE",
+    "REFERENCE_PREDICTIONS_FILE",
+    "RESULT_FILE",
+    "SKLEARN_MODEL_FILE",
+    "TORCH_ARCHITECTURE_FILE",
+    "TORCH_ARCHITECTURE_FORMAT",
+    "TORCH_MODEL_FILE",
+    "Array",
+    "ArtifactError",
+    "ExportRequest",
+    "ExportedDataset",
+    "InvalidMessage",
+    "Predictor",
+    "Registration",
+    "TorchLoader",
+    "VersionSpec",
+    "dataset_hash",
+    "load_predictor",
+    "python_scalar",
+]

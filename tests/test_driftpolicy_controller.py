@@ -1,0 +1,193 @@
+"""The DriftPolicy controller's glue, with an injected client and stand-ins for Prometheus and the
+detector (both are HTTP services the e2e tests run for real): what it reads, asks and writes, in which
+order. The decisions are ``drift.policy.decide``'s (tests/test_drift_policy.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from controller_fakes import RecordingClient
+from modelloop import kube
+from modelloop.controllers.driftpolicy import DriftPolicyController
+from modelloop.drift.detector import DetectorError
+from modelloop.settings import Settings
+
+KEY = ("ml", "iris-drift")
+pytestmark = pytest.mark.usefixtures("posted")
+
+
+def policy(status: dict[str, Any] | None = None, detector: bool = False) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "target": {"inferenceService": "iris"},
+        "prometheus": {"url": "http://prometheus:9090"},
+        "metrics": [
+            {
+                "name": "drift",
+                "query": 'max(score{service="{{name}}"})',
+                "threshold": 0.3,
+                "comparison": "GreaterThan",
+            }
+        ],
+        "window": "0s",
+        "cooldown": "1h",
+        "retrain": {
+            "trainingRunTemplate": {
+                "image": "trainer:1",
+                "dataset": {"uri": "sklearn://iris", "format": "sklearn", "targetColumn": "target"},
+                "output": {"modelName": "iris"},
+            }
+        },
+    }
+    if detector:
+        spec["detector"] = {"url": "http://detector:8080"}
+    return {
+        "apiVersion": "modelloop.dev/v1alpha1",
+        "kind": "DriftPolicy",
+        "metadata": {
+            "namespace": "ml",
+            "name": "iris-drift",
+            "uid": "p1",
+            "generation": 1,
+            "resourceVersion": "3",
+        },
+        "spec": spec,
+        "status": status or {},
+    }
+
+
+SERVICE = {
+    "metadata": {"namespace": "ml", "name": "iris"},
+    "spec": {"model": {"name": "iris"}},
+    "status": {"stableVersion": 2},
+}
+VERSION_2 = {
+    "metadata": {"namespace": "ml", "name": "iris-v2"},
+    "spec": {"version": 2, "artifact": {"uri": "file:///m/2", "referenceUri": "file:///m/2/reference.csv"}},
+}
+
+
+class Prometheus:
+    """Answers every query with ``value`` and records it."""
+
+    def __init__(self, value: float | None) -> None:
+        self.value = value
+        self.queries: list[tuple[str, str]] = []
+
+    async def run_query(self, url: str, query: str) -> float | None:
+        self.queries.append((url, query))
+        return self.value
+
+
+class Detector:
+    def __init__(self, down: bool = False) -> None:
+        self.down = down
+        self.registered: list[tuple[Any, ...]] = []
+
+    async def register(
+        self, url: str, namespace: str, service: str, model: str, versions: Any, target: Any
+    ) -> None:
+        if self.down:
+            raise DetectorError(f"the detector at {url} is unreachable")
+        self.registered.append((namespace, service, model, dict(versions), target))
+
+
+def controller(
+    obj: dict[str, Any],
+    value: float | None,
+    runs: dict[Any, Any] | None = None,
+    detector: Detector | None = None,
+) -> tuple[DriftPolicyController, RecordingClient, Prometheus]:
+    client = RecordingClient()
+    indexes = {
+        "drift_policies": {KEY: [obj]},
+        "inference_services": {("ml", "iris"): [SERVICE]},
+        "model_versions": {("ml", "iris"): [VERSION_2]},
+        "training_runs": runs or {},
+    }
+    made = DriftPolicyController(Settings(), indexes, client)
+    prometheus = Prometheus(value)
+    made.prometheus = prometheus  # type: ignore[assignment]
+    made.detector = detector or Detector()  # type: ignore[assignment]
+    return made, client, prometheus
+
+
+def test_a_breach_starts_its_training_run_then_writes_status_once(posted: list[tuple[str, str, str]]) -> None:
+    made, client, prometheus = controller(policy(), 0.9)
+
+    requeue = asyncio.run(made.objects.reconcile(KEY))
+
+    assert prometheus.queries == [("http://prometheus:9090", 'max(score{service="iris"})')]
+    [create, write] = client.calls
+    assert create[0] == "create" and create[1].startswith("iris-drift-")
+    assert write == ("patch_status", "iris-drift")
+    [status] = client.statuses
+    assert status["phase"] == "Retraining" and status["lastTrainingRun"] == create[1]
+    assert ("Normal", "RetrainingStarted") in [(t, r) for t, r, _ in posted]
+    assert requeue is not None and 0 < requeue <= 60
+
+
+def test_a_pass_before_the_next_evaluation_queries_nothing() -> None:
+    now = datetime.now(UTC).replace(microsecond=0)
+    evaluated = {"phase": "Watching", "lastResult": "Watching", "observedGeneration": 1,
+                 "lastEvaluationTime": now.isoformat().replace("+00:00", "Z")}  # fmt: skip
+    made, client, prometheus = controller(policy(evaluated), 0.9)
+
+    requeue = asyncio.run(made.objects.reconcile(KEY))
+
+    assert prometheus.queries == []
+    assert not any(call[0] == "create" for call in client.calls)
+    assert requeue is not None and 50 < requeue <= 60
+
+
+def test_the_detector_is_told_the_served_versions_and_an_unreachable_one_is_an_event(
+    posted: list[tuple[str, str, str]],
+) -> None:
+    made, _, _ = controller(policy(detector=True), 0.1)
+    asyncio.run(made.objects.reconcile(KEY))
+    detector = made.detector
+    assert isinstance(detector, Detector)
+    assert detector.registered == [
+        (
+            "ml",
+            "iris",
+            "iris",
+            {"2": {"referenceUri": "file:///m/2/reference.csv", "endpoint": "default"}},
+            "target",
+        )
+    ]
+
+    down, _, _ = controller(policy(detector=True), 0.1, detector=Detector(down=True))
+    asyncio.run(down.objects.reconcile(KEY))
+    assert ("Warning", "DetectorUnreachable") in [(t, r) for t, r, _ in posted]
+
+
+def test_the_version_the_retraining_registered_reaches_status() -> None:
+    started = (datetime.now(UTC) - timedelta(minutes=5)).replace(microsecond=0)
+    status = {"phase": "Retraining", "lastTrainingRun": "iris-drift-1", "observedGeneration": 1,
+              "lastTriggerTime": started.isoformat().replace("+00:00", "Z")}  # fmt: skip
+    run = {
+        "metadata": {"namespace": "ml", "name": "iris-drift-1"},
+        "status": {"phase": "Succeeded", "modelVersion": "iris-v3"},
+    }
+    made, client, _ = controller(policy(status), 0.1, runs={("ml", "iris-drift-1"): [run]})
+
+    asyncio.run(made.objects.reconcile(KEY))
+
+    assert client.statuses[-1]["lastModelVersion"] == "iris-v3"
+
+
+def test_a_training_run_the_api_server_refuses_degrades_the_policy_with_its_message() -> None:
+    made, client, _ = controller(policy(), 0.9)
+    error = kube.ApiException(403, "Forbidden", '{"message": "trainingruns is forbidden"}')
+    asyncio.run(made.objects.report_failure(KEY, error, 1))
+
+    [status] = client.statuses
+    assert status["phase"] == "Degraded" and status["reason"] == "ApiRequestRefused"
+    assert (
+        status["message"]
+        == "cannot create the retraining's TrainingRun: 403 Forbidden: trainingruns is forbidden"
+    )
