@@ -1,4 +1,4 @@
-"""Benchmark: how punctually the controllers' work queue (modelloop.runtime.workqueue) keeps requeue-after
+"""Benchmark: how punctually the controllers' work queue (modelloop.machinery.workqueue) keeps requeue-after
 times.
 
 N keys are added at once; each key's first reconcile asks to run again after a random time, uniform in
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import looptime
 
-from modelloop.runtime.workqueue import WorkQueue
+from modelloop.machinery.workqueue import WorkQueue
 
 WORKERS = 8
 TARGET_P99_MS = 50.0

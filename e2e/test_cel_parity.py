@@ -1,7 +1,7 @@
 """CEL parity: every CEL rule of our CRDs says the same at the API server as in the pydantic models.
 
 The API server enforces the rules at admission; the operator checks every spec once more with the
-pydantic models (``modelloop.review``). Each rule has cases here, a manifest that keeps it and one that
+pydantic models (``modelloop.reasons``). Each rule has cases here, a manifest that keeps it and one that
 breaks it, and both checks must accept the first and refuse the second with the rule's message. A rule
 without cases fails the suite, so a new rule cannot reach the CRDs without its pydantic twin.
 
@@ -24,7 +24,7 @@ import pytest
 
 from e2e.harness import Cluster
 from modelloop.api import API_VERSION, KINDS, render_crds
-from modelloop.review import describe_validation_error
+from modelloop.reasons import describe_validation_error
 
 Manifest = Mapping[str, Any]
 RuleId = tuple[str, str, str]

@@ -208,7 +208,7 @@ def test_a_status_write_planned_on_a_stale_read_is_refused_and_a_fresh_one_goes_
     cluster: Cluster, namespace: str, client: Any
 ) -> None:
     from modelloop import kube
-    from modelloop.runtime.status import StatusWriter
+    from modelloop.machinery.status import StatusWriter
 
     cluster.apply(model_version(1, {"accuracy": 0.9}), namespace)
     stale = cluster.get("modelversion", "iris-v1", namespace)

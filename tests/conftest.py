@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from modelloop.runtime import events as runtime_events
+from modelloop.machinery import events as runtime_events
 
 
 @pytest.fixture

@@ -14,8 +14,8 @@ from modelloop.api.inferenceservice import RolloutVersions
 from modelloop.drift import policy
 from modelloop.drift.detector import detector_versions
 from modelloop.drift.policy import InFlight, Measurement, PolicyDecision, run_name
-from modelloop.drift.retrain import render_training_run, retraining_in_flight
-from modelloop.runtime.status import status_json
+from modelloop.drift.training_run import render_training_run, retraining_in_flight
+from modelloop.machinery.status import status_json
 from modelloop.serving.analysis import _refusal
 
 T0 = datetime(2026, 11, 27, 12, 0, 0, tzinfo=UTC)

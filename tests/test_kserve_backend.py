@@ -15,7 +15,8 @@ import pytest
 
 from crd_schema import SHARED_CRDS, crd_schema, schema_errors
 from modelloop.api import InferenceServiceSpec
-from modelloop.serving.backend import LABEL_INFERENCE_SERVICE, OwnedObject, ServiceContext, VersionInfo
+from modelloop.naming import LABEL_INFERENCE_SERVICE
+from modelloop.serving.backend import OwnedObject, ServiceContext, VersionInfo
 from modelloop.serving.kserve import KServeBackend, predictor_service, route_name
 from modelloop.serving.rollout import Serving
 

@@ -15,10 +15,10 @@ PACKAGE = Path(__file__).resolve().parent.parent / "operator" / "modelloop"
 
 # Lowest first. A module may import its own layer and those below it, never one above.
 LAYERS: dict[str, tuple[str, ...]] = {
-    "core": ("modelloop", "api", "naming", "conditions", "settings", "objects", "review"),
+    "core": ("modelloop", "api", "naming", "conditions", "settings", "slim", "reasons"),
     "domain": ("training", "serving", "drift", "registry"),
     "client": ("kube", "kubeconfig"),
-    "runtime": ("runtime",),
+    "machinery": ("machinery",),
     "controllers": ("controllers",),
     "entry": ("runner", "cli"),
 }
@@ -116,7 +116,7 @@ def test_no_modules_import_each_other_in_a_cycle() -> None:
 
 @pytest.mark.parametrize(
     ("source", "target", "upward"),
-    [("modelloop.kube", "modelloop.runtime.metrics", True), ("modelloop.cli", "modelloop.kube", False)],
+    [("modelloop.kube", "modelloop.machinery.metrics", True), ("modelloop.cli", "modelloop.kube", False)],
 )
 def test_the_layers_rank_as_documented(source: str, target: str, upward: bool) -> None:
     # What the test above would say of an import of the client into the runtime's metrics (the one that

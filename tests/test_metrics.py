@@ -8,8 +8,8 @@ import asyncio
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from modelloop.runtime import metrics
-from modelloop.runtime.workqueue import WorkQueue
+from modelloop.machinery import metrics
+from modelloop.machinery.workqueue import WorkQueue
 
 pytestmark = pytest.mark.looptime
 

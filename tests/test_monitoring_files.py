@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
-from modelloop.controllers.states import gauges
-from modelloop.runtime import metrics
+from modelloop.controllers.state_metrics import gauges
+from modelloop.machinery import metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 MONITORING = ROOT / "manifests" / "monitoring"

@@ -8,7 +8,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from modelloop.controllers.states import ObjectStates
+from modelloop.controllers.state_metrics import ObjectStates
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 

@@ -6,7 +6,7 @@ import datetime
 
 import pytest
 
-from modelloop.runtime.peering import peering_paused
+from modelloop.machinery.peering import peering_paused
 
 NOW = datetime.datetime(2026, 11, 27, 10, 0, 0, tzinfo=datetime.UTC)
 

@@ -13,8 +13,8 @@ from pydantic import BaseModel, ConfigDict
 from controller_fakes import RecordingClient
 from modelloop import kube
 from modelloop.conditions import refusal_status
-from modelloop.runtime.reconcile import ObjectReconciler, Parsed, Refused
-from modelloop.runtime.status import StatusWriter
+from modelloop.machinery.reconcile import ObjectReconciler, Parsed, Refused
+from modelloop.machinery.status import StatusWriter
 
 KEY = ("ml", "thing")
 # No test here posts through kopf (which needs a running operator).

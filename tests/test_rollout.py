@@ -17,12 +17,12 @@ import pytest
 
 from modelloop.api import InferenceServiceSpec, MeasurementPhase
 from modelloop.api.inferenceservice import MEASUREMENTS_KEPT, InferenceServiceStatus
+from modelloop.reasons import Event
 from modelloop.serving.analysis import judge
 from modelloop.serving.rollout import (
     ANNOTATION_ROLLOUT_ACTION,
     MEASUREMENTS_PER_METRIC,
     Decision,
-    Event,
     MetricResult,
     Observed,
     Serving,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from modelloop.kube import KubeClient
-from modelloop.runtime.status import ObjectMemory, StatusWriter, is_newer
+from modelloop.machinery.status import ObjectMemory, StatusWriter, is_newer
 
 
 def obj(uid: str = "u-1", rv: str = "10", phase: str = "Running", name: str = "iris") -> dict[str, Any]:

@@ -13,7 +13,7 @@ import pytest
 
 from modelloop.api import Backend, DeploymentMode, InferenceServiceSpec
 from modelloop.api.inferenceservice import InferenceServiceStatus
-from modelloop.runtime.status import status_patch
+from modelloop.machinery.status import status_patch
 from modelloop.serving.backend import InvalidTraffic, OwnedObject, ServiceContext
 from modelloop.serving.kserve import KServeBackend
 from modelloop.serving.plan import backend_change, plan_service, version_infos

@@ -14,7 +14,7 @@ from modelloop.controllers.trainingrun import (
     training_runs,
     with_spec,
 )
-from modelloop.runtime.status import ObjectMemory
+from modelloop.machinery.status import ObjectMemory
 
 
 def body(spec: dict[str, Any], status: dict[str, Any] | None = None) -> dict[str, Any]:

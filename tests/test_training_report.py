@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from modelloop.api import TrainingRunStatus
-from modelloop.review import API_REFUSED
+from modelloop.reasons import API_REFUSED
 from modelloop.training.report import STATUS_KEYS, report_refusal, report_run
 
 NOW = "2026-11-27T10:00:00Z"

@@ -15,8 +15,8 @@ from controller_fakes import RecordingClient
 from modelloop.controllers import trainingrun as controller_module
 from modelloop.controllers.trainingrun import TrainingRunController, register_next_version, training_runs
 from modelloop.kube import KubeClient
+from modelloop.machinery import events as runtime_events
 from modelloop.naming import ANNOTATION_RUN_UID, ANNOTATION_TRIAL_PARAMS, LABEL_TRIAL, job_name
-from modelloop.runtime import events as runtime_events
 from modelloop.settings import Settings
 from modelloop.training.observe import slim_job, slim_pod
 

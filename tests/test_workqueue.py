@@ -1,4 +1,4 @@
-"""The controllers' work queue (modelloop.runtime.workqueue), in virtual loop time (looptime): every
+"""The controllers' work queue (modelloop.machinery.workqueue), in virtual loop time (looptime): every
 ``asyncio.sleep`` below fast-forwards the loop's clock instead of waiting, so the timings asserted are
 exact and the whole file runs in well under a second."""
 
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from modelloop.kube import ApiException, api_message
-from modelloop.runtime.workqueue import WorkQueue
+from modelloop.machinery.workqueue import WorkQueue
 
 pytestmark = pytest.mark.looptime
 
@@ -360,7 +360,7 @@ async def test_an_error_in_on_failure_is_logged_and_the_key_still_retried(
 
     reconcile = Reconciler(outcomes={"a": [RuntimeError("boom"), None]})
     queue = WorkQueue("test", reconcile, jitter=0.0, on_failure=on_failure)
-    with caplog.at_level(logging.WARNING, logger="modelloop.runtime.workqueue"):
+    with caplog.at_level(logging.WARNING, logger="modelloop.machinery.workqueue"):
         queue.add("a")
         await asyncio.sleep(10)
     assert len(reconcile.runs) == 2
@@ -375,7 +375,7 @@ async def test_a_failing_api_call_is_logged_as_one_line_with_the_servers_message
     body = json.dumps({"kind": "Status", "message": 'Job.batch "x" is invalid: spec.template: Required'})
     reconcile = Reconciler(outcomes={"a": [status_error(422, "Unprocessable Entity", body)]})
     queue = WorkQueue("runs", reconcile, jitter=0.0)
-    with caplog.at_level(logging.WARNING, logger="modelloop.runtime.workqueue"):
+    with caplog.at_level(logging.WARNING, logger="modelloop.machinery.workqueue"):
         queue.add("a")
         await asyncio.sleep(1)
     [record] = caplog.records
@@ -392,7 +392,7 @@ async def test_a_failing_api_call_is_logged_as_one_line_with_the_servers_message
 async def test_any_other_failure_is_logged_with_its_traceback(caplog: pytest.LogCaptureFixture) -> None:
     reconcile = Reconciler(outcomes={"a": [ZeroDivisionError("division by zero")]})
     queue = WorkQueue("runs", reconcile)
-    with caplog.at_level(logging.WARNING, logger="modelloop.runtime.workqueue"):
+    with caplog.at_level(logging.WARNING, logger="modelloop.machinery.workqueue"):
         queue.add("a")
         await asyncio.sleep(1)
     [record] = caplog.records

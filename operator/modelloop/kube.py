@@ -359,7 +359,7 @@ class KubeClient:
         ``resource_version`` (optimistic concurrency); return its new resourceVersion.
 
         Raises Conflict when the object changed since it was read: a decision made on stale data never
-        overwrites newer status. Only ``modelloop.runtime.status.StatusWriter`` calls this.
+        overwrites newer status. Only ``modelloop.machinery.status.StatusWriter`` calls this.
         """
         body: dict[str, Any] = {"status": dict(status)}
         if resource_version is not None:

@@ -9,6 +9,7 @@ from typing import Any
 
 from modelloop import __version__
 from modelloop.api import API_VERSION, GROUP
+from modelloop.api.meta import LABEL_VALUE_PATTERN
 
 MANAGED_BY = "modelloop"
 LABEL_TRAINING_RUN = f"{GROUP}/training-run"
@@ -16,6 +17,10 @@ LABEL_MODEL = f"{GROUP}/model"
 LABEL_TRIAL = f"{GROUP}/trial"
 LABEL_STAGE = f"{GROUP}/stage"
 LABEL_DRIFT_POLICY = f"{GROUP}/drift-policy"
+# On the objects a serving backend owns: the InferenceService they serve, and (Seldon's predictors) the
+# model version a predictor serves.
+LABEL_INFERENCE_SERVICE = f"{GROUP}/inference-service"
+LABEL_VERSION = f"{GROUP}/version"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 # A user (or GitOps) asks for a ModelVersion's stage with this annotation, and may say why with the other.
 ANNOTATION_REQUESTED_STAGE = f"{GROUP}/requested-stage"
@@ -28,6 +33,10 @@ ANNOTATION_DRIFT_POLICY_UID = f"{GROUP}/drift-policy-uid"
 ANNOTATION_TRAINING_RUN = f"{GROUP}/training-run"
 # A trial Job's own parameters (JSON): a restarted operator reads what a trial runs with from its Job.
 ANNOTATION_TRIAL_PARAMS = f"{GROUP}/trial-params"
+# On an InferenceService: promote, abort, pause or resume its rollout (each value acted on once).
+ANNOTATION_ROLLOUT_ACTION = f"{GROUP}/rollout-action"
+# kopf's finalizer, on the objects whose deletion it must see (modelloop's handlers need none today).
+FINALIZER = f"{GROUP}/finalizer"
 
 # Kubernetes keeps these for itself or for us; a user's labels with these prefixes are not copied.
 _RESERVED_PREFIXES = (f"{GROUP}/", "app.kubernetes.io/", "kubernetes.io/", "k8s.io/", "batch.kubernetes.io/")
@@ -89,7 +98,7 @@ def owner_reference(owner: Mapping[str, Any], kind: str, *, block_deletion: bool
     }
 
 
-_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+_LABEL_VALUE = re.compile(LABEL_VALUE_PATTERN)
 _MAX_LABEL_VALUE = 63
 
 

@@ -4,9 +4,9 @@ from modelloop.controllers import (
     driftpolicy,
     inferenceservice,
     kopf_settings,
+    manager,
     modelversion,
-    runtime,
     trainingrun,
 )
 
-__all__ = ["driftpolicy", "inferenceservice", "kopf_settings", "modelversion", "runtime", "trainingrun"]
+__all__ = ["driftpolicy", "inferenceservice", "kopf_settings", "manager", "modelversion", "trainingrun"]

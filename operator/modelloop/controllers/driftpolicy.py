@@ -35,15 +35,15 @@ from modelloop.api.inferenceservice import rollout_versions
 from modelloop.conditions import refusal_status
 from modelloop.drift.detector import DetectorClient, DetectorError, detector_versions
 from modelloop.drift.policy import Measurement, PolicyDecision, decide, evaluation_due, evaluation_lag
-from modelloop.drift.retrain import render_training_run, retraining_in_flight
+from modelloop.drift.training_run import render_training_run, retraining_in_flight
+from modelloop.machinery import events, metrics
+from modelloop.machinery.reconcile import ObjectReconciler, Parsed
+from modelloop.machinery.status import ObjectKey, StatusWriter
+from modelloop.machinery.workqueue import WorkQueue
 from modelloop.naming import LABEL_DRIFT_POLICY, LABEL_TRAINING_RUN
-from modelloop.objects import slim_object
-from modelloop.runtime import events, metrics
-from modelloop.runtime.reconcile import ObjectReconciler, Parsed
-from modelloop.runtime.status import ObjectKey, StatusWriter
-from modelloop.runtime.workqueue import WorkQueue
 from modelloop.serving.analysis import Prometheus, PrometheusRefused, PrometheusUnreachable, QueryContext
 from modelloop.settings import Settings
+from modelloop.slim import slim_object
 
 PLURAL = DRIFT_POLICY.plural
 # Evaluations at once: each mostly waits on Prometheus (in the query pool) and the API server.
@@ -62,7 +62,7 @@ async def drift_policies(namespace: str | None, name: str, body: kopf.Body, **_:
 async def on_drift_policy(
     type: str, namespace: str | None, name: str, meta: kopf.Meta, memo: Any, **_: Any
 ) -> None:
-    controller: DriftPolicyController = memo.runtime.drift_policies
+    controller: DriftPolicyController = memo.manager.drift_policies
     key = (namespace or "", name)
     if type == "DELETED":
         controller.forget(key)
@@ -73,13 +73,13 @@ async def on_drift_policy(
 @kopf.on.event(GROUP, VERSION, TRAINING_RUN.plural, labels={LABEL_DRIFT_POLICY: kopf.PRESENT})
 async def on_retraining_run(namespace: str | None, labels: kopf.Labels, memo: Any, **_: Any) -> None:
     """A retraining that moves on (trains, succeeds, fails) changes its policy's phase."""
-    memo.runtime.drift_policies.queue.add((namespace or "", str(labels[LABEL_DRIFT_POLICY])))
+    memo.manager.drift_policies.queue.add((namespace or "", str(labels[LABEL_DRIFT_POLICY])))
 
 
 @kopf.on.event(GROUP, VERSION, MODEL_VERSION.plural, labels={LABEL_TRAINING_RUN: kopf.PRESENT})
 async def on_retrained_version(namespace: str | None, labels: kopf.Labels, memo: Any, **_: Any) -> None:
     """A retrained version validated, rejected, in canary or promoted: its policy's phase follows."""
-    controller: DriftPolicyController = memo.runtime.drift_policies
+    controller: DriftPolicyController = memo.manager.drift_policies
     run = next(
         iter(controller.indexes["training_runs"].get((namespace or "", labels[LABEL_TRAINING_RUN]), ())), None
     )
@@ -91,7 +91,7 @@ async def on_retrained_version(namespace: str | None, labels: kopf.Labels, memo:
 @kopf.on.event(GROUP, VERSION, INFERENCE_SERVICE.plural)
 async def on_target_service(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
     """A target that serves another version has the detector told at once."""
-    controller: DriftPolicyController = memo.runtime.drift_policies
+    controller: DriftPolicyController = memo.manager.drift_policies
     for key in controller.policies_of((namespace or "", name)):
         controller.queue.add(key)
 

@@ -31,16 +31,15 @@ from modelloop.api import (
 )
 from modelloop.api.inferenceservice import InferenceServiceStatus
 from modelloop.conditions import ConditionValue, refusal_status
-from modelloop.objects import slim_object
-from modelloop.review import INVALID_SPEC
-from modelloop.runtime import events
-from modelloop.runtime.reconcile import ObjectReconciler, Parsed, Refused
-from modelloop.runtime.status import ObjectKey, StatusWriter, is_newer
-from modelloop.runtime.workqueue import WorkQueue
+from modelloop.machinery import events
+from modelloop.machinery.reconcile import ObjectReconciler, Parsed, Refused
+from modelloop.machinery.status import ObjectKey, StatusWriter, is_newer
+from modelloop.machinery.workqueue import WorkQueue
+from modelloop.naming import LABEL_INFERENCE_SERVICE
+from modelloop.reasons import INVALID_SPEC
 from modelloop.serving import backends
 from modelloop.serving.analysis import Prometheus, QueryContext
 from modelloop.serving.backend import (
-    LABEL_INFERENCE_SERVICE,
     BackendPlugin,
     OwnedKind,
     ServiceContext,
@@ -57,6 +56,7 @@ from modelloop.serving.rollout import (
     serving_of,
 )
 from modelloop.settings import Settings
+from modelloop.slim import slim_object
 
 PLURAL = INFERENCE_SERVICE.plural
 BACKEND_CHANGED = "BackendChanged"
@@ -79,7 +79,7 @@ async def inference_services(
 async def on_inference_service(
     type: str, namespace: str | None, name: str, meta: kopf.Meta, memo: Any, **_: Any
 ) -> None:
-    controller: InferenceServiceController = memo.runtime.inference_services
+    controller: InferenceServiceController = memo.manager.inference_services
     key = (namespace or "", name)
     if type == "DELETED":
         controller.forget(key)
@@ -90,7 +90,7 @@ async def on_inference_service(
 async def on_backend_object(namespace: str | None, labels: kopf.Labels, memo: Any, **_: Any) -> None:
     """What the platform reports on an object a backend owns (KServe's readiness and traffic, Seldon's
     state) moves the rollout on: look at its owner again."""
-    memo.runtime.inference_services.queue.add((namespace or "", str(labels[LABEL_INFERENCE_SERVICE])))
+    memo.manager.inference_services.queue.add((namespace or "", str(labels[LABEL_INFERENCE_SERVICE])))
 
 
 async def backend_objects(
@@ -132,7 +132,7 @@ watch_backend_kinds()
 @kopf.on.event(GROUP, VERSION, MODEL_VERSION.plural)
 async def on_model_version_served(namespace: str | None, spec: kopf.Spec, memo: Any, **_: Any) -> None:
     """A version registered, validated or removed may change what the model's InferenceServices serve."""
-    controller: InferenceServiceController = memo.runtime.inference_services
+    controller: InferenceServiceController = memo.manager.inference_services
     for served in controller.indexes["served_versions"].get(
         (namespace or "", str(spec.get("modelName"))), ()
     ):

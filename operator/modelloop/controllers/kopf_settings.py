@@ -13,8 +13,8 @@ import kopf
 
 from modelloop.api import API_VERSION, GROUP, KINDS
 from modelloop.kubeconfig import EXPIRY_MARGIN_SECONDS, Credentials, data_file, load_config
-from modelloop.naming import LABEL_TRAINING_RUN
-from modelloop.runtime.executors import default_pool
+from modelloop.machinery.executors import default_pool
+from modelloop.naming import FINALIZER, LABEL_TRAINING_RUN
 
 # Kinds that only event handlers and indexes watch: kopf never diffs them (no on.create/update/delete).
 # That is every kind: each controller reconciles through its work queue.
@@ -35,7 +35,7 @@ class EventOnlyAwareDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     """Keep kopf's bookkeeping under our own annotation prefix and post only the events we choose."""
-    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = EventOnlyAwareDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration"

@@ -22,14 +22,14 @@ import kopf
 from modelloop import kube
 from modelloop.api import GROUP, INFERENCE_SERVICE, MODEL_POLICY, MODEL_VERSION, VERSION
 from modelloop.conditions import utc_now
+from modelloop.machinery import events
+from modelloop.machinery.status import ObjectGone, StatusWriter, retry_on_conflict
+from modelloop.machinery.workqueue import WorkQueue
 from modelloop.naming import ANNOTATION_REQUESTED_STAGE, ANNOTATION_STAGE_REASON
-from modelloop.objects import slim_object
 from modelloop.registry.plan import RETENTION, ModelPlan, plan_model
 from modelloop.registry.serving import ServedModel, served_model
-from modelloop.runtime import events
-from modelloop.runtime.status import ObjectGone, StatusWriter, retry_on_conflict
-from modelloop.runtime.workqueue import WorkQueue
 from modelloop.settings import Settings
+from modelloop.slim import slim_object
 
 ModelKey = tuple[str, str]  # (namespace, model name)
 
@@ -70,7 +70,7 @@ async def served_versions(
 async def on_model_version(
     type: str, namespace: str | None, name: str, body: kopf.Body, memo: Any, **_: Any
 ) -> None:
-    registry: ModelRegistry = memo.runtime.registry
+    registry: ModelRegistry = memo.manager.registry
     if type == "DELETED":
         registry.versions.forget((namespace or "", name))
     registry.queue.add((namespace or "", str(body["spec"]["modelName"])))
@@ -78,7 +78,7 @@ async def on_model_version(
 
 @kopf.on.event(GROUP, VERSION, MODEL_POLICY.plural)
 async def on_model_policy(type: str, namespace: str | None, name: str, memo: Any, **_: Any) -> None:
-    registry: ModelRegistry = memo.runtime.registry
+    registry: ModelRegistry = memo.manager.registry
     if type == "DELETED":
         registry.policies.forget((namespace or "", name))
     registry.queue.add((namespace or "", name))
@@ -89,7 +89,7 @@ async def on_served_model(namespace: str | None, spec: kopf.Spec, memo: Any, **_
     # What it serves is protected from retention and sets stages: a change may free, pin or promote versions.
     model = (spec.get("model") or {}).get("name")
     if model:
-        memo.runtime.registry.queue.add((namespace or "", str(model)))
+        memo.manager.registry.queue.add((namespace or "", str(model)))
 
 
 class ModelRegistry:

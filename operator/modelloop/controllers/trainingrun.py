@@ -23,14 +23,14 @@ import kopf
 from modelloop import kube
 from modelloop.api import GROUP, MODEL_VERSION, TRAINING_RUN, VERSION, TrainingRunSpec
 from modelloop.conditions import utc_now
+from modelloop.machinery import events
+from modelloop.machinery.reconcile import ObjectReconciler, Parsed, Refused
+from modelloop.machinery.status import StatusWriter
+from modelloop.machinery.workqueue import WorkQueue
 from modelloop.naming import ANNOTATION_RUN_UID, LABEL_TRAINING_RUN, label_value, run_of
-from modelloop.objects import slim_object
-from modelloop.review import INVALID_SPEC
-from modelloop.runtime import events
-from modelloop.runtime.reconcile import ObjectReconciler, Parsed, Refused
-from modelloop.runtime.status import StatusWriter
-from modelloop.runtime.workqueue import WorkQueue
+from modelloop.reasons import INVALID_SPEC
 from modelloop.settings import Settings
+from modelloop.slim import slim_object
 from modelloop.training import search
 from modelloop.training.job import CONTAINER, ChampionModel, current_champion, trial_index
 from modelloop.training.observe import slim_job, slim_pod
@@ -148,7 +148,7 @@ async def training_pods(
 async def on_training_run(
     type: str, namespace: str | None, name: str, status: kopf.Status, memo: Any, **_: Any
 ) -> None:
-    controller: TrainingRunController = memo.runtime.training_runs
+    controller: TrainingRunController = memo.manager.training_runs
     if type == "DELETED":
         controller.forget((namespace or "", name))
     else:
@@ -161,7 +161,7 @@ async def on_training_run(
 async def on_training_workload(namespace: str | None, meta: kopf.Meta, memo: Any, **_: Any) -> None:
     run = run_of(meta)
     if run:
-        memo.runtime.training_runs.queue.add((namespace or "", run))
+        memo.manager.training_runs.queue.add((namespace or "", run))
 
 
 # Reconciles of runs at once. Each is mostly waiting on the API server (a Job created, a status written):

@@ -26,6 +26,7 @@ from modelloop.api import (
 )
 from modelloop.api.meta import Comparison, Condition
 from modelloop.conditions import ConditionValue, format_time, with_condition
+from modelloop.reasons import Event
 
 _SYMBOLS = {
     Comparison.GREATER_THAN_OR_EQUAL: ">=",
@@ -86,13 +87,6 @@ class InFlight:
 
 
 @dataclass(frozen=True)
-class PolicyEvent:
-    type: str
-    reason: str
-    message: str
-
-
-@dataclass(frozen=True)
 class PolicyDecision:
     """The whole new status, and what to do: start a retraining with this evidence, or count a skip."""
 
@@ -102,7 +96,7 @@ class PolicyDecision:
     the same one, never a second)."""
     evidence: dict[str, str] = field(default_factory=dict)
     skipped: str | None = None
-    events: list[PolicyEvent] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
     requeue_after: float | None = None
 
 
@@ -149,7 +143,7 @@ def decide(
     period = parse_duration(spec.budget.period)
     recent = [t for t in previous.retrainings if now - t < period]
 
-    events: list[PolicyEvent] = []
+    events: list[Event] = []
     refused: list[Measurement] = []
     if measurements is not None:
         refused = [m for m in measurements if m.refused]
@@ -172,7 +166,7 @@ def decide(
             status.breach_start_time = previous.breach_start_time or _second(now)
             if previous.breach_start_time is None:
                 names = ", ".join(f"{m.metric.name}={m.shown()}" for m in breached)
-                events.append(PolicyEvent("Normal", "BreachStarted", f"Breached: {names}."))
+                events.append(Event("Normal", "BreachStarted", f"Breached: {names}."))
         else:
             status.breach_start_time = None
 
@@ -228,7 +222,7 @@ def decide(
         )
         status.breach_start_time = None  # this breach is acted on; a new one must hold a window again
         recent.append(_second(now))
-        events.append(PolicyEvent("Normal", "RetrainingStarted", message))
+        events.append(Event("Normal", "RetrainingStarted", message))
     elif result_now == EvaluationResult.BREACHED and breach_start is not None:
         phase, reason = DriftPolicyPhase.BREACHED, "BreachHolding"
         message = (
@@ -253,12 +247,12 @@ def decide(
         phase, reason = DriftPolicyPhase.WATCHING, "Watching"
         message = "No metric is breached."
     if skipped is not None:
-        events.append(PolicyEvent("Normal", "RetrainingSkipped", message))
+        events.append(Event("Normal", "RetrainingSkipped", message))
     troubled = phase in (DriftPolicyPhase.DEGRADED, DriftPolicyPhase.INCONCLUSIVE)
     if phase == DriftPolicyPhase.DEGRADED and previous.message != message:
-        events.append(PolicyEvent("Warning", reason, message))
+        events.append(Event("Warning", reason, message))
     elif phase != previous.phase and all(e.reason != reason for e in events):
-        events.append(PolicyEvent("Warning" if troubled else "Normal", reason, message))
+        events.append(Event("Warning" if troubled else "Normal", reason, message))
 
     status.phase, status.reason, status.message = phase, reason, message
     status.retrainings, status.retrainings_in_period = recent, len(recent)

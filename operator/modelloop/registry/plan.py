@@ -21,11 +21,11 @@ from modelloop.api import (
 )
 from modelloop.conditions import ConditionValue, find_condition, set_condition
 from modelloop.naming import ANNOTATION_REQUESTED_STAGE, ANNOTATION_STAGE_REASON, LABEL_MODEL, LABEL_STAGE
+from modelloop.reasons import INVALID_SPEC, READY, describe_validation_error
 from modelloop.registry.retention import versions_to_delete
 from modelloop.registry.serving import SERVING_STAGE, ServedModel, serving_changes
 from modelloop.registry.stages import StageChange, champion_of, change_stage, enter_stage, parse_stage
 from modelloop.registry.validation import Champion, format_key_metric, validate_version, validation_metrics
-from modelloop.review import INVALID_SPEC, READY, describe_validation_error
 
 RETENTION = "Retention"  # the reason of the event that reports a deletion by retention
 _DECIDED = (ModelVersionPhase.VALIDATED.value, ModelVersionPhase.REJECTED.value)

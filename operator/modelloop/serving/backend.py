@@ -20,11 +20,9 @@ from typing import Any, Protocol
 
 from modelloop.api import ApiModel, InferenceServiceSpec, InferenceServiceStatus, Predictor
 from modelloop.api.backend import BackendCapabilities, BackendDeclaration
-from modelloop.naming import LABEL_MANAGED_BY, MANAGED_BY, owner_reference
+from modelloop.naming import LABEL_INFERENCE_SERVICE, LABEL_MANAGED_BY, MANAGED_BY, owner_reference
 from modelloop.serving.rollout import Observed, Serving
 from modelloop.settings import Settings
-
-LABEL_INFERENCE_SERVICE = "modelloop.dev/inference-service"
 
 
 class InvalidTraffic(ValueError):

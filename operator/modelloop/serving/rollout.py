@@ -18,7 +18,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from modelloop.api import (
-    GROUP,
     InferenceServicePhase,
     InferenceServiceSpec,
     MeasurementPhase,
@@ -32,8 +31,9 @@ from modelloop.api.inferenceservice import (
     InferenceServiceStatus,
     Measurement,
 )
+from modelloop.naming import ANNOTATION_ROLLOUT_ACTION
+from modelloop.reasons import Event
 
-ANNOTATION_ROLLOUT_ACTION = f"{GROUP}/rollout-action"
 ACTIONS = ("promote", "abort", "pause", "resume")
 # While the backend has not yet reported the traffic asked for, look again this soon.
 CONVERGE_POLL_SECONDS = 2.0
@@ -86,13 +86,6 @@ class Serving:
     canary: int | None = None
     weight: int = 0
     shadow: bool = False
-
-
-@dataclass(frozen=True)
-class Event:
-    type: str
-    reason: str
-    message: str
 
 
 @dataclass(frozen=True)
@@ -516,7 +509,6 @@ __all__ = [
     "ACTIONS",
     "ANNOTATION_ROLLOUT_ACTION",
     "Decision",
-    "Event",
     "MetricResult",
     "Observed",
     "Serving",

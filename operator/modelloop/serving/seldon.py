@@ -21,8 +21,8 @@ from typing import Any
 
 from modelloop.api import Predictor, SeldonSettings
 from modelloop.api.backend import BackendCapabilities
+from modelloop.naming import LABEL_INFERENCE_SERVICE, LABEL_VERSION
 from modelloop.serving.backend import (
-    LABEL_INFERENCE_SERVICE,
     BackendPlugin,
     InvalidTraffic,
     OwnedKind,
@@ -172,7 +172,7 @@ def _predictor(service: ServiceContext, version: VersionInfo, traffic: int) -> d
         "traffic": traffic,
         "replicas": minimum,
         # Seldon's metrics label every series predictor_version from the predictor's "version" label.
-        "labels": {"modelloop.dev/version": str(version.number), "version": str(version.number)},
+        "labels": {LABEL_VERSION: str(version.number), "version": str(version.number)},
         "graph": graph,
         "componentSpecs": [component],
     }

@@ -9,7 +9,7 @@ from typing import Any
 
 from modelloop.api import TrainingRunPhase
 from modelloop.conditions import set_condition
-from modelloop.review import API_REFUSED, INVALID_SPEC, READY, Event
+from modelloop.reasons import API_REFUSED, INVALID_SPEC, READY, Event
 from modelloop.training.observe import IMAGE_PROBLEMS
 
 WARNING_REASONS = frozenset({INVALID_SPEC, API_REFUSED, "Unschedulable", "ResultMissing", *IMAGE_PROBLEMS})

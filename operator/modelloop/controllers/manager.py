@@ -21,13 +21,13 @@ from prometheus_client.registry import Collector
 from modelloop.controllers.driftpolicy import DriftPolicyController
 from modelloop.controllers.inferenceservice import InferenceServiceController
 from modelloop.controllers.modelversion import ModelRegistry
-from modelloop.controllers.states import ObjectStates
+from modelloop.controllers.state_metrics import ObjectStates
 from modelloop.controllers.trainingrun import TrainingRunController
 from modelloop.kube import KubeClient
-from modelloop.runtime import metrics
-from modelloop.runtime.executors import query_pool
-from modelloop.runtime.peering import PeeringGate
-from modelloop.runtime.workqueue import WorkQueue
+from modelloop.machinery import metrics
+from modelloop.machinery.executors import query_pool
+from modelloop.machinery.peering import PeeringGate
+from modelloop.machinery.workqueue import WorkQueue
 from modelloop.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ SHUTDOWN_SECONDS = 10.0
 
 
 @dataclass
-class Runtime:
+class ControllerManager:
     """Every controller of this operator process."""
 
     training_runs: TrainingRunController
@@ -47,7 +47,7 @@ class Runtime:
     gate: asyncio.Task[None] | None = None
     metrics_server: Any = None
     collectors: tuple[Collector, ...] = ()
-    """This runtime's scrape-time metrics (queue depths, object states), registered while it runs."""
+    """This manager's scrape-time metrics (queue depths, object states), registered while it runs."""
     active: bool = True
     """False while the peering gate holds this replica as a standby (its watches, and indexes, stop)."""
 
@@ -87,7 +87,7 @@ async def start_controllers(memo: kopf.Memo, **kwargs: Any) -> None:
     client = KubeClient(observe=metrics.observe_api_request)
     # Blocking queries of Prometheus, for the rollouts' analysis and the drift policies.
     queries = query_pool()
-    runtime = Runtime(
+    manager = ControllerManager(
         training_runs=TrainingRunController(settings, indexes, client),
         registry=ModelRegistry(settings, indexes, client),
         inference_services=InferenceServiceController(settings, indexes, client, queries),
@@ -102,40 +102,40 @@ async def start_controllers(memo: kopf.Memo, **kwargs: Any) -> None:
             settings.namespaces,
             memo.identity,
             settings.priority,
-            on_pause=runtime.pause,
-            on_resume=runtime.resume,
+            on_pause=manager.pause,
+            on_resume=manager.resume,
         )
-        runtime.gate = asyncio.get_running_loop().create_task(gate.run(), name="peering gate")
-    runtime.collectors = (
-        metrics.QueueDepth(lambda: [(q.name, q.depth(), q.scheduled()) for q in runtime.queues()]),
+        manager.gate = asyncio.get_running_loop().create_task(gate.run(), name="peering gate")
+    manager.collectors = (
+        metrics.QueueDepth(lambda: [(q.name, q.depth(), q.scheduled()) for q in manager.queues()]),
         # A standby's indexes are frozen: it reports no object states, so alerts see the active replica's.
-        ObjectStates(lambda: indexes if runtime.active else {}),
+        ObjectStates(lambda: indexes if manager.active else {}),
     )
     if settings.metrics_address is not None:
-        runtime.metrics_server = await metrics.serve(settings.metrics_address)
+        manager.metrics_server = await metrics.serve(settings.metrics_address)
     # Last: a start-up that failed before (and that kopf retries) has registered nothing.
-    for collector in runtime.collectors:
+    for collector in manager.collectors:
         metrics.REGISTRY.register(collector)
-    memo.runtime = runtime
+    memo.manager = manager
 
 
 @kopf.on.cleanup()
 async def stop_controllers(memo: kopf.Memo, **_: Any) -> None:
     """Stop taking work and let the reconciles in flight finish (a bounded wait)."""
-    runtime: Runtime | None = getattr(memo, "runtime", None)
-    if runtime is None:
+    manager: ControllerManager | None = getattr(memo, "manager", None)
+    if manager is None:
         return
-    if runtime.gate is not None:
-        runtime.gate.cancel()
+    if manager.gate is not None:
+        manager.gate.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await runtime.gate
-    await asyncio.gather(*(queue.shutdown(SHUTDOWN_SECONDS) for queue in runtime.queues()))
+            await manager.gate
+    await asyncio.gather(*(queue.shutdown(SHUTDOWN_SECONDS) for queue in manager.queues()))
     logger.info("every work queue is drained")
-    runtime.training_runs.close()
-    await runtime.drift_policies.detector.close()
-    if runtime.metrics_server is not None:
-        await runtime.metrics_server.cleanup()
-    await runtime.client.close()
-    for collector in runtime.collectors:
+    manager.training_runs.close()
+    await manager.drift_policies.detector.close()
+    if manager.metrics_server is not None:
+        await manager.metrics_server.cleanup()
+    await manager.client.close()
+    for collector in manager.collectors:
         metrics.REGISTRY.unregister(collector)
-    runtime.queries.shutdown(wait=False, cancel_futures=True)
+    manager.queries.shutdown(wait=False, cancel_futures=True)

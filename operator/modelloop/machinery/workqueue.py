@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Generic, TypeAlias, TypeVar
 
 from modelloop.kube import ApiException, api_message
-from modelloop.runtime import metrics
+from modelloop.machinery import metrics
 
 __all__ = ["Key", "OnFailure", "QueueStats", "Reconcile", "WorkQueue"]
 

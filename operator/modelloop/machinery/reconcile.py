@@ -18,9 +18,9 @@ from typing import Any, Generic, TypeVar
 import pydantic
 
 from modelloop import kube
-from modelloop.review import API_REFUSED, INVALID_SPEC, INVALID_STATUS, describe_validation_error
-from modelloop.runtime import events
-from modelloop.runtime.status import ObjectKey, StatusWriter
+from modelloop.machinery import events
+from modelloop.machinery.status import ObjectKey, StatusWriter
+from modelloop.reasons import API_REFUSED, INVALID_SPEC, INVALID_STATUS, describe_validation_error
 
 SpecT = TypeVar("SpecT", bound=pydantic.BaseModel)
 StatusT = TypeVar("StatusT")

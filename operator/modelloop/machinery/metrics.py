@@ -1,6 +1,7 @@
 """The operator's own Prometheus metrics (kopf has none): reconciles, their duration and errors per kind,
 the work queues' depth and wait, the API calls with their latency by verb and code, and the retrainings
-drift policies started or skipped (the state of the objects is ``controllers.states``, registered here too).
+drift policies started or skipped (the state of the objects is ``controllers.state_metrics``, registered
+here too).
 
 Every label value comes from a small fixed set (kinds, HTTP verbs, status codes), never from objects'
 names: the number of series stays bounded however many objects the operator reconciles. The metrics live
@@ -66,7 +67,7 @@ RETRAININGS = Counter(
 
 class QueueDepth(Collector):
     """Reads each work queue's depth when scraped: keys due and waiting, and keys with a timer.
-    ``queues`` gives (kind, depth, scheduled) of every queue. The operator's runtime registers one for its
+    ``queues`` gives (kind, depth, scheduled) of every queue. The controller manager registers one for its
     queues at start-up and unregisters it at clean-up."""
 
     def __init__(self, queues: Callable[[], Iterable[tuple[str, int, int]]]) -> None:

@@ -5,8 +5,8 @@ other systems through synchronous clients (prometheus-api-client) run in a pool 
 slow Prometheus never holds up the event loop or anything else; each query also has a deadline of its own.
 kopf's own blocking work (synchronous handlers, of which modelloop has none) gets a small default pool.
 
-No pool exists at import: the runtime makes the query pool at start-up and shuts it down at clean-up,
-and the event loop owns its default pool (``asyncio.run`` shuts it down with the loop).
+No pool exists at import: the controller manager makes the query pool at start-up and shuts it down at
+clean-up, and the event loop owns its default pool (``asyncio.run`` shuts it down with the loop).
 """
 
 from __future__ import annotations

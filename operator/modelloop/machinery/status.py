@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 
 from modelloop import kube
-from modelloop.objects import slim_object
+from modelloop.slim import slim_object
 
 ObjectKey = tuple[str, str]  # (namespace, name)
 T = TypeVar("T")
