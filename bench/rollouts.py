@@ -521,6 +521,9 @@ def main() -> None:
         ]
         operator_log = (STATE / "rollouts-operator.log").read_text(errors="replace")
         ms = [x * 1000 for x in latencies]
+        api_calls = sum(
+            v for k, v in operator_work.items() if k.startswith("api_") and not k.endswith("_mean_ms")
+        )
         row = {
             "services": n,
             "step_seconds": args.step_seconds,
@@ -531,6 +534,10 @@ def main() -> None:
             "decision_p99_ms": round(percentile(ms, 99)) if ms else None,
             "decision_max_ms": round(max(ms)) if ms else None,
             "decisions_over_1s": sum(x > 1000 for x in ms),
+            # What one step decision costs the API server: the operator's requests (and reconciles) during
+            # the rollout, divided by the decisions.
+            "api_calls_per_decision": round(api_calls / max(1, len(latencies)), 2),
+            "reconciles_per_decision": round(operator_work["reconciles"] / max(1, len(latencies)), 2),
             "due_to_pass_p50_ms": round(statistics.median(d for d, _ in split) * 1000) if split else None,
             "due_to_pass_p99_ms": round(percentile([d for d, _ in split], 99) * 1000) if split else None,
             "pass_to_write_p50_ms": round(statistics.median(w for _, w in split) * 1000) if split else None,
