@@ -36,10 +36,10 @@ export KUBECONFIG := $(CURDIR)/.cluster/kubeconfig
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
-$(STAMP): requirements/operator.lock requirements/dev.lock pyproject.toml
+$(STAMP): requirements/operator.lock requirements/dev.lock pyproject.toml $(CONTRACTS_SOURCES)
 	@test -x $(PY) || python3.11 -m venv $(VENV) 2>/dev/null || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements/operator.lock -r requirements/dev.lock
-	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e $(CONTRACTS) -e .
 	@touch $@
 
 venv: $(STAMP) ## create the Python environment (.venv) from the lock files

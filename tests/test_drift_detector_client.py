@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from aiohttp import web
+from modelloop_contracts.detector import Registration, VersionSpec
 
 from modelloop.drift.detector import DetectorClient, DetectorError
 
@@ -46,16 +47,19 @@ async def detector() -> AsyncIterator[tuple[FakeDetector, str]]:
 async def test_registration_names_the_served_versions_and_the_target_column(detector: Any) -> None:
     fake, url = detector
     client = DetectorClient()
-    versions = {"3": {"referenceUri": "file:///m/3/reference.csv", "endpoint": "default"}}
+    versions = {"3": VersionSpec("file:///m/3/reference.csv")}
     await client.register(url, "ml team", "iris", "iris", versions, "target")
     await client.close()
+    body = {"referenceUri": "file:///m/3/reference.csv", "endpoint": "default"}
     assert fake.received == [
         (
             "PUT",
             "/v1/services/ml%20team/iris",
-            {"model": "iris", "versions": versions, "targetColumn": "target"},
+            {"model": "iris", "versions": {"3": body}, "targetColumn": "target"},
         )
     ]
+    # The body is the detector's own contract: it reads it back as sent.
+    assert Registration.from_json(fake.received[0][2]) == Registration("iris", versions, "target")
 
 
 @pytest.mark.asyncio

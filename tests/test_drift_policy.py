@@ -302,7 +302,8 @@ def test_the_detector_is_told_the_stable_and_canary_versions_with_their_referenc
         version(2, "file:///m/2/reference.csv"),
         version(3, "file:///m/3/reference.csv"),
     ]
-    assert detector_versions(versions, RolloutVersions(2, 3)) == {
+    registered = detector_versions(versions, RolloutVersions(2, 3))
+    assert {name: spec.to_json() for name, spec in registered.items()} == {
         "2": {"referenceUri": "file:///m/2/reference.csv", "endpoint": "default",
               "predictionsUri": "file:///m/2/reference.csv.p"},
         "3": {"referenceUri": "file:///m/3/reference.csv", "endpoint": "canary",

@@ -92,7 +92,9 @@ class Detector:
     ) -> None:
         if self.down:
             raise DetectorError(f"the detector at {url} is unreachable")
-        self.registered.append((namespace, service, model, dict(versions), target))
+        self.registered.append(
+            (namespace, service, model, {k: v.to_json() for k, v in versions.items()}, target)
+        )
 
 
 def controller(

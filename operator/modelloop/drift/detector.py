@@ -9,11 +9,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
+from modelloop_contracts.detector import (
+    DEFAULT_ENDPOINT,
+    ExportedDataset,
+    ExportRequest,
+    InvalidMessage,
+    Registration,
+    VersionSpec,
+)
 
 from modelloop.api.inferenceservice import RolloutVersions
 
@@ -24,30 +31,20 @@ class DetectorError(Exception):
     """The detector did not do what was asked; the message says why, as it answered."""
 
 
-@dataclass(frozen=True)
-class RecentDataset:
-    """A dataset file the detector wrote from its window."""
-
-    uri: str
-    hash: str
-    rows: int
-    labelled: int
-
-
-def detector_versions(versions: Iterable[Mapping[str, Any]], served: RolloutVersions) -> dict[str, Any]:
+def detector_versions(
+    versions: Iterable[Mapping[str, Any]], served: RolloutVersions
+) -> dict[str, VersionSpec]:
     """The registration's ``versions``: the service's stable version (endpoint default) and its canary
     (endpoint canary), each with its reference sample as its ModelVersion records it."""
     by_number = {v.get("spec", {}).get("version"): v for v in versions}
-    registered: dict[str, Any] = {}
-    for number, endpoint in ((served.stable, "default"), (served.canary, "canary")):
+    registered: dict[str, VersionSpec] = {}
+    for number, endpoint in ((served.stable, DEFAULT_ENDPOINT), (served.canary, "canary")):
         version = by_number.get(number)
         artifact = ((version or {}).get("spec") or {}).get("artifact") or {}
         if number is None or not artifact.get("referenceUri"):
             continue
-        entry = {"referenceUri": artifact["referenceUri"], "endpoint": endpoint}
-        if artifact.get("referencePredictionsUri"):
-            entry["predictionsUri"] = artifact["referencePredictionsUri"]
-        registered[str(number)] = entry
+        predictions = artifact.get("referencePredictionsUri") or None
+        registered[str(number)] = VersionSpec(str(artifact["referenceUri"]), predictions, endpoint)
     return registered
 
 
@@ -64,27 +61,21 @@ class DetectorClient:
         namespace: str,
         service: str,
         model: str,
-        versions: Mapping[str, Any],
+        versions: Mapping[str, VersionSpec],
         target: str | None,
     ) -> None:
-        body: dict[str, Any] = {"model": model, "versions": dict(versions)}
-        if target:
-            body["targetColumn"] = target
+        body = Registration(model, dict(versions), target or None).to_json()
         await self._call("PUT", _service_url(url, "services", namespace, service), body)
 
     async def export(
         self, url: str, namespace: str, service: str, uri_prefix: str, target: str | None
-    ) -> RecentDataset:
-        body: dict[str, Any] = {"uriPrefix": uri_prefix}
-        if target:
-            body["targetColumn"] = target
+    ) -> ExportedDataset:
+        body = ExportRequest(uri_prefix, target_column=target or None).to_json()
         answer = await self._call("POST", _service_url(url, "export", namespace, service), body)
         try:
-            return RecentDataset(
-                str(answer["uri"]), str(answer["hash"]), int(answer["rows"]), int(answer.get("labelled", 0))
-            )
-        except (KeyError, TypeError, ValueError) as error:
-            raise DetectorError(f"the detector's export answer lacks {error}: {answer!r:.200}") from error
+            return ExportedDataset.from_json(answer)
+        except InvalidMessage as error:
+            raise DetectorError(str(error)) from error
 
     async def close(self) -> None:
         if self._session is not None:
