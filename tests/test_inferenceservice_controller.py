@@ -77,6 +77,14 @@ def test_a_render_already_applied_is_not_applied_again_while_the_index_lags() ->
     # ... and the pass reads this process's newer copy: the same render, nothing to apply.
     assert ("apply", "inferenceservices", "iris") not in client.calls
     assert not any(call[0] == "get" for call in client.calls)
+    assert made._written[KEY]
+
+    # Once the index shows the apply, the copy goes, and the index alone is read.
+    caught_up = {**applied, "metadata": {**applied["metadata"], "resourceVersion": "99", "generation": 1}}
+    made.indexes[KSERVE_INDEX][KEY] = [caught_up]
+    asyncio.run(made.reconcile(KEY))
+    assert made._written[KEY] == {}
+    assert ("apply", "inferenceservices", "iris") not in client.calls
 
 
 def test_a_changed_backend_is_refused_and_nothing_is_applied() -> None:

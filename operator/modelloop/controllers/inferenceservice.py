@@ -258,11 +258,13 @@ class InferenceServiceController:
             indexed = next(iter(self.indexes[index].get((context.namespace, o.name), ())), None)
             mine = self._written.get(key, {}).get(o.name)
             if indexed is not None and mine is not None:
-                newer = is_newer(
+                if is_newer(
                     str(mine["metadata"].get("resourceVersion") or ""),
                     str(indexed["metadata"].get("resourceVersion") or ""),
-                )
-                indexed = mine if newer else indexed
+                ):
+                    indexed = mine
+                else:  # the index has caught up: it alone holds the object from now on
+                    del self._written[key][o.name]
             current[o.name] = indexed
         read = await asyncio.gather(
             *(self.client.get_object(o.plural, context.namespace, o.name, o.api_version) for o in reads)
