@@ -7,40 +7,75 @@ package, since the runtimes cannot import one another.
 - :mod:`~modelloop_contracts.loading`: an artifact folder loaded for serving, by both model servers.
 - :mod:`~modelloop_contracts.detector`: the drift detector's HTTP API, for the detector and its clients.
 
-Only numpy is imported with it: pandas (for :func:`dataset_hash`) and scikit-learn with joblib (for a
-``model.joblib``) are imported when used, so the model servers need no pandas.
+Nothing heavy is imported with it: each module loads when one of its names is first used (numpy with
+``dataset`` and ``loading``; pandas for :func:`dataset_hash` and scikit-learn with joblib for a
+``model.joblib`` only when called), so the model servers need no pandas and the operator no numpy.
 """
 
-from modelloop_contracts.dataset import dataset_hash
-from modelloop_contracts.detector import (
-    DEFAULT_ENDPOINT,
-    ENDPOINTS,
-    ExportedDataset,
-    ExportRequest,
-    InvalidMessage,
-    Registration,
-    VersionSpec,
-)
-from modelloop_contracts.layout import (
-    METRICS_FILE,
-    MODEL_FILES,
-    PREDICTION_COLUMN,
-    REFERENCE_FILE,
-    REFERENCE_PREDICTIONS_FILE,
-    RESULT_FILE,
-    SKLEARN_MODEL_FILE,
-    TORCH_ARCHITECTURE_FILE,
-    TORCH_ARCHITECTURE_FORMAT,
-    TORCH_MODEL_FILE,
-)
-from modelloop_contracts.loading import (
-    Array,
-    ArtifactError,
-    Predictor,
-    TorchLoader,
-    load_predictor,
-    python_scalar,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from modelloop_contracts.dataset import dataset_hash
+    from modelloop_contracts.detector import (
+        DEFAULT_ENDPOINT,
+        ENDPOINTS,
+        ExportedDataset,
+        ExportRequest,
+        InvalidMessage,
+        Registration,
+        VersionSpec,
+    )
+    from modelloop_contracts.layout import (
+        METRICS_FILE,
+        MODEL_FILES,
+        PREDICTION_COLUMN,
+        REFERENCE_FILE,
+        REFERENCE_PREDICTIONS_FILE,
+        RESULT_FILE,
+        SKLEARN_MODEL_FILE,
+        TORCH_ARCHITECTURE_FILE,
+        TORCH_ARCHITECTURE_FORMAT,
+        TORCH_MODEL_FILE,
+    )
+    from modelloop_contracts.loading import (
+        Array,
+        ArtifactError,
+        Predictor,
+        TorchLoader,
+        load_predictor,
+        python_scalar,
+    )
+
+# Where each name lives: the package imports a module only when one of its names is used, so that a
+# client of the detector's API (the operator) loads no numpy.
+_HOME = {
+    "dataset_hash": "dataset",
+    **dict.fromkeys(
+        ("DEFAULT_ENDPOINT", "ENDPOINTS", "ExportedDataset", "ExportRequest", "InvalidMessage",
+         "Registration", "VersionSpec"),
+        "detector",
+    ),
+    **dict.fromkeys(
+        ("METRICS_FILE", "MODEL_FILES", "PREDICTION_COLUMN", "REFERENCE_FILE", "REFERENCE_PREDICTIONS_FILE",
+         "RESULT_FILE", "SKLEARN_MODEL_FILE", "TORCH_ARCHITECTURE_FILE", "TORCH_ARCHITECTURE_FORMAT",
+         "TORCH_MODEL_FILE"),
+        "layout",
+    ),
+    **dict.fromkeys(
+        ("Array", "ArtifactError", "Predictor", "TorchLoader", "load_predictor", "python_scalar"), "loading"
+    ),
+}  # fmt: skip
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module 'modelloop_contracts' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"modelloop_contracts.{home}"), name)
+
 
 __all__ = [
     "DEFAULT_ENDPOINT",
