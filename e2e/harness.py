@@ -50,6 +50,13 @@ class Timeout(AssertionError):
     """A condition did not come true in time."""
 
 
+def refusals(log: str) -> list[str]:
+    """The lines of an operator's log that tell of the API server refusing it: a 403 reads "Forbidden"
+    (the API server's reason, in kopf's and modelloop's messages alike), a watch kopf may not make "Not
+    enough permissions". A bare "403" is not looked for: a log line's milliseconds can read 403."""
+    return [line for line in log.splitlines() if "Forbidden" in line or "Not enough permissions" in line]
+
+
 def wait_for(
     probe: Callable[[], T | None], *, timeout: float, interval: float = 0.25, what: str = "condition"
 ) -> T:
