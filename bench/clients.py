@@ -45,6 +45,8 @@ ROOT = Path(__file__).resolve().parents[1]
 GROUP, VERSION, KIND, PLURAL = "modelloop.dev", "v1alpha1", "TrainingRun", "trainingruns"
 CLIENTS = ("kubeclient", "lightkube", "kubernetes_asyncio")
 MERGE_PATCH = "application/merge-patch+json"
+# The status bench/trainingruns.py writes, spelled here again: the worker runs under the third-party
+# clients' interpreter, which has neither modelloop nor the kubernetes package to import it from.
 STATUS = {
     "phase": "Pending",
     "jobName": "bench-job",
