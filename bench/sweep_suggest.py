@@ -57,12 +57,12 @@ from typing import Any
 
 from sweep_search import SPACE
 
-from modelloop.api import Sweep, TrialPhase
+from modelloop.api import Sweep, Trial, TrialPhase
 from modelloop.api.meta import ParamValue
 from modelloop.api.sweep import MAX_CMAES_TRIALS
 from modelloop.training import search
 from modelloop.training.search import TrialRecord
-from modelloop.training.sweep import compact_trials, record_of, trial_params
+from modelloop.training.sweep import compact_trials, record_of, status_size, trial_params
 
 OPS = ("bayesian", "cmaes", "median", "halving")
 METRIC = "accuracy"
@@ -145,7 +145,7 @@ def build_records(finished: int, seed: int = 0) -> list[TrialRecord]:
     return records
 
 
-def status_trial(record: TrialRecord) -> dict[str, Any]:
+def status_trial(record: TrialRecord) -> Trial:
     """The trial as the run's status.trials holds it."""
     trial: dict[str, Any] = {
         "index": record.index,
@@ -162,7 +162,7 @@ def status_trial(record: TrialRecord) -> dict[str, Any]:
         trial["rungs"] = list(record.rungs)
     if record.finished_order is not None:
         trial["finishedOrder"] = record.finished_order
-    return trial
+    return Trial.model_validate(trial)
 
 
 def operator_records(finished: int, compact: bool = True) -> tuple[list[TrialRecord], dict[str, int]]:
@@ -174,9 +174,9 @@ def operator_records(finished: int, compact: bool = True) -> tuple[list[TrialRec
     else:
         dropped = 0
     facts = {
-        "status_bytes": len(json.dumps(trials, separators=(",", ":"))),
+        "status_bytes": status_size(trials),
         "trials_dropped": dropped,
-        "curves_kept": sum("curve" in t for t in trials),
+        "curves_kept": sum(t.curve is not None for t in trials),
     }
     return [record_of(t, METRIC) for t in trials], facts
 

@@ -1,19 +1,24 @@
 """The InferenceService controller's glue, with an injected client: the backend's objects read from the
 watch's index (not asked of the API server on every pass), status written before anything is applied,
-an unchanged render not applied again even while the index lags behind the apply, and what the shell
-refuses. The decisions are ``plan_service``'s (tests/test_service_plan.py) and ``decide``'s
-(tests/test_rollout.py)."""
+an unchanged render not applied again even while the index lags behind the apply, the echo of its own
+apply ignored, events posted after the apply, and what the shell refuses. The decisions are
+``plan_service``'s (tests/test_service_plan.py) and ``decide``'s (tests/test_rollout.py)."""
 
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from controller_fakes import RecordingClient
 from modelloop import kube
-from modelloop.controllers.inferenceservice import InferenceServiceController, backend_index
+from modelloop.controllers.inferenceservice import (
+    InferenceServiceController,
+    backend_index,
+    on_backend_object,
+)
 from modelloop.serving.kserve import INFERENCE_SERVICES
 from modelloop.settings import Settings
 
@@ -115,3 +120,55 @@ def test_a_backend_the_api_server_does_not_serve_degrades_the_service_saying_wha
     status = client.statuses[-1]
     assert (status["phase"], status["reason"]) == ("Degraded", "ApiRequestRefused")
     assert "does not serve InferenceService (serving.kserve.io/v1beta1): install it" in status["message"]
+
+
+def test_the_echo_of_its_own_apply_queues_nothing_but_anyone_elses_change_does(
+    posted: list[tuple[str, str, str]],
+) -> None:
+    client = RecordingClient()
+    made = controller(service(), client)
+    asyncio.run(made.reconcile(KEY))
+    applied = client.applied[0]["metadata"]["name"]
+    echo = made._written[KEY][applied]["metadata"]["resourceVersion"]
+    memo = SimpleNamespace(manager=SimpleNamespace(inference_services=made))
+    labels = {"modelloop.dev/inference-service": "iris"}
+
+    async def event(resource_version: str) -> float | None:
+        meta = {"resourceVersion": resource_version}
+        await on_backend_object(namespace="ml", name=applied, labels=labels, meta=meta, memo=memo)
+        due = made.queue.due_time(KEY)
+        made.queue.forget(KEY)
+        await made.queue.shutdown()
+        return due
+
+    assert asyncio.run(event(echo)) is None
+    made.queue = type(made.queue)("InferenceService", made.objects.reconcile)
+    # KServe's own status write: a newer resourceVersion than the apply returned.
+    assert asyncio.run(event(str(int(echo) + 1))) is not None
+
+
+def test_events_are_posted_after_the_apply_and_also_when_it_fails(posted: list[tuple[str, str, str]]) -> None:
+    client = RecordingClient()
+    made = controller(service(), client)
+    seen_at_apply: list[int] = []
+    apply = client.server_side_apply
+
+    async def recording_apply(*args: Any, **kwargs: Any) -> Any:
+        seen_at_apply.append(len(posted))
+        return await apply(*args, **kwargs)
+
+    client.server_side_apply = recording_apply  # type: ignore[method-assign]
+    asyncio.run(made.reconcile(KEY))
+    assert seen_at_apply == [0] and [reason for _, reason, _ in posted] == ["Deploying"]
+
+    posted.clear()
+    refused = RecordingClient()
+    made = controller(service(), refused)
+
+    async def unprocessable(*_: Any, **__: Any) -> None:
+        raise kube.ApiException(422, "Unprocessable", None)
+
+    refused.server_side_apply = unprocessable  # type: ignore[method-assign,assignment]
+    with pytest.raises(kube.ApiException):
+        asyncio.run(made.reconcile(KEY))
+    assert [reason for _, reason, _ in posted] == ["Deploying"]

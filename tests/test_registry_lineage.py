@@ -181,3 +181,14 @@ def test_the_text_reads_as_one_block_per_link() -> None:
         "    evidence:   feature-drift=0.41\n"
         "    policy:     Retraining\n"
     )
+
+
+def test_a_version_status_that_cannot_be_read_shows_as_unknown_rather_than_failing() -> None:
+    version = model_version()
+    version["status"] = {"phase": "Approved", "stage": "Champion", "keyMetric": "accuracy=0.97"}
+
+    lineage = build_lineage(version, RUN, POLICY)
+
+    link = lineage["modelVersion"]
+    assert (link["phase"], link["stage"], link["keyMetric"]) == (None, None, None)
+    assert "    phase:      -\n    stage:      -\n" in render_lineage(lineage)

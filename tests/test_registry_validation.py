@@ -23,7 +23,7 @@ def test_a_version_meeting_every_gate_is_validated_with_each_check_listed() -> N
 
     assert verdict.phase == ModelVersionPhase.VALIDATED
     assert verdict.reason == "ChecksPassed"
-    assert [(c["name"], c["value"], c["threshold"], c["passed"]) for c in verdict.checks] == [
+    assert [(c.name, c.value, c.threshold, c.passed) for c in verdict.checks] == [
         ("gate/accuracy", 0.95, 0.9, True),
         ("policy/rmse", 0.2, 0.5, True),
     ]
@@ -35,15 +35,15 @@ def test_a_version_below_an_absolute_gate_is_rejected_and_the_message_says_by_ho
     assert verdict.phase == ModelVersionPhase.REJECTED
     assert verdict.reason == "ChecksFailed"
     assert "accuracy=0.71 fails accuracy >= 0.9" in verdict.message
-    assert verdict.checks[0]["passed"] is False
+    assert verdict.checks[0].passed is False
 
 
 def test_an_unreported_metric_fails_its_gate() -> None:
     verdict = validate_version({"f1": 0.99}, validation(gates=[ACCURACY_90]), None, None)
 
     assert verdict.phase == ModelVersionPhase.REJECTED
-    assert "accuracy was not reported" in verdict.checks[0]["message"]
-    assert "value" not in verdict.checks[0]
+    assert "accuracy was not reported" in (verdict.checks[0].message or "")
+    assert verdict.checks[0].value is None
 
 
 def test_without_any_gate_a_version_is_validated_and_says_why() -> None:
@@ -64,12 +64,12 @@ def test_the_champion_comparison_allows_a_regression_up_to_the_margin(value: flo
     verdict = validate_version({"accuracy": value}, own, None, champion)
 
     check = verdict.checks[0]
-    assert check["name"] == "champion/accuracy"
-    assert check["passed"] is passed
-    assert check["threshold"] == pytest.approx(0.93)
-    assert check["comparison"] == "GreaterThanOrEqual"
+    assert check.name == "champion/accuracy"
+    assert check.passed is passed
+    assert check.threshold == pytest.approx(0.93)
+    assert check.comparison == "GreaterThanOrEqual"
     assert verdict.compared_with == "iris-v1"
-    assert "iris-v1" in check["message"]
+    assert "iris-v1" in (check.message or "")
 
 
 def test_for_a_metric_to_minimize_the_champion_comparison_looks_the_other_way() -> None:
@@ -79,7 +79,7 @@ def test_for_a_metric_to_minimize_the_champion_comparison_looks_the_other_way() 
     assert validate_version({"rmse": 1.05}, own, None, champion).phase == ModelVersionPhase.VALIDATED
     rejected = validate_version({"rmse": 1.2}, own, None, champion)
     assert rejected.phase == ModelVersionPhase.REJECTED
-    assert rejected.checks[0]["comparison"] == "LessThanOrEqual"
+    assert rejected.checks[0].comparison == "LessThanOrEqual"
 
 
 def test_the_first_version_of_a_model_passes_the_champion_comparison() -> None:
@@ -87,7 +87,7 @@ def test_the_first_version_of_a_model_passes_the_champion_comparison() -> None:
 
     assert verdict.phase == ModelVersionPhase.VALIDATED
     assert verdict.compared_with is None
-    assert "no champion" in verdict.checks[0]["message"]
+    assert "no champion" in (verdict.checks[0].message or "")
 
 
 def test_a_champion_without_the_metric_cannot_vouch_for_the_new_version() -> None:
@@ -125,8 +125,8 @@ def test_a_version_better_than_the_champions_record_but_worse_on_the_same_data_i
 
     assert verdict.phase == ModelVersionPhase.REJECTED
     check = verdict.checks[0]
-    assert (check["passed"], check["threshold"], check["sameData"]) == (False, 0.95, True)
-    assert check["message"] == (
+    assert (check.passed, check.threshold, check.same_data) == (False, 0.95, True)
+    assert check.message == (
         "accuracy=0.91 is worse than champion iris-v3's accuracy=0.95 on the same held-out data"
     )
     assert verdict.compared_with == "iris-v3"
@@ -141,10 +141,10 @@ def test_a_version_no_worse_than_the_champion_on_the_same_data_passes_within_the
     verdict = validate_version({"accuracy": 0.94}, own, None, champion, same_data("iris-v3", accuracy=0.95))
 
     assert verdict.phase == ModelVersionPhase.VALIDATED
-    assert verdict.checks[0]["sameData"] is True
+    assert verdict.checks[0].same_data is True
     assert (
         "no worse than champion iris-v3's accuracy=0.95 on the same held-out data within a margin of 0.02"
-        in (verdict.checks[0]["message"])
+        in (verdict.checks[0].message or "")
     )
 
 
@@ -164,9 +164,9 @@ def test_an_evaluation_of_another_champion_or_metric_falls_back_to_the_champions
 
     check = verdict.checks[0]
     assert verdict.phase == ModelVersionPhase.REJECTED
-    assert "sameData" not in check
-    assert check["threshold"] == 0.95
-    assert "same held-out data" not in check["message"]
+    assert check.same_data is None
+    assert check.threshold == 0.95
+    assert "same held-out data" not in (check.message or "")
 
 
 def test_key_metric_prefers_the_metrics_the_gates_look_at() -> None:

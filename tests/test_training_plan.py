@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from modelloop.api import ModelVersionSpec, TrainingRunSpec
+from modelloop.api import ModelVersionSpec, TrainingRunSpec, TrainingRunStatus
 from modelloop.naming import ANNOTATION_RUN_UID, ANNOTATION_TRIAL_PARAMS, LABEL_TRIAL, job_name
 from modelloop.training.job import ChampionModel, render_job
 from modelloop.training.observe import slim_job, slim_pod
@@ -37,6 +37,11 @@ def run(spec_overrides: dict[str, Any] | None = None, status: dict[str, Any] | N
 
 def spec_of(obj: dict[str, Any]) -> TrainingRunSpec:
     return TrainingRunSpec.model_validate(obj["spec"])
+
+
+def status_of(obj: dict[str, Any]) -> TrainingRunStatus:
+    """The run's status, parsed as the controller parses it when it reads the run."""
+    return TrainingRunStatus.model_validate(obj["status"])
 
 
 def finished_job(
@@ -86,10 +91,10 @@ def finished_job(
 
 def test_a_new_run_creates_its_one_job() -> None:
     obj = run()
-    plan = plan_run(obj, spec_of(obj), {}, [], "file:///a")
+    plan = plan_run(obj, spec_of(obj), status_of(obj), {}, [], "file:///a")
 
     assert [j["metadata"]["name"] for j in plan.jobs_to_create] == [job_name("iris", UID)]
-    assert plan.status["phase"] == "Pending"
+    assert plan.status.phase == "Pending"
     assert plan.registration is None
 
 
@@ -97,7 +102,9 @@ def test_an_existing_job_is_never_created_again() -> None:
     obj = run()
     existing = render_job(obj, spec_of(obj), "file:///a")
 
-    plan = plan_run(obj, spec_of(obj), {existing["metadata"]["name"]: existing}, [], "file:///a")
+    plan = plan_run(
+        obj, spec_of(obj), status_of(obj), {existing["metadata"]["name"]: existing}, [], "file:///a"
+    )
 
     assert plan.jobs_to_create == []
 
@@ -105,21 +112,21 @@ def test_an_existing_job_is_never_created_again() -> None:
 def test_a_finished_run_whose_job_was_cleaned_up_keeps_its_status() -> None:
     obj = run(status={"phase": "Succeeded", "metrics": {"accuracy": 0.97}, "modelVersion": "iris-v1"})
 
-    plan = plan_run(obj, spec_of(obj), {}, [], "file:///a")
+    plan = plan_run(obj, spec_of(obj), status_of(obj), {}, [], "file:///a")
 
     assert plan.jobs_to_create == []
-    assert plan.status["phase"] == "Succeeded"
-    assert plan.status["metrics"] == {"accuracy": 0.97}
+    assert plan.status.phase == "Succeeded"
+    assert plan.status.metrics == {"accuracy": 0.97}
 
 
 def test_a_succeeded_job_registers_its_result() -> None:
     obj = run()
     job, pod = finished_job(obj, 0.97)
 
-    plan = plan_run(obj, spec_of(obj), {job["metadata"]["name"]: job}, [pod], "file:///a")
+    plan = plan_run(obj, spec_of(obj), status_of(obj), {job["metadata"]["name"]: job}, [pod], "file:///a")
 
-    assert plan.status["phase"] == "Succeeded"
-    assert plan.status["keyMetric"] == "accuracy=0.97"
+    assert plan.status.phase == "Succeeded"
+    assert plan.status.key_metric == "accuracy=0.97"
     assert plan.registration is not None
     assert plan.registration.result.metrics == {"accuracy": 0.97}
 
@@ -128,9 +135,9 @@ def test_a_succeeded_job_without_a_result_fails_the_run_saying_why() -> None:
     obj = run()
     job, pod = finished_job(obj, None)
 
-    plan = plan_run(obj, spec_of(obj), {job["metadata"]["name"]: job}, [pod], "file:///a")
+    plan = plan_run(obj, spec_of(obj), status_of(obj), {job["metadata"]["name"]: job}, [pod], "file:///a")
 
-    assert (plan.status["phase"], plan.status["reason"]) == ("Failed", "ResultMissing")
+    assert (plan.status.phase, plan.status.reason) == ("Failed", "ResultMissing")
     assert plan.registration is None
 
 
@@ -150,13 +157,13 @@ def sweep_run(status: dict[str, Any] | None = None, **sweep: Any) -> dict[str, A
 
 def test_a_sweep_starts_only_as_many_trials_as_its_parallelism() -> None:
     obj = sweep_run()
-    plan = plan_run(obj, spec_of(obj), {}, [], "file:///a")
+    plan = plan_run(obj, spec_of(obj), status_of(obj), {}, [], "file:///a")
 
     assert [j["metadata"]["labels"]["modelloop.dev/trial"] for j in plan.jobs_to_create] == ["0", "1"]
     # Only the trials that start are materialised; the rest are not even listed.
-    assert [t.get("phase") for t in plan.status["trials"]] == ["Pending", "Pending"]
-    assert plan.status["trialsStarted"] == 2
-    assert plan.status["phase"] == "Pending"
+    assert [t.phase for t in plan.status.trials] == ["Pending", "Pending"]
+    assert plan.status.trials_started == 2
+    assert plan.status.phase == "Pending"
 
 
 def test_a_finished_sweep_registers_its_best_trial_with_that_trials_params() -> None:
@@ -167,24 +174,24 @@ def test_a_finished_sweep_registers_its_best_trial_with_that_trials_params() -> 
         jobs[job["metadata"]["name"]] = job
         pods.append(pod)
 
-    plan = plan_run(obj, spec_of(obj), jobs, pods, "file:///a")
+    plan = plan_run(obj, spec_of(obj), status_of(obj), jobs, pods, "file:///a")
 
     assert plan.jobs_to_create == []
-    assert plan.status["phase"] == "Succeeded"
-    assert plan.status["bestTrial"] == 1
+    assert plan.status.phase == "Succeeded"
+    assert plan.status.best_trial == 1
     assert plan.registration is not None
     assert plan.registration.params == {
         "estimator": "RandomForestClassifier",
         "n_estimators": 10,
         "max_depth": 8,
     }
-    assert [t["metrics"].get("accuracy") for t in plan.status["trials"][:3]] == [0.91, 0.97, 0.93]
+    assert [t.metrics.get("accuracy") for t in plan.status.trials[:3]] == [0.91, 0.97, 0.93]
 
 
 def test_the_registered_model_version_is_a_valid_immutable_record_with_lineage() -> None:
     obj = run({"triggeredBy": {"kind": "DriftPolicy", "name": "iris-drift", "evidence": {"psi": "0.4"}}})
     job, pod = finished_job(obj, 0.97)
-    plan = plan_run(obj, spec_of(obj), {job["metadata"]["name"]: job}, [pod], "file:///a")
+    plan = plan_run(obj, spec_of(obj), status_of(obj), {job["metadata"]["name"]: job}, [pod], "file:///a")
     assert plan.registration is not None
 
     manifest = render_model_version(
@@ -212,12 +219,12 @@ CHAMPION = ChampionModel(name="iris-v3", artifact_uri="s3://models/iris/iris-3/m
 
 def test_a_new_run_names_the_champion_its_job_evaluates() -> None:
     obj = run()
-    plan = plan_run(obj, spec_of(obj), {}, [], "file:///a", CHAMPION)
+    plan = plan_run(obj, spec_of(obj), status_of(obj), {}, [], "file:///a", CHAMPION)
 
-    assert plan.status["champion"] == "iris-v3"
+    assert plan.status.champion == "iris-v3"
     assert plan.jobs_to_create == [render_job(obj, spec_of(obj), "file:///a", champion=CHAMPION)]
-    without = plan_run(obj, spec_of(obj), {}, [], "file:///a")
-    assert without.status["champion"] is None
+    without = plan_run(obj, spec_of(obj), status_of(obj), {}, [], "file:///a")
+    assert without.status.champion is None
     env = {e["name"] for e in without.jobs_to_create[0]["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert "MODELLOOP_CHAMPION_URI" not in env
 
@@ -227,9 +234,11 @@ def test_the_recorded_champion_stays_while_the_job_runs_and_a_new_champion_chang
     job, pod = finished_job(obj, 0.97)
     job["status"] = {"active": 1}
 
-    plan = plan_run(obj, spec_of(obj), {job["metadata"]["name"]: job}, [pod], "file:///a", None)
+    plan = plan_run(
+        obj, spec_of(obj), status_of(obj), {job["metadata"]["name"]: job}, [pod], "file:///a", None
+    )
 
-    assert plan.status["champion"] == "iris-v3"
+    assert plan.status.champion == "iris-v3"
 
 
 def test_the_champion_the_trainer_reports_is_recorded_and_registered() -> None:
@@ -241,9 +250,9 @@ def test_the_champion_the_trainer_reports_is_recorded_and_registered() -> None:
     }
     job, pod = finished_job(obj, 0.97, **reported)
 
-    plan = plan_run(obj, spec_of(obj), {job["metadata"]["name"]: job}, [pod], "file:///a")
+    plan = plan_run(obj, spec_of(obj), status_of(obj), {job["metadata"]["name"]: job}, [pod], "file:///a")
 
-    assert plan.status["champion"] == "iris-v3"
+    assert plan.status.champion == "iris-v3"
     assert plan.registration is not None
     manifest = render_model_version(obj, spec_of(obj), plan.registration.result, 4, {})
     spec = ModelVersionSpec.model_validate(manifest["spec"])
@@ -258,7 +267,7 @@ def test_a_champion_the_trainer_could_not_evaluate_is_not_registered_as_an_evalu
     obj = run()
     job, pod = finished_job(obj, 0.97, champion={"version": "iris-v3", "error": "cannot load s3://..."})
 
-    plan = plan_run(obj, spec_of(obj), {job["metadata"]["name"]: job}, [pod], "file:///a")
+    plan = plan_run(obj, spec_of(obj), status_of(obj), {job["metadata"]["name"]: job}, [pod], "file:///a")
 
     assert plan.registration is not None
     champion = plan.registration.result.champion
@@ -270,9 +279,9 @@ def test_a_champion_the_trainer_could_not_evaluate_is_not_registered_as_an_evalu
 
 def test_a_sweeps_trials_evaluate_the_champion_and_the_status_names_it() -> None:
     obj = sweep_run()
-    plan = plan_run(obj, spec_of(obj), {}, [], "file:///a", CHAMPION)
+    plan = plan_run(obj, spec_of(obj), status_of(obj), {}, [], "file:///a", CHAMPION)
 
-    assert plan.status["champion"] == "iris-v3"
+    assert plan.status.champion == "iris-v3"
     for job in plan.jobs_to_create:
         env = {e["name"]: e["value"] for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
         assert env["MODELLOOP_CHAMPION_VERSION"] == "iris-v3"
@@ -300,12 +309,12 @@ def test_trials_dropped_from_status_are_not_followed_again_from_their_lingering_
         jobs[job["metadata"]["name"]] = job
         pods.append(pod)
 
-    plan = plan_run(obj, spec_of(obj), jobs, pods, "file:///a")
+    plan = plan_run(obj, spec_of(obj), status_of(obj), jobs, pods, "file:///a")
 
-    assert [t["index"] for t in plan.status["trials"]] == [2, 3]
-    assert (plan.status["trialsStarted"], plan.status["trialsDropped"]) == (4, 2)
-    assert plan.status["phase"] == "Succeeded"
-    assert plan.status["bestTrial"] == 3  # the dropped trial 1 (0.97) is gone with its record
+    assert [t.index for t in plan.status.trials] == [2, 3]
+    assert (plan.status.trials_started, plan.status.trials_dropped) == (4, 2)
+    assert plan.status.phase == "Succeeded"
+    assert plan.status.best_trial == 3  # the dropped trial 1 (0.97) is gone with its record
     assert plan.jobs_to_create == []
     # The lingering Jobs of dropped trials go, and that of trial 2, recorded before and not the best.
     assert plan.jobs_to_delete == [job_name("iris", UID, i) for i in (2, 0, 1)]
@@ -315,7 +324,7 @@ def test_a_sweep_recorded_by_an_older_operator_starts_no_trial_beyond_its_parall
     status = {"trials": [{"index": i, "params": {}} for i in range(4)]}  # not started: no phase
     obj = sweep_run(status)
 
-    plan = plan_run(obj, spec_of(obj), {}, [], "file:///a")
+    plan = plan_run(obj, spec_of(obj), status_of(obj), {}, [], "file:///a")
 
     assert len(plan.jobs_to_create) == 2
 
@@ -351,17 +360,17 @@ def test_finished_trials_jobs_go_once_status_recorded_them_except_the_best_ones(
         jobs[job["metadata"]["name"]] = job
         pods.append(pod)
 
-    plan = plan_run(obj, spec_of(obj), jobs, pods, "file:///a")
+    plan = plan_run(obj, spec_of(obj), status_of(obj), jobs, pods, "file:///a")
 
     # Not the best's (1), which registration reads, nor trial 3's, whose result this plan records first.
     assert plan.jobs_to_delete == [job_name("iris", UID, 0), job_name("iris", UID, 2)]
-    assert plan.status["phase"] == "Succeeded" and plan.registration is not None
+    assert plan.status.phase == "Succeeded" and plan.registration is not None
     assert plan.registration.result.artifact_uri.endswith(f"{job_name('iris', UID, 1)}/model.joblib")
 
     # The next pass, with trial 3 recorded: its Job goes too; the best's stays.
     again = sweep_run({**status, "trials": [*status["trials"][:3], recorded(3, 0.93, 3)]})
     left = {name: job for name, job in jobs.items() if name not in plan.jobs_to_delete}
-    assert plan_run(again, spec_of(again), left, pods, "file:///a").jobs_to_delete == [
+    assert plan_run(again, spec_of(again), status_of(again), left, pods, "file:///a").jobs_to_delete == [
         job_name("iris", UID, 3)
     ]
 
@@ -374,10 +383,10 @@ def test_a_sweep_that_retains_its_trial_jobs_deletes_none_it_did_not_prune() -> 
         job, _ = finished_job(obj, accuracy, trial)
         jobs[job["metadata"]["name"]] = job
 
-    plan = plan_run(obj, spec_of(obj), jobs, [], "file:///a")
+    plan = plan_run(obj, spec_of(obj), status_of(obj), jobs, [], "file:///a")
 
     assert plan.jobs_to_delete == []
-    assert [t["phase"] for t in plan.status["trials"][:2]] == ["Succeeded", "Succeeded"]
+    assert [t.phase for t in plan.status.trials[:2]] == ["Succeeded", "Succeeded"]
 
 
 def test_a_failing_trial_says_why_in_an_event_before_its_job_goes() -> None:
@@ -386,7 +395,7 @@ def test_a_failing_trial_says_why_in_an_event_before_its_job_goes() -> None:
     obj = sweep_run(status)
     job, pod = failed_job(obj, 0, "Job has reached the specified backoff limit")
 
-    plan = plan_run(obj, spec_of(obj), {job["metadata"]["name"]: job}, [pod], "file:///a")
+    plan = plan_run(obj, spec_of(obj), status_of(obj), {job["metadata"]["name"]: job}, [pod], "file:///a")
 
     assert plan.events == [
         (
@@ -396,5 +405,5 @@ def test_a_failing_trial_says_why_in_an_event_before_its_job_goes() -> None:
             "Last pod: exit code 1 (Error)",
         )
     ]
-    assert plan.status["trials"][0]["phase"] == "Failed"
+    assert plan.status.trials[0].phase == "Failed"
     assert plan.jobs_to_delete == []  # recorded by this plan's write first

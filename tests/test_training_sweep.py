@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from modelloop.api import ObjectiveDirection, Sweep, TrialPhase
+from modelloop.api import Curve, ObjectiveDirection, Sweep, Trial, TrialPhase
 from modelloop.training.search import TrialRecord, judge, judge_all, suggest
 from modelloop.training.sweep import (
     best_trial,
@@ -235,11 +235,14 @@ def test_a_trial_with_no_curve_or_no_rule_is_never_stopped() -> None:
 
 def test_best_trial_by_direction_ignoring_failures_and_ties_to_the_lowest_index() -> None:
     trials = [
-        {"index": 0, "phase": "Succeeded", "metrics": {"accuracy": 0.9, "loss": 0.3}},
-        {"index": 1, "phase": "Failed", "metrics": {"accuracy": 0.99}},
-        {"index": 2, "phase": "Succeeded", "metrics": {"accuracy": 0.95, "loss": 0.2}},
-        {"index": 3, "phase": "Succeeded", "metrics": {"accuracy": 0.95, "loss": 0.4}},
-        {"index": 4, "phase": "Pruned", "metrics": {"accuracy": 0.999}},
+        Trial.model_validate(t)
+        for t in (
+            {"index": 0, "phase": "Succeeded", "metrics": {"accuracy": 0.9, "loss": 0.3}},
+            {"index": 1, "phase": "Failed", "metrics": {"accuracy": 0.99}},
+            {"index": 2, "phase": "Succeeded", "metrics": {"accuracy": 0.95, "loss": 0.2}},
+            {"index": 3, "phase": "Succeeded", "metrics": {"accuracy": 0.95, "loss": 0.4}},
+            {"index": 4, "phase": "Pruned", "metrics": {"accuracy": 0.999}},
+        )
     ]
     assert best_trial(trials, "accuracy", ObjectiveDirection.MAXIMIZE) == 2
     assert best_trial(trials, "loss", ObjectiveDirection.MINIMIZE) == 2
@@ -248,26 +251,28 @@ def test_best_trial_by_direction_ignoring_failures_and_ties_to_the_lowest_index(
 
 def test_curves_merge_new_points_of_the_objective_and_keep_only_the_first_steps() -> None:
     merged = merge_curve(
-        {"steps": [1, 2], "values": [0.1, 0.2]}, [(2, {"accuracy": 0.9}), (3, {"accuracy": 0.3})], "accuracy"
+        Curve(steps=[1, 2], values=[0.1, 0.2]), [(2, {"accuracy": 0.9}), (3, {"accuracy": 0.3})], "accuracy"
     )
-    assert merged == {"steps": [1, 2, 3], "values": [0.1, 0.2, 0.3]}
+    assert merged == Curve(steps=[1, 2, 3], values=[0.1, 0.2, 0.3])
     assert merge_curve(None, [(1, {"loss": 1.0})], "accuracy") is None
     long = merge_curve(None, [(s, {"accuracy": 0.5}) for s in range(1, 500)], "accuracy")
-    assert long is not None and long["steps"] == list(range(1, 101))
+    assert long is not None and long.steps == list(range(1, 101))
 
 
 def test_a_record_reads_what_status_keeps() -> None:
     record = record_of(
-        {
-            "index": 4,
-            "params": {"lr": 0.1},
-            "phase": "Pruned",
-            "metrics": {"accuracy": 0.5},
-            "curve": {"steps": [1, 2], "values": [0.4, 0.5]},
-            "rungs": [0.4],
-            "suggestedAfter": 2,
-            "finishedOrder": 3,
-        },
+        Trial.model_validate(
+            {
+                "index": 4,
+                "params": {"lr": 0.1},
+                "phase": "Pruned",
+                "metrics": {"accuracy": 0.5},
+                "curve": {"steps": [1, 2], "values": [0.4, 0.5]},
+                "rungs": [0.4],
+                "suggestedAfter": 2,
+                "finishedOrder": 3,
+            }
+        ),
         "accuracy",
     )
     assert record == TrialRecord(4, {"lr": 0.1}, TrialPhase.PRUNED, 0.5, ((1, 0.4), (2, 0.5)), (0.4,), 2, 3)
@@ -275,25 +280,28 @@ def test_a_record_reads_what_status_keeps() -> None:
 
 def test_status_stays_under_its_budget_by_dropping_old_curves_then_the_oldest_finished_trials() -> None:
     trials = [
-        {
-            "index": i,
-            "params": {"lr": 0.1 * i, "name": "x" * 600},
-            "phase": "Succeeded",
-            "metrics": {"accuracy": 0.5},
-            "curve": {"steps": list(range(1, 101)), "values": [0.5] * 100},
-        }
+        Trial.model_validate(
+            {
+                "index": i,
+                "params": {"lr": 0.1 * i, "name": "x" * 600},
+                "phase": "Succeeded",
+                "metrics": {"accuracy": 0.5},
+                "curve": {"steps": list(range(1, 101)), "values": [0.5] * 100},
+            }
+        )
         for i in range(1000)
     ]
-    trials += [{"index": 1000, "params": {"lr": 1.0}, "phase": "Running"}]
+    trials += [Trial.model_validate({"index": 1000, "params": {"lr": 1.0}, "phase": "Running"})]
 
     kept, dropped = compact_trials(trials, keep={3})
 
-    assert len(json.dumps(kept, separators=(",", ":"))) <= 600_000
+    written = [t.model_dump(mode="json", exclude_none=True) for t in kept]
+    assert len(json.dumps(written, separators=(",", ":"))) <= 600_000
     assert dropped > 0 and len(kept) + dropped == len(trials)
-    indexes = [t["index"] for t in kept]
+    indexes = [t.index for t in kept]
     assert 3 in indexes and 1000 in indexes  # the best and the running trial always stay
     assert indexes[1:] == sorted(indexes[1:]) and indexes[2] > 3  # the oldest went first
-    assert "curve" in kept[-2]  # the newest keep their curves
+    assert kept[-2].curve is not None  # the newest keep their curves
     assert compact_trials(trials[:10], keep=set()) == (trials[:10], 0)
 
 
@@ -315,3 +323,19 @@ def test_judging_every_running_trial_on_one_study_says_what_judging_each_says() 
 
     assert together == {r.index: judge(stopping, others, r) for r in runs}
     assert [i for i, v in together.items() if v.pruning] == [2, 4]  # 0.6 at step 2 is below the median 0.65
+
+
+def test_a_trial_is_written_with_only_what_it_records() -> None:
+    """Empty maps and lists are left out, as status always wrote trials: a running trial costs the status
+    budget its index, parameters, phase and Job, no more."""
+    running = Trial(index=7, params={"lr": 0.1}, phase=TrialPhase.RUNNING, job_name="search-7")
+
+    assert running.model_dump(mode="json", exclude_none=True) == {
+        "index": 7,
+        "params": {"lr": 0.1},
+        "phase": "Running",
+        "jobName": "search-7",
+    }
+    assert record_of(Trial.model_validate(running.model_dump(mode="json")), "accuracy") == record_of(
+        running, "accuracy"
+    )

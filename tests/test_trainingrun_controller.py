@@ -205,3 +205,88 @@ def test_only_a_few_sweeps_are_in_a_pass_at_once_however_many_workers_hold_one()
     asyncio.run(scenario())
     assert client.most_waiting == controller_module.SWEEP_PASSES
     assert len(client.statuses) == len(runs)
+
+
+def test_a_pass_that_finds_nothing_new_writes_no_status() -> None:
+    # Trial 0 finished with a whole-number accuracy (the API server returns it as an integer) and trial 1
+    # runs; the pass parses the status, plans, and the writer compares what it dumps with what it read.
+    run = sweep_run({"phase": "Running", "trialsStarted": 1, "trials": [recorded(0, 1)]})
+    client = RecordingClient()
+    controller = controller_for(run, [trial_job(0, 1)], client)
+    asyncio.run(controller.reconcile(KEY))
+    assert ("patch_status", "search") in client.calls
+    written = client.statuses[-1]
+    assert written["trials"][1]["phase"] == "Pending" and "metrics" not in written["trials"][1]
+
+    client.calls.clear()
+    asyncio.run(controller.reconcile(KEY))
+
+    assert ("patch_status", "search") not in client.calls
+
+
+def test_a_status_that_cannot_be_read_is_refused_and_left_as_it_is(events: list[tuple[str, str]]) -> None:
+    unreadable = {"index": 0, "phase": "Finished"}  # edited by hand: no such phase
+    run = sweep_run({"phase": "Running", "trialsStarted": 1, "trials": [unreadable]})
+    client = RecordingClient()
+    controller = controller_for(run, [], client)
+
+    asyncio.run(controller.reconcile(KEY))
+
+    assert client.calls == [("patch_status", "search")]  # no trial is started on a status it cannot read
+    written = client.statuses[0]
+    assert written["reason"] == "InvalidStatus" and "status.trials[0].phase" in written["message"]
+    assert written["conditions"][0]["status"] == "False"
+    assert "trials" not in written and "phase" not in written  # left as they are
+    assert events == [("Warning", "InvalidStatus")]
+
+
+def test_a_trainers_reason_that_no_condition_can_hold_is_refused_in_status(
+    events: list[tuple[str, str]],
+) -> None:
+    body = {
+        "apiVersion": "modelloop.dev/v1alpha1",
+        "kind": "TrainingRun",
+        "metadata": {"name": "iris", "namespace": "ml", "uid": UID, "generation": 1, "resourceVersion": "5"},
+        "spec": {
+            "image": "trainer:1",
+            "dataset": {"uri": "sklearn://iris", "format": "sklearn"},
+            "output": {"modelName": "iris"},
+        },
+        "status": {"phase": "Running"},
+    }
+    run = asyncio.run(training_runs(namespace="ml", name="iris", body=body))[("ml", "iris")]
+    name = job_name("iris", UID)
+    failed = {"status": "Failed", "reason": "data check failed", "message": "column x is empty"}
+    job = {
+        "metadata": {"name": name, "annotations": {ANNOTATION_RUN_UID: UID}},
+        "status": {"conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]},
+    }
+    pod = {
+        "metadata": {
+            "name": f"{name}-x",
+            "labels": {"batch.kubernetes.io/job-name": name},
+            "annotations": {ANNOTATION_RUN_UID: UID},
+        },
+        "status": {
+            "phase": "Failed",
+            "containerStatuses": [
+                {"name": "trainer", "state": {"terminated": {"exitCode": 1, "message": json.dumps(failed)}}}
+            ],
+        },
+    }
+    indexes = {
+        "training_runs": {("ml", "iris"): [run]},
+        "training_jobs": {("ml", "iris"): [slim_job(job)]},
+        "training_pods": {("ml", "iris"): [slim_pod(pod)]},
+        "model_versions": {},
+    }
+    client = RecordingClient()
+
+    asyncio.run(TrainingRunController(Settings(), indexes, client).reconcile(("ml", "iris")))
+
+    # The CRD's schema would refuse "data check failed" as the Ready condition's reason: the run says why.
+    written = client.statuses[-1]
+    assert (
+        written["reason"] == "ApiRequestRefused" and "status.conditions[Ready].reason" in written["message"]
+    )
+    assert events == [("Warning", "ApiRequestRefused")]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from enum import StrEnum
-from typing import Annotated, Self
+from typing import Annotated, Any, Self
 
 from pydantic import ConfigDict, Field, model_validator
 
@@ -323,6 +323,13 @@ class TrialPhase(StrEnum):
     PRUNED = "Pruned"
 
 
+def is_empty(value: Any) -> bool:
+    """Whether a map or list of a status is empty: such a field is left out when status is written (an empty
+    one reads as a missing one), as status always wrote it, and status.trials' byte budget counts only what
+    is written."""
+    return not value
+
+
 class Curve(ApiModel):
     """A trial's objective after each step, as the trainer reported it (the first steps only)."""
 
@@ -353,16 +360,20 @@ class Trial(ApiModel):
     params: dict[str, ParamValue] = Field(
         default_factory=dict,
         max_length=MAX_PARAMETERS,
+        exclude_if=is_empty,
         description="The sweep's parameters this trial ran with (the rest is spec.params).",
     )
     phase: TrialPhase | None = Field(None, description="Lifecycle phase of the trial.")
     metrics: dict[str, float] = Field(
-        default_factory=dict, max_length=64, description="Metrics the trial reported."
+        default_factory=dict, max_length=64, exclude_if=is_empty, description="Metrics the trial reported."
     )
     job_name: ShortText | None = Field(None, description="Name of the trial's Job.")
     curve: Curve | None = Field(None, description="The objective after each step (with early stopping).")
     rungs: list[float] = Field(
-        default_factory=list, max_length=MAX_RUNGS, description="SuccessiveHalving: its value at each rung."
+        default_factory=list,
+        max_length=MAX_RUNGS,
+        exclude_if=is_empty,
+        description="SuccessiveHalving: its value at each rung.",
     )
     pruning: Pruning | None = Field(None, description="Why the trial was stopped early.")
     suggested_after: int | None = Field(

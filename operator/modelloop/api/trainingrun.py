@@ -29,7 +29,7 @@ from .meta import (
     Uri,
     cel_rules,
 )
-from .sweep import MAX_TRIALS, Sweep, Trial
+from .sweep import MAX_TRIALS, Sweep, Trial, is_empty
 from .validation import Validation
 
 CommandArgument = Annotated[str, StringConstraints(max_length=4096)]
@@ -212,7 +212,10 @@ class TrainingRunStatus(ResourceStatus):
     start_time: datetime | None = Field(None, description="When the training Job started.")
     completion_time: datetime | None = Field(None, description="When the run succeeded or failed.")
     metrics: dict[str, float] = Field(
-        default_factory=dict, max_length=MAX_MAP_ENTRIES, description="Metrics the trainer reported."
+        default_factory=dict,
+        max_length=MAX_MAP_ENTRIES,
+        exclude_if=is_empty,
+        description="Metrics the trainer reported.",
     )
     key_metric: ShortText | None = Field(
         None, description="The headline metric for kubectl get, e.g. accuracy=0.953."
@@ -227,6 +230,7 @@ class TrainingRunStatus(ResourceStatus):
     trials: list[Trial] = Field(
         default_factory=list,
         max_length=MAX_TRIALS,
+        exclude_if=is_empty,
         description="The trials of a sweep (the oldest finished ones are dropped past a size budget).",
     )
     trials_started: int | None = Field(None, ge=0, description="How many trials of the sweep have started.")

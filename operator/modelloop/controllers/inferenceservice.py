@@ -1,10 +1,12 @@
 """InferenceService: a served model, rolled out version by version behind a canary.
 
 Each pass reads the object (from kopf's index), the model's versions (the registry's index) and what the
-backend reports (a GET of each object it owns), measures the analysis metrics when they are due, lets the
-pure state machine (``modelloop.serving.rollout.decide``) decide, writes the status first (so that a
-restarted operator renders exactly the traffic it decided) and then server-side applies what the backend
-should serve. Timed steps come back through the work queue's requeue-after.
+backend reports (the watch's index of each object it owns), measures the analysis metrics when they are
+due, lets the pure state machine (``modelloop.serving.rollout.decide``) decide, writes the status first
+(so that a restarted operator renders exactly the traffic it decided), then server-side applies what the
+backend should serve, then posts the decision's events. Timed steps come back through the work queue's
+requeue-after; a change of an owned object queues its service, except the echo of this process's own
+apply.
 """
 
 from __future__ import annotations
@@ -87,10 +89,16 @@ async def on_inference_service(
         controller.queue.add(key)  # the event of our own status write brings nothing new
 
 
-async def on_backend_object(namespace: str | None, labels: kopf.Labels, memo: Any, **_: Any) -> None:
+async def on_backend_object(
+    namespace: str | None, name: str, labels: kopf.Labels, meta: kopf.Meta, memo: Any, **_: Any
+) -> None:
     """What the platform reports on an object a backend owns (KServe's readiness and traffic, Seldon's
-    state) moves the rollout on: look at its owner again."""
-    memo.manager.inference_services.queue.add((namespace or "", str(labels[LABEL_INFERENCE_SERVICE])))
+    state) moves the rollout on: look at its owner again. The echo of this process's own apply brings
+    nothing new."""
+    controller: InferenceServiceController = memo.manager.inference_services
+    key = (namespace or "", str(labels[LABEL_INFERENCE_SERVICE]))
+    if not controller.applied_by_me(key, name, meta.get("resourceVersion")):
+        controller.queue.add(key)
 
 
 async def backend_objects(
@@ -184,6 +192,16 @@ class InferenceServiceController:
         # until the index shows that resourceVersion or a newer one, a pass reads them from here.
         self._written: dict[ObjectKey, dict[str, dict[str, Any]]] = {}
 
+    def applied_by_me(self, key: ObjectKey, name: str, resource_version: str | None) -> bool:
+        """Whether ``resource_version`` of the owned object ``name`` is the one this process's last apply
+        of it returned."""
+        mine = self._written.get(key, {}).get(name)
+        return (
+            mine is not None
+            and resource_version is not None
+            and (mine["metadata"].get("resourceVersion") == resource_version)
+        )
+
     def known_keys(self) -> list[ObjectKey]:
         return list(self.indexes["inference_services"].keys())
 
@@ -233,9 +251,12 @@ class InferenceServiceController:
         status, decision, manifests = plan.status, plan.decision, plan.manifests
 
         await self.writer.write(obj, status)
-        self._post(obj, decision)
-        if manifests:
-            await self._apply(obj, context, manifests, current)
+        try:
+            if manifests:
+                await self._apply(obj, context, manifests, current)
+        finally:
+            # After the apply, so that a burst of decisions reaches the backend before their events.
+            self._post(obj, decision)
         if decision.requeue_after is None:
             return RESYNC_SECONDS
         # The wait counts from the moment decided on, not from the end of this pass.

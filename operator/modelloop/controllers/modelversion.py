@@ -5,8 +5,10 @@ model, and the work queue reconciles the whole model from kopf's in-memory index
 validated (against the champion, too), stage requests (users' annotations, and the stages rollouts imply,
 from the InferenceServices' status) are applied, labels follow the stage, retention removes what it may,
 and the ModelPolicy's status summarizes the model. The decisions are pure (``modelloop.registry.plan``);
-this module reads, applies the plan and writes through the one status writer. Neither kind gets kopf's
-annotations or finalizers: the objects stay as their authors wrote them.
+this module reads (parsing each version's status once: one that cannot be read is refused in its status,
+as every controller refuses it, and left out of the model's pass), applies the plan and writes through the
+one status writer. Neither kind gets kopf's annotations or finalizers: the objects stay as their authors
+wrote them.
 """
 
 from __future__ import annotations
@@ -15,18 +17,30 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import kopf
+import pydantic
 
 from modelloop import kube
-from modelloop.api import GROUP, INFERENCE_SERVICE, MODEL_POLICY, MODEL_VERSION, VERSION
-from modelloop.conditions import utc_now
+from modelloop.api import (
+    GROUP,
+    INFERENCE_SERVICE,
+    MODEL_POLICY,
+    MODEL_VERSION,
+    VERSION,
+    ModelVersionPhase,
+    ModelVersionStatus,
+)
+from modelloop.conditions import refusal_status
 from modelloop.machinery import events
+from modelloop.machinery.reconcile import unreadable_status_message
 from modelloop.machinery.status import ObjectGone, StatusWriter, retry_on_conflict
 from modelloop.machinery.workqueue import WorkQueue
 from modelloop.naming import ANNOTATION_REQUESTED_STAGE, ANNOTATION_STAGE_REASON
-from modelloop.registry.plan import RETENTION, ModelPlan, plan_model
+from modelloop.reasons import INVALID_STATUS
+from modelloop.registry.plan import RETENTION, ModelPlan, ParsedVersion, plan_model
 from modelloop.registry.serving import ServedModel, served_model
 from modelloop.settings import Settings
 from modelloop.slim import slim_object
@@ -127,7 +141,16 @@ class ModelRegistry:
         return None if policy is None else self.policies.view(policy)
 
     async def _reconcile_model(self, key: ModelKey) -> None:
-        versions = [self.versions.view(v) for v in self.indexes["model_versions"].get(key, ())]
+        versions: list[ParsedVersion] = []
+        unreadable: list[dict[str, Any]] = []
+        for obj in (self.versions.view(v) for v in self.indexes["model_versions"].get(key, ())):
+            try:
+                status = ModelVersionStatus.model_validate(obj.get("status") or {})
+            except pydantic.ValidationError as error:
+                unreadable.append(obj)
+                await self._refuse(obj, unreadable_status_message(error))
+                continue
+            versions.append(ParsedVersion(obj, status))
         policy = self._policy(key)
         serving: set[int] = set()
         served: list[ServedModel] = []
@@ -135,14 +158,36 @@ class ModelRegistry:
             model: ServedModel = entry["served"]
             served.append(model)
             serving.update(n for n in (entry["pinned"], model.stable, model.canary) if n)
-        plan = plan_model(versions, policy, serving, served, self.settings.keep_archived, utc_now())
-        await self._apply_plan(key[0], plan, {v["metadata"]["name"]: v for v in versions}, policy)
+        now = datetime.now(UTC)
+        plan = plan_model(versions, policy, serving, served, self.settings.keep_archived, now, unreadable)
+        await self._apply_plan(key[0], plan, {v.name: v.obj for v in versions}, policy)
+
+    async def _refuse(self, obj: dict[str, Any], message: str) -> None:
+        """Say in a version's status that it cannot be read (its phase kept, Ready False), and post a
+        Warning event when the message is new; a version being deleted is left alone."""
+        meta = obj["metadata"]
+        if meta.get("deletionTimestamp"):
+            return
+        previous = obj.get("status") or {}
+        phase = previous.get("phase")
+        if phase not in {p.value for p in ModelVersionPhase}:
+            phase = ModelVersionPhase.PENDING.value
+        generation = int(meta.get("generation") or 1)
+        status = refusal_status(previous, generation, str(phase), INVALID_STATUS, message, "False")
+        try:
+            await self.versions.write(obj, status)
+        except kube.ApiException as error:
+            if error.status != 404:  # deleted meanwhile: its DELETED event reconciles the model again
+                raise
+            return
+        if previous.get("message") != message:
+            events.post_event(obj, "Warning", INVALID_STATUS, message)
 
     async def _apply_plan(
         self,
         namespace: str,
         plan: ModelPlan,
-        versions: Mapping[str, dict[str, Any]],
+        versions: Mapping[str, Mapping[str, Any]],
         policy: dict[str, Any] | None,
     ) -> None:
         retention = {e.name: e for e in plan.events if e.reason == RETENTION}

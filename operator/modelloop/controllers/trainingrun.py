@@ -2,8 +2,8 @@
 
 Level-triggered: any event of a run, of its Jobs or of their pods queues the run's key, and the work queue
 reconciles it from kopf's in-memory indexes (no list calls per event). The decisions are pure
-(``modelloop.training.plan`` and ``report``); this module reads, applies the plan and writes status through
-the one status writer.
+(``modelloop.training.plan`` and ``report``), from the run's status parsed once as it is read; this module
+reads, applies the plan and writes status through the one status writer, which dumps it.
 """
 
 from __future__ import annotations
@@ -16,19 +16,29 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from typing import Any
 
 import kopf
+import pydantic
 
 from modelloop import kube
-from modelloop.api import GROUP, MODEL_VERSION, TRAINING_RUN, VERSION, TrainingRunSpec
-from modelloop.conditions import utc_now
+from modelloop.api import (
+    GROUP,
+    MODEL_VERSION,
+    TRAINING_RUN,
+    VERSION,
+    TrainingRunPhase,
+    TrainingRunSpec,
+    TrainingRunStatus,
+)
+from modelloop.conditions import refusal_status
 from modelloop.machinery import events
 from modelloop.machinery.reconcile import ObjectReconciler, Parsed, Refused
-from modelloop.machinery.status import StatusWriter
+from modelloop.machinery.status import StatusWriter, status_json
 from modelloop.machinery.workqueue import WorkQueue
 from modelloop.naming import ANNOTATION_RUN_UID, LABEL_TRAINING_RUN, label_value, run_of
-from modelloop.reasons import INVALID_SPEC
+from modelloop.reasons import API_REFUSED, INVALID_SPEC, describe_validation_error
 from modelloop.settings import Settings
 from modelloop.slim import slim_object
 from modelloop.training import search
@@ -200,13 +210,13 @@ class TrainingRunController:
         self._search_pool: ThreadPoolExecutor | None = None
         self._log_reads = asyncio.Semaphore(LOG_READS)
         self._sweep_passes = asyncio.Semaphore(SWEEP_PASSES)
-        self.objects: ObjectReconciler[TrainingRunSpec, dict[str, Any]] = ObjectReconciler(
+        self.objects: ObjectReconciler[TrainingRunSpec, TrainingRunStatus] = ObjectReconciler(
             "TrainingRun",
             "training_runs",
             indexes,
             self.writer,
             _parse_spec,
-            dict,
+            TrainingRunStatus.model_validate,
             self._reconcile_run,
             _refusal,
             view=with_spec,
@@ -251,7 +261,7 @@ class TrainingRunController:
         async with slot:
             return await self.objects.reconcile(key)
 
-    async def _reconcile_run(self, parsed: Parsed[TrainingRunSpec, dict[str, Any]]) -> float | None:
+    async def _reconcile_run(self, parsed: Parsed[TrainingRunSpec, TrainingRunStatus]) -> float | None:
         run, spec, previous, generation = parsed.obj, parsed.spec, parsed.status, parsed.generation
         key = parsed.key
         uid = run["metadata"]["uid"]
@@ -269,11 +279,12 @@ class TrainingRunController:
         created = {name: job for name, job in created.items() if name not in jobs}
         self._created[key] = (uid, created)
         pods = self._owned(self.indexes["training_pods"], key, uid)
-        progress = await self._progress(key, run, spec, jobs, pods)
+        progress = await self._progress(key, run, spec, previous, jobs, pods)
         planning = functools.partial(
             plan_run,
             run,
             spec,
+            previous,
             {**created, **jobs},
             pods,
             self.settings.artifact_root,
@@ -294,12 +305,12 @@ class TrainingRunController:
                 )
             created[manifest["metadata"]["name"]] = manifest
 
-        status = dict(plan.status)
-        if previous.get("modelVersion"):
-            status["modelVersion"] = previous["modelVersion"]
+        status = plan.status
+        if previous.model_version:
+            status = status.model_copy(update={"model_version": previous.model_version})
         elif plan.registration is not None:
-            status["modelVersion"] = await self._register(run, spec, plan)
-        await self._write(run, status, generation)
+            status = status.model_copy(update={"model_version": await self._register(run, spec, plan)})
+        await self._write(run, previous, status, generation)
         # Only once status records why: a pruned trial's Job deleted before would be taken, on the next
         # pass, for one never created, and a finished trial's result would be lost with its Job.
         for name in plan.jobs_to_delete:
@@ -324,6 +335,7 @@ class TrainingRunController:
         key: RunKey,
         run: Mapping[str, Any],
         spec: TrainingRunSpec,
+        status: TrainingRunStatus,
         jobs: Mapping[str, Mapping[str, Any]],
         pods: Sequence[Mapping[str, Any]],
     ) -> dict[int, list[Point]]:
@@ -332,11 +344,7 @@ class TrainingRunController:
         uid = run["metadata"]["uid"]
         if spec.sweep is None or spec.sweep.early_stopping is None:
             return {}
-        final = {
-            t["index"]
-            for t in (run.get("status") or {}).get("trials") or ()
-            if t.get("phase") in FINAL_TRIAL_PHASES
-        }
+        final = {t.index for t in status.trials if t.phase in FINAL_TRIAL_PHASES}
         started_pods = {
             (pod["metadata"].get("labels") or {}).get("batch.kubernetes.io/job-name"): pod["metadata"]["name"]
             for pod in pods
@@ -378,13 +386,21 @@ class TrainingRunController:
         """The run's model's current Champion, from the registry's index: a Job created now evaluates it."""
         return current_champion(self.indexes["model_versions"].get((namespace, spec.output.model_name), ()))
 
-    async def _write(self, run: dict[str, Any], status: dict[str, Any], generation: int) -> None:
-        previous = run.get("status") or {}
-        report = report_run(previous, status, generation, utc_now())
+    async def _write(
+        self, run: dict[str, Any], previous: TrainingRunStatus, status: TrainingRunStatus, generation: int
+    ) -> None:
+        try:
+            report = report_run(previous, status, generation, datetime.now(UTC))
+        except pydantic.ValidationError as error:
+            # What the CRD's schema refuses, such as a trainer's own failure reason that is no condition
+            # reason: the run says so, as it did when the API server refused the write.
+            problem = describe_validation_error(error, prefix="status.conditions[Ready]")
+            raise Refused(API_REFUSED, f"The run's status cannot be written: {problem}") from error
         await self.writer.write(run, report.status)
-        if previous.get("phase") != report.status["phase"]:
+        phase = report.status.phase
+        if phase is not None and previous.phase != phase:
             meta = run["metadata"]
-            logger.info("TrainingRun %s/%s is %s", meta["namespace"], meta["name"], report.status["phase"])
+            logger.info("TrainingRun %s/%s is %s", meta["namespace"], meta["name"], phase.value)
         if report.event is not None:
             events.post_event(run, report.event.type, report.event.reason, report.event.message)
 
@@ -434,4 +450,11 @@ def _parse_spec(run: dict[str, Any]) -> TrainingRunSpec:
 
 
 def _refusal(previous: Mapping[str, Any], generation: int, reason: str, message: str) -> dict[str, Any]:
-    return report_refusal(previous, reason, message, generation, utc_now()).status
+    """A run the operator cannot act on keeps its phase and the rest; Ready turns False with the reason.
+    A status that cannot be read is left as it is but for those."""
+    try:
+        status = TrainingRunStatus.model_validate(previous)
+    except pydantic.ValidationError:
+        phase = str(previous.get("phase") or TrainingRunPhase.PENDING.value)
+        return refusal_status(previous, generation, phase, reason, message, "False")
+    return status_json(report_refusal(status, reason, message, generation, datetime.now(UTC)).status)

@@ -54,6 +54,12 @@ class Parsed(Generic[SpecT, StatusT]):
         return (str(meta["namespace"]), str(meta["name"]))
 
 
+def unreadable_status_message(error: pydantic.ValidationError) -> str:
+    """What a refused object's status says when the status itself cannot be parsed (reason
+    INVALID_STATUS), naming each field as a user writes it."""
+    return f"status cannot be read, left as it is: {describe_validation_error(error, prefix='status')}"
+
+
 # The status of a refused object: from its status as read, its generation, the reason and the message.
 Refusal = Callable[[Mapping[str, Any], int, str, str], Mapping[str, Any]]
 
@@ -118,9 +124,7 @@ class ObjectReconciler(Generic[SpecT, StatusT]):
         try:
             status = self._parse_status(obj.get("status") or {})
         except pydantic.ValidationError as error:
-            problem = describe_validation_error(error, prefix="status")
-            message = f"status cannot be read, left as it is: {problem}"
-            await self.refuse(obj, INVALID_STATUS, message)
+            await self.refuse(obj, INVALID_STATUS, unreadable_status_message(error))
             return None
         try:
             return await self._act(Parsed(obj, spec, status, generation))

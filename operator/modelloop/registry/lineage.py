@@ -1,7 +1,8 @@
 """A ModelVersion's lineage: the version ← the TrainingRun that produced it ← what started that run.
 
-Built from the objects as the API server returns them (plain dicts). The run and the DriftPolicy may be
-gone by now; the version's own ``spec.lineage``, recorded when it was registered, then stands in for them.
+Built from the objects as the API server returns them (plain dicts; the version's status is read through
+its model, and one that cannot be read shows nothing of it). The run and the DriftPolicy may be gone by
+now; the version's own ``spec.lineage``, recorded when it was registered, then stands in for them.
 """
 
 from __future__ import annotations
@@ -9,7 +10,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, TypedDict
 
-from modelloop.api import TriggerKind
+import pydantic
+
+from modelloop.api import ModelVersionStatus, TriggerKind
 from modelloop.naming import ANNOTATION_REGISTERED_BY
 
 Object = Mapping[str, Any]
@@ -117,6 +120,7 @@ def build_lineage(version: Object, run: Object | None, policy: Object | None) ->
             "completionTime": _str(_get(run, "status", "completionTime")),
         }
     trigger = trigger_of(version, run)
+    status = _version_status(version)
     trigger_link: TriggerLink | None = None
     if trigger is not None:
         named_policy = drift_policy_name(version, run) is not None
@@ -145,9 +149,9 @@ def build_lineage(version: Object, run: Object | None, policy: Object | None) ->
                 "version": _str(_get(version, "spec", "framework", "version")),
             },
             "metrics": dict(_get(version, "spec", "metrics") or {}),
-            "phase": _str(_get(version, "status", "phase")),
-            "stage": _str(_get(version, "status", "stage")),
-            "keyMetric": _str(_get(version, "status", "keyMetric")),
+            "phase": _str(status.phase),
+            "stage": _str(status.stage),
+            "keyMetric": _str(status.key_metric),
             "created": _str(_get(version, "metadata", "creationTimestamp")),
             "createdBy": _str(_get(version, "spec", "createdBy")),
             # Set by the API server itself (manifests/admission/registered-by.yaml): the authenticated user.
@@ -156,6 +160,14 @@ def build_lineage(version: Object, run: Object | None, policy: Object | None) ->
         "trainingRun": run_link,
         "trigger": trigger_link,
     }
+
+
+def _version_status(version: Object) -> ModelVersionStatus:
+    """The version's status, parsed; an empty one when it has none or it cannot be read."""
+    try:
+        return ModelVersionStatus.model_validate(version.get("status") or {})
+    except pydantic.ValidationError:
+        return ModelVersionStatus()
 
 
 def _get(obj: Object | None, *path: str) -> Any:

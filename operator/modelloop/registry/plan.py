@@ -1,13 +1,14 @@
 """One model's reconcile, decided: validate new versions, apply stage requests, label, retain, summarize.
 
-The controller hands in what it observed of one model (its versions, its ModelPolicy, what its
-InferenceServices serve and roll out) and applies the plan that comes out.
+The controller hands in what it observed of one model (its versions, each status parsed once, its
+ModelPolicy, what its InferenceServices serve and roll out) and applies the plan that comes out.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import pydantic
@@ -17,18 +18,22 @@ from modelloop.api import (
     ModelStage,
     ModelVersionPhase,
     ModelVersionSpec,
+    ModelVersionStatus,
+    StageRequest,
     StageRequestResult,
 )
-from modelloop.conditions import ConditionValue, find_condition, set_condition
+from modelloop.api.meta import Condition
+from modelloop.conditions import ConditionValue, find_condition, format_time, set_condition, with_condition
 from modelloop.naming import ANNOTATION_REQUESTED_STAGE, ANNOTATION_STAGE_REASON, LABEL_MODEL, LABEL_STAGE
 from modelloop.reasons import INVALID_SPEC, READY, describe_validation_error
 from modelloop.registry.retention import versions_to_delete
-from modelloop.registry.serving import SERVING_STAGE, ServedModel, serving_changes
-from modelloop.registry.stages import StageChange, champion_of, change_stage, enter_stage, parse_stage
+from modelloop.registry.serving import ServedModel, serving_changes
+from modelloop.registry.stages import StageChange, champion_among, change_stage, enter_stage, parse_stage
 from modelloop.registry.validation import Champion, format_key_metric, validate_version, validation_metrics
 
 RETENTION = "Retention"  # the reason of the event that reports a deletion by retention
-_DECIDED = (ModelVersionPhase.VALIDATED.value, ModelVersionPhase.REJECTED.value)
+_DECIDED = (ModelVersionPhase.VALIDATED, ModelVersionPhase.REJECTED)
+_SHORT_TEXT = 1024  # the CRD's bound on a stage request's fields
 
 
 @dataclass(frozen=True)
@@ -42,11 +47,28 @@ class PlannedEvent:
     message: str
 
 
+@dataclass(frozen=True)
+class ParsedVersion:
+    """One ModelVersion as a pass reads it: the object as stored (its metadata and spec are read from it)
+    and its status, parsed once."""
+
+    obj: Mapping[str, Any]
+    status: ModelVersionStatus
+
+    @property
+    def name(self) -> str:
+        return str(self.obj["metadata"]["name"])
+
+    @property
+    def number(self) -> int:
+        return int(self.obj["spec"]["version"])
+
+
 @dataclass
 class ModelPlan:
     """What to write for one model; each field holds only what changed."""
 
-    statuses: dict[str, dict[str, Any]] = field(default_factory=dict)
+    statuses: dict[str, ModelVersionStatus] = field(default_factory=dict)
     labels: dict[str, dict[str, str]] = field(default_factory=dict)
     deletions: list[Mapping[str, Any]] = field(default_factory=list)
     events: list[PlannedEvent] = field(default_factory=list)
@@ -54,30 +76,35 @@ class ModelPlan:
 
 
 def plan_model(
-    versions: Sequence[Mapping[str, Any]],
+    versions: Sequence[ParsedVersion],
     policy: Mapping[str, Any] | None,
     serving: Collection[int],
     served: Sequence[ServedModel],
     keep_archived_default: int,
-    now: str,
+    now: datetime,
+    unreadable: Sequence[Mapping[str, Any]] = (),
 ) -> ModelPlan:
     """Decide one model's writes.
 
-    ``versions`` are the model's ModelVersion objects as last written (status included); ``serving`` the
+    ``versions`` are the model's ModelVersions as last written, with their statuses parsed; ``serving`` the
     version numbers InferenceServices serve or name (kept by retention); ``served`` what each
     InferenceService reports serving, from which the stages a rollout implies are derived (after the
-    users' annotation requests).
+    users' annotation requests). ``unreadable`` are the model's versions whose status cannot be read (the
+    controller refuses them): left as they are, never taken for the Champion nor deleted, but counted.
     """
+    now = now.replace(microsecond=0)  # status times are whole seconds, as Kubernetes writes them
     plan = ModelPlan()
-    ordered = sorted(versions, key=lambda v: int(v["spec"]["version"]))
-    statuses = {v["metadata"]["name"]: dict(v.get("status") or {}) for v in ordered}
-    metrics = {v["metadata"]["name"]: v["spec"].get("metrics") or {} for v in ordered}
+    ordered = sorted(versions, key=lambda v: v.number)
+    # Statuses are replaced, never changed in place: what a pass leaves as it was stays the very object.
+    statuses = {v.name: v.status for v in ordered}
+    metrics = {v.name: v.obj["spec"].get("metrics") or {} for v in ordered}
     policy_spec, policy_problem = _policy_spec(policy)
 
     for version in ordered:
-        name = version["metadata"]["name"]
-        if statuses[name].get("phase") not in _DECIDED:
-            statuses[name] = _validated(version, statuses, metrics, policy_spec, policy_problem, plan, now)
+        if statuses[version.name].phase not in _DECIDED:
+            statuses[version.name] = _validated(
+                version, statuses, metrics, policy_spec, policy_problem, plan, now
+            )
 
     for change, name, value in _annotation_requests(ordered, statuses):
         if change is None:
@@ -88,42 +115,42 @@ def plan_model(
             plan.events.append(PlannedEvent("ModelVersion", name, "Warning", "StageRefused", message))
         else:
             refused, message = _change_stage(change, statuses, plan, now)
-        statuses[name]["stageRequest"] = {
-            "stage": value[:1024],
-            "result": (StageRequestResult.REFUSED if refused else StageRequestResult.APPLIED).value,
-            "message": message,
-            "time": now,
-        }
-    names = {int(v["spec"]["version"]): v["metadata"]["name"] for v in ordered}
+        requested = statuses[name].model_copy()
+        requested.stage_request = StageRequest(
+            stage=value[:_SHORT_TEXT],
+            result=StageRequestResult.REFUSED if refused else StageRequestResult.APPLIED,
+            message=message[:_SHORT_TEXT],
+            time=now,
+        )
+        statuses[name] = requested
+    names = {v.number: v.name for v in ordered}
     for implied in serving_changes(served, names, statuses):
         if implied.change is not None:
             _change_stage(implied.change, statuses, plan, now)
-        statuses[implied.name] = {**statuses[implied.name], SERVING_STAGE: implied.record}
+        recorded = statuses[implied.name].model_copy()
+        recorded.serving_stage = implied.record
+        statuses[implied.name] = recorded
 
     keep = _keep_archived(policy_spec, keep_archived_default)
-    plan.deletions = versions_to_delete(ordered, statuses, keep, serving)
-    for version in plan.deletions:
-        name = version["metadata"]["name"]
-        message = (
-            f"Deleted {name}: model {version['spec']['modelName']} keeps its {keep} newest archived versions."
-        )
+    objects = [*(v.obj for v in ordered), *unreadable]
+    plan.deletions = versions_to_delete(objects, statuses, keep, serving)
+    for gone in plan.deletions:
+        name, model = gone["metadata"]["name"], gone["spec"]["modelName"]
+        message = f"Deleted {name}: model {model} keeps its {keep} newest archived versions."
         plan.events.append(PlannedEvent("ModelVersion", name, "Normal", RETENTION, message))
 
     for version in ordered:
-        name = version["metadata"]["name"]
-        old = version.get("status") or {}
-        # None removes a key (a merge patch); a key that is not there needs no removing.
-        new = {k: v for k, v in statuses[name].items() if v is not None or k in old}
-        if new != old:
-            plan.statuses[name] = new
-        wanted = _labels(version, statuses[name])
-        labels = version["metadata"].get("labels") or {}
+        status = statuses[version.name]
+        if status is not version.status and status != version.status:
+            plan.statuses[version.name] = status
+        wanted = _labels(version.obj, status)
+        labels = version.obj["metadata"].get("labels") or {}
         if any(labels.get(key) != value for key, value in wanted.items()):
-            plan.labels[name] = wanted
+            plan.labels[version.name] = wanted
 
     if policy is not None:
         deleted = {v["metadata"]["name"] for v in plan.deletions}
-        policy_status = _policy_status(policy, ordered, statuses, deleted, policy_problem, now)
+        policy_status = _policy_status(policy, objects, statuses, deleted, policy_problem, now)
         previous = policy.get("status") or {}
         if any(previous.get(k) != v for k, v in policy_status.items()):
             plan.policy_status = policy_status
@@ -138,7 +165,7 @@ def plan_model(
 
 
 def _change_stage(
-    change: StageChange, statuses: dict[str, dict[str, Any]], plan: ModelPlan, now: str
+    change: StageChange, statuses: dict[str, ModelVersionStatus], plan: ModelPlan, now: datetime
 ) -> tuple[bool, str]:
     """Apply one stage change to ``statuses``, with its events; return (refused, message)."""
     outcome = change_stage(statuses, change, now)
@@ -148,90 +175,88 @@ def _change_stage(
             PlannedEvent("ModelVersion", change.name, "Warning", "StageRefused", outcome.message)
         )
     for name, status in outcome.statuses.items():
-        entry = status["history"][-1]
-        message = f"{status['stage']}: {entry['message']}" if name != change.name else outcome.message
+        entry = status.history[-1]
+        message = f"{entry.stage.value}: {entry.message}" if name != change.name else outcome.message
         plan.events.append(PlannedEvent("ModelVersion", name, "Normal", "StageChanged", message))
     return outcome.refused, outcome.message
 
 
 def _validated(
-    version: Mapping[str, Any],
-    statuses: Mapping[str, Mapping[str, Any]],
+    version: ParsedVersion,
+    statuses: Mapping[str, ModelVersionStatus],
     metrics: Mapping[str, Mapping[str, float]],
     policy_spec: ModelPolicySpec | None,
     policy_problem: str | None,
     plan: ModelPlan,
-    now: str,
-) -> dict[str, Any]:
+    now: datetime,
+) -> ModelVersionStatus:
     """The status of a version validated now (or still Pending, with the reason it cannot be)."""
-    name = version["metadata"]["name"]
-    status = dict(statuses[name])
-    generation = int(version["metadata"].get("generation") or 1)
+    name = version.name
+    status = statuses[name]
+    generation = int(version.obj["metadata"].get("generation") or 1)
     try:
-        spec = ModelVersionSpec.model_validate(version["spec"], context={"name": name})
+        spec = ModelVersionSpec.model_validate(version.obj["spec"], context={"name": name})
     except pydantic.ValidationError as error:
         return _pending(status, name, generation, INVALID_SPEC, describe_validation_error(error), plan, now)
     if policy_problem is not None:
         return _pending(status, name, generation, "InvalidModelPolicy", policy_problem, plan, now)
-    if not status.get("stage"):
+    if status.stage is None:
         by = f" by {spec.created_by}" if spec.created_by else ""
         status = enter_stage(status, ModelStage.CANDIDATE, "Registered", f"Registered{by}.", now)
 
-    champion_name = champion_of({n: s for n, s in statuses.items() if n != name})
+    champion_name = champion_among({n: s for n, s in statuses.items() if n != name})
     champion = None if champion_name is None else Champion(champion_name, metrics.get(champion_name) or {})
     policy_validation = policy_spec.validation if policy_spec else None
     verdict = validate_version(
         spec.metrics, spec.validation, policy_validation, champion, spec.champion_evaluation
     )
     validated = verdict.phase == ModelVersionPhase.VALIDATED
-    status.update(
-        phase=verdict.phase.value,
-        reason=verdict.reason,
-        message=verdict.message,
-        checks=verdict.checks,
-        validationTime=now,
-        comparedWith=verdict.compared_with,
-        keyMetric=format_key_metric(
-            [*validation_metrics(spec.validation), *validation_metrics(policy_validation)], spec.metrics
-        ),
-        observedGeneration=generation,
-        conditions=_ready(
-            status, "True" if validated else "False", verdict.reason, verdict.message, generation, now
-        ),
+    decided = status.model_copy()
+    decided.phase, decided.reason, decided.message = verdict.phase, verdict.reason, verdict.message
+    decided.checks = verdict.checks
+    decided.validation_time = now
+    decided.compared_with = verdict.compared_with
+    decided.key_metric = format_key_metric(
+        [*validation_metrics(spec.validation), *validation_metrics(policy_validation)], spec.metrics
+    )
+    decided.observed_generation = generation
+    decided.conditions = _ready(
+        status, "True" if validated else "False", verdict.reason, verdict.message, generation, now
     )
     event_type = "Normal" if validated else "Warning"
     plan.events.append(PlannedEvent("ModelVersion", name, event_type, verdict.reason, verdict.message))
-    return status
+    return decided
 
 
 def _pending(
-    status: Mapping[str, Any],
+    status: ModelVersionStatus,
     name: str,
     generation: int,
     reason: str,
     message: str,
     plan: ModelPlan,
-    now: str,
-) -> dict[str, Any]:
+    now: datetime,
+) -> ModelVersionStatus:
     """A version that cannot be validated yet: Pending, Ready False, saying what to fix."""
-    pending = {
-        **status,
-        "phase": ModelVersionPhase.PENDING.value,
-        "reason": reason,
-        "message": message,
-        "observedGeneration": generation,
-        "conditions": _ready(status, "False", reason, message, generation, now),
-    }
-    if status.get("reason") != reason or status.get("message") != message:
+    pending = status.model_copy()
+    pending.phase, pending.reason, pending.message = ModelVersionPhase.PENDING, reason, message
+    pending.observed_generation = generation
+    pending.conditions = _ready(status, "False", reason, message, generation, now)
+    if status.reason != reason or status.message != message:
         plan.events.append(PlannedEvent("ModelVersion", name, "Warning", reason, message))
     return pending
 
 
 def _ready(
-    status: Mapping[str, Any], ready: ConditionValue, reason: str, message: str, generation: int, now: str
-) -> list[dict[str, Any]]:
-    return set_condition(
-        status.get("conditions"),
+    status: ModelVersionStatus,
+    ready: ConditionValue,
+    reason: str,
+    message: str,
+    generation: int,
+    now: datetime,
+) -> list[Condition]:
+    return with_condition(
+        status.conditions,
         type_=READY,
         status=ready,
         reason=reason,
@@ -247,7 +272,7 @@ def _annotation(version: Mapping[str, Any], key: str) -> str | None:
 
 
 def _annotation_requests(
-    versions: Sequence[Mapping[str, Any]], statuses: dict[str, dict[str, Any]]
+    versions: Sequence[ParsedVersion], statuses: dict[str, ModelVersionStatus]
 ) -> list[tuple[StageChange | None, str, str]]:
     """The stage requests users made through annotations and that were not handled yet, oldest version
     first (so that, were several versions asked to be Champion at once, the newest ends up Champion).
@@ -258,19 +283,19 @@ def _annotation_requests(
     """
     requests: list[tuple[StageChange | None, str, str]] = []
     for version in versions:
-        name = version["metadata"]["name"]
-        value = _annotation(version, ANNOTATION_REQUESTED_STAGE)
-        handled = statuses[name].get("stageRequest")
+        name = version.name
+        value = _annotation(version.obj, ANNOTATION_REQUESTED_STAGE)
+        handled = statuses[name].stage_request
         if value is None:
             if handled is not None:
-                statuses[name] = {**statuses[name], "stageRequest": None}
+                cleared = statuses[name].model_copy()
+                cleared.stage_request = None
+                statuses[name] = cleared
             continue
-        if (handled is not None and handled.get("stage") == value) or statuses[name].get(
-            "phase"
-        ) not in _DECIDED:
+        if (handled is not None and handled.stage == value) or statuses[name].phase not in _DECIDED:
             continue  # handled already, or wait: a version is promoted only once it is validated
         stage = parse_stage(value)
-        why = _annotation(version, ANNOTATION_STAGE_REASON)
+        why = _annotation(version.obj, ANNOTATION_STAGE_REASON)
         message = f"Requested through the {ANNOTATION_REQUESTED_STAGE} annotation" + (
             f": {why}" if why else "."
         )
@@ -279,11 +304,11 @@ def _annotation_requests(
     return requests
 
 
-def _labels(version: Mapping[str, Any], status: Mapping[str, Any]) -> dict[str, str]:
+def _labels(version: Mapping[str, Any], status: ModelVersionStatus) -> dict[str, str]:
     """The labels that make a model's versions easy to select, e.g. modelloop.dev/stage=champion."""
     wanted = {LABEL_MODEL: str(version["spec"]["modelName"])}
-    if status.get("stage"):
-        wanted[LABEL_STAGE] = str(status["stage"]).lower()
+    if status.stage is not None:
+        wanted[LABEL_STAGE] = status.stage.value.lower()
     return wanted
 
 
@@ -308,10 +333,10 @@ def _keep_archived(policy_spec: ModelPolicySpec | None, default: int) -> int:
 def _policy_status(
     policy: Mapping[str, Any],
     versions: Sequence[Mapping[str, Any]],
-    statuses: Mapping[str, Mapping[str, Any]],
+    statuses: Mapping[str, ModelVersionStatus],
     deleted: Collection[str],
     problem: str | None,
-    now: str,
+    now: datetime,
 ) -> dict[str, Any]:
     """The ModelPolicy's status: the model at a glance."""
     previous = policy.get("status") or {}
@@ -324,11 +349,17 @@ def _policy_status(
         reason, message = INVALID_SPEC, problem
     return {
         "phase": "Active" if problem is None else "Invalid",
-        "champion": champion_of({n: s for n, s in statuses.items() if n not in deleted}),
+        "champion": champion_among({n: s for n, s in statuses.items() if n not in deleted}),
         "versions": len(kept),
         "latestVersion": max((int(v["spec"]["version"]) for v in versions), default=0),
         "observedGeneration": generation,
-        "conditions": _ready(
-            previous, "True" if problem is None else "False", reason, message, generation, now
+        "conditions": set_condition(
+            previous.get("conditions"),
+            type_=READY,
+            status="True" if problem is None else "False",
+            reason=reason,
+            message=message,
+            observed_generation=generation,
+            now=format_time(now),
         ),
     }

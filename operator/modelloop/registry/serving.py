@@ -17,11 +17,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from modelloop.api import ModelStage
+from modelloop.api import ModelStage, ModelVersionStatus
 from modelloop.api.inferenceservice import rollout_versions
 from modelloop.registry.stages import StageChange
-
-SERVING_STAGE = "servingStage"
 
 
 @dataclass(frozen=True)
@@ -40,7 +38,7 @@ class ServingChange:
 
     name: str
     change: StageChange | None
-    record: str | None
+    record: ModelStage | None
 
 
 def served_model(name: str, status: Mapping[str, Any]) -> ServedModel:
@@ -50,7 +48,7 @@ def served_model(name: str, status: Mapping[str, Any]) -> ServedModel:
 
 
 def serving_changes(
-    served: Sequence[ServedModel], names: Mapping[int, str], statuses: Mapping[str, Mapping[str, Any]]
+    served: Sequence[ServedModel], names: Mapping[int, str], statuses: Mapping[str, ModelVersionStatus]
 ) -> list[ServingChange]:
     """The changes serving implies for a model's versions (``names``: version number → object name;
     ``statuses`` by name), ordered so that a new Champion comes last (it archives the old one)."""
@@ -74,17 +72,17 @@ def serving_changes(
         status = statuses.get(name)
         if status is None:
             continue
-        recorded = status.get(SERVING_STAGE)
+        recorded = status.serving_stage
         if number in implied:
             stage, reason, message = implied[number]
-            if recorded == stage.value:
+            if recorded == stage:
                 continue
-            change = None if status.get("stage") == stage.value else StageChange(name, stage, reason, message)
+            change = None if status.stage == stage else StageChange(name, stage, reason, message)
             target = champions if stage == ModelStage.CHAMPION else challengers
-            target.append(ServingChange(name, change, stage.value))
-        elif recorded == ModelStage.CHALLENGER.value:
+            target.append(ServingChange(name, change, stage))
+        elif recorded == ModelStage.CHALLENGER:
             change = None
-            if status.get("stage") == ModelStage.CHALLENGER.value:
+            if status.stage == ModelStage.CHALLENGER:
                 earlier = stage_before_challenger(status)
                 message = f"No InferenceService rolls it out any more: back to {earlier.value}."
                 change = StageChange(name, earlier, "CanaryEnded", message)
@@ -94,13 +92,13 @@ def serving_changes(
     return [*released, *challengers, *champions]
 
 
-def stage_before_challenger(status: Mapping[str, Any]) -> ModelStage:
+def stage_before_challenger(status: ModelVersionStatus) -> ModelStage:
     """The stage a version had before it last became Challenger (Candidate when the history says none)."""
-    history = list(status.get("history") or ())
+    history = status.history
     for index in range(len(history) - 1, -1, -1):
-        if history[index].get("stage") == ModelStage.CHALLENGER.value:
+        if history[index].stage == ModelStage.CHALLENGER:
             for earlier in reversed(history[:index]):
-                if earlier.get("stage") != ModelStage.CHALLENGER.value:
-                    return ModelStage(earlier["stage"])
+                if earlier.stage != ModelStage.CHALLENGER:
+                    return earlier.stage
             break
     return ModelStage.CANDIDATE

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from modelloop.api import (
     ChampionComparison,
@@ -13,6 +12,7 @@ from modelloop.api import (
     ModelVersionPhase,
     ObjectiveDirection,
     Validation,
+    ValidationCheck,
     ValidationGate,
 )
 
@@ -34,12 +34,12 @@ class Champion:
 
 @dataclass(frozen=True)
 class Verdict:
-    """The outcome of validating one version: its phase, why, and every check (as status writes it)."""
+    """The outcome of validating one version: its phase, why, and every check (as status records it)."""
 
     phase: ModelVersionPhase
     reason: str
     message: str
-    checks: list[dict[str, Any]]
+    checks: list[ValidationCheck]
     compared_with: str | None
 
 
@@ -70,7 +70,7 @@ def validate_version(
     if comparison is not None:
         checks.append(_champion_check(comparison, metrics, champion, champion_evaluation))
         compared_with = champion.name if champion else None
-    failed = [check for check in checks if not check["passed"]]
+    failed = [check for check in checks if not check.passed]
     if not checks:
         return Verdict(
             ModelVersionPhase.VALIDATED,
@@ -83,7 +83,7 @@ def validate_version(
         return Verdict(
             ModelVersionPhase.REJECTED,
             "ChecksFailed",
-            f"{len(failed)} of {len(checks)} checks failed: " + "; ".join(c["message"] for c in failed),
+            f"{len(failed)} of {len(checks)} checks failed: " + "; ".join(c.message or "" for c in failed),
             checks,
             compared_with,
         )
@@ -96,25 +96,23 @@ def validate_version(
     )
 
 
-def _gate_check(source: str, gate: ValidationGate, metrics: Mapping[str, float]) -> dict[str, Any]:
+def _gate_check(source: str, gate: ValidationGate, metrics: Mapping[str, float]) -> ValidationCheck:
     value = metrics.get(gate.metric)
-    check: dict[str, Any] = {
-        "name": f"{source}/{gate.metric}",
-        "metric": gate.metric,
-        "threshold": gate.threshold,
-        "comparison": gate.comparison.value,
-    }
     wanted = f"{gate.metric} {_SYMBOLS[gate.comparison]} {gate.threshold:g}"
     if value is None:
-        return {**check, "passed": False, "message": f"{gate.metric} was not reported (wanted {wanted})"}
-    passed = gate.comparison.holds(value, gate.threshold)
-    outcome = "meets" if passed else "fails"
-    return {
-        **check,
-        "value": value,
-        "passed": passed,
-        "message": f"{gate.metric}={value:g} {outcome} {wanted}",
-    }
+        passed, message = False, f"{gate.metric} was not reported (wanted {wanted})"
+    else:
+        passed = gate.comparison.holds(value, gate.threshold)
+        message = f"{gate.metric}={value:g} {'meets' if passed else 'fails'} {wanted}"
+    return ValidationCheck(
+        name=f"{source}/{gate.metric}",
+        metric=gate.metric,
+        value=value,
+        threshold=gate.threshold,
+        comparison=gate.comparison,
+        passed=passed,
+        message=message,
+    )
 
 
 def _champion_check(
@@ -122,48 +120,40 @@ def _champion_check(
     metrics: Mapping[str, float],
     champion: Champion | None,
     evaluation: ChampionEvaluation | None,
-) -> dict[str, Any]:
+) -> ValidationCheck:
     metric = comparison.metric
-    check: dict[str, Any] = {"name": f"champion/{metric}", "metric": metric}
-    value = metrics.get(metric)
-    if value is not None:
-        check["value"] = value
-    if champion is None:
-        return {**check, "passed": True, "message": "The model has no champion yet: nothing to compare with."}
-    same_data = (
-        evaluation is not None and evaluation.version == champion.name and metric in evaluation.metrics
+    # Without a champion the check passes; with one, only a comparison made below passes it.
+    check = ValidationCheck(
+        name=f"champion/{metric}", metric=metric, value=metrics.get(metric), passed=champion is None
     )
-    if same_data:
-        assert evaluation is not None
+    if champion is None:
+        check.message = "The model has no champion yet: nothing to compare with."
+        return check
+    if evaluation is not None and evaluation.version == champion.name and metric in evaluation.metrics:
         best: float | None = evaluation.metrics[metric]
-        check["sameData"] = True
+        check.same_data = True
     else:
         best = champion.metrics.get(metric)
     if best is None:
-        return {
-            **check,
-            "passed": False,
-            "message": f"champion {champion.name} has no metric {metric} to compare with",
-        }
+        check.message = f"champion {champion.name} has no metric {metric} to compare with"
+        return check
     if comparison.direction == ObjectiveDirection.MAXIMIZE:
         threshold, rule = best - comparison.margin, Comparison.GREATER_THAN_OR_EQUAL
     else:
         threshold, rule = best + comparison.margin, Comparison.LESS_THAN_OR_EQUAL
-    check.update(threshold=threshold, comparison=rule.value)
+    check.threshold, check.comparison = threshold, rule
     wanted = (
         f"champion {champion.name}'s {metric}={best:g}"
-        + (" on the same held-out data" if same_data else "")
+        + (" on the same held-out data" if check.same_data else "")
         + (f" within a margin of {comparison.margin:g}" if comparison.margin else "")
     )
-    if value is None:
-        return {
-            **check,
-            "passed": False,
-            "message": f"{metric} was not reported (wanted to compare with {wanted})",
-        }
-    passed = rule.holds(value, threshold)
-    verb = "is no worse than" if passed else "is worse than"
-    return {**check, "passed": passed, "message": f"{metric}={value:g} {verb} {wanted}"}
+    if check.value is None:
+        check.message = f"{metric} was not reported (wanted to compare with {wanted})"
+        return check
+    check.passed = rule.holds(check.value, threshold)
+    verb = "is no worse than" if check.passed else "is worse than"
+    check.message = f"{metric}={check.value:g} {verb} {wanted}"
+    return check
 
 
 def validation_metrics(validation: Validation | None) -> list[str]:

@@ -12,7 +12,18 @@ import random
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from modelloop.api import ObjectiveDirection, ParameterRange, ParameterType, Sweep, SweepStrategy, TrialPhase
+from pydantic import TypeAdapter
+
+from modelloop.api import (
+    Curve,
+    ObjectiveDirection,
+    ParameterRange,
+    ParameterType,
+    Sweep,
+    SweepStrategy,
+    Trial,
+    TrialPhase,
+)
 from modelloop.api.meta import ParamValue
 from modelloop.api.sweep import MAX_CURVE_POINTS
 from modelloop.training import search
@@ -79,68 +90,86 @@ def _random_position(sweep: Sweep, index: int, seed: int) -> int:
     return drawn[index]
 
 
-def best_trial(trials: Sequence[Mapping[str, Any]], metric: str, direction: ObjectiveDirection) -> int | None:
+def best_trial(trials: Sequence[Trial], metric: str, direction: ObjectiveDirection) -> int | None:
     """The index of the succeeded trial with the best objective metric (the lowest index on ties)."""
-    candidates = [
-        t for t in trials if t.get("phase") == TrialPhase.SUCCEEDED and metric in (t.get("metrics") or {})
-    ]
+    candidates = [t for t in trials if t.phase == TrialPhase.SUCCEEDED and metric in t.metrics]
     if not candidates:
         return None
     sign = 1.0 if direction == ObjectiveDirection.MAXIMIZE else -1.0
-    best = max(candidates, key=lambda t: (sign * t["metrics"][metric], -t["index"]))
-    return int(best["index"])
+    best = max(candidates, key=lambda t: (sign * t.metrics[metric], -t.index))
+    return best.index
 
 
-def record_of(trial: Mapping[str, Any], metric: str) -> TrialRecord:
+def record_of(trial: Trial, metric: str) -> TrialRecord:
     """What the search needs of a trial as status records it."""
-    curve = trial.get("curve") or {}
+    curve = trial.curve
     return TrialRecord(
-        index=int(trial["index"]),
-        params=trial.get("params") or {},
-        phase=TrialPhase(trial.get("phase") or TrialPhase.PENDING),
-        value=(trial.get("metrics") or {}).get(metric),
-        curve=tuple(zip(curve.get("steps") or (), curve.get("values") or (), strict=False)),
-        rungs=tuple(trial.get("rungs") or ()),
-        suggested_after=int(trial.get("suggestedAfter") or 0),
-        finished_order=trial.get("finishedOrder"),
+        index=trial.index,
+        params=trial.params,
+        phase=trial.phase or TrialPhase.PENDING,
+        value=trial.metrics.get(metric),
+        curve=tuple(zip(curve.steps, curve.values, strict=False)) if curve is not None else (),
+        rungs=tuple(trial.rungs),
+        suggested_after=trial.suggested_after or 0,
+        finished_order=trial.finished_order,
     )
 
 
 def merge_curve(
-    curve: Mapping[str, Any] | None, points: Sequence[tuple[int, Mapping[str, float]]], metric: str
-) -> dict[str, list[Any]] | None:
+    curve: Curve | None, points: Sequence[tuple[int, Mapping[str, float]]], metric: str
+) -> Curve | None:
     """The recorded curve with the objective of newly reported points added (the first steps only)."""
-    merged = dict(zip((curve or {}).get("steps") or (), (curve or {}).get("values") or (), strict=False))
+    merged = dict(zip(curve.steps, curve.values, strict=False)) if curve is not None else {}
     for step, metrics in points:
         if metric in metrics and step not in merged:
             merged[step] = float(metrics[metric])
     if not merged:
         return None
     steps = sorted(merged)[:MAX_CURVE_POINTS]
-    return {"steps": steps, "values": [merged[s] for s in steps]}
+    return Curve(steps=steps, values=[merged[s] for s in steps])
+
+
+def status_size(trials: Sequence[Trial]) -> int:
+    """What ``trials`` take in status.trials, serialised as compact JSON."""
+    return _size(_written(trials))
 
 
 def compact_trials(
-    trials: list[dict[str, Any]], keep: set[int], budget: int = STATUS_BUDGET_BYTES
-) -> tuple[list[dict[str, Any]], int]:
+    trials: list[Trial], keep: set[int], budget: int = STATUS_BUDGET_BYTES
+) -> tuple[list[Trial], int]:
     """Trials that fit ``budget`` bytes serialised: first the curves of finished trials past the newest
     ``RECENT_CURVES`` go, then the oldest finished trials (never those in ``keep``, nor unfinished ones).
     Returns the trials kept and how many were dropped."""
-
-    def size(items: Sequence[Mapping[str, Any]]) -> int:
-        return len(json.dumps(items, separators=(",", ":")))
-
-    if size(trials) <= budget:
+    written = _written(trials)  # measured as written, each trial dumped once
+    if _size(written) <= budget:
         return trials, 0
-    finished = [t for t in trials if t.get("phase") in FINAL_TRIAL_PHASES and t["index"] not in keep]
-    old = {t["index"] for t in finished[:-RECENT_CURVES]} if len(finished) > RECENT_CURVES else set()
-    trials = [{k: v for k, v in t.items() if k != "curve"} if t["index"] in old else t for t in trials]
-    finished = [t for t in trials if t.get("phase") in FINAL_TRIAL_PHASES and t["index"] not in keep]
-    total = size(trials)
+    finished = [i for i, t in enumerate(trials) if t.phase in FINAL_TRIAL_PHASES and t.index not in keep]
+    old = set(finished[:-RECENT_CURVES]) if len(finished) > RECENT_CURVES else set()
+    for position in old:
+        written[position].pop("curve", None)
+    total = _size(written)
     dropped: set[int] = set()
-    for trial in finished:
+    for position in finished:
         if total <= budget:
             break
-        dropped.add(trial["index"])
-        total -= len(json.dumps(trial, separators=(",", ":"))) + 1
-    return [t for t in trials if t["index"] not in dropped], len(dropped)
+        dropped.add(position)
+        total -= _size(written[position]) + 1
+    kept = [
+        t.model_copy(update={"curve": None}) if position in old else t
+        for position, t in enumerate(trials)
+        if position not in dropped
+    ]
+    return kept, len(dropped)
+
+
+_TRIALS = TypeAdapter(list[Trial])
+
+
+def _written(trials: Sequence[Trial]) -> list[dict[str, Any]]:
+    """Trials as status writes them."""
+    written: list[dict[str, Any]] = _TRIALS.dump_python(list(trials), mode="json", exclude_none=True)
+    return written
+
+
+def _size(value: Any) -> int:
+    return len(json.dumps(value, separators=(",", ":")))
