@@ -80,6 +80,9 @@ def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
 
 def _drop_routine_event_logs(record: logging.LogRecord) -> bool:
     """kopf logs every successful event handler at INFO: thousands of lines a minute that say nothing
-    (the controllers log what matters, and post events)."""
+    (every handler of the operator only queues a key or indexes an object; the controllers log what
+    matters, and post events). A failed handler, and everything at DEBUG (``--verbose``), still shows."""
+    if record.levelno != logging.INFO:
+        return True
     message = record.getMessage()
-    return not (message.startswith("Handler 'on_training_") and message.endswith("succeeded."))
+    return not (message.startswith("Handler '") and message.endswith("' succeeded."))
