@@ -34,7 +34,8 @@ def run_operator(settings: Settings) -> None:
     limit_malloc_arenas()
     # Text logs name the object each line is about; JSON logs carry it as fields instead.
     kopf.configure(verbose=settings.verbose, log_format=_LOG_FORMATS[settings.log_format], log_prefix=None)
-    logging.getLogger("kopf.objects").addFilter(_drop_routine_event_logs)
+    if not settings.verbose:
+        logging.getLogger("kopf.objects").addFilter(_drop_routine_event_logs)
     server_version = asyncio.run(KubeClient().preflight())
     logging.getLogger("modelloop").info("API server %s serves every modelloop kind", server_version)
     import modelloop.controllers  # noqa: F401  # registers the handlers
@@ -81,7 +82,7 @@ def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
 def _drop_routine_event_logs(record: logging.LogRecord) -> bool:
     """kopf logs every successful event handler at INFO: thousands of lines a minute that say nothing
     (every handler of the operator only queues a key or indexes an object; the controllers log what
-    matters, and post events). A failed handler, and everything at DEBUG (``--verbose``), still shows."""
+    matters, and post events). A failed handler still shows; ``--verbose`` shows them all."""
     if record.levelno != logging.INFO:
         return True
     message = record.getMessage()
