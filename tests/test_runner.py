@@ -26,10 +26,10 @@ def test_kopf_routine_handler_successes_are_dropped_but_failures_and_debug_are_k
     def record(level: int, message: str) -> logging.LogRecord:
         return logging.LogRecord("kopf.objects", level, __file__, 1, message, None, None)
 
-    assert not runner._drop_routine_event_logs(record(logging.INFO, "Handler 'on_target_service' succeeded."))
+    assert not runner._drop_routine_event_logs(record(logging.INFO, "Handler 'on_model_version' succeeded."))
     assert not runner._drop_routine_event_logs(
         record(logging.INFO, "Handler 'on_backend_object/inferenceservices.serving.kserve.io' succeeded.")
     )
-    assert runner._drop_routine_event_logs(record(logging.ERROR, "Handler 'on_target_service' failed."))
-    assert runner._drop_routine_event_logs(record(logging.DEBUG, "Handler 'on_target_service' succeeded."))
+    assert runner._drop_routine_event_logs(record(logging.ERROR, "Handler 'on_model_version' failed."))
+    assert runner._drop_routine_event_logs(record(logging.DEBUG, "Handler 'on_model_version' succeeded."))
     assert runner._drop_routine_event_logs(record(logging.INFO, "Timer 'resync' succeeded, cheerfully."))

@@ -22,7 +22,6 @@ from modelloop import kube
 from modelloop.api import (
     DRIFT_POLICY,
     GROUP,
-    INFERENCE_SERVICE,
     MODEL_VERSION,
     TRAINING_RUN,
     VERSION,
@@ -88,11 +87,10 @@ async def on_retrained_version(namespace: str | None, labels: kopf.Labels, memo:
         controller.queue.add((namespace or "", str(policy)))
 
 
-@kopf.on.event(GROUP, VERSION, INFERENCE_SERVICE.plural)
-async def on_target_service(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
-    """A target that serves another version has the detector told at once."""
-    controller: DriftPolicyController = memo.manager.drift_policies
-    for key in controller.policies_of((namespace or "", name)):
+def on_target_service(controller: DriftPolicyController, namespace: str, name: str) -> None:
+    """A target that serves another version has the detector told at once (called for every event of an
+    InferenceService: see ``modelloop.controllers.manager``)."""
+    for key in controller.policies_of((namespace, name)):
         controller.queue.add(key)
 
 

@@ -26,7 +26,6 @@ from modelloop import kube
 from modelloop.api import (
     GROUP,
     INFERENCE_SERVICE,
-    MODEL_VERSION,
     VERSION,
     InferenceServicePhase,
     InferenceServiceSpec,
@@ -77,15 +76,13 @@ async def inference_services(
     return {(namespace or "", name): slim_object(body, (ANNOTATION_ROLLOUT_ACTION,))}
 
 
-@kopf.on.event(GROUP, VERSION, PLURAL)
-async def on_inference_service(
-    type: str, namespace: str | None, name: str, meta: kopf.Meta, memo: Any, **_: Any
+def on_inference_service(
+    controller: InferenceServiceController, type: str, key: ObjectKey, resource_version: str | None
 ) -> None:
-    controller: InferenceServiceController = memo.manager.inference_services
-    key = (namespace or "", name)
+    """An event of an InferenceService (called for every one: see ``modelloop.controllers.manager``)."""
     if type == "DELETED":
         controller.forget(key)
-    elif not controller.writer.wrote(key, meta.get("resourceVersion")):
+    elif not controller.writer.wrote(key, resource_version):
         controller.queue.add(key)  # the event of our own status write brings nothing new
 
 
@@ -137,14 +134,13 @@ def watch_backend_kinds(
 watch_backend_kinds()
 
 
-@kopf.on.event(GROUP, VERSION, MODEL_VERSION.plural)
-async def on_model_version_served(namespace: str | None, spec: kopf.Spec, memo: Any, **_: Any) -> None:
-    """A version registered, validated or removed may change what the model's InferenceServices serve."""
-    controller: InferenceServiceController = memo.manager.inference_services
-    for served in controller.indexes["served_versions"].get(
-        (namespace or "", str(spec.get("modelName"))), ()
-    ):
-        controller.queue.add((namespace or "", served["served"].service))
+def on_model_version_served(
+    controller: InferenceServiceController, namespace: str, spec: Mapping[str, Any]
+) -> None:
+    """A version registered, validated or removed may change what the model's InferenceServices serve
+    (called for every event of a ModelVersion: see ``modelloop.controllers.manager``)."""
+    for served in controller.indexes["served_versions"].get((namespace, str(spec.get("modelName"))), ()):
+        controller.queue.add((namespace, served["served"].service))
 
 
 class InferenceServiceController:

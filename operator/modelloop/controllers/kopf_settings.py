@@ -15,10 +15,16 @@ from modelloop.api import API_VERSION, GROUP, KINDS
 from modelloop.kubeconfig import EXPIRY_MARGIN_SECONDS, Credentials, data_file, load_config
 from modelloop.machinery.executors import default_pool
 from modelloop.naming import FINALIZER, LABEL_TRAINING_RUN
+from modelloop.serving import backends
 
 # Kinds that only event handlers and indexes watch: kopf never diffs them (no on.create/update/delete).
-# That is every kind: each controller reconciles through its work queue.
-EVENT_ONLY_KINDS = frozenset({("batch/v1", "Job"), ("v1", "Pod")} | {(API_VERSION, i.kind) for i in KINDS})
+# That is every kind, the serving backends' watched kinds too: each controller reconciles through its work
+# queue.
+EVENT_ONLY_KINDS = frozenset(
+    {("batch/v1", "Job"), ("v1", "Pod")}
+    | {(API_VERSION, i.kind) for i in KINDS}
+    | {(kind.api_version, kind.kind) for kind in backends.watched_kinds()}
+)
 
 
 class EventOnlyAwareDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):

@@ -18,9 +18,14 @@ from typing import Any
 import kopf
 from prometheus_client.registry import Collector
 
-from modelloop.controllers.driftpolicy import DriftPolicyController
-from modelloop.controllers.inferenceservice import InferenceServiceController
-from modelloop.controllers.modelversion import ModelRegistry
+from modelloop.api import GROUP, INFERENCE_SERVICE, MODEL_VERSION, VERSION
+from modelloop.controllers.driftpolicy import DriftPolicyController, on_target_service
+from modelloop.controllers.inferenceservice import (
+    InferenceServiceController,
+    on_inference_service,
+    on_model_version_served,
+)
+from modelloop.controllers.modelversion import ModelRegistry, on_model_version, on_served_model
 from modelloop.controllers.state_metrics import ObjectStates
 from modelloop.controllers.trainingrun import TrainingRunController
 from modelloop.kube import KubeClient
@@ -32,6 +37,36 @@ from modelloop.settings import Settings
 
 logger = logging.getLogger(__name__)
 SHUTDOWN_SECONDS = 10.0
+
+
+# The kinds that several controllers follow get one kopf handler each, which calls every controller's own:
+# kopf's cost is per handler and event.
+
+
+@kopf.on.event(GROUP, VERSION, INFERENCE_SERVICE.plural)
+async def on_inference_service_event(
+    type: str, namespace: str | None, name: str, meta: kopf.Meta, spec: kopf.Spec, memo: Any, **_: Any
+) -> None:
+    """Every event of an InferenceService, for the three controllers that follow the kind: its own, the
+    registry (what it serves sets stages) and the drift policies that watch it. One kopf handler, not
+    three (a rollout step changes a service twice)."""
+    manager: ControllerManager = memo.manager
+    namespace = namespace or ""
+    on_inference_service(manager.inference_services, type, (namespace, name), meta.get("resourceVersion"))
+    on_served_model(manager.registry, namespace, spec)
+    on_target_service(manager.drift_policies, namespace, name)
+
+
+@kopf.on.event(GROUP, VERSION, MODEL_VERSION.plural)
+async def on_model_version_event(
+    type: str, namespace: str | None, name: str, spec: kopf.Spec, memo: Any, **_: Any
+) -> None:
+    """Every event of a ModelVersion, for the registry (its model's pass) and the InferenceServices that
+    serve the model (a version registered, validated or removed may change what they serve)."""
+    manager: ControllerManager = memo.manager
+    namespace = namespace or ""
+    on_model_version(manager.registry, type, namespace, name, spec)
+    on_model_version_served(manager.inference_services, namespace, spec)
 
 
 @dataclass

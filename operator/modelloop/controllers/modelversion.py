@@ -80,14 +80,13 @@ async def served_versions(
     }
 
 
-@kopf.on.event(GROUP, VERSION, MODEL_VERSION.plural)
-async def on_model_version(
-    type: str, namespace: str | None, name: str, body: kopf.Body, memo: Any, **_: Any
+def on_model_version(
+    registry: ModelRegistry, type: str, namespace: str, name: str, spec: Mapping[str, Any]
 ) -> None:
-    registry: ModelRegistry = memo.manager.registry
+    """An event of a ModelVersion (called for every one: see ``modelloop.controllers.manager``)."""
     if type == "DELETED":
-        registry.versions.forget((namespace or "", name))
-    registry.queue.add((namespace or "", str(body["spec"]["modelName"])))
+        registry.versions.forget((namespace, name))
+    registry.queue.add((namespace, str(spec["modelName"])))
 
 
 @kopf.on.event(GROUP, VERSION, MODEL_POLICY.plural)
@@ -98,12 +97,13 @@ async def on_model_policy(type: str, namespace: str | None, name: str, memo: Any
     registry.queue.add((namespace or "", name))
 
 
-@kopf.on.event(GROUP, VERSION, INFERENCE_SERVICE.plural)
-async def on_served_model(namespace: str | None, spec: kopf.Spec, memo: Any, **_: Any) -> None:
-    # What it serves is protected from retention and sets stages: a change may free, pin or promote versions.
+def on_served_model(registry: ModelRegistry, namespace: str, spec: Mapping[str, Any]) -> None:
+    """What an InferenceService serves is protected from retention and sets stages: a change may free,
+    pin or promote versions (called for every event of an InferenceService: see
+    ``modelloop.controllers.manager``)."""
     model = (spec.get("model") or {}).get("name")
     if model:
-        memo.manager.registry.queue.add((namespace or "", str(model)))
+        registry.queue.add((namespace, str(model)))
 
 
 class ModelRegistry:
