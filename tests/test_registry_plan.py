@@ -32,7 +32,9 @@ def plan(versions: list[dict[str, Any]], **kwargs: Any) -> ModelPlan:
     for status in result.statuses.values():
         ModelVersionStatus.model_validate(stored(status))
     if result.policy_status is not None:
-        ModelPolicyStatus.model_validate(result.policy_status)
+        ModelPolicyStatus.model_validate(
+            {k: v for k, v in status_json(result.policy_status).items() if v is not None}
+        )
     return result
 
 
@@ -111,7 +113,7 @@ def test_an_invalid_policy_holds_new_versions_pending_and_says_so() -> None:
 
     assert result.statuses["iris-v1"].phase == "Pending"
     assert result.statuses["iris-v1"].reason == "InvalidModelPolicy"
-    assert result.policy_status is not None and result.policy_status["phase"] == "Invalid"
+    assert result.policy_status is not None and result.policy_status.phase == "Invalid"
 
 
 def test_the_annotation_promotes_a_version_once_and_records_the_request() -> None:
@@ -299,8 +301,8 @@ def test_retention_deletes_the_archived_versions_beyond_the_newest_n() -> None:
     assert deleted(result) == ["iris-v1", "iris-v2", "iris-v3"]
     assert {e.name for e in result.events if e.reason == "Retention"} == {"iris-v1", "iris-v2", "iris-v3"}
     assert result.policy_status is not None
-    assert (result.policy_status["versions"], result.policy_status["latestVersion"]) == (3, 6)
-    assert result.policy_status["champion"] == "iris-v6"
+    assert (result.policy_status.versions, result.policy_status.latest_version) == (3, 6)
+    assert result.policy_status.champion == "iris-v6"
 
 
 def test_without_a_policy_retention_keeps_the_operators_default() -> None:
@@ -341,9 +343,9 @@ def test_a_champion_replaced_by_a_request_can_be_retained_away_in_the_same_pass(
 def test_the_policy_status_is_written_only_when_it_changes() -> None:
     first = plan([version(1, status=decided("Champion"))], policy=policy({}))
     assert first.policy_status is not None
-    assert first.policy_status["champion"] == "iris-v1"
+    assert first.policy_status.champion == "iris-v1"
     settled = policy({})
-    settled["status"] = first.policy_status
+    settled["status"] = {k: v for k, v in status_json(first.policy_status).items() if v is not None}
 
     assert plan([version(1, status=decided("Champion"))], policy=settled).policy_status is None
 
@@ -359,7 +361,7 @@ def test_a_version_whose_status_cannot_be_read_is_left_as_it_is_but_counted() ->
     assert "iris-v2" not in result.statuses and "iris-v2" not in result.labels
     assert deleted(result) == ["iris-v1"]
     assert result.policy_status is not None
-    assert (result.policy_status["versions"], result.policy_status["latestVersion"]) == (2, 3)
+    assert (result.policy_status.versions, result.policy_status.latest_version) == (2, 3)
 
 
 def test_a_status_left_as_it_was_is_not_rewritten_however_its_times_are_spelled() -> None:
@@ -372,3 +374,14 @@ def test_a_status_left_as_it_was_is_not_rewritten_however_its_times_are_spelled(
     result = plan([v1])
 
     assert (result.statuses, result.labels, result.events) == ({}, {}, [])
+
+
+def test_a_policy_status_that_cannot_be_read_is_replaced_whole() -> None:
+    broken = policy({})
+    broken["status"] = {"versions": "many", "champion": "iris-v1"}
+
+    result = plan([version(1, status=decided("Champion"))], policy=broken)
+
+    assert result.policy_status is not None
+    assert (result.policy_status.versions, result.policy_status.champion) == (1, "iris-v1")
+    assert result.policy_status.phase == "Active"

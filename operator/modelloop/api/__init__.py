@@ -74,7 +74,7 @@ from .meta import (
     cel_rules,
     parse_duration,
 )
-from .modelpolicy import MODEL_POLICY, ModelPolicySpec, ModelPolicyStatus, Retention
+from .modelpolicy import MODEL_POLICY, ModelPolicyPhase, ModelPolicySpec, ModelPolicyStatus, Retention
 from .modelversion import (
     MODEL_VERSION,
     Artifact,
@@ -175,6 +175,7 @@ __all__ = [
     "MeasurementPhase",
     "ModelFramework",
     "ModelOutput",
+    "ModelPolicyPhase",
     "ModelPolicySpec",
     "ModelPolicyStatus",
     "ModelReference",

@@ -14,7 +14,9 @@ from typing import Any
 import pydantic
 
 from modelloop.api import (
+    ModelPolicyPhase,
     ModelPolicySpec,
+    ModelPolicyStatus,
     ModelStage,
     ModelVersionPhase,
     ModelVersionSpec,
@@ -23,7 +25,7 @@ from modelloop.api import (
     StageRequestResult,
 )
 from modelloop.api.meta import Condition
-from modelloop.conditions import ConditionValue, find_condition, format_time, set_condition, with_condition
+from modelloop.conditions import ConditionValue, with_condition
 from modelloop.naming import ANNOTATION_REQUESTED_STAGE, ANNOTATION_STAGE_REASON, LABEL_MODEL, LABEL_STAGE
 from modelloop.reasons import INVALID_SPEC, READY, describe_validation_error
 from modelloop.registry.retention import versions_to_delete
@@ -72,7 +74,7 @@ class ModelPlan:
     labels: dict[str, dict[str, str]] = field(default_factory=dict)
     deletions: list[Mapping[str, Any]] = field(default_factory=list)
     events: list[PlannedEvent] = field(default_factory=list)
-    policy_status: dict[str, Any] | None = None
+    policy_status: ModelPolicyStatus | None = None
 
 
 def plan_model(
@@ -150,16 +152,18 @@ def plan_model(
 
     if policy is not None:
         deleted = {v["metadata"]["name"] for v in plan.deletions}
-        policy_status = _policy_status(policy, objects, statuses, deleted, policy_problem, now)
-        previous = policy.get("status") or {}
-        if any(previous.get(k) != v for k, v in policy_status.items()):
+        previous_policy = _policy_status_as_read(policy)
+        policy_status = _policy_status(
+            policy, previous_policy, objects, statuses, deleted, policy_problem, now
+        )
+        if policy_status != previous_policy:
             plan.policy_status = policy_status
-        if previous.get("phase") != policy_status["phase"]:
-            ready = find_condition(policy_status["conditions"], READY) or {}
+        if previous_policy.phase != policy_status.phase:
+            [ready] = [c for c in policy_status.conditions if c.type == READY]
             event_type = "Normal" if policy_problem is None else "Warning"
             name = policy["metadata"]["name"]
             plan.events.append(
-                PlannedEvent("ModelPolicy", name, event_type, ready["reason"], ready["message"])
+                PlannedEvent("ModelPolicy", name, event_type, ready.reason, ready.message or "")
             )
     return plan
 
@@ -330,16 +334,25 @@ def _keep_archived(policy_spec: ModelPolicySpec | None, default: int) -> int:
     return default
 
 
+def _policy_status_as_read(policy: Mapping[str, Any]) -> ModelPolicyStatus:
+    """The ModelPolicy's status as read; one that cannot be read is replaced whole (the operator derives
+    all of it, from the model's versions)."""
+    try:
+        return ModelPolicyStatus.model_validate(policy.get("status") or {})
+    except pydantic.ValidationError:
+        return ModelPolicyStatus()
+
+
 def _policy_status(
     policy: Mapping[str, Any],
+    previous: ModelPolicyStatus,
     versions: Sequence[Mapping[str, Any]],
     statuses: Mapping[str, ModelVersionStatus],
     deleted: Collection[str],
     problem: str | None,
     now: datetime,
-) -> dict[str, Any]:
+) -> ModelPolicyStatus:
     """The ModelPolicy's status: the model at a glance."""
-    previous = policy.get("status") or {}
     generation = int(policy["metadata"].get("generation") or 1)
     kept = [v for v in versions if v["metadata"]["name"] not in deleted]
     if problem is None:
@@ -347,19 +360,19 @@ def _policy_status(
         message = f"Applies to the {len(kept)} versions of model {policy['metadata']['name']}."
     else:
         reason, message = INVALID_SPEC, problem
-    return {
-        "phase": "Active" if problem is None else "Invalid",
-        "champion": champion_among({n: s for n, s in statuses.items() if n not in deleted}),
-        "versions": len(kept),
-        "latestVersion": max((int(v["spec"]["version"]) for v in versions), default=0),
-        "observedGeneration": generation,
-        "conditions": set_condition(
-            previous.get("conditions"),
+    return ModelPolicyStatus(
+        phase=ModelPolicyPhase.ACTIVE if problem is None else ModelPolicyPhase.INVALID,
+        champion=champion_among({n: s for n, s in statuses.items() if n not in deleted}),
+        versions=len(kept),
+        latest_version=max((int(v["spec"]["version"]) for v in versions), default=0),
+        observed_generation=generation,
+        conditions=with_condition(
+            previous.conditions,
             type_=READY,
             status="True" if problem is None else "False",
             reason=reason,
             message=message,
             observed_generation=generation,
-            now=format_time(now),
+            now=now,
         ),
-    }
+    )
