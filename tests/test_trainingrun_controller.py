@@ -74,20 +74,23 @@ def trial_job(index: int, accuracy: float) -> tuple[dict[str, Any], dict[str, An
         "status": {"conditions": [{"type": "Complete", "status": "True"}]},
     }
     result = {"status": "Succeeded", "metrics": {"accuracy": accuracy}, "artifactUri": f"file:///a/{name}"}
-    pod = {
+    return slim_job(job), slim_pod(trainer_pod(name, "Succeeded", 0, result))
+
+
+def trainer_pod(job: str, phase: str, exit_code: int, report: Mapping[str, Any]) -> dict[str, Any]:
+    """The pod of ``job`` whose trainer ended with ``exit_code``, its termination message ``report``."""
+    terminated = {"exitCode": exit_code, "message": json.dumps(report)}
+    return {
         "metadata": {
-            "name": f"{name}-x",
-            "labels": {"batch.kubernetes.io/job-name": name},
+            "name": f"{job}-x",
+            "labels": {"batch.kubernetes.io/job-name": job},
             "annotations": {ANNOTATION_RUN_UID: UID},
         },
         "status": {
-            "phase": "Succeeded",
-            "containerStatuses": [
-                {"name": "trainer", "state": {"terminated": {"exitCode": 0, "message": json.dumps(result)}}}
-            ],
+            "phase": phase,
+            "containerStatuses": [{"name": "trainer", "state": {"terminated": terminated}}],
         },
     }
-    return slim_job(job), slim_pod(pod)
 
 
 def recorded(index: int, accuracy: float) -> dict[str, Any]:
@@ -261,19 +264,7 @@ def test_a_trainers_reason_that_no_condition_can_hold_is_refused_in_status(
         "metadata": {"name": name, "annotations": {ANNOTATION_RUN_UID: UID}},
         "status": {"conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]},
     }
-    pod = {
-        "metadata": {
-            "name": f"{name}-x",
-            "labels": {"batch.kubernetes.io/job-name": name},
-            "annotations": {ANNOTATION_RUN_UID: UID},
-        },
-        "status": {
-            "phase": "Failed",
-            "containerStatuses": [
-                {"name": "trainer", "state": {"terminated": {"exitCode": 1, "message": json.dumps(failed)}}}
-            ],
-        },
-    }
+    pod = trainer_pod(name, "Failed", 1, failed)
     indexes = {
         "training_runs": {("ml", "iris"): [run]},
         "training_jobs": {("ml", "iris"): [slim_job(job)]},

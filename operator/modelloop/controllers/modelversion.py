@@ -35,7 +35,7 @@ from modelloop.api import (
 )
 from modelloop.conditions import refusal_status
 from modelloop.machinery import events
-from modelloop.machinery.reconcile import unreadable_status_message
+from modelloop.machinery.reconcile import unreadable_status_message, write_refusal
 from modelloop.machinery.status import ObjectGone, StatusWriter, retry_on_conflict
 from modelloop.machinery.workqueue import WorkQueue
 from modelloop.naming import ANNOTATION_REQUESTED_STAGE, ANNOTATION_STAGE_REASON
@@ -175,13 +175,10 @@ class ModelRegistry:
         generation = int(meta.get("generation") or 1)
         status = refusal_status(previous, generation, str(phase), INVALID_STATUS, message, "False")
         try:
-            await self.versions.write(obj, status)
+            await write_refusal(self.versions, obj, status, INVALID_STATUS, message)
         except kube.ApiException as error:
             if error.status != 404:  # deleted meanwhile: its DELETED event reconciles the model again
                 raise
-            return
-        if previous.get("message") != message:
-            events.post_event(obj, "Warning", INVALID_STATUS, message)
 
     async def _apply_plan(
         self,

@@ -60,6 +60,16 @@ def unreadable_status_message(error: pydantic.ValidationError) -> str:
     return f"status cannot be read, left as it is: {describe_validation_error(error, prefix='status')}"
 
 
+async def write_refusal(
+    writer: StatusWriter, obj: Mapping[str, Any], status: Mapping[str, Any], reason: str, message: str
+) -> None:
+    """Write a refused object's ``status``; post a Warning event (``reason``, the status's message or else
+    ``message``) when its message is new: a refusal that stays is told once, not on every pass."""
+    await writer.write(obj, status)
+    if (obj.get("status") or {}).get("message") != status.get("message"):
+        events.post_event(obj, "Warning", reason, str(status.get("message") or message))
+
+
 # The status of a refused object: from its status as read, its generation, the reason and the message.
 Refusal = Callable[[Mapping[str, Any], int, str, str], Mapping[str, Any]]
 
@@ -134,12 +144,9 @@ class ObjectReconciler(Generic[SpecT, StatusT]):
 
     async def refuse(self, obj: Mapping[str, Any], reason: str, message: str) -> None:
         """Write the refusal's status; post a Warning event when its message is new."""
-        previous = obj.get("status") or {}
         generation = int(obj["metadata"].get("generation") or 1)
-        status = self._refusal(previous, generation, reason, message)
-        await self.writer.write(obj, status)
-        if previous.get("message") != status.get("message"):
-            events.post_event(obj, "Warning", reason, str(status.get("message") or message))
+        status = self._refusal(obj.get("status") or {}, generation, reason, message)
+        await write_refusal(self.writer, obj, status, reason, message)
 
     async def report_failure(self, key: ObjectKey, error: BaseException, failures: int) -> None:
         """The work queue's failure hook: a request the API server refuses for good reaches the status and
