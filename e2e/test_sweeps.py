@@ -67,10 +67,11 @@ class Kubelet:
     def _run(self, pod: dict[str, Any], stop: threading.Event) -> Execution:
         try:
             return run_pod(self.cluster, pod, self.workdir, 300, stop)
-        except KubectlError:
-            if not stop.is_set():
+        except KubectlError as error:
+            # The pod was deleted (a trial stopped early) just as its program ended, before this stand-in's
+            # next sync saw it go: nothing to report it to, as a kubelet would find.
+            if not stop.is_set() and "NotFound" not in str(error):
                 raise
-            # The pod was deleted just as its program ended: nothing to report it to.
             return Execution(pod["metadata"]["name"], -9, "", "")
 
     def executions(self) -> list[Execution]:
