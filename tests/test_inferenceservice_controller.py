@@ -1,8 +1,9 @@
 """The InferenceService controller's glue, with an injected client: the backend's objects read from the
-watch's index (not asked of the API server on every pass), status written before anything is applied,
-an unchanged render not applied again even while the index lags behind the apply, the echo of its own
-apply ignored, events posted after the apply, and what the shell refuses. The decisions are
-``plan_service``'s (tests/test_service_plan.py) and ``decide``'s (tests/test_rollout.py)."""
+watch's index (not asked of the API server on every pass), one status write per decision (applied first,
+its status held until the backend reports on the apply, for a bounded time, in virtual loop time), an
+unchanged render not applied again even while the index lags behind the apply, the echo of its own apply
+ignored, events posted after the apply, and what the shell refuses. The decisions are ``plan_service``'s
+(tests/test_service_plan.py) and ``decide``'s (tests/test_rollout.py)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pytest
 from controller_fakes import RecordingClient
 from modelloop import kube
 from modelloop.controllers.inferenceservice import (
+    REPORT_WAIT_SECONDS,
     InferenceServiceController,
     backend_index,
     on_backend_object,
@@ -55,16 +57,115 @@ def controller(
     return InferenceServiceController(Settings(), indexes, client)
 
 
-def test_a_new_service_writes_status_then_applies_and_asks_nothing_of_the_api_server() -> None:
+def reported(made: Any, client: RecordingClient, status: dict[str, Any] | None = None) -> None:
+    """KServe's report on the last apply: its watch's index shows the applied object at a newer
+    resourceVersion (with ``status``)."""
+    applied = client.applied[-1]
+    meta = {**applied["metadata"], "resourceVersion": str(client.resource_version + 100), "generation": 1}
+    made.indexes[KSERVE_INDEX][KEY] = [{**applied, "metadata": meta, "status": status or {}}]
+
+
+def test_a_new_service_applies_then_writes_its_status_once_when_the_backend_reports() -> None:
     client = RecordingClient()
     made = controller(service(), client)
 
+    wait = asyncio.run(made.reconcile(KEY))
+
+    # The apply goes first; the decided status waits for KServe's report, a bounded time.
+    assert client.calls == [("apply", "inferenceservices", "iris")]
+    assert client.applied[0]["metadata"]["labels"]["modelloop.dev/inference-service"] == "iris"
+    held = made.pending(KEY)
+    assert held is not None and (held.stable_version, held.phase) == (1, "Progressing")
+    assert wait is not None and 0 < wait <= REPORT_WAIT_SECONDS
+
+    reported(made, client)
     asyncio.run(made.reconcile(KEY))
 
-    assert client.calls == [("patch_status", "iris"), ("apply", "inferenceservices", "iris")]
+    # The next pass plans on the held status and writes it, once; nothing is asked of the API server.
+    assert client.calls == [("apply", "inferenceservices", "iris"), ("patch_status", "iris")]
     [status] = client.statuses
     assert status["stableVersion"] == 1 and status["phase"] == "Progressing"
-    assert client.applied[0]["metadata"]["labels"]["modelloop.dev/inference-service"] == "iris"
+    assert made.pending(KEY) is None
+
+
+@pytest.mark.asyncio
+@pytest.mark.looptime
+async def test_a_held_status_is_written_when_the_backend_does_not_report_in_time() -> None:
+    client = RecordingClient()
+    made = controller(service(), client)
+    await made.reconcile(KEY)
+
+    await asyncio.sleep(REPORT_WAIT_SECONDS / 2)
+    wait = await made.reconcile(KEY)  # no report yet: still held, for the rest of the bound
+    assert not client.statuses and made.pending(KEY) is not None
+    assert wait == pytest.approx(REPORT_WAIT_SECONDS / 2)
+
+    await asyncio.sleep(wait)
+    await made.reconcile(KEY)
+    [status] = client.statuses
+    assert status["stableVersion"] == 1 and made.pending(KEY) is None
+    await made.queue.shutdown()
+
+
+def test_a_held_status_belongs_to_its_object_not_to_a_new_one_of_the_same_name() -> None:
+    client = RecordingClient()
+    made = controller(service(), client)
+    asyncio.run(made.reconcile(KEY))
+    assert made.pending(KEY) is not None and made.pending(KEY).backend == "kserve"
+
+    # Deleted and made again under the same name, on Seldon, before KServe's report: the new object plans
+    # on its own (empty) status; planned on the held one, it would be refused as a change of backend.
+    again = service(backend="seldon")
+    again["metadata"] = {**again["metadata"], "uid": "s2"}
+    made.indexes["inference_services"][KEY] = [again]
+    asyncio.run(made.reconcile(KEY))
+
+    assert ("apply", "seldondeployments", "iris") in client.calls
+    held = made._pending.get(KEY)
+    decided = client.statuses[-1] if client.statuses else held[1].model_dump(mode="json", by_alias=True)
+    assert decided["phase"] == "Progressing" and decided["backend"] == "seldon"
+
+
+VERSION_2 = {
+    "metadata": {"namespace": "ml", "name": "iris-v2"},
+    "spec": {"modelName": "iris", "version": 2, "artifact": {"uri": "s3://m/iris/2"}},
+    "status": {"phase": "Validated"},
+}
+CANARY_AT_20 = {
+    "phase": "Progressing",
+    "reason": "StepRunning",
+    "backend": "kserve",
+    "stableVersion": 1,
+    "canaryVersion": 2,
+    "canaryWeight": 20,
+    "canaryTraffic": 20,
+    "stepIndex": 1,
+    "stepStartTime": "2026-12-06T00:00:00Z",
+}
+
+
+@pytest.mark.parametrize(
+    ("action", "first"),
+    [
+        ("abort", ["patch_status", "apply"]),  # takes the canary's traffic: written before its apply
+        ("promote", ["apply"]),  # gives the canary all of it: held for KServe's report
+    ],
+)
+def test_a_decision_that_takes_traffic_from_a_canary_is_written_before_its_apply(
+    action: str, first: list[str]
+) -> None:
+    client = RecordingClient()
+    obj = service(CANARY_AT_20)
+    obj["spec"]["rollout"] = {"steps": [10, 20, 50, 100]}
+    obj["metadata"]["annotations"] = {"modelloop.dev/rollout-action": action}
+    made = controller(obj, client)
+    made.indexes["model_versions"][KEY] = [VERSION_1, VERSION_2]
+
+    asyncio.run(made.reconcile(KEY))
+
+    assert [call[0] for call in client.calls] == first
+    decided = client.statuses[0] if client.statuses else made.pending(KEY).model_dump(by_alias=True)
+    assert decided["phase"] == ("RolledBack" if action == "abort" else "Promoted")
 
 
 def test_a_render_already_applied_is_not_applied_again_while_the_index_lags() -> None:
@@ -172,3 +273,6 @@ def test_events_are_posted_after_the_apply_and_also_when_it_fails(posted: list[t
     with pytest.raises(kube.ApiException):
         asyncio.run(made.reconcile(KEY))
     assert [reason for _, reason, _ in posted] == ["Deploying"]
+    # The decision is written when its apply fails too (nothing is held for a report that cannot come).
+    [status] = refused.statuses
+    assert status["phase"] == "Progressing" and made.pending(KEY) is None

@@ -2,11 +2,23 @@
 
 Each pass reads the object (from kopf's index), the model's versions (the registry's index) and what the
 backend reports (the watch's index of each object it owns), measures the analysis metrics when they are
-due, lets the pure state machine (``modelloop.serving.rollout.decide``) decide, writes the status first
-(so that a restarted operator renders exactly the traffic it decided), then server-side applies what the
-backend should serve, then posts the decision's events. Timed steps come back through the work queue's
-requeue-after; a change of an owned object queues its service, except the echo of this process's own
-apply.
+due, lets the pure state machine (``modelloop.serving.rollout.decide``) decide, server-side applies what
+the backend should serve, writes the status, then posts the decision's events. Timed steps come back
+through the work queue's requeue-after; a change of an owned object queues its service, except the echo
+of this process's own apply.
+
+One status write per decision. A pass whose apply changed what the backend serves keeps its decided
+status in memory (``pending``) instead of writing it: the backend's report of that apply queues the next
+pass, which plans on the pending status and writes it together with what the backend reports, in one
+write instead of two. A pending status waits at most ``REPORT_WAIT_SECONDS``, then is written as it is.
+
+A restart loses a pending status, and the restarted operator plans on the status written before it: it
+asks the backend for that once more, then decides again (the step is due, so it steps again). That is
+safe only for a decision that gives the canary more traffic (a first deployment, a canary started, a step
+up, a promotion): the restarted operator then asks for less, for one pass, never for more than a written
+decision allowed. A decision that takes traffic from a canary (a rollback, an abort, a pause back to a
+lower weight, another canary) is written before its apply, as the status is the record that a restarted
+operator must not undo.
 """
 
 from __future__ import annotations
@@ -52,6 +64,7 @@ from modelloop.serving.rollout import (
     Decision,
     MetricResult,
     Observed,
+    Serving,
     measurement_due,
     parse_action,
     serving_of,
@@ -64,6 +77,8 @@ BACKEND_CHANGED = "BackendChanged"
 WORKERS = 32
 # A settled service is looked at again this often, to notice a backend that stopped serving.
 RESYNC_SECONDS = 60.0
+# How long a decided status waits in memory for the backend's report of its apply, at most.
+REPORT_WAIT_SECONDS = 2.0
 
 logger = logging.getLogger(__name__)
 
@@ -187,6 +202,9 @@ class InferenceServiceController:
         # The owned objects as this process last applied them, by our object and the owned object's name:
         # until the index shows that resourceVersion or a newer one, a pass reads them from here.
         self._written: dict[ObjectKey, dict[str, dict[str, Any]]] = {}
+        # Decided statuses waiting for the backend's report of their apply (see the module's docstring), by
+        # our object: its uid, the status, and the loop time since which it waits.
+        self._pending: dict[ObjectKey, tuple[str, InferenceServiceStatus, float]] = {}
 
     def applied_by_me(self, key: ObjectKey, name: str, resource_version: str | None) -> bool:
         """Whether ``resource_version`` of the owned object ``name`` is the one this process's last apply
@@ -206,16 +224,25 @@ class InferenceServiceController:
         self.writer.forget(key)
         self._applied.pop(key, None)
         self._written.pop(key, None)
+        self._pending.pop(key, None)
+
+    def pending(self, key: ObjectKey) -> InferenceServiceStatus | None:
+        """The status decided for ``key`` and not written yet (waiting for the backend's report)."""
+        held = self._pending.get(key)
+        return held[1] if held is not None else None
 
     async def reconcile(self, key: ObjectKey) -> float | None:
         return await self.objects.reconcile(key)
 
     async def _reconcile(self, parsed: Parsed[InferenceServiceSpec, InferenceServiceStatus]) -> float | None:
-        obj, spec, previous, generation = parsed.obj, parsed.spec, parsed.status, parsed.generation
+        obj, spec, generation = parsed.obj, parsed.spec, parsed.generation
         meta = obj["metadata"]
-        namespace, name = parsed.key
+        namespace, name = key = parsed.key
+        held = self._pending.get(key)
+        previous = held[1] if held is not None and held[0] == meta["uid"] else parsed.status
         refusal = backend_change(spec, previous)
         if refusal is not None:
+            self._pending.pop(key, None)
             raise Refused(BACKEND_CHANGED, refusal)
         backend = self.backends[spec.backend]
 
@@ -246,17 +273,46 @@ class InferenceServiceController:
         )
         status, decision, manifests = plan.status, plan.decision, plan.manifests
 
-        await self.writer.write(obj, status)
+        # A decision that takes traffic from a canary is written before its apply (see the docstring).
+        first = not _may_hold(serving_of(previous), serving_of(status))
+        if first:
+            await self.writer.write(obj, status)
+            self._pending.pop(key, None)
+        reported = False  # whether the backend will report on what this pass applied
+        wait: float | None = None
         try:
             if manifests:
-                await self._apply(obj, context, manifests, current)
+                reported = await self._apply(obj, context, manifests, current)
         finally:
-            # After the apply, so that a burst of decisions reaches the backend before their events.
-            self._post(obj, decision)
+            # Also when the apply fails: the decision stands in status, and the failure beside it.
+            try:
+                if not first:
+                    wait = await self._record(obj, key, status, reported)
+            finally:
+                # After the apply, so that a burst of decisions reaches the backend before their events.
+                self._post(obj, previous, decision)
         if decision.requeue_after is None:
-            return RESYNC_SECONDS
+            return min(RESYNC_SECONDS, wait) if wait is not None else RESYNC_SECONDS
         # The wait counts from the moment decided on, not from the end of this pass.
-        return max(0.0, decision.requeue_after - (datetime.now(UTC) - now).total_seconds())
+        due = max(0.0, decision.requeue_after - (datetime.now(UTC) - now).total_seconds())
+        return min(due, wait) if wait is not None else due
+
+    async def _record(
+        self, obj: Mapping[str, Any], key: ObjectKey, status: InferenceServiceStatus, reported: bool
+    ) -> float | None:
+        """Write ``status``, or, when the backend will report on this pass's apply, hold it until that
+        report (for ``REPORT_WAIT_SECONDS`` at most): return the seconds left to wait for it, or None
+        when written."""
+        clock = asyncio.get_running_loop().time()
+        uid = str(obj["metadata"]["uid"])
+        held = self._pending.get(key)
+        since = held[2] if held is not None and held[0] == uid else clock
+        if reported and clock - since < REPORT_WAIT_SECONDS:
+            self._pending[key] = (uid, status, since)
+            return REPORT_WAIT_SECONDS - (clock - since)
+        await self.writer.write(obj, status)
+        self._pending.pop(key, None)
+        return None
 
     async def _current(
         self, backend: ServingBackend, context: ServiceContext
@@ -295,8 +351,11 @@ class InferenceServiceController:
         context: ServiceContext,
         manifests: list[dict[str, Any]],
         current: Mapping[str, Any],
-    ) -> None:
+    ) -> bool:
+        """Apply what changed of ``manifests``; return whether the spec of an object of a watched kind
+        changed (the backend reports on it, and its watch queues this service again)."""
         key = (context.namespace, context.name)
+        reported = False
         uid, applied_before = self._applied.get(key, (context.uid, {}))
         if uid != context.uid:
             applied_before = {}
@@ -320,18 +379,34 @@ class InferenceServiceController:
             if applied.obj is not None:
                 applied_before[name] = (_generation(applied.obj), rendered)
                 self._written.setdefault(key, {})[name] = slim_object(applied.obj)
+                watched = (manifest["apiVersion"], plural) in self._backend_indexes
+                if watched and (existing is None or _generation(applied.obj) != _generation(existing)):
+                    reported = True
             if applied.conflict is not None:
                 what = f"{manifest['kind']} {manifest['metadata']['name']}"
                 message = f"Another field manager owns fields of {what}, left as they are: {applied.conflict}"
                 events.post_event(obj, "Warning", "FieldConflict", message)
+        return reported
 
-    def _post(self, obj: Mapping[str, Any], decision: Decision) -> None:
+    def _post(self, obj: Mapping[str, Any], previous: InferenceServiceStatus, decision: Decision) -> None:
         for event in decision.events:
             events.post_event(obj, event.type, event.reason, event.message)
         phase = decision.status.phase
-        if phase is not None and phase != (obj.get("status") or {}).get("phase"):
+        if phase is not None and phase != previous.phase:
             meta = obj["metadata"]
             logger.info("InferenceService %s/%s is %s", meta["namespace"], meta["name"], phase)
+
+
+def _may_hold(before: Serving | None, after: Serving | None) -> bool:
+    """Whether a decision from ``before`` to ``after`` may wait in memory for the backend's report: unless
+    it takes traffic from a canary (see the module's docstring)."""
+    if before is None or before.canary is None:
+        return True  # no canary gets less: a first deployment, a canary started, a settled service
+    if after is None:
+        return False
+    if after.canary is None:
+        return after.stable == before.canary  # promoted: the canary takes all the traffic
+    return after.canary == before.canary and after.weight >= before.weight
 
 
 def _refusal(previous: Mapping[str, Any], generation: int, reason: str, message: str) -> dict[str, Any]:
