@@ -8,6 +8,7 @@ ignored, events posted after the apply, and what the shell refuses. The decision
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from types import SimpleNamespace
 from typing import Any
 
@@ -166,6 +167,74 @@ def test_a_decision_that_takes_traffic_from_a_canary_is_written_before_its_apply
     assert [call[0] for call in client.calls] == first
     decided = client.statuses[0] if client.statuses else made.pending(KEY).model_dump(by_alias=True)
     assert decided["phase"] == ("RolledBack" if action == "abort" else "Promoted")
+
+
+def knative_report(applied: dict[str, Any], canary: int, resource_version: str) -> dict[str, Any]:
+    """KServe's InferenceService as applied, with the status KServe writes once Knative gives the latest
+    revision ``canary``% of the traffic."""
+    traffic = [
+        {"revisionName": "iris-predictor-2", "latestRevision": True, "percent": canary},
+        {"revisionName": "iris-predictor-1", "latestRevision": False, "percent": 100 - canary},
+    ]
+    status = {
+        "conditions": [{"type": "Ready", "status": "True"}],
+        "url": "http://iris.ml.example.com",
+        "components": {
+            "predictor": {
+                "latestCreatedRevision": "iris-predictor-2",
+                "latestReadyRevision": "iris-predictor-2",
+                "traffic": traffic,
+            }
+        },
+    }
+    meta = {**applied["metadata"], "resourceVersion": resource_version, "generation": 3}
+    return {**applied, "metadata": meta, "status": status}
+
+
+def test_an_operator_that_stopped_before_writing_a_step_is_followed_by_one_that_asks_for_that_step() -> None:
+    due = {**CANARY_AT_20, "stepStartTime": "2026-01-01T00:00:00Z"}  # the step at 20% is long due
+    obj = service(due)
+    obj["spec"]["rollout"] = {"steps": [10, 20, 50, 100], "stepInterval": "10s"}
+    client = RecordingClient()
+    stopped = controller(obj, client)
+    stopped.indexes["model_versions"][KEY] = [VERSION_1, VERSION_2]
+    stopped.indexes[KSERVE_INDEX][KEY] = [knative_report(rendered_at(stopped, 20), 20, "5")]
+    asyncio.run(stopped.reconcile(KEY))
+    [applied] = client.applied
+    assert applied["spec"]["predictor"]["canaryTrafficPercent"] == 50
+    assert not client.statuses  # held for KServe's report, when the operator stops
+
+    # KServe reports 50%; a new operator starts from the status written before, which still says 20%.
+    client = RecordingClient()
+    restarted = controller(obj, client)
+    restarted.indexes["model_versions"][KEY] = [VERSION_1, VERSION_2]
+    restarted.indexes[KSERVE_INDEX][KEY] = [knative_report(dict(applied), 50, "9")]
+
+    async def apply_at_generation_3(plural: str, manifest: Mapping[str, Any], **_: Any) -> kube.Applied:
+        # This process never applied it: it applies its render once; the same spec keeps generation 3.
+        client.calls.append(("apply", plural, manifest["metadata"]["name"]))
+        client.applied.append(manifest)
+        return kube.Applied({**manifest, "metadata": {**manifest["metadata"], "generation": 3}})
+
+    client.server_side_apply = apply_at_generation_3  # type: ignore[method-assign,assignment]
+    asyncio.run(restarted.reconcile(KEY))
+
+    # It decides the step again and asks for 50%: the traffic is never taken back to 20%.
+    assert [m["spec"]["predictor"]["canaryTrafficPercent"] for m in client.applied] == [50]
+    [status] = client.statuses
+    assert (status["stepIndex"], status["canaryWeight"], status["canaryTraffic"]) == (2, 50, 50)
+
+
+def rendered_at(made: Any, weight: int) -> dict[str, Any]:
+    """What the controller applies for the canary at ``weight`` (rendered by a throwaway pass)."""
+    status = {**CANARY_AT_20, "canaryWeight": weight, "stepStartTime": "2999-01-01T00:00:00Z"}
+    obj = service(status)
+    obj["spec"]["rollout"] = {"steps": [10, 20, 50, 100], "stepInterval": "10s"}
+    client = RecordingClient()
+    throwaway = controller(obj, client)
+    throwaway.indexes["model_versions"][KEY] = [VERSION_1, VERSION_2]
+    asyncio.run(throwaway.reconcile(KEY))
+    return dict(client.applied[0])
 
 
 def test_a_render_already_applied_is_not_applied_again_while_the_index_lags() -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -632,6 +632,37 @@ def test_a_restart_while_the_backend_still_converges_asks_for_the_same_weight_ag
     )
     assert restarted.serving == Serving(1, 2, 25)
     assert restarted.status.reason == "WaitingForTraffic"
+
+
+def test_a_restart_that_lost_a_step_applied_but_not_written_steps_again_without_taking_traffic_back() -> None:
+    service = canary_service()
+    service.advance(minutes=5)  # the step at 10% is due
+    # An operator measured, stepped to 25% and applied it, and stopped before writing it (the controller
+    # writes a step after the backend's report): status says 10%, the backend serves 25%.
+    ahead = Observed(exists=True, current=True, ready=True, canary_traffic=25)
+    status = typed(service.status)
+    target = target_version(service.spec, service.versions)
+    assert measurement_due(service.spec, status, ahead, service.now)
+    again = decide(service.spec, status, target, ahead, service.now, None, error_rate(service.spec, 0.01))
+    assert again.serving == Serving(1, 2, 25)
+    assert (again.status.reason, again.status.step_index) == ("StepAdvanced", 1)
+    # A backend at some other weight is still waited for, at the weight status asks.
+    other = replace(ahead, canary_traffic=50)
+    assert not measurement_due(service.spec, status, other, service.now)
+    assert decide(service.spec, status, target, other, service.now).serving == Serving(1, 2, 10)
+
+
+def test_a_restart_that_lost_a_promotion_applied_but_not_written_promotes_again() -> None:
+    service = canary_service()
+    service.run(minutes=11)
+    assert service.serving == Serving(1, 2, 50)
+    service.advance(minutes=5)
+    promoted = Observed(exists=True, current=True, ready=True, canary_traffic=100)
+    status = typed(service.status)
+    target = target_version(service.spec, service.versions)
+    again = decide(service.spec, status, target, promoted, service.now, None, error_rate(service.spec, 0.01))
+    assert again.serving == Serving(2)
+    assert again.status.phase == "Promoted"
 
 
 # When to measure.

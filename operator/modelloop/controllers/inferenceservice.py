@@ -12,13 +12,13 @@ status in memory (``pending``) instead of writing it: the backend's report of th
 pass, which plans on the pending status and writes it together with what the backend reports, in one
 write instead of two. A pending status waits at most ``REPORT_WAIT_SECONDS``, then is written as it is.
 
-A restart loses a pending status, and the restarted operator plans on the status written before it: it
-asks the backend for that once more, then decides again (the step is due, so it steps again). That is
-safe only for a decision that gives the canary more traffic (a first deployment, a canary started, a step
-up, a promotion): the restarted operator then asks for less, for one pass, never for more than a written
-decision allowed. A decision that takes traffic from a canary (a rollback, an abort, a pause back to a
-lower weight, another canary) is written before its apply, as the status is the record that a restarted
-operator must not undo.
+A restart loses a pending status, and the restarted operator plans on the status written before it,
+while the backend already serves the decision. For a decision that gives the canary more traffic (a
+first deployment, a canary started, a step up, a promotion) the state machine takes a backend at the next
+step's weight as converged (``modelloop.serving.rollout._converged``): the step is due, so it decides it
+again and asks for what the backend serves. A decision that takes traffic from a canary (a rollback, an
+abort, another canary) is written before its apply, as the status is the record that a restarted
+operator must not undo: a canary never gets more traffic than a written decision gave it.
 """
 
 from __future__ import annotations

@@ -159,7 +159,7 @@ def measurement_due(spec: InferenceServiceSpec, status: Status, observed: Observ
     analysis = spec.rollout.analysis if spec.rollout else None
     if analysis is None or status.canary_version is None or _paused(spec, status):
         return False
-    if status.phase == Phase.ROLLED_BACK or not _converged(status, observed):
+    if status.phase == Phase.ROLLED_BACK or not _converged(spec, status, observed):
         return False
     return now >= _next_measurement(status, parse_duration(analysis.interval))
 
@@ -322,7 +322,7 @@ def _progress(
         _set_phase(s, Phase.PAUSED, "Paused", f"Rollout of version {canary} is paused: {why}.")
         return
     s.phase = Phase.PROGRESSING
-    if not _converged(s, observed):
+    if not _converged(spec, s, observed):
         s.reason = "WaitingForTraffic"
         wanted = "a mirrored copy" if s.shadow else f"{s.canary_weight}%"
         s.message = f"Waiting for the backend to give version {canary} {wanted} of the traffic" + (
@@ -476,10 +476,30 @@ def _pause_message(status: Status) -> str:
     return "paused through the rollout-action annotation; resume it to go on"
 
 
-def _converged(status: Status, observed: Observed) -> bool:
+def _converged(spec: InferenceServiceSpec, status: Status, observed: Observed) -> bool:
+    """Whether the backend serves the canary what ``status`` asks, or already what its next step asks.
+
+    The second is a step (or the promotion) that an operator applied and stopped before writing: the
+    controller writes such a decision after the backend's report (``modelloop.controllers.
+    inferenceservice``). The step is due, so this pass decides it again, on what it measures, and asks for
+    what the backend serves already, instead of taking the canary's traffic back to the step before.
+    """
+    if not observed.current:
+        return False
     shadow = bool(status.shadow)
     weight = 0 if shadow else status.canary_weight
-    return observed.current and observed.canary_traffic == weight and observed.shadow == shadow
+    if observed.canary_traffic == weight and observed.shadow == shadow:
+        return True
+    return not observed.shadow and observed.canary_traffic == _next_weight(spec, status)
+
+
+def _next_weight(spec: InferenceServiceSpec, status: Status) -> int | None:
+    """The canary's weight at the step after the one ``status`` is at (100: promoted)."""
+    if spec.rollout is None or status.canary_version is None:
+        return None
+    steps = spec.rollout.steps
+    following = 0 if status.shadow else min(status.step_index or 0, len(steps) - 1) + 1
+    return 100 if following >= len(steps) else min(steps[following], 100)
 
 
 def _started(status: Status) -> datetime:
