@@ -15,11 +15,11 @@ CONTRACTS_SOURCES := $(CONTRACTS)/pyproject.toml $(wildcard $(CONTRACTS)/src/mod
 TRAINER       := runtimes/trainer
 TRAINER_VENV  ?= .venvs/trainer
 TRAINER_STAMP := $(TRAINER_VENV)/.installed
-# The model server runtime (kserve, scikit-learn, PyTorch): its own environment too.
+# The model server runtime (kserve, scikit-learn, onnxruntime for the trainer's MLP): its own environment too.
 SERVER        := runtimes/server
 SERVER_VENV   ?= .venvs/server
 SERVER_STAMP  := $(SERVER_VENV)/.installed
-# The Seldon model server runtime (seldon-core 1.17.1, scikit-learn, PyTorch): its own environment as well.
+# The Seldon model server runtime (seldon-core 1.17.1, scikit-learn, onnxruntime): its own environment as well.
 SELDON        := runtimes/seldon
 SELDON_VENV   ?= .venvs/seldon
 SELDON_STAMP  := $(SELDON_VENV)/.installed
@@ -27,8 +27,23 @@ SELDON_STAMP  := $(SELDON_VENV)/.installed
 DETECTOR       := runtimes/detector
 DETECTOR_VENV  ?= .venvs/detector
 DETECTOR_STAMP := $(DETECTOR_VENV)/.installed
-# The trainer, both model servers and the detector install PyTorch (GBs): the later installs come from this cache.
-export PIP_CACHE_DIR ?= $(HOME)/.cache/modelloop/pip
+# Every environment is installed by uv from its lock files, through one cache: a wheel that several
+# environments hold (PyTorch in the trainer and the detector, numpy, scikit-learn...) is downloaded once and
+# hard-linked into each, not copied. uv itself is pinned and installed once per version.
+UV_VERSION := 0.13.9
+UV_HOME    := $(HOME)/.cache/modelloop/uv-$(UV_VERSION)
+UV         := $(UV_HOME)/bin/uv
+export UV_CACHE_DIR ?= $(HOME)/.cache/modelloop/uv
+export UV_LINK_MODE ?= hardlink
+export UV_PYTHON_DOWNLOADS := never
+# $(call install-env,ENVIRONMENT,LOCK FILES,EDITABLE PACKAGES): exactly the locks (uv pip sync removes
+# what they do not list, so a dependency dropped from a lock leaves the environment), then the packages of
+# this repository, editable and without their dependencies (the locks hold them).
+define install-env
+	@test -x $(1)/bin/python || $(UV) venv -q --python 3.11 $(1)
+	$(UV) pip sync -q --python $(1)/bin/python $(2)
+	$(UV) pip install -q --python $(1)/bin/python --no-deps $(foreach p,$(3),-e $(p))
+endef
 export KUBECONFIG := $(CURDIR)/.cluster/kubeconfig
 
 .PHONY: help setup venv lock crds cluster-bins kserve-bins helm-bin prometheus-bin cluster cluster-down lint typecheck unit alerts-test argocd-health argocd-health-build argocd-health-test e2e test demo clean
@@ -36,10 +51,14 @@ export KUBECONFIG := $(CURDIR)/.cluster/kubeconfig
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
-$(STAMP): requirements/operator.lock requirements/dev.lock pyproject.toml $(CONTRACTS_SOURCES)
-	@test -x $(PY) || python3.11 -m venv $(VENV) 2>/dev/null || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -r requirements/operator.lock -r requirements/dev.lock
-	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e $(CONTRACTS) -e .
+$(UV):
+	@rm -rf $(UV_HOME)
+	python3 -m venv $(UV_HOME)
+	$(UV_HOME)/bin/python -m pip install -q --disable-pip-version-check uv==$(UV_VERSION) \
+	  || $(UV_HOME)/bin/python -m pip install -q --disable-pip-version-check uv==$(UV_VERSION)
+
+$(STAMP): requirements/operator.lock requirements/dev.lock pyproject.toml $(CONTRACTS_SOURCES) | $(UV)
+	$(call install-env,$(VENV),requirements/operator.lock requirements/dev.lock,$(CONTRACTS) .)
 	@touch $@
 
 venv: $(STAMP) ## create the Python environment (.venv) from the lock files
@@ -95,11 +114,11 @@ argocd-health-test: argocd-health-build ## the Argo CD health checks, run by Arg
 alerts-test: prometheus-bin ## promtool's unit tests of the alerts (manifests/monitoring/alerts.test.yaml)
 	hack/test-alerts.sh
 
-e2e: $(STAMP) $(TRAINER_STAMP) $(SERVER_STAMP) $(SELDON_STAMP) $(DETECTOR_STAMP) cluster-bins kserve-bins helm-bin prometheus-bin ## end-to-end tests on the local control plane (started and stopped by the tests)
+e2e: $(STAMP) $(TRAINER_STAMP) $(SERVER_STAMP) $(SELDON_STAMP) $(DETECTOR_STAMP) cluster-bins kserve-bins helm-bin prometheus-bin images-test ## end-to-end tests on the local control plane (started and stopped by the tests)
 	$(VENV)/bin/pytest e2e -q
 
 setup: ## every environment and binary the tests need, made in parallel (what is there already is kept)
-	$(MAKE) --no-print-directory -j4 venv trainer-venv server-venv seldon-venv detector-venv cluster-bins kserve-bins helm-bin argocd-health-build prometheus-bin
+	$(MAKE) --no-print-directory -j4 venv trainer-venv server-venv seldon-venv detector-venv cluster-bins kserve-bins helm-bin argocd-health-build prometheus-bin image-tools
 
 test: setup lint typecheck unit alerts-test argocd-health-test contracts-lint contracts-test trainer-lint trainer-test server-lint server-test seldon-lint seldon-test detector-lint detector-test e2e ## everything: lint, types, unit and e2e tests (operator and runtimes)
 
@@ -107,7 +126,20 @@ demo: $(STAMP) $(TRAINER_STAMP) $(SERVER_STAMP) $(DETECTOR_STAMP) kserve-bins pr
 	hack/demo.sh
 
 clean: cluster-down ## remove the environment and local state (the binary cache stays)
-	rm -rf $(VENV) $(TRAINER_VENV) $(SERVER_VENV) $(SELDON_VENV) $(DETECTOR_VENV) .cluster .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(TRAINER_VENV) $(SERVER_VENV) $(SELDON_VENV) $(DETECTOR_VENV) .cluster .images .mypy_cache .ruff_cache .pytest_cache
+
+# --- images, built and run without a Docker daemon (hack/images.sh, hack/run_image.py) ---------------
+
+.PHONY: image-tools images images-test
+
+image-tools: prometheus-bin ## the tools that build and run the images without Docker (apt: mmdebstrap, buildah, podman, skopeo, bubblewrap)
+	hack/image-tools.sh
+
+images: image-tools ## build the five images without a Docker daemon into .images/ (OCI archives), pinned by digest in .images/values-digests.yaml
+	hack/images.sh --values .images/values-digests.yaml
+
+images-test: image-tools ## the images the e2e suite runs (operator, server, seldon); rebuilt only when their inputs change
+	hack/images.sh operator server seldon
 
 # --- the runtimes' shared contracts (contracts/): installed into each runtime's environment -----------
 
@@ -125,11 +157,8 @@ contracts-test: $(TRAINER_STAMP) $(SERVER_STAMP) $(SELDON_STAMP) $(DETECTOR_STAM
 
 .PHONY: trainer-venv trainer-lint trainer-test
 
-$(TRAINER_STAMP): $(TRAINER)/requirements.lock $(TRAINER)/requirements-dev.lock $(TRAINER)/pyproject.toml $(CONTRACTS_SOURCES)
-	@test -x $(TRAINER_VENV)/bin/python || python3.11 -m venv $(TRAINER_VENV) 2>/dev/null || python3 -m venv $(TRAINER_VENV)
-	$(TRAINER_VENV)/bin/python -m pip install -q --disable-pip-version-check \
-	  -r $(TRAINER)/requirements.lock -r $(TRAINER)/requirements-dev.lock
-	$(TRAINER_VENV)/bin/python -m pip install -q --disable-pip-version-check --no-deps -e $(CONTRACTS) -e $(TRAINER)
+$(TRAINER_STAMP): $(TRAINER)/requirements.lock $(TRAINER)/requirements-dev.lock $(TRAINER)/pyproject.toml $(CONTRACTS_SOURCES) | $(UV)
+	$(call install-env,$(TRAINER_VENV),$(TRAINER)/requirements.lock $(TRAINER)/requirements-dev.lock,$(CONTRACTS) $(TRAINER))
 	@touch $@
 
 trainer-venv: $(TRAINER_STAMP) ## the trainer's environment (.venvs/trainer, with PyTorch) from its lock files
@@ -146,37 +175,31 @@ trainer-test: $(TRAINER_STAMP) ## the trainer's tests (real data, files and a lo
 
 .PHONY: server-venv server-lint server-test
 
-$(SERVER_STAMP): $(SERVER)/requirements.lock $(SERVER)/requirements-dev.lock $(SERVER)/pyproject.toml $(CONTRACTS_SOURCES)
-	@test -x $(SERVER_VENV)/bin/python || python3.11 -m venv $(SERVER_VENV) 2>/dev/null || python3 -m venv $(SERVER_VENV)
-	$(SERVER_VENV)/bin/python -m pip install -q --disable-pip-version-check \
-	  -r $(SERVER)/requirements.lock -r $(SERVER)/requirements-dev.lock
-	$(SERVER_VENV)/bin/python -m pip install -q --disable-pip-version-check --no-deps -e $(CONTRACTS) -e $(SERVER)
+$(SERVER_STAMP): $(SERVER)/requirements.lock $(SERVER)/requirements-dev.lock $(SERVER)/pyproject.toml $(CONTRACTS_SOURCES) | $(UV)
+	$(call install-env,$(SERVER_VENV),$(SERVER)/requirements.lock $(SERVER)/requirements-dev.lock,$(CONTRACTS) $(SERVER))
 	@touch $@
 
-server-venv: $(SERVER_STAMP) ## the model server's environment (.venvs/server, with kserve and PyTorch) from its lock files
+server-venv: $(SERVER_STAMP) ## the model server's environment (.venvs/server, with kserve and onnxruntime) from its lock files
 
 server-lint: $(STAMP) $(SERVER_STAMP) ## ruff and mypy --strict on the model server runtime and its benchmark
 	$(VENV)/bin/ruff check $(SERVER) bench/model_server.py
 	$(VENV)/bin/ruff format --check $(SERVER) bench/model_server.py
 	cd $(SERVER) && $(CURDIR)/$(VENV)/bin/mypy --python-executable $(CURDIR)/$(SERVER_VENV)/bin/python
 
-server-test: $(SERVER_STAMP) ## the model server's tests (real artifacts, a real server process, real HTTP)
+server-test: $(SERVER_STAMP) $(TRAINER_STAMP) ## the model server's tests (real artifacts, a real server process, real HTTP)
 	cd $(SERVER) && $(CURDIR)/$(SERVER_VENV)/bin/pytest -q
 
 # --- the Seldon model server runtime (runtimes/seldon): its own environment, .venvs/seldon ----------
 
 .PHONY: seldon-venv seldon-lint seldon-test
 
-$(SELDON_STAMP): $(SELDON)/requirements.lock $(SELDON)/requirements-dev.lock $(SELDON)/pyproject.toml $(CONTRACTS_SOURCES)
-	@test -x $(SELDON_VENV)/bin/python || python3.11 -m venv $(SELDON_VENV) 2>/dev/null || python3 -m venv $(SELDON_VENV)
-	$(SELDON_VENV)/bin/python -m pip install -q --disable-pip-version-check \
-	  -r $(SELDON)/requirements.lock -r $(SELDON)/requirements-dev.lock
-	$(SELDON_VENV)/bin/python -m pip install -q --disable-pip-version-check --no-deps -e $(CONTRACTS) -e $(SELDON)
+$(SELDON_STAMP): $(SELDON)/requirements.lock $(SELDON)/requirements-dev.lock $(SELDON)/pyproject.toml $(CONTRACTS_SOURCES) | $(UV)
+	$(call install-env,$(SELDON_VENV),$(SELDON)/requirements.lock $(SELDON)/requirements-dev.lock,$(CONTRACTS) $(SELDON))
 	@# The lock pins setuptools below 82, whose removal of pkg_resources breaks seldon-core's gunicorn.
 	$(SELDON_VENV)/bin/python -W ignore -c 'import seldon_core.microservice, modelloop_seldon'
 	@touch $@
 
-seldon-venv: $(SELDON_STAMP) ## the Seldon model server's environment (.venvs/seldon, with seldon-core and PyTorch) from its lock files
+seldon-venv: $(SELDON_STAMP) ## the Seldon model server's environment (.venvs/seldon, with seldon-core and onnxruntime) from its lock files
 
 seldon-lint: $(STAMP) $(SELDON_STAMP) ## ruff and mypy --strict on the Seldon model server runtime and its benchmark
 	$(VENV)/bin/ruff check $(SELDON) bench/seldon_server.py
@@ -190,11 +213,8 @@ seldon-test: $(SELDON_STAMP) $(TRAINER_STAMP) prometheus-bin ## the Seldon model
 
 .PHONY: detector-venv detector-lint detector-test
 
-$(DETECTOR_STAMP): $(DETECTOR)/requirements.lock $(DETECTOR)/requirements-dev.lock $(DETECTOR)/pyproject.toml $(CONTRACTS_SOURCES)
-	@test -x $(DETECTOR_VENV)/bin/python || python3.11 -m venv $(DETECTOR_VENV) 2>/dev/null || python3 -m venv $(DETECTOR_VENV)
-	$(DETECTOR_VENV)/bin/python -m pip install -q --disable-pip-version-check \
-	  -r $(DETECTOR)/requirements.lock -r $(DETECTOR)/requirements-dev.lock
-	$(DETECTOR_VENV)/bin/python -m pip install -q --disable-pip-version-check --no-deps -e $(CONTRACTS) -e $(DETECTOR)
+$(DETECTOR_STAMP): $(DETECTOR)/requirements.lock $(DETECTOR)/requirements-dev.lock $(DETECTOR)/pyproject.toml $(CONTRACTS_SOURCES) | $(UV)
+	$(call install-env,$(DETECTOR_VENV),$(DETECTOR)/requirements.lock $(DETECTOR)/requirements-dev.lock,$(CONTRACTS) $(DETECTOR))
 	@touch $@
 
 detector-venv: $(DETECTOR_STAMP) ## the drift detector's environment (.venvs/detector, with alibi-detect and PyTorch) from its lock files

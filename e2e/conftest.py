@@ -115,11 +115,12 @@ def all_established(cluster: Cluster) -> bool:
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Trained]:
     """Three models trained once per run by the real trainer, with exactly the environment the operator
-    renders into a training pod: two good iris models, and one trained on the wine data (13 features),
-    which cannot answer iris requests — a retrained model whose inputs changed."""
+    renders into a training pod: two good iris models (the second a TorchMLP, which the model servers
+    serve from its ONNX export), and one trained on the wine data (13 features), which cannot answer
+    iris requests — a retrained model whose inputs changed."""
     workdir = tmp_path_factory.mktemp("trained")
     return {
         "iris-a": train(workdir, "iris-a", "iris", seed=1),
-        "iris-b": train(workdir, "iris-b", "iris", seed=2),
+        "iris-b": train(workdir, "iris-b", "iris", seed=2, params={"estimator": "TorchMLP", "epochs": 60}),
         "wine": train(workdir, "wine", "wine", seed=3),
     }

@@ -21,11 +21,15 @@ class Trained:
 
     uri: str
     metrics: dict[str, float]
+    framework: str = "sklearn"
 
 
-def train(workdir: Path, name: str, dataset: str, seed: int) -> Trained:
+def train(workdir: Path, name: str, dataset: str, seed: int, params: dict[str, Any] | None = None) -> Trained:
+    """Train ``name`` with the real trainer (the run's default estimator, or ``params``)."""
     run = training_run(name, workdir / "artifacts", hold=False)
     run["spec"]["dataset"] = {"uri": f"sklearn://{dataset}", "format": "sklearn", "targetColumn": "target"}
+    if params is not None:
+        run["spec"]["params"] = dict(params)
     run["spec"]["params"]["seed"] = seed
     run["metadata"].update(namespace="training", uid=str(uuid.uuid4()))
     job = render_job(run, TrainingRunSpec.model_validate(run["spec"]), "file:///unused")
@@ -43,7 +47,7 @@ def train(workdir: Path, name: str, dataset: str, seed: int) -> Trained:
     )
     result = parse_result(result_path.read_text())
     assert result is not None and result.succeeded and result.artifact_uri, result
-    return Trained(result.artifact_uri, dict(result.metrics))
+    return Trained(result.artifact_uri, dict(result.metrics), result.framework or "sklearn")
 
 
 def model_version(number: int, model: Trained, name: str = "iris") -> dict[str, Any]:
@@ -55,7 +59,7 @@ def model_version(number: int, model: Trained, name: str = "iris") -> dict[str, 
             "modelName": name,
             "version": number,
             "artifact": {"uri": model.uri},
-            "framework": {"name": "sklearn"},
+            "framework": {"name": model.framework},
             "metrics": model.metrics,
             "validation": {
                 "gates": [{"metric": "accuracy", "comparison": "GreaterThanOrEqual", "threshold": 0.8}]

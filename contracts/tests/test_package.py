@@ -1,4 +1,4 @@
-"""The package as the model servers import it: without pandas, scikit-learn or joblib."""
+"""The package as the model servers import it: without pandas, scikit-learn, joblib or onnxruntime."""
 
 from __future__ import annotations
 
@@ -6,10 +6,11 @@ import subprocess
 import sys
 
 
-def test_importing_the_package_imports_neither_pandas_nor_scikit_learn_nor_joblib() -> None:
+def test_importing_the_package_imports_no_pandas_scikit_learn_joblib_or_onnxruntime() -> None:
     script = (
-        "import sys, modelloop_contracts; "
-        "print(sorted(name for name in ('pandas', 'sklearn', 'joblib') if name in sys.modules))"
+        "import sys, modelloop_contracts; from modelloop_contracts import load_predictor; "
+        "heavy = ('pandas', 'sklearn', 'joblib', 'onnxruntime'); "
+        "print(sorted(name for name in heavy if name in sys.modules))"
     )
     process = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert process.stdout.strip() == "[]"

@@ -2,14 +2,16 @@
 package, since the runtimes cannot import one another.
 
 - :mod:`~modelloop_contracts.layout`: the artifact folder the trainer writes (file names, ``model.json``'s
-  format), which the model servers, the drift detector and the next run's champion evaluation read.
+  format, ``model.onnx``'s input, outputs and manifest), which the model servers, the drift detector and
+  the next run's champion evaluation read.
 - :mod:`~modelloop_contracts.dataset`: the dataset hash, computed by the trainer and the drift detector.
 - :mod:`~modelloop_contracts.loading`: an artifact folder loaded for serving, by both model servers.
 - :mod:`~modelloop_contracts.detector`: the drift detector's HTTP API, for the detector and its clients.
 
 Nothing heavy is imported with it: each module loads when one of its names is first used (numpy with
-``dataset`` and ``loading``; pandas for :func:`dataset_hash` and scikit-learn with joblib for a
-``model.joblib`` only when called), so the model servers need no pandas and the operator no numpy.
+``dataset`` and ``loading``; pandas for :func:`dataset_hash`, scikit-learn with joblib for a
+``model.joblib`` and onnxruntime for a ``model.onnx`` only when called), so the model servers need no
+pandas and the operator no numpy.
 """
 
 from __future__ import annotations
@@ -31,6 +33,13 @@ if TYPE_CHECKING:
     from modelloop_contracts.layout import (
         METRICS_FILE,
         MODEL_FILES,
+        ONNX_CLASS_OUTPUT,
+        ONNX_FORMAT,
+        ONNX_INPUT,
+        ONNX_MANIFEST_KEY,
+        ONNX_MODEL_FILE,
+        ONNX_PROBABILITIES_OUTPUT,
+        ONNX_VALUE_OUTPUT,
         PREDICTION_COLUMN,
         REFERENCE_FILE,
         REFERENCE_PREDICTIONS_FILE,
@@ -44,7 +53,6 @@ if TYPE_CHECKING:
         Array,
         ArtifactError,
         Predictor,
-        TorchLoader,
         load_predictor,
         python_scalar,
     )
@@ -59,14 +67,13 @@ _HOME = {
         "detector",
     ),
     **dict.fromkeys(
-        ("METRICS_FILE", "MODEL_FILES", "PREDICTION_COLUMN", "REFERENCE_FILE", "REFERENCE_PREDICTIONS_FILE",
-         "RESULT_FILE", "SKLEARN_MODEL_FILE", "TORCH_ARCHITECTURE_FILE", "TORCH_ARCHITECTURE_FORMAT",
-         "TORCH_MODEL_FILE"),
+        ("METRICS_FILE", "MODEL_FILES", "ONNX_CLASS_OUTPUT", "ONNX_FORMAT", "ONNX_INPUT", "ONNX_MANIFEST_KEY",
+         "ONNX_MODEL_FILE", "ONNX_PROBABILITIES_OUTPUT", "ONNX_VALUE_OUTPUT", "PREDICTION_COLUMN",
+         "REFERENCE_FILE", "REFERENCE_PREDICTIONS_FILE", "RESULT_FILE", "SKLEARN_MODEL_FILE",
+         "TORCH_ARCHITECTURE_FILE", "TORCH_ARCHITECTURE_FORMAT", "TORCH_MODEL_FILE"),
         "layout",
     ),
-    **dict.fromkeys(
-        ("Array", "ArtifactError", "Predictor", "TorchLoader", "load_predictor", "python_scalar"), "loading"
-    ),
+    **dict.fromkeys(("Array", "ArtifactError", "Predictor", "load_predictor", "python_scalar"), "loading"),
 }  # fmt: skip
 
 
@@ -82,6 +89,13 @@ __all__ = [
     "ENDPOINTS",
     "METRICS_FILE",
     "MODEL_FILES",
+    "ONNX_CLASS_OUTPUT",
+    "ONNX_FORMAT",
+    "ONNX_INPUT",
+    "ONNX_MANIFEST_KEY",
+    "ONNX_MODEL_FILE",
+    "ONNX_PROBABILITIES_OUTPUT",
+    "ONNX_VALUE_OUTPUT",
     "PREDICTION_COLUMN",
     "REFERENCE_FILE",
     "REFERENCE_PREDICTIONS_FILE",
@@ -97,7 +111,6 @@ __all__ = [
     "InvalidMessage",
     "Predictor",
     "Registration",
-    "TorchLoader",
     "VersionSpec",
     "dataset_hash",
     "load_predictor",

@@ -1,8 +1,10 @@
 """Shared set-up: artifacts in the trainer's layout, and ``seldon-core-microservice`` run as a process.
 
-Artifacts come from scikit-learn's bundled datasets (nothing is downloaded) and are written as
-runtimes/trainer writes them: ``model.joblib``, or ``model.pt`` (tensors only) + ``model.json``.
-Servers run with the environment the image sets (see the Dockerfile), on free ports.
+Artifacts come from scikit-learn's bundled datasets (nothing is downloaded): ``model.joblib`` is written
+here as runtimes/trainer writes it; TorchMLP artifacts (``model.onnx``, with ``model.pt`` + ``model.json``)
+are trained and exported by the trainer itself, run from its environment (.venvs/trainer), and its
+PyTorch model says what they should predict. Servers run with the environment the image sets (see the
+Dockerfile), on free ports.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import requests
-import torch
 from prometheus_client.parser import text_string_to_metric_families
 from sklearn import datasets
 from sklearn.ensemble import RandomForestClassifier
@@ -34,6 +35,16 @@ from sklearn.pipeline import make_pipeline
 
 MICROSERVICE = str(Path(sys.executable).with_name("seldon-core-microservice"))
 INTERFACE = "modelloop_seldon.ModelloopModel"
+TRAINER = Path(__file__).resolve().parents[3] / ".venvs" / "trainer" / "bin" / "modelloop-train"
+# Run by the trainer's Python: the PyTorch model of the folder (URI in argv) predicts the rows on stdin (JSON,
+# null for a missing value); the predictions go to stdout as JSON.
+PYTORCH_PREDICT = """
+import json, sys
+import numpy as np
+from modelloop_trainer.artifacts import read_model
+rows = np.array([[np.nan if value is None else value for value in row] for row in json.load(sys.stdin)])
+print(json.dumps(read_model(sys.argv[1]).predict(rows).tolist()))
+"""
 # What the Dockerfile sets: the metrics path Seldon's operator uses, gRPC off, lean answers.
 IMAGE_ENV = {
     "PREDICTIVE_UNIT_METRICS_ENDPOINT": "/prometheus",
@@ -83,53 +94,73 @@ def diabetes_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @dataclass(frozen=True)
-class TorchArtifact:
-    """A TorchMLP artifact folder, and its predictions computed apart from the server."""
+class TrainedMLP:
+    """A TorchMLP that the real trainer trained and exported, and what PyTorch predicts with it."""
 
     folder: Path
-    predict: Callable[[np.ndarray], np.ndarray]
+    """The trainer's output folder: model.onnx, model.pt + model.json, reference files, ..."""
+    rows: np.ndarray
+    """Rows to ask for: the whole dataset's features, then a few with missing values (NaN)."""
+    expected: np.ndarray
+    """The trainer's PyTorch model's predictions for ``rows`` (model.pt, read back as it reads a champion)."""
+
+
+def train_mlp(folder: Path, dataset: str, features: pd.DataFrame, params: dict[str, object]) -> TrainedMLP:
+    """Train a TorchMLP with ``modelloop-train`` from the trainer's environment into ``folder``, then ask
+    the trainer's PyTorch for its predictions on ``features`` and on some of its rows with values missing.
+
+    ``dataset`` is the trainer's ``MODELLOOP_DATASET_URI``, with ``MODELLOOP_TARGET_COLUMN`` ``target``.
+    Skips the test where the trainer's environment is not built.
+    """
+    if not TRAINER.is_file():
+        pytest.skip(f"the trainer's environment is not built ({TRAINER}): make trainer-venv")
+    env = {key: value for key, value in os.environ.items() if not key.startswith("MODELLOOP_")}
+    env |= {
+        "MODELLOOP_RUN_NAME": folder.name,
+        "MODELLOOP_MODEL_NAME": folder.name,
+        "MODELLOOP_PARAMS": json.dumps({"estimator": "TorchMLP", "seed": 0, **params}),
+        "MODELLOOP_DATASET_URI": dataset,
+        "MODELLOOP_TARGET_COLUMN": "target",
+        "MODELLOOP_OUTPUT_URI": folder.as_uri(),
+        "MODELLOOP_RESULT_PATH": str(folder.with_suffix(".result.json")),
+        "MODELLOOP_DEVICE": "cpu",
+    }
+    trained = subprocess.run(
+        [str(TRAINER)], env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert trained.returncode == 0, trained.stderr
+    rows = features.to_numpy(dtype=np.float64)
+    missing = rows[::25].copy()
+    missing[:, 0] = np.nan
+    missing[::2, -1] = np.nan
+    rows = np.concatenate([rows, missing])
+    predicted = subprocess.run(
+        [str(TRAINER.with_name("python")), "-c", PYTORCH_PREDICT, folder.as_uri()],
+        input=json.dumps([[None if np.isnan(value) else value for value in row] for row in rows.tolist()]),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return TrainedMLP(folder, rows, np.asarray(json.loads(predicted.stdout)))
 
 
 @pytest.fixture(scope="session")
-def torch_iris_artifact(tmp_path_factory: pytest.TempPathFactory, iris_frame: pd.DataFrame) -> TorchArtifact:
-    """A small TorchMLP classifier on iris, saved as the trainer's TorchMLP saves one."""
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("iris-torch")
+def trained_iris_mlp(tmp_path_factory: pytest.TempPathFactory, iris_frame: pd.DataFrame) -> TrainedMLP:
+    """A TorchMLP classifier on iris (labels as names, from a CSV file), trained by the trainer."""
+    data = tmp_path_factory.mktemp("iris-data") / "iris.csv"
+    iris_frame.rename(columns={"species": "target"}).to_csv(data, index=False)
+    params = {"task": "classification", "hidden_sizes": [16], "epochs": 100, "lr": 0.03, "batch_size": 32}
     features = iris_frame.drop(columns=["species"])
-    x = features.to_numpy(dtype=np.float32)
-    classes, y = np.unique(iris_frame["species"].to_numpy(), return_inverse=True)
-    fill, mean, std = np.median(x, axis=0), x.mean(axis=0), x.std(axis=0)
-    network = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, len(classes)))
-    optimizer = torch.optim.Adam(network.parameters(), lr=0.05)
-    inputs, targets = torch.as_tensor((x - mean) / std), torch.as_tensor(y)
-    for _ in range(60):
-        optimizer.zero_grad()
-        torch.nn.functional.cross_entropy(network(inputs), targets).backward()
-        optimizer.step()
-    state = {name: tensor.detach().clone() for name, tensor in network.state_dict().items()}
-    state |= {
-        f"preprocess.{key}": torch.as_tensor(value)
-        for key, value in (("fill", fill), ("mean", mean), ("std", std))
-    }
-    torch.save(state, folder / "model.pt")
-    architecture = {
-        "format": "modelloop-torch-mlp/v1",
-        "task": "classification",
-        "n_features": 4,
-        "feature_names": list(features.columns),
-        "hidden_sizes": [8],
-        "n_outputs": len(classes),
-        "activation": "relu",
-        "classes": [str(label) for label in classes],
-    }
-    (folder / "model.json").write_text(json.dumps(architecture))
+    return train_mlp(tmp_path_factory.mktemp("iris-mlp"), data.as_uri(), features, params)
 
-    def predict(rows: np.ndarray) -> np.ndarray:
-        z = torch.as_tensor(((np.where(np.isnan(rows), fill, rows) - mean) / std).astype(np.float32))
-        with torch.no_grad():
-            return np.asarray(classes[network(z).numpy().argmax(axis=1)])
 
-    return TorchArtifact(folder, predict)
+@pytest.fixture(scope="session")
+def trained_diabetes_mlp(tmp_path_factory: pytest.TempPathFactory) -> TrainedMLP:
+    """A TorchMLP regressor on diabetes, trained by the trainer."""
+    features = datasets.load_diabetes(as_frame=True).data
+    params = {"task": "regression", "hidden_sizes": [8], "epochs": 50, "lr": 0.01, "batch_size": 64}
+    return train_mlp(tmp_path_factory.mktemp("diabetes-mlp"), "sklearn://diabetes", features, params)
 
 
 def free_port() -> int:
@@ -242,8 +273,8 @@ def wait_until_serving(server: RunningServer, timeout: float = STARTUP_TIMEOUT) 
             if requests.get(pending[0], timeout=5).status_code == 200:
                 pending.pop(0)
                 continue
-        except requests.ConnectionError:
-            pass
+        except (requests.ConnectionError, requests.Timeout):
+            pass  # not listening yet, or a worker still loading the model (slow on a busy machine)
         time.sleep(0.1)
 
 

@@ -10,6 +10,7 @@ import pytest
 from seldon_core.proto import prediction_pb2
 from seldon_core.utils import json_to_seldon_message, seldon_message_to_json
 
+from conftest import TrainedMLP
 from modelloop_seldon import ArtifactError, ModelloopModel
 
 SETOSA = [5.1, 3.5, 1.4, 0.2]
@@ -45,7 +46,7 @@ def test_loading_a_folder_without_a_model_says_what_it_holds(tmp_path: Path) -> 
     (tmp_path / "notes.txt").write_text("")
 
     with pytest.raises(
-        ArtifactError, match=r"neither model.joblib nor model.pt \(it holds: \['notes.txt'\]\)"
+        ArtifactError, match=r"neither model.joblib nor model.onnx \(it holds: \['notes.txt'\]\)"
     ):
         ModelloopModel(str(tmp_path)).load()
 
@@ -82,6 +83,22 @@ def test_a_grpc_message_is_answered_with_a_grpc_message(iris_artifact: Path) -> 
 
     assert isinstance(answer, prediction_pb2.SeldonMessage)
     assert seldon_message_to_json(answer)["data"]["ndarray"] == ["setosa"]
+
+
+def test_a_trained_mlp_regressor_answers_what_pytorch_predicts_in_the_targets_units(
+    trained_diabetes_mlp: TrainedMLP,
+) -> None:
+    model = ModelloopModel(str(trained_diabetes_mlp.folder))
+    model.load()
+    rows = trained_diabetes_mlp.rows
+
+    answer = model.predict_raw(
+        {"data": {"tensor": {"shape": list(rows.shape), "values": rows.ravel().tolist()}}}
+    )
+
+    assert model.predictor is not None and model.predictor.framework == "pytorch"
+    # onnxruntime's float32 sums and PyTorch's differ in their last bits; nothing more.
+    np.testing.assert_allclose(answer["data"]["tensor"]["values"], trained_diabetes_mlp.expected, rtol=1e-6)
 
 
 def test_a_fault_of_the_server_is_a_500_that_is_counted(

@@ -18,7 +18,7 @@ from seldon_core.proto import prediction_pb2_grpc
 from seldon_core.utils import json_to_seldon_message, seldon_message_to_json
 from sklearn import datasets
 
-from conftest import RunningServer, TorchArtifact, start_server, stop_server
+from conftest import RunningServer, TrainedMLP, start_server, stop_server
 
 SETOSA = [5.1, 3.5, 1.4, 0.2]
 # What Seldon's operator sets on the container of graph node "classifier", predictor "canary" (labelled
@@ -108,16 +108,19 @@ def test_a_regressor_answers_its_models_values_in_the_form_it_was_asked(
     np.testing.assert_allclose(tensor["values"], expected, rtol=1e-9)
 
 
-def test_a_pytorch_mlp_answers_what_its_network_predicts(
-    serve: Callable[..., RunningServer], torch_iris_artifact: TorchArtifact, iris_frame: pd.DataFrame
+def test_a_trained_mlp_answers_what_pytorch_predicts(
+    serve: Callable[..., RunningServer], trained_iris_mlp: TrainedMLP
 ) -> None:
-    rows = iris_frame.drop(columns=["species"]).to_numpy()
-    server = serve(torch_iris_artifact.folder)
+    rows = trained_iris_mlp.rows
+    server = serve(trained_iris_mlp.folder)
 
-    response = server.predict_rows(rows.tolist())
+    # The rows with missing values too: null, filled by the model with the training medians.
+    response = server.predict_rows(
+        [[None if np.isnan(value) else value for value in row] for row in rows.tolist()]
+    )
 
     assert response.status_code == 200, response.text
-    assert response.json()["data"]["ndarray"] == torch_iris_artifact.predict(rows).tolist()
+    assert response.json()["data"]["ndarray"] == trained_iris_mlp.expected.tolist()
 
 
 @pytest.mark.parametrize(

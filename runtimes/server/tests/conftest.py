@@ -1,7 +1,10 @@
 """Shared set-up: real artifacts in the trainer's layout, and ``modelloop-serve`` run as a process.
 
-Artifacts are written the way runtimes/trainer writes them (``model.joblib``; ``model.pt`` with
-tensors only plus ``model.json``), from scikit-learn's bundled datasets, so nothing is downloaded.
+scikit-learn artifacts are written here the way runtimes/trainer writes them (``model.joblib``);
+TorchMLP artifacts (``model.onnx``, with ``model.pt`` + ``model.json``) are trained and exported by the
+trainer itself, run from its environment (.venvs/trainer; the tests that need one skip without it), and
+its PyTorch model says what they should predict. The data are scikit-learn's bundled datasets, so nothing
+is downloaded.
 """
 
 from __future__ import annotations
@@ -24,7 +27,6 @@ import joblib
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from prometheus_client.parser import text_string_to_metric_families
 from sklearn import datasets
 from sklearn.ensemble import RandomForestClassifier
@@ -33,6 +35,16 @@ from sklearn.linear_model import Ridge
 from sklearn.pipeline import make_pipeline
 
 SERVE = str(Path(sys.executable).with_name("modelloop-serve"))
+TRAINER = Path(__file__).resolve().parents[3] / ".venvs" / "trainer" / "bin" / "modelloop-train"
+# Run by the trainer's Python: the PyTorch model of the folder (URI in argv) predicts the rows on stdin (JSON,
+# null for a missing value); the predictions go to stdout as JSON.
+PYTORCH_PREDICT = """
+import json, sys
+import numpy as np
+from modelloop_trainer.artifacts import read_model
+rows = np.array([[np.nan if value is None else value for value in row] for row in json.load(sys.stdin)])
+print(json.dumps(read_model(sys.argv[1]).predict(rows).tolist()))
+"""
 STARTUP_TIMEOUT = 60.0
 READY_LINE = "Uvicorn running on"
 
@@ -68,89 +80,73 @@ def diabetes_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @dataclass(frozen=True)
-class TorchArtifact:
-    """A TorchMLP artifact folder and what it should predict, computed apart from the server."""
+class TrainedMLP:
+    """A TorchMLP that the real trainer trained and exported, and what PyTorch predicts with it."""
 
     folder: Path
-    predict: Callable[[np.ndarray], np.ndarray]
+    """The trainer's output folder: model.onnx, model.pt + model.json, reference files, ..."""
+    rows: np.ndarray
+    """Rows to ask for: the whole dataset's features, then a few with missing values (NaN)."""
+    expected: np.ndarray
+    """The trainer's PyTorch model's predictions for ``rows`` (model.pt, read back as it reads a champion)."""
 
 
-def write_torch_mlp(
-    folder: Path, features: pd.DataFrame, target: np.ndarray, *, task: str, hidden_sizes: list[int]
-) -> TorchArtifact:
-    """Train a small MLP and write it as the trainer's TorchMLP does.
+def train_mlp(folder: Path, dataset: str, features: pd.DataFrame, params: dict[str, object]) -> TrainedMLP:
+    """Train a TorchMLP with ``modelloop-train`` from the trainer's environment into ``folder``, then ask
+    the trainer's PyTorch for its predictions on ``features`` and on some of its rows with values missing.
 
-    That is model.pt (the network's state and the input preprocessing, tensors only) and model.json.
+    ``dataset`` is the trainer's ``MODELLOOP_DATASET_URI``, with ``MODELLOOP_TARGET_COLUMN`` ``target``.
+    Skips the test where the trainer's environment is not built.
     """
-    torch.manual_seed(0)
-    x = features.to_numpy(dtype=np.float32)
-    fill = np.nanmedian(x, axis=0).astype(np.float32)
-    mean = x.mean(axis=0).astype(np.float32)
-    std = x.std(axis=0).astype(np.float32)
-    layers: list[torch.nn.Module] = []
-    width = x.shape[1]
-    for size in hidden_sizes:
-        layers += [torch.nn.Linear(width, size), torch.nn.ReLU()]
-        width = size
-    architecture: dict[str, Any] = {
-        "format": "modelloop-torch-mlp/v1",
-        "task": task,
-        "n_features": x.shape[1],
-        "feature_names": [str(name) for name in features.columns],
-        "hidden_sizes": hidden_sizes,
-        "activation": "relu",
-        "torch_version": str(torch.__version__),
+    if not TRAINER.is_file():
+        pytest.skip(f"the trainer's environment is not built ({TRAINER}): make trainer-venv")
+    env = {key: value for key, value in os.environ.items() if not key.startswith("MODELLOOP_")}
+    env |= {
+        "MODELLOOP_RUN_NAME": folder.name,
+        "MODELLOOP_MODEL_NAME": folder.name,
+        "MODELLOOP_PARAMS": json.dumps({"estimator": "TorchMLP", "seed": 0, **params}),
+        "MODELLOOP_DATASET_URI": dataset,
+        "MODELLOOP_TARGET_COLUMN": "target",
+        "MODELLOOP_OUTPUT_URI": folder.as_uri(),
+        "MODELLOOP_RESULT_PATH": str(folder.with_suffix(".result.json")),
+        "MODELLOOP_DEVICE": "cpu",
     }
-    inputs = torch.as_tensor((x - mean) / std)
-    if task == "classification":
-        classes, encoded = np.unique(target, return_inverse=True)
-        outputs = torch.as_tensor(encoded, dtype=torch.long)
-        architecture.update(n_outputs=len(classes), classes=[str(label) for label in classes])
-        loss_fn: torch.nn.Module = torch.nn.CrossEntropyLoss()
-    else:
-        y_mean, y_std = float(target.mean()), float(target.std())
-        outputs = torch.as_tensor((target - y_mean) / y_std, dtype=torch.float32).unsqueeze(1)
-        architecture.update(n_outputs=1, target_mean=y_mean, target_std=y_std)
-        loss_fn = torch.nn.MSELoss()
-    layers.append(torch.nn.Linear(width, architecture["n_outputs"]))
-    network = torch.nn.Sequential(*layers)
-    optimizer = torch.optim.Adam(network.parameters(), lr=0.01)
-    for _ in range(100):
-        optimizer.zero_grad()
-        loss_fn(network(inputs), outputs).backward()
-        optimizer.step()
-    network.eval()
-    state = {name: tensor.detach().clone() for name, tensor in network.state_dict().items()}
-    state.update(
-        {
-            f"preprocess.{name}": torch.as_tensor(value)
-            for name, value in (("fill", fill), ("mean", mean), ("std", std))
-        }
+    trained = subprocess.run(
+        [str(TRAINER)], env=env, capture_output=True, text=True, timeout=300, check=False
     )
-    torch.save(state, folder / "model.pt")
-    (folder / "model.json").write_text(json.dumps(architecture, indent=2, sort_keys=True) + "\n")
-
-    def predict(rows: np.ndarray) -> np.ndarray:
-        z = (np.where(np.isnan(rows), fill, rows).astype(np.float32) - mean) / std
-        with torch.no_grad():
-            scores = network(torch.as_tensor(z, dtype=torch.float32)).numpy()
-        if task == "classification":
-            return np.asarray(architecture["classes"])[scores.argmax(axis=1)]
-        return scores[:, 0].astype(np.float64) * architecture["target_std"] + architecture["target_mean"]
-
-    return TorchArtifact(folder, predict)
+    assert trained.returncode == 0, trained.stderr
+    rows = features.to_numpy(dtype=np.float64)
+    missing = rows[::25].copy()
+    missing[:, 0] = np.nan
+    missing[::2, -1] = np.nan
+    rows = np.concatenate([rows, missing])
+    predicted = subprocess.run(
+        [str(TRAINER.with_name("python")), "-c", PYTORCH_PREDICT, folder.as_uri()],
+        input=json.dumps([[None if np.isnan(value) else value for value in row] for row in rows.tolist()]),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return TrainedMLP(folder, rows, np.asarray(json.loads(predicted.stdout)))
 
 
 @pytest.fixture(scope="session")
-def torch_iris_artifact(tmp_path_factory: pytest.TempPathFactory, iris_frame: pd.DataFrame) -> TorchArtifact:
-    """A TorchMLP classifier on iris in the trainer's layout."""
-    return write_torch_mlp(
-        tmp_path_factory.mktemp("iris-torch"),
-        iris_frame.drop(columns=["species"]),
-        iris_frame["species"].to_numpy(),
-        task="classification",
-        hidden_sizes=[16, 8],
-    )
+def trained_iris_mlp(tmp_path_factory: pytest.TempPathFactory, iris_frame: pd.DataFrame) -> TrainedMLP:
+    """A TorchMLP classifier on iris (labels as names, from a CSV file), trained by the trainer."""
+    data = tmp_path_factory.mktemp("iris-data") / "iris.csv"
+    iris_frame.rename(columns={"species": "target"}).to_csv(data, index=False)
+    params = {"task": "classification", "hidden_sizes": [16], "epochs": 100, "lr": 0.03, "batch_size": 32}
+    features = iris_frame.drop(columns=["species"])
+    return train_mlp(tmp_path_factory.mktemp("iris-mlp"), data.as_uri(), features, params)
+
+
+@pytest.fixture(scope="session")
+def trained_diabetes_mlp(tmp_path_factory: pytest.TempPathFactory) -> TrainedMLP:
+    """A TorchMLP regressor on diabetes, trained by the trainer."""
+    features = datasets.load_diabetes(as_frame=True).data
+    params = {"task": "regression", "hidden_sizes": [8], "epochs": 50, "lr": 0.01, "batch_size": 64}
+    return train_mlp(tmp_path_factory.mktemp("diabetes-mlp"), "sklearn://diabetes", features, params)
 
 
 def free_port() -> int:

@@ -1,21 +1,21 @@
-"""This server's artifacts: the trainer's PyTorch MLP rebuilt by its own code, and refused when it cannot be.
+"""This server's artifacts: the trainer's TorchMLP served from its ONNX export as PyTorch predicts it, and
+refused when it has no export.
 
-The folder's layout and ``model.joblib`` are loaded by ``modelloop_contracts.load_predictor``, tested in
-contracts/tests; here is what this server adds to it.
+The folder's layout, ``model.joblib`` and ``model.onnx`` are loaded by
+``modelloop_contracts.load_predictor``, tested in contracts/tests; here are models the real trainer wrote.
 """
 
 from __future__ import annotations
 
-import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from modelloop_contracts import ArtifactError
-from sklearn import datasets
 
-from conftest import TorchArtifact, write_torch_mlp
+from conftest import TrainedMLP
 from modelloop_server.model import load_artifact
 
 
@@ -29,62 +29,58 @@ def test_a_joblib_classifier_loads_with_its_feature_names_and_classes(
     assert predictor.classes == ("setosa", "versicolor", "virginica")
 
 
-def test_a_torch_mlp_is_rebuilt_from_its_architecture(
-    torch_iris_artifact: TorchArtifact, iris_frame: pd.DataFrame
+def test_a_trained_mlp_classifier_predicts_what_pytorch_predicts(
+    trained_iris_mlp: TrainedMLP, iris_frame: pd.DataFrame
 ) -> None:
-    predictor = load_artifact(torch_iris_artifact.folder)
-    rows = iris_frame.drop(columns=["species"]).to_numpy()
+    predictor = load_artifact(trained_iris_mlp.folder)
+    predictions = predictor.predict(trained_iris_mlp.rows)
 
     assert predictor.framework == "pytorch"
     assert predictor.feature_names == tuple(iris_frame.columns[:4])
     assert predictor.n_features == 4
     assert predictor.classes == ("setosa", "versicolor", "virginica")
-    assert (predictor.predict(rows) == torch_iris_artifact.predict(rows)).all()
+    # Every row, those with missing values (filled with the training medians) too.
+    assert predictions.tolist() == trained_iris_mlp.expected.tolist()
     # The network learned something: the artifact is a real model, not an untrained one.
-    assert (predictor.predict(rows) == iris_frame["species"].to_numpy()).mean() > 0.9
+    assert (predictions[: len(iris_frame)] == iris_frame["species"].to_numpy()).mean() > 0.9
 
 
-def test_a_torch_mlp_regressor_undoes_the_target_standardization(tmp_path: Path) -> None:
-    features, target = datasets.load_diabetes(return_X_y=True, as_frame=True)
-    artifact = write_torch_mlp(tmp_path, features, target.to_numpy(), task="regression", hidden_sizes=[8])
-    rows = features.to_numpy()
-
-    predictor = load_artifact(tmp_path)
-    predictions = predictor.predict(rows)
+def test_a_trained_mlp_regressor_predicts_what_pytorch_predicts_in_the_targets_units(
+    trained_diabetes_mlp: TrainedMLP,
+) -> None:
+    predictor = load_artifact(trained_diabetes_mlp.folder)
+    predictions = predictor.predict(trained_diabetes_mlp.rows)
 
     assert predictor.classes is None
-    assert np.allclose(predictions, artifact.predict(rows), rtol=1e-5)
+    assert predictions.dtype == np.float64
+    # onnxruntime's float32 sums and PyTorch's differ in their last bits; nothing more.
+    np.testing.assert_allclose(predictions, trained_diabetes_mlp.expected, rtol=1e-6)
     assert 100 < predictions.mean() < 200  # in the target's units, not standardized ones
 
 
-def test_weights_without_their_architecture_are_refused(
-    torch_iris_artifact: TorchArtifact, tmp_path: Path
+def test_the_trainers_recorded_reference_predictions_are_reproduced(trained_iris_mlp: TrainedMLP) -> None:
+    reference = pd.read_csv(trained_iris_mlp.folder / "reference.csv")
+    recorded = pd.read_csv(trained_iris_mlp.folder / "reference_predictions.csv")["prediction"]
+
+    predictions = load_artifact(trained_iris_mlp.folder).predict(reference.to_numpy())
+
+    assert predictions.tolist() == recorded.tolist()
+
+
+def test_the_onnx_file_alone_is_a_servable_model(trained_iris_mlp: TrainedMLP, tmp_path: Path) -> None:
+    """What a storage initializer fetches for an artifactUri that names model.onnx: that file only."""
+    shutil.copyfile(trained_iris_mlp.folder / "model.onnx", tmp_path / "model.onnx")
+
+    predictions = load_artifact(tmp_path).predict(trained_iris_mlp.rows)
+
+    assert predictions.tolist() == trained_iris_mlp.expected.tolist()
+
+
+def test_an_mlp_without_its_onnx_export_is_refused_saying_how_to_export_it(
+    trained_iris_mlp: TrainedMLP, tmp_path: Path
 ) -> None:
-    (tmp_path / "model.pt").write_bytes((torch_iris_artifact.folder / "model.pt").read_bytes())
+    for name in ("model.pt", "model.json"):
+        shutil.copyfile(trained_iris_mlp.folder / name, tmp_path / name)
 
-    with pytest.raises(ArtifactError, match=r"no model.json"):
-        load_artifact(tmp_path)
-
-
-def test_an_architecture_of_another_format_is_refused(
-    torch_iris_artifact: TorchArtifact, tmp_path: Path
-) -> None:
-    (tmp_path / "model.pt").write_bytes((torch_iris_artifact.folder / "model.pt").read_bytes())
-    architecture = json.loads((torch_iris_artifact.folder / "model.json").read_text())
-    (tmp_path / "model.json").write_text(json.dumps({**architecture, "format": "other/v9"}))
-
-    with pytest.raises(ArtifactError, match="other/v9"):
-        load_artifact(tmp_path)
-
-
-def test_weights_that_are_not_tensors_only_are_refused(
-    torch_iris_artifact: TorchArtifact, tmp_path: Path
-) -> None:
-    # torch.save of an arbitrary object is a pickle that weights_only=True will not run.
-    import torch
-
-    torch.save({"payload": object()}, tmp_path / "model.pt")
-    (tmp_path / "model.json").write_text((torch_iris_artifact.folder / "model.json").read_text())
-
-    with pytest.raises(ArtifactError, match="cannot load"):
+    with pytest.raises(ArtifactError, match=r"no model.onnx.*modelloop-train --export-onnx"):
         load_artifact(tmp_path)

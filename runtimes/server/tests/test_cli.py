@@ -55,4 +55,4 @@ def test_a_folder_without_a_model_fails_fast_with_the_reason(tmp_path: Path) -> 
     )
 
     assert process.returncode == 2
-    assert f"modelloop-serve: {tmp_path} holds neither model.joblib nor model.pt" in process.stderr
+    assert f"modelloop-serve: {tmp_path} holds neither model.joblib nor model.onnx" in process.stderr

@@ -16,7 +16,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
 
-from conftest import RunningServer, TorchArtifact
+from conftest import RunningServer, TrainedMLP
 
 Serve = Callable[..., RunningServer]
 ROWS = [[5.1, 3.5, 1.4, 0.2], [6.2, 2.9, 4.3, 1.3], [6.7, 3.0, 5.2, 2.3]]
@@ -214,28 +214,37 @@ def test_a_regressors_predictions_fill_the_value_histogram(serve: Serve, diabete
     assert server.sample("modelloop_server_requests_total", **labels, protocol="v1", code="200") == 1
 
 
-def test_a_torch_mlp_artifact_serves_the_networks_predictions(
-    serve: Serve, torch_iris_artifact: TorchArtifact, iris_frame: pd.DataFrame
-) -> None:
-    server = serve(torch_iris_artifact.folder, name="iris-mlp")
-    rows = iris_frame.drop(columns=["species"]).iloc[::10].to_numpy()
+def test_a_trained_mlp_serves_what_pytorch_predicts(serve: Serve, trained_iris_mlp: TrainedMLP) -> None:
+    server = serve(trained_iris_mlp.folder, name="iris-mlp")
+    rows, expected = trained_iris_mlp.rows[::10], trained_iris_mlp.expected[::10].tolist()
+    complete = ~np.isnan(rows).any(axis=1)
 
-    v1 = server.v1(rows.tolist())
+    # V1 takes a missing value as null; V2's FP32 tensor has no such value: it gets the complete rows.
+    v1 = server.v1([[None if np.isnan(value) else value for value in row] for row in rows.tolist()])
     v2 = server.v2(
-        [{"name": "x", "shape": list(rows.shape), "datatype": "FP32", "data": rows.ravel().tolist()}]
+        [
+            {
+                "name": "x",
+                "shape": list(rows[complete].shape),
+                "datatype": "FP32",
+                "data": rows[complete].ravel().tolist(),
+            }
+        ]
     )
 
-    expected = torch_iris_artifact.predict(rows).tolist()
     assert v1.status_code == 200, v1.text
     assert v1.json()["predictions"] == expected
-    assert v2.json()["outputs"][0]["data"] == expected
+    assert v2.status_code == 200, v2.text
+    assert v2.json()["outputs"][0]["data"] == [
+        label for label, kept in zip(expected, complete, strict=True) if kept
+    ]
     total = sum(
         server.sample(
             "modelloop_server_predictions_total", model="iris-mlp", version="unknown", **{"class": label}
         )
         for label in ("setosa", "versicolor", "virginica")
     )
-    assert total == 2 * len(rows)
+    assert total == len(rows) + complete.sum()
 
 
 def httpx_post(server: RunningServer, path: str, body: object) -> httpx.Response:

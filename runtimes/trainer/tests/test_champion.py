@@ -68,16 +68,28 @@ def test_a_champion_that_looked_better_on_its_easier_split_is_worse_on_the_same_
     assert same_data <= 2 / 3 + 1e-9  # it cannot name a single virginica
 
 
-def test_a_pytorch_champion_given_by_its_folder_is_evaluated_too(run_trainer: RunTrainer) -> None:
+@pytest.mark.parametrize(
+    "given_as",
+    ["artifact", "folder", "weights"],
+    ids=["its-artifact-uri-model.onnx", "its-folder", "its-model.pt"],
+)
+def test_a_pytorch_champion_is_evaluated_with_its_pytorch_weights_however_it_is_named(
+    run_trainer: RunTrainer, given_as: str
+) -> None:
     params = {"estimator": "TorchMLP", "hidden_sizes": [8], "epochs": 5, "batch_size": 32}
     champion = run_trainer(
         name="champion", dataset_uri="sklearn://breast_cancer", params=params, device="cpu"
     )
+    uri = {
+        "artifact": champion.result["artifactUri"],
+        "folder": champion.output.as_uri() + "/",
+        "weights": (champion.output / "model.pt").as_uri(),
+    }[given_as]
     run = run_trainer(
         name="new",
         dataset_uri="sklearn://breast_cancer",
         params={"estimator": "LogisticRegression", "max_iter": 5000},
-        champion_uri=champion.output.as_uri() + "/",
+        champion_uri=uri,
         champion_version="cancer-v2",
     )
 

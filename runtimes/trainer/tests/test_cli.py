@@ -130,6 +130,37 @@ def test_a_run_prints_a_progress_line_per_epoch_on_stdout_before_its_result(tmp_
     assert "modelloop:progress" not in process.stderr
 
 
+def test_an_mlp_written_without_its_onnx_export_gets_it_from_the_command(tmp_path: Path) -> None:
+    output = tmp_path / "out"
+    env = {
+        "MODELLOOP_PARAMS": json.dumps({"estimator": "TorchMLP", "hidden_sizes": [8], "epochs": 3}),
+        "MODELLOOP_DATASET_URI": "sklearn://wine",
+        "MODELLOOP_OUTPUT_URI": output.as_uri(),
+        "MODELLOOP_RESULT_PATH": str(tmp_path / "termination-log"),
+        "MODELLOOP_DEVICE": "cpu",
+    }
+    trained = modelloop_train(env)
+    assert trained.returncode == 0, trained.stderr
+    written = (output / "model.onnx").read_bytes()
+    (output / "model.onnx").unlink()  # as an artifact of a trainer from before ONNX
+
+    exported = modelloop_train({}, "--export-onnx", (output / "model.pt").as_uri())
+
+    assert exported.returncode == 0, exported.stderr
+    assert (output / "model.onnx").read_bytes() == written
+    assert json.loads(exported.stdout) == {
+        "artifactUri": (output / "model.onnx").as_uri(),
+        "artifactDigest": json.loads(trained.stdout.splitlines()[-1])["artifactDigest"],
+    }
+
+
+def test_exporting_what_is_no_pytorch_model_fails_with_the_reason(tmp_path: Path) -> None:
+    process = modelloop_train({}, "--export-onnx", tmp_path.as_uri())
+
+    assert process.returncode == 1
+    assert process.stderr.startswith(f"modelloop-train: cannot export {tmp_path.as_uri()}: FileNotFoundError")
+
+
 def test_bad_data_exits_1_with_a_readable_reason_and_no_traceback_in_the_result(
     tmp_path: Path, iris_frame: pd.DataFrame, write_csv: Callable[[pd.DataFrame, str], str]
 ) -> None:

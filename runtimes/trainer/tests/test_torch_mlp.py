@@ -1,11 +1,15 @@
-"""TorchMLP learns, is deterministic, saves and loads: on the CPU, and on CUDA where there is a GPU."""
+"""TorchMLP learns, is deterministic, saves and loads, and exports to ONNX as it predicts: on the CPU, and
+on CUDA where there is a GPU."""
 
 from __future__ import annotations
 
 import json
 
 import numpy as np
+import onnx
+import onnxruntime
 import pytest
+from modelloop_contracts import ONNX_FORMAT, ONNX_MANIFEST_KEY
 from sklearn import datasets
 from sklearn.metrics import accuracy_score, r2_score
 from sklearn.model_selection import train_test_split
@@ -107,3 +111,81 @@ def test_the_cuda_graph_replays_the_same_training_as_eager_steps() -> None:
 def test_the_cpu_never_uses_a_cuda_graph() -> None:
     model, _, _ = fitted(seed=2)
     assert model.graph_replays_ == 0
+
+
+def onnx_session(model: TorchMLP) -> onnxruntime.InferenceSession:
+    return onnxruntime.InferenceSession(model.onnx_bytes(), providers=["CPUExecutionProvider"])
+
+
+def test_the_onnx_export_of_a_classifier_gives_its_class_indices_and_probabilities() -> None:
+    model, x_test, _ = fitted()
+    x = x_test.astype(np.float32)
+    x[::4, 1] = np.nan  # filled with the training median, in the graph
+
+    session = onnx_session(model)
+    index, probabilities = session.run(["class_index", "probabilities"], {"features": x})
+
+    assert [node.name for node in session.get_inputs()] == ["features"]
+    assert session.get_inputs()[0].shape == ["batch", 13]
+    np.testing.assert_array_equal(model.classes_[index], model.predict(x))
+    np.testing.assert_allclose(probabilities, model.predict_proba(x), atol=1e-6)
+
+
+def test_the_onnx_export_of_a_regressor_gives_its_values_in_the_targets_units() -> None:
+    x, y = datasets.load_diabetes(return_X_y=True)
+    model = TorchMLP(task="regression", hidden_sizes=[16], epochs=20, batch_size=32).fit(x, y)
+
+    (values,) = onnx_session(model).run(["value"], {"features": x.astype(np.float32)})
+
+    assert values.dtype == np.float64
+    np.testing.assert_allclose(values, model.predict(x), rtol=1e-6)
+
+
+@pytest.mark.parametrize("rows", [0, 1, 7])
+def test_the_onnx_export_takes_any_number_of_rows(rows: int) -> None:
+    model, x_test, _ = fitted(seed=1)
+
+    (index,) = onnx_session(model).run(["class_index"], {"features": x_test[:rows].astype(np.float32)})
+
+    assert index.shape == (rows,)
+
+
+def test_the_onnx_export_carries_the_models_manifest_and_nothing_about_where_it_was_made() -> None:
+    x, y = datasets.load_iris(return_X_y=True, as_frame=True)
+    names = np.array(["setosa", "versicolor", "virginica"])[y]
+    model = TorchMLP(hidden_sizes=[8], epochs=2).fit(x, names)
+
+    exported = onnx.load_from_string(model.onnx_bytes())
+
+    assert {prop.key: json.loads(prop.value) for prop in exported.metadata_props} == {
+        ONNX_MANIFEST_KEY: {
+            "format": ONNX_FORMAT,
+            "task": "classification",
+            "feature_names": list(x.columns),
+            "classes": ["setosa", "versicolor", "virginica"],
+        }
+    }
+    assert all(not node.metadata_props for node in exported.graph.node)
+    assert __file__.rsplit("/", 2)[0] not in str(exported)  # no stack traces naming source files
+    onnx.checker.check_model(exported, full_check=True)
+
+
+def test_the_same_model_exports_to_the_same_bytes_and_prints_nothing(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    model, _, _ = fitted(seed=1)
+
+    first, second = model.onnx_bytes(), model.onnx_bytes()
+
+    assert first == second
+    assert capfd.readouterr().out == ""  # the trainer's stdout holds progress lines and the result only
+
+
+@needs_cuda
+def test_a_model_trained_on_cuda_exports_from_the_cpu_and_stays_on_cuda() -> None:
+    model, x_test, _ = fitted(device="cuda", seed=3)
+
+    (index,) = onnx_session(model).run(["class_index"], {"features": x_test.astype(np.float32)})
+
+    assert next(model.network_.parameters()).device.type == "cuda"
+    assert (model.classes_[index] == model.predict(x_test)).mean() >= 0.95

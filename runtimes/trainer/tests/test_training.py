@@ -10,7 +10,7 @@ import joblib
 import numpy as np
 import pandas as pd
 import pytest
-from modelloop_contracts import dataset_hash
+from modelloop_contracts import dataset_hash, load_predictor
 from sklearn.pipeline import Pipeline
 
 from conftest import RunTrainer
@@ -212,19 +212,26 @@ def test_a_bad_environment_is_reported_as_invalid_parameters(run_trainer: RunTra
     assert failed(run, "InvalidParameters") == "MODELLOOP_TRIAL must be a non-negative integer, got 'x'"
 
 
-def test_a_torch_mlp_run_writes_weights_and_architecture(run_trainer: RunTrainer) -> None:
+def test_a_torch_mlp_run_writes_its_onnx_export_for_serving_and_its_weights_and_architecture(
+    run_trainer: RunTrainer,
+) -> None:
     params = {"estimator": "TorchMLP", "hidden_sizes": [16], "epochs": 15, "batch_size": 32}
     run = run_trainer(dataset_uri="sklearn://breast_cancer", params=params, device="auto")
     assert run.status == 0, run.result
     assert run.result["framework"] == "pytorch"
     assert run.result["estimator"] == "TorchMLP"
-    assert run.result["artifactUri"].endswith("/model.pt")
     assert run.result["metrics"]["roc_auc"] > 0.95
-    weights = (run.output / "model.pt").read_bytes()
-    assert run.result["artifactDigest"] == "sha256:" + hashlib.sha256(weights).hexdigest()
-    model = load_torch_mlp(weights, json.loads((run.output / "model.json").read_text()))
+    # The artifact is what a server loads: model.onnx, and its digest.
+    exported = run.output / "model.onnx"
+    assert run.result["artifactUri"] == exported.as_uri()
+    assert run.result["artifactDigest"] == "sha256:" + hashlib.sha256(exported.read_bytes()).hexdigest()
+    model = load_torch_mlp(
+        (run.output / "model.pt").read_bytes(), json.loads((run.output / "model.json").read_text())
+    )
     reference = pd.read_csv(run.output / "reference.csv")
-    assert set(model.predict(reference)) <= {0, 1}
+    served = load_predictor(run.output).predict(reference.to_numpy())
+    assert served.tolist() == model.predict(reference).tolist()
+    assert set(served) <= {0, 1}
 
 
 def test_torch_mlp_gets_the_seed_and_is_deterministic(run_trainer: RunTrainer) -> None:
@@ -232,6 +239,7 @@ def test_torch_mlp_gets_the_seed_and_is_deterministic(run_trainer: RunTrainer) -
     first = run_trainer(name="a", dataset_uri="sklearn://diabetes", params=params, device="cpu")
     second = run_trainer(name="b", dataset_uri="sklearn://diabetes", params=params, device="cpu")
     assert first.result["metrics"]["r2"] == second.result["metrics"]["r2"]
+    assert first.result["artifactDigest"] == second.result["artifactDigest"]  # model.onnx, byte for byte
     assert first.full_result()["task"] == "regression"
     assert first.full_result()["params"]["seed"] == 9
 

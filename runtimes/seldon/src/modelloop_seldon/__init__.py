@@ -1,7 +1,7 @@
 """modelloop's Seldon Core v1 model server: a seldon-core 1.17.1 wrapper class for the trainer's artifacts.
 
 ``seldon-core-microservice modelloop_seldon.ModelloopModel`` loads ``model.joblib`` (scikit-learn)
-or ``model.pt`` + ``model.json`` (the trainer's PyTorch MLP), answers Seldon's prediction protocol,
+or ``model.onnx`` (the trainer's PyTorch MLP, run with onnxruntime), answers Seldon's prediction protocol,
 and counts requests, errors and predictions, labelled with the model's version, in Seldon's metrics.
 """
 

@@ -41,16 +41,9 @@ def model_folder(model_uri: str) -> Path:
 
 
 def load_artifact(folder: Path) -> Predictor:
-    """The model in ``folder`` (``modelloop_contracts.load_predictor``), a PyTorch MLP rebuilt by
-    :mod:`modelloop_seldon.torch_mlp`; :class:`~modelloop_contracts.ArtifactError` when it cannot be."""
-    return load_predictor(folder, load_torch=_load_torch_mlp)
-
-
-def _load_torch_mlp(weights: bytes, architecture: dict[str, Any]) -> Predictor:
-    # PyTorch is imported for PyTorch artifacts only: a scikit-learn server starts seconds sooner.
-    from modelloop_seldon.torch_mlp import load_torch_mlp
-
-    return load_torch_mlp(weights, architecture)
+    """The model in ``folder`` (``modelloop_contracts.load_predictor``: scikit-learn's ``model.joblib``
+    or the trainer's MLP as ``model.onnx``); :class:`~modelloop_contracts.ArtifactError` when it cannot be."""
+    return load_predictor(folder)
 
 
 class ModelloopModel:

@@ -1,8 +1,8 @@
 """modelloop's model server: KServe's ModelServer for the artifacts the trainer writes.
 
-It loads ``model.joblib`` (scikit-learn) or ``model.pt`` + ``model.json`` (the trainer's PyTorch
-MLP), answers KServe's V1 and V2 protocols, and adds Prometheus metrics labelled with the model's
-name and version: requests by status code, latency, and the distribution of the predictions.
+It loads ``model.joblib`` (scikit-learn) or ``model.onnx`` (the trainer's PyTorch MLP, run with
+onnxruntime), answers KServe's V1 and V2 protocols, and adds Prometheus metrics labelled with the
+model's name and version: requests by status code, latency, and the distribution of the predictions.
 """
 
 from modelloop_contracts import ArtifactError, Predictor

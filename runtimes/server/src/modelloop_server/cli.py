@@ -27,7 +27,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     """modelloop's arguments on top of KServe's own (``--http_port``, ``--workers``, ``--model_name``...)."""
     parser = argparse.ArgumentParser(
         prog="modelloop-serve",
-        description="Serve a modelloop artifact (model.joblib, or model.pt + model.json) over KServe's "
+        description="Serve a modelloop artifact (model.joblib or model.onnx) over KServe's "
         "V1 and V2 protocols, with Prometheus metrics at /metrics.",
         # A copy: the defaults set below must not change KServe's own parser.
         parents=[copy.deepcopy(kserve_model_server.parser)],

@@ -14,16 +14,9 @@ from modelloop_server.payloads import Payload, features_from_request, prediction
 
 
 def load_artifact(model_dir: Path) -> Predictor:
-    """The model in ``model_dir`` (``modelloop_contracts.load_predictor``), a PyTorch MLP rebuilt by
-    :mod:`modelloop_server.torch_mlp`; :class:`~modelloop_contracts.ArtifactError` when it cannot be."""
-    return load_predictor(model_dir, load_torch=_load_torch_mlp)
-
-
-def _load_torch_mlp(weights: bytes, architecture: dict[str, Any]) -> Predictor:
-    # PyTorch is imported only for PyTorch artifacts: a scikit-learn server starts seconds sooner.
-    from modelloop_server.torch_mlp import load_torch_mlp
-
-    return load_torch_mlp(weights, architecture)
+    """The model in ``model_dir`` (``modelloop_contracts.load_predictor``: scikit-learn's ``model.joblib``
+    or the trainer's MLP as ``model.onnx``); :class:`~modelloop_contracts.ArtifactError` when it cannot be."""
+    return load_predictor(model_dir)
 
 
 class ModelloopModel(kserve.Model):  # type: ignore[misc]

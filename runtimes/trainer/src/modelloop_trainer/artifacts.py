@@ -1,9 +1,11 @@
 """Writing a run's files to its output folder (any fsspec URI: file://, s3://, ...).
 
-The folder's layout is ``modelloop_contracts.layout``: the model (``model.joblib``, or ``model.pt`` +
-``model.json`` for PyTorch), ``metrics.json``, ``reference.csv`` (a sample of the training features, the
-reference for drift detection), ``reference_predictions.csv`` (the model's predictions on those rows) and
-``result.json`` (the full result). :func:`read_model` reads such a model back (the champion's).
+The folder's layout is ``modelloop_contracts.layout``: the model (``model.joblib``, or for PyTorch
+``model.onnx``, which the servers run, and ``model.pt`` + ``model.json``, which this trainer reads back),
+``metrics.json``, ``reference.csv`` (a sample of the training features, the reference for drift
+detection), ``reference_predictions.csv`` (the model's predictions on those rows) and ``result.json`` (the
+full result). :func:`read_model` reads such a model back (the champion's); :func:`export_onnx` adds
+``model.onnx`` to a PyTorch model written before the trainer exported one.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import joblib
 import pandas as pd
 from modelloop_contracts import (
     MODEL_FILES,
+    ONNX_MODEL_FILE,
     PREDICTION_COLUMN,
     REFERENCE_FILE,
     REFERENCE_PREDICTIONS_FILE,
@@ -34,7 +37,8 @@ from modelloop_trainer.torch_mlp import TorchMLP, load_torch_mlp
 
 @dataclass(frozen=True)
 class ModelArtifact:
-    """Where the model file went and the sha256 digest of its bytes."""
+    """Where the model file that a server loads went (``model.joblib`` or ``model.onnx``) and the sha256
+    digest of its bytes."""
 
     uri: str
     digest: str
@@ -67,11 +71,14 @@ def sha256_digest(payload: bytes) -> str:
 
 
 def write_model(output_uri: str, model: Any) -> ModelArtifact:
-    """Serialize the fitted model into the output folder and return its URI and digest."""
+    """Serialize the fitted model into the output folder and return the URI and digest of the file that
+    a server loads: ``model.joblib``, or ``model.onnx`` for a TorchMLP, which also gets its PyTorch
+    weights and architecture (``model.pt``, ``model.json``) for this trainer to read back."""
     if isinstance(model, TorchMLP):
-        payload = model.weights_bytes()
-        uri = output_file_uri(output_uri, TORCH_MODEL_FILE)
+        write_bytes(output_file_uri(output_uri, TORCH_MODEL_FILE), model.weights_bytes())
         write_json(output_file_uri(output_uri, TORCH_ARCHITECTURE_FILE), model.architecture())
+        payload = _onnx_bytes(model)
+        uri = output_file_uri(output_uri, ONNX_MODEL_FILE)
     else:
         buffer = io.BytesIO()
         joblib.dump(model, buffer)
@@ -114,23 +121,47 @@ def write_reference(
 
 
 def read_model(uri: str) -> Any:
-    """Load a model the trainer wrote: ``uri`` names its model file (``model.joblib``, or ``model.pt``
-    with ``model.json`` beside it) or the folder that holds one. Raises ValueError or OSError."""
+    """Load a model the trainer wrote: ``uri`` names its model file (``model.joblib``; ``model.onnx`` or
+    ``model.pt``, with ``model.pt`` and ``model.json`` beside it) or the folder that holds one. A TorchMLP
+    is read from its PyTorch files, so that it predicts as the trainer's new models do. Raises ValueError
+    or OSError."""
     base = uri.rstrip("/")
     name = posixpath.basename(base)
     if name == SKLEARN_MODEL_FILE:
         return joblib.load(io.BytesIO(_read_bytes(base)))
-    if name == TORCH_MODEL_FILE:
-        folder = base[: -len(TORCH_MODEL_FILE)].rstrip("/")
+    if name in (ONNX_MODEL_FILE, TORCH_MODEL_FILE):
+        folder = posixpath.dirname(base)
         architecture = json.loads(_read_bytes(output_file_uri(folder, TORCH_ARCHITECTURE_FILE)))
-        return load_torch_mlp(_read_bytes(base), architecture)
+        return load_torch_mlp(_read_bytes(output_file_uri(folder, TORCH_MODEL_FILE)), architecture)
     filesystem, path = fsspec.core.url_to_fs(base)
     for candidate in MODEL_FILES:
         if filesystem.isfile(posixpath.join(path, candidate)):
             return read_model(output_file_uri(base, candidate))
     raise FileNotFoundError(
-        f"{uri} is neither a model file nor a folder holding {SKLEARN_MODEL_FILE} or {TORCH_MODEL_FILE}"
+        f"{uri} is neither a model file nor a folder holding one of {', '.join(MODEL_FILES)}"
     )
+
+
+def export_onnx(uri: str) -> ModelArtifact:
+    """Write ``model.onnx`` beside the PyTorch model that ``uri`` names (its ``model.pt`` or its folder),
+    as :func:`write_model` writes it for a new one; its URI and digest. Raises ValueError or OSError (no
+    such model), or TrainerError (the export or the write failed)."""
+    base = uri.rstrip("/")
+    folder = posixpath.dirname(base) if posixpath.basename(base) in MODEL_FILES else base
+    model = read_model(output_file_uri(folder, TORCH_MODEL_FILE))
+    payload = _onnx_bytes(model)
+    artifact = ModelArtifact(uri=output_file_uri(folder, ONNX_MODEL_FILE), digest=sha256_digest(payload))
+    write_bytes(artifact.uri, payload)
+    return artifact
+
+
+def _onnx_bytes(model: TorchMLP) -> bytes:
+    try:
+        return model.onnx_bytes()
+    except Exception as exc:
+        raise TrainerError(
+            FailureReason.TRAINING_FAILED, f"exporting the model to ONNX failed: {type(exc).__name__}: {exc}"
+        ) from exc
 
 
 def _read_bytes(uri: str) -> bytes:

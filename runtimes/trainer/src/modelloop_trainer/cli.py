@@ -9,6 +9,7 @@ stderr only.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -18,7 +19,7 @@ from typing import Any, NoReturn
 
 from modelloop_contracts import RESULT_FILE
 
-from modelloop_trainer.artifacts import output_file_uri, write_json
+from modelloop_trainer.artifacts import export_onnx, output_file_uri, write_json
 from modelloop_trainer.config import DATASET_FORMATS, TrainerConfig, result_path_from_env
 from modelloop_trainer.dataset import load_dataset
 from modelloop_trainer.errors import FailureReason, TrainerError
@@ -52,6 +53,12 @@ def _parser() -> _Parser:
         help="print the content hash of a dataset (the value for MODELLOOP_DATASET_HASH) and exit",
     )
     parser.add_argument("--dataset-format", choices=DATASET_FORMATS, help="the format for --dataset-hash")
+    parser.add_argument(
+        "--export-onnx",
+        metavar="URI",
+        help="write model.onnx beside a TorchMLP's model.pt (URI: the file or its folder) written by an "
+        "older trainer, print its URI and digest, and exit",
+    )
     return parser
 
 
@@ -70,6 +77,8 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         return 0
     if args.dataset_hash:
         return _print_dataset_hash(args.dataset_hash, args.dataset_format)
+    if args.export_onnx:
+        return _export_onnx(args.export_onnx)
     return run(environment)
 
 
@@ -145,4 +154,17 @@ def _print_dataset_hash(uri: str, dataset_format: str | None) -> int:
     except TrainerError as exc:
         print(f"modelloop-train: {exc.message}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _export_onnx(uri: str) -> int:
+    try:
+        artifact = export_onnx(uri)
+    except TrainerError as exc:
+        print(f"modelloop-train: {exc.message}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"modelloop-train: cannot export {uri}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps({"artifactUri": artifact.uri, "artifactDigest": artifact.digest}))
     return 0

@@ -2,13 +2,19 @@
 
 It runs on CUDA when it is given ``device="cuda"`` and on the CPU otherwise, and it is
 deterministic for a given seed on either. PyTorch is imported only when a TorchMLP is
-actually fitted or loaded, so the scikit-learn path never pays for it.
+actually fitted or loaded, so the scikit-learn path never pays for it. A fitted one is
+exported to ONNX (:meth:`TorchMLP.onnx_bytes`) for the model servers, which run it with
+onnxruntime.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import importlib.util
 import io
+import json
+import logging
 import os
 import time
 import warnings
@@ -16,7 +22,15 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from modelloop_contracts import TORCH_ARCHITECTURE_FORMAT
+from modelloop_contracts import (
+    ONNX_CLASS_OUTPUT,
+    ONNX_FORMAT,
+    ONNX_INPUT,
+    ONNX_MANIFEST_KEY,
+    ONNX_PROBABILITIES_OUTPUT,
+    ONNX_VALUE_OUTPUT,
+    TORCH_ARCHITECTURE_FORMAT,
+)
 from sklearn.base import BaseEstimator
 
 if TYPE_CHECKING:
@@ -25,6 +39,9 @@ if TYPE_CHECKING:
 _PREDICT_CHUNK = 65536
 # Eager steps before a CUDA graph is captured: they initialize cuBLAS and the optimizer's state.
 _GRAPH_WARMUP_STEPS = 3
+# The ONNX opset of model.onnx: one that the oldest onnxruntime of the model servers reads (the Seldon
+# server's 1.26, which seldon-core's protobuf < 4 holds back).
+ONNX_OPSET = 20
 
 
 def torch_installed() -> bool:
@@ -267,6 +284,58 @@ class TorchMLP(BaseEstimator):  # type: ignore[misc]
         torch.save(state, buffer)
         return buffer.getvalue()
 
+    def onnx_bytes(self) -> bytes:
+        """The fitted model as ONNX (``model.onnx``, see ``modelloop_contracts.layout``): the input's fill
+        and standardization, the network, and the outputs that :meth:`predict` derives its answers from,
+        with the model's manifest in its metadata. The batch dimension is dynamic.
+
+        Exported with ``torch.onnx.export`` from a copy of the network on the CPU; the export's own
+        metadata (its nodes' stack traces, which name this file's path) is left out, so the bytes depend
+        only on the model and the versions of PyTorch and its exporter (onnx, onnxscript).
+        """
+        import torch
+
+        graph, outputs = _serving_graph(self)
+        example = torch.zeros(2, len(self.feature_names_), dtype=torch.float32)
+        # The exporter and its optimizer log what they do (and that torchvision's operators are not there)
+        # and may print to stdout, which holds the trainer's progress lines and result only: for a model
+        # that exports, they say nothing of use. A model that does not raises.
+        with _quiet("torch.onnx", "onnxscript", "onnx_ir"), contextlib.redirect_stdout(io.StringIO()):
+            program = torch.onnx.export(
+                graph,
+                (example,),
+                input_names=[ONNX_INPUT],
+                output_names=list(outputs),
+                dynamic_shapes={"features": {0: torch.export.Dim("batch")}},
+                opset_version=ONNX_OPSET,
+                dynamo=True,
+                verbose=False,
+            )
+        if program is None:
+            raise RuntimeError("torch.onnx.export returned no ONNX program")
+        model = program.model_proto
+        graph_proto = model.graph
+        for items in (graph_proto.node, graph_proto.input, graph_proto.output, graph_proto.value_info):
+            for item in items:
+                del item.metadata_props[:]
+        del model.metadata_props[:]
+        model.metadata_props.add(
+            key=ONNX_MANIFEST_KEY, value=json.dumps(self.onnx_manifest(), sort_keys=True)
+        )
+        payload: bytes = model.SerializeToString()
+        return payload
+
+    def onnx_manifest(self) -> dict[str, Any]:
+        """What ``model.onnx``'s metadata says of the model: its format, task, features and classes."""
+        manifest: dict[str, Any] = {
+            "format": ONNX_FORMAT,
+            "task": self.task,
+            "feature_names": list(self.feature_names_),
+        }
+        if self.task == "classification":
+            manifest["classes"] = [_json_scalar(label) for label in self.classes_]
+        return manifest
+
 
 class _TrainingStep:
     """One optimizer step on the rows ``index`` selects; the loss, times the rows, adds to ``total``."""
@@ -344,6 +413,61 @@ def load_torch_mlp(weights: bytes, architecture: dict[str, Any]) -> TorchMLP:
     else:
         model.y_mean_, model.y_std_ = architecture["target_mean"], architecture["target_std"]
     return model
+
+
+@contextlib.contextmanager
+def _quiet(*loggers: str) -> Iterator[None]:
+    """Only errors from ``loggers`` (and their children), and no Python warnings, while in the block."""
+    levels = {name: logging.getLogger(name).level for name in loggers}
+    for name in loggers:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+
+
+def _serving_graph(model: TorchMLP) -> tuple[torch.nn.Module, tuple[str, ...]]:
+    """What ``model.onnx`` computes, as a module on the CPU, and the names of its outputs in order.
+
+    The same steps as :meth:`TorchMLP.predict`, in the same precision: the rows' missing values filled and
+    the rows standardized in float32, the network, then a classifier's index of its largest score (the
+    first on a tie, as numpy's argmax) and its probabilities, or a regressor's standardized output scaled
+    back to the target's units in float64.
+    """
+    import torch
+
+    network = copy.deepcopy(model.network_).cpu().eval()
+    fill, mean, std = (
+        torch.as_tensor(value, dtype=torch.float32) for value in (model.fill_, model.mean_, model.std_)
+    )
+    classifier = model.task == "classification"
+    target_mean, target_std = (0.0, 1.0) if classifier else (float(model.y_mean_), float(model.y_std_))
+
+    class ServingGraph(torch.nn.Module):
+        fill: torch.Tensor
+        mean: torch.Tensor
+        std: torch.Tensor
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.network = network
+            self.register_buffer("fill", fill)
+            self.register_buffer("mean", mean)
+            self.register_buffer("std", std)
+
+        def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            x = (torch.where(torch.isnan(features), self.fill, features) - self.mean) / self.std
+            scores = self.network(x)
+            if classifier:
+                return scores.argmax(dim=1), torch.softmax(scores, dim=1)
+            return (scores[:, 0].to(torch.float64) * target_std + target_mean,)
+
+    outputs = (ONNX_CLASS_OUTPUT, ONNX_PROBABILITIES_OUTPUT) if classifier else (ONNX_VALUE_OUTPUT,)
+    return ServingGraph().eval(), outputs
 
 
 def _network(n_features: int, hidden_sizes: list[int], n_outputs: int) -> torch.nn.Sequential:
