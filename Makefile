@@ -213,7 +213,9 @@ seldon-test: $(SELDON_STAMP) $(TRAINER_STAMP) prometheus-bin ## the Seldon model
 
 .PHONY: detector-venv detector-lint detector-test
 
-$(DETECTOR_STAMP): $(DETECTOR)/requirements.lock $(DETECTOR)/requirements-dev.lock $(DETECTOR)/pyproject.toml $(CONTRACTS_SOURCES) | $(UV)
+# After the trainer's: both hold the same PyTorch and CUDA libraries (about 5 GB), which the detector's install
+# then hard-links from uv's cache; two installs at once into an empty cache would each unpack their own copy.
+$(DETECTOR_STAMP): $(DETECTOR)/requirements.lock $(DETECTOR)/requirements-dev.lock $(DETECTOR)/pyproject.toml $(CONTRACTS_SOURCES) | $(UV) $(TRAINER_STAMP)
 	$(call install-env,$(DETECTOR_VENV),$(DETECTOR)/requirements.lock $(DETECTOR)/requirements-dev.lock,$(CONTRACTS) $(DETECTOR))
 	@touch $@
 

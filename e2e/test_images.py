@@ -212,12 +212,13 @@ def test_operator_image_reconciles_the_quickstart_as_its_own_user_from_a_read_on
 
 
 @needs("server")
+@pytest.mark.parametrize("name", ["iris-a", "iris-b"])  # scikit-learn's joblib; a TorchMLP's ONNX export
 def test_server_image_serves_a_trained_model_over_kserve_v1(
-    trained: dict[str, Trained], shared: Path, tmp_path: Path
+    trained: dict[str, Trained], shared: Path, tmp_path: Path, name: str
 ) -> None:
-    model = trained["iris-a"]
+    model = trained[name]
     rows, predictions = reference_sample(model)
-    models = model_folder(model, shared, "server-models")
+    models = model_folder(model, shared, f"server-models-{name}")
     port = free_port()
     log_path = tmp_path / "server.log"
     # The ClusterServingRuntime's args, on a free port of this machine (the image shares its network).
@@ -229,6 +230,39 @@ def test_server_image_serves_a_trained_model_over_kserve_v1(
 
     assert [str(p) for p in answer["predictions"]] == predictions
     assert answer["model_version"] == "1"
+    assert all(uids == {65532} for _, uids in processes.values()), processes
+
+
+@needs("detector")
+def test_detector_image_ingests_a_cloudevent_and_counts_it_in_its_metrics(tmp_path: Path) -> None:
+    port = free_port()
+    log_path = tmp_path / "detector.log"
+    # What KServe's agent sends for one logged request (binary mode: attributes in ce-* headers).
+    headers = {
+        "Content-Type": "application/json",
+        "ce-specversion": "1.0",
+        "ce-id": "image-test-1",
+        "ce-source": "http://localhost:9081/",
+        "ce-type": "org.kubeflow.serving.inference.request",
+        "ce-inferenceservicename": "iris",
+        "ce-namespace": "ml",
+        "ce-component": "predictor",
+        "ce-endpoint": "default",
+    }
+    body = json.dumps({"instances": [[5.1, 3.5, 1.4, 0.2]]}).encode()
+    with running_image("detector", [f"--port={port}"], log_path) as detector:
+        wait_answering(detector, f"http://127.0.0.1:{port}/metrics", log_path)
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/", data=body, headers=headers, method="POST"
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            status = response.status
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as response:
+            metrics = response.read().decode()
+        processes = session_uids(detector.pid)
+
+    assert 200 <= status < 300, status
+    assert 'modelloop_detector_events_total{type="request"} 1.0' in metrics, metrics
     assert all(uids == {65532} for _, uids in processes.values()), processes
 
 
@@ -384,6 +418,11 @@ def test_image_runs_as_its_unprivileged_user_on_a_read_only_root_without_compile
     assert compilers == [], compilers
     assert caches == [], caches
     assert tests == [], tests[:20]
+    # The model servers run the trainer's MLP from ONNX: no PyTorch, no CUDA libraries in their images.
+    if image in ("server", "seldon", "operator"):
+        site = rootfs / "opt" / "modelloop" / "lib" / "python3.11" / "site-packages"
+        heavy = sorted(p.name for p in site.iterdir() if p.name.startswith(("torch", "nvidia", "triton")))
+        assert heavy == [], heavy
 
 
 @pytest.mark.skipif(
@@ -436,3 +475,43 @@ def test_digests_values_pin_the_chart_to_the_archives_that_would_be_pushed(tmp_p
         assert f"ghcr.io/modelloop/detector@{inspect('detector')['digest']}" in images, images
     if "seldon" in built:
         assert f"ghcr.io/modelloop/seldon@{inspect('seldon')['digest']}" in values.read_text()
+
+
+def test_the_kustomize_component_pins_the_manifests_to_the_archives_that_would_be_pushed(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    built = [i for i in ("operator", "detector") if archive(i).exists()]
+    if not built:
+        pytest.skip("neither the operator image nor the detector image is built: make images-test")
+    component = tmp_path / "images"
+    result = subprocess.run(
+        [str(BUILD_IMAGES), "--no-build", "--kustomize", str(component), *built],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    # A user's kustomization: the base and the detector, and the component beside them (kustomize takes
+    # only relative paths).
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    relative = functools.partial(os.path.relpath, start=overlay)
+    kustomization = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": [relative(ROOT / "manifests" / "base"), relative(ROOT / "manifests" / "detector")],
+        "components": [relative(component)],
+    }
+    (overlay / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+
+    rendered = cluster.kubectl("kustomize", str(overlay)).stdout
+    images = {
+        c["image"]
+        for d in yaml.safe_load_all(rendered)
+        if d and d.get("kind") == "Deployment"
+        for c in d["spec"]["template"]["spec"]["containers"]
+    }
+    for image in built:
+        assert f"ghcr.io/modelloop/{image}@{inspect(image)['digest']}" in images, images
+    if "detector" not in built:
+        assert "ghcr.io/modelloop/detector:0.1.0" in images, images  # what it does not pin stays as it was

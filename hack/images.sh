@@ -2,10 +2,13 @@
 # Builds modelloop's images without a Docker daemon (buildah and podman, as root, with the native overlay
 # driver) and writes each one as an OCI archive under .images/, ready to push with its digest unchanged.
 #
-#   hack/images.sh [--values FILE] [--registry PREFIX] [--tag TAG] [--push] [--no-build] [IMAGE...]
+#   hack/images.sh [--values FILE] [--kustomize DIR] [--registry PREFIX] [--tag TAG] [--push] [--no-build]
+#                  [IMAGE...]
 #
 #   IMAGE          operator trainer server seldon detector (none: all five)
 #   --values FILE  write a Helm values file for charts/modelloop that pins the images by digest
+#   --kustomize D  write D/kustomization.yaml, a kustomize Component that pins the images by digest (add
+#                  it to a kustomization's components, beside manifests/base or an overlay)
 #   --registry P   the images are named P/<image>:<tag> (default ghcr.io/modelloop)
 #   --tag TAG      their tag (default: the chart's appVersion)
 #   --push         copy each archive to its name, digests kept (skopeo; log in first; PUSH_FLAGS: more flags)
@@ -39,7 +42,7 @@ TRANSIENT='ConnectionError|ConnectTimeout|Read ?timed out|ReadTimeout|Connection
 
 log() { printf '[images %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "$*"; exit 1; }
-usage() { sed -n '4,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '4,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 dockerfile_of() {
   case "$1" in
@@ -239,6 +242,26 @@ write_values() { # $1: the file; the images' names, digests in $OUT
   log "values: $file"
 }
 
+write_kustomize() { # $1: the folder; the images' names, digests in $OUT
+  local dir="$1" image
+  mkdir -p "$dir"
+  {
+    echo "# A kustomize Component that pins modelloop's images by digest: written by hack/images.sh on"
+    echo "# $(date -u +%Y-%m-%dT%H:%M:%SZ) from the OCI archives in .images/. Add it to your kustomization:"
+    echo "#   resources: [<modelloop>/manifests/base]      # or an overlay, and manifests/detector"
+    echo "#   components: [<this folder>]"
+    echo "apiVersion: kustomize.config.k8s.io/v1alpha1"
+    echo "kind: Component"
+    echo "images:"
+    for image in "${IMAGES[@]}"; do
+      printf -- '- name: ghcr.io/modelloop/%s\n  newName: %s\n  digest: "%s"\n' \
+        "$image" "$REGISTRY/$image" "$(cat "$OUT/$image.digest")"
+    done
+  } >"$dir/kustomization.yaml.partial"
+  mv "$dir/kustomization.yaml.partial" "$dir/kustomization.yaml"
+  log "kustomize component: $dir/kustomization.yaml"
+}
+
 push_image() { # $1: image
   local ref="$REGISTRY/$1:$TAG"
   local flags=()
@@ -251,12 +274,14 @@ push_image() { # $1: image
 # --- main ----------------------------------------------------------------------------------------------
 
 VALUES=""
+KUSTOMIZE=""
 PUSH=""
 NO_BUILD=""
 IMAGES=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --values) VALUES="${2:?--values needs a file}"; shift 2 ;;
+    --kustomize) KUSTOMIZE="${2:?--kustomize needs a folder}"; shift 2 ;;
     --registry) REGISTRY="${2:?--registry needs a prefix}"; shift 2 ;;
     --tag) TAG="${2:?--tag needs a tag}"; shift 2 ;;
     --push) PUSH=1; shift ;;
@@ -308,6 +333,7 @@ fi
 
 [ -z "$PUSH" ] || for image in "${IMAGES[@]}"; do push_image "$image"; done
 [ -z "$VALUES" ] || write_values "$VALUES"
+[ -z "$KUSTOMIZE" ] || write_kustomize "$KUSTOMIZE"
 
 log "done in $(($(date +%s) - started_all))s; base $BASE_NAME"
 printf '%-9s %-40s %-72s %11s %11s\n' IMAGE NAME DIGEST ARCHIVE UNPACKED
