@@ -117,8 +117,12 @@ alerts-test: prometheus-bin ## promtool's unit tests of the alerts (manifests/mo
 e2e: $(STAMP) $(TRAINER_STAMP) $(SERVER_STAMP) $(SELDON_STAMP) $(DETECTOR_STAMP) cluster-bins kserve-bins helm-bin prometheus-bin images-test ## end-to-end tests on the local control plane (started and stopped by the tests)
 	$(VENV)/bin/pytest e2e -q
 
-setup: ## every environment and binary the tests need, made in parallel (what is there already is kept)
-	$(MAKE) --no-print-directory -j4 venv trainer-venv server-venv seldon-venv detector-venv cluster-bins kserve-bins helm-bin argocd-health-build prometheus-bin image-tools
+# Everything at once: the Go scripts download unlocked and compile one at a time (hack/lib/gobuild.sh), so
+# KServe's slow module resolution overlaps the control plane's compile, the environments' installs and the
+# image builds.
+SETUP_TARGETS := venv trainer-venv server-venv seldon-venv detector-venv cluster-bins kserve-bins helm-bin argocd-health-build prometheus-bin image-tools images-test
+setup: ## every environment, binary and image the tests need, made in parallel (what is there already is kept)
+	$(MAKE) --no-print-directory -j$(words $(SETUP_TARGETS)) $(SETUP_TARGETS)
 
 test: setup lint typecheck unit alerts-test argocd-health-test contracts-lint contracts-test trainer-lint trainer-test server-lint server-test seldon-lint seldon-test detector-lint detector-test e2e ## everything: lint, types, unit and e2e tests (operator and runtimes)
 

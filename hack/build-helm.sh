@@ -15,6 +15,10 @@ build_helm() {
   # Helm's module has no replace directives, so `go install module@version` builds it as released.
   # Its version string is set as Helm's own Makefile sets it (`helm version` reports the release).
   local major="${HELM_VERSION%%.*}"
+  # `go install module@version` resolves and builds in one step; the module is fetched, with retries,
+  # before the build lock, its dependencies under it.
+  resolve "helm.sh/helm/$major@$HELM_VERSION" go mod download "helm.sh/helm/$major@$HELM_VERSION"
+  cpu_lock
   log "building helm $HELM_VERSION (a cold build takes minutes)"
   quiet env GOBIN="$BIN/.gobin" CGO_ENABLED=0 go install -trimpath \
     -ldflags "-s -w -X helm.sh/helm/$major/internal/version.version=$HELM_VERSION -X helm.sh/helm/$major/internal/version.metadata=" \

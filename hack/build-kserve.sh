@@ -20,6 +20,7 @@ build_kserve() {
     # The proxy serves this exact version though its list may not name it: ask for it by version.
     log "resolving github.com/kserve/kserve@$KSERVE_VERSION (with KServe's own replace directives)"
     local gomod
+    (cd "$dir" && resolve "github.com/kserve/kserve@$KSERVE_VERSION" env GOFLAGS=-mod=mod go mod download "github.com/kserve/kserve@$KSERVE_VERSION")
     gomod=$(cd "$dir" && GOFLAGS=-mod=mod go mod download -json "github.com/kserve/kserve@$KSERVE_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')
     printf 'module modelloop.local/kservebuild\n\ngo 1.26\n\nrequire github.com/kserve/kserve %s\n' "$KSERVE_VERSION" > "$dir/go.mod"
     # A dependency's replace directives do not apply to the module that requires it: repeat them.
@@ -35,9 +36,14 @@ for r in json.load(sys.stdin).get("Replace") or ():
       # shellcheck disable=SC2086  # one -replace=… word each
       (cd "$dir" && go mod edit $replaces)
     fi
-    (cd "$dir" && for c in "${cmds[@]}"; do quiet env GOFLAGS=-mod=mod go get "github.com/kserve/kserve/cmd/$c@$KSERVE_VERSION"; done)
+    local c
+    for c in "${cmds[@]}"; do
+      (cd "$dir" && resolve "github.com/kserve/kserve/cmd/$c@$KSERVE_VERSION and its dependencies (KServe's module graph is large: minutes)" env GOFLAGS=-mod=mod go get "github.com/kserve/kserve/cmd/$c@$KSERVE_VERSION")
+    done
     touch "$dir/.resolved"
   fi
+  # The downloads above take no lock (they overlap the control plane's compile); the compile does.
+  cpu_lock
   for c in "${missing[@]}"; do
     log "building kserve $c $KSERVE_VERSION (a cold build takes minutes)"
     (cd "$dir" && quiet env CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$BIN/$c.tmp" "github.com/kserve/kserve/cmd/$c")

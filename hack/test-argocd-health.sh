@@ -24,7 +24,9 @@ export GOCACHE="$BIN/build" GOMODCACHE="$BIN/mod" GOFLAGS="${GOFLAGS:-} -mod=mod
 cd "$ROOT/argocd/healthtest"
 
 # The modules the test builds from, fetched first so that Go's download chatter goes to the log.
-quiet go list -deps -test -f '{{with .Error}}{{.}}{{end}}' .
+# No lock for the downloads: they overlap other scripts' compiles.
+resolve "github.com/argoproj/argo-cd/v3 and the health test's dependencies" go list -deps -test -f '{{with .Error}}{{.}}{{end}}' .
+cpu_lock
 ARGOCD_VERSION=$(go list -m -f '{{.Version}}' github.com/argoproj/argo-cd/v3)
 log "testing the health checks with Argo CD $ARGOCD_VERSION's util/lua (a cold build takes minutes)"
 # -count=1: Go caches a test's result keyed on the files it read, but only on files inside its module; the

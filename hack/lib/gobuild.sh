@@ -1,17 +1,52 @@
 # Shared by the scripts that build binaries from Go modules into modelloop's cache (source it after
-# setting BIN, the versioned folder the binaries go to). Handles --print-dir, takes the one build
-# lock (two Go builds never compete for this machine's few cores; `make` and the e2e suite may ask at
-# once), and defines: quiet (Go's chatter to a log, its tail shown on failure), log, have.
+# setting BIN, the versioned folder the binaries go to). Handles --print-dir and defines:
+#   resolve  a network step (go get, go mod download, go list): retried when the proxy drops or stalls,
+#            saying which module it waits on; it takes no lock, so one script's downloads overlap
+#            another's compile (Go's module cache locks itself);
+#   cpu_lock the one build lock, taken before compiling: two Go compiles never compete for this
+#            machine's few cores (`make setup` runs every script at once; the e2e suite may ask too);
+#   quiet (Go's chatter to a log, its tail shown on failure), log, have.
 # shellcheck shell=bash
 
 CACHE_ROOT="${CACHE_ROOT:-${MODELLOOP_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/modelloop}}"
 WORK="$CACHE_ROOT/build"
 if [ "${1:-}" = "--print-dir" ]; then echo "$BIN"; exit 0; fi
 mkdir -p "$BIN" "$WORK"
-exec 9>"$CACHE_ROOT/.build.lock"
-flock 9
-GOLOG="$WORK/go.log"
+GOLOG="$WORK/go.$$.log"
+trap 'rm -f "$GOLOG"' EXIT
+# A dropped connection fails a download outright; a proxy that stalls is cut off after this long (one
+# KServe resolution once ran at 6 KB/s for 10 minutes) and asked again.
+RESOLVE_ATTEMPTS="${RESOLVE_ATTEMPTS:-4}"
+RESOLVE_TIMEOUT="${RESOLVE_TIMEOUT:-1200}"
 
 quiet() { "$@" >>"$GOLOG" 2>&1 || { tail -n 40 "$GOLOG" >&2; return 1; }; }
 log() { printf '[build %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 have() { [ -x "$BIN/$1" ]; }
+
+# resolve MODULE COMMAND...: runs COMMAND (a Go download step for MODULE) until it succeeds.
+resolve() {
+  local module="$1" attempt=1
+  shift
+  while :; do
+    if [ "$attempt" -gt 1 ]; then log "asking the Go module proxy again for $module (attempt $attempt of $RESOLVE_ATTEMPTS)"; fi
+    if timeout "$RESOLVE_TIMEOUT" "$@" >>"$GOLOG" 2>&1; then return 0; fi
+    log "the download of $module failed or stalled past ${RESOLVE_TIMEOUT}s: $(tail -n 1 "$GOLOG")"
+    if [ "$attempt" -ge "$RESOLVE_ATTEMPTS" ]; then
+      tail -n 40 "$GOLOG" >&2
+      log "gave up on $module after $attempt attempts (the Go module proxy: ${GOPROXY:-$(go env GOPROXY)})"
+      return 1
+    fi
+    attempt=$((attempt + 1))
+    sleep $((attempt * 5))
+  done
+}
+
+cpu_lock() {
+  [ -n "${_MODELLOOP_CPU_LOCKED:-}" ] && return 0
+  exec 9>"$CACHE_ROOT/.build.lock"
+  if ! flock -n 9; then
+    log "waiting for another Go compile to finish (one at a time)"
+    flock 9
+  fi
+  _MODELLOOP_CPU_LOCKED=1
+}
