@@ -46,7 +46,7 @@ define install-env
 endef
 export KUBECONFIG := $(CURDIR)/.cluster/kubeconfig
 
-.PHONY: help setup venv lock crds cluster-bins kserve-bins helm-bin prometheus-bin cluster cluster-down lint typecheck unit alerts-test argocd-health argocd-health-build argocd-health-test e2e test demo clean
+.PHONY: help setup chaos venv lock crds cluster-bins kserve-bins helm-bin prometheus-bin cluster cluster-down lint typecheck unit alerts-test argocd-health argocd-health-build argocd-health-test e2e test demo clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -121,6 +121,9 @@ e2e: $(STAMP) $(TRAINER_STAMP) $(SERVER_STAMP) $(SELDON_STAMP) $(DETECTOR_STAMP)
 # KServe's slow module resolution overlaps the control plane's compile, the environments' installs and the
 # image builds.
 SETUP_TARGETS := venv trainer-venv server-venv seldon-venv detector-venv cluster-bins kserve-bins helm-bin argocd-health-build prometheus-bin image-tools images-test
+chaos: $(STAMP) $(TRAINER_STAMP) $(SERVER_STAMP) $(SELDON_STAMP) $(DETECTOR_STAMP) cluster-bins kserve-bins prometheus-bin ## the whole loop under a full storm of faults (30 operator SIGKILLs; MODELLOOP_CHAOS_SEED=N replays a run)
+	MODELLOOP_CHAOS_KILLS=$${MODELLOOP_CHAOS_KILLS:-30} $(VENV)/bin/pytest e2e/test_chaos.py -q -s
+
 setup: ## every environment, binary and image the tests need, made in parallel (what is there already is kept)
 	$(MAKE) --no-print-directory -j$(words $(SETUP_TARGETS)) $(SETUP_TARGETS)
 

@@ -58,8 +58,8 @@ from typing import Any
 
 import kubernetes
 from registry import wait
-from rollouts import Prometheus, free_port, operator_metrics, percentile, rollout_requests, stream
-from trainingruns import EXTRA_ENV, STATE, WRITERS, cluster, cpu_seconds, peak_rss_mib
+from rollouts import Prometheus, free_port, operator_metrics, percentile, rollout_requests
+from trainingruns import EXTRA_ENV, STATE, WRITERS, ResumableWatch, cluster, cpu_seconds, peak_rss_mib
 
 from modelloop.api import GROUP, VERSION
 from modelloop.naming import LABEL_DRIFT_POLICY
@@ -133,20 +133,10 @@ class Exporter:
         self.server.server_close()
 
 
-def in_namespace(list_function: Any) -> Any:
-    """``list_function`` in NAMESPACE: rollouts.stream names its own bench's namespace."""
-
-    def listed(group: str, version: str, _namespace: str, plural: str, **kwargs: Any) -> Any:
-        return list_function(group, version, NAMESPACE, plural, **kwargs)
-
-    return listed
-
-
-def watch_objects(watch_api: kubernetes.client.ApiClient, plural: str) -> tuple[kubernetes.watch.Watch, Any]:
+def watch_objects(watch_api: kubernetes.client.ApiClient, plural: str) -> ResumableWatch:
     """A watch of NAMESPACE's objects of ``plural`` (dicts, resumed where they were)."""
     custom = kubernetes.client.CustomObjectsApi(watch_api)
-    watch = kubernetes.watch.Watch(return_type="object")
-    return watch, stream(watch, in_namespace(custom.list_namespaced_custom_object), GROUP, VERSION, plural)
+    return ResumableWatch(custom.list_namespaced_custom_object, GROUP, VERSION, NAMESPACE, plural)
 
 
 class Evaluations:
@@ -157,11 +147,11 @@ class Evaluations:
         self.phase: dict[str, str] = {}
         self.received: dict[str, dict[float, float]] = defaultdict(dict)  # name: {evaluation time: received}
         self.changed = threading.Condition()
-        self._watch, self._events = watch_objects(watch_api, "driftpolicies")
+        self._watch = watch_objects(watch_api, "driftpolicies")
         threading.Thread(target=self._run, daemon=True).start()
 
     def _run(self) -> None:
-        for event in self._events:
+        for event in self._watch.events():
             received = time.time()
             obj = event["object"]
             name = obj["metadata"]["name"]
@@ -196,6 +186,10 @@ class Evaluations:
                     lags.append(received - (previous + interval))
         return lags
 
+    def listed(self) -> bool:
+        """Whether the watch has listed the objects there were and is watching."""
+        return self._watch.listed.is_set()
+
     def stop(self) -> None:
         self._watch.stop()
 
@@ -207,11 +201,11 @@ class Retrainings:
     def __init__(self, watch_api: kubernetes.client.ApiClient) -> None:
         self.added: dict[str, tuple[float, float, float]] = {}  # name: (received, breachStart, confirmedAt)
         self.changed = threading.Condition()
-        self._watch, self._events = watch_objects(watch_api, "trainingruns")
+        self._watch = watch_objects(watch_api, "trainingruns")
         threading.Thread(target=self._run, daemon=True).start()
 
     def _run(self) -> None:
-        for event in self._events:
+        for event in self._watch.events():
             received = time.time()
             obj = event["object"]
             if event["type"] != "ADDED" or LABEL_DRIFT_POLICY not in (obj["metadata"].get("labels") or {}):
@@ -232,6 +226,10 @@ class Retrainings:
                 if left <= 0:
                     raise TimeoutError(f"{len(self.added)}/{n} TrainingRuns after {timeout:.0f} s")
                 self.changed.wait(min(left, 1.0))
+
+    def listed(self) -> bool:
+        """Whether the watch has listed the objects there were and is watching."""
+        return self._watch.listed.is_set()
 
     def stop(self) -> None:
         self._watch.stop()
@@ -367,7 +365,8 @@ def main() -> None:
         watch_configuration = kubernetes.client.Configuration.get_default_copy()
         evaluations = Evaluations(kubernetes.client.ApiClient(watch_configuration))
         retrainings = Retrainings(kubernetes.client.ApiClient(watch_configuration))
-        time.sleep(1)  # let both watches open
+        # Both watches open before the first create.
+        wait(lambda: evaluations.listed() and retrainings.listed(), timeout=60, interval=0.1)
 
         created = time.time()
         with ThreadPoolExecutor(WRITERS) as pool:

@@ -54,7 +54,7 @@ from typing import Any
 import kubernetes
 from prometheus_client.parser import text_string_to_metric_families
 from registry import wait
-from trainingruns import EXTRA_ENV, STATE, WRITERS, cluster, cpu_seconds, peak_rss_mib
+from trainingruns import EXTRA_ENV, STATE, WRITERS, ResumableWatch, cluster, cpu_seconds, peak_rss_mib
 
 from modelloop.api import GROUP, VERSION
 
@@ -120,26 +120,6 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def stream(watch: kubernetes.watch.Watch, list_function: Any, *plural: str) -> Any:
-    """The namespace's events of one kind until the watch is stopped, resumed where it was when the API
-    server ends the connection."""
-    resume: dict[str, Any] = {}
-    while True:
-        try:
-            yield from watch.stream(list_function, *plural[:2], NAMESPACE, plural[2], **resume)
-        except Exception as error:  # the connection ended: resume from the last resourceVersion seen
-            if watch._stop:
-                return
-            expired = isinstance(error, kubernetes.client.ApiException) and error.status == 410
-            resume = (
-                {"resource_version": watch.resource_version} if watch.resource_version and not expired else {}
-            )
-            time.sleep(0.1)
-            continue
-        if watch._stop:
-            return
-
-
 class Prometheus:
     """Prometheus on 127.0.0.1 scraping one target every second, its data in a folder of STATE."""
 
@@ -195,11 +175,13 @@ class KServeStandIn:
         self._inflight: set[str] = set()
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(STATUS_WRITERS)
-        self._watch = kubernetes.watch.Watch()
+        self._watch = ResumableWatch(
+            self.watch_custom.list_namespaced_custom_object, *KSERVE[:2], NAMESPACE, KSERVE[2]
+        )
         threading.Thread(target=self._run, daemon=True).start()
 
     def _run(self) -> None:
-        for event in stream(self._watch, self.watch_custom.list_namespaced_custom_object, *KSERVE):
+        for event in self._watch.events():
             received = time.time()
             obj = event["object"]
             if event["type"] == "DELETED":
@@ -277,6 +259,10 @@ class KServeStandIn:
             },
         }
 
+    def listed(self) -> bool:
+        """Whether the watch has listed the objects there were and is watching."""
+        return self._watch.listed.is_set()
+
     def stop(self) -> None:
         self._watch.stop()
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -294,12 +280,13 @@ class Rollouts:
         self.last_status: dict[str, dict[str, Any]] = {}
         self.timeline: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
         self.changed = threading.Condition()
-        self._watch = kubernetes.watch.Watch()
+        self._watch = ResumableWatch(
+            self.custom.list_namespaced_custom_object, GROUP, VERSION, NAMESPACE, "inferenceservices"
+        )
         threading.Thread(target=self._run, daemon=True).start()
 
     def _run(self) -> None:
-        plural = (GROUP, VERSION, "inferenceservices")
-        for event in stream(self._watch, self.custom.list_namespaced_custom_object, *plural):
+        for event in self._watch.events():
             received = time.time()
             obj = event["object"]
             name = obj["metadata"]["name"]
@@ -335,6 +322,10 @@ class Rollouts:
                     )
                 self.changed.wait(min(left, 1.0))
         return max(self.reached[(phase, stable)].values())
+
+    def listed(self) -> bool:
+        """Whether the watch has listed the objects there were and is watching."""
+        return self._watch.listed.is_set()
 
     def stop(self) -> None:
         self._watch.stop()
@@ -469,7 +460,8 @@ def main() -> None:
         watch_configuration = kubernetes.client.Configuration.get_default_copy()
         stand_in = KServeStandIn(api, kubernetes.client.ApiClient(watch_configuration))
         rollouts = Rollouts(kubernetes.client.ApiClient(watch_configuration))
-        time.sleep(1)  # let both watches open
+        # Both watches open before the first create.
+        wait(lambda: stand_in.listed() and rollouts.listed(), timeout=60, interval=0.1)
 
         custom.create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, "modelversions", model_version(1))
         wait(

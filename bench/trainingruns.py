@@ -27,7 +27,7 @@ import os
 import signal
 import statistics
 import subprocess
-import threading
+import sys
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -40,6 +40,10 @@ from modelloop.api import TrainingRunSpec
 from modelloop.training.job import render_job
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # the e2e suite's resumable watches, which the benches wait with too
+from e2e.watches import ResumableWatch, wait_until_each  # noqa: E402
+
 STATE = ROOT / ".cluster" / "bench"
 WRITERS = 16
 OPERATOR_COMMAND = os.environ.get("BENCH_OPERATOR_COMMAND", str(ROOT / ".venv" / "bin" / "modelloop")).split()
@@ -135,56 +139,46 @@ def with_operator(n: int, namespace: str) -> dict[str, float]:
                     raise
                 time.sleep(0.2)
         # Watches, not polling lists: a thousand-object list every few hundred milliseconds would load the
-        # API server that both sides share and slow the operator down for the measurement's sake.
-        done = threading.Event()
-        phased: set[str] = set()
-        jobs: set[str] = set()
+        # API server that both sides share and slow the operator down for the measurement's sake. The API
+        # server ends watches (at its timeout, or when it drops a watcher that reads slowly): they resume
+        # from their last resourceVersion, and list again after 410 Gone.
+        runs = ResumableWatch(
+            custom.list_namespaced_custom_object, "modelloop.dev", "v1alpha1", namespace, "trainingruns"
+        )
+        jobs = ResumableWatch(
+            batch.list_namespaced_job, namespace, label_selector="modelloop.dev/training-run"
+        )
 
-        def check() -> None:
-            if len(phased) >= n and len(jobs) >= n:
-                done.set()
+        def finished(watch: ResumableWatch, reached: Any, what: str) -> float:
+            wait_until_each(watch, reached, n, timeout=600, what=what)
+            return time.monotonic()
 
-        def watch_runs() -> None:
-            for event in kubernetes.watch.Watch().stream(
-                custom.list_namespaced_custom_object, "modelloop.dev", "v1alpha1", namespace, "trainingruns",
-                timeout_seconds=600,
-            ):  # fmt: skip
-                obj = event["object"]
-                if (obj.get("status") or {}).get("phase"):
-                    phased.add(obj["metadata"]["name"])
-                    check()
-                if done.is_set():
-                    return
-
-        def watch_jobs() -> None:
-            for event in kubernetes.watch.Watch().stream(
-                batch.list_namespaced_job, namespace, label_selector="modelloop.dev/training-run",
-                timeout_seconds=600,
-            ):  # fmt: skip
-                jobs.add(event["object"].metadata.name)
-                check()
-                if done.is_set():
-                    return
-
-        watchers = [threading.Thread(target=w, daemon=True) for w in (watch_runs, watch_jobs)]
-        for watcher in watchers:
-            watcher.start()
-        time.sleep(1)  # let both watches open before the first create
-        cpu_before = cpu_seconds(process.pid)
-        start = time.monotonic()
-        with ThreadPoolExecutor(WRITERS) as pool:
-            list(
-                pool.map(
-                    lambda i: custom.create_namespaced_custom_object(
-                        "modelloop.dev", "v1alpha1", namespace, "trainingruns", training_run(i)
-                    ),
-                    range(n),
-                )
+        waiters = ThreadPoolExecutor(2)
+        try:
+            runs_done = waiters.submit(
+                finished, runs, lambda run: bool((run.get("status") or {}).get("phase")), "runs with a phase"
             )
-        created = time.monotonic() - start
-        if not done.wait(timeout=600):
-            raise TimeoutError(f"{len(phased)}/{n} runs with a phase and {len(jobs)}/{n} Jobs after 600 s")
-        elapsed = time.monotonic() - start
+            jobs_done = waiters.submit(finished, jobs, lambda _: True, "Jobs")
+            for watch in (runs, jobs):  # both watches open before the first create
+                if not watch.listed.wait(timeout=60):
+                    raise TimeoutError("the bench's watches did not start in 60 s")
+            cpu_before = cpu_seconds(process.pid)
+            start = time.monotonic()
+            with ThreadPoolExecutor(WRITERS) as pool:
+                list(
+                    pool.map(
+                        lambda i: custom.create_namespaced_custom_object(
+                            "modelloop.dev", "v1alpha1", namespace, "trainingruns", training_run(i)
+                        ),
+                        range(n),
+                    )
+                )
+            created = time.monotonic() - start
+            elapsed = max(runs_done.result(), jobs_done.result()) - start
+        finally:
+            runs.stop()
+            jobs.stop()
+            waiters.shutdown(wait=True, cancel_futures=True)
         if os.environ.get("BENCH_SIGNAL_OPERATOR"):
             process.send_signal(signal.SIGUSR1)
             time.sleep(20)

@@ -248,6 +248,24 @@ def running_operator(
     """Start `modelloop run` as a user would (its own process, a liveness endpoint, ``env`` added to its
     environment), wait until it is live, and stop it with SIGTERM at the end; its log is printed then,
     for failing tests. The log is appended to, so that an operator started again keeps one log."""
+    process = start_operator(cluster, namespace, log_path, kubeconfig, extra_args, env)
+    try:
+        yield process
+    finally:
+        stop_operator(process, log_path)
+
+
+def start_operator(
+    cluster: Cluster,
+    namespace: str,
+    log_path: Path,
+    kubeconfig: Path | None = None,
+    extra_args: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+    timeout: float = 60,
+) -> subprocess.Popen[bytes]:
+    """`modelloop run` as its own process (see :func:`running_operator`), once it is live; the caller
+    stops it."""
     port = free_port()
     env = {**cluster.env, **(env or {})}
     if kubeconfig is not None:
@@ -260,11 +278,13 @@ def running_operator(
     with log_path.open("ab") as log:
         process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        wait_for(lambda: process.poll() is not None or _live(port), timeout=60, what="operator liveness")
-        assert process.poll() is None, f"operator exited early:\n{log_path.read_text()}"
-        yield process
-    finally:
-        stop_operator(process, log_path)
+        wait_for(lambda: process.poll() is not None or _live(port), timeout=timeout, what="operator liveness")
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
+    assert process.poll() is None, f"operator exited early:\n{log_path.read_text()}"
+    return process
 
 
 def stop_operator(process: subprocess.Popen[bytes], log_path: Path) -> None:

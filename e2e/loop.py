@@ -15,6 +15,7 @@ import contextlib
 import csv
 import json
 import logging
+import os
 import random
 import subprocess
 import threading
@@ -68,6 +69,7 @@ class Detector:
 
     def __init__(self, workdir: Path) -> None:
         self.port = free_port()
+        self.workdir = workdir
         self.log_path = workdir / "detector.log"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -89,7 +91,13 @@ class Detector:
         ]
         with self.log_path.open("ab") as out:
             self.process = subprocess.Popen(
-                command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+                command,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                # The detector reads references and writes exports only under the artifact store: here,
+                # the test's folder (artifacts/ and recent/).
+                env={**os.environ, "MODELLOOP_DETECTOR_ARTIFACT_ROOTS": f"file://{self.workdir}"},
             )
         process = self.process
         wait_for(
@@ -200,6 +208,8 @@ class Loop:
     detector: Detector
     serving: ServingKubelet
     training: TrainingKubelet
+    operator_args: tuple[str, ...] = ()
+    operator_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def artifacts(self) -> Path:
@@ -217,9 +227,19 @@ class Loop:
 
 
 @contextlib.contextmanager
-def drift_loop(cluster: Cluster, namespace: str, workdir: Path, kserve: KServe) -> Iterator[Loop]:
+def drift_loop(
+    cluster: Cluster,
+    namespace: str,
+    workdir: Path,
+    kserve: KServe,
+    *,
+    training_kubelet: type[TrainingKubelet] = TrainingKubelet,
+    operator: bool = True,
+) -> Iterator[Loop]:
     """Prometheus, the detector, the stand-in kubelets (with KServe's agent in front of each model
-    server) and the operator, for ``namespace``; all stopped at the end."""
+    server) and the operator, for ``namespace``; all stopped at the end. With ``operator=False`` the
+    caller runs the operator itself, with the loop's ``operator_args`` and ``operator_env`` (e2e/chaos.py
+    kills and restarts it)."""
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(RUNTIME))
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(HTTPROUTE_CRD))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -236,7 +256,7 @@ def drift_loop(cluster: Cluster, namespace: str, workdir: Path, kserve: KServe) 
                 (detector.address, {"job": "detector"}),
                 (operator_metrics, {"job": "modelloop"}),
             ]
-            training = TrainingKubelet(cluster, namespace, workdir / "training")
+            training = training_kubelet(cluster, namespace, workdir / "training")
             (workdir / "training").mkdir(exist_ok=True)
             with serving, training:
                 env = {
@@ -244,14 +264,19 @@ def drift_loop(cluster: Cluster, namespace: str, workdir: Path, kserve: KServe) 
                     "MODELLOOP_KSERVE_MODE": "Standard",
                     "MODELLOOP_ARTIFACT_ROOT": f"file://{workdir / 'artifacts'}",
                 }
+                loop = Loop(cluster, namespace, workdir, prometheus, detector, serving, training)
+                loop.operator_args, loop.operator_env = ("--metrics", operator_metrics), env
+                if not operator:
+                    yield loop
+                    return
                 with running_operator(
                     cluster,
                     namespace,
                     workdir / "operator.log",
-                    extra_args=("--metrics", operator_metrics),
-                    env=env,
+                    extra_args=loop.operator_args,
+                    env=loop.operator_env,
                 ):
-                    yield Loop(cluster, namespace, workdir, prometheus, detector, serving, training)
+                    yield loop
     finally:
         detector.stop()
 

@@ -177,6 +177,27 @@ def in_drift_policy_template(case: Case) -> Case:
     )
 
 
+ANALYSIS_BOUNDED = {**ANALYSIS_METRIC, "max": 1}
+# The bounded durations: (a name, the field under .spec, its least and most, a value out of bounds, the
+# spec's fields with a value there).
+DRIFT_POLICY_DURATIONS: list[tuple[str, str, str, str, str, Any]] = [
+    ("interval", "evaluationInterval", "1s", "24h", "0s", lambda v: {"evaluationInterval": v}),
+    ("period", "budget.period", "1m", "8760h", "1ms", lambda v: {"budget": {"period": v}}),
+    ("window", "window", "0s", "720h", "721h", lambda v: {"window": v}),
+    ("cooldown", "cooldown", "0s", "8760h", "8761h", lambda v: {"cooldown": v}),
+]
+INFERENCE_SERVICE_DURATIONS: list[tuple[str, str, str, str, str, Any]] = [
+    (
+        "analysis-interval",
+        "rollout.analysis.interval",
+        "1s",
+        "24h",
+        "500ms",
+        lambda v: {"steps": [50, 100], "analysis": {"interval": v, "metrics": [ANALYSIS_BOUNDED]}},
+    ),
+    ("step", "rollout.stepInterval", "1s", "168h", "0s", lambda v: {"steps": [100], "stepInterval": v}),
+]
+
 TRAINING_RUN_CASES = [
     Case(
         kind="TrainingRun",
@@ -433,6 +454,28 @@ CASES = [
         field="spec.retrain.recentData",
         valid=drift_policy("with-detector", detector=DETECTOR, recent_data=RECENT),
         invalid=drift_policy("no-detector", recent_data=RECENT),
+    ),
+    *(
+        Case(
+            kind="DriftPolicy",
+            at=f".spec.{path}",
+            message=f"spec.{path} must be between {least} and {most}",
+            field=f"spec.{path}",
+            valid=drift_policy(f"{name}-at-least", **spec(least)),
+            invalid=drift_policy(f"{name}-out-of-bounds", **spec(wrong)),
+        )
+        for name, path, least, most, wrong, spec in DRIFT_POLICY_DURATIONS
+    ),
+    *(
+        Case(
+            kind="InferenceService",
+            at=f".spec.{path}",
+            message=f"spec.{path} must be between {least} and {most}",
+            field=f"spec.{path}",
+            valid=inference_service(f"{name}-at-least", rollout=rollout(least)),
+            invalid=inference_service(f"{name}-out-of-bounds", rollout=rollout(wrong)),
+        )
+        for name, path, least, most, wrong, rollout in INFERENCE_SERVICE_DURATIONS
     ),
     *map(in_drift_policy_template, TRAINING_RUN_CASES),
 ]

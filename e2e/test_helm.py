@@ -170,7 +170,10 @@ def test_chart_renders_exactly_the_repositorys_crds_rbac_admission_and_runtime(t
         assert chart_crd["spec"] == crd["spec"], path.name
         assert chart_crd["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
     manifests = documents((ROOT / "manifests" / "operator" / "rbac.yaml").read_text())
-    assert one(rendered, "ClusterRole")["rules"] == one(manifests, "ClusterRole")["rules"]
+    roles = {d["metadata"]["name"]: d for d in rendered if d["kind"] == "ClusterRole"}
+    assert roles["modelloop-operator"]["rules"] == one(manifests, "ClusterRole")["rules"]
+    for role in documents((ROOT / "manifests" / "operator" / "user-roles.yaml").read_text()):
+        assert roles[role["metadata"]["name"]]["rules"] == role["rules"]
     # Released as `modelloop`, the chart names things as the plain manifests do.
     for source, policy in (("registered-by", "Mutating"), ("free-form-bounds", "Validating")):
         admission = documents((ROOT / "manifests" / "admission" / f"{source}.yaml").read_text())

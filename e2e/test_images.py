@@ -32,7 +32,7 @@ from e2e.models import Trained
 from e2e.serving import answers_ok, file_tail, initialize_storage, terminate_process
 from e2e.test_trainingrun import training_run
 from modelloop.api import TrainingRunSpec
-from modelloop.training.job import render_job
+from modelloop.training.job import output_uri, render_job
 from modelloop.training.result import parse_result
 
 IMAGES_DIR = Path(os.environ.get("MODELLOOP_IMAGES_DIR") or ROOT / ".images")
@@ -339,9 +339,14 @@ def test_trainer_image_trains_a_torch_mlp_as_its_pod_is_rendered_and_the_server_
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     trained = parse_result(termination_log.read_text())
     assert trained is not None and trained.succeeded, termination_log.read_text()
-    assert trained.artifact_uri == "file:///var/lib/modelloop/artifacts/mlp/model.onnx"
+    folder = output_uri(TrainingRunSpec.model_validate(run["spec"]), run, "file:///unused")
+    assert (
+        trained.artifact_uri
+        == f"{folder}/model.onnx"
+        == "file:///var/lib/modelloop/artifacts/mlp-00000000/model.onnx"
+    )
     # The storage initializer's copy of the artifact, served by the server image.
-    model = Trained(f"file://{artifacts}/mlp/model.onnx", dict(trained.metrics))
+    model = Trained(f"file://{artifacts}/mlp-00000000/model.onnx", dict(trained.metrics))
     rows, predictions = reference_sample(model)
     models = model_folder(model, shared, "onnx-models")
     port = free_port()

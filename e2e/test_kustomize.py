@@ -130,6 +130,7 @@ def test_the_base_renders_exactly_the_crds_the_operator_and_the_admission_policy
         *sorted((ROOT / "crds").glob("*.yaml")),
         MANIFESTS / "operator" / "rbac.yaml",
         MANIFESTS / "operator" / "deployment.yaml",
+        MANIFESTS / "operator" / "user-roles.yaml",
         *sorted((MANIFESTS / "admission").glob("*.yaml")),
     )
     assert sorted(map(key, rendered)) == sorted(map(key, sources))

@@ -19,6 +19,7 @@ import signal
 import subprocess
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -296,6 +297,22 @@ def test_pause_resume_abort_and_promote_now_through_the_cli_and_annotations(
     kubelet.wait_serving(2)
 
 
+ROLLOUT_STATE = ("phase", "stepIndex", "canaryWeight", "canaryVersion", "stableVersion", "stepStartTime")
+"""What of an InferenceService's status says where its rollout is."""
+
+
+@dataclass
+class Kill:
+    """One SIGKILL of an operator: its process, whether it was alive just before, its exit status, and the
+    rollout's status when it was killed and once it was dead."""
+
+    pid: int
+    alive: bool
+    returncode: int
+    before: dict[str, Any]
+    after: dict[str, Any] = field(default_factory=dict)
+
+
 def test_a_killed_operator_resumes_every_step_where_it_was_with_no_traffic_jump(
     cluster: Cluster, namespace: str, kserve: Any, knative: Any, tmp_path: Path, trained: dict[str, Trained]
 ) -> None:
@@ -303,6 +320,9 @@ def test_a_killed_operator_resumes_every_step_where_it_was_with_no_traffic_jump(
     new operator takes over from status alone. The canary's share as KServe's InferenceService says it,
     recorded throughout, only ever goes up, one step at a time."""
     steps = [10, 20, 30, 40, 50, 100]
+    # The runtime the predictors name (the serving fixture of the other tests installs it too): this test
+    # must not depend on running after them.
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(RUNTIME))
     cluster.apply(model_version(1, trained["iris-a"]), namespace)
     cluster.apply(inference_service("iris", "Knative", {"steps": steps, "stepInterval": "12s"}), namespace)
     log = tmp_path / "operator.log"
@@ -324,27 +344,43 @@ def test_a_killed_operator_resumes_every_step_where_it_was_with_no_traffic_jump(
     recorder.start()
     try:
         cluster.apply(model_version(2, trained["iris-b"]), namespace)
-        kills = 0
+        kills: list[Kill] = []
         for index in range(len(steps) - 1):
             for _ in range(2):
                 with running_operator(cluster, namespace, log, env=env) as operator:
-                    reached = wait_status(
+                    before = wait_status(
                         cluster, "iris", namespace, stepIndex=index, canaryVersion=2, timeout=60
                     )
+                    alive = operator.poll() is None
                     operator.send_signal(signal.SIGKILL)
-                    operator.wait(timeout=10)
-                    kills += 1
-                after = status(cluster, "iris", namespace)
-                assert (
-                    after["stepIndex"] == index
-                    and after["canaryWeight"] == reached["canaryWeight"] == steps[index]
-                )
+                    kills.append(Kill(operator.pid, alive, operator.wait(timeout=10), before))
+                kills[-1].after = status(cluster, "iris", namespace)
         with running_operator(cluster, namespace, log, env=env):
             wait_status(cluster, "iris", namespace, phase="Promoted", stableVersion=2, timeout=60)
     finally:
         stop.set()
         recorder.join(timeout=10)
-    assert kills == 2 * (len(steps) - 1)
+    # Each kill ended a live operator, by SIGKILL, mid-rollout: the canary of version 2 at the step it had
+    # reached, and a later operator process each time.
+    assert [k.alive and k.returncode == -signal.SIGKILL for k in kills] == [True] * len(kills)
+    assert len({k.pid for k in kills}) == len(kills)
+    assert [(k.before["stepIndex"], k.before["canaryWeight"]) for k in kills] == [
+        (index, steps[index]) for index in range(len(steps) - 1) for _ in range(2)
+    ]
+    assert {(k.before["phase"], k.before["canaryVersion"], k.before["stableVersion"]) for k in kills} == {
+        ("Progressing", 2, 1)
+    }
+    # Nothing of the rollout state was lost or redone by a kill: with no operator running it stayed as it
+    # was (the step's start time included: the step was resumed, not restarted), ...
+    for kill in kills:
+        assert {k: kill.after.get(k) for k in ROLLOUT_STATE} == {k: kill.before.get(k) for k in ROLLOUT_STATE}
+    # ... and the operator started after the second kill at each step took over and took the next step, at
+    # a new start time (the one started after the first kill found the step already taken).
+    for second, next_first in zip(kills[1::2], kills[2::2], strict=False):
+        assert next_first.before["stepIndex"] == second.after["stepIndex"] + 1
+        assert next_first.before["stepStartTime"] > second.after["stepStartTime"]
+    for first, second in zip(kills[::2], kills[1::2], strict=True):
+        assert second.before["stepStartTime"] == first.after["stepStartTime"]
     assert [p for p in seen if p is not None] == steps[:-1], seen
     assert seen[-1] is None  # promotion removed canaryTrafficPercent
     # The last operator derived the stages from the status alone: nothing was queued in any dead one.

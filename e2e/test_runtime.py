@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from e2e.harness import Cluster, condition, running_operator, wait_for
 from e2e.kubelet import TRAINER_BIN, run_pod, running_held_pods
 from e2e.test_registry import model_version
 from e2e.test_trainingrun import jobs_of, phase_is, run_status, training_run
+from modelloop.naming import ANNOTATION_RUN_UID, LABEL_TRAINING_RUN
 
 needs_trainer = pytest.mark.skipif(
     not (TRAINER_BIN / "modelloop-train").exists(),
@@ -35,49 +37,170 @@ def jobs_complete(cluster: Cluster, namespace: str, count: int) -> bool:
     return len(done) == count
 
 
+HELD_REGISTRATION = "registrations are held by the test"
+HELD_RECORD = "recording versions is held by the test"
+
+
+def held_by_policy(
+    name: str, namespace: str, resource: str, operation: str, allowed: str, message: str
+) -> list[dict[str, Any]]:
+    """A ValidatingAdmissionPolicy and its binding that deny ``operation`` on ``resource`` (of
+    modelloop.dev) in ``namespace`` alone unless the CEL expression ``allowed`` holds: the real API server
+    holds the operator's request where a test wants it held, with no hook in the operator."""
+    return [
+        {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingAdmissionPolicy",
+            "metadata": {"name": name},
+            "spec": {
+                "failurePolicy": "Fail",
+                "matchConstraints": {
+                    "resourceRules": [
+                        {
+                            "apiGroups": ["modelloop.dev"],
+                            "apiVersions": ["*"],
+                            "operations": [operation],
+                            "resources": [resource],
+                        }
+                    ]
+                },
+                "validations": [{"expression": allowed, "message": message}],
+            },
+        },
+        {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingAdmissionPolicyBinding",
+            "metadata": {"name": name},
+            "spec": {
+                "policyName": name,
+                "validationActions": ["Deny"],
+                "matchResources": {
+                    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}
+                },
+            },
+        },
+    ]
+
+
+def refused_by(cluster: Cluster, namespace: str, runs: list[str], message: str) -> bool:
+    """Whether every run's Ready condition is the operator's report of the API server refusing it with
+    ``message``."""
+    for name in runs:
+        ready = condition(cluster.get("trainingrun", name, namespace), "Ready") or {}
+        if ready.get("reason") != "ApiRequestRefused" or message not in ready.get("message", ""):
+            return False
+    return True
+
+
+def sigkill(operator: subprocess.Popen[bytes]) -> int:
+    """SIGKILL a live operator; its exit status."""
+    assert operator.poll() is None, "the operator was still running when it was to be killed"
+    operator.send_signal(signal.SIGKILL)
+    return operator.wait(timeout=30)
+
+
 @needs_trainer
 def test_killing_the_operator_between_job_success_and_registration_leaves_one_version_per_run(
     cluster: Cluster, namespace: str, tmp_path: Path
 ) -> None:
-    runs = [f"race-{i}" for i in range(5)]
-    with running_operator(cluster, namespace, tmp_path / "op-0.log") as first:
-        for name in runs:
-            cluster.apply(training_run(name, tmp_path), namespace)
-        wait_for(lambda: all(jobs_of(cluster, n, namespace) for n in runs), timeout=60, what="every Job")
-        first.send_signal(signal.SIGKILL)
-        first.wait()
+    """The API server holds the registration where the test wants it (a ValidatingAdmissionPolicy), so
+    the operator is killed inside each window for certain: first with every Job succeeded and no version
+    created, then with every version created and no run recording it. The operator started after each
+    registers exactly one version per run."""
+    runs = [f"race-{i}" for i in range(3)]
+    no_registration = f"hold-registrations-{namespace}"
+    no_record = f"hold-run-records-{namespace}"
+    probe_version = model_version(99, {"accuracy": 0.9})
+    probe_record = json.dumps({"status": {"modelVersion": "iris-v99"}})
 
-    # With no operator running, every trainer runs and every Job succeeds: all five runs now sit in the
-    # window between their Job's success and their ModelVersion's creation.
-    def all_trained() -> bool:
-        for pod in running_held_pods(cluster, namespace):
-            assert run_pod(cluster, pod, tmp_path).exit_code == 0
-        return jobs_complete(cluster, namespace, len(runs))
+    def dry_run(*args: str, input: str | None = None) -> bool | None:
+        """A server-side dry run: True if allowed, False if a policy denied it (None: refused otherwise)."""
+        result = cluster.kubectl(*args, "-n", namespace, "--dry-run=server", input=input, check=False)
+        return True if result.returncode == 0 else False if "denied request" in result.stderr else None
 
-    wait_for(all_trained, timeout=240, interval=0.5, what="every Job to succeed")
+    def creating_a_version() -> bool | None:
+        return dry_run("create", "-f", "-", input=json.dumps(probe_version))
 
-    # Start the operator and SIGKILL it again and again: once as soon as it is live (while it starts its
-    # registrations), then each time the moment a new ModelVersion appears (between a version's creation
-    # and the run's status saying so), until every run has registered.
-    kills = 0
-    for attempt in range(1, 9):
-        before = len(model_versions(cluster, namespace))
-        if before == len(runs):
-            break
-        with running_operator(cluster, namespace, tmp_path / f"op-{attempt}.log") as operator:
-            if attempt > 1:
-                wait_for(
-                    lambda before=before: len(model_versions(cluster, namespace)) > before,  # type: ignore[misc]
-                    timeout=60,
-                    interval=0.05,
-                    what="a new ModelVersion",
-                )
-            operator.send_signal(signal.SIGKILL)
-            operator.wait()
-            kills += 1
-    assert kills >= 1
+    def recording_a_version() -> bool | None:
+        return dry_run(
+            "patch", "trainingrun", runs[0], "--subresource=status", "--type=merge", "-p", probe_record
+        )
 
-    with running_operator(cluster, namespace, tmp_path / "op-last.log"):
+    def delete_policy(name: str) -> None:
+        cluster.kubectl("delete", "validatingadmissionpolicybinding,validatingadmissionpolicy", name)
+
+    cluster.apply(
+        held_by_policy(
+            no_registration,
+            namespace,
+            "modelversions",
+            "CREATE",
+            "false",
+            HELD_REGISTRATION,
+        ),
+        namespace,
+    )
+    try:
+        # Policies take effect a moment after they are created: a server-side dry run says when.
+        wait_for(lambda: creating_a_version() is False, timeout=60, what="the hold on registrations in force")
+
+        # Window 1: every Job has succeeded; the operator's registration is refused.
+        with running_operator(cluster, namespace, tmp_path / "op-1.log") as first:
+            for name in runs:
+                cluster.apply(training_run(name, tmp_path), namespace)
+
+            def all_trained() -> bool:
+                for pod in running_held_pods(cluster, namespace):
+                    assert run_pod(cluster, pod, tmp_path).exit_code == 0
+                return jobs_complete(cluster, namespace, len(runs))
+
+            wait_for(all_trained, timeout=240, interval=0.5, what="every Job to succeed")
+            wait_for(
+                lambda: refused_by(cluster, namespace, runs, HELD_REGISTRATION),
+                timeout=90,
+                what="every registration refused",
+            )
+            assert model_versions(cluster, namespace) == []
+            assert sigkill(first) == -signal.SIGKILL
+        assert all(not run_status(cluster, n, namespace).get("modelVersion") for n in runs)
+
+        # Window 2: versions may be created, but no run may record its version.
+        cluster.apply(
+            held_by_policy(
+                no_record,
+                namespace,
+                "trainingruns/status",
+                "UPDATE",
+                "!has(object.status) || !has(object.status.modelVersion) || "
+                "(has(oldObject.status) && has(oldObject.status.modelVersion))",
+                HELD_RECORD,
+            ),
+            namespace,
+        )
+        wait_for(lambda: recording_a_version() is False, timeout=60, what="the hold on run records in force")
+        delete_policy(no_registration)
+        wait_for(creating_a_version, timeout=60, what="the hold on registrations lifted")
+        with running_operator(cluster, namespace, tmp_path / "op-2.log") as second:
+            wait_for(
+                lambda: refused_by(cluster, namespace, runs, HELD_RECORD),
+                timeout=90,
+                what="every run's record of its version refused",
+            )
+            registered = {v["metadata"]["name"] for v in model_versions(cluster, namespace)}
+            assert len(registered) == len(runs)
+            assert sigkill(second) == -signal.SIGKILL
+        assert all(not run_status(cluster, n, namespace).get("modelVersion") for n in runs)
+
+        delete_policy(no_record)
+        wait_for(recording_a_version, timeout=60, what="the hold on run records lifted")
+    finally:
+        for name in (no_registration, no_record):
+            cluster.kubectl(
+                "delete", "validatingadmissionpolicybinding,validatingadmissionpolicy", name,
+                "--ignore-not-found", check=False,
+            )  # fmt: skip
+
+    with running_operator(cluster, namespace, tmp_path / "op-3.log"):
         wait_for(
             lambda: all((run_status(cluster, n, namespace).get("modelVersion")) for n in runs),
             timeout=90,
@@ -85,12 +208,22 @@ def test_killing_the_operator_between_job_success_and_registration_leaves_one_ve
         )
 
     versions = model_versions(cluster, namespace)
-    assert len(versions) == len(runs), [v["metadata"]["name"] for v in versions]
+    # The versions the second operator created, no more: the third found each and recorded it.
+    assert {v["metadata"]["name"] for v in versions} == registered
     assert sorted(v["spec"]["version"] for v in versions) == list(range(1, len(runs) + 1))
-    by_run = {v["spec"]["lineage"]["trainingRun"]: v["metadata"]["name"] for v in versions}
-    assert sorted(by_run) == sorted(runs)
     for name in runs:
-        assert run_status(cluster, name, namespace)["modelVersion"] == by_run[name]
+        run = cluster.get("trainingrun", name, namespace)
+        [version] = [v for v in versions if v["spec"]["lineage"]["trainingRun"] == name]
+        assert run["status"]["modelVersion"] == version["metadata"]["name"]
+        assert version["metadata"]["annotations"][ANNOTATION_RUN_UID] == run["metadata"]["uid"]
+        assert version["metadata"]["labels"][LABEL_TRAINING_RUN] == name
+        lineage = version["spec"]["lineage"]
+        assert (lineage["image"], lineage["datasetUri"]) == (
+            run["spec"]["image"],
+            run["spec"]["dataset"]["uri"],
+        )
+        assert lineage["params"] == run["spec"]["params"]
+        assert version["spec"]["createdBy"] == f"trainingrun/{name}"
         assert len(jobs_of(cluster, name, namespace)) == 1
 
 

@@ -15,6 +15,7 @@ BIN="$CACHE_ROOT/bin/k8s-${K8S_VERSION}_etcd-${ETCD_VERSION}_kwok-${KWOK_VERSION
 K8S_CMDS=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
 K8S_DIR="$WORK/k8s-$K8S_VERSION"
 ETCD_DIR="$WORK/etcd-$ETCD_VERSION"
+KWOK_DIR="$WORK/kwok-$KWOK_VERSION"
 
 # Downloads (unlocked: they overlap other scripts' compiles) ------------------------------------------
 
@@ -42,14 +43,9 @@ resolve_kubernetes() {
   touch "$dir/.resolved"
 }
 
-resolve_etcd() {
-  local dir="$ETCD_DIR"
-  mkdir -p "$dir"
-  [ -f "$dir/.resolved" ] && return 0
-  printf 'module modelloop.local/etcdbuild\n\ngo 1.26\n' > "$dir/go.mod"
-  (cd "$dir" && resolve "go.etcd.io/etcd/server/v3@$ETCD_VERSION and its dependencies" env GOFLAGS=-mod=mod go get "go.etcd.io/etcd/server/v3@$ETCD_VERSION")
-  touch "$dir/.resolved"
-}
+resolve_etcd() { wrapper_module "$ETCD_DIR" "$ETCD_VERSION" go.etcd.io/etcd/server/v3; }
+
+resolve_kwok() { wrapper_module "$KWOK_DIR" "$KWOK_VERSION" sigs.k8s.io/kwok/cmd/kwok sigs.k8s.io/kwok/cmd/kwokctl; }
 
 # Compiles (one at a time, under the build lock) -----------------------------------------------------
 
@@ -84,18 +80,17 @@ build_kwok() {
   local c
   for c in kwok kwokctl; do
     have "$c" && continue
-    # `go install module@version` resolves and builds in one step (kwok is small: its dependencies are
-    # fetched under the lock); the module itself is fetched, with retries, before the lock.
-    resolve "sigs.k8s.io/kwok@$KWOK_VERSION" go mod download "sigs.k8s.io/kwok@$KWOK_VERSION"
+    resolve_kwok
     cpu_lock
     log "building $c $KWOK_VERSION"
-    quiet env GOBIN="$BIN/.gobin" CGO_ENABLED=0 go install -trimpath -ldflags "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION" "sigs.k8s.io/kwok/cmd/$c@$KWOK_VERSION"
-    mv "$BIN/.gobin/$c" "$BIN/$c"
+    (cd "$KWOK_DIR" && quiet env CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION" -o "$BIN/$c.tmp" "sigs.k8s.io/kwok/cmd/$c")
+    mv "$BIN/$c.tmp" "$BIN/$c"
   done
 }
 
 # Every download before the first compile, so that the lock is never held while the proxy is slow.
 have etcd || resolve_etcd
+{ have kwok && have kwokctl; } || resolve_kwok
 for c in "${K8S_CMDS[@]}"; do have "$c" || { resolve_kubernetes; break; }; done
 build_etcd
 build_kwok

@@ -12,19 +12,17 @@ BIN="$CACHE_ROOT/bin/helm-${HELM_VERSION}"
 
 build_helm() {
   have helm && return 0
-  # Helm's module has no replace directives, so `go install module@version` builds it as released.
-  # Its version string is set as Helm's own Makefile sets it (`helm version` reports the release).
-  local major="${HELM_VERSION%%.*}"
-  # `go install module@version` resolves and builds in one step; the module is fetched, with retries,
-  # before the build lock, its dependencies under it.
-  resolve "helm.sh/helm/$major@$HELM_VERSION" go mod download "helm.sh/helm/$major@$HELM_VERSION"
+  # Helm's module has no replace directives, so building it in a module that requires it is building it
+  # as released (what `go install helm.sh/helm/v4/cmd/helm@v4.3.1` does), with the downloads done first,
+  # unlocked. Its version string is set as Helm's own Makefile sets it (`helm version` reports the release).
+  local major="${HELM_VERSION%%.*}" dir="$WORK/helm-$HELM_VERSION"
+  wrapper_module "$dir" "$HELM_VERSION" "helm.sh/helm/$major/cmd/helm"
   cpu_lock
   log "building helm $HELM_VERSION (a cold build takes minutes)"
-  quiet env GOBIN="$BIN/.gobin" CGO_ENABLED=0 go install -trimpath \
+  (cd "$dir" && quiet env CGO_ENABLED=0 go build -trimpath \
     -ldflags "-s -w -X helm.sh/helm/$major/internal/version.version=$HELM_VERSION -X helm.sh/helm/$major/internal/version.metadata=" \
-    "helm.sh/helm/$major/cmd/helm@$HELM_VERSION"
-  mv "$BIN/.gobin/helm" "$BIN/helm"
-  rmdir "$BIN/.gobin"
+    -o "$BIN/helm.tmp" "helm.sh/helm/$major/cmd/helm")
+  mv "$BIN/helm.tmp" "$BIN/helm"
 }
 
 build_helm

@@ -438,7 +438,8 @@ def test_detector_takes_gpus_credentials_a_claim_and_its_nodes_from_values(tmp_p
     assert container["resources"]["limits"] == {"memory": "2Gi", "nvidia.com/gpu": 1}
     assert container["resources"]["requests"] == VALUES["detector"]["resources"]["requests"]
     assert container["envFrom"] == values["extraEnvFrom"]
-    assert container["env"] == values["extraEnv"]
+    roots = {"name": "MODELLOOP_DETECTOR_ARTIFACT_ROOTS", "value": "file:///data"}
+    assert container["env"] == [roots, *values["extraEnv"]]
     (data,) = [m for m in container["volumeMounts"] if m["mountPath"] == "/data"]
     (volume,) = [v for v in pod["volumes"] if v["name"] == data["name"]]
     assert volume["persistentVolumeClaim"] == {"claimName": "datasets"}
@@ -521,3 +522,107 @@ def test_the_charts_default_detector_runs_as_the_kustomize_one(tmp_path: Path) -
     assert chart_pod == plain_pod
     assert chart["Deployment"]["spec"]["strategy"] == manifests["Deployment"]["spec"]["strategy"]
     assert chart["Service"]["spec"]["ports"] == manifests["Service"]["spec"]["ports"]
+
+
+# --- RBAC: the operator's bindings and the users' roles, rendered by helm ---------------------------------
+
+USER_ROLES = REPO_ROOT / "manifests" / "operator" / "user-roles.yaml"
+SINGLE_NAMESPACE_RBAC = REPO_ROOT / "manifests" / "overlays" / "single-namespace" / "rbac-namespaced.yaml"
+AGGREGATE = "rbac.authorization.k8s.io/aggregate-to-"
+
+
+def of_kind(objects: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
+    """The objects of one kind, by `namespace/name` (`name` when cluster-scoped)."""
+    found = {}
+    for o in objects:
+        if o["kind"] == kind:
+            namespace = o["metadata"].get("namespace")
+            found[f"{namespace}/{o['metadata']['name']}" if namespace else o["metadata"]["name"]] = o
+    return found
+
+
+def test_chart_user_roles_have_exactly_the_rules_and_aggregation_of_the_manifests() -> None:
+    manifests = {doc["metadata"]["name"]: doc for doc in yaml.safe_load_all(USER_ROLES.read_text())}
+    charted = untemplated((CHART / "templates" / "user-roles.yaml").read_text())
+    assert [doc["kind"] for doc in charted] == ["ClusterRole", "ClusterRole"]
+    for doc in charted:
+        (name,) = [n for n in manifests if n.endswith(doc["metadata"]["name"].removeprefix("NAME"))]
+        assert doc["rules"] == manifests[name]["rules"], name
+        aggregation = {k: v for k, v in doc["metadata"]["labels"].items() if k.startswith(AGGREGATE)}
+        assert aggregation == {
+            k: v for k, v in manifests[name]["metadata"]["labels"].items() if k.startswith(AGGREGATE)
+        }
+
+
+@needs_helm
+def test_chart_aggregates_its_kinds_into_view_edit_and_admin_unless_turned_off(tmp_path: Path) -> None:
+    assert VALUES["rbac"]["aggregateRoles"] is True
+    roles = of_kind(rendered(tmp_path, {}), "ClusterRole")
+    aggregated = {
+        label.removeprefix(AGGREGATE): name
+        for name, role in roles.items()
+        for label, value in role["metadata"]["labels"].items()
+        if label.startswith(AGGREGATE) and value == "true"
+    }
+    assert aggregated == {"view": "modelloop-view", "edit": "modelloop-edit", "admin": "modelloop-edit"}
+
+    off = of_kind(rendered(tmp_path, {"rbac": {"aggregateRoles": False}}), "ClusterRole")
+    assert sorted(off) == ["modelloop-operator"]
+
+
+@needs_helm
+def test_chart_binds_the_operator_cluster_wide_when_it_watches_every_namespace(tmp_path: Path) -> None:
+    objects = rendered(tmp_path, {})
+    (binding,) = of_kind(objects, "ClusterRoleBinding").values()
+    assert binding["roleRef"]["name"] == "modelloop-operator"
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "modelloop", "namespace": "modelloop-system"}
+    ]
+    assert of_kind(objects, "RoleBinding") == {}
+
+
+@needs_helm
+def test_chart_binds_the_operators_rules_only_in_the_namespaces_it_watches(tmp_path: Path) -> None:
+    objects = rendered(tmp_path, {"operator": {"watchNamespaces": ["team-a", "team-b"]}})
+    account = {"kind": "ServiceAccount", "name": "modelloop", "namespace": "modelloop-system"}
+
+    bindings = of_kind(objects, "RoleBinding")
+    assert sorted(bindings) == ["team-a/modelloop-operator", "team-b/modelloop-operator"]
+    for binding in bindings.values():
+        assert binding["roleRef"] == {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "ClusterRole",
+            "name": "modelloop-operator",
+        }
+        assert binding["subjects"] == [account]
+    # Cluster-wide, only what kopf reads there: which CRDs and namespaces exist, as the kustomize overlay
+    # grants it, and nothing of the operator's own rules.
+    (cluster_binding,) = of_kind(objects, "ClusterRoleBinding").values()
+    assert cluster_binding["subjects"] == [account]
+    discovery = of_kind(objects, "ClusterRole")[cluster_binding["roleRef"]["name"]]
+    overlay = [
+        doc for doc in yaml.safe_load_all(SINGLE_NAMESPACE_RBAC.read_text()) if doc["kind"] == "ClusterRole"
+    ]
+    assert discovery["rules"] == overlay[0]["rules"]
+    for rule in discovery["rules"]:
+        assert set(rule["verbs"]) <= {"list", "watch"}
+        assert "modelloop.dev" not in rule["apiGroups"]
+
+
+@needs_helm
+@pytest.mark.parametrize("pattern", ["team-*", "!kube-system", "Team-A"])
+def test_chart_binds_the_operator_cluster_wide_when_a_watched_namespace_is_a_pattern(
+    tmp_path: Path, pattern: str
+) -> None:
+    # A pattern matches namespaces made after the install: no RoleBinding made now covers them.
+    objects = rendered(tmp_path, {"operator": {"watchNamespaces": ["team-b", pattern]}})
+    (binding,) = of_kind(objects, "ClusterRoleBinding").values()
+    assert binding["roleRef"]["name"] == "modelloop-operator"
+    assert of_kind(objects, "RoleBinding") == {}
+
+
+@needs_helm
+def test_chart_creates_no_operator_binding_without_rbac_create(tmp_path: Path) -> None:
+    objects = rendered(tmp_path, {"rbac": {"create": False}, "operator": {"watchNamespaces": ["team-a"]}})
+    assert of_kind(objects, "RoleBinding") == of_kind(objects, "ClusterRoleBinding") == {}
+    assert sorted(of_kind(objects, "ClusterRole")) == ["modelloop-edit", "modelloop-view"]

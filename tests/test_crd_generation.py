@@ -233,6 +233,8 @@ def test_cel_rules_sit_where_the_rules_apply() -> None:
         ".spec",
         ".spec.predictor",
         ".spec.rollout.steps",
+        ".spec.rollout.stepInterval",
+        ".spec.rollout.analysis.interval",
         ".spec.rollout.analysis.metrics[]",
     }
     assert "self.backend == oldSelf.backend" in inference[".spec"]
@@ -243,6 +245,9 @@ def test_cel_rules_sit_where_the_rules_apply() -> None:
     assert ".spec.retrain.trainingRunTemplate.resources" in drift
     # But not the TrainingRun's immutability: a DriftPolicy's template stays editable.
     assert ".spec.retrain.trainingRunTemplate" not in drift
+    # Each duration has its bounds (tests/test_duration_bounds.py).
+    for duration in (".spec.evaluationInterval", ".spec.window", ".spec.cooldown", ".spec.budget.period"):
+        assert drift[duration][0].startswith("duration(self) >= duration(")
 
 
 def test_every_cel_rule_has_a_message() -> None:

@@ -12,7 +12,7 @@ import pytest_asyncio
 from aiohttp import web
 from modelloop_contracts.detector import Registration, VersionSpec
 
-from modelloop.drift.detector import DetectorClient, DetectorError
+from modelloop.drift.detector import DetectorClient, DetectorError, reads_mmd
 
 
 class FakeDetector:
@@ -60,6 +60,23 @@ async def test_registration_names_the_served_versions_and_the_target_column(dete
     ]
     # The body is the detector's own contract: it reads it back as sent.
     assert Registration.from_json(fake.received[0][2]) == Registration("iris", versions, "target")
+
+
+@pytest.mark.asyncio
+async def test_a_policy_reading_mmd_asks_the_detector_for_it_and_no_other_does(detector: Any) -> None:
+    fake, url = detector
+    client = DetectorClient()
+    versions = {"3": VersionSpec("file:///m/3/reference.csv")}
+    await client.register(url, "ml", "iris", "iris", versions, None, mmd=True)
+    await client.register(url, "ml", "iris", "iris", versions, None)
+    await client.close()
+    assert fake.received[0][2]["mmd"] is True
+    assert "mmd" not in fake.received[1][2]
+    assert Registration.from_json(fake.received[0][2]).mmd is True
+    # The operator decides from the policy's queries: MMD only where a metric reads its series.
+    assert reads_mmd(['max(modelloop_drift_verdict{namespace="a",detector="mmd"})'])
+    assert reads_mmd(['max(modelloop_drift_verdict{detector=~"ks|mmd"})'])
+    assert not reads_mmd(['max(modelloop_drift_verdict{detector="ks"})', "min(modelloop_feedback_accuracy)"])
 
 
 @pytest.mark.asyncio

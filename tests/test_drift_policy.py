@@ -16,7 +16,7 @@ from modelloop.drift.detector import detector_versions
 from modelloop.drift.policy import InFlight, Measurement, PolicyDecision, run_name
 from modelloop.drift.training_run import render_training_run, retraining_in_flight
 from modelloop.machinery.status import status_json
-from modelloop.serving.analysis import _refusal
+from modelloop.serving.analysis import error_message
 
 T0 = datetime(2026, 11, 27, 12, 0, 0, tzinfo=UTC)
 POLICY = "iris-drift"
@@ -314,16 +314,14 @@ def test_the_detector_is_told_the_stable_and_canary_versions_with_their_referenc
     )
 
 
-def test_prometheus_refusals_are_told_apart_from_other_errors() -> None:
+def test_only_prometheuss_own_error_shape_is_read_from_an_error_body() -> None:
     body = (
         b'{"status":"error","errorType":"bad_data","error":"1:1: parse error: unexpected character: \'$\'"}'
     )
-    assert (
-        _refusal(f"HTTP Status Code 400 ({body!r})")
-        == "bad_data: 1:1: parse error: unexpected character: '$'"
-    )
-    assert _refusal(f"HTTP Status Code 503 ({body!r})") is None
-    assert _refusal("HTTP Status Code 422 (b'not json')") == "b'not json'"
+    assert error_message(body) == "bad_data: 1:1: parse error: unexpected character: '$'"
+    assert error_message(b"not json") is None
+    assert error_message(b'{"status":"success","data":{}}') is None
+    assert error_message(b'{"error":"no status"}') is None
 
 
 def test_the_version_a_retraining_registered_is_recorded_and_a_new_retraining_forgets_it() -> None:

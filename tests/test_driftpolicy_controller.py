@@ -86,15 +86,24 @@ class Detector:
     def __init__(self, down: bool = False) -> None:
         self.down = down
         self.registered: list[tuple[Any, ...]] = []
+        self.mmd: list[bool] = []
 
     async def register(
-        self, url: str, namespace: str, service: str, model: str, versions: Any, target: Any
+        self,
+        url: str,
+        namespace: str,
+        service: str,
+        model: str,
+        versions: Any,
+        target: Any,
+        mmd: bool = False,
     ) -> None:
         if self.down:
             raise DetectorError(f"the detector at {url} is unreachable")
         self.registered.append(
             (namespace, service, model, {k: v.to_json() for k, v in versions.items()}, target)
         )
+        self.mmd.append(mmd)
 
 
 def controller(
@@ -162,9 +171,19 @@ def test_the_detector_is_told_the_served_versions_and_an_unreachable_one_is_an_e
         )
     ]
 
+    assert detector.mmd == [False]  # its metric does not read MMD: the detector loads no PyTorch for it
+
     down, _, _ = controller(policy(detector=True), 0.1, detector=Detector(down=True))
     asyncio.run(down.objects.reconcile(KEY))
     assert ("Warning", "DetectorUnreachable") in [(t, r) for t, r, _ in posted]
+
+
+def test_a_policy_whose_metric_reads_mmd_asks_the_detector_for_it() -> None:
+    obj = policy(detector=True)
+    obj["spec"]["metrics"][0]["query"] = 'max(modelloop_drift_verdict{service="{{name}}",detector="mmd"})'
+    made, _, _ = controller(obj, 0.1)
+    asyncio.run(made.objects.reconcile(KEY))
+    assert isinstance(made.detector, Detector) and made.detector.mmd == [True]
 
 
 def test_the_version_the_retraining_registered_reaches_status() -> None:

@@ -29,6 +29,10 @@ VERSIONS = {
     3: VersionInfo(3, "iris", "s3://models/iris/3", "xgboost"),
 }
 BACKEND = KServeBackend()
+URL = "http://iris-ml.example.com"
+"""The URL KServe reports for the service (its default domain template: <name>-<namespace>.<domain>)."""
+REPORTED = {"iris": {"status": {"url": URL}}}
+"""KServe's InferenceService once it reports the service's URL."""
 
 
 def service(mode: str | None = None, **spec: Any) -> ServiceContext:
@@ -62,19 +66,22 @@ def test_the_schema_checker_finds_what_the_api_server_would_refuse_or_prune() ->
         ".spec.predictor.minReplicas: expected integer, got 'one'",
         ".spec.predictor.model.env[0].name: required",
     ]
-    isvc, route = BACKEND.render(service("Standard"), Serving(1, 2, 10), {})
+    isvc, route = BACKEND.render(service("Standard"), Serving(1, 2, 10), REPORTED)
     isvc["spec"]["canary"][0]["trafficPercent"] = 101
     route["spec"]["rules"][0]["backendRefs"][0]["weight"] = -1
     route["spec"]["parentRefs"][0].pop("name")
+    route["spec"]["hostnames"] = ["*.*.example.com"]
     assert ".spec.canary[0].trafficPercent: 101 is above 100" in crd_errors(isvc)
-    assert sorted(crd_errors(route)) == [
+    hostname, *others = sorted(crd_errors(route))
+    assert hostname.startswith(".spec.hostnames[0]: '*.*.example.com' does not match")
+    assert others == [
         ".spec.parentRefs[0].name: required",
         ".spec.rules[0].backendRefs[0].weight: -1 is below 0",
     ]
 
 
 def test_a_standard_canary_names_its_model_container_as_kserves_crd_requires() -> None:
-    isvc, _ = BACKEND.render(service("Standard"), Serving(1, 2, 10), {})
+    (isvc,) = BACKEND.render(service("Standard"), Serving(1, 2, 10), {})
     assert crd_errors(isvc) == []
 
 
@@ -94,6 +101,25 @@ def test_knative_serves_the_stable_version_with_modelloops_model_server() -> Non
             }
         }
     }
+
+
+@pytest.mark.parametrize("mode", ["Knative", "Standard"])
+def test_the_model_server_gets_the_digest_its_model_version_records_to_check(mode: str) -> None:
+    digest = "sha256:" + "b" * 64
+    versions = {**VERSIONS, 2: VersionInfo(2, "iris", "s3://models/iris/2", "sklearn", digest)}
+    context = ServiceContext("ml", "iris", "uid-1", service(mode).spec, versions)
+
+    isvc = rendered(context, Serving(1, 2, 10), canary_ready(2))[0]
+
+    canary = isvc["spec"]["predictor"] if mode == "Knative" else isvc["spec"]["canary"][0]["predictor"]
+    assert canary["model"]["env"] == [
+        {"name": "MODELLOOP_MODEL_VERSION", "value": "2"},
+        {"name": "MODELLOOP_ARTIFACT_DIGEST", "value": digest},
+    ]
+    if mode == "Standard":  # version 1 records no digest: its server has none to check
+        assert isvc["spec"]["predictor"]["model"]["env"] == [
+            {"name": "MODELLOOP_MODEL_VERSION", "value": "1"}
+        ]
 
 
 def test_knative_is_the_default_mode_and_says_so_in_its_annotation() -> None:
@@ -188,7 +214,7 @@ def test_the_payload_logger_maps_to_kserves_logger() -> None:
 
 def canary_ready(version: int, ready: bool = True) -> dict[str, Any]:
     """KServe's InferenceService as it reports the canary predictor v<version>."""
-    return {"iris": {"status": {"canaryStatuses": [{"name": f"v{version}", "ready": ready}]}}}
+    return {"iris": {"status": {"url": URL, "canaryStatuses": [{"name": f"v{version}", "ready": ready}]}}}
 
 
 def backends(route: dict[str, Any]) -> list[tuple[str, int, int]]:
@@ -197,7 +223,7 @@ def backends(route: dict[str, Any]) -> list[tuple[str, int, int]]:
 
 
 def test_standard_names_the_stable_predictor_by_its_version_and_routes_all_traffic_to_it() -> None:
-    isvc, route = rendered(service("Standard"), Serving(1))
+    isvc, route = rendered(service("Standard"), Serving(1), REPORTED)
     assert isvc["metadata"]["annotations"] == {"serving.kserve.io/deploymentMode": "Standard"}
     assert isvc["spec"]["predictor"]["name"] == "v1"
     assert isvc["spec"]["predictor"]["model"]["storageUri"] == "s3://models/iris/1"
@@ -208,7 +234,7 @@ def test_standard_names_the_stable_predictor_by_its_version_and_routes_all_traff
 
 
 def test_standard_keeps_the_canary_at_zero_weight_until_kserve_reports_it_ready() -> None:
-    isvc, route = rendered(service("Standard"), Serving(1, 2, 25), {"iris": {"status": {}}})
+    isvc, route = rendered(service("Standard"), Serving(1, 2, 25), REPORTED)
     assert isvc["spec"]["canary"] == [
         {
             "predictor": {
@@ -239,7 +265,7 @@ def test_standard_splits_the_route_by_the_weight_once_the_canary_is_ready(weight
 
 
 def test_standard_routes_through_the_default_gateway_or_the_one_asked_for() -> None:
-    _, route = rendered(service("Standard"), Serving(1))
+    _, route = rendered(service("Standard"), Serving(1), REPORTED)
     assert route["spec"]["parentRefs"] == [
         {
             "group": "gateway.networking.k8s.io",
@@ -248,7 +274,7 @@ def test_standard_routes_through_the_default_gateway_or_the_one_asked_for() -> N
             "namespace": "kserve",
         }
     ]
-    _, route = rendered(service("Standard", kserve={"gateway": {"name": "models"}}), Serving(1))
+    _, route = rendered(service("Standard", kserve={"gateway": {"name": "models"}}), Serving(1), REPORTED)
     assert route["spec"]["parentRefs"][0] | {"group": "", "kind": ""} == {
         "group": "",
         "kind": "",
@@ -256,6 +282,43 @@ def test_standard_routes_through_the_default_gateway_or_the_one_asked_for() -> N
         "namespace": "ml",
     }
     assert predictor_service("iris", 7) == "iris-v7-predictor"
+
+
+def test_standard_routes_only_the_host_kserve_reports_for_the_service() -> None:
+    """On a shared Gateway, a route without hostnames would take every other service's requests."""
+    _, route = rendered(service("Standard"), Serving(1, 2, 25), canary_ready(2))
+
+    assert route["spec"]["hostnames"] == ["iris-ml.example.com"]
+    (rule,) = route["spec"]["rules"]
+    assert rule["matches"] == [{"path": {"type": "PathPrefix", "value": "/"}}]
+
+
+def test_standard_renders_no_route_before_kserve_reports_the_services_url() -> None:
+    for current in ({}, {"iris": {"status": {}}}, {"iris": {"status": {"url": "http://10.0.0.7"}}}):
+        (isvc,) = rendered(service("Standard"), Serving(1), current)
+        assert isvc["kind"] == "InferenceService"
+
+
+@pytest.mark.parametrize(
+    ("url", "host"),
+    [
+        ("https://Iris-ML.Example.com:8443/v1/models", "iris-ml.example.com"),
+        ("http://iris.ml.svc.cluster.local", "iris.ml.svc.cluster.local"),
+    ],
+)
+def test_the_routes_host_is_the_urls_without_port_or_path_in_lower_case(url: str, host: str) -> None:
+    _, route = rendered(service("Standard"), Serving(1), {"iris": {"status": {"url": url}}})
+    assert route["spec"]["hostnames"] == [host]
+
+
+def test_a_route_keeps_its_hosts_when_kserves_status_loses_the_url() -> None:
+    _, route = rendered(service("Standard"), Serving(1, 2, 25), canary_ready(2))
+    lost = {"iris": {"status": {"canaryStatuses": [{"name": "v2", "ready": True}]}}, "iris-traffic": route}
+
+    _, again = rendered(service("Standard"), Serving(1, 2, 50), lost)
+
+    assert again["spec"]["hostnames"] == ["iris-ml.example.com"]
+    assert backends(again)[1][2] == 50
 
 
 def test_standard_owns_its_route_beside_kserves_inference_service() -> None:
@@ -268,8 +331,8 @@ def test_standard_owns_its_route_beside_kserves_inference_service() -> None:
 
 def test_the_operators_default_mode_applies_when_the_service_names_none() -> None:
     standard = KServeBackend(default_mode=KServeBackend().mode(service("Standard")))
-    assert len(standard.render(service(), Serving(1), {})) == 2
-    assert len(standard.render(service("Knative"), Serving(1), {})) == 1
+    assert len(standard.render(service(), Serving(1), REPORTED)) == 2
+    assert len(standard.render(service("Knative"), Serving(1), REPORTED)) == 1
 
 
 # Observing.
@@ -395,6 +458,6 @@ def test_standard_canary_traffic_is_unknown_without_the_route_and_zero_when_it_l
     current = standard_current(25, ready=True)
     without_route = {"iris": current["iris"], "iris-traffic": None}
     assert BACKEND.observe(service("Standard"), Serving(1, 2, 25), without_route).canary_traffic is None
-    _, stable_route = BACKEND.render(service("Standard"), Serving(1), {})
+    _, stable_route = BACKEND.render(service("Standard"), Serving(1), REPORTED)
     old_route = {"iris": current["iris"], "iris-traffic": stable_route}
     assert BACKEND.observe(service("Standard"), Serving(1, 2, 25), old_route).canary_traffic == 0

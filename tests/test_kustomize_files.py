@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
+from modelloop.api import KINDS
 from pod_security import assert_restricted
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,3 +137,58 @@ def test_detector_service_reaches_the_detectors_pods_and_never_the_operators() -
         assert (
             not service["spec"]["selector"].items() <= other["spec"]["template"]["metadata"]["labels"].items()
         )
+
+
+# --- what people may do with modelloop's kinds (manifests/operator/user-roles.yaml) ------------------------
+
+USER_ROLES = MANIFESTS / "operator" / "user-roles.yaml"
+AGGREGATE = "rbac.authorization.k8s.io/aggregate-to-"
+READ = {"get", "list", "watch"}
+WRITE = {"create", "update", "patch", "delete", "deletecollection"}
+
+
+def user_roles() -> dict[str, dict[str, Any]]:
+    """user-roles.yaml's ClusterRoles by the Kubernetes role each one aggregates to (view, edit, admin)."""
+    roles = {}
+    for doc in yaml.safe_load_all(USER_ROLES.read_text()):
+        assert doc["kind"] == "ClusterRole"
+        for label, value in doc["metadata"]["labels"].items():
+            if label.startswith(AGGREGATE) and value == "true":
+                roles[label.removeprefix(AGGREGATE)] = doc
+    return roles
+
+
+def granted(role: dict[str, Any], resource: str) -> set[str]:
+    return {
+        verb
+        for rule in role["rules"]
+        if "modelloop.dev" in rule["apiGroups"] and resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+
+
+def test_user_roles_aggregate_to_view_edit_and_admin() -> None:
+    assert sorted(user_roles()) == ["admin", "edit", "view"]
+
+
+@pytest.mark.parametrize("plural", [info.plural for info in KINDS])
+def test_viewers_read_every_kind_and_editors_also_write_it(plural: str) -> None:
+    roles = user_roles()
+    assert granted(roles["view"], plural) == READ
+    for role in ("edit", "admin"):
+        assert granted(roles[role], plural) == READ | WRITE
+
+
+@pytest.mark.parametrize("plural", [info.plural for info in KINDS])
+def test_people_read_status_and_only_the_operator_writes_it(plural: str) -> None:
+    # Status is the rollout's state machine, a version's stage and validation: a person's write forges it.
+    for role in user_roles().values():
+        assert granted(role, f"{plural}/status") == {"get"}
+
+
+def test_user_roles_grant_nothing_outside_modelloops_kinds() -> None:
+    for role in user_roles().values():
+        for rule in role["rules"]:
+            assert rule["apiGroups"] == ["modelloop.dev"], rule
+            assert "*" not in rule["verbs"] and "*" not in rule["resources"], rule
+            assert not rule.get("resourceNames") and not rule.get("nonResourceURLs"), rule

@@ -82,6 +82,24 @@ def test_the_stable_version_alone_takes_all_traffic_with_its_artifact_and_modell
     assert predictor["labels"]["version"] == "1"
 
 
+def test_each_versions_server_gets_the_digest_its_model_version_records_to_check() -> None:
+    digests = {1: "sha256:" + "a" * 64, 2: None}
+    versions = {n: VersionInfo(n, "iris", f"s3://models/iris/{n}", "sklearn", digests[n]) for n in (1, 2)}
+    body = {"model": {"name": "iris"}, "backend": "seldon"}
+    context = ServiceContext("ml", "iris", "uid-1", InferenceServiceSpec.model_validate(body), versions)
+
+    sdep = render(context, Serving(1, 2, 10))
+
+    env = {
+        p["name"]: p["componentSpecs"][0]["spec"]["containers"][0]["env"] for p in sdep["spec"]["predictors"]
+    }
+    assert env["v1"] == [
+        {"name": "MODELLOOP_MODEL_VERSION", "value": "1"},
+        {"name": "MODELLOOP_ARTIFACT_DIGEST", "value": "sha256:" + "a" * 64},
+    ]
+    assert env["v2"] == [{"name": "MODELLOOP_MODEL_VERSION", "value": "2"}]  # none recorded: none checked
+
+
 @pytest.mark.parametrize("weight", [0, 10, 50, 90, 100])
 def test_a_canary_gets_its_weight_and_the_stable_version_the_rest(weight: int) -> None:
     sdep = render(service(), Serving(1, 2, weight))

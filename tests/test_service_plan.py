@@ -150,3 +150,10 @@ def test_versions_without_a_number_are_not_offered_to_a_backend() -> None:
     infos = version_infos([version(2), {"spec": {"modelName": "iris"}}, {"spec": {"version": "3"}}])
     assert list(infos) == [2]
     assert infos[2].artifact_uri == "s3://m/iris/2" and infos[2].framework == "sklearn"
+    assert infos[2].digest is None
+
+
+def test_a_versions_recorded_digest_is_offered_to_its_backend() -> None:
+    recorded = version(4)
+    recorded["spec"]["artifact"]["digest"] = "sha256:" + "c" * 64
+    assert version_infos([recorded])[4].digest == "sha256:" + "c" * 64

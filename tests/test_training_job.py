@@ -150,7 +150,7 @@ def test_trainer_receives_params_dataset_and_output_through_its_environment() ->
     assert env["MODELLOOP_DATASET_FORMAT"] == "csv"
     assert env["MODELLOOP_TARGET_COLUMN"] == "species"
     assert env["MODELLOOP_DATASET_HASH"] == "sha256:ab"
-    assert env["MODELLOOP_OUTPUT_URI"] == "s3://models/iris/iris-rf"
+    assert env["MODELLOOP_OUTPUT_URI"] == "s3://models/ml/iris/iris-rf-0f0euid"
     assert env["MODELLOOP_RESULT_PATH"] == "/dev/termination-log"
     assert pod_spec(job)["containers"][0]["command"] == ["modelloop-train"]
 
@@ -161,17 +161,50 @@ def test_a_trial_overrides_params_and_writes_to_its_own_folder() -> None:
     env = env_of(job)
     assert json.loads(env["MODELLOOP_PARAMS"])["n_estimators"] == 200
     assert env["MODELLOOP_TRIAL"] == "3"
-    assert env["MODELLOOP_OUTPUT_URI"].endswith("/iris-rf/trial-3")
+    assert env["MODELLOOP_OUTPUT_URI"] == "file:///a/ml/iris/iris-rf-0f0euid/trial-3"
     assert job["metadata"]["labels"]["modelloop.dev/trial"] == "3"
     assert job["metadata"]["name"] == job_name("iris-rf", "0f0e-uid", 3)
 
 
-def test_output_uri_uses_the_runs_prefix_when_given() -> None:
-    assert (
-        output_uri(spec(output={"modelName": "iris", "artifactUriPrefix": "s3://b/p/"}), "r", "file:///x")
-        == "s3://b/p/r"
-    )
-    assert output_uri(spec(), "r", "file:///x/") == "file:///x/iris/r"
+def run_object(name: str, namespace: str, uid: str) -> dict[str, Any]:
+    return {"metadata": {"name": name, "namespace": namespace, "uid": uid}}
+
+
+def test_the_output_folder_is_the_namespace_the_model_and_the_run_with_the_start_of_its_uid() -> None:
+    run = run_object("r", "team-a", "3f2a1b4c-0000-4000-8000-000000000000")
+
+    assert output_uri(spec(), run, "file:///x/") == "file:///x/team-a/iris/r-3f2a1b4c"
+    assert output_uri(spec(), run, "file:///x", trial=2) == "file:///x/team-a/iris/r-3f2a1b4c/trial-2"
+
+
+def test_a_runs_prefix_replaces_the_root_and_still_gets_the_run_and_its_uid() -> None:
+    prefixed = spec(output={"modelName": "iris", "artifactUriPrefix": "s3://b/p/"})
+    run = run_object("r", "team-a", "3f2a1b4c-0000-4000-8000-000000000000")
+
+    assert output_uri(prefixed, run, "file:///x") == "s3://b/p/r-3f2a1b4c"
+
+
+def test_runs_of_the_same_name_in_two_namespaces_write_to_different_folders() -> None:
+    uid = "3f2a1b4c-0000-4000-8000-000000000000"
+
+    ours = output_uri(spec(), run_object("iris-rf", "team-a", uid), "s3://shared")
+    theirs = output_uri(spec(), run_object("iris-rf", "team-b", uid), "s3://shared")
+
+    assert ours != theirs
+    assert not theirs.startswith(ours + "/") and not ours.startswith(theirs + "/")
+
+
+def test_a_run_deleted_and_created_again_under_its_name_gets_a_new_folder() -> None:
+    """The ModelVersion the first run registered still points into its folder: the second writes elsewhere."""
+    first = render_job(run_object("iris-rf", "ml", "3f2a1b4c-0000-4000-8000-000000000000"), spec(), "s3://m")
+    again = render_job(run_object("iris-rf", "ml", "9d8e7f6a-0000-4000-8000-000000000000"), spec(), "s3://m")
+
+    assert env_of(first)["MODELLOOP_OUTPUT_URI"] == "s3://m/ml/iris/iris-rf-3f2a1b4c"
+    assert env_of(again)["MODELLOOP_OUTPUT_URI"] == "s3://m/ml/iris/iris-rf-9d8e7f6a"
+    prefixed = spec(output={"modelName": "iris", "artifactUriPrefix": "s3://b/iris"})
+    for uid in ("3f2a1b4c", "9d8e7f6a"):
+        job = render_job(run_object("iris-rf", "ml", uid), prefixed, "s3://m")
+        assert env_of(job)["MODELLOOP_OUTPUT_URI"] == f"s3://b/iris/iris-rf-{uid}"
 
 
 def test_additional_datasets_reach_the_trainer_as_one_json_list() -> None:

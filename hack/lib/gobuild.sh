@@ -50,3 +50,18 @@ cpu_lock() {
   fi
   _MODELLOOP_CPU_LOCKED=1
 }
+
+# wrapper_module DIR VERSION PACKAGE...: a module in DIR that requires each PACKAGE's module at VERSION,
+# resolved (its downloads unlocked, retried), so that `go build PACKAGE` in DIR compiles it as `go install
+# PACKAGE@VERSION` would (for a module without replace directives) with nothing left to download.
+wrapper_module() {
+  local dir="$1" version="$2" pkg
+  shift 2
+  mkdir -p "$dir"
+  [ -f "$dir/.resolved" ] && return 0
+  printf 'module modelloop.local/build\n\ngo 1.26\n' > "$dir/go.mod"
+  for pkg in "$@"; do
+    (cd "$dir" && resolve "$pkg@$version and its dependencies" env GOFLAGS=-mod=mod go get "$pkg@$version")
+  done
+  touch "$dir/.resolved"
+}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import ssl
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -45,6 +46,7 @@ FIELD_MANAGER = "modelloop"
 PERMANENT_STATUSES = frozenset({400, 403, 422})
 _MERGE_PATCH = "application/merge-patch+json"
 _APPLY_PATCH = "application/apply-patch+yaml"
+_PLAIN_NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _CONNECTIONS = 64  # at most this many requests in flight: every controller's reconciles together
 
 
@@ -296,6 +298,46 @@ class KubeClient:
                 "`modelloop crds | kubectl apply --server-side -f -`)"
             )
         return str(version.get("gitVersion"))
+
+    async def unwatchable(self, namespaces: Iterable[str], timeout: float = 10.0) -> dict[str, str]:
+        """Of ``namespaces`` (plain names; glob patterns are skipped, they match namespaces yet to come),
+        those where this identity may not list and watch every modelloop kind, each with the first right it
+        lacks. Asked of the API server with SelfSubjectAccessReviews, as `kubectl auth can-i` does."""
+        deadline = aiohttp.ClientTimeout(total=timeout)
+        refused: dict[str, str] = {}
+        try:
+            for namespace in namespaces:
+                if not _PLAIN_NAMESPACE.fullmatch(namespace):
+                    continue
+                for info in KINDS:
+                    lacking = None
+                    for verb in ("list", "watch"):
+                        review = await self.request(
+                            "POST",
+                            "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
+                            body={
+                                "apiVersion": "authorization.k8s.io/v1",
+                                "kind": "SelfSubjectAccessReview",
+                                "spec": {
+                                    "resourceAttributes": {
+                                        "namespace": namespace,
+                                        "verb": verb,
+                                        "group": GROUP,
+                                        "resource": info.plural,
+                                    }
+                                },
+                            },
+                            timeout=deadline,
+                        )
+                        if not (review.get("status") or {}).get("allowed"):
+                            lacking = f"{verb} {info.plural}.{GROUP}"
+                            break
+                    if lacking is not None:
+                        refused[namespace] = f"may not {lacking} there"
+                        break
+        finally:
+            await self.close()
+        return refused
 
     async def create_job(self, manifest: Mapping[str, Any]) -> bool:
         """Create a Job; return False when one of that name exists already (Job names are deterministic, so

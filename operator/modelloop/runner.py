@@ -19,7 +19,7 @@ if "kubernetes" not in sys.modules:
 
 import kopf
 
-from modelloop.kube import KubeClient
+from modelloop.kube import KubeClient, PreflightError
 from modelloop.settings import Settings
 
 _LOG_FORMATS = {"plain": kopf.LogFormat.PLAIN, "full": kopf.LogFormat.FULL, "json": kopf.LogFormat.JSON}
@@ -36,8 +36,10 @@ def run_operator(settings: Settings) -> None:
     kopf.configure(verbose=settings.verbose, log_format=_LOG_FORMATS[settings.log_format], log_prefix=None)
     if not settings.verbose:
         logging.getLogger("kopf.objects").addFilter(_drop_routine_event_logs)
+    logger = logging.getLogger("modelloop")
     server_version = asyncio.run(KubeClient().preflight())
-    logging.getLogger("modelloop").info("API server %s serves every modelloop kind", server_version)
+    logger.info("API server %s serves every modelloop kind", server_version)
+    settings = dataclasses.replace(settings, namespaces=watchable_namespaces(settings.namespaces))
     import modelloop.controllers  # noqa: F401  # registers the handlers
 
     priority = settings.priority
@@ -56,6 +58,26 @@ def run_operator(settings: Settings) -> None:
         priority=priority,
         memo=kopf.Memo(settings=settings, identity=identity),
     )
+
+
+def watchable_namespaces(namespaces: tuple[str, ...]) -> tuple[str, ...]:
+    """The namespaces to watch: ``namespaces`` less those this identity may not list and watch (kopf would
+    retry them, then stop the whole operator, and every other team's namespace with it). Each one left out
+    is logged as an error saying what to bind; PreflightError when none is left."""
+    if not namespaces:
+        return namespaces
+    refused = asyncio.run(KubeClient().unwatchable(namespaces))
+    for namespace, why in refused.items():
+        logging.getLogger("modelloop").error(
+            "not watching namespace %s: this operator %s (bind the operator's ClusterRole there with a "
+            "RoleBinding, as the chart does for operator.watchNamespaces, and restart it)",
+            namespace,
+            why,
+        )
+    left = tuple(n for n in namespaces if n not in refused)
+    if not left:
+        raise PreflightError(f"this operator may not watch any of the namespaces {', '.join(namespaces)}")
+    return left
 
 
 # glibc gives each thread that allocates an arena of its own (up to 8 per core), and keeps what it frees

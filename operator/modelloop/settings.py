@@ -6,15 +6,18 @@ Command-line options of ``modelloop run`` override the environment; both end up 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
+from urllib.parse import unquote, urlsplit
 
 LogFormat = Literal["plain", "full", "json"]
 LOG_FORMATS: tuple[LogFormat, ...] = ("plain", "full", "json")
 
 
 KSERVE_MODES = ("Knative", "Standard")
+URL_NOT_ALLOWED = "UrlNotAllowed"
+"""The reason of an object refused because it names a URL outside ``Settings.allowed_url_prefixes``."""
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,10 @@ class Settings:
         prometheus_url: Prometheus that rollout analysis queries when an InferenceService names none.
         trial_progress_seconds: how often the log of each running trial of a sweep with early stopping is
             read for its progress (and the trial judged).
+        allowed_url_prefixes: the URLs a tenant may have the operator call (a DriftPolicy's Prometheus and
+            detector, an InferenceService's analysis Prometheus), as prefixes such as
+            ``http://prometheus.monitoring.svc:9090/`` or ``http://drift-detector.{namespace}.svc:8080/``
+            (``{namespace}`` stands for the object's own namespace); empty allows every URL.
     """
 
     namespaces: tuple[str, ...] = field(default_factory=tuple)
@@ -54,6 +61,37 @@ class Settings:
     gateway: str = "kserve/kserve-ingress-gateway"
     prometheus_url: str | None = None
     trial_progress_seconds: float = 10.0
+    allowed_url_prefixes: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        for prefix in self.allowed_url_prefixes:
+            _url_prefix(prefix.replace("{namespace}", "namespace"))  # refuses a malformed one at start-up
+
+    def urls_refusal(self, urls: Iterable[tuple[str, str]], namespace: str) -> str | None:
+        """Why an object of ``namespace`` is refused for the URLs it names (``(field, url)`` pairs), one
+        line per URL the operator must not call, naming its field; None when it may call them all."""
+        lines = []
+        for name, url in urls:
+            why = self.url_refusal(url, namespace)
+            if why is not None:
+                lines.append(f"{name}: {url} is not called: {why}")
+        return "; ".join(lines) or None
+
+    def url_refusal(self, url: str, namespace: str) -> str | None:
+        """Why the operator must not call ``url`` for an object of ``namespace`` (None: it may): outside
+        every allowed prefix, or not a plain http(s) URL while prefixes are set."""
+        if not self.allowed_url_prefixes:
+            return None
+        allowed = ", ".join(self.allowed_url_prefixes)
+        outside = f"it is outside the URLs the operator may call ({allowed}; MODELLOOP_ALLOWED_URL_PREFIXES)"
+        try:
+            target = _plain_url(url)
+        except ValueError as error:
+            return f"{error}; {outside}"
+        for prefix in self.allowed_url_prefixes:
+            if _within(target, _url_prefix(prefix.replace("{namespace}", namespace))):
+                return None
+        return outside
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -61,7 +99,8 @@ class Settings:
         ``MODELLOOP_LIVENESS_ENDPOINT``, ``MODELLOOP_METRICS_ADDRESS``, ``MODELLOOP_PEERING``,
         ``MODELLOOP_PRIORITY``, ``MODELLOOP_VERBOSE``, ``MODELLOOP_ARTIFACT_ROOT``,
         ``MODELLOOP_KEEP_ARCHIVED``, ``MODELLOOP_KSERVE_MODE``, ``MODELLOOP_GATEWAY``,
-        ``MODELLOOP_PROMETHEUS_URL`` and ``MODELLOOP_TRIAL_PROGRESS_SECONDS``."""
+        ``MODELLOOP_PROMETHEUS_URL``, ``MODELLOOP_TRIAL_PROGRESS_SECONDS`` and
+        ``MODELLOOP_ALLOWED_URL_PREFIXES`` (comma-separated)."""
         env = os.environ if environ is None else environ
         namespaces = tuple(ns.strip() for ns in env.get("MODELLOOP_NAMESPACES", "").split(",") if ns.strip())
         log_format = env.get("MODELLOOP_LOG_FORMAT", "full").strip().lower()
@@ -92,6 +131,11 @@ class Settings:
             trial_progress_seconds=_seconds(
                 env, "MODELLOOP_TRIAL_PROGRESS_SECONDS", cls.trial_progress_seconds
             ),
+            allowed_url_prefixes=tuple(
+                prefix.strip()
+                for prefix in env.get("MODELLOOP_ALLOWED_URL_PREFIXES", "").split(",")
+                if prefix.strip()
+            ),
         )
 
 
@@ -119,3 +163,48 @@ def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
     if not 0.5 <= value <= 3600:
         raise ValueError(f"{name} must be between 0.5 and 3600 seconds, not {value}")
     return value
+
+
+@dataclass(frozen=True)
+class _Url:
+    """An http(s) URL as the allowlist compares it: scheme, host, port (the scheme's default when not
+    written) and path."""
+
+    scheme: str
+    host: str
+    port: int
+    path: str
+
+
+def _plain_url(url: str) -> _Url:
+    """``url`` parsed; ValueError unless it is http(s) with a host and without credentials, query or
+    fragment (which a prefix cannot be compared with)."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        raise ValueError("it is not a valid URL") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("it is not an http(s) URL with a host")
+    if "@" in parts.netloc or parts.query or parts.fragment:
+        raise ValueError("it carries credentials, a query or a fragment")
+    if any(segment in (".", "..") for segment in unquote(parts.path).split("/")):
+        raise ValueError("its path has . or .. segments")
+    default = 443 if parts.scheme == "https" else 80
+    return _Url(parts.scheme, parts.hostname.lower(), port or default, parts.path or "/")
+
+
+def _url_prefix(prefix: str) -> _Url:
+    try:
+        return _plain_url(prefix)
+    except ValueError as error:
+        raise ValueError(f"MODELLOOP_ALLOWED_URL_PREFIXES: {prefix!r}: {error}") from None
+
+
+def _within(url: _Url, prefix: _Url) -> bool:
+    """Whether ``url`` is at or below ``prefix``: the same scheme, host and port, and a path that is the
+    prefix's or below it (``/api`` holds ``/api/v1``, never ``/apiary``)."""
+    if (url.scheme, url.host, url.port) != (prefix.scheme, prefix.host, prefix.port):
+        return False
+    base = prefix.path.rstrip("/")
+    return url.path.rstrip("/") == base or url.path.startswith(base + "/")

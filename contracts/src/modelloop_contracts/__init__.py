@@ -5,7 +5,10 @@ package, since the runtimes cannot import one another.
   format, ``model.onnx``'s input, outputs and manifest), which the model servers, the drift detector and
   the next run's champion evaluation read.
 - :mod:`~modelloop_contracts.dataset`: the dataset hash, computed by the trainer and the drift detector.
-- :mod:`~modelloop_contracts.loading`: an artifact folder loaded for serving, by both model servers.
+- :mod:`~modelloop_contracts.loading`: an artifact folder loaded for serving, by both model servers, once
+  its model file's digest is the one registered.
+- :mod:`~modelloop_contracts.testing`: the runtimes' tests' shared helpers (the real trainer run on real
+  data); imported by tests only, never with the package.
 - :mod:`~modelloop_contracts.detector`: the drift detector's HTTP API, for the detector and its clients.
 
 Nothing heavy is imported with it: each module loads when one of its names is first used (numpy with
@@ -50,11 +53,15 @@ if TYPE_CHECKING:
         TORCH_MODEL_FILE,
     )
     from modelloop_contracts.loading import (
+        DIGEST_ALGORITHMS,
+        TERMINATION_LOG,
         Array,
         ArtifactError,
+        DigestMismatch,
         Predictor,
         load_predictor,
         python_scalar,
+        write_termination_message,
     )
 
 # Where each name lives: the package imports a module only when one of its names is used, so that a
@@ -73,7 +80,11 @@ _HOME = {
          "TORCH_ARCHITECTURE_FILE", "TORCH_ARCHITECTURE_FORMAT", "TORCH_MODEL_FILE"),
         "layout",
     ),
-    **dict.fromkeys(("Array", "ArtifactError", "Predictor", "load_predictor", "python_scalar"), "loading"),
+    **dict.fromkeys(
+        ("DIGEST_ALGORITHMS", "TERMINATION_LOG", "Array", "ArtifactError", "DigestMismatch", "Predictor",
+         "load_predictor", "python_scalar", "write_termination_message"),
+        "loading",
+    ),
 }  # fmt: skip
 
 
@@ -86,6 +97,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "DEFAULT_ENDPOINT",
+    "DIGEST_ALGORITHMS",
     "ENDPOINTS",
     "METRICS_FILE",
     "MODEL_FILES",
@@ -101,11 +113,13 @@ __all__ = [
     "REFERENCE_PREDICTIONS_FILE",
     "RESULT_FILE",
     "SKLEARN_MODEL_FILE",
+    "TERMINATION_LOG",
     "TORCH_ARCHITECTURE_FILE",
     "TORCH_ARCHITECTURE_FORMAT",
     "TORCH_MODEL_FILE",
     "Array",
     "ArtifactError",
+    "DigestMismatch",
     "ExportRequest",
     "ExportedDataset",
     "InvalidMessage",
@@ -115,4 +129,5 @@ __all__ = [
     "dataset_hash",
     "load_predictor",
     "python_scalar",
+    "write_termination_message",
 ]

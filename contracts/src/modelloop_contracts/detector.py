@@ -52,6 +52,9 @@ class Registration:
     """The label column, dropped from the reference where the sample has it."""
     categorical: tuple[str, ...] = ()
     """The features compared as categories, not as numbers."""
+    mmd: bool | None = None
+    """Whether the versions also get the MMD detector (PyTorch; heavy): None leaves it to the detector's
+    own setting. The operator asks for it where a DriftPolicy's metrics read ``detector="mmd"``."""
 
     @classmethod
     def from_json(cls, body: Any) -> Registration:
@@ -69,11 +72,15 @@ class Registration:
         categorical = body.get("categorical", [])
         if not isinstance(categorical, list) or not all(isinstance(name, str) for name in categorical):
             raise InvalidMessage("'categorical' must be a list of column names")
+        mmd = body.get("mmd")
+        if mmd is not None and not isinstance(mmd, bool):
+            raise InvalidMessage("'mmd' must be true or false: whether the versions get MMD")
         return cls(
             model=model,
             versions={str(name): _version_spec(name, spec) for name, spec in versions.items()},
             target_column=target,
             categorical=tuple(categorical),
+            mmd=mmd,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -86,6 +93,8 @@ class Registration:
             body["targetColumn"] = self.target_column
         if self.categorical:
             body["categorical"] = list(self.categorical)
+        if self.mmd is not None:
+            body["mmd"] = self.mmd
         return body
 
 

@@ -6,11 +6,19 @@ export, ``model.onnx``, with onnxruntime. Each is imported only when a model of 
 server imports neither scikit-learn for an MLP nor onnxruntime for a scikit-learn model. No server needs
 PyTorch: a folder with the MLP's PyTorch files but no ``model.onnx`` (written before the trainer exported
 ONNX) is refused, saying how to export it.
+
+Unpickling a ``model.joblib`` runs whatever code the file asks for, so a model is loaded only once its
+bytes are known to be the ones registered: given the ModelVersion's ``artifact.digest`` (the trainer's
+sha256 of the model file), :func:`load_predictor` reads the file once, checks those bytes and loads the
+same bytes, or refuses with :class:`DigestMismatch` before anything is unpickled or parsed.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
+import re
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,8 +50,28 @@ core, less than waking a pool's threads costs, and a server process answers one 
 on its event loop, Seldon's gunicorn worker): more cores serve through more replicas or workers."""
 
 
+DIGEST_ALGORITHMS = ("sha256", "sha384", "sha512")
+"""The algorithms an expected digest may name (``<algorithm>:<hex>``); the trainer records sha256."""
+TERMINATION_LOG = "/dev/termination-log"
+"""Where Kubernetes reads a container's termination message (its ``terminationMessagePath``, by default):
+KServe copies the message of a model server that failed into the InferenceService's ``modelStatus``."""
+_HEX = re.compile(r"[0-9a-fA-F]+")
+
+
 class ArtifactError(Exception):
     """The folder holds no model that can be served; the message says what is wrong."""
+
+
+class DigestMismatch(ArtifactError):
+    """The model file is not the one registered: its digest differs from the one recorded."""
+
+    def __init__(self, path: Path, expected: str, actual: str) -> None:
+        self.path, self.expected, self.actual = path, expected, actual
+        super().__init__(
+            f"refusing to load {path}: its digest is {actual}, but its ModelVersion records {expected} "
+            "(spec.artifact.digest). The file was changed or replaced after it was registered; restore the "
+            "registered file, or register this one as a new ModelVersion"
+        )
 
 
 @dataclass(frozen=True)
@@ -60,10 +88,19 @@ class Predictor:
     """How many values a row has, where the model records it."""
     classes: tuple[Any, ...] | None
     """A classifier's labels (Python scalars); None for a regressor."""
+    digest: str | None = None
+    """The sha256 digest (``sha256:<hex>``) of the model file loaded."""
 
 
-def load_predictor(folder: Path) -> Predictor:
-    """Load the model in ``folder``; :class:`ArtifactError` when there is none or it is unreadable."""
+def load_predictor(folder: Path, expected_digest: str | None = None) -> Predictor:
+    """Load the model in ``folder``; :class:`ArtifactError` when there is none or it is unreadable.
+
+    With ``expected_digest`` (``<algorithm>:<hex>``, the ModelVersion's ``artifact.digest``), the model
+    file's bytes must have that digest: :class:`DigestMismatch`, naming both digests, when they have not,
+    raised before the file is read as a model. An expected digest that is malformed or names an algorithm
+    not in :data:`DIGEST_ALGORITHMS` is refused too: nothing is loaded unchecked when a check was asked for.
+    """
+    expected = _parse_digest(expected_digest) if expected_digest else None
     if not folder.is_dir():
         raise ArtifactError(f"model folder {folder} does not exist")
     sklearn_file, onnx_file, torch_file = (
@@ -77,9 +114,11 @@ def load_predictor(folder: Path) -> Predictor:
             raise ArtifactError(
                 f"{folder} holds both {SKLEARN_MODEL_FILE} and {other}; a model folder holds one model"
             )
-        return _load_sklearn(sklearn_file)
+        payload = _checked_bytes(sklearn_file, expected)
+        return _load_sklearn(sklearn_file, payload)
     if onnx_file.is_file():
-        return _load_onnx(onnx_file)
+        payload = _checked_bytes(onnx_file, expected)
+        return _load_onnx(onnx_file, payload)
     if torch_file.is_file():
         raise ArtifactError(
             f"{folder} holds a PyTorch model ({TORCH_MODEL_FILE}) but no {ONNX_MODEL_FILE}: the model "
@@ -93,18 +132,60 @@ def load_predictor(folder: Path) -> Predictor:
     )
 
 
+def write_termination_message(message: str, path: str = TERMINATION_LOG) -> None:
+    """Leave ``message`` where Kubernetes reads a failed container's termination message, so that it
+    reaches the pod's status (and KServe's InferenceService). Only where that file exists (the kubelet
+    makes it): run anywhere else, this writes nothing."""
+    target = Path(path)
+    try:
+        if target.is_file():
+            target.write_text(message[:4096])
+    except OSError:
+        pass  # the message is in the log too; a read-only or missing file must not hide the real failure
+
+
+def _parse_digest(text: str) -> tuple[str, str]:
+    algorithm, _, value = text.partition(":")
+    if algorithm not in DIGEST_ALGORITHMS:
+        raise ArtifactError(
+            f"the expected artifact digest {text[:100]!r} names no algorithm this server checks "
+            f"({', '.join(DIGEST_ALGORITHMS)}): expected <algorithm>:<hex>, e.g. sha256:<64 hex digits>"
+        )
+    width = hashlib.new(algorithm).digest_size * 2
+    if len(value) != width or not _HEX.fullmatch(value):
+        raise ArtifactError(
+            f"the expected artifact digest {text[:100]!r} is malformed: {algorithm} takes {width} hex digits"
+        )
+    return algorithm, value.lower()
+
+
+def _checked_bytes(path: Path, expected: tuple[str, str] | None) -> bytes:
+    """The model file's bytes, read once: what is checked is what is loaded, whatever happens to the file
+    in between."""
+    try:
+        payload = path.read_bytes()
+    except OSError as exc:
+        raise ArtifactError(f"cannot read {path}: {type(exc).__name__}: {exc}") from exc
+    if expected is not None:
+        algorithm, value = expected
+        actual = hashlib.new(algorithm, payload).hexdigest()
+        if actual != value:
+            raise DigestMismatch(path, f"{algorithm}:{value}", f"{algorithm}:{actual}")
+    return payload
+
+
 def python_scalar(value: Any) -> Any:
     """``value`` as a plain Python scalar where it is a numpy one (``np.int64(2)`` is ``2``)."""
     return value.item() if isinstance(value, np.generic) else value
 
 
-def _load_sklearn(path: Path) -> Predictor:
+def _load_sklearn(path: Path, payload: bytes) -> Predictor:
     # Imported on use: scikit-learn takes a while to import, and an ONNX model needs neither.
     import joblib
     from sklearn.base import is_classifier
 
     try:
-        estimator = joblib.load(path)
+        estimator = joblib.load(io.BytesIO(payload))
     except Exception as exc:
         raise ArtifactError(f"cannot load {path}: {type(exc).__name__}: {exc}") from exc
     if not callable(getattr(estimator, "predict", None)):
@@ -124,6 +205,7 @@ def _load_sklearn(path: Path) -> Predictor:
         classes=tuple(python_scalar(label) for label in estimator.classes_)
         if is_classifier(estimator)
         else None,
+        digest=_sha256(payload),
     )
 
 
@@ -134,7 +216,7 @@ class _OnnxManifest:
     classes: tuple[Any, ...] | None
 
 
-def _load_onnx(path: Path) -> Predictor:
+def _load_onnx(path: Path, payload: bytes) -> Predictor:
     try:
         # Imported on use: a scikit-learn model needs none of it.
         import onnxruntime
@@ -145,7 +227,7 @@ def _load_onnx(path: Path) -> Predictor:
     options.inter_op_num_threads = ONNX_THREADS
     options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
     try:
-        session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        session = onnxruntime.InferenceSession(payload, options, providers=["CPUExecutionProvider"])
     except Exception as exc:
         raise ArtifactError(f"cannot load {path}: {type(exc).__name__}: {exc}") from exc
     manifest = _onnx_manifest(path, session)
@@ -170,7 +252,12 @@ def _load_onnx(path: Path) -> Predictor:
         feature_names=manifest.feature_names,
         n_features=n_features,
         classes=manifest.classes,
+        digest=_sha256(payload),
     )
+
+
+def _sha256(payload: bytes) -> str:
+    return f"sha256:{hashlib.sha256(payload).hexdigest()}"
 
 
 def _onnx_manifest(path: Path, session: onnxruntime.InferenceSession) -> _OnnxManifest:

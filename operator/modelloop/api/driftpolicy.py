@@ -19,9 +19,11 @@ from .meta import (
     LabelValue,
     PrinterColumn,
     ResourceStatus,
+    ServiceUrl,
     ShortText,
     Uri,
     cel_rules,
+    duration_between,
 )
 from .trainingrun import TrainingRunSpec
 
@@ -54,18 +56,30 @@ class DriftTarget(ApiModel):
     )
 
 
+# Each duration is bounded: an interval of 0s would be a hot loop, a budget period of 1ms no budget, and
+# a duration of centuries overflows the operator's clock arithmetic.
+EVALUATION_INTERVAL = duration_between("spec.evaluationInterval", "1s", "24h")
+WINDOW = duration_between("spec.window", "0s", "720h")
+COOLDOWN = duration_between("spec.cooldown", "0s", "8760h")
+BUDGET_PERIOD = duration_between("spec.budget.period", "1m", "8760h")
+
+
 class PrometheusSource(ApiModel):
     """Where the drift metrics are read from."""
 
-    url: Uri = Field(description="Base URL of the Prometheus server, e.g. http://prometheus:9090.")
+    url: ServiceUrl = Field(
+        description="Base URL of the Prometheus server, e.g. http://prometheus:9090 (http or https, without "
+        "credentials, query or fragment); the operator's allowedUrlPrefixes may restrict it."
+    )
 
 
 class DetectorSource(ApiModel):
     """The drift detector (runtimes/detector) that the target's payload logger feeds."""
 
-    url: Uri = Field(
+    url: ServiceUrl = Field(
         description="Base URL of the detector, e.g. http://drift-detector.ml:8080. The operator tells it "
-        "which versions are served and where their reference samples are, and asks it for recent data."
+        "which versions are served and where their reference samples are, and asks it for recent data; "
+        "the operator's allowedUrlPrefixes may restrict it."
     )
 
 
@@ -73,7 +87,11 @@ class RetrainingBudget(ApiModel):
     """At most so many retrainings in a period, whatever the metrics say."""
 
     max_retrainings: int = Field(3, ge=1, le=1000, description="Retrainings allowed in one period.")
-    period: Duration = Field("24h", description="The sliding period the budget counts over.")
+    period: Annotated[Duration, BUDGET_PERIOD.check] = Field(
+        "24h",
+        json_schema_extra=BUDGET_PERIOD.schema,
+        description="The sliding period the budget counts over, from 1m to 8760h.",
+    )
 
 
 class RecentData(ApiModel):
@@ -144,9 +162,21 @@ class DriftPolicySpec(ApiModel):
     metrics: list[DriftMetric] = Field(
         min_length=1, max_length=16, description="Drift signals; any one breached counts as a breach."
     )
-    window: Duration = Field("10m", description="How long a breach must hold before retraining starts.")
-    cooldown: Duration = Field("1h", description="Least time between two retrainings.")
-    evaluation_interval: Duration = Field("1m", description="How often the metrics are evaluated.")
+    window: Annotated[Duration, WINDOW.check] = Field(
+        "10m",
+        json_schema_extra=WINDOW.schema,
+        description="How long a breach must hold before retraining starts, at most 720h.",
+    )
+    cooldown: Annotated[Duration, COOLDOWN.check] = Field(
+        "1h",
+        json_schema_extra=COOLDOWN.schema,
+        description="Least time between two retrainings, at most 8760h.",
+    )
+    evaluation_interval: Annotated[Duration, EVALUATION_INTERVAL.check] = Field(
+        "1m",
+        json_schema_extra=EVALUATION_INTERVAL.schema,
+        description="How often the metrics are evaluated, from 1s to 24h.",
+    )
     budget: RetrainingBudget = Field(
         default_factory=RetrainingBudget,
         json_schema_extra={"default": {}},
@@ -156,6 +186,11 @@ class DriftPolicySpec(ApiModel):
         None, description="The drift detector fed by the target's payload logger, when there is one."
     )
     retrain: RetrainSpec = Field(description="The retraining to start on drift.")
+
+    def outbound_urls(self) -> list[tuple[str, str]]:
+        """The URLs of this spec that the operator calls, each with its field as users write it."""
+        urls = [("spec.prometheus.url", self.prometheus.url)] if self.prometheus else []
+        return urls + ([("spec.detector.url", self.detector.url)] if self.detector else [])
 
     @model_validator(mode="after")
     def _check_like_the_crd(self) -> Self:

@@ -24,14 +24,19 @@ from .meta import (
     PrinterColumn,
     Quantity,
     ResourceStatus,
+    ServiceUrl,
     ShortText,
     Uri,
     cel_rules,
+    duration_between,
 )
 
 CanaryStep = Annotated[int, Field(ge=1, le=100)]
 # A few per metric, for at most 16 metrics: status stays small.
 MEASUREMENTS_KEPT = 64
+# An interval of 0s would measure (or step) in a hot loop; one of centuries overflows the clock arithmetic.
+ANALYSIS_INTERVAL = duration_between("spec.rollout.analysis.interval", "1s", "24h")
+STEP_INTERVAL = duration_between("spec.rollout.stepInterval", "1s", "168h")
 
 
 class InferenceServicePhase(StrEnum):
@@ -193,10 +198,16 @@ class AnalysisMetric(ApiModel):
 class Analysis(ApiModel):
     """Prometheus checks that gate every canary step."""
 
-    prometheus_url: Uri | None = Field(
-        None, description="Prometheus to query; the operator's default when absent."
+    prometheus_url: ServiceUrl | None = Field(
+        None,
+        description="Prometheus to query (http or https, without credentials, query or fragment); the "
+        "operator's default when absent. The operator's allowedUrlPrefixes may restrict it.",
     )
-    interval: Duration = Field("1m", description="How often the metrics are checked.")
+    interval: Annotated[Duration, ANALYSIS_INTERVAL.check] = Field(
+        "1m",
+        json_schema_extra=ANALYSIS_INTERVAL.schema,
+        description="How often the metrics are checked, from 1s to 24h.",
+    )
     failure_limit: int = Field(
         0, ge=0, le=100, description="Failed measurements tolerated; one more rolls the rollout back."
     )
@@ -232,7 +243,11 @@ class Rollout(ApiModel):
         ),
         description="Percentages of traffic the canary gets, strictly increasing and ending at 100.",
     )
-    step_interval: Duration = Field("5m", description="How long each step runs before the next.")
+    step_interval: Annotated[Duration, STEP_INTERVAL.check] = Field(
+        "5m",
+        json_schema_extra=STEP_INTERVAL.schema,
+        description="How long each step runs before the next, from 1s to 168h.",
+    )
     analysis: Analysis | None = Field(
         None, description="Checks gating every step; without them, steps advance on time alone."
     )
@@ -328,6 +343,13 @@ class InferenceServiceSpec(ApiModel):
     paused: bool = Field(
         False, description="Hold the rollout at its current step (traffic stays as it is) until false."
     )
+
+    def outbound_urls(self) -> list[tuple[str, str]]:
+        """The URLs of this spec that the operator calls, each with its field as users write it."""
+        analysis = self.rollout.analysis if self.rollout else None
+        if analysis is None or analysis.prometheus_url is None:
+            return []
+        return [("spec.rollout.analysis.prometheusUrl", analysis.prometheus_url)]
 
     @model_validator(mode="after")
     def _check_like_the_crd(self) -> Self:

@@ -15,6 +15,7 @@ from enum import StrEnum
 from typing import Annotated, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -73,6 +74,13 @@ ImageReference = Annotated[
 
 Uri = Annotated[str, StringConstraints(min_length=1, max_length=MAX_URI_LENGTH)]
 """A URI such as ``s3://bucket/key``, ``gs://...``, ``file:///...`` or ``sklearn://iris``."""
+
+SERVICE_URL_PATTERN = r"^https?://[^\s/?#@]+(/[^\s?#]*)?$"
+ServiceUrl = Annotated[
+    str, StringConstraints(min_length=1, max_length=MAX_URI_LENGTH, pattern=SERVICE_URL_PATTERN)
+]
+"""The base URL of a service the operator itself calls (Prometheus, a drift detector): http or https, a
+host and an optional path; no credentials, query or fragment, which would end up in status and logs."""
 
 ShortText = Annotated[str, StringConstraints(max_length=1024)]
 """A short free-form text such as a reason, an image reference or an evidence value."""
@@ -174,6 +182,36 @@ def object_name(info: ValidationInfo) -> str | None:
 def cel_rules(*rules: CelRule) -> JsonDict:
     """A ``json_schema_extra`` value that attaches CEL rules to a model or a field."""
     return {"x-kubernetes-validations": [dict(rule.to_schema()) for rule in rules]}
+
+
+@dataclass(frozen=True)
+class DurationBounds:
+    """The bounds of one ``Duration`` field: ``check`` (the operator's, in the field's ``Annotated``) and
+    ``schema`` (its ``json_schema_extra``: the CEL rule the API server checks at admission) refuse a
+    duration outside [minimum, maximum] with the same ``message``."""
+
+    check: AfterValidator
+    schema: JsonDict
+    message: str
+
+
+def duration_between(field: str, minimum: str, maximum: str) -> DurationBounds:
+    """The bounds [minimum, maximum] of the Duration field ``field``, named as users write it (e.g.
+    ``spec.evaluationInterval``) in the message."""
+    message = f"{field} must be between {minimum} and {maximum}"
+    low, high = parse_duration(minimum), parse_duration(maximum)
+
+    def check(value: str) -> str:
+        try:
+            within = low <= parse_duration(value) <= high
+        except OverflowError:  # more days than a timedelta holds: far above any maximum
+            within = False
+        if not within:
+            raise ValueError(message)
+        return value
+
+    rule = f"duration(self) >= duration('{minimum}') && duration(self) <= duration('{maximum}')"
+    return DurationBounds(AfterValidator(check), cel_rules(CelRule(rule=rule, message=message)), message)
 
 
 class ConditionStatus(StrEnum):

@@ -141,7 +141,9 @@ class ModelOutput(ApiModel):
     )
     artifact_uri_prefix: Uri | None = Field(
         None,
-        description="Where the trainer stores the artifact, e.g. s3://models/iris; the run name is appended.",
+        description="Where the trainer stores the artifact, e.g. s3://models/iris; the run's name and the "
+        "first 8 characters of its uid are appended, so a re-created run gets a new folder. Default: the "
+        "operator's artifact root, then the namespace and the model's name.",
     )
 
 

@@ -32,16 +32,16 @@ from modelloop.api import (
 )
 from modelloop.api.inferenceservice import rollout_versions
 from modelloop.conditions import refusal_status
-from modelloop.drift.detector import DetectorClient, DetectorError, detector_versions
+from modelloop.drift.detector import DetectorClient, DetectorError, detector_versions, reads_mmd
 from modelloop.drift.policy import Measurement, PolicyDecision, decide, evaluation_due, evaluation_lag
 from modelloop.drift.training_run import render_training_run, retraining_in_flight
 from modelloop.machinery import events, metrics
-from modelloop.machinery.reconcile import ObjectReconciler, Parsed
+from modelloop.machinery.reconcile import ObjectReconciler, Parsed, Refused
 from modelloop.machinery.status import ObjectKey, StatusWriter
 from modelloop.machinery.workqueue import WorkQueue
 from modelloop.naming import LABEL_DRIFT_POLICY, LABEL_TRAINING_RUN
 from modelloop.serving.analysis import Prometheus, PrometheusRefused, PrometheusUnreachable, QueryContext
-from modelloop.settings import Settings
+from modelloop.settings import URL_NOT_ALLOWED, Settings
 from modelloop.slim import slim_object
 
 PLURAL = DRIFT_POLICY.plural
@@ -116,7 +116,7 @@ class DriftPolicyController:
             "drift_policies",
             indexes,
             self.writer,
-            lambda obj: DriftPolicySpec.model_validate(obj["spec"]),
+            self._parse_spec,
             DriftPolicyStatus.model_validate,
             self._reconcile,
             _refusal,
@@ -129,6 +129,14 @@ class DriftPolicyController:
         )
         # The served versions last registered with each policy's detector, for its uid: to log changes only.
         self._registered: dict[ObjectKey, tuple[str, Any]] = {}
+
+    def _parse_spec(self, obj: Mapping[str, Any]) -> DriftPolicySpec:
+        """The spec, refused (before any request) when it names a URL the operator must not call."""
+        spec = DriftPolicySpec.model_validate(obj["spec"])
+        refusal = self.settings.urls_refusal(spec.outbound_urls(), str(obj["metadata"]["namespace"]))
+        if refusal is not None:
+            raise Refused(URL_NOT_ALLOWED, refusal)
+        return spec
 
     def known_keys(self) -> list[ObjectKey]:
         return list(self.indexes["drift_policies"].keys())
@@ -228,7 +236,13 @@ class DriftPolicyController:
         target = spec.retrain.training_run_template.dataset.target_column
         try:
             await self.detector.register(
-                spec.detector.url, meta["namespace"], spec.target.inference_service, model, served, target
+                spec.detector.url,
+                meta["namespace"],
+                spec.target.inference_service,
+                model,
+                served,
+                target,
+                mmd=reads_mmd(metric.query for metric in spec.metrics),
             )
         except DetectorError as error:
             events.post_event(obj, "Warning", "DetectorUnreachable", str(error))

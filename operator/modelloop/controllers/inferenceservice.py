@@ -69,7 +69,7 @@ from modelloop.serving.rollout import (
     parse_action,
     serving_of,
 )
-from modelloop.settings import Settings
+from modelloop.settings import URL_NOT_ALLOWED, Settings
 from modelloop.slim import slim_object
 
 PLURAL = INFERENCE_SERVICE.plural
@@ -184,7 +184,7 @@ class InferenceServiceController:
             "inference_services",
             indexes,
             self.writer,
-            lambda obj: InferenceServiceSpec.model_validate(obj["spec"]),
+            self._parse_spec,
             InferenceServiceStatus.model_validate,
             self._reconcile,
             _refusal,
@@ -215,6 +215,14 @@ class InferenceServiceController:
             and resource_version is not None
             and (mine["metadata"].get("resourceVersion") == resource_version)
         )
+
+    def _parse_spec(self, obj: Mapping[str, Any]) -> InferenceServiceSpec:
+        """The spec, refused (before any request) when it names a URL the operator must not call."""
+        spec = InferenceServiceSpec.model_validate(obj["spec"])
+        refusal = self.settings.urls_refusal(spec.outbound_urls(), str(obj["metadata"]["namespace"]))
+        if refusal is not None:
+            raise Refused(URL_NOT_ALLOWED, refusal)
+        return spec
 
     def known_keys(self) -> list[ObjectKey]:
         return list(self.indexes["inference_services"].keys())

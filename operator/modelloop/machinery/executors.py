@@ -1,8 +1,12 @@
 """Where blocking work runs, apart from the event loop.
 
 The operator's Kubernetes calls are asynchronous (``modelloop.kube``) and never take a thread. Queries of
-other systems through synchronous clients (prometheus-api-client) run in a pool of their own, so that a
-slow Prometheus never holds up the event loop or anything else; each query also has a deadline of its own.
+other systems through blocking clients (Prometheus's HTTP API, ``modelloop.serving.analysis``) run in a
+pool of their own, so that a slow Prometheus never holds up the event loop or anything else. Each query has
+a deadline for all of it (a server trickling bytes cannot stretch it), and one host gets at most
+``QUERIES_PER_HOST`` of the pool's threads at a time (the default Prometheus ``QUERIES_PER_SHARED_HOST``;
+a host's other queries wait in the event loop, holding no thread), so that one tenant's slow Prometheus
+leaves the rest of the pool to the others.
 kopf's own blocking work (synchronous handlers, of which modelloop has none) gets a small default pool.
 
 No pool exists at import: the controller manager makes the query pool at start-up and shuts it down at
@@ -13,7 +17,9 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
-QUERY_THREADS = 4
+# The default Prometheus's share (QUERIES_PER_SHARED_HOST, 4) and four times a tenant host's
+# (QUERIES_PER_HOST, 2): while the default and three tenants' hosts are saturated, a fourth finds a thread.
+QUERY_THREADS = 12
 DEFAULT_THREADS = 4
 
 

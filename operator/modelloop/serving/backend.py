@@ -38,6 +38,8 @@ class VersionInfo:
     model: str
     artifact_uri: str
     framework: str
+    digest: str | None = None
+    """The artifact's recorded digest (``spec.artifact.digest``), which the model server checks."""
 
 
 @dataclass(frozen=True)

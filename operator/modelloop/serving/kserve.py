@@ -10,14 +10,20 @@ percentage) but routes nothing by it, so modelloop owns a Gateway API HTTPRoute 
 the stable and canary Services. Every version's predictor is named ``v<N>`` (KServe names its Service
 ``<name>-v<N>-predictor``); promotion renames the stable predictor to the canary's name, which KServe's
 controller reconciles onto the canary's existing Deployment and deletes the old one. The traffic observed
-is the route's weight once KServe reports the canary ready, 0 before.
+is the route's weight once KServe reports the canary ready, 0 before. The route matches only the service's
+own host, the one in the URL KServe reports for it (KServe's domain template applied to its name and
+namespace): a route without hostnames would take every host's requests on a shared Gateway. Until KServe
+reports that URL there is no route (nor anything ready to route to).
 """
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
+from urllib.parse import urlsplit
 
 from modelloop.api import DeploymentMode, KServeSettings, Predictor
 from modelloop.api.backend import BackendCapabilities
@@ -37,8 +43,15 @@ HTTPROUTE_API_VERSION = "gateway.networking.k8s.io/v1"
 ANNOTATION_DEPLOYMENT_MODE = "serving.kserve.io/deploymentMode"
 DEFAULT_RUNTIME = "modelloop-server"
 VERSION_ENV = "MODELLOOP_MODEL_VERSION"
+DIGEST_ENV = "MODELLOOP_ARTIFACT_DIGEST"
+"""The model server's environment variable holding the artifact's recorded digest, which it checks before
+loading the artifact."""
 SERVICE_PORT = 80
 MODEL_CONTAINER = "kserve-container"
+# Gateway API's Hostname (a precise one: a wildcard would match other services' hosts too).
+_HOSTNAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_MAX_HOSTNAME = 253
+_MAX_HOSTNAMES = 16
 
 
 INFERENCE_SERVICES = OwnedKind(KSERVE_API_VERSION, "InferenceService", "inferenceservices", watched=True)
@@ -72,7 +85,11 @@ class KServeBackend:
             return [self._knative(service, serving)]
         isvc = current.get(service.name)
         canary_ready = serving.canary is not None and _canary_ready(isvc, serving.canary)
-        return [self._standard(service, serving), self._route(service, serving, canary_ready)]
+        manifests = [self._standard(service, serving)]
+        hostnames = route_hostnames(isvc, current.get(route_name(service.name)))
+        if hostnames:
+            manifests.append(self._route(service, serving, canary_ready, hostnames))
+        return manifests
 
     def observe(
         self, service: ServiceContext, serving: Serving, current: Mapping[str, dict[str, Any] | None]
@@ -155,7 +172,9 @@ class KServeBackend:
             "spec": {"predictor": predictor},
         }
 
-    def _route(self, service: ServiceContext, serving: Serving, canary_ready: bool) -> dict[str, Any]:
+    def _route(
+        self, service: ServiceContext, serving: Serving, canary_ready: bool, hostnames: list[str]
+    ) -> dict[str, Any]:
         weight = serving.weight if canary_ready else 0
         backends = [
             {
@@ -184,11 +203,43 @@ class KServeBackend:
             "metadata": service.metadata(route_name(service.name)),
             "spec": {
                 "parentRefs": [{"group": "gateway.networking.k8s.io", "kind": "Gateway", **parent}],
+                "hostnames": hostnames,
                 "rules": [
                     {"matches": [{"path": {"type": "PathPrefix", "value": "/"}}], "backendRefs": backends}
                 ],
             },
         }
+
+
+def route_hostnames(isvc: Mapping[str, Any] | None, route: Mapping[str, Any] | None) -> list[str]:
+    """The hosts modelloop's HTTPRoute matches: the host of the URL KServe reports for the service (its
+    domain template applied to the name and namespace), else the ones the route already has (a status that
+    lost its URL must neither widen the route nor drop it); empty when neither is known."""
+    url = ((isvc or {}).get("status") or {}).get("url")
+    host = _hostname(url) if isinstance(url, str) else None
+    if host is not None:
+        return [host]
+    kept = ((route or {}).get("spec") or {}).get("hostnames") or ()
+    return [h for h in kept if isinstance(h, str) and _hostname_valid(h)][:_MAX_HOSTNAMES]
+
+
+def _hostname(url: str) -> str | None:
+    """The host of ``url`` as Gateway API's Hostname takes it (no port, no IP address), or None."""
+    try:
+        host = urlsplit(url).hostname
+    except ValueError:
+        return None
+    return host if host is not None and _hostname_valid(host) else None
+
+
+def _hostname_valid(host: str) -> bool:
+    if len(host) > _MAX_HOSTNAME or not _HOSTNAME.fullmatch(host):
+        return False
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return True
+    return False
 
 
 def route_name(name: str) -> str:
@@ -208,7 +259,7 @@ def predictor_spec(service: ServiceContext, version: VersionInfo) -> dict[str, A
         "modelFormat": {"name": settings.model_format or f"modelloop-{version.framework}"},
         "runtime": settings.runtime or DEFAULT_RUNTIME,
         "storageUri": version.artifact_uri,
-        "env": [{"name": VERSION_ENV, "value": str(version.number)}],
+        "env": model_env(version),
     }
     resources = resource_requirements(settings)
     if resources:
@@ -219,6 +270,15 @@ def predictor_spec(service: ServiceContext, version: VersionInfo) -> dict[str, A
     if service.spec.logger is not None:
         predictor["logger"] = {"url": service.spec.logger.url, "mode": service.spec.logger.mode.value}
     return predictor
+
+
+def model_env(version: VersionInfo) -> list[dict[str, str]]:
+    """The model server's environment: the version (its metrics' label) and, where the ModelVersion records
+    one, the artifact's digest, which the server checks before it loads the artifact."""
+    env = [{"name": VERSION_ENV, "value": str(version.number)}]
+    if version.digest:
+        env.append({"name": DIGEST_ENV, "value": version.digest})
+    return env
 
 
 def _scaling(settings: Predictor | None) -> dict[str, Any]:

@@ -101,11 +101,13 @@ def version_infos(versions: Iterable[Mapping[str, Any]]) -> dict[int, VersionInf
         number = spec.get("version")
         if not isinstance(number, int):
             continue
+        artifact = spec.get("artifact") or {}
         infos[number] = VersionInfo(
             number,
             str(spec.get("modelName")),
-            str((spec.get("artifact") or {}).get("uri")),
+            str(artifact.get("uri")),
             str((spec.get("framework") or {}).get("name") or "sklearn"),
+            str(artifact["digest"]) if artifact.get("digest") else None,
         )
     return infos
 

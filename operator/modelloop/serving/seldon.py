@@ -31,7 +31,7 @@ from modelloop.serving.backend import (
     VersionInfo,
     resource_requirements,
 )
-from modelloop.serving.kserve import VERSION_ENV
+from modelloop.serving.kserve import model_env
 from modelloop.serving.rollout import Observed, Serving
 from modelloop.settings import Settings
 
@@ -144,7 +144,8 @@ def _predictor(service: ServiceContext, version: VersionInfo, traffic: int) -> d
         graph["logger"] = {"url": service.spec.logger.url, "mode": service.spec.logger.mode.value}
     container: dict[str, Any] = {
         "name": MODEL_CONTAINER,
-        "env": [{"name": VERSION_ENV, "value": str(version.number)}],
+        # The version (its metrics' label) and the artifact's digest, which the server checks before loading.
+        "env": model_env(version),
         # The root filesystem is read-only; seldon-core's workers and metrics need a writable /tmp.
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
         "securityContext": {

@@ -57,11 +57,34 @@ def current_champion(versions: Iterable[Mapping[str, Any]]) -> ChampionModel | N
     return ChampionModel(name=name, artifact_uri=str(uri)) if uri else None
 
 
-def output_uri(spec: TrainingRunSpec, run_name: str, artifact_root: str, trial: int | None = None) -> str:
-    """Where the trainer writes this run's (or trial's) artifacts."""
-    prefix = spec.output.artifact_uri_prefix or f"{artifact_root.rstrip('/')}/{spec.output.model_name}"
-    uri = f"{prefix.rstrip('/')}/{run_name}"
+UID_PREFIX = 8
+"""How many characters of a run's uid its artifact folder's name carries."""
+
+
+def output_uri(
+    spec: TrainingRunSpec, run: Mapping[str, Any], artifact_root: str, trial: int | None = None
+) -> str:
+    """Where the trainer writes the artifacts of ``run`` (a TrainingRun object), or of one trial of its sweep.
+
+    ``<artifactRoot>/<namespace>/<model>/<run>-<uid8>[/trial-<N>]``, or with ``spec.output.artifactUriPrefix``
+    ``<prefix>/<run>-<uid8>[/trial-<N>]``: the namespace keeps teams that share a bucket apart, and the
+    start of the run's uid gives a run deleted and created again under the same name a new folder, so it
+    never writes over the artifact that an earlier run's ModelVersion points to. This is the one place the
+    layout is decided: everything else reads the ``artifactUri`` the trainer reports.
+    """
+    meta = run["metadata"]
+    if spec.output.artifact_uri_prefix:
+        prefix = spec.output.artifact_uri_prefix.rstrip("/")
+    else:
+        prefix = f"{artifact_root.rstrip('/')}/{meta['namespace']}/{spec.output.model_name}"
+    uri = f"{prefix}/{run_folder(meta['name'], meta['uid'])}"
     return uri if trial is None else f"{uri}/trial-{trial}"
+
+
+def run_folder(run_name: str, run_uid: str) -> str:
+    """The name of a run's artifact folder: its name and the start of its uid (``iris-rf-3f2a1b4c``)."""
+    short = "".join(c for c in run_uid.lower() if c.isalnum())[:UID_PREFIX]
+    return f"{run_name}-{short}"
 
 
 def render_job(
@@ -96,7 +119,7 @@ def render_job(
     job_spec: dict[str, Any] = {
         "template": {
             "metadata": {"labels": labels, "annotations": run_annotations(run)},
-            "spec": _pod_spec(meta["name"], spec, params, artifact_root, trial, champion),
+            "spec": _pod_spec(run, spec, params, artifact_root, trial, champion),
         },
     }
     for key, value in (
@@ -142,7 +165,7 @@ def job_trial_params(job: Mapping[str, Any]) -> dict[str, ParamValue]:
 
 
 def _pod_spec(
-    run_name: str,
+    run: Mapping[str, Any],
     spec: TrainingRunSpec,
     params: Mapping[str, ParamValue],
     artifact_root: str,
@@ -174,7 +197,7 @@ def _pod_spec(
         "name": CONTAINER,
         "image": spec.image,
         "command": list(spec.command) or list(DEFAULT_COMMAND),
-        "env": _trainer_env(run_name, spec, params, artifact_root, trial, champion),
+        "env": _trainer_env(run, spec, params, artifact_root, trial, champion),
         "terminationMessagePath": contract.RESULT_PATH,
         "terminationMessagePolicy": "File",
         "securityContext": {
@@ -206,7 +229,7 @@ def _pod_spec(
 
 
 def _trainer_env(
-    run_name: str,
+    run: Mapping[str, Any],
     spec: TrainingRunSpec,
     params: Mapping[str, ParamValue],
     artifact_root: str,
@@ -214,14 +237,12 @@ def _trainer_env(
     champion: ChampionModel | None,
 ) -> list[dict[str, str]]:
     env = {
-        contract.ENV_RUN_NAME: run_name,
+        contract.ENV_RUN_NAME: run["metadata"]["name"],
         contract.ENV_MODEL_NAME: spec.output.model_name,
         contract.ENV_PARAMS: json.dumps(dict(params), sort_keys=True, separators=(",", ":")),
         contract.ENV_DATASET_URI: spec.dataset.uri,
         contract.ENV_DATASET_FORMAT: spec.dataset.format.value,
-        contract.ENV_OUTPUT_URI: output_uri(
-            spec, run_name, artifact_root, None if trial is None else trial.index
-        ),
+        contract.ENV_OUTPUT_URI: output_uri(spec, run, artifact_root, None if trial is None else trial.index),
         contract.ENV_RESULT_PATH: contract.RESULT_PATH,
         contract.ENV_CODE_VERSION: spec.image,
     }

@@ -26,6 +26,8 @@ from cloudevents.conversion import to_binary, to_structured
 from cloudevents.http import CloudEvent
 from prometheus_client.parser import text_string_to_metric_families
 
+from modelloop_detector.artifacts import ArtifactRoots
+
 DETECTOR = str(Path(sys.executable).with_name("modelloop-detector"))
 FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 REQUEST = "org.kubeflow.serving.inference.request"
@@ -170,13 +172,19 @@ class Detector:
         return samples
 
 
-def start_detector(*args: str) -> Detector:
+# Every file the tests write is under pytest's base temporary folder: the detectors' artifact root.
+ROOTS_VARIABLE = "MODELLOOP_DETECTOR_ARTIFACT_ROOTS"
+
+
+def start_detector(*args: str, env: dict[str, str] | None = None) -> Detector:
+    """``modelloop-detector`` as a process, with ``env`` on top of the tests' (which names the artifact
+    root that the ``artifact_root`` fixture set)."""
     port = free_port()
     process = subprocess.Popen(
         [DETECTOR, "--host", "127.0.0.1", "--port", str(port), *args],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
-        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": "", **(env or {})},
     )
     url = f"http://127.0.0.1:{port}"
     client = httpx.Client(base_url=url, timeout=30)
@@ -213,9 +221,28 @@ FAST_ARGS = (
     "--evaluate-every-rows", "50",
     "--evaluate-every-seconds", "0.5",
     "--min-verdict-interval", "0.1",
+    "--mmd",
     "--mmd-permutations", "20",
     "--device", "cpu",
 )  # fmt: skip
+
+
+@pytest.fixture(scope="session", autouse=True)
+def artifact_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """pytest's base temporary folder, as the artifact root of every detector the tests start."""
+    root = tmp_path_factory.getbasetemp().resolve().as_uri()
+    previous = os.environ.get(ROOTS_VARIABLE)
+    os.environ[ROOTS_VARIABLE] = root
+    yield root
+    if previous is None:
+        os.environ.pop(ROOTS_VARIABLE, None)
+    else:
+        os.environ[ROOTS_VARIABLE] = previous
+
+
+def artifact_roots() -> ArtifactRoots:
+    """The roots of in-process services: what ``artifact_root`` set."""
+    return ArtifactRoots.from_env(os.environ)
 
 
 @pytest.fixture(scope="session")

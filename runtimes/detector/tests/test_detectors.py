@@ -14,7 +14,7 @@ from modelloop_detector.payloads import CategoryCodes
 from modelloop_detector.reference import ReferenceError, load_reference
 from modelloop_detector.window import WindowSnapshot
 
-SETTINGS = DetectorSettings(p_value=0.05, device="cpu", mmd_permutations=50)
+SETTINGS = DetectorSettings(p_value=0.05, device="cpu", mmd_permutations=50, mmd=True)
 
 
 def window(features: np.ndarray, predictions: np.ndarray | None = None) -> WindowSnapshot:

@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 from modelloop_contracts import Registration, VersionSpec
 
-from conftest import numeric_rows, write_predictions, write_reference
+from conftest import artifact_roots, numeric_rows, write_predictions, write_reference
+from modelloop_detector.api import service_status
 from modelloop_detector.detectors import DetectorSettings
 from modelloop_detector.events import DropReason, EventRejected, InferenceEvent
+from modelloop_detector.metrics import DetectorMetrics
 from modelloop_detector.service import DriftService, WindowSettings
 
 
@@ -34,6 +36,7 @@ class Harness:
             DetectorSettings(device="cpu", mmd_permutations=10),
             clock=self.clock,
             on_drop=lambda reason, count: self.drops.update({reason: count}),
+            roots=artifact_roots(),
         )
         self.tmp_path = tmp_path
 
@@ -205,3 +208,53 @@ def test_a_verdict_is_judged_on_the_window_copy(harness: Harness) -> None:
     [ks] = harness.service.judge(state, state.versions["3"], "fast")
     assert ks.detector == "ks" and ks.drift and ks.rows == 40
     assert list(harness.service.due("fast")) == []  # judged, unchanged
+
+
+def test_a_new_window_is_inconclusive_until_it_has_been_full_once(harness: Harness) -> None:
+    version = harness.service.service("ml", "iris").versions["3"]
+    rows = numeric_rows(100, seed=2).tolist()
+    for index in range(99):
+        harness.pair(f"r{index}", [rows[index]], [1])
+    harness.service.judge(harness.service.service("ml", "iris"), version, "fast")
+    assert version.verdicts["ks"].rows == 99  # judged: drift found in a partial window still shows
+    status = service_status(harness.service.service("ml", "iris"))["versions"]["3"]
+    assert status["verdictState"] == "Inconclusive"
+    harness.pair("r99", [rows[99]], [1])  # window_rows (100) reached
+    assert service_status(harness.service.service("ml", "iris"))["versions"]["3"]["verdictState"] == "Judged"
+    harness.clock.now += 120  # the rows age out: still a window judged in full before
+    harness.service.expire()
+    assert len(version.window) == 0 and version.complete
+
+
+def test_a_window_spanning_window_seconds_with_min_rows_is_complete(harness: Harness) -> None:
+    version = harness.service.service("ml", "iris").versions["3"]
+    for index, row in enumerate(numeric_rows(10, seed=2).tolist()):
+        harness.pair(f"r{index}", [row], [1])
+    harness.clock.now += 59
+    harness.service.expire()
+    assert not version.complete
+    harness.pair("late", [[5.0, 3.0, 3.0, 1.0]], [1])
+    harness.clock.now += 1  # 60 s (window_seconds) since registration, 11 rows >= min_rows
+    harness.service.expire()
+    assert version.complete
+
+
+def test_a_restarted_detector_reports_inconclusive_in_its_answers_and_metrics(harness: Harness) -> None:
+    # A restart is a new service told again what is served: its windows start empty.
+    version = harness.service.service("ml", "iris").versions["3"]
+    for index, row in enumerate(numeric_rows(100, seed=2).tolist()):
+        harness.pair(f"r{index}", [row], [1])
+    assert version.complete
+    restarted = Harness(harness.tmp_path)
+    restarted.register({"3": VersionSpec(version.reference.uri)})
+    metrics = DetectorMetrics()
+    metrics.watch(restarted.service)
+    [(labels, value)] = [
+        (sample.labels, sample.value)
+        for family in metrics.registry.collect()
+        if family.name == "modelloop_drift_inconclusive"
+        for sample in family.samples
+    ]
+    assert value == 1.0 and labels["version"] == "3"
+    state = service_status(restarted.service.service("ml", "iris"))["versions"]["3"]
+    assert state["verdictState"] == "Inconclusive"

@@ -3,7 +3,8 @@
 Artifacts come from scikit-learn's bundled datasets (nothing is downloaded): ``model.joblib`` is written
 here as runtimes/trainer writes it; TorchMLP artifacts (``model.onnx``, with ``model.pt`` + ``model.json``)
 are trained and exported by the trainer itself, run from its environment (.venvs/trainer), and its
-PyTorch model says what they should predict. Servers run with the environment the image sets (see the
+PyTorch model says what they should predict (``modelloop_contracts.testing``, shared with the KServe
+server's tests). Servers run with the environment the image sets (see the
 Dockerfile), on free ports.
 """
 
@@ -22,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import joblib
-import numpy as np
 import pandas as pd
 import pytest
 import requests
+from modelloop_contracts.testing import TrainedMLP, train_mlp
 from prometheus_client.parser import text_string_to_metric_families
 from sklearn import datasets
 from sklearn.ensemble import RandomForestClassifier
@@ -36,15 +37,6 @@ from sklearn.pipeline import make_pipeline
 MICROSERVICE = str(Path(sys.executable).with_name("seldon-core-microservice"))
 INTERFACE = "modelloop_seldon.ModelloopModel"
 TRAINER = Path(__file__).resolve().parents[3] / ".venvs" / "trainer" / "bin" / "modelloop-train"
-# Run by the trainer's Python: the PyTorch model of the folder (URI in argv) predicts the rows on stdin (JSON,
-# null for a missing value); the predictions go to stdout as JSON.
-PYTORCH_PREDICT = """
-import json, sys
-import numpy as np
-from modelloop_trainer.artifacts import read_model
-rows = np.array([[np.nan if value is None else value for value in row] for row in json.load(sys.stdin)])
-print(json.dumps(read_model(sys.argv[1]).predict(rows).tolist()))
-"""
 # What the Dockerfile sets: the metrics path Seldon's operator uses, gRPC off, lean answers.
 IMAGE_ENV = {
     "PREDICTIVE_UNIT_METRICS_ENDPOINT": "/prometheus",
@@ -59,6 +51,8 @@ SELDON_ENV = (
     "PREDICTIVE_UNIT_ID",
     "PREDICTIVE_UNIT_IMAGE",
     "MODELLOOP_MODEL_VERSION",
+    "MODELLOOP_ARTIFACT_DIGEST",
+    "MODELLOOP_TERMINATION_LOG",
 )
 STARTUP_TIMEOUT = 60.0
 
@@ -93,58 +87,6 @@ def diabetes_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-@dataclass(frozen=True)
-class TrainedMLP:
-    """A TorchMLP that the real trainer trained and exported, and what PyTorch predicts with it."""
-
-    folder: Path
-    """The trainer's output folder: model.onnx, model.pt + model.json, reference files, ..."""
-    rows: np.ndarray
-    """Rows to ask for: the whole dataset's features, then a few with missing values (NaN)."""
-    expected: np.ndarray
-    """The trainer's PyTorch model's predictions for ``rows`` (model.pt, read back as it reads a champion)."""
-
-
-def train_mlp(folder: Path, dataset: str, features: pd.DataFrame, params: dict[str, object]) -> TrainedMLP:
-    """Train a TorchMLP with ``modelloop-train`` from the trainer's environment into ``folder``, then ask
-    the trainer's PyTorch for its predictions on ``features`` and on some of its rows with values missing.
-
-    ``dataset`` is the trainer's ``MODELLOOP_DATASET_URI``, with ``MODELLOOP_TARGET_COLUMN`` ``target``.
-    Skips the test where the trainer's environment is not built.
-    """
-    if not TRAINER.is_file():
-        pytest.skip(f"the trainer's environment is not built ({TRAINER}): make trainer-venv")
-    env = {key: value for key, value in os.environ.items() if not key.startswith("MODELLOOP_")}
-    env |= {
-        "MODELLOOP_RUN_NAME": folder.name,
-        "MODELLOOP_MODEL_NAME": folder.name,
-        "MODELLOOP_PARAMS": json.dumps({"estimator": "TorchMLP", "seed": 0, **params}),
-        "MODELLOOP_DATASET_URI": dataset,
-        "MODELLOOP_TARGET_COLUMN": "target",
-        "MODELLOOP_OUTPUT_URI": folder.as_uri(),
-        "MODELLOOP_RESULT_PATH": str(folder.with_suffix(".result.json")),
-        "MODELLOOP_DEVICE": "cpu",
-    }
-    trained = subprocess.run(
-        [str(TRAINER)], env=env, capture_output=True, text=True, timeout=300, check=False
-    )
-    assert trained.returncode == 0, trained.stderr
-    rows = features.to_numpy(dtype=np.float64)
-    missing = rows[::25].copy()
-    missing[:, 0] = np.nan
-    missing[::2, -1] = np.nan
-    rows = np.concatenate([rows, missing])
-    predicted = subprocess.run(
-        [str(TRAINER.with_name("python")), "-c", PYTORCH_PREDICT, folder.as_uri()],
-        input=json.dumps([[None if np.isnan(value) else value for value in row] for row in rows.tolist()]),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    return TrainedMLP(folder, rows, np.asarray(json.loads(predicted.stdout)))
-
-
 @pytest.fixture(scope="session")
 def trained_iris_mlp(tmp_path_factory: pytest.TempPathFactory, iris_frame: pd.DataFrame) -> TrainedMLP:
     """A TorchMLP classifier on iris (labels as names, from a CSV file), trained by the trainer."""
@@ -152,7 +94,7 @@ def trained_iris_mlp(tmp_path_factory: pytest.TempPathFactory, iris_frame: pd.Da
     iris_frame.rename(columns={"species": "target"}).to_csv(data, index=False)
     params = {"task": "classification", "hidden_sizes": [16], "epochs": 100, "lr": 0.03, "batch_size": 32}
     features = iris_frame.drop(columns=["species"])
-    return train_mlp(tmp_path_factory.mktemp("iris-mlp"), data.as_uri(), features, params)
+    return train_mlp(TRAINER, tmp_path_factory.mktemp("iris-mlp"), data.as_uri(), features, params)
 
 
 @pytest.fixture(scope="session")
@@ -160,7 +102,7 @@ def trained_diabetes_mlp(tmp_path_factory: pytest.TempPathFactory) -> TrainedMLP
     """A TorchMLP regressor on diabetes, trained by the trainer."""
     features = datasets.load_diabetes(as_frame=True).data
     params = {"task": "regression", "hidden_sizes": [8], "epochs": 50, "lr": 0.01, "batch_size": 64}
-    return train_mlp(tmp_path_factory.mktemp("diabetes-mlp"), "sklearn://diabetes", features, params)
+    return train_mlp(TRAINER, tmp_path_factory.mktemp("diabetes-mlp"), "sklearn://diabetes", features, params)
 
 
 def free_port() -> int:

@@ -6,17 +6,14 @@ Skipped where the trainer's environment is not built (make trainer-venv builds i
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from modelloop_contracts.testing import run_trainer
 from sklearn import datasets
 
-from conftest import RunningServer
-
-TRAINER = Path(__file__).resolve().parents[3] / ".venvs" / "trainer" / "bin" / "modelloop-train"
+from conftest import TRAINER, RunningServer
 
 pytestmark = pytest.mark.skipif(
     not TRAINER.is_file(), reason=f"the trainer's environment is not built ({TRAINER})"
@@ -25,20 +22,7 @@ pytestmark = pytest.mark.skipif(
 
 def train_iris(output: Path, params: dict[str, object]) -> dict[str, float]:
     """Run the trainer on scikit-learn's iris into ``output``; its measured metrics."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("MODELLOOP_")}
-    env |= {
-        "MODELLOOP_RUN_NAME": output.name,
-        "MODELLOOP_MODEL_NAME": "iris",
-        "MODELLOOP_PARAMS": json.dumps(params),
-        "MODELLOOP_DATASET_URI": "sklearn://iris",
-        "MODELLOOP_OUTPUT_URI": output.as_uri(),
-        "MODELLOOP_RESULT_PATH": str(output.with_suffix(".result.json")),
-        "MODELLOOP_DEVICE": "cpu",
-    }
-    trained = subprocess.run(
-        [str(TRAINER)], env=env, capture_output=True, text=True, timeout=120, check=False
-    )
-    assert trained.returncode == 0, trained.stderr
+    run_trainer(TRAINER, output, "sklearn://iris", params, timeout=120)
     metrics: dict[str, float] = json.loads((output / "metrics.json").read_text())
     return metrics
 

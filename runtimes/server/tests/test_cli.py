@@ -19,6 +19,15 @@ def test_the_version_comes_from_the_flag_then_the_environment_then_unknown() -> 
     )
 
 
+def test_the_expected_digest_comes_from_the_flag_then_the_environment_else_none() -> None:
+    assert build_parser({}).parse_args([]).artifact_digest is None
+    assert build_parser({"MODELLOOP_ARTIFACT_DIGEST": ""}).parse_args([]).artifact_digest is None
+    env = {"MODELLOOP_ARTIFACT_DIGEST": "sha256:ab"}
+    assert build_parser(env).parse_args([]).artifact_digest == "sha256:ab"
+    assert build_parser(env).parse_args(["--artifact_digest=sha256:cd"]).artifact_digest == "sha256:cd"
+    assert build_parser({}).parse_args([]).termination_log == "/dev/termination-log"
+
+
 def test_defaults_suit_kserves_storage_initializer_and_one_worker() -> None:
     args = build_parser({}).parse_args(["--model_name=iris"])
 

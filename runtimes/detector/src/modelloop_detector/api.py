@@ -25,11 +25,16 @@ def parse_labels(body: Any) -> list[tuple[str, Any]]:
     pairs = []
     for item in labels:
         if not isinstance(item, dict) or "id" not in item or "label" not in item:
-            raise InvalidMessage(f"each label needs an 'id' and a 'label': {item!r}")
+            raise InvalidMessage(f"each label needs an 'id' and a 'label': {_short(item)}")
         if isinstance(item["label"], dict | list) or item["label"] is None:
-            raise InvalidMessage(f"a label must be a class or a number: {item!r}")
+            raise InvalidMessage(f"a label must be a class or a number: {_short(item)}")
         pairs.append((str(item["id"]), item["label"]))
     return pairs
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 120 else text[:117] + "..."
 
 
 def reference_summary(reference: Reference) -> dict[str, Any]:
@@ -48,6 +53,10 @@ def service_status(state: ServiceState) -> dict[str, Any]:
             "referenceRows": len(version.reference.rows),
             "features": list(version.reference.features),
             "windowRows": len(version.window),
+            # Inconclusive until the window has been full once since the version was registered (in this
+            # process: a restarted detector starts over), so that "no drift" is never read off a few rows.
+            "verdictState": "Judged" if version.complete else "Inconclusive",
+            "collectingSince": version.collecting_since,
             "labelledRows": labelled,
             "feedback": {
                 "labels": version.feedback.labels_total,

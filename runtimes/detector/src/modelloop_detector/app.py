@@ -8,6 +8,10 @@ POST     /v1/feedback/{namespace}/{service}    ground-truth labels by request id
 POST     /v1/export/{namespace}/{service}      write the window's rows (with labels) as CSV
 GET      /metrics, /healthz                    Prometheus metrics, liveness
 =======  ====================================  ===========================================
+
+A body is read in chunks up to ``MODELLOOP_DETECTOR_MAX_BODY_BYTES`` and refused past it (413) before
+anything parses it. What a limit refuses (:class:`~modelloop_detector.limits.Refused`) is answered with
+its 4xx and counted in ``modelloop_detector_refused_total{reason}``.
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from modelloop_detector.api import parse_labels, reference_summary, service_status
 from modelloop_detector.events import EVENT_KINDS, EventRejected, read_asgi_event
-from modelloop_detector.export import export_csv
+from modelloop_detector.export import ExportFailed, export_csv
+from modelloop_detector.limits import FEATURE, NAME, RefusalReason, Refused, check_name
 from modelloop_detector.metrics import DetectorMetrics
 from modelloop_detector.service import DriftService, NothingToExport, UnknownService
 
@@ -58,17 +63,15 @@ class DetectorApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return  # lifespan: nothing to set up or tear down
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
         try:
+            body = await self._read_body(scope, receive)
             status, payload, content_type = await self._route(scope, body)
+        except Refused as exc:
+            self.metrics.count_refusal(exc.reason)
+            status, payload, content_type = _error(exc.status, str(exc))
         except Exception as exc:  # a bug must answer 500, not kill the connection
             logger.exception("%s %s failed", scope["method"], scope["path"])
-            status, payload, content_type = _error(500, f"internal error: {type(exc).__name__}: {exc}")
+            status, payload, content_type = _error(500, f"internal error ({type(exc).__name__})")
         await send(
             {
                 "type": "http.response.start",
@@ -77,6 +80,29 @@ class DetectorApp:
             }
         )
         await send({"type": "http.response.body", "body": payload})
+
+    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
+        """The request's body, refused (413) past the limit, whether or not it says its length."""
+        limit = self.service.limits.max_body_bytes
+        too_large = Refused(
+            RefusalReason.BODY_TOO_LARGE,
+            f"the request body is larger than {limit} bytes (MODELLOOP_DETECTOR_MAX_BODY_BYTES)",
+            413,
+        )
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > limit:
+                raise too_large
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            chunks.append(chunk)
+            if not message.get("more_body"):
+                return b"".join(chunks)
 
     async def _route(self, scope: Scope, body: bytes) -> Reply:
         method, path = scope["method"], scope["path"]
@@ -96,7 +122,8 @@ class DetectorApp:
             if resource == "services":
                 return await self._services(method, namespace, name, body)
             if resource == "feedback" and method == "POST":
-                joined, pending = self.service.add_labels(namespace, name, parse_labels(_load(body)))
+                labels = parse_labels(_load(body))
+                joined, pending = self.service.add_labels(namespace, name, labels)
                 return _json(200, {"joined": joined, "pending": pending})
             if resource == "export" and method == "POST":
                 return await self._export(namespace, name, ExportRequest.from_json(_load(body)))
@@ -114,7 +141,7 @@ class DetectorApp:
         try:
             event = read_asgi_event(scope["headers"], body)
             self._received[event.kind].inc()
-            self.service.ingest(event)
+            self.service.ingest(event, len(body))
         except EventRejected as exc:
             self.metrics.count_drop(exc.reason)
             return _error(400, str(exc))
@@ -122,8 +149,13 @@ class DetectorApp:
 
     async def _services(self, method: str, namespace: str, name: str, body: bytes) -> Reply:
         if method == "PUT":
-            registration = Registration.from_json(_load(body))
-            result = await asyncio.to_thread(self.service.register, namespace, name, registration)
+            document = _load(body)
+            registration = Registration.from_json(document)
+            # Refused before going to a thread: a refused registration reads nothing.
+            self.service.check_registration(namespace, name, registration)
+            result = await asyncio.to_thread(
+                self.service.register, namespace, name, registration, mmd=registration.mmd
+            )
             versions = {key: reference_summary(reference) for key, reference in result.versions.items()}
             if result.errors:
                 message = "; ".join(f"version {key}: {error}" for key, error in result.errors.items())
@@ -140,11 +172,17 @@ class DetectorApp:
         return _error(405, f"{method} is not allowed on /v1/services/...: use PUT, GET or DELETE")
 
     async def _export(self, namespace: str, name: str, request: ExportRequest) -> Reply:
+        limits = self.service.limits
+        if request.version is not None:
+            check_name("version", request.version, NAME, limits.max_name_length)
+        if request.target_column is not None:
+            check_name("targetColumn", request.target_column, FEATURE, limits.max_feature_name_length)
+        prefix = self.service.roots.check("uriPrefix", request.uri_prefix)
         rows = self.service.export_rows(namespace, name, request.version, request.target_column)
         try:
-            table = await asyncio.to_thread(export_csv, rows, request.uri_prefix, namespace, name)
-        except Exception as exc:  # fsspec raises what each filesystem raises (OSError, ValueError, ...)
-            return _error(422, f"cannot write under {request.uri_prefix}: {type(exc).__name__}: {exc}")
+            table = await asyncio.to_thread(export_csv, rows, prefix, namespace, name)
+        except ExportFailed as exc:
+            return _error(422, str(exc))
         return _json(200, table.to_json())
 
 

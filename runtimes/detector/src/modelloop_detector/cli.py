@@ -1,9 +1,15 @@
-"""``modelloop-detector``: the drift detector service."""
+"""``modelloop-detector``: the drift detector service.
+
+Flags set how windows are judged; the bounds on what callers may make it hold (:class:`Limits`) and the
+artifact roots (:class:`ArtifactRoots`) are environment variables, ``MODELLOOP_DETECTOR_*``, so that a
+deployment sets them once for every pod.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -12,8 +18,10 @@ from dataclasses import dataclass
 import uvicorn
 
 from modelloop_detector.app import DetectorApp
+from modelloop_detector.artifacts import ArtifactRoots
 from modelloop_detector.detectors import DetectorSettings
 from modelloop_detector.evaluation import EvaluationLoop
+from modelloop_detector.limits import Limits
 from modelloop_detector.metrics import DetectorMetrics
 from modelloop_detector.service import DriftService, WindowSettings
 from modelloop_detector.version import DETECTOR_VERSION
@@ -90,6 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="where MMD runs: auto (CUDA when torch sees a GPU), cpu or cuda",
     )
     parser.add_argument(
+        "--mmd",
+        action=argparse.BooleanOptionalAction,
+        default=os.environ.get("MODELLOOP_DETECTOR_MMD", "").lower() in ("1", "true", "yes"),
+        help="give the MMD detector (it loads PyTorch) to services whose registration does not say "
+        '("mmd": true|false); default: MODELLOOP_DETECTOR_MMD, else no',
+    )
+    parser.add_argument(
         "--mmd-permutations", type=_positive_int, default=100, help="permutations of MMD's permutation test"
     )
     parser.add_argument("--min-rows", type=_positive_int, default=50, help="rows a window needs to be judged")
@@ -123,8 +138,10 @@ class Detector:
             loop.stop()
 
 
-def build_detector(args: argparse.Namespace) -> Detector:
-    """Wire a detector from parsed arguments."""
+def build_detector(
+    args: argparse.Namespace, limits: Limits | None = None, roots: ArtifactRoots | None = None
+) -> Detector:
+    """Wire a detector from parsed arguments (and the limits and roots, else their defaults)."""
     window = WindowSettings(
         window_rows=args.window_rows,
         window_seconds=args.window_seconds,
@@ -139,9 +156,17 @@ def build_detector(args: argparse.Namespace) -> Detector:
         correction=args.correction,
         device=args.device,
         mmd_permutations=args.mmd_permutations,
+        mmd=args.mmd,
     )
     metrics = DetectorMetrics()
-    service = DriftService(window, detectors, on_drop=metrics.count_drop)
+    service = DriftService(
+        window,
+        detectors,
+        on_drop=metrics.count_drop,
+        on_refuse=metrics.count_refusal,
+        limits=limits,
+        roots=roots,
+    )
     metrics.watch(service)
     loops = [EvaluationLoop(service, kind, metrics.observe_verdict) for kind in ("fast", "mmd")]
     return Detector(service, metrics, DetectorApp(service, metrics), loops)
@@ -149,21 +174,27 @@ def build_detector(args: argparse.Namespace) -> Detector:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """The console script's entry point; SIGTERM or SIGINT stop it cleanly."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        limits, roots = Limits.from_env(os.environ), ArtifactRoots.from_env(os.environ)
+    except ValueError as exc:
+        parser.error(str(exc))
     logging.basicConfig(
         stream=sys.stderr,
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    detector = build_detector(args)
+    detector = build_detector(args, limits, roots)
     detector.start()
     logger.info(
-        "modelloop-detector %s listening on %s:%d (window %d rows / %gs)",
+        "modelloop-detector %s listening on %s:%d (window %d rows / %gs; artifact roots %s)",
         DETECTOR_VERSION,
         args.host,
         args.port,
         args.window_rows,
         args.window_seconds,
+        roots,
     )
     config = uvicorn.Config(
         detector.app,

@@ -1,13 +1,16 @@
-"""alibi-detect's drift detectors for one version, built once from its reference and reused.
+"""The drift detectors of one version, built once from its reference and reused.
 
 - ``ks``: Kolmogorov-Smirnov per numeric feature, combined by a multiple-testing correction;
 - ``chi2``: Chi-square per categorical feature, combined the same way;
-- ``mmd``: Maximum Mean Discrepancy on the joint numeric features (PyTorch backend, CUDA when allowed);
+- ``mmd``: Maximum Mean Discrepancy on the joint numeric features, alibi-detect's ``MMDDrift`` (PyTorch
+  backend, CUDA when allowed), only for the services that ask for it (it imports PyTorch: ~900 MiB);
 - ``prediction``: the predictions' distribution against the model's predictions on the reference
   (Chi-square on classes, KS on values), when the registration names a predictions file.
 
-``ks``, ``chi2`` and ``prediction`` are fast (milliseconds) and judged together; ``mmd`` is a
-permutation test on a kernel matrix (seconds on CPU) and is judged on its own.
+``ks``, ``chi2`` and ``prediction`` are fast (milliseconds) and judged together; they are alibi-detect's
+``KSDrift`` and ``ChiSquareDrift`` computed with scipy alone (:mod:`univariate`), since alibi-detect's
+import chain pulls PyTorch in. ``mmd`` is a permutation test on a kernel matrix (seconds on CPU) and is
+judged on its own.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import numpy.typing as npt
 
 from modelloop_detector.payloads import CategoryCodes, FloatArray
 from modelloop_detector.reference import Reference
+from modelloop_detector.univariate import ChiSquareTest, KSTest
 from modelloop_detector.window import WindowSnapshot
 
 logger = logging.getLogger(__name__)
@@ -41,6 +45,8 @@ class DetectorSettings:
     correction: Correction = "bonferroni"
     device: Device = "auto"
     mmd_permutations: int = 100
+    mmd: bool = False
+    """Whether a service that does not say (its registration's ``mmd``) gets the MMD detector."""
 
 
 @dataclass(frozen=True)
@@ -87,12 +93,13 @@ class VersionDetectors:
     """The detectors of one version's reference; :meth:`judge_fast` and :meth:`judge_mmd` take windows."""
 
     def __init__(
-        self, reference: Reference, settings: DetectorSettings, prediction_codes: CategoryCodes | None
+        self,
+        reference: Reference,
+        settings: DetectorSettings,
+        prediction_codes: CategoryCodes | None,
+        *,
+        mmd: bool | None = None,
     ) -> None:
-        # Imported here: alibi-detect pulls in a lot (torch among it), and the rest of the package,
-        # its payload parsing and CLI included, does not need it.
-        from alibi_detect.cd import ChiSquareDrift, KSDrift, MMDDrift
-
         self.reference = reference
         self.settings = settings
         self._numeric = np.asarray(reference.numeric, dtype=np.intp)
@@ -101,20 +108,23 @@ class VersionDetectors:
         self._categorical_names = [reference.features[index] for index in self._categorical]
         rows = reference.rows
         correction = settings.correction
-        self.ks: Any = None
-        self.chi2: Any = None
+        self.ks: KSTest | None = None
+        self.chi2: ChiSquareTest | None = None
         self.mmd: Any = None
-        self.prediction: Any = None
+        self.prediction: KSTest | ChiSquareTest | None = None
         self.device = "cpu"
         if len(self._numeric):
             numeric = np.ascontiguousarray(rows[:, self._numeric])
-            self.ks = KSDrift(numeric, p_val=settings.p_value, correction=correction)
+            self.ks = KSTest(numeric, p_value=settings.p_value, correction=correction)
             # MMD compares standardized float32 features: one kernel bandwidth fits every feature's
             # scale, and float32 halves the kernel matrix that the permutations copy.
             self._mean = numeric.mean(axis=0)
             std = numeric.std(axis=0)
             self._scale = np.where(std > 0, std, 1.0)
-            if len(numeric) >= 2:
+            if len(numeric) >= 2 and (settings.mmd if mmd is None else mmd):
+                # Imported here, and only for MMD: alibi-detect imports PyTorch.
+                from alibi_detect.cd import MMDDrift
+
                 self.device = torch_device(settings.device)
                 self.mmd = MMDDrift(
                     self.standardize(numeric),
@@ -124,19 +134,19 @@ class VersionDetectors:
                     device=self.device,
                 )
         if len(self._categorical):
-            self.chi2 = ChiSquareDrift(
+            self.chi2 = ChiSquareTest(
                 np.ascontiguousarray(rows[:, self._categorical]),
-                p_val=settings.p_value,
+                p_value=settings.p_value,
                 correction=correction,
             )
         if reference.predictions is not None:
             if reference.task == "classification":
                 assert prediction_codes is not None
                 codes = prediction_codes.encode(reference.predictions).reshape(-1, 1)
-                self.prediction = ChiSquareDrift(codes, p_val=settings.p_value)
+                self.prediction = ChiSquareTest(codes, p_value=settings.p_value, correction="bonferroni")
             else:
                 values = reference.predictions.astype(np.float64).reshape(-1, 1)
-                self.prediction = KSDrift(values, p_val=settings.p_value)
+                self.prediction = KSTest(values, p_value=settings.p_value, correction="bonferroni")
 
     def standardize(self, numeric: FloatArray) -> npt.NDArray[np.float32]:
         """Numeric features scaled by the reference's mean and standard deviation, as float32."""
@@ -180,19 +190,24 @@ class VersionDetectors:
         )
 
     def _univariate(
-        self, name: DetectorName, detector: Any, x: FloatArray, features: list[str], now: float
+        self,
+        name: DetectorName,
+        detector: KSTest | ChiSquareTest,
+        x: FloatArray,
+        features: list[str],
+        now: float,
     ) -> Verdict:
         started = time.perf_counter()
-        result = detector.predict(x, drift_type="batch", return_p_val=True, return_distance=True)["data"]
+        result = detector.judge(x)
         seconds = time.perf_counter() - started
-        scores = np.asarray(result["distance"], dtype=np.float64).reshape(-1)
-        p_values = np.asarray(result["p_val"], dtype=np.float64).reshape(-1)
+        scores = result.distances.astype(np.float64)
+        p_values = result.p_values.astype(np.float64)
         return Verdict(
             detector=name,
-            drift=bool(result["is_drift"]),
+            drift=result.drift,
             score=float(scores.max()),
             p_value=float(p_values.min()),
-            threshold=float(result["threshold"]),
+            threshold=result.threshold,
             rows=len(x),
             time=now,
             seconds=seconds,

@@ -14,6 +14,7 @@ from prometheus_client.registry import Collector
 
 from modelloop_detector.detectors import Verdict
 from modelloop_detector.events import DropReason
+from modelloop_detector.limits import RefusalReason
 from modelloop_detector.service import DriftService
 
 VERSION_LABELS = ["namespace", "service", "model", "version"]
@@ -37,6 +38,12 @@ class DetectorMetrics:
             ["reason"],
             registry=self.registry,
         )
+        self.refused = Counter(
+            "modelloop_detector_refused",
+            "Requests refused by a limit or the artifact roots, by reason.",
+            ["reason"],
+            registry=self.registry,
+        )
         self.verdict_seconds = Histogram(
             "modelloop_drift_verdict_seconds",
             "Time to judge one window, by detector.",
@@ -48,6 +55,8 @@ class DetectorMetrics:
             self.events.labels(kind)
         for reason in DropReason:
             self.dropped.labels(reason.value)
+        for refusal in RefusalReason:
+            self.refused.labels(refusal.value)
 
     def watch(self, service: DriftService) -> None:
         """Export ``service``'s per-version gauges."""
@@ -56,6 +65,10 @@ class DetectorMetrics:
     def count_drop(self, reason: DropReason, count: int = 1) -> None:
         """Count ``count`` dropped events."""
         self.dropped.labels(reason.value).inc(count)
+
+    def count_refusal(self, reason: RefusalReason) -> None:
+        """Count one refused request."""
+        self.refused.labels(reason.value).inc()
 
     def observe_verdict(self, verdict: Verdict, seconds: float) -> None:
         """Record how long a verdict took."""
@@ -102,7 +115,28 @@ class DriftCollector(Collector):
         labels_total = CounterMetricFamily(
             "modelloop_feedback_labels", "Labels joined to a predicted row.", labels=VERSION_LABELS
         )
-        for state in self.service.services():
+        inconclusive = GaugeMetricFamily(
+            "modelloop_drift_inconclusive",
+            "1 until the window has been full once since the version was registered with this detector "
+            "process (after a restart too): its verdicts are then inconclusive; else 0.",
+            labels=VERSION_LABELS,
+        )
+        services = self.service.services()
+        halves, pending_bytes = self.service.pending()
+        state_gauges = [
+            GaugeMetricFamily("modelloop_detector_services", "Registered services.", value=len(services)),
+            GaugeMetricFamily(
+                "modelloop_detector_unpaired_halves",
+                "Requests and responses waiting for their other half.",
+                value=halves,
+            ),
+            GaugeMetricFamily(
+                "modelloop_detector_unpaired_bytes",
+                "The bodies' bytes of the unpaired halves.",
+                value=pending_bytes,
+            ),
+        ]
+        for state in services:
             with state.lock:
                 versions = [
                     (
@@ -112,12 +146,14 @@ class DriftCollector(Collector):
                         version.feedback.accuracy(),
                         version.feedback.mae(),
                         version.feedback.labels_total,
+                        version.complete,
                     )
                     for version in state.versions.values()
                 ]
-            for name, window_rows, verdicts, version_accuracy, version_mae, labelled in versions:
+            for name, window_rows, verdicts, version_accuracy, version_mae, labelled, complete in versions:
                 base = [state.namespace, state.name, state.model, name]
                 rows.add_metric(base, window_rows)
+                inconclusive.add_metric(base, 0.0 if complete else 1.0)
                 labels_total.add_metric(base, labelled)
                 if version_accuracy is not None:
                     accuracy.add_metric(base, version_accuracy)
@@ -133,4 +169,4 @@ class DriftCollector(Collector):
                         for feature in judged.features:
                             score.add_metric([*base, judged.detector, feature.feature], feature.score)
                             p_value.add_metric([*base, judged.detector, feature.feature], feature.p_value)
-        yield from (score, p_value, verdict, rows, accuracy, mae, labels_total)
+        yield from (score, p_value, verdict, rows, inconclusive, accuracy, mae, labels_total, *state_gauges)

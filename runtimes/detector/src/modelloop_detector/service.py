@@ -4,7 +4,14 @@
 parses, pairs and appends rows to a window; verdicts are computed by :mod:`evaluation`'s threads,
 which take a copy of a window (:meth:`DriftService.judge`) and never hold a lock while judging.
 What a registration says is served is ``modelloop_contracts``' :class:`~modelloop_contracts.Registration`,
-the type the detector's clients write.
+the type the detector's clients write. Everything a caller can make it hold is bounded by
+:class:`~modelloop_detector.limits.Limits`, and references are read only under its
+:class:`~modelloop_detector.artifacts.ArtifactRoots`.
+
+A version's window starts empty when it is registered, in particular when a restarted detector is told
+again what is served: until it has collected a full window (``window_rows`` rows, or ``window_seconds``
+of rows and at least ``min_rows``), its verdicts are *inconclusive* (:attr:`VersionState.complete`),
+which its answers and metrics say, so that a restart never passes silently for "no drift".
 """
 
 from __future__ import annotations
@@ -20,9 +27,18 @@ from typing import Any, Literal
 import numpy as np
 from modelloop_contracts import Registration, VersionSpec
 
+from modelloop_detector.artifacts import DEFAULT_ROOTS, ArtifactRoots
 from modelloop_detector.detectors import DetectorSettings, Verdict, VersionDetectors
 from modelloop_detector.events import DropReason, EventRejected, InferenceEvent
 from modelloop_detector.feedback import FeedbackScore, LabelBook
+from modelloop_detector.limits import (
+    DNS_LABEL,
+    NAME,
+    Limits,
+    RefusalReason,
+    Refused,
+    check_name,
+)
 from modelloop_detector.pairing import Pairing
 from modelloop_detector.payloads import (
     CategoryCodes,
@@ -91,6 +107,10 @@ class VersionState:
     prediction_codes: CategoryCodes | None
     window: RowWindow
     feedback: FeedbackScore
+    collecting_since: float = 0.0
+    """When this window started (the version's registration in this process)."""
+    complete: bool = False
+    """Whether the window has been full once since: before, its verdicts are inconclusive."""
     appended: int = 0
     # The evaluation loops were told that this window is due and have not judged it since: ingestion
     # tells them once, not at every row.
@@ -99,6 +119,16 @@ class VersionState:
     marks: dict[LoopKind, EvaluationMark] = field(
         default_factory=lambda: {"fast": EvaluationMark(), "mmd": EvaluationMark()}
     )
+
+    def update_complete(self, now: float, settings: WindowSettings) -> bool:
+        """Mark the window complete once it has held ``window_rows`` rows, or has spanned
+        ``window_seconds`` with ``min_rows``; returns :attr:`complete`."""
+        if not self.complete:
+            rows = len(self.window)
+            self.complete = rows >= settings.window_rows or (
+                rows >= settings.min_rows and now - self.collecting_since >= settings.window_seconds
+            )
+        return self.complete
 
     def encode_predictions(self, values: ObjectArray) -> FloatArray:
         """Predictions as the prediction check compares them: class codes, or values (NaN if not numbers)."""
@@ -174,6 +204,7 @@ class Export:
 
 Clock = Callable[[], float]
 DropCounter = Callable[[DropReason, int], None]
+RefusalCounter = Callable[[RefusalReason], None]
 
 
 class DriftService:
@@ -187,35 +218,106 @@ class DriftService:
         *,
         clock: Clock = time.time,
         on_drop: DropCounter | None = None,
+        on_refuse: RefusalCounter | None = None,
+        limits: Limits | None = None,
+        roots: ArtifactRoots | None = None,
     ) -> None:
         self.window_settings = window
         self.detector_settings = detectors
+        self.limits = limits or Limits()
+        self.roots = roots or ArtifactRoots(DEFAULT_ROOTS)
         self.clock = clock
         self._on_drop = on_drop or (lambda reason, count: None)
+        self._on_refuse = on_refuse or (lambda reason: None)
         self._services: dict[tuple[str, str], ServiceState] = {}
         self._registry_lock = threading.Lock()
         self._pairing: Pairing[PendingRequest | PendingResponse] = Pairing(
-            max_seconds=window.window_seconds, max_waiting=10 * window.window_rows
+            max_seconds=window.window_seconds,
+            max_waiting=min(10 * window.window_rows, self.limits.max_pending_halves),
+            max_bytes=self.limits.max_pending_bytes,
         )
         self._pairing_lock = threading.Lock()
         self._wakers: list[Callable[[], None]] = []
 
     # --- registration ----------------------------------------------------------------------------
 
-    def register(self, namespace: str, name: str, registration: Registration) -> RegistrationResult:
+    def check_registration(self, namespace: str, name: str, registration: Registration) -> Registration:
+        """Refuse (:class:`Refused`) a registration that a limit does not allow or that names a file
+        outside the artifact roots; the registration with its URIs normalised otherwise. Fast: it reads
+        nothing, so that the HTTP layer can call it before going off the event loop."""
+        limits = self.limits
+        check_name("namespace", namespace, DNS_LABEL, limits.max_name_length)
+        check_name("service", name, DNS_LABEL, limits.max_name_length)
+        check_name("model", registration.model, NAME, limits.max_model_length)
+        if len(registration.versions) > limits.max_versions:
+            raise Refused(
+                RefusalReason.TOO_MANY_VERSIONS,
+                f"versions lists {len(registration.versions)} versions; at most {limits.max_versions} "
+                "(MODELLOOP_DETECTOR_MAX_VERSIONS)",
+            )
+        if len(registration.categorical) > limits.max_features:
+            raise Refused(
+                RefusalReason.TOO_MANY_FEATURES,
+                f"categorical lists {len(registration.categorical)} columns; at most {limits.max_features}",
+            )
+        for column in (registration.target_column or "", *registration.categorical):
+            if len(column) > limits.max_feature_name_length:
+                raise Refused(
+                    RefusalReason.INVALID_NAME,
+                    f"a column name in targetColumn/categorical is longer than "
+                    f"{limits.max_feature_name_length} characters",
+                )
+        versions: dict[str, VersionSpec] = {}
+        for version_name, spec in registration.versions.items():
+            check_name("a version's name", version_name, NAME, limits.max_name_length)
+            check_name(f"versions.{version_name}.endpoint", spec.endpoint, NAME, limits.max_name_length)
+            reference = self.roots.check(f"versions.{version_name}.referenceUri", spec.reference_uri)
+            predictions = (
+                self.roots.check(f"versions.{version_name}.predictionsUri", spec.predictions_uri)
+                if spec.predictions_uri
+                else None
+            )
+            versions[version_name] = VersionSpec(reference, predictions, spec.endpoint)
+        with self._registry_lock:
+            self._check_room(namespace, name)
+        return Registration(
+            model=registration.model,
+            versions=versions,
+            target_column=registration.target_column,
+            categorical=registration.categorical,
+        )
+
+    def _check_room(self, namespace: str, name: str) -> None:
+        # The caller holds the registry lock.
+        if (namespace, name) not in self._services and len(self._services) >= self.limits.max_services:
+            raise Refused(
+                RefusalReason.TOO_MANY_SERVICES,
+                f"this detector already watches {len(self._services)} services, its limit "
+                "(MODELLOOP_DETECTOR_MAX_SERVICES); DELETE one, or run a detector per namespace",
+                429,
+            )
+
+    def register(
+        self, namespace: str, name: str, registration: Registration, *, mmd: bool | None = None
+    ) -> RegistrationResult:
         """Register (or update) a service; slow (it reads references and builds detectors), so
-        it runs off the event loop. Versions no longer listed are forgotten."""
+        it runs off the event loop. Versions no longer listed are forgotten. ``mmd`` says whether
+        its versions get the MMD detector (None: the detector's default). A registration that a limit
+        refuses, or that names a file outside the artifact roots, raises :class:`Refused`."""
+        registration = self.check_registration(namespace, name, registration)
         with self._registry_lock:
             existing = self._services.get((namespace, name))
         current = dict(existing.versions) if existing else {}
         built: dict[str, VersionState] = {}
         errors: dict[str, str] = {}
+        wants_mmd = self.detector_settings.mmd if mmd is None else mmd
         for version_name, spec in registration.versions.items():
             key = (
                 spec.reference_uri,
                 spec.predictions_uri,
                 registration.categorical,
                 registration.target_column,
+                wants_mmd,
             )
             previous = current.get(version_name)
             if previous is not None and previous.cache_key == key:
@@ -223,12 +325,15 @@ class DriftService:
                 built[version_name] = previous
                 continue
             try:
-                built[version_name] = self._build_version(version_name, spec, registration, key)
+                built[version_name] = self._build_version(version_name, spec, registration, key, wants_mmd)
             except ReferenceError as exc:
                 errors[version_name] = str(exc)
+                if exc.reason is not None:
+                    self._on_refuse(exc.reason)
         with self._registry_lock:
             state = self._services.get((namespace, name))
             if state is None:
+                self._check_room(namespace, name)
                 state = ServiceState(
                     namespace=namespace,
                     name=name,
@@ -251,19 +356,20 @@ class DriftService:
         return RegistrationResult({key: version.reference for key, version in built.items()}, errors)
 
     def _build_version(
-        self, name: str, spec: VersionSpec, registration: Registration, key: tuple[Any, ...]
+        self, name: str, spec: VersionSpec, registration: Registration, key: tuple[Any, ...], mmd: bool
     ) -> VersionState:
         reference = load_reference(
             spec.reference_uri,
             categorical=registration.categorical,
             target_column=registration.target_column,
             predictions_uri=spec.predictions_uri,
+            limits=self.limits,
         )
         prediction_codes = None
         if reference.task == "classification":
             assert reference.predictions is not None
             prediction_codes = CategoryCodes(list(dict.fromkeys(reference.predictions.tolist())))
-        detectors = VersionDetectors(reference, self.detector_settings, prediction_codes)
+        detectors = VersionDetectors(reference, self.detector_settings, prediction_codes, mmd=mmd)
         settings = self.window_settings
         return VersionState(
             name=name,
@@ -276,6 +382,7 @@ class DriftService:
                 reference.width, max_rows=settings.window_rows, max_seconds=settings.window_seconds
             ),
             feedback=FeedbackScore(settings.feedback_window, reference.task),
+            collecting_since=self.clock(),
         )
 
     def unregister(self, namespace: str, name: str) -> bool:
@@ -285,7 +392,8 @@ class DriftService:
 
     def service(self, namespace: str, name: str) -> ServiceState:
         """A registered service, or :class:`UnknownService`."""
-        state = self._services.get((namespace, name))
+        with self._registry_lock:
+            state = self._services.get((namespace, name))
         if state is None:
             raise UnknownService(f"service {namespace}/{name} is not registered")
         return state
@@ -297,9 +405,21 @@ class DriftService:
 
     # --- ingestion -------------------------------------------------------------------------------
 
-    def ingest(self, event: InferenceEvent) -> int:
-        """Take one logged request or response; returns how many rows it completed (0 while its
-        other half is awaited, or when it was dropped). Malformed bodies raise :class:`EventRejected`."""
+    def pending(self) -> tuple[int, int]:
+        """Unpaired halves waiting, and their bodies' bytes."""
+        with self._pairing_lock:
+            return len(self._pairing), self._pairing.bytes
+
+    def ingest(self, event: InferenceEvent, size: int = 0) -> int:
+        """Take one logged request or response (``size``: its body's bytes); returns how many rows it
+        completed (0 while its other half is awaited, or when it was dropped). Malformed bodies raise
+        :class:`EventRejected`, an id longer than the limit :class:`Refused`."""
+        if len(event.id) > self.limits.max_id_length:
+            raise Refused(
+                RefusalReason.ID_TOO_LONG,
+                f"the event's id is {len(event.id)} characters long; at most {self.limits.max_id_length} "
+                "(MODELLOOP_DETECTOR_MAX_ID_LENGTH)",
+            )
         state = self._services.get((event.namespace, event.service))
         if state is None:
             self._on_drop(DropReason.UNKNOWN_SERVICE, 1)
@@ -315,11 +435,11 @@ class DriftService:
         now = self.clock()
         key = (event.namespace, event.service, event.id)
         with self._pairing_lock:
-            other, expired = self._pairing.offer(key, half, now)
+            other, expired = self._pairing.offer(key, half, now, size)
             if other is not None and other.event.kind == event.kind:
                 # A repeated id: the earlier half can no longer be paired.
                 expired.append(other)
-                other, more = self._pairing.offer(key, half, now)
+                other, more = self._pairing.offer(key, half, now, size)
                 expired.extend(more)
         if expired:
             self._on_drop(DropReason.UNPAIRED, len(expired))
@@ -375,6 +495,7 @@ class DriftService:
                     features, version.encode_predictions(predictions.values), predictions.values, ids, now
                 )
                 version.appended += count
+                version.update_complete(now, self.window_settings)
                 self._index_rows(state, version, ids, predictions.values)
                 due = not version.woken and self._rows_due(version)
                 if due:
@@ -422,12 +543,27 @@ class DriftService:
                 state.labels.expire(now)
                 for version in state.versions.values():
                     version.window.expire(now)
+                    version.update_complete(now, self.window_settings)
 
     # --- feedback --------------------------------------------------------------------------------
 
     def add_labels(self, namespace: str, name: str, labels: Sequence[tuple[str, Any]]) -> tuple[int, int]:
-        """Record ground truth by row id; returns (joined now, waiting for their row)."""
+        """Record ground truth by row id; returns (joined now, waiting for their row). Ids and labels
+        longer than the limits raise :class:`Refused` before any is recorded."""
         state = self.service(namespace, name)
+        for position, (row_id, value) in enumerate(labels):
+            if len(row_id) > self.limits.max_id_length:
+                raise Refused(
+                    RefusalReason.ID_TOO_LONG,
+                    f"labels[{position}].id is {len(row_id)} characters long; at most "
+                    f"{self.limits.max_id_length} (MODELLOOP_DETECTOR_MAX_ID_LENGTH)",
+                )
+            if len(str(value)) > self.limits.max_label_length:
+                raise Refused(
+                    RefusalReason.INVALID_LABEL,
+                    f"labels[{position}].label is longer than {self.limits.max_label_length} characters "
+                    "(MODELLOOP_DETECTOR_MAX_LABEL_LENGTH)",
+                )
         now = self.clock()
         joined = 0
         with state.lock:

@@ -8,7 +8,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from modelloop_contracts import ArtifactError, Predictor, load_predictor
+from modelloop_contracts import (
+    TERMINATION_LOG,
+    ArtifactError,
+    Predictor,
+    load_predictor,
+    write_termination_message,
+)
 from seldon_core.proto import prediction_pb2
 from seldon_core.utils import construct_response_json, json_to_seldon_message, seldon_message_to_json
 
@@ -23,6 +29,8 @@ from modelloop_seldon.metrics import ServerMetrics
 
 DEFAULT_MODEL_URI = "/mnt/models"  # where Seldon's storage initializer puts a graph's modelUri
 VERSION_ENV = "MODELLOOP_MODEL_VERSION"
+DIGEST_ENV = "MODELLOOP_ARTIFACT_DIGEST"  # the ModelVersion's artifact.digest, set by modelloop's operator
+TERMINATION_LOG_ENV = "MODELLOOP_TERMINATION_LOG"
 
 logger = logging.getLogger(__name__)
 
@@ -40,10 +48,19 @@ def model_folder(model_uri: str) -> Path:
     return Path(model_uri)
 
 
-def load_artifact(folder: Path) -> Predictor:
+def load_artifact(folder: Path, expected_digest: str | None = None) -> Predictor:
     """The model in ``folder`` (``modelloop_contracts.load_predictor``: scikit-learn's ``model.joblib``
-    or the trainer's MLP as ``model.onnx``); :class:`~modelloop_contracts.ArtifactError` when it cannot be."""
-    return load_predictor(folder)
+    or the trainer's MLP as ``model.onnx``), checked against ``expected_digest`` before it is loaded;
+    :class:`~modelloop_contracts.ArtifactError` when it cannot be (a
+    :class:`~modelloop_contracts.DigestMismatch` when it is not the file registered)."""
+    return load_predictor(folder, expected_digest)
+
+
+def _leave_termination_message(error: ArtifactError) -> None:
+    """Where the kubelet made the container's termination-message file, say why the model was not loaded."""
+    write_termination_message(
+        f"modelloop_seldon: {error}", os.environ.get(TERMINATION_LOG_ENV) or TERMINATION_LOG
+    )
 
 
 class ModelloopModel:
@@ -52,34 +69,49 @@ class ModelloopModel:
     seldon-core-microservice makes one in its main process from the graph's parameters
     (``PREDICTIVE_UNIT_PARAMETERS``), then calls :meth:`load` once in each worker process.
     ``model_version`` is the ``version`` label of the metrics: the parameter, else
-    ``$MODELLOOP_MODEL_VERSION``, else ``unknown``.
+    ``$MODELLOOP_MODEL_VERSION``, else ``unknown``. ``artifact_digest`` is the model file's expected digest
+    (the ModelVersion's ``artifact.digest``): the parameter, else ``$MODELLOOP_ARTIFACT_DIGEST``, else none
+    (no check).
     """
 
     def __init__(
-        self, model_uri: str = DEFAULT_MODEL_URI, model_version: str | int | float | None = None
+        self,
+        model_uri: str = DEFAULT_MODEL_URI,
+        model_version: str | int | float | None = None,
+        artifact_digest: str | None = None,
     ) -> None:
         self.model_dir = model_folder(str(model_uri))
         version = os.environ.get(VERSION_ENV) if model_version is None else str(model_version)
         self.version = version or "unknown"
+        self.expected_digest = (
+            os.environ.get(DIGEST_ENV) if artifact_digest is None else artifact_digest
+        ) or None
         self.predictor: Predictor | None = None
         self.metrics = ServerMetrics(self.version, None)
 
     def load(self) -> None:
-        """Load the artifact; raises :class:`ArtifactError` (the worker then fails to boot) when it cannot."""
+        """Load the artifact, once its digest is the expected one (where one is given); raises
+        :class:`ArtifactError` when it cannot: the worker then fails to boot and the server exits, its
+        reason in the log and in the container's termination message."""
         try:
-            self.predictor = load_artifact(self.model_dir)
-        except ArtifactError:
+            self.predictor = load_artifact(self.model_dir, self.expected_digest)
+        except ArtifactError as exc:
+            _leave_termination_message(exc)
             raise
         except Exception as exc:
             # seldon-core ignores an AttributeError from load(): none may escape as one.
-            raise ArtifactError(f"cannot load {self.model_dir}: {type(exc).__name__}: {exc}") from exc
+            error = ArtifactError(f"cannot load {self.model_dir}: {type(exc).__name__}: {exc}")
+            _leave_termination_message(error)
+            raise error from exc
         self.metrics = ServerMetrics(self.version, self.predictor.classes)
         logger.info(
-            "loaded the %s model in %s (version %s, %s)",
+            "loaded the %s model in %s (version %s, %s; %s, %s)",
             self.predictor.framework,
             self.model_dir,
             self.version,
             "regressor" if self.predictor.classes is None else f"classes {list(self.predictor.classes)}",
+            self.predictor.digest,
+            "the digest expected" if self.expected_digest else "no digest was given to check it against",
         )
 
     def predict_raw(self, request: Any) -> Any:

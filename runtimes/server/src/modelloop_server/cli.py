@@ -1,4 +1,9 @@
-"""``modelloop-serve``: load one modelloop artifact and serve it with KServe's ModelServer."""
+"""``modelloop-serve``: load one modelloop artifact and serve it with KServe's ModelServer.
+
+With an expected digest (``--artifact_digest`` or ``$MODELLOOP_ARTIFACT_DIGEST``, which modelloop's
+operator sets from the ModelVersion), a model file with another digest is never loaded: the server exits
+with the reason, which it also leaves as the container's termination message.
+"""
 
 from __future__ import annotations
 
@@ -14,13 +19,16 @@ from pathlib import Path
 from kserve import ModelServer
 from kserve import model_server as kserve_model_server
 from kserve.logging import KSERVE_TRACE_LOGGER_NAME
-from modelloop_contracts import ArtifactError
+from kserve.logging import logger as kserve_logger
+from modelloop_contracts import TERMINATION_LOG, ArtifactError, write_termination_message
 
 from modelloop_server.metrics import PREDICTION_VALUE_BUCKETS, RequestMetricsMiddleware, ServerMetrics
 from modelloop_server.model import ModelloopModel
 
 DEFAULT_MODEL_DIR = "/mnt/models"  # where KServe's storage initializer puts the artifact
 VERSION_ENV = "MODELLOOP_MODEL_VERSION"
+DIGEST_ENV = "MODELLOOP_ARTIFACT_DIGEST"  # the ModelVersion's artifact.digest, set by modelloop's operator
+TERMINATION_LOG_ENV = "MODELLOOP_TERMINATION_LOG"
 
 
 def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
@@ -37,6 +45,18 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "--model_version",
         default=env.get(VERSION_ENV) or "unknown",
         help=f"the version label of the metrics (default: ${VERSION_ENV}, else 'unknown')",
+    )
+    parser.add_argument(
+        "--artifact_digest",
+        default=env.get(DIGEST_ENV) or None,
+        help="the model file's expected digest, <algorithm>:<hex> (the ModelVersion's artifact.digest): the "
+        f"server refuses to load a file with another one (default: ${DIGEST_ENV}, else no check)",
+    )
+    parser.add_argument(
+        "--termination_log",
+        default=env.get(TERMINATION_LOG_ENV) or TERMINATION_LOG,
+        help="where a failure to load the model is written for Kubernetes to report, if that file exists "
+        f"(default: ${TERMINATION_LOG_ENV}, else {TERMINATION_LOG})",
     )
     parser.add_argument(
         "--prediction_buckets",
@@ -65,7 +85,9 @@ def _bucket_bounds(text: str) -> tuple[float, ...]:
 def serve(args: argparse.Namespace) -> None:
     """Load the model (failing fast with the reason) and run the server until it is stopped."""
     metrics = ServerMetrics(args.model_name, args.model_version, prediction_buckets=args.prediction_buckets)
-    model = ModelloopModel(args.model_name, Path(args.model_dir), args.model_version, metrics)
+    model = ModelloopModel(
+        args.model_name, Path(args.model_dir), args.model_version, metrics, args.artifact_digest
+    )
     model.load()
     # KServe serves this module-level FastAPI app; the middleware must be on it before it starts.
     kserve_model_server.app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
@@ -89,6 +111,13 @@ def serve(args: argparse.Namespace) -> None:
         # --enable_latency_logging says; the flag turns those lines off too. Set after ModelServer()
         # has configured KServe's logging.
         logging.getLogger(KSERVE_TRACE_LOGGER_NAME).setLevel(logging.WARNING)
+    # After ModelServer(), which configures KServe's logging.
+    kserve_logger.info(
+        "loaded the model in %s: %s, %s",
+        args.model_dir,
+        model.predictor.digest if model.predictor is not None else "unknown digest",
+        "the digest expected" if args.artifact_digest else "no digest was given to check it against",
+    )
     # KServe, scikit-learn and the model are some 170,000 objects that live as long as the process; a
     # full garbage collection that walks them all stalls every request in flight for tens of ms.
     # Frozen, they are left out of collections, which then walk only what requests allocate.
@@ -108,5 +137,9 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     try:
         serve(args)
     except ArtifactError as exc:
-        print(f"modelloop-serve: {exc}", file=sys.stderr)
+        # The process ends before it listens, so it is never ready; KServe reports the termination message
+        # in the InferenceService's modelStatus (ModelLoadFailed).
+        message = f"modelloop-serve: {exc}"
+        print(message, file=sys.stderr)
+        write_termination_message(message, args.termination_log)
         raise SystemExit(2) from None

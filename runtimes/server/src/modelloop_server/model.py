@@ -13,10 +13,12 @@ from modelloop_server.metrics import ServerMetrics
 from modelloop_server.payloads import Payload, features_from_request, prediction_response
 
 
-def load_artifact(model_dir: Path) -> Predictor:
+def load_artifact(model_dir: Path, expected_digest: str | None = None) -> Predictor:
     """The model in ``model_dir`` (``modelloop_contracts.load_predictor``: scikit-learn's ``model.joblib``
-    or the trainer's MLP as ``model.onnx``); :class:`~modelloop_contracts.ArtifactError` when it cannot be."""
-    return load_predictor(model_dir)
+    or the trainer's MLP as ``model.onnx``), checked against ``expected_digest`` before it is loaded;
+    :class:`~modelloop_contracts.ArtifactError` when it cannot be (a
+    :class:`~modelloop_contracts.DigestMismatch` when it is not the file registered)."""
+    return load_predictor(model_dir, expected_digest)
 
 
 class ModelloopModel(kserve.Model):  # type: ignore[misc]
@@ -26,17 +28,26 @@ class ModelloopModel(kserve.Model):  # type: ignore[misc]
     for a model that answers in well under a millisecond is cheaper than a hop to a thread pool.
     """
 
-    def __init__(self, name: str, model_dir: Path, version: str, metrics: ServerMetrics) -> None:
+    def __init__(
+        self,
+        name: str,
+        model_dir: Path,
+        version: str,
+        metrics: ServerMetrics,
+        expected_digest: str | None = None,
+    ) -> None:
         super().__init__(name)
         self.model_dir = model_dir
         self.version = version
         self.metrics = metrics
+        self.expected_digest = expected_digest
         self.predictor: Predictor | None = None
         self.ready = False
 
     def load(self) -> bool:
-        """Load the artifact; raises :class:`~modelloop_contracts.ArtifactError` when it cannot."""
-        self.predictor = load_artifact(self.model_dir)
+        """Load the artifact (once its digest is the expected one, where one is given); raises
+        :class:`~modelloop_contracts.ArtifactError` when it cannot, and is then not ready."""
+        self.predictor = load_artifact(self.model_dir, self.expected_digest)
         if self.predictor.classes is not None:
             self.metrics.declare_classes(self.predictor.classes)
         self.ready = True

@@ -1,0 +1,122 @@
+"""The whole loop under a storm of faults (e2e/chaos.py): it still closes, and every invariant holds.
+
+`make test` runs it at a small size (MODELLOOP_CHAOS_KILLS, default 8 operator SIGKILLs); `make chaos`
+at full size (30). Each run prints its seed; MODELLOOP_CHAOS_SEED=<seed> replays its schedule.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from e2e.chaos import (
+    FailingOnceTrainingKubelet,
+    Operator,
+    Recorder,
+    Storm,
+    dump,
+    schedule,
+    seed_and_kills,
+    summary,
+    violations,
+)
+from e2e.harness import Cluster, wait_for
+from e2e.kubelet import TRAINER_BIN
+from e2e.loop import (
+    DETECTOR_BIN,
+    POLICY,
+    drift_loop,
+    drift_policy,
+    run_the_loop,
+    serve_the_first_model,
+    wait_status,
+)
+from e2e.serving import SERVER_BIN
+
+SMALL_KILLS = 8
+
+pytestmark = pytest.mark.skipif(
+    not all(
+        path.exists()
+        for path in (
+            TRAINER_BIN / "modelloop-train",
+            SERVER_BIN / "modelloop-serve",
+            DETECTOR_BIN / "modelloop-detector",
+        )
+    ),
+    reason="the trainer, model server and detector runtimes are not installed (make setup)",
+)
+
+
+def test_the_schedule_is_replayable_from_its_seed() -> None:
+    assert schedule(7, 30) == schedule(7, 30)
+    assert schedule(7, 30) != schedule(8, 30)
+    kinds = [f.kind for f in schedule(7, 30)]
+    assert kinds.count("kill-operator") == 30
+    assert {"restart-apiserver", "prometheus-down", "restart-detector"} <= set(kinds)
+
+
+def test_the_loop_closes_and_keeps_every_invariant_under_a_storm_of_faults(
+    cluster: Cluster, namespace: str, kserve: Any, tmp_path: Path
+) -> None:
+    seed, kills = seed_and_kills(SMALL_KILLS)
+    faults = schedule(seed, kills)
+    print(f"chaos seed {seed}: {kills} operator SIGKILLs and {len(faults) - kills} other faults", flush=True)
+    origin = time.monotonic()
+    timings: dict[str, float] | None = None
+    with (
+        drift_loop(
+            cluster, namespace, tmp_path, kserve, training_kubelet=FailingOnceTrainingKubelet, operator=False
+        ) as loop,
+        Recorder(cluster, namespace, origin) as recorder,
+    ):
+        operator = Operator(loop)
+        operator.start()
+        storm = Storm(loop, operator, faults, origin)
+        try:
+            serve_the_first_model(loop)
+            policy = drift_policy(loop)
+            policy["spec"]["retrain"]["trainingRunTemplate"]["backoffLimit"] = 1  # the failed pod is retried
+            cluster.apply(policy, namespace)
+            with loop.traffic() as (traffic, load):
+                wait_status(cluster, "driftpolicy", POLICY, namespace, timeout=120, lastResult="Watching")
+                storm.start()
+                timings = run_the_loop(loop, traffic)
+                # The faults left once the loop has closed fall on a loop at rest: it must stay closed.
+                storm.join(timeout=sum(f.pause for f in faults) + 60 * len(faults))
+                assert not storm.is_alive(), "the storm did not finish"
+                wait_status(
+                    cluster,
+                    "inferenceservices.modelloop.dev",
+                    "iris",
+                    namespace,
+                    timeout=120,
+                    phase="Promoted",
+                    stableVersion=2,
+                )
+                responses, unroutable = load.responses(), load.unroutable()
+        finally:
+            storm.stopping.set()
+            if storm.is_alive():
+                storm.join(timeout=120)
+            operator.stop()
+            print(summary(seed, storm.injected, timings), flush=True)
+        # Every write the recorder saw up to now, checked against the invariants.
+        wait_for(lambda: recorder.seen, timeout=10, what="the recorder's history")
+    dump(recorder, tmp_path / "history.jsonl")
+    broken = violations(recorder, loop)
+    assert storm.error is None, f"a fault could not be injected: {storm.trace}\n" + "\n".join(broken)
+    assert [i.kind for i in storm.injected] == [f.kind for f in faults]
+    assert operator.starts == kills + 1
+    failures = {key: count for key, count in responses.items() if key[1] != 200}
+    assert not failures and not unroutable, (
+        f"the champion was not served at every moment: {failures}, unroutable {unroutable}"
+    )
+    training = loop.training
+    assert isinstance(training, FailingOnceTrainingKubelet) and training.failed, "no training pod failed"
+    retries = [r for r in training.ran if r[3] == 0 and not r[0].startswith("iris-initial")]
+    assert retries, f"the failed pod was not retried: {training.ran}"
+    assert not broken, "\n".join([summary(seed, storm.injected, timings), *broken])
