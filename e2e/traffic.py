@@ -182,6 +182,9 @@ class LoadGenerator(BackgroundLoop):
         self._responses: Counter[tuple[str, int]] = Counter()
         self._mirrored: Counter[tuple[str, int]] = Counter()
         self._unroutable: Counter[str] = Counter()
+        # (time.monotonic(), backend, whether that backend had not answered yet) of each unroutable request
+        self._unroutable_at: list[tuple[float, str, bool]] = []
+        self._answered_backends: set[str] = set()
         self._pod_labels: dict[str, Mapping[str, str]] = {}  # of every pod sent to, also deleted ones
         self._faults: list[tuple[PodPredicate, float]] = []
         self._fault_credit: dict[str, float] = {}
@@ -212,11 +215,15 @@ class LoadGenerator(BackgroundLoop):
         if backend is None:
             with self._lock:
                 self._unroutable["<no backend with weight>"] += 1
+                self._unroutable_at.append((time.monotonic(), "<no backend with weight>", False))
             return None
         endpoints = {n: e for n, e in self.kubelet.endpoints().items() if backend.matches(e.labels)}
         if not endpoints:
             with self._lock:
                 self._unroutable[backend.name] += 1
+                self._unroutable_at.append(
+                    (time.monotonic(), backend.name, backend.name not in self._answered_backends)
+                )
             return None
         pod = self._next(backend, endpoints)
         body = self._body(pod, endpoints[pod].labels)
@@ -224,6 +231,7 @@ class LoadGenerator(BackgroundLoop):
         with self._lock:
             self._responses[(pod, code)] += 1
             self._pod_labels[pod] = endpoints[pod].labels
+            self._answered_backends.add(backend.name)
         for mirror in [b for b in weights if b.mirror]:
             mirrors = {n: e for n, e in self.kubelet.endpoints().items() if mirror.matches(e.labels)}
             if mirrors:
@@ -283,6 +291,12 @@ class LoadGenerator(BackgroundLoop):
         """Requests nothing could take, by backend name (a gateway would have answered them 503)."""
         with self._lock:
             return dict(self._unroutable)
+
+    def unroutable_times(self) -> list[tuple[float, str, bool]]:
+        """When (time.monotonic()) each request nothing could take was sent, to which backend, and whether
+        that backend had answered no request before (its pods not serving yet)."""
+        with self._lock:
+            return list(self._unroutable_at)
 
     def weights(self) -> dict[str, int]:
         """The route's weights as last read, by backend name."""

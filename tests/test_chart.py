@@ -498,6 +498,13 @@ def test_detector_notes_name_the_url_for_the_logger_and_the_drift_policy(tmp_pat
         ({"gpus": "one"}, "/detector/gpus"),
         ({"volume": {"existingClaim": 7}}, "/detector/volume/existingClaim"),
         ({"extraEnvFrom": [{"secret": {"name": "s3"}}]}, "/detector/extraEnvFrom/0"),
+        ({"mode": "perTeam"}, "/detector/mode"),
+        ({"namespaces": ["Team_A"]}, "/detector/namespaces/0"),
+        ({"networkPolicy": {"namespaces": ["x" * 64]}}, "/detector/networkPolicy/namespaces/0"),
+        (
+            {"networkPolicy": {"prometheus": {"podSelector": {"app": "x"}}}},
+            "/detector/networkPolicy/prometheus",
+        ),
     ],
 )
 def test_helm_refuses_a_wrong_detector_value_naming_it(
@@ -508,20 +515,283 @@ def test_helm_refuses_a_wrong_detector_value_naming_it(
     assert field in result.stderr, result.stderr
 
 
+def kustomize_detector() -> dict[str, dict[str, Any]]:
+    """manifests/detector's objects, by kind."""
+    return {
+        doc["kind"]: doc
+        for name in ("deployment.yaml", "service.yaml", "networkpolicy.yaml")
+        for doc in yaml.safe_load_all((DETECTOR_MANIFESTS / name).read_text())
+    }
+
+
+SERVES_ITS_OWN_NAMESPACE = {
+    "name": "MODELLOOP_DETECTOR_NAMESPACE",
+    "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
+}
+
+
 @needs_helm
 def test_the_charts_default_detector_runs_as_the_kustomize_one(tmp_path: Path) -> None:
     chart = detector_objects(rendered(tmp_path, {"detector": {"enabled": True}}))
-    manifests = {
-        doc["kind"]: doc
-        for name in ("deployment.yaml", "service.yaml")
-        for doc in yaml.safe_load_all((DETECTOR_MANIFESTS / name).read_text())
-    }
+    manifests = kustomize_detector()
     chart_pod, plain_pod = (d["Deployment"]["spec"]["template"]["spec"] for d in (chart, manifests))
     # The chart's pull policy is a value; the plain manifests leave Kubernetes' default.
     chart_pod["containers"][0].pop("imagePullPolicy")
+    # The kustomize detector serves the namespace it is applied to; the chart's shared one every namespace.
+    plain_pod["containers"][0]["env"].remove(SERVES_ITS_OWN_NAMESPACE)
     assert chart_pod == plain_pod
     assert chart["Deployment"]["spec"]["strategy"] == manifests["Deployment"]["spec"]["strategy"]
     assert chart["Service"]["spec"]["ports"] == manifests["Service"]["spec"]["ports"]
+
+
+# --- the drift detector per namespace (detector.mode perNamespace) ---------------------------------------
+
+PER_NAMESPACE = {"enabled": True, "mode": "perNamespace"}
+OPERATOR_POD_LABELS = {
+    "app.kubernetes.io/name": "modelloop",
+    "app.kubernetes.io/instance": "modelloop",
+    "app.kubernetes.io/component": "operator",
+}
+
+
+def detectors_by_namespace(objects: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """The detectors' objects by namespace, then kind (one of each kind in a namespace)."""
+    found: dict[str, dict[str, dict[str, Any]]] = {}
+    for o in objects:
+        if o["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "detector":
+            by_kind = found.setdefault(o["metadata"]["namespace"], {})
+            assert o["kind"] not in by_kind, f"two {o['kind']}s in {o['metadata']['namespace']}"
+            by_kind[o["kind"]] = o
+    return found
+
+
+def env_of(deployment: dict[str, Any]) -> dict[str, Any]:
+    return {
+        entry["name"]: entry.get("value", entry.get("valueFrom"))
+        for entry in detector_container(deployment)["env"]
+    }
+
+
+@needs_helm
+def test_per_namespace_detectors_run_in_each_of_their_namespaces_and_serve_it_only(tmp_path: Path) -> None:
+    values = {
+        "detector": {**PER_NAMESPACE, "namespaces": ["team-a", "team-b"]},
+        "operator": {"watchNamespaces": ["team-c"]},  # the detector's own list wins
+        "serviceMonitor": {"enabled": True},
+    }
+    detectors = detectors_by_namespace(rendered(tmp_path, values))
+
+    assert sorted(detectors) == ["team-a", "team-b"]
+    for namespace, objects in detectors.items():
+        assert sorted(objects) == ["Deployment", "NetworkPolicy", "Service", "ServiceMonitor"]
+        assert {o["metadata"]["name"] for o in objects.values()} == {"modelloop-detector"}
+        deployment, service, monitor = objects["Deployment"], objects["Service"], objects["ServiceMonitor"]
+        assert env_of(deployment) == {
+            "MODELLOOP_DETECTOR_ARTIFACT_ROOTS": "file:///var/lib/modelloop",
+            "MODELLOOP_DETECTOR_NAMESPACE": namespace,
+        }
+        pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert service["spec"]["selector"].items() <= pod_labels.items()
+        assert monitor["spec"]["namespaceSelector"] == {"matchNames": [namespace]}
+        assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+        assert_restricted(deployment["spec"]["template"]["spec"], detector_container(deployment))
+
+
+@needs_helm
+def test_per_namespace_detectors_default_to_the_namespaces_the_operator_watches(tmp_path: Path) -> None:
+    values = {"detector": PER_NAMESPACE, "operator": {"watchNamespaces": ["team-a", "team-b"]}}
+    detectors = detectors_by_namespace(rendered(tmp_path, values))
+    assert sorted(detectors) == ["team-a", "team-b"]
+    for namespace, objects in detectors.items():
+        assert env_of(objects["Deployment"])["MODELLOOP_DETECTOR_NAMESPACE"] == namespace
+
+
+@needs_helm
+@pytest.mark.parametrize("watched", [[], ["team-a", "team-*"], ["!kube-system"]])
+def test_per_namespace_mode_without_a_list_of_namespaces_fails_asking_for_one(
+    tmp_path: Path, watched: list[str]
+) -> None:
+    result = helm(
+        tmp_path,
+        "template",
+        "modelloop",
+        values={"detector": PER_NAMESPACE, "operator": {"watchNamespaces": watched}},
+    )
+    assert result.returncode != 0
+    assert (
+        "detector.mode perNamespace runs a detector in each namespace of detector.namespaces" in result.stderr
+    )
+
+
+@needs_helm
+def test_per_namespace_detector_namespace_cannot_be_replaced_by_extra_env(tmp_path: Path) -> None:
+    extra = [{"name": "MODELLOOP_DETECTOR_NAMESPACE", "value": ""}]
+    values = {"detector": {**PER_NAMESPACE, "namespaces": ["team-a"], "extraEnv": extra}}
+    result = helm(tmp_path, "template", "modelloop", values=values)
+    assert result.returncode != 0
+    assert (
+        "detector.extraEnv: MODELLOOP_DETECTOR_NAMESPACE is set by detector.mode perNamespace"
+        in result.stderr
+    )
+    # A shared detector may be narrowed to one namespace that way.
+    shared = detector_objects(rendered(tmp_path, {"detector": {"enabled": True, "extraEnv": extra}}))
+    assert env_of(shared["Deployment"])["MODELLOOP_DETECTOR_NAMESPACE"] == ""
+
+
+def ingress_peers(policy: dict[str, Any]) -> list[dict[str, Any]]:
+    (rule,) = policy["spec"]["ingress"]
+    assert rule["ports"] == [{"port": "http", "protocol": "TCP"}]
+    return list(rule["from"])
+
+
+def operator_peer(release_namespace: str = "modelloop-system") -> dict[str, Any]:
+    return {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": release_namespace}},
+        "podSelector": {"matchLabels": OPERATOR_POD_LABELS},
+    }
+
+
+PROMETHEUS_PEER = {
+    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+    "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+}
+
+
+@needs_helm
+def test_per_namespace_network_policy_admits_its_namespace_the_operator_and_prometheus_only(
+    tmp_path: Path,
+) -> None:
+    objects = rendered(tmp_path, {"detector": {**PER_NAMESPACE, "namespaces": ["team-a", "team-b"]}})
+    detectors = detectors_by_namespace(objects)
+    (operator,) = [
+        o
+        for o in objects
+        if o["kind"] == "Deployment" and o["metadata"]["labels"]["app.kubernetes.io/component"] == "operator"
+    ]
+    assert OPERATOR_POD_LABELS.items() <= operator["spec"]["template"]["metadata"]["labels"].items()
+    assert operator["metadata"]["namespace"] == "modelloop-system"
+
+    for objects_here in detectors.values():
+        policy, deployment = objects_here["NetworkPolicy"], objects_here["Deployment"]
+        assert policy["spec"]["policyTypes"] == ["Ingress"]
+        pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+        # A podSelector alone: pods of the policy's own namespace, and of no other.
+        assert ingress_peers(policy) == [{"podSelector": {}}, operator_peer(), PROMETHEUS_PEER]
+        assert {"name": "http", "containerPort": 8080, "protocol": "TCP"} in detector_container(deployment)[
+            "ports"
+        ]
+
+
+@needs_helm
+def test_network_policy_admits_the_prometheus_its_values_name_and_none_when_they_name_none(
+    tmp_path: Path,
+) -> None:
+    prometheus = {
+        "namespaceSelector": {"matchLabels": {"team": "observability"}},
+        "podSelector": {"matchExpressions": [{"key": "app", "operator": "In", "values": ["prometheus"]}]},
+    }
+
+    def peers(prometheus: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        values = {
+            "detector": {
+                **PER_NAMESPACE,
+                "namespaces": ["team-a"],
+                "networkPolicy": {"prometheus": prometheus},
+            }
+        }
+        return ingress_peers(detectors_by_namespace(rendered(tmp_path, values))["team-a"]["NetworkPolicy"])
+
+    # The list replaces the default whole: no label of the default's is merged into it.
+    assert peers([prometheus]) == [{"podSelector": {}}, operator_peer(), prometheus]
+    every_pod = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "metrics"}}}
+    assert peers([every_pod]) == [{"podSelector": {}}, operator_peer(), every_pod]
+    assert peers([]) == [{"podSelector": {}}, operator_peer()]
+
+
+@needs_helm
+def test_shared_detector_has_a_network_policy_only_when_asked_admitting_the_listed_namespaces(
+    tmp_path: Path,
+) -> None:
+    values: dict[str, Any] = {"detector": {"enabled": True, "networkPolicy": {"namespaces": ["ml", "ops"]}}}
+    assert "NetworkPolicy" not in detector_objects(rendered(tmp_path, values))
+
+    values["detector"]["networkPolicy"]["enabled"] = True
+    objects = detector_objects(rendered(tmp_path, values))
+    policy = objects["NetworkPolicy"]
+    assert (
+        policy["metadata"]["namespace"]
+        == objects["Deployment"]["metadata"]["namespace"]
+        == "modelloop-system"
+    )
+    namespaces = [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": name}}}
+        for name in ("ml", "ops")
+    ]
+    assert ingress_peers(policy) == [*namespaces, operator_peer(), PROMETHEUS_PEER]
+
+
+@needs_helm
+def test_shared_mode_is_the_default_and_its_detector_serves_every_namespace(tmp_path: Path) -> None:
+    assert VALUES["detector"]["mode"] == "shared"
+    assert VALUES["detector"]["networkPolicy"]["enabled"] is False
+    values = {"detector": {"enabled": True}, "operator": {"watchNamespaces": ["team-a", "team-b"]}}
+    detectors = detectors_by_namespace(rendered(tmp_path, {**values, "serviceMonitor": {"enabled": True}}))
+    assert sorted(detectors) == ["modelloop-system"]
+    objects = detectors["modelloop-system"]
+    assert sorted(objects) == ["Deployment", "Service", "ServiceMonitor"]
+    assert "MODELLOOP_DETECTOR_NAMESPACE" not in env_of(objects["Deployment"])
+    assert objects["ServiceMonitor"]["spec"]["namespaceSelector"] == {"matchNames": ["modelloop-system"]}
+    # Spelling the defaults out renders the very same bytes.
+    explicit = {
+        **values,
+        "detector": {
+            "enabled": True,
+            "mode": "shared",
+            "namespaces": [],
+            "networkPolicy": {"enabled": False, "namespaces": []},
+        },
+    }
+    implicit = helm(tmp_path, "template", "modelloop", values=values)
+    spelt = helm(tmp_path, "template", "modelloop", values=explicit)
+    assert implicit.returncode == spelt.returncode == 0
+    assert implicit.stdout == spelt.stdout
+
+
+@needs_helm
+def test_per_namespace_notes_name_the_url_pattern_and_the_namespaces(tmp_path: Path) -> None:
+    values = {"detector": {**PER_NAMESPACE, "namespaces": ["team-a", "team-b"]}}
+    result = helm(tmp_path, "install", "modelloop", "--dry-run=client", values=values)
+    assert result.returncode == 0, result.stderr
+    notes = result.stdout.split("NOTES:", 1)[1]
+    url = "http://modelloop-detector.<namespace>.svc:8080"
+    assert "team-a, team-b" in notes
+    assert f"spec.logger.url:  {url}/" in notes
+    assert f"spec.detector.url:                     {url}" in notes
+    assert "http://modelloop-detector.{namespace}.svc:8080/ to operator.allowedUrlPrefixes" in notes
+    assert "modelloop-system.svc" not in notes
+
+
+@needs_helm
+def test_the_charts_per_namespace_detector_runs_as_the_kustomize_one(tmp_path: Path) -> None:
+    values = {"detector": {**PER_NAMESPACE, "namespaces": ["team-a"]}}
+    chart = detectors_by_namespace(rendered(tmp_path, values))["team-a"]
+    manifests = kustomize_detector()
+    chart_pod, plain_pod = (d["Deployment"]["spec"]["template"]["spec"] for d in (chart, manifests))
+    chart_pod["containers"][0].pop("imagePullPolicy")
+    # Kustomize cannot write a namespace into a value: the plain one reads its own from the pod, the chart
+    # writes the one it renders it into.
+    env = plain_pod["containers"][0]["env"]
+    env[env.index(SERVES_ITS_OWN_NAMESPACE)] = {"name": "MODELLOOP_DETECTOR_NAMESPACE", "value": "team-a"}
+    assert chart_pod == plain_pod
+    chart_policy, plain_policy = chart["NetworkPolicy"]["spec"], manifests["NetworkPolicy"]["spec"]
+    assert ingress_peers(chart["NetworkPolicy"])[0] == ingress_peers(manifests["NetworkPolicy"])[0]
+    assert chart_policy["policyTypes"] == plain_policy["policyTypes"]
+    assert plain_policy["podSelector"]["matchLabels"].items() <= chart_pod_labels(chart).items()
+
+
+def chart_pod_labels(objects: dict[str, dict[str, Any]]) -> dict[str, str]:
+    return dict(objects["Deployment"]["spec"]["template"]["metadata"]["labels"])
 
 
 # --- RBAC: the operator's bindings and the users' roles, rendered by helm ---------------------------------

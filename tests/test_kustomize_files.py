@@ -94,7 +94,7 @@ def detector_objects() -> dict[str, dict[str, Any]]:
 def test_detector_kustomization_lists_the_detectors_manifests() -> None:
     expected = sorted(p.name for p in DETECTOR.glob("*.yaml") if p.name != "kustomization.yaml")
     assert sorted(kustomization(DETECTOR)["resources"]) == expected
-    assert sorted(detector_objects()) == ["Deployment", "Service"]
+    assert sorted(detector_objects()) == ["Deployment", "NetworkPolicy", "Service"]
 
 
 def test_detector_runs_the_detectors_released_image() -> None:
@@ -192,3 +192,44 @@ def test_user_roles_grant_nothing_outside_modelloops_kinds() -> None:
             assert rule["apiGroups"] == ["modelloop.dev"], rule
             assert "*" not in rule["verbs"] and "*" not in rule["resources"], rule
             assert not rule.get("resourceNames") and not rule.get("nonResourceURLs"), rule
+
+
+def test_detector_serves_only_the_namespace_it_is_applied_to() -> None:
+    # No namespace of its own: kustomize's `namespace:` (or kubectl's -n) puts it with the team's models,
+    # and the detector reads which namespace that is from its pod.
+    assert [kind for kind, doc in detector_objects().items() if "namespace" in doc["metadata"]] == []
+    (container,) = detector_objects()["Deployment"]["spec"]["template"]["spec"]["containers"]
+    assert {
+        "name": "MODELLOOP_DETECTOR_NAMESPACE",
+        "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
+    } in container["env"]
+
+
+def test_detector_network_policy_admits_its_namespace_the_operator_and_prometheus_only() -> None:
+    objects = detector_objects()
+    policy, deployment = objects["NetworkPolicy"], objects["Deployment"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= (
+        deployment["spec"]["template"]["metadata"]["labels"].items()
+    )
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    (rule,) = policy["spec"]["ingress"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert rule["ports"] == [{"port": "http", "protocol": "TCP"}]
+    assert "http" in [port["name"] for port in container["ports"]]
+    own_namespace, operator, prometheus = rule["from"]
+    assert own_namespace == {"podSelector": {}}  # no namespaceSelector: the policy's own namespace only
+    (operator_deployment,) = [
+        doc
+        for doc in yaml.safe_load_all((MANIFESTS / "operator" / "deployment.yaml").read_text())
+        if doc["kind"] == "Deployment"
+    ]
+    assert operator["namespaceSelector"] == {
+        "matchLabels": {"kubernetes.io/metadata.name": operator_deployment["metadata"]["namespace"]}
+    }
+    assert operator["podSelector"]["matchLabels"].items() <= (
+        operator_deployment["spec"]["template"]["metadata"]["labels"].items()
+    )
+    assert prometheus == {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+        "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+    }

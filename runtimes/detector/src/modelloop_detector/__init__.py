@@ -15,6 +15,7 @@ from modelloop_detector.export import export_csv
 from modelloop_detector.payloads import PayloadError, parse_request, parse_response
 from modelloop_detector.reference import Reference, ReferenceError, load_reference
 from modelloop_detector.service import DriftService, WindowSettings
+from modelloop_detector.tenancy import Tenancy
 from modelloop_detector.version import DETECTOR_VERSION
 
 __version__ = DETECTOR_VERSION
@@ -29,6 +30,7 @@ __all__ = [
     "Reference",
     "ReferenceError",
     "Registration",
+    "Tenancy",
     "Verdict",
     "VersionDetectors",
     "VersionSpec",

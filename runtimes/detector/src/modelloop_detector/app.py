@@ -11,7 +11,9 @@ GET      /metrics, /healthz                    Prometheus metrics, liveness
 
 A body is read in chunks up to ``MODELLOOP_DETECTOR_MAX_BODY_BYTES`` and refused past it (413) before
 anything parses it. What a limit refuses (:class:`~modelloop_detector.limits.Refused`) is answered with
-its 4xx and counted in ``modelloop_detector_refused_total{reason}``.
+its 4xx and counted in ``modelloop_detector_refused_total{reason}``. A detector set to one namespace
+(:class:`~modelloop_detector.tenancy.Tenancy`) answers 403 to any event, and any path (before its body is
+parsed), that names another.
 """
 
 from __future__ import annotations
@@ -118,6 +120,8 @@ class DetectorApp:
         if len(parts) != 4 or parts[0] != "v1":
             return _error(404, f"no such path: {path}")
         resource, namespace, name = parts[1], parts[2], parts[3]
+        if resource in ("services", "feedback", "export"):
+            self.service.check_namespace(namespace)  # before the body is parsed
         try:
             if resource == "services":
                 return await self._services(method, namespace, name, body)

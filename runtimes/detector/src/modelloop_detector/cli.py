@@ -1,8 +1,9 @@
 """``modelloop-detector``: the drift detector service.
 
-Flags set how windows are judged; the bounds on what callers may make it hold (:class:`Limits`) and the
-artifact roots (:class:`ArtifactRoots`) are environment variables, ``MODELLOOP_DETECTOR_*``, so that a
-deployment sets them once for every pod.
+Flags set how windows are judged and which namespace the detector serves (``--namespace``, by default
+``MODELLOOP_DETECTOR_NAMESPACE``: one namespace, or every one when empty); the bounds on what callers may
+make it hold (:class:`Limits`) and the artifact roots (:class:`ArtifactRoots`) are environment variables,
+``MODELLOOP_DETECTOR_*``, so that a deployment sets them once for every pod.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from modelloop_detector.evaluation import EvaluationLoop
 from modelloop_detector.limits import Limits
 from modelloop_detector.metrics import DetectorMetrics
 from modelloop_detector.service import DriftService, WindowSettings
+from modelloop_detector.tenancy import NAMESPACE_VARIABLE, Tenancy
 from modelloop_detector.version import DETECTOR_VERSION
 
 logger = logging.getLogger("modelloop_detector")
@@ -59,6 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--host", default="0.0.0.0", help="address to listen on (default: %(default)s)")
     parser.add_argument("--port", type=int, default=8080, help="port to listen on (default: %(default)s)")
+    parser.add_argument(
+        "--namespace",
+        default=os.environ.get(NAMESPACE_VARIABLE, ""),
+        help="serve only this namespace: events, labels, registrations and exports that name another are "
+        f"refused (403); empty: every namespace, a shared detector (default: {NAMESPACE_VARIABLE})",
+    )
     parser.add_argument("--window-rows", type=_positive_int, default=1000, help="rows a window keeps at most")
     parser.add_argument(
         "--window-seconds",
@@ -139,9 +147,13 @@ class Detector:
 
 
 def build_detector(
-    args: argparse.Namespace, limits: Limits | None = None, roots: ArtifactRoots | None = None
+    args: argparse.Namespace,
+    limits: Limits | None = None,
+    roots: ArtifactRoots | None = None,
+    tenancy: Tenancy | None = None,
 ) -> Detector:
-    """Wire a detector from parsed arguments (and the limits and roots, else their defaults)."""
+    """Wire a detector from parsed arguments (and the limits, roots and tenancy, else their defaults:
+    a detector that serves every namespace)."""
     window = WindowSettings(
         window_rows=args.window_rows,
         window_seconds=args.window_seconds,
@@ -166,6 +178,7 @@ def build_detector(
         on_refuse=metrics.count_refusal,
         limits=limits,
         roots=roots,
+        tenancy=tenancy,
     )
     metrics.watch(service)
     loops = [EvaluationLoop(service, kind, metrics.observe_verdict) for kind in ("fast", "mmd")]
@@ -178,6 +191,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         limits, roots = Limits.from_env(os.environ), ArtifactRoots.from_env(os.environ)
+        tenancy = Tenancy.parse(args.namespace)
     except ValueError as exc:
         parser.error(str(exc))
     logging.basicConfig(
@@ -185,13 +199,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    detector = build_detector(args, limits, roots)
+    detector = build_detector(args, limits, roots, tenancy)
     detector.start()
     logger.info(
-        "modelloop-detector %s listening on %s:%d (window %d rows / %gs; artifact roots %s)",
+        "modelloop-detector %s listening on %s:%d for %s (window %d rows / %gs; artifact roots %s)",
         DETECTOR_VERSION,
         args.host,
         args.port,
+        tenancy,
         args.window_rows,
         args.window_seconds,
         roots,

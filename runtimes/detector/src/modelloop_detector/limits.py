@@ -1,9 +1,10 @@
 """What a caller may make the detector hold: every size that comes from a request is bounded here.
 
-One detector serves a whole namespace's services, and anything in that namespace that can reach it
-can post to it. Each bound is a setting (an environment variable, default in :class:`Limits`), and
-what exceeds one is refused with a 4xx that names the field, and counted in
-``modelloop_detector_refused_total{reason}`` (:class:`RefusalReason`).
+One detector serves a whole namespace's services (or, shared, every namespace's), and anything that can
+reach it can post to it; which namespaces it serves is :mod:`~modelloop_detector.tenancy`'s. Each bound
+is a setting (an environment variable, default in :class:`Limits`), and what exceeds one is refused with
+a 4xx that names the field, and counted in ``modelloop_detector_refused_total{reason}``
+(:class:`RefusalReason`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class RefusalReason(StrEnum):
     INVALID_LABEL = "invalid_label"
     OUTSIDE_ARTIFACT_ROOTS = "outside_artifact_roots"
     REFERENCE_TOO_LARGE = "reference_too_large"
+    NAMESPACE = "namespace"
 
 
 class Refused(ValueError):

@@ -5,8 +5,9 @@ parses, pairs and appends rows to a window; verdicts are computed by :mod:`evalu
 which take a copy of a window (:meth:`DriftService.judge`) and never hold a lock while judging.
 What a registration says is served is ``modelloop_contracts``' :class:`~modelloop_contracts.Registration`,
 the type the detector's clients write. Everything a caller can make it hold is bounded by
-:class:`~modelloop_detector.limits.Limits`, and references are read only under its
-:class:`~modelloop_detector.artifacts.ArtifactRoots`.
+:class:`~modelloop_detector.limits.Limits`, references are read only under its
+:class:`~modelloop_detector.artifacts.ArtifactRoots`, and a detector set to one namespace
+(:class:`~modelloop_detector.tenancy.Tenancy`) refuses anything that names another before storing it.
 
 A version's window starts empty when it is registered, in particular when a restarted detector is told
 again what is served: until it has collected a full window (``window_rows`` rows, or ``window_seconds``
@@ -51,6 +52,7 @@ from modelloop_detector.payloads import (
     parse_response,
 )
 from modelloop_detector.reference import Reference, ReferenceError, load_reference
+from modelloop_detector.tenancy import Tenancy
 from modelloop_detector.window import RowWindow, WindowRows
 
 logger = logging.getLogger(__name__)
@@ -221,11 +223,13 @@ class DriftService:
         on_refuse: RefusalCounter | None = None,
         limits: Limits | None = None,
         roots: ArtifactRoots | None = None,
+        tenancy: Tenancy | None = None,
     ) -> None:
         self.window_settings = window
         self.detector_settings = detectors
         self.limits = limits or Limits()
         self.roots = roots or ArtifactRoots(DEFAULT_ROOTS)
+        self.tenancy = tenancy or Tenancy()
         self.clock = clock
         self._on_drop = on_drop or (lambda reason, count: None)
         self._on_refuse = on_refuse or (lambda reason: None)
@@ -239,12 +243,18 @@ class DriftService:
         self._pairing_lock = threading.Lock()
         self._wakers: list[Callable[[], None]] = []
 
+    def check_namespace(self, namespace: str) -> None:
+        """Refuse (:class:`Refused`, 403) a namespace this detector does not serve. Every method that
+        takes a namespace calls it first; the HTTP layer calls it before parsing a body."""
+        self.tenancy.check(namespace)
+
     # --- registration ----------------------------------------------------------------------------
 
     def check_registration(self, namespace: str, name: str, registration: Registration) -> Registration:
         """Refuse (:class:`Refused`) a registration that a limit does not allow or that names a file
         outside the artifact roots; the registration with its URIs normalised otherwise. Fast: it reads
         nothing, so that the HTTP layer can call it before going off the event loop."""
+        self.check_namespace(namespace)
         limits = self.limits
         check_name("namespace", namespace, DNS_LABEL, limits.max_name_length)
         check_name("service", name, DNS_LABEL, limits.max_name_length)
@@ -387,11 +397,13 @@ class DriftService:
 
     def unregister(self, namespace: str, name: str) -> bool:
         """Forget a service; whether it was registered."""
+        self.check_namespace(namespace)
         with self._registry_lock:
             return self._services.pop((namespace, name), None) is not None
 
     def service(self, namespace: str, name: str) -> ServiceState:
         """A registered service, or :class:`UnknownService`."""
+        self.check_namespace(namespace)
         with self._registry_lock:
             state = self._services.get((namespace, name))
         if state is None:
@@ -413,7 +425,9 @@ class DriftService:
     def ingest(self, event: InferenceEvent, size: int = 0) -> int:
         """Take one logged request or response (``size``: its body's bytes); returns how many rows it
         completed (0 while its other half is awaited, or when it was dropped). Malformed bodies raise
-        :class:`EventRejected`, an id longer than the limit :class:`Refused`."""
+        :class:`EventRejected`; an event of a namespace this detector does not serve, or with an id longer
+        than the limit, :class:`Refused`, before anything of it is kept."""
+        self.check_namespace(event.namespace)
         if len(event.id) > self.limits.max_id_length:
             raise Refused(
                 RefusalReason.ID_TOO_LONG,
