@@ -122,7 +122,8 @@ e2e: $(STAMP) $(TRAINER_STAMP) $(SERVER_STAMP) $(SELDON_STAMP) $(DETECTOR_STAMP)
 # image builds.
 SETUP_TARGETS := venv trainer-venv server-venv seldon-venv detector-venv cluster-bins kserve-bins helm-bin argocd-health-build prometheus-bin image-tools images-test
 chaos: $(STAMP) $(TRAINER_STAMP) $(SERVER_STAMP) $(SELDON_STAMP) $(DETECTOR_STAMP) cluster-bins kserve-bins prometheus-bin ## the whole loop under a full storm of faults (30 operator SIGKILLs; MODELLOOP_CHAOS_SEED=N replays a run)
-	MODELLOOP_CHAOS_KILLS=$${MODELLOOP_CHAOS_KILLS:-30} $(VENV)/bin/pytest e2e/test_chaos.py -q -s
+	MODELLOOP_CHAOS_KILLS=$${MODELLOOP_CHAOS_KILLS:-30} MODELLOOP_CHAOS_SEED=$${MODELLOOP_CHAOS_SEED:-$$(od -An -N3 -tu4 /dev/urandom | tr -d ' ')} \
+	  $(VENV)/bin/pytest e2e/test_chaos.py -q -s
 
 setup: ## every environment, binary and image the tests need, made in parallel (what is there already is kept)
 	$(MAKE) --no-print-directory -j$(words $(SETUP_TARGETS)) $(SETUP_TARGETS)

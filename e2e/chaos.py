@@ -60,12 +60,14 @@ class Fault:
 
 
 def schedule(seed: int, kills: int) -> list[Fault]:
-    """``kills`` operator SIGKILLs and one of every other fault, in a seeded random order, each after a
-    random pause."""
+    """``kills`` operator SIGKILLs, each 0.3 to 2.5 s after the operator is back (it lives about as long
+    as it takes to start), and one of every other fault, placed at random among the first two fifths of
+    them, so that they fall while the loop runs rather than on a loop at rest."""
     rng = random.Random(seed)
-    faults = [Fault("kill-operator", round(rng.uniform(0.5, 6.0), 2)) for _ in range(kills)]
+    faults = [Fault("kill-operator", round(rng.uniform(0.3, 2.5), 2)) for _ in range(kills)]
+    early = max(1, (2 * kills) // 5)
     for kind in FAULT_KINDS[1:]:
-        faults.insert(rng.randrange(len(faults) + 1), Fault(kind, round(rng.uniform(0.5, 6.0), 2)))
+        faults.insert(rng.randrange(early + 1), Fault(kind, round(rng.uniform(0.3, 2.5), 2)))
     return faults
 
 
@@ -409,10 +411,10 @@ def _rollout_violations(seen: list[Seen]) -> list[str]:
     return found
 
 
-def seed_and_kills(default_kills: int) -> tuple[int, int]:
-    """The schedule's seed (MODELLOOP_CHAOS_SEED, else a fresh one) and the number of operator SIGKILLs
-    (MODELLOOP_CHAOS_KILLS, else ``default_kills``)."""
-    seed = int(os.environ.get("MODELLOOP_CHAOS_SEED") or random.SystemRandom().randrange(1 << 31))
+def seed_and_kills(default_kills: int, default_seed: int) -> tuple[int, int]:
+    """The schedule's seed (MODELLOOP_CHAOS_SEED, else ``default_seed``) and the number of operator
+    SIGKILLs (MODELLOOP_CHAOS_KILLS, else ``default_kills``)."""
+    seed = int(os.environ.get("MODELLOOP_CHAOS_SEED") or default_seed)
     kills = int(os.environ.get("MODELLOOP_CHAOS_KILLS") or default_kills)
     return seed, kills
 
