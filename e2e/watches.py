@@ -87,7 +87,10 @@ class ResumableWatch:
             if left <= 0:
                 return
             try:
-                gone = yield from self._watch(max(1, min(self.timeout_seconds, math.ceil(left))))
+                seconds = self.timeout_seconds  # without a deadline (until None), left is infinite
+                if until is not None:
+                    seconds = min(seconds, math.ceil(left))
+                gone = yield from self._watch(max(1, seconds))
                 failures = 0
             except kubernetes.client.ApiException as error:
                 if error.status == GONE:
