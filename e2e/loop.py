@@ -32,7 +32,7 @@ from e2e.harness import ROOT, SHARED_CRDS, Cluster, PollingLoop, free_port, runn
 from e2e.kserve import KServe
 from e2e.kubelet import HOLD, TRAINER_BIN, run_pod, running_held_pods
 from e2e.prometheus import Prometheus, running_prometheus
-from e2e.serving import ServingKubelet, answers_ok, terminate_process
+from e2e.serving import SERVER_BIN, ServingKubelet, answers_ok, terminate_process
 from e2e.traffic import LoadGenerator, httproute_weights
 
 DETECTOR_BIN = ROOT / ".venvs" / "detector" / "bin"
@@ -53,6 +53,18 @@ DRIFT_QUERY = f'max(modelloop_drift_verdict{{{SELECT},detector="ks"}})'
 ACCURACY_QUERY = f"min(modelloop_feedback_accuracy{{{SELECT}}})"
 
 log = logging.getLogger(__name__)
+
+
+def runtimes_installed() -> bool:
+    """Whether the trainer, model server and detector environments the loop runs are built (make setup)."""
+    return all(
+        path.exists()
+        for path in (
+            TRAINER_BIN / "modelloop-train",
+            SERVER_BIN / "modelloop-serve",
+            DETECTOR_BIN / "modelloop-detector",
+        )
+    )
 
 
 def iris_rows() -> list[tuple[list[float], int]]:

@@ -25,30 +25,21 @@ from e2e.chaos import (
     violations,
 )
 from e2e.harness import Cluster, wait_for
-from e2e.kubelet import TRAINER_BIN
 from e2e.loop import (
-    DETECTOR_BIN,
     POLICY,
     drift_loop,
     drift_policy,
     run_the_loop,
+    runtimes_installed,
     serve_the_first_model,
     wait_status,
 )
-from e2e.serving import SERVER_BIN
 
 SMALL_KILLS = 8
 SMALL_SEED = 20261206  # `make test` replays one schedule; `make chaos` draws a new seed each run
 
 pytestmark = pytest.mark.skipif(
-    not all(
-        path.exists()
-        for path in (
-            TRAINER_BIN / "modelloop-train",
-            SERVER_BIN / "modelloop-serve",
-            DETECTOR_BIN / "modelloop-detector",
-        )
-    ),
+    not runtimes_installed(),
     reason="the trainer, model server and detector runtimes are not installed (make setup)",
 )
 

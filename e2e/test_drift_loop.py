@@ -16,20 +16,18 @@ from typing import Any
 import pytest
 
 from e2e.harness import Cluster, wait_for
-from e2e.kubelet import TRAINER_BIN
 from e2e.loop import (
-    DETECTOR_BIN,
     POLICY,
     SERVICE,
     drift_loop,
     drift_policy,
     retraining_runs,
     run_the_loop,
+    runtimes_installed,
     serve_the_first_model,
     status_of,
     wait_status,
 )
-from e2e.serving import SERVER_BIN
 from e2e.test_monitoring import (
     CHECKED_BY_THE_LOOP,
     GRAFANA_VALUES,
@@ -40,14 +38,7 @@ from e2e.test_monitoring import (
 )
 
 pytestmark = pytest.mark.skipif(
-    not all(
-        path.exists()
-        for path in (
-            TRAINER_BIN / "modelloop-train",
-            SERVER_BIN / "modelloop-serve",
-            DETECTOR_BIN / "modelloop-detector",
-        )
-    ),
+    not runtimes_installed(),
     reason="the trainer, model server and detector runtimes are not installed (make setup)",
 )
 

@@ -7,7 +7,6 @@ they were ever unpickled, so a test proves the check comes first, not just that 
 from __future__ import annotations
 
 import hashlib
-import os
 import pickle
 from pathlib import Path
 
@@ -17,21 +16,12 @@ from sklearn import datasets
 from sklearn.linear_model import LinearRegression
 
 from modelloop_contracts import ArtifactError, DigestMismatch, load_predictor, write_termination_message
+from modelloop_contracts.testing import LeavesMarker
 from test_loading import needs_onnxruntime, onnx_folder
 
 
 def sha256(path: Path) -> str:
     return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-class LeavesMarker:
-    """Unpickled, it makes the folder ``marker`` (what a malicious pickle could do, harmlessly)."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple[object, tuple[str]]:
-        return (os.mkdir, (str(self.marker),))
 
 
 def test_a_model_file_with_the_recorded_digest_loads_and_says_its_digest(iris_artifact: Path) -> None:

@@ -110,3 +110,20 @@ def train_mlp(
         check=True,
     )
     return TrainedMLP(folder, rows, np.asarray(json.loads(predicted.stdout)), str(result["artifactDigest"]))
+
+
+class LeavesMarker:
+    """Pickled into a model file, it makes the folder ``marker`` when unpickled: what a tampered pickle
+    could run, made harmless, so that a test sees whether a file was unpickled."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (os.mkdir, (str(self.marker),))
+
+
+def train_forest(trainer: Path, output: Path) -> dict[str, Any]:
+    """A random forest the real trainer writes into ``output`` (``model.joblib``); its result."""
+    params: dict[str, object] = {"estimator": "RandomForestClassifier", "n_estimators": 20, "seed": 1}
+    return run_trainer(trainer, output, "sklearn://iris", params)

@@ -9,7 +9,6 @@ container's termination message.
 from __future__ import annotations
 
 import hashlib
-import os
 import pickle
 import shutil
 import subprocess
@@ -18,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from modelloop_contracts.testing import run_trainer
+from modelloop_contracts.testing import LeavesMarker, train_forest
 
 from conftest import TRAINER, RunningServer, TrainedMLP, start_server, stop_server
 from modelloop_seldon import ArtifactError, ModelloopModel
@@ -27,22 +26,11 @@ Serve = Callable[..., RunningServer]
 ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]
 
 
-class LeavesMarker:
-    """Unpickled, it makes the folder ``marker``: what a tampered pickle could run, made harmless."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple[object, tuple[str]]:
-        return (os.mkdir, (str(self.marker),))
-
-
 @pytest.fixture(scope="module")
 def trained_forest(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
     """A random forest the real trainer wrote (``model.joblib``), and its result."""
     output = tmp_path_factory.mktemp("forest") / "iris-rf"
-    params: dict[str, object] = {"estimator": "RandomForestClassifier", "n_estimators": 20, "seed": 1}
-    return output, run_trainer(TRAINER, output, "sklearn://iris", params)
+    return output, train_forest(TRAINER, output)
 
 
 @pytest.fixture
