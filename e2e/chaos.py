@@ -355,24 +355,18 @@ def violations(recorder: Recorder, loop: Loop) -> list[str]:
     return found
 
 
-# The stand-in gateway re-reads the route every second: a request may go by the previous weights that long
-# after a route change (a real gateway's propagation makes the same window).
-ROUTE_SETTLE_SECONDS = 2.5
-
-
-def unexplained_unroutable(recorder: Recorder, unroutable: list[tuple[float, str, bool]]) -> list[str]:
+def unexplained_unroutable(unroutable: list[tuple[float, str, bool]], origin: float) -> list[str]:
     """The requests that found no serving pod (``unroutable``: monotonic time, backend, whether it had not
     answered yet), less those the stand-ins explain: a new version's first moments (kwok reports its pod
-    ready before the stand-in kubelet's server answers; a kubelet reports readiness from the probe) and
-    stale weights just after a route change. What is left means the champion was not served."""
-    changes = [s.at for s in recorder.of("HTTPRoute", ROUTE)]
-    found = []
-    for moment, backend, not_up_yet in unroutable:
-        at = moment - recorder.origin
-        if not_up_yet or any(0 <= at - change <= ROUTE_SETTLE_SECONDS for change in changes):
-            continue
-        found.append(f"{at:.2f}s a request for {backend} found no serving pod")
-    return found
+    ready before the stand-in kubelet's server answers; a kubelet reports readiness from the probe). What is
+    left means the champion was not served. A request the stand-in gateway routes by the weights before a
+    route change (it re-reads the route every second, as a real gateway applies a change some time after it)
+    still finds its version: a version that loses its traffic keeps its predictor for the scale-down delay."""
+    return [
+        f"{moment - origin:.2f}s a request for {backend} found no serving pod"
+        for moment, backend, not_up_yet in unroutable
+        if not not_up_yet
+    ]
 
 
 def _latest_by_uid(seen: list[Seen]) -> dict[str, dict[str, Any]]:

@@ -76,6 +76,11 @@ def analysed(step_interval: str = "6s", **analysis: Any) -> dict[str, Any]:
     }
 
 
+def deployment_exists(cluster: Cluster, namespace: str, name: str) -> bool:
+    found = cluster.kubectl("get", "deployment", name, "-n", namespace, "-o", "name", check=False)
+    return found.returncode == 0
+
+
 def status(cluster: Cluster, name: str, namespace: str) -> dict[str, Any]:
     return cluster.get("inferenceservices.modelloop.dev", name, namespace).get("status") or {}
 
@@ -152,7 +157,8 @@ def test_a_healthy_challenger_is_promoted_step_by_step_and_an_unhealthy_one_is_r
 ) -> None:
     _, kubelet, _ = serving
     cluster.apply(model_version(1, trained["iris-a"]), namespace)
-    cluster.apply(inference_service("iris", "Standard", analysed()), namespace)
+    rollout = {**analysed(), "scaleDownDelay": "8s"}
+    cluster.apply(inference_service("iris", "Standard", rollout), namespace)
     first = wait_status(cluster, "iris", namespace, phase="Stable", stableVersion=1)
     assert first["deploymentMode"] == "Standard"
     # KServe's controller made the stable predictor's Deployment; the stand-in kubelet serves it.
@@ -171,8 +177,26 @@ def test_a_healthy_challenger_is_promoted_step_by_step_and_an_unhealthy_one_is_r
         wait_for(
             lambda: stage(cluster, "iris-v2", namespace) == "Challenger", timeout=30, what="v2 Challenger"
         )
-        promoted = wait_status(cluster, "iris", namespace, phase="Promoted", stableVersion=2, timeout=180)
+        promoted = wait_status(
+            cluster, "iris", namespace, phase="Promoted", stableVersion=2, retiringVersion=1, timeout=180
+        )
         assert promoted.get("canaryVersion") is None
+        # The old version keeps its Deployment, without traffic, for the scale-down delay: KServe's controller
+        # moved the stable predictor onto the canary's Deployment and kept version 1's in the canary slot.
+        assert deployment_exists(cluster, namespace, "iris-v1-predictor")
+        assert deployment_exists(cluster, namespace, "iris-v2-predictor")
+        wait_for(
+            lambda: recorder.seen[-1] == {"iris-v2-predictor": 100}, timeout=30, what="the route to v2 alone"
+        )
+        assert deployment_exists(cluster, namespace, "iris-v1-predictor")
+        # Then it goes.
+        wait_status(cluster, "iris", namespace, phase="Promoted", retiringVersion=None, timeout=60)
+        wait_for(
+            lambda: not deployment_exists(cluster, namespace, "iris-v1-predictor"),
+            timeout=60,
+            what="KServe deletes version 1's Deployment",
+        )
+        assert deployment_exists(cluster, namespace, "iris-v2-predictor")
         wait_for(lambda: stage(cluster, "iris-v2", namespace) == "Champion", timeout=30, what="v2 Champion")
         assert stage(cluster, "iris-v1", namespace) == "Archived"
         history = [

@@ -234,6 +234,7 @@ def test_cel_rules_sit_where_the_rules_apply() -> None:
         ".spec.predictor",
         ".spec.rollout.steps",
         ".spec.rollout.stepInterval",
+        ".spec.rollout.scaleDownDelay",
         ".spec.rollout.analysis.interval",
         ".spec.rollout.analysis.metrics[]",
     }

@@ -461,3 +461,40 @@ def test_standard_canary_traffic_is_unknown_without_the_route_and_zero_when_it_l
     _, stable_route = BACKEND.render(service("Standard"), Serving(1), REPORTED)
     old_route = {"iris": current["iris"], "iris-traffic": stable_route}
     assert BACKEND.observe(service("Standard"), Serving(1, 2, 25), old_route).canary_traffic == 0
+
+
+def test_standard_keeps_a_retiring_version_beside_the_new_stable_one_without_traffic() -> None:
+    # After a promotion, version 1 keeps its Deployment in the canary's slot at 0%, with the stable's
+    # replicas (KServe would size a 0% canary to none), and the route sends it nothing.
+    context = service("Standard", predictor={"minReplicas": 2})
+    isvc, route = rendered(context, Serving(2, retiring=1), REPORTED)
+    assert isvc["spec"]["predictor"]["name"] == "v2"
+    (kept,) = isvc["spec"]["canary"]
+    assert (kept["predictor"]["name"], kept["trafficPercent"]) == ("v1", 0)
+    assert kept["predictor"]["minReplicas"] == 2
+    assert kept["predictor"]["model"]["storageUri"] == "s3://models/iris/1"
+    assert backends(route) == [("iris-v2-predictor", 80, 100)]
+    isvc, _ = rendered(service("Standard"), Serving(2, retiring=1), REPORTED)
+    assert isvc["spec"]["canary"][0]["predictor"]["minReplicas"] == 1
+    # Once it has retired, KServe removes its Deployment.
+    isvc, _ = rendered(service("Standard"), Serving(2), REPORTED)
+    assert "canary" not in isvc["spec"]
+
+
+def test_a_retiring_version_whose_model_version_is_gone_is_not_rendered() -> None:
+    context = ServiceContext("ml", "iris", "uid-1", service("Standard").spec, {2: VERSIONS[2]})
+    isvc, _ = rendered(context, Serving(2, retiring=1), REPORTED)
+    assert "canary" not in isvc["spec"]
+
+
+def test_knative_keeps_no_retiring_predictor_of_its_own() -> None:
+    # Knative keeps the previous revisions itself: the promoted predictor is rendered as without one.
+    assert rendered(service("Knative"), Serving(2, retiring=1)) == rendered(service("Knative"), Serving(2))
+
+
+def test_standard_is_current_with_a_retiring_version_once_kserve_reports_it_at_zero() -> None:
+    context = service("Standard")
+    kept = kserve_isvc(canaryStatuses=[{"name": "v1", "ready": True, "trafficPercent": 0}])
+    assert BACKEND.observe(context, Serving(2, retiring=1), {"iris": kept}).current
+    assert not BACKEND.observe(context, Serving(2, retiring=1), {"iris": kserve_isvc()}).current
+    assert not BACKEND.observe(context, Serving(2), {"iris": kept}).current

@@ -97,6 +97,8 @@ ROLLOUT_STATE = (
     "stepStartTime",
     "pauseReason",
     "rolledBackVersion",
+    "retiringVersion",
+    "retireTime",
 )
 
 
@@ -304,7 +306,7 @@ def test_a_healthy_canary_steps_through_every_weight_after_each_interval_and_a_p
     # The canary began at START + 10s and each step exactly one stepInterval (5m) after the one before.
     assert advanced == [(pytest.approx(5 + 1 / 6), 25), (pytest.approx(10 + 1 / 6), 50)]
     assert promoted == pytest.approx(15 + 1 / 6)
-    assert service.serving == Serving(2)
+    assert service.serving == Serving(2, retiring=1)
     assert service.status["stableVersion"] == 2
     assert service.status.get("canaryVersion") is None
     assert (service.status["phase"], service.status["reason"]) == ("Promoted", "Promoted")
@@ -401,7 +403,13 @@ def test_a_failed_measurement_rolls_back_first_to_no_traffic_then_retires_the_ca
     assert decision.serving == Serving(1, 2, 0)
     assert decision.requeue_after == 2.0
     service.stuck = None
-    service.step()  # the backend now reports the 0% asked for
+    decision = service.step()  # the backend now reports the 0% asked for: kept for the scale-down delay
+    assert decision.serving == Serving(1, 2, 0)
+    assert decision.requeue_after == pytest.approx(30)
+    service.advance(seconds=29)
+    assert service.step().serving == Serving(1, 2, 0)
+    service.advance(seconds=1)
+    service.step()
     assert service.serving == Serving(1)
     assert service.status.get("canaryVersion") is None
     assert (service.status["phase"], service.status["rolledBackVersion"]) == ("RolledBack", 2)
@@ -526,9 +534,53 @@ def test_the_pause_action_holds_the_step_until_resumed() -> None:
 def test_the_promote_action_promotes_the_canary_at_once() -> None:
     service = canary_service()
     decision = service.step(action="promote@1")
-    assert decision.serving == Serving(2)
+    assert decision.serving == Serving(2, retiring=1)
     assert (service.status["phase"], service.status["reason"]) == ("Promoted", "PromotedManually")
     assert (service.status["stableVersion"], service.status.get("canaryVersion")) == (2, None)
+
+
+def test_a_promoted_service_keeps_the_old_version_without_traffic_for_the_scale_down_delay() -> None:
+    service = canary_service()
+    decision = service.step(action="promote@1")
+    # Version 1 loses its traffic at once and keeps its predictor: a gateway still routing by the previous
+    # split finds it.
+    assert decision.serving == Serving(2, retiring=1)
+    assert service.status["retiringVersion"] == 1
+    service.advance(seconds=20)
+    decision = service.step()
+    assert decision.serving == Serving(2, retiring=1)
+    assert decision.requeue_after == pytest.approx(10)
+    service.advance(seconds=10)
+    decision = service.step()
+    assert decision.serving == Serving(2)
+    assert "retiringVersion" not in service.status and "retireTime" not in service.status
+    assert (service.status["phase"], service.status["stableVersion"]) == ("Promoted", 2)
+
+
+def test_a_scale_down_delay_of_0s_removes_the_old_version_with_the_promotion() -> None:
+    spec = make_spec()
+    assert spec.rollout is not None
+    spec.rollout.scale_down_delay = "0s"
+    service = canary_service(spec)
+    assert service.step(action="promote@1").serving == Serving(2)
+    assert "retiringVersion" not in service.status
+
+
+def test_a_new_version_during_the_scale_down_delay_ends_the_retirement_and_rolls_out() -> None:
+    service = canary_service()
+    service.step(action="promote@1")
+    service.register(3)
+    service.advance(seconds=5)
+    decision = service.step()
+    assert decision.serving == Serving(2, 3, 10)
+    assert "retiringVersion" not in service.status
+
+
+def test_a_scale_down_delay_outside_0s_to_1h_is_refused() -> None:
+    for delay in ("61m", "2h"):
+        body = {"model": {"name": "iris"}, "rollout": {"steps": [100], "scaleDownDelay": delay}}
+        with pytest.raises(ValueError, match="scaleDownDelay must be between 0s and 1h"):
+            InferenceServiceSpec.model_validate(body)
 
 
 def test_the_abort_action_rolls_the_canary_back() -> None:
@@ -596,7 +648,7 @@ def test_a_canary_that_is_no_longer_the_target_is_rolled_back_to_the_stable_vers
 def test_a_rollout_removed_from_the_spec_mid_way_promotes_the_canary() -> None:
     service = canary_service()
     service.spec = make_spec(rollout=False)
-    assert service.step().serving == Serving(2)
+    assert service.step().serving == Serving(2, retiring=1)
     assert service.status["phase"] == "Promoted"
 
 
@@ -661,7 +713,7 @@ def test_a_restart_that_lost_a_promotion_applied_but_not_written_promotes_again(
     status = typed(service.status)
     target = target_version(service.spec, service.versions)
     again = decide(service.spec, status, target, promoted, service.now, None, error_rate(service.spec, 0.01))
-    assert again.serving == Serving(2)
+    assert again.serving == Serving(2, retiring=1)
     assert again.status.phase == "Promoted"
 
 
@@ -759,7 +811,7 @@ def test_a_shadow_phase_mirrors_the_traffic_for_one_interval_under_analysis_befo
     mirrored = [s for s in served if s.shadow]
     assert mirrored and all(s == Serving(1, 2, 0, shadow=True) for s in mirrored)
     assert served[len(mirrored)] == Serving(1, 2, 10)
-    assert served[-1] == Serving(2)
+    assert served[-1] == Serving(2, retiring=1)
     assert service.reasons() == ["ShadowStarted", "StepAdvanced", "Promoted"]
     assert service.now - START == timedelta(minutes=10, seconds=10)  # began at START + 10 s
 
@@ -801,5 +853,5 @@ def test_the_promote_action_in_shadow_promotes_at_once() -> None:
     service.step()
     service.advance(seconds=5)
     decision = service.step(action="promote")
-    assert decision.serving == Serving(2)
+    assert decision.serving == Serving(2, retiring=1)
     assert service.status.get("shadow") is None

@@ -239,3 +239,20 @@ def test_a_seldon_without_observed_generation_is_current_once_it_reports_a_final
     assert not BACKEND.observe(service(), Serving(1), {"iris": creating}).current
     available = with_status(render(service(), Serving(1)), observed=None, state="Available")
     assert BACKEND.observe(service(), Serving(1), {"iris": available}).ready
+
+
+def test_a_retiring_version_keeps_its_predictor_at_zero_until_it_goes() -> None:
+    assert weights(render(service(), Serving(2, retiring=1))) == {"v2": (100, False), "v1": (0, False)}
+    assert weights(render(service(), Serving(2))) == {"v2": (100, False)}
+    # Its ModelVersion gone, it cannot be rendered any more: it goes at once.
+    gone = ServiceContext("ml", "iris", "uid-1", service().spec, {2: VERSIONS[2]})
+    assert weights(render(gone, Serving(2, retiring=1))) == {"v2": (100, False)}
+
+
+def test_a_deployment_with_the_retiring_predictor_is_current_for_the_ask_that_keeps_it() -> None:
+    kept = with_status(render(service(), Serving(2, retiring=1)), **AVAILABLE)
+    assert BACKEND.observe(service(), Serving(2, retiring=1), {"iris": kept}).current
+    assert not BACKEND.observe(service(), Serving(2), {"iris": kept}).current
+    alone = with_status(render(service(), Serving(2)), **AVAILABLE)
+    assert BACKEND.observe(service(), Serving(2, retiring=1), {"iris": alone}).current
+    assert BACKEND.observe(service(), Serving(2), {"iris": alone}).current

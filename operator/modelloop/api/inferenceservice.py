@@ -37,6 +37,8 @@ MEASUREMENTS_KEPT = 64
 # An interval of 0s would measure (or step) in a hot loop; one of centuries overflows the clock arithmetic.
 ANALYSIS_INTERVAL = duration_between("spec.rollout.analysis.interval", "1s", "24h")
 STEP_INTERVAL = duration_between("spec.rollout.stepInterval", "1s", "168h")
+SCALE_DOWN_DELAY = duration_between("spec.rollout.scaleDownDelay", "0s", "1h")
+DEFAULT_SCALE_DOWN_DELAY = "30s"
 
 
 class InferenceServicePhase(StrEnum):
@@ -251,6 +253,15 @@ class Rollout(ApiModel):
     analysis: Analysis | None = Field(
         None, description="Checks gating every step; without them, steps advance on time alone."
     )
+    scale_down_delay: Annotated[Duration, SCALE_DOWN_DELAY.check] = Field(
+        DEFAULT_SCALE_DOWN_DELAY,
+        json_schema_extra=SCALE_DOWN_DELAY.schema,
+        description=(
+            "How long a version that no longer gets traffic keeps its predictor (the old stable version "
+            "after a promotion, the canary after a rollback), so that gateways and clients still routing "
+            "by the previous split find it; from 0s to 1h."
+        ),
+    )
     shadow: bool = Field(
         False,
         description=(
@@ -425,6 +436,14 @@ class InferenceServiceStatus(ResourceStatus):
     )
     rolled_back_version: int | None = Field(
         None, ge=1, description="The last version rolled back; it is not rolled out again by itself."
+    )
+    retiring_version: int | None = Field(
+        None,
+        ge=1,
+        description="The version replaced by the last promotion, kept without traffic until retireTime.",
+    )
+    retire_time: datetime | None = Field(
+        None, description="When the retiring version's predictor goes (spec.rollout.scaleDownDelay)."
     )
     action: ShortText | None = Field(
         None, description="The last modelloop.dev/rollout-action annotation acted on (each value once)."

@@ -9,7 +9,9 @@ Standard mode: KServe v0.20.0's ``spec.canary[]`` makes the canary's Deployment 
 percentage) but routes nothing by it, so modelloop owns a Gateway API HTTPRoute whose weighted backends are
 the stable and canary Services. Every version's predictor is named ``v<N>`` (KServe names its Service
 ``<name>-v<N>-predictor``); promotion renames the stable predictor to the canary's name, which KServe's
-controller reconciles onto the canary's existing Deployment and deletes the old one. The traffic observed
+controller reconciles onto the canary's existing Deployment, and puts the old stable version in the
+canary's slot at 0% (with the stable's replicas, which KServe would otherwise size to 0) until its
+scale-down delay is over; then KServe deletes its Deployment. The traffic observed
 is the route's weight once KServe reports the canary ready, 0 before. The route matches only the service's
 own host, the one in the URL KServe reports for it (KServe's domain template applied to its name and
 namespace): a route without hostnames would take every host's requests on a shared Gateway. Until KServe
@@ -112,11 +114,13 @@ class KServeBackend:
             )
             acted = created is not None and created == ready_revision
         else:
-            acted = (
-                _canary_status(isvc, serving.canary, serving.weight)
-                if serving.canary is not None
-                else not (status.get("canaryStatuses"))
-            )
+            kept = _kept(service, serving)
+            if serving.canary is not None:
+                acted = _canary_status(isvc, serving.canary, serving.weight)
+            elif kept is not None:
+                acted = _canary_status(isvc, kept, 0)
+            else:
+                acted = not status.get("canaryStatuses")
         base = Observed(
             exists=True,
             current=acted,
@@ -153,12 +157,19 @@ class KServeBackend:
         predictor = predictor_spec(service, service.versions[serving.stable])
         predictor.update(_scaling(service.spec.predictor), name=f"v{serving.stable}")
         isvc = self._isvc(service, DeploymentMode.STANDARD, predictor)
-        if serving.canary is not None:
-            canary = predictor_spec(service, service.versions[serving.canary])
-            canary["name"] = f"v{serving.canary}"
+        kept = _kept(service, serving)
+        # The canary's slot also keeps a retiring version running, without traffic, until it goes.
+        beside, percent = (serving.canary, serving.weight) if serving.canary is not None else (kept, 0)
+        if beside is not None:
+            canary = predictor_spec(service, service.versions[beside])
+            canary["name"] = f"v{beside}"
             # KServe's CRD requires the canary's container name (the stable one is named by KServe).
             canary["model"]["name"] = MODEL_CONTAINER
-            isvc["spec"]["canary"] = [{"predictor": canary, "trafficPercent": serving.weight}]
+            if serving.canary is None:
+                # KServe sizes a canary by its share of the stable replicas: 0% would stop it at once.
+                settings = service.spec.predictor
+                canary["minReplicas"] = max(1, (settings.min_replicas if settings else None) or 1)
+            isvc["spec"]["canary"] = [{"predictor": canary, "trafficPercent": percent}]
         return isvc
 
     def _isvc(
@@ -209,6 +220,14 @@ class KServeBackend:
                 ],
             },
         }
+
+
+def _kept(service: ServiceContext, serving: Serving) -> int | None:
+    """The retiring version a Standard-mode service keeps running (None when there is none, or when its
+    ModelVersion is gone and it cannot be rendered any more). Knative keeps previous revisions itself."""
+    if serving.retiring is None or serving.retiring not in service.versions:
+        return None
+    return serving.retiring
 
 
 def route_hostnames(isvc: Mapping[str, Any] | None, route: Mapping[str, Any] | None) -> list[str]:

@@ -8,6 +8,12 @@ reports the asked-for traffic, its time is up, and (with analysis) the last meas
 measurement beyond ``failureLimit`` rolls back; inconclusive ones (no data, Prometheus unreachable) hold
 the step and, beyond ``inconclusiveLimit``, pause it. A rollback first takes the canary's traffic to 0
 (Knative pins the previous revision then) and only then removes it.
+
+A version that loses its traffic keeps its predictor for ``spec.rollout.scaleDownDelay`` (30 s unless set):
+the old stable version after a promotion (``status.retiringVersion`` until ``retireTime``, rendered
+without traffic) and the canary after a rollback. A gateway applies a route change some time after it is
+written, and clients hold connections: during that time, requests still go by the previous split, and
+find the version they are sent to.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from modelloop.api import (
     parse_duration,
 )
 from modelloop.api.inferenceservice import (
+    DEFAULT_SCALE_DOWN_DELAY,
     MEASUREMENTS_KEPT,
     AnalysisStatus,
     InferenceServiceStatus,
@@ -80,12 +87,14 @@ class MetricResult:
 @dataclass(frozen=True)
 class Serving:
     """What the backend should serve: the stable version and, during a rollout, the canary at a weight
-    (or, ``shadow``, mirrored: it gets a copy of the traffic and its weight is 0)."""
+    (or, ``shadow``, mirrored: it gets a copy of the traffic and its weight is 0). After a promotion,
+    ``retiring`` is the version it replaced, kept running without traffic for the scale-down delay."""
 
     stable: int
     canary: int | None = None
     weight: int = 0
     shadow: bool = False
+    retiring: int | None = None
 
 
 @dataclass(frozen=True)
@@ -181,7 +190,7 @@ def decide(
     asked = serving_of(status)
     if action is not None:
         s.action = action
-        _act(work, action_verb(action), now)
+        _act(spec, work, action_verb(action), now)
 
     if s.stable_version is None:
         if target.version is None:
@@ -199,7 +208,7 @@ def decide(
     if s.canary_version is not None:
         _progress(spec, work, observed, measurements, now)
     else:
-        _settle(work, observed)
+        _settle(work, observed, now)
 
     s.url = observed.url or s.url
     s.canary_traffic = observed.canary_traffic if s.canary_version is not None else None
@@ -211,7 +220,7 @@ def serving_of(status: Status) -> Serving | None:
     if status.stable_version is None:
         return None
     if status.canary_version is None:
-        return Serving(status.stable_version)
+        return Serving(status.stable_version, retiring=status.retiring_version)
     shadow = bool(status.shadow)
     weight = 0 if shadow else status.canary_weight or 0
     return Serving(status.stable_version, status.canary_version, weight, shadow)
@@ -226,7 +235,7 @@ def _end_steps(s: Status) -> None:
     s.canary_weight = s.shadow = s.step_index = s.step_start_time = None
 
 
-def _act(work: _Pass, verb: str, now: datetime) -> None:
+def _act(spec: InferenceServiceSpec, work: _Pass, verb: str, now: datetime) -> None:
     s = work.status
     canary = s.canary_version
     in_rollout = canary is not None and s.phase != Phase.ROLLED_BACK
@@ -244,7 +253,11 @@ def _act(work: _Pass, verb: str, now: datetime) -> None:
             work.event("Normal", "Resumed", "Rollout resumed through the rollout-action annotation.")
     elif verb == "promote" and in_rollout:
         _promote(
-            work, "PromotedManually", f"Version {canary} promoted through the rollout-action annotation."
+            work,
+            "PromotedManually",
+            f"Version {canary} promoted through the rollout-action annotation.",
+            spec,
+            now,
         )
     elif verb == "abort" and in_rollout:
         _roll_back(work, "Aborted", f"Version {canary} aborted through the rollout-action annotation.", now)
@@ -273,6 +286,8 @@ def _follow_target(spec: InferenceServiceSpec, work: _Pass, target: Target, now:
         return
     if version == s.rolled_back_version:
         return  # rolled back: not rolled out again by itself (the resume action retries it)
+    # A new version to roll out ends a retirement at once: the backend runs one version beside the stable.
+    s.retiring_version = s.retire_time = None
     if spec.rollout is None:
         s.stable_version, s.canary_version = version, None
         s.canary_weight = s.step_index = None
@@ -303,15 +318,26 @@ def _progress(
     s = work.status
     canary = s.canary_version
     if s.phase == Phase.ROLLED_BACK:
-        # Retiring a rolled-back canary: once no traffic reaches it, it goes.
+        # Retiring a rolled-back canary: once no traffic reaches it, and the scale-down delay since the
+        # rollback is over, it goes.
         if observed.current and not observed.canary_traffic and not observed.shadow:
-            s.canary_version = None
-            _end_steps(s)
+            retire = _started(s) + scale_down_delay(spec)
+            if now >= retire:
+                s.canary_version = None
+                _end_steps(s)
+            else:
+                work.requeue.append(max(0.5, (retire - now).total_seconds()))
         else:
             work.requeue.append(CONVERGE_POLL_SECONDS)
         return
     if spec.rollout is None:  # the rollout was removed from the spec mid-way: finish it at once
-        _promote(work, "Promoted", f"Version {canary} takes all traffic: the spec has no rollout any more.")
+        _promote(
+            work,
+            "Promoted",
+            f"Version {canary} takes all traffic: the spec has no rollout any more.",
+            spec,
+            now,
+        )
         return
     steps = spec.rollout.steps
     index = min(s.step_index or 0, len(steps) - 1)
@@ -336,7 +362,7 @@ def _progress(
     if now >= step_due and passed:
         following = 0 if s.shadow else index + 1  # after the shadow phase comes the first step
         if following >= len(steps) or steps[following] >= 100:
-            _promote(work, "Promoted", f"Version {canary} passed every step and is promoted.")
+            _promote(work, "Promoted", f"Version {canary} passed every step and is promoted.", spec, now)
             return
         s.step_index, s.canary_weight, s.shadow, s.step_start_time = following, steps[following], None, now
         s.reason, s.message = "StepAdvanced", _step_message(spec, s)
@@ -419,12 +445,21 @@ def _record(
     return s.phase
 
 
-def _promote(work: _Pass, reason: str, message: str) -> None:
+def scale_down_delay(spec: InferenceServiceSpec) -> timedelta:
+    """How long a version that lost its traffic keeps its predictor."""
+    return parse_duration(spec.rollout.scale_down_delay if spec.rollout else DEFAULT_SCALE_DOWN_DELAY)
+
+
+def _promote(work: _Pass, reason: str, message: str, spec: InferenceServiceSpec, now: datetime) -> None:
     s = work.status
     previous = s.stable_version
     s.stable_version, s.canary_version = s.canary_version, None
     _end_steps(s)
     s.pause_reason = None
+    delay = scale_down_delay(spec)
+    if delay and previous is not None:
+        s.retiring_version, s.retire_time = previous, now + delay
+        work.requeue.append(max(0.5, delay.total_seconds()))
     _set_phase(s, Phase.PROMOTED, reason, message)
     work.event("Normal", reason, f"{message} It replaces version {previous}.")
 
@@ -438,12 +473,18 @@ def _roll_back(work: _Pass, reason: str, message: str, now: datetime) -> None:
     work.requeue.append(CONVERGE_POLL_SECONDS)
 
 
-def _settle(work: _Pass, observed: Observed) -> None:
-    """No canary: the stable version is served; say whether the backend serves it well."""
+def _settle(work: _Pass, observed: Observed, now: datetime) -> None:
+    """No canary: the stable version is served; say whether the backend serves it well. A version retiring
+    since a promotion goes once its time is up."""
     s = work.status
     stable = s.stable_version
     _end_steps(s)
     s.pause_reason = None
+    if s.retiring_version is not None:
+        if s.retire_time is None or now >= s.retire_time:
+            s.retiring_version = s.retire_time = None
+        else:
+            work.requeue.append(max(0.5, (s.retire_time - now).total_seconds()))
     if observed.failed:
         message = f"The backend cannot serve version {stable}: {observed.message or 'not ready'}."
         _set_phase(s, Phase.DEGRADED, "BackendFailed", message)

@@ -2,8 +2,9 @@
 
 Every version is a predictor named ``v<N>``: the stable one, and during a rollout the canary beside it,
 with ``traffic`` weights that Seldon's service orchestrator splits by. In the shadow phase the canary is a
-``shadow: true`` predictor: Seldon mirrors the traffic to it and drops its answers. Promotion drops the old
-predictor and keeps the canary's, so Seldon keeps its Deployment.
+``shadow: true`` predictor: Seldon mirrors the traffic to it and drops its answers. Promotion keeps the
+canary's predictor, so Seldon keeps its Deployment, and keeps the old one at 0% until its scale-down delay
+is over.
 
 Seldon's webhook (not its CRD) refuses predictors whose non-shadow weights do not sum to 100: modelloop
 checks every SeldonDeployment it renders before it is written (:func:`check_weights`), so a bug here is
@@ -67,6 +68,9 @@ class SeldonBackend:
             if serving.shadow:
                 canary["shadow"] = True
             predictors.append(canary)
+        elif serving.retiring is not None and serving.retiring in service.versions:
+            # Kept without traffic until its scale-down delay is over (its ModelVersion gone: it goes).
+            predictors.append(_predictor(service, service.versions[serving.retiring], 0))
         check_weights(predictors)
         return [
             {
@@ -190,6 +194,9 @@ def _serves(sdep: Mapping[str, Any], serving: Serving) -> bool:
     wanted = {predictor_name(serving.stable)}
     if serving.canary is not None:
         wanted.add(predictor_name(serving.canary))
+    elif serving.retiring is not None:
+        # A retiring predictor whose ModelVersion is gone is not rendered: either way is what was asked.
+        return wanted <= names <= wanted | {predictor_name(serving.retiring)}
     return names == wanted
 
 
