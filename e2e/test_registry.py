@@ -147,10 +147,12 @@ def test_twenty_runs_finishing_at_once_register_twenty_consecutive_versions(
     # The trainer's result is written as the kubelet would (the real trainer runs in test_trainingrun.py):
     # all 20 at once, so that the operator registers 20 versions of one model concurrently.
     def finish(pod: dict[str, Any]) -> None:
+        # In the folder the operator gave the run (only what a run wrote there is registered).
+        env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0].get("env") or ()}
         result = {
             "status": "Succeeded",
             "metrics": {"accuracy": 0.9},
-            "artifactUri": f"s3://models/burst/{pod['metadata']['name']}",
+            "artifactUri": f"{env['MODELLOOP_OUTPUT_URI']}/model.joblib",
             "framework": "sklearn",
         }
         report_termination(cluster, pod, 0, json.dumps(result))

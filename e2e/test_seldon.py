@@ -24,9 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kubernetes import watch
-from kubernetes.client.exceptions import ApiException
-from urllib3.exceptions import ProtocolError
 
 from e2e.harness import BackgroundLoop, Cluster, running_operator, wait_for
 from e2e.kubelet import TRAINER_BIN
@@ -35,6 +32,7 @@ from e2e.prometheus import Prometheus, running_prometheus
 from e2e.seldon import GROUP, PLURAL, PREDICTOR_LABEL, SELDON_BIN, VERSION, SeldonStandIn, seldon_weights
 from e2e.test_rollout import IRIS_ROW, stage, status, wait_status
 from e2e.traffic import LoadGenerator
+from e2e.watches import ResumableWatch
 
 needs_runtimes = pytest.mark.skipif(
     not (TRAINER_BIN / "modelloop-train").exists() or not (SELDON_BIN / "seldon-core-microservice").exists(),
@@ -66,11 +64,13 @@ def seldon_service(name: str, rollout: dict[str, Any], **spec: Any) -> dict[str,
 
 
 def champion_challenger(shadow: bool = False, step_interval: str = "6s") -> dict[str, Any]:
-    """The classic champion/challenger split: 90/10, then the challenger takes all."""
+    """The classic champion/challenger split: 90/10, then the challenger takes all; the version that lost
+    its traffic keeps its predictor at 0 for a short scale-down delay."""
     return {
         "steps": [10, 100],
         "stepInterval": step_interval,
         "shadow": shadow,
+        "scaleDownDelay": "4s",
         "analysis": {
             "interval": "3s",
             "failureLimit": 0,
@@ -82,66 +82,73 @@ def champion_challenger(shadow: bool = False, step_interval: str = "6s") -> dict
 
 class WriteRecorder(BackgroundLoop):
     """Watches one SeldonDeployment and records the predictors of every version written: (name, traffic,
-    shadow) each. A watch sees every write, not a poll's sample."""
+    shadow) each. A watch sees every write, not a poll's sample; it resumes from the last version seen when
+    the server ends a watch request, and lists again when that version has expired (410 Gone), recording
+    the version the list shows (``relists`` counts those)."""
 
     def __init__(self, stand_in: SeldonStandIn, name: str) -> None:
         super().__init__("seldon-write-recorder")
-        self._stand_in, self._deployment = stand_in, name
         self.versions: list[tuple[str, tuple[tuple[str, int, bool], ...]]] = []
-        self.gaps: list[str] = []
-        self._seen: str | None = None
-        self._watch = watch.Watch()
+        self.error: BaseException | None = None
+        self._watch = ResumableWatch(
+            stand_in.api.list_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            stand_in.namespace,
+            PLURAL,
+            field_selector=f"metadata.name={name}",
+            timeout_seconds=30,
+        )
+
+    @property
+    def relists(self) -> int:
+        """How many times the watch expired (410 Gone) and was listed again."""
+        return self._watch.relists
+
+    def start(self) -> None:
+        super().start()
+        # Writes made once the recorder is entered are all seen: its watch starts from the list's version.
+        wait_for(
+            lambda: self._watch.listed.is_set() or self.error is not None,
+            timeout=30,
+            what="the SeldonDeployment write recorder's first list",
+        )
+        assert self.error is None, f"the write recorder cannot list: {self.error!r}"
 
     def stop(self) -> None:
+        self._stopping.set()
         self._watch.stop()
         super().stop()
 
     def _loop(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                self._watch_on()
-            except ProtocolError:  # the connection dropped: watch again after the last version seen
-                continue
-            except ApiException as error:
-                if error.status == 410:  # versions were compacted away: some writes could be missed
-                    self.gaps.append(f"watch expired after resourceVersion {self._seen}")
-                    self._seen = None
+        try:
+            for event in self._watch.events():
+                if event["type"] == "DELETED":
                     continue
-                raise
-
-    def _watch_on(self) -> None:
-        """Watch from the last version seen (kept per event: a dropped connection must not replay)."""
-        api, namespace = self._stand_in.api, self._stand_in.namespace
-        for event in self._watch.stream(
-            api.list_namespaced_custom_object,
-            GROUP,
-            VERSION,
-            namespace,
-            PLURAL,
-            field_selector=f"metadata.name={self._deployment}",
-            resource_version=self._seen,
-            timeout_seconds=5,
-        ):
-            obj = event["object"]
-            self._seen = obj["metadata"]["resourceVersion"]
-            predictors = tuple(
-                (p["name"], int(p.get("traffic") or 0), bool(p.get("shadow")))
-                for p in obj["spec"].get("predictors") or ()
-            )
-            if not self.versions or self.versions[-1][1] != predictors:
-                self.versions.append((self._seen, predictors))
-            if self._stopping.is_set():
-                break
+                obj = event["object"]
+                predictors = tuple(
+                    (p["name"], int(p.get("traffic") or 0), bool(p.get("shadow")))
+                    for p in obj["spec"].get("predictors") or ()
+                )
+                if not self.versions or self.versions[-1][1] != predictors:
+                    self.versions.append((obj["metadata"]["resourceVersion"], predictors))
+        except Exception as error:  # recorded for the test to fail on: a silent recorder would pass it
+            if not self._stopping.is_set():
+                self.error = error
 
     def weights(self) -> list[dict[str, int]]:
         """The non-shadow weights of each distinct version written, in order."""
         return [{n: t for n, t, shadow in predictors if not shadow} for _, predictors in self.versions]
 
     def assert_every_write_sums_to_100(self) -> None:
-        assert not self.gaps, self.gaps
+        assert self.error is None, f"the write recorder stopped: {self.error!r}"
+        assert self.versions, "the write recorder saw no version of the SeldonDeployment"
         for resource_version, predictors in self.versions:
             total = sum(traffic for _, traffic, shadow in predictors if not shadow)
-            assert total == 100, f"resourceVersion {resource_version} has weights {predictors}"
+            assert total == 100, (
+                f"resourceVersion {resource_version} has weights {predictors} (listed again {self.relists} "
+                "times after its watch expired)"
+            )
 
 
 @pytest.fixture
@@ -188,9 +195,11 @@ def test_champion_challenger_at_90_10_promotes_a_healthy_challenger_and_rolls_ba
         )
         wait_status(cluster, "iris", namespace, phase="Promoted", stableVersion=2, timeout=120)
         wait_for(lambda: stage(cluster, "iris-v2", namespace) == "Champion", timeout=30, what="v2 Champion")
-        # 90/10, then the challenger alone; it answered its share.
+        # 90/10, then the challenger alone, v1 kept at 0 until its scale-down delay is over; v2 answered
+        # its share.
         assert {"v1": 90, "v2": 10} in recorder.weights()
-        assert recorder.weights()[-1] == {"v2": 100}
+        wait_for(lambda: recorder.weights()[-1] == {"v2": 100}, timeout=30, what="v1 dropped after its delay")
+        assert {"v2": 100, "v1": 0} in recorder.weights()
         assert load.sent_to(on("v2")) > 0
         assert all(code == 200 for (pod, code) in load.responses() if pod.endswith("-v2")), load.responses()
 
@@ -236,11 +245,13 @@ def test_shadow_mirrors_traffic_before_the_steps_and_a_challenger_failing_in_sha
         wait_status(cluster, "iris", namespace, canaryVersion=2, canaryTraffic=10, timeout=60)
         wait_for(lambda: load.sent_to(on("v2")) > 0, timeout=30, what="user requests to v2 at 10%")
         wait_status(cluster, "iris", namespace, phase="Promoted", stableVersion=2, timeout=120)
-        # Mirrored (v2 a shadow at 0), then 90/10, then the challenger alone.
-        assert [predictors for _, predictors in recorder.versions][:4] == [
+        wait_for(lambda: recorder.weights()[-1] == {"v2": 100}, timeout=30, what="v1 dropped after its delay")
+        # Mirrored (v2 a shadow at 0), then 90/10, then the challenger alone (v1 at 0 for its delay).
+        assert [predictors for _, predictors in recorder.versions][:5] == [
             (("v1", 100, False),),
             (("v1", 100, False), ("v2", 0, True)),
             (("v1", 90, False), ("v2", 10, False)),
+            (("v2", 100, False), ("v1", 0, False)),
             (("v2", 100, False),),
         ]
 

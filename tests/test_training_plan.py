@@ -7,7 +7,7 @@ from typing import Any
 
 from modelloop.api import ModelVersionSpec, TrainingRunSpec, TrainingRunStatus
 from modelloop.naming import ANNOTATION_RUN_UID, ANNOTATION_TRIAL_PARAMS, LABEL_TRIAL, job_name
-from modelloop.training.job import ChampionModel, render_job
+from modelloop.training.job import ChampionModel, output_uri, render_job
 from modelloop.training.observe import slim_job, slim_pod
 from modelloop.training.plan import plan_run
 from modelloop.training.register import render_model_version, run_key_metric
@@ -47,8 +47,10 @@ def status_of(obj: dict[str, Any]) -> TrainingRunStatus:
 def finished_job(
     obj: dict[str, Any], accuracy: float | None, trial: int | None = None, **reported: Any
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A Job of ``obj`` that completed, and its pod with the trainer's termination message."""
+    """A Job of ``obj`` that completed, and its pod with the trainer's termination message: its artifact in
+    the folder the operator gave it (``output_uri`` with the artifact root ``file:///a``)."""
     name = job_name("iris", UID, trial)
+    folder = output_uri(spec_of(obj), obj, "file:///a", trial)
     annotations = {ANNOTATION_RUN_UID: UID}
     labels = {}
     sweep = spec_of(obj).sweep
@@ -67,7 +69,7 @@ def finished_job(
             {
                 "status": "Succeeded",
                 "metrics": {"accuracy": accuracy},
-                "artifactUri": f"file:///a/{name}/model.joblib",
+                "artifactUri": f"{folder}/model.joblib",
                 "framework": "sklearn",
                 **reported,
             }
@@ -141,6 +143,46 @@ def test_a_succeeded_job_without_a_result_fails_the_run_saying_why() -> None:
     assert plan.registration is None
 
 
+FOREIGN = "file:///a/team-b/fraud/fraud-0a0b0c0d/model.joblib"
+
+
+def test_a_job_reporting_an_artifact_outside_its_folder_fails_the_run_and_registers_nothing() -> None:
+    obj = run()
+    job, pod = finished_job(obj, 0.97, artifactUri=FOREIGN)
+
+    plan = plan_run(obj, spec_of(obj), status_of(obj), {job["metadata"]["name"]: job}, [pod], "file:///a")
+
+    assert (plan.status.phase, plan.status.reason) == ("Failed", "ArtifactOutsideOutputFolder")
+    assert plan.registration is None
+    assert plan.status.artifact_uri is None
+    message = plan.status.message or ""
+    assert "artifactUri" in message and FOREIGN in message
+    assert "file:///a/ml/iris/iris-runuid/" in message
+
+
+def test_a_sibling_folder_sharing_the_runs_prefix_is_refused() -> None:
+    obj = run()
+    job, pod = finished_job(obj, 0.97, artifactUri="file:///a/ml/iris/iris-runuidx/model.joblib")
+
+    plan = plan_run(obj, spec_of(obj), status_of(obj), {job["metadata"]["name"]: job}, [pod], "file:///a")
+
+    assert (plan.status.phase, plan.registration) == ("Failed", None)
+
+
+def test_a_run_with_an_artifact_prefix_registers_only_inside_its_folder_below_the_prefix() -> None:
+    obj = run({"output": {"modelName": "iris", "artifactUriPrefix": "s3://team-a/iris/"}})
+    inside, outside = "s3://team-a/iris/iris-runuid/model.joblib", "s3://team-a/iris/model.joblib"
+    jobs = {}
+    for uri in (inside, outside):
+        job, pod = finished_job(obj, 0.97, artifactUri=uri)
+        jobs[uri] = plan_run(
+            obj, spec_of(obj), status_of(obj), {job["metadata"]["name"]: job}, [pod], "file:///a"
+        )
+
+    assert jobs[inside].registration is not None and jobs[inside].status.phase == "Succeeded"
+    assert jobs[outside].registration is None and jobs[outside].status.phase == "Failed"
+
+
 def sweep_run(status: dict[str, Any] | None = None, **sweep: Any) -> dict[str, Any]:
     return run(
         {
@@ -186,6 +228,24 @@ def test_a_finished_sweep_registers_its_best_trial_with_that_trials_params() -> 
         "max_depth": 8,
     }
     assert [t.metrics.get("accuracy") for t in plan.status.trials[:3]] == [0.91, 0.97, 0.93]
+    assert plan.status.artifact_uri == "file:///a/ml/iris/iris-runuid/trial-1/model.joblib"
+
+
+def test_a_sweeps_best_trial_may_register_only_from_its_own_trial_folder() -> None:
+    obj = sweep_run()
+    jobs, pods = {}, []
+    # The best trial (1) reports the artifact of trial 0: inside the run's folder, not inside its own.
+    for trial, accuracy in enumerate([0.91, 0.97, 0.93, 0.5]):
+        reported = {"artifactUri": "file:///a/ml/iris/iris-runuid/trial-0/model.joblib"} if trial == 1 else {}
+        job, pod = finished_job(obj, accuracy, trial, **reported)
+        jobs[job["metadata"]["name"]] = job
+        pods.append(pod)
+
+    plan = plan_run(obj, spec_of(obj), status_of(obj), jobs, pods, "file:///a")
+
+    assert (plan.status.phase, plan.status.reason) == ("Failed", "ArtifactOutsideOutputFolder")
+    assert plan.registration is None
+    assert "file:///a/ml/iris/iris-runuid/trial-1/" in (plan.status.message or "")
 
 
 def test_the_registered_model_version_is_a_valid_immutable_record_with_lineage() -> None:
@@ -244,8 +304,8 @@ def test_the_recorded_champion_stays_while_the_job_runs_and_a_new_champion_chang
 def test_the_champion_the_trainer_reports_is_recorded_and_registered() -> None:
     obj = run(status={"phase": "Running", "champion": "iris-v3"})
     reported = {
-        "referenceUri": "file:///a/x/reference.csv",
-        "referencePredictionsUri": "file:///a/x/reference_predictions.csv",
+        "referenceUri": "file:///a/ml/iris/iris-runuid/reference.csv",
+        "referencePredictionsUri": "file:///a/ml/iris/iris-runuid/reference_predictions.csv",
         "champion": {"version": "iris-v3", "metrics": {"accuracy": 0.95, "f1_macro": 0.94}},
     }
     job, pod = finished_job(obj, 0.97, **reported)
@@ -256,8 +316,10 @@ def test_the_champion_the_trainer_reports_is_recorded_and_registered() -> None:
     assert plan.registration is not None
     manifest = render_model_version(obj, spec_of(obj), plan.registration.result, 4, {})
     spec = ModelVersionSpec.model_validate(manifest["spec"])
-    assert spec.artifact.reference_uri == "file:///a/x/reference.csv"
-    assert spec.artifact.reference_predictions_uri == "file:///a/x/reference_predictions.csv"
+    assert spec.artifact.reference_uri == "file:///a/ml/iris/iris-runuid/reference.csv"
+    assert (
+        spec.artifact.reference_predictions_uri == "file:///a/ml/iris/iris-runuid/reference_predictions.csv"
+    )
     assert spec.champion_evaluation is not None
     assert spec.champion_evaluation.version == "iris-v3"
     assert spec.champion_evaluation.metrics == {"accuracy": 0.95, "f1_macro": 0.94}
@@ -365,7 +427,7 @@ def test_finished_trials_jobs_go_once_status_recorded_them_except_the_best_ones(
     # Not the best's (1), which registration reads, nor trial 3's, whose result this plan records first.
     assert plan.jobs_to_delete == [job_name("iris", UID, 0), job_name("iris", UID, 2)]
     assert plan.status.phase == "Succeeded" and plan.registration is not None
-    assert plan.registration.result.artifact_uri.endswith(f"{job_name('iris', UID, 1)}/model.joblib")
+    assert plan.registration.result.artifact_uri == "file:///a/ml/iris/iris-runuid/trial-1/model.joblib"
 
     # The next pass, with trial 3 recorded: its Job goes too; the best's stays.
     again = sweep_run({**status, "trials": [*status["trials"][:3], recorded(3, 0.93, 3)]})

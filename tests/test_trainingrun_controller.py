@@ -281,3 +281,70 @@ def test_a_trainers_reason_that_no_condition_can_hold_is_refused_in_status(
         written["reason"] == "ApiRequestRefused" and "status.conditions[Ready].reason" in written["message"]
     )
     assert events == [("Warning", "ApiRequestRefused")]
+
+
+def single_run_reporting(artifact_uri: str) -> tuple[TrainingRunController, RecordingClient]:
+    """A single run whose Job succeeded and whose trainer reported ``artifact_uri``, under the operator's
+    default artifact root, with the controller that reconciles it."""
+    body = {
+        "apiVersion": "modelloop.dev/v1alpha1",
+        "kind": "TrainingRun",
+        "metadata": {"name": "iris", "namespace": "ml", "uid": UID, "generation": 1, "resourceVersion": "5"},
+        "spec": {
+            "image": "trainer:1",
+            "dataset": {"uri": "sklearn://iris", "format": "sklearn"},
+            "output": {"modelName": "iris"},
+        },
+        "status": {"phase": "Running"},
+    }
+    run = asyncio.run(training_runs(namespace="ml", name="iris", body=body))[("ml", "iris")]
+    name = job_name("iris", UID)
+    job = {
+        "metadata": {"name": name, "annotations": {ANNOTATION_RUN_UID: UID}},
+        "status": {"conditions": [{"type": "Complete", "status": "True"}], "succeeded": 1},
+    }
+    result = {
+        "status": "Succeeded",
+        "metrics": {"accuracy": 0.97},
+        "artifactUri": artifact_uri,
+        "framework": "sklearn",
+    }
+    indexes = {
+        "training_runs": {("ml", "iris"): [run]},
+        "training_jobs": {("ml", "iris"): [slim_job(job)]},
+        "training_pods": {("ml", "iris"): [slim_pod(trainer_pod(name, "Succeeded", 0, result))]},
+        "model_versions": {},
+    }
+    client = RecordingClient()
+    return TrainingRunController(Settings(), indexes, client), client
+
+
+RUN_FOLDER = f"{Settings().artifact_root}/ml/iris/iris-runuid"
+
+
+def test_an_artifact_in_the_runs_own_folder_is_registered(events: list[tuple[str, str]]) -> None:
+    controller, client = single_run_reporting(f"{RUN_FOLDER}/model.joblib")
+
+    asyncio.run(controller.reconcile(("ml", "iris")))
+
+    assert ("create", "iris-v1") in client.calls
+    assert client.statuses[-1]["modelVersion"] == "iris-v1"
+    assert ("Normal", "ModelRegistered") in events
+
+
+def test_another_teams_artifact_is_never_registered_and_the_run_fails_saying_where_to_write(
+    events: list[tuple[str, str]],
+) -> None:
+    foreign = f"{Settings().artifact_root}/team-b/fraud/fraud-0a0b0c0d/model.joblib"
+    controller, client = single_run_reporting(foreign)
+
+    asyncio.run(controller.reconcile(("ml", "iris")))
+
+    assert [call for call in client.calls if call[0] in ("list", "create")] == []
+    written = client.statuses[-1]
+    assert (written["phase"], written["reason"]) == ("Failed", "ArtifactOutsideOutputFolder")
+    assert "modelVersion" not in written and "artifactUri" not in written
+    assert foreign in written["message"] and f"{RUN_FOLDER}/" in written["message"]
+    ready = written["conditions"][0]
+    assert (ready["status"], ready["reason"]) == ("False", "ArtifactOutsideOutputFolder")
+    assert events == [("Warning", "ArtifactOutsideOutputFolder")]

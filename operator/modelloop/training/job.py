@@ -70,7 +70,8 @@ def output_uri(
     ``<prefix>/<run>-<uid8>[/trial-<N>]``: the namespace keeps teams that share a bucket apart, and the
     start of the run's uid gives a run deleted and created again under the same name a new folder, so it
     never writes over the artifact that an earlier run's ModelVersion points to. This is the one place the
-    layout is decided: everything else reads the ``artifactUri`` the trainer reports.
+    layout is decided: everything else reads the ``artifactUri`` the trainer reports, which registration
+    accepts only inside this folder (``register.registration_problem``).
     """
     meta = run["metadata"]
     if spec.output.artifact_uri_prefix:

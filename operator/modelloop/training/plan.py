@@ -26,9 +26,16 @@ from modelloop.api import (
 from modelloop.api.meta import ParamValue
 from modelloop.conditions import parse_time
 from modelloop.naming import job_name
-from modelloop.training.job import ChampionModel, TrialPlan, job_trial_params, render_job, trial_index
+from modelloop.training.job import (
+    ChampionModel,
+    TrialPlan,
+    job_trial_params,
+    output_uri,
+    render_job,
+    trial_index,
+)
 from modelloop.training.observe import JOB_CREATED_MESSAGE, JobObservation, observe_job
-from modelloop.training.register import registration_problem, run_key_metric
+from modelloop.training.register import RESULT_MISSING, registration_problem, run_key_metric
 from modelloop.training.result import TrainerResult
 from modelloop.training.search import judge_all
 from modelloop.training.sweep import (
@@ -116,7 +123,8 @@ def plan_run(
     status.champion = previous.champion
     registration = None
     if observation.phase == TrainingRunPhase.SUCCEEDED:
-        status, registration = _registration(spec, observation, spec.params, status)
+        folder = output_uri(spec, run, artifact_root)
+        status, registration = _registration(spec, observation, spec.params, status, folder)
     return RunPlan(registration=registration, status=status)
 
 
@@ -261,7 +269,7 @@ def _plan_sweep(
             best_observation = observations.get(best) or _observe_finished(by_index.get(best), pods, best_job)
             status.best_trial, status.metrics = best, dict(trials[best].metrics)
             if best_observation is None or best_observation.result is None:
-                status.phase, status.reason = TrainingRunPhase.FAILED, "ResultMissing"
+                status.phase, status.reason = TrainingRunPhase.FAILED, RESULT_MISSING
                 status.message = f"The best trial ({best}) has no result to register any more."
             else:
                 status.phase, status.reason = TrainingRunPhase.SUCCEEDED, "Succeeded"
@@ -272,7 +280,8 @@ def _plan_sweep(
                     + f"; trial {best} is the best by {metric} ({sweep.objective.direction.value})."
                 )
                 params = {**spec.params, **trials[best].params}
-                status, registration = _registration(spec, best_observation, params, status)
+                folder = output_uri(spec, run, artifact_root, best)
+                status, registration = _registration(spec, best_observation, params, status, folder)
         status.completion_time = max(
             _times(o.completion_time for o in observations.values()), default=previous.completion_time
         )
@@ -357,17 +366,19 @@ def _registration(
     observation: JobObservation,
     params: Mapping[str, ParamValue],
     status: TrainingRunStatus,
+    output_folder: str,
 ) -> tuple[TrainingRunStatus, Registration | None]:
-    """Complete a succeeded status with the trainer's result, or fail the run when it cannot register."""
+    """Complete a succeeded status with the trainer's result, or fail the run when it cannot register:
+    no result, or one that names a file outside ``output_folder``, the folder the Job was given."""
     result = observation.result
-    problem = (
-        "The trainer left no result (termination message)."
-        if result is None
-        else registration_problem(result)
-    )
     status = status.model_copy()
-    if problem is not None or result is None:
-        status.phase, status.reason, status.message = TrainingRunPhase.FAILED, "ResultMissing", problem
+    if result is None:
+        status.phase, status.reason = TrainingRunPhase.FAILED, RESULT_MISSING
+        status.message = "The trainer left no result (termination message)."
+        return status, None
+    problem = registration_problem(result, output_folder)
+    if problem is not None:
+        status.phase, status.reason, status.message = TrainingRunPhase.FAILED, problem.reason, problem.message
         return status, None
     status.artifact_uri, status.metrics = result.artifact_uri, result.metrics
     if result.dataset_hash:

@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from modelloop.api import API_VERSION, MODEL_VERSION, ModelFramework, TrainingRunSpec, TriggerKind
 from modelloop.api.meta import ParamValue
 from modelloop.naming import LABEL_MODEL, LABEL_TRAINING_RUN, label_value, run_annotations, standard_labels
 from modelloop.registry.validation import format_key_metric, validation_metrics
 from modelloop.training.result import TrainerResult
+
+RESULT_MISSING = "ResultMissing"
+"""The reason of a run whose trainer reported success but no result that can be registered."""
+ARTIFACT_OUTSIDE_FOLDER = "ArtifactOutsideOutputFolder"
+"""The reason of a run whose trainer reported a file outside the output folder the operator gave it."""
+_SHOWN_URI = 512
+"""How many characters of a URI the trainer reported a refusal's message quotes."""
 
 
 def run_key_metric(spec: TrainingRunSpec, metrics: Mapping[str, float]) -> str | None:
@@ -96,14 +105,77 @@ def render_model_version(
     }
 
 
-def registration_problem(result: TrainerResult) -> str | None:
-    """Why ``result`` cannot become a ModelVersion, or None when it can."""
+@dataclass(frozen=True)
+class RegistrationProblem:
+    """Why a succeeded run's result cannot become a ModelVersion: the run fails with this reason and
+    message."""
+
+    reason: str
+    message: str
+
+
+def registration_problem(result: TrainerResult, output_folder: str) -> RegistrationProblem | None:
+    """Why ``result`` cannot become a ModelVersion, or None when it can.
+
+    ``output_folder`` is where the operator told the trainer to write (``training.job.output_uri``, with
+    the trial's folder for a sweep's trial). Every file the version records (the artifact and the drift
+    reference data) must be inside it: the trainer is user code, and a URI it reports outside its folder
+    would register, and serve under this team's name, another run's or another team's model.
+    """
     if not result.artifact_uri:
-        return "The trainer reported success but no artifactUri."
+        return RegistrationProblem(RESULT_MISSING, "The trainer reported success but no artifactUri.")
     if result.framework not in {f.value for f in ModelFramework}:
         known = ", ".join(f.value for f in ModelFramework)
-        return f"The trainer reported framework {result.framework!r}; expected one of {known}."
+        return RegistrationProblem(
+            RESULT_MISSING, f"The trainer reported framework {result.framework!r}; expected one of {known}."
+        )
+    for field, uri in (
+        ("artifactUri", result.artifact_uri),
+        ("referenceUri", result.reference_uri),
+        ("referencePredictionsUri", result.reference_predictions_uri),
+    ):
+        if uri is not None and not within_folder(uri, output_folder):
+            shown = uri if len(uri) <= _SHOWN_URI else f"{uri[:_SHOWN_URI]}..."
+            return RegistrationProblem(
+                ARTIFACT_OUTSIDE_FOLDER,
+                f"The trainer reported {field} {shown!r}, which is not inside the run's output folder "
+                f"{output_folder.rstrip('/')}/: a run registers only files it wrote there "
+                "(MODELLOOP_OUTPUT_URI).",
+            )
     return None
+
+
+def within_folder(uri: str, folder: str) -> bool:
+    """Whether ``uri`` names ``folder`` or a file below it.
+
+    The same scheme (in any case) and authority (the bucket or host, exactly), no query or fragment, the
+    folder's path segments exactly, then only plain names: none that is empty, ``.`` or ``..``, or holds
+    a ``/`` or ``\\`` once percent-decoded. So ``…/run-abc/model.joblib`` is inside ``…/run-abc``, and
+    ``…/run-abcd/model.joblib``, ``…/run-abc/../run-x/model.joblib`` and ``…/run-abc/%2e%2e/…`` are not,
+    whether the storage resolves such names or keeps them as they are. Nothing is resolved here: the
+    trainer reports its folder as it was given, then its file's name.
+    """
+    if any(c in uri for c in "?#\\"):
+        return False
+    try:
+        target, base = urlsplit(uri), urlsplit(folder)
+    except ValueError:
+        return False
+    if not base.scheme or target.scheme.lower() != base.scheme.lower() or target.netloc != base.netloc:
+        return False
+    prefix = base.path.rstrip("/").split("/")
+    segments = target.path.split("/")
+    if segments[: len(prefix)] != prefix:
+        return False
+    rest = segments[len(prefix) :]
+    if rest and rest[-1] == "":
+        rest.pop()  # a trailing slash names the same folder
+    return all(_plain_name(segment) for segment in rest)
+
+
+def _plain_name(segment: str) -> bool:
+    name = unquote(segment)
+    return name not in ("", ".", "..") and not any(c in name for c in "/\\\0")
 
 
 def _framework(reported: str | None) -> str:
