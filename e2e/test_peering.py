@@ -104,3 +104,53 @@ def test_the_standby_takes_over_a_training_run_mid_flight_with_no_second_job(
         assert "TrainingRun" in standby_log.read_text() and "handover is Failed" in standby_log.read_text()
 
     assert len(jobs_of(cluster, "handover", namespace)) == 1
+
+
+def test_a_standby_killed_while_it_takes_over_leaves_the_run_to_the_next_replica_with_no_second_job(
+    cluster: Cluster, namespace: str, tmp_path: Path
+) -> None:
+    """The leader dies mid-run; the standby, as it takes over, dies too (SIGKILL); a replica started again
+    takes over from what the API server holds, and the run still has one Job and one report."""
+    from e2e.kubelet import report_termination
+    from e2e.test_trainingrun import jobs_of, phase_is, training_run
+
+    install_peering(cluster, namespace)
+    logs = {name: tmp_path / f"{name}.log" for name in ("leader", "standby", "replacement")}
+    # Short peering lifetimes: a dead replica's entry holds the others back for 6 s, not kopf's 60 s.
+    fast = {"MODELLOOP_PEERING_LIFETIME": "6"}
+
+    def took_over(log: Path) -> bool:
+        return "active: no peer of higher priority" in log.read_text()
+
+    with running_operator(
+        cluster, namespace, logs["standby"], extra_args=[*PEERING, "--priority", "100"], env=fast
+    ) as standby:
+        with running_operator(
+            cluster, namespace, logs["leader"], extra_args=[*PEERING, "--priority", "200"], env=fast
+        ) as leader:
+            wait_for(
+                lambda: "Pausing" in logs["standby"].read_text(), timeout=60, what="the standby to pause"
+            )
+            cluster.apply(training_run("handover", tmp_path), namespace)
+            wait_for(lambda: phase_is(cluster, "handover", namespace, "Running"), timeout=60, what="Running")
+            assert "handover" not in logs["standby"].read_text()
+            leader.send_signal(signal.SIGKILL)
+            leader.wait()
+        # The standby takes over once the leader's entry expires, and dies at that moment.
+        wait_for(lambda: took_over(logs["standby"]), timeout=60, what="the standby to take over")
+        standby.send_signal(signal.SIGKILL)
+        standby.wait()
+    with running_operator(
+        cluster, namespace, logs["replacement"], extra_args=[*PEERING, "--priority", "100"], env=fast
+    ):
+        # Its own dead predecessor, of the same priority, holds it back until that entry expires.
+        wait_for(lambda: took_over(logs["replacement"]), timeout=60, what="the replacement to take over")
+        [pod] = cluster.get("pods", namespace=namespace)["items"]
+        report_termination(cluster, pod, 1, "")
+        wait_for(
+            lambda: phase_is(cluster, "handover", namespace, "Failed"),
+            timeout=60,
+            what="the replacement's report",
+        )
+        assert "handover is Failed" in logs["replacement"].read_text()
+    assert len(jobs_of(cluster, "handover", namespace)) == 1

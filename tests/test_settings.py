@@ -48,3 +48,21 @@ def test_archived_versions_kept_default_to_ten_and_may_be_zero_but_not_negative(
     assert Settings.from_env({"MODELLOOP_KEEP_ARCHIVED": "3"}).keep_archived == 3
     with pytest.raises(ValueError, match="MODELLOOP_KEEP_ARCHIVED must be at least 0"):
         Settings.from_env({"MODELLOOP_KEEP_ARCHIVED": "-1"})
+
+
+def test_the_peering_lifetime_is_read_bounded_and_given_to_kopf() -> None:
+    import asyncio
+
+    import kopf
+
+    from modelloop.controllers.kopf_settings import configure
+
+    assert Settings.from_env({}).peering_lifetime == 60
+    assert Settings.from_env({"MODELLOOP_PEERING_LIFETIME": "8"}).peering_lifetime == 8
+    for bad, said in (("4", "at least 5"), ("601", "at most 600"), ("soon", "an integer")):
+        with pytest.raises(ValueError, match=f"MODELLOOP_PEERING_LIFETIME must be {said}"):
+            Settings.from_env({"MODELLOOP_PEERING_LIFETIME": bad})
+    kopf_settings = kopf.OperatorSettings()
+    memo = kopf.Memo(settings=Settings(peering_lifetime=8))
+    asyncio.run(configure(settings=kopf_settings, memo=memo))
+    assert kopf_settings.peering.lifetime == 8

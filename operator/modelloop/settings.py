@@ -16,6 +16,11 @@ LOG_FORMATS: tuple[LogFormat, ...] = ("plain", "full", "json")
 
 
 KSERVE_MODES = ("Knative", "Standard")
+DETECTOR_TOKEN = "/var/run/secrets/modelloop.dev/detector/token"
+"""Where the chart and kustomize mount the operator's token for drift detectors: a projected ServiceAccount
+token for the audience ``modelloop-detector`` only, worth nothing to the API server. Never the pod's own
+ServiceAccount token: the detector's URL is a tenant's, so whatever the operator shows it may be shown to
+someone else."""
 URL_NOT_ALLOWED = "UrlNotAllowed"
 """The reason of an object refused because it names a URL outside ``Settings.allowed_url_prefixes``."""
 
@@ -34,6 +39,8 @@ class Settings:
             objects and the others stand by until it goes away.
         priority: this replica's peering priority; None picks a random one, so that replicas of one
             Deployment never tie (kopf freezes all operators of equal priority).
+        peering_lifetime: seconds a replica's peering entry stays alive without renewal: how long a
+            standby waits for a replica that died before it takes over (kopf renews it well before).
         verbose: log at DEBUG level.
         artifact_root: where trainers store artifacts when a TrainingRun names no artifactUriPrefix.
         keep_archived: archived versions kept per model when its ModelPolicy sets no retention.
@@ -54,6 +61,7 @@ class Settings:
     metrics_address: str | None = None
     peering: str | None = None
     priority: int | None = None
+    peering_lifetime: int = 60
     verbose: bool = False
     artifact_root: str = "file:///var/lib/modelloop/artifacts"
     keep_archived: int = 10
@@ -62,6 +70,7 @@ class Settings:
     prometheus_url: str | None = None
     trial_progress_seconds: float = 10.0
     allowed_url_prefixes: tuple[str, ...] = field(default_factory=tuple)
+    detector_token_file: str = DETECTOR_TOKEN
 
     def __post_init__(self) -> None:
         for prefix in self.allowed_url_prefixes:
@@ -97,10 +106,10 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Read ``MODELLOOP_NAMESPACES`` (comma-separated), ``MODELLOOP_LOG_FORMAT``,
         ``MODELLOOP_LIVENESS_ENDPOINT``, ``MODELLOOP_METRICS_ADDRESS``, ``MODELLOOP_PEERING``,
-        ``MODELLOOP_PRIORITY``, ``MODELLOOP_VERBOSE``, ``MODELLOOP_ARTIFACT_ROOT``,
-        ``MODELLOOP_KEEP_ARCHIVED``, ``MODELLOOP_KSERVE_MODE``, ``MODELLOOP_GATEWAY``,
-        ``MODELLOOP_PROMETHEUS_URL``, ``MODELLOOP_TRIAL_PROGRESS_SECONDS`` and
-        ``MODELLOOP_ALLOWED_URL_PREFIXES`` (comma-separated)."""
+        ``MODELLOOP_PRIORITY``, ``MODELLOOP_PEERING_LIFETIME``, ``MODELLOOP_VERBOSE``,
+        ``MODELLOOP_ARTIFACT_ROOT``, ``MODELLOOP_KEEP_ARCHIVED``, ``MODELLOOP_KSERVE_MODE``,
+        ``MODELLOOP_GATEWAY``, ``MODELLOOP_PROMETHEUS_URL``, ``MODELLOOP_TRIAL_PROGRESS_SECONDS`` and
+        ``MODELLOOP_ALLOWED_URL_PREFIXES`` (comma-separated) and ``MODELLOOP_DETECTOR_TOKEN_FILE``."""
         env = os.environ if environ is None else environ
         namespaces = tuple(ns.strip() for ns in env.get("MODELLOOP_NAMESPACES", "").split(",") if ns.strip())
         log_format = env.get("MODELLOOP_LOG_FORMAT", "full").strip().lower()
@@ -109,6 +118,9 @@ class Settings:
                 f"MODELLOOP_LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}, not {log_format!r}"
             )
         keep = _optional_int(env, "MODELLOOP_KEEP_ARCHIVED", minimum=0)
+        lifetime = _optional_int(env, "MODELLOOP_PEERING_LIFETIME", minimum=5)
+        if lifetime is not None and lifetime > 600:
+            raise ValueError(f"MODELLOOP_PEERING_LIFETIME must be at most 600 seconds, not {lifetime}")
         mode = env.get("MODELLOOP_KSERVE_MODE", "").strip() or cls.kserve_mode
         if mode not in KSERVE_MODES:
             raise ValueError(f"MODELLOOP_KSERVE_MODE must be one of {', '.join(KSERVE_MODES)}, not {mode!r}")
@@ -122,6 +134,7 @@ class Settings:
             metrics_address=env.get("MODELLOOP_METRICS_ADDRESS") or None,
             peering=env.get("MODELLOOP_PEERING") or None,
             priority=_optional_int(env, "MODELLOOP_PRIORITY"),
+            peering_lifetime=cls.peering_lifetime if lifetime is None else lifetime,
             verbose=env.get("MODELLOOP_VERBOSE", "").lower() in ("1", "true", "yes"),
             artifact_root=env.get("MODELLOOP_ARTIFACT_ROOT") or cls.artifact_root,
             keep_archived=cls.keep_archived if keep is None else keep,
@@ -136,7 +149,15 @@ class Settings:
                 for prefix in env.get("MODELLOOP_ALLOWED_URL_PREFIXES", "").split(",")
                 if prefix.strip()
             ),
+            detector_token_file=detector_token_file(env),
         )
+
+
+def detector_token_file(environ: Mapping[str, str] | None = None) -> str:
+    """``MODELLOOP_DETECTOR_TOKEN_FILE``, else the detector-audience token the deployments mount
+    (``DETECTOR_TOKEN``)."""
+    env = os.environ if environ is None else environ
+    return env.get("MODELLOOP_DETECTOR_TOKEN_FILE", "").strip() or DETECTOR_TOKEN
 
 
 def _optional_int(env: Mapping[str, str], name: str, minimum: int | None = None) -> int | None:

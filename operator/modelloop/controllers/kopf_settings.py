@@ -39,8 +39,12 @@ class EventOnlyAwareDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
 
 
 @kopf.on.startup()
-async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     """Keep kopf's bookkeeping under our own annotation prefix and post only the events we choose."""
+    operator_settings = getattr(memo, "settings", None)
+    if operator_settings is not None:
+        # How long a dead replica's peering entry holds the others back (MODELLOOP_PEERING_LIFETIME).
+        settings.peering.lifetime = operator_settings.peering_lifetime
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = EventOnlyAwareDiffBaseStorage(
