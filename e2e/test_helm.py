@@ -247,7 +247,18 @@ def test_rendered_chart_is_accepted_by_the_api_server(
     )
     assert result.returncode == 0, result.stderr
     if features == "everything":
-        # The detector's Deployment, Service and ServiceMonitor are tests/test_chart.py's.
+        # The detector's Deployment, Service and ServiceMonitor are tests/test_chart.py's; the API server took
+        # its own ServiceAccount and its binding to system:auth-delegator (it authenticates its callers).
+        detector = [d for d in rendered if d["metadata"].get("labels", {}).get(COMPONENT) == "detector"]
+        account, binding = one(detector, "ServiceAccount"), one(detector, "ClusterRoleBinding")
+        assert binding["roleRef"]["name"] == "system:auth-delegator"
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": account["metadata"]["name"], "namespace": release_namespace}
+        ]
+        assert (
+            one(detector, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"]
+            == (account["metadata"]["name"])
+        )
         operator = [d for d in rendered if d["metadata"].get("labels", {}).get(COMPONENT) != "detector"]
         deployment = one(operator, "Deployment")
         env = {

@@ -8,7 +8,9 @@ other tests need them): cleaning up after a real apply leaves them in place."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,7 @@ BASE = MANIFESTS
 SINGLE_NAMESPACE = MANIFESTS / "overlays" / "single-namespace"
 HA = MANIFESTS / "overlays" / "ha"
 KUSTOMIZATIONS = {"base": BASE, "single-namespace": SINGLE_NAMESPACE, "ha": HA}
+DETECTOR = MANIFESTS / "detector"
 PEERING_CRDS = HA / "peering-crds.yaml"
 CHART = ROOT / "charts" / "modelloop"
 
@@ -305,6 +308,81 @@ def test_the_single_namespace_overlays_rbac_is_enough_in_its_namespace_and_nothi
     assert not can_i(cluster, account, "create", "jobs.batch", "-n", "default")
     assert not can_i(cluster, account, "list", "trainingruns.modelloop.dev", "-A")
     assert not can_i(cluster, account, "get", "secrets", "-n", WATCHED_NAMESPACE)
+
+
+# --- a team's drift detector (manifests/detector) -----------------------------------------------------
+
+
+def team_detector(folder: Path, namespace: str) -> Path:
+    """A team's kustomization of the detector, as manifests/detector/kustomization.yaml's comment has it."""
+    folder.mkdir(parents=True)
+    spec = {
+        "namespace": namespace,
+        "resources": [os.path.relpath(DETECTOR, folder)],
+        "replacements": [
+            {
+                "source": {
+                    "kind": "ServiceAccount",
+                    "name": "modelloop-detector",
+                    "fieldPath": "metadata.namespace",
+                },
+                "targets": [
+                    {
+                        "select": {
+                            "kind": "ClusterRoleBinding",
+                            "name": "modelloop-detector-auth-delegator.NAMESPACE",
+                        },
+                        "fieldPaths": ["metadata.name"],
+                        "options": {"delimiter": ".", "index": 1},
+                    }
+                ],
+            }
+        ],
+    }
+    (folder / "kustomization.yaml").write_text(yaml.safe_dump(spec))
+    return folder
+
+
+def test_two_teams_detectors_each_authenticate_callers_as_their_own_account(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    teams = [f"t-det-{uuid.uuid4().hex[:6]}" for _ in range(2)]
+    rendered = {team: render(cluster, team_detector(tmp_path / team, team)) for team in teams}
+    for team in teams:
+        ensure_namespace(cluster, team)
+    try:
+        for team in teams:
+            cluster.kubectl(*APPLY, "-k", str(tmp_path / team), timeout=120)
+        for team in teams:
+            deployment = by_kind(rendered[team], "Deployment")["modelloop-detector"]
+            assert env_of(deployment)["MODELLOOP_DETECTOR_AUTH"] == "kubernetes"
+            pod = deployment["spec"]["template"]["spec"]
+            assert (pod["serviceAccountName"], pod["automountServiceAccountToken"]) == (
+                "modelloop-detector",
+                True,
+            )
+            # Each team's binding is its own: the second apply did not take the first one's over.
+            binding = cluster.get("clusterrolebinding", f"modelloop-detector-auth-delegator.{team}")
+            assert binding["subjects"] == [
+                {"kind": "ServiceAccount", "name": "modelloop-detector", "namespace": team}
+            ]
+            account = f"system:serviceaccount:{team}:modelloop-detector"
+            assert can_i(cluster, account, "create", "tokenreviews.authentication.k8s.io")
+            assert can_i(cluster, account, "create", "subjectaccessreviews.authorization.k8s.io")
+            assert not can_i(cluster, account, "get", "secrets", "-n", team)
+            assert not can_i(cluster, account, "list", "inferenceservices.modelloop.dev", "-n", team)
+    finally:
+        for team in teams:
+            remove(cluster, rendered[team], namespaces=[team])
+
+
+def test_a_detector_applied_without_kustomizes_namespace_gets_no_binding(cluster: Cluster) -> None:
+    # kubectl's -n does not reach a ClusterRoleBinding's subject: the API server refuses the binding rather
+    # than bind an account of another namespace.
+    ensure_namespace(cluster, "default")
+    result = cluster.kubectl(*APPLY, "--dry-run=server", "-k", str(DETECTOR), "-n", "default", check=False)
+    assert result.returncode != 0
+    assert "subjects[0].namespace" in result.stderr, result.stderr
 
 
 # --- the base and the Helm chart ----------------------------------------------------------------------

@@ -208,6 +208,55 @@ def test_an_editor_creates_changes_steers_and_deletes_in_its_namespace_only(
     assert deleted.returncode == 0, deleted.stderr
 
 
+OPERATOR_RBAC = ROOT / "manifests" / "operator" / "rbac.yaml"
+DRIFT = ("inferenceservices.modelloop.dev", "--subresource=drift")
+FEEDBACK = ("inferenceservices.modelloop.dev", "--subresource=feedback")
+
+
+@pytest.fixture
+def operator_account(cluster: Cluster, namespace: str) -> Iterator[str]:
+    """An account with exactly the operator's ClusterRole (manifests/operator/rbac.yaml), bound cluster-wide
+    as the base binds it; the role and binding (named for the test) deleted after."""
+    (role,) = [d for d in yaml.safe_load_all(OPERATOR_RBAC.read_text()) if d and d["kind"] == "ClusterRole"]
+    name = f"modelloop-operator-{uuid.uuid4().hex[:6]}"
+    role["metadata"] = {"name": name}
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": "modelloop", "namespace": namespace}],
+    }
+    listing = roles_listing([role, binding])
+    cluster.kubectl("apply", "-f", "-", input=listing)
+    try:
+        yield f"system:serviceaccount:{namespace}:modelloop"
+    finally:
+        cluster.kubectl("delete", "--ignore-not-found", "-f", "-", input=listing)
+
+
+@pytest.mark.usefixtures("installed_user_roles", "people")
+def test_on_the_detector_editors_post_labels_in_their_namespace_and_only_the_operator_registers(
+    cluster: Cluster, namespace: str, other_namespace: str, operator_account: str
+) -> None:
+    # What the drift detector asks the API server (a SubjectAccessReview, as `kubectl auth can-i` does)
+    # before it takes a label (feedback, create) or a registration or export (drift, update).
+    for user in (EDITOR, ADMIN):
+        assert can_i(cluster, user, "create", *FEEDBACK, "-n", namespace), user
+        assert not can_i(cluster, user, "create", *FEEDBACK, "-n", other_namespace), user
+        assert can_i(cluster, user, "get", *DRIFT, "-n", namespace), user
+        assert not can_i(cluster, user, "get", *DRIFT, "-n", other_namespace), user
+        assert not can_i(cluster, user, "update", *DRIFT, "-n", namespace), user
+    assert can_i(cluster, VIEWER, "get", *DRIFT, "-n", namespace)
+    assert not can_i(cluster, VIEWER, "create", *FEEDBACK, "-n", namespace)
+    assert not can_i(cluster, VIEWER, "update", *DRIFT, "-n", namespace)
+    # The operator registers and exports in every namespace; it never posts labels.
+    for where in (namespace, other_namespace):
+        assert can_i(cluster, operator_account, "update", *DRIFT, "-n", where), where
+        assert can_i(cluster, operator_account, "get", *DRIFT, "-n", where), where
+        assert not can_i(cluster, operator_account, "create", *FEEDBACK, "-n", where), where
+
+
 @pytest.mark.usefixtures("installed_user_roles")
 def test_a_cluster_wide_viewer_lists_every_kind_in_all_namespaces(cluster: Cluster, namespace: str) -> None:
     binding = f"{CLUSTER_VIEWER}-{namespace}"

@@ -324,7 +324,7 @@ def test_detector_is_off_by_default_and_renders_nothing(tmp_path: Path) -> None:
 def test_enabled_detector_is_a_deployment_and_a_service_that_selects_its_pods(tmp_path: Path) -> None:
     objects = detector_objects(rendered(tmp_path, {"detector": {"enabled": True}}))
 
-    assert sorted(objects) == ["Deployment", "Service"]
+    assert sorted(objects) == ["ClusterRoleBinding", "Deployment", "Service", "ServiceAccount"]
     deployment, service = objects["Deployment"], objects["Service"]
     assert deployment["metadata"]["name"] == service["metadata"]["name"] == "modelloop-detector"
     assert deployment["spec"]["replicas"] == 1
@@ -353,12 +353,12 @@ def test_the_operators_objects_never_select_the_detectors_pods(tmp_path: Path) -
 
 
 @needs_helm
-def test_detector_pod_is_non_root_read_only_without_capabilities_or_token(tmp_path: Path) -> None:
+def test_detector_pod_is_non_root_read_only_without_capabilities_with_its_own_token(tmp_path: Path) -> None:
     deployment = detector_objects(rendered(tmp_path, {"detector": {"enabled": True}}))["Deployment"]
     pod = deployment["spec"]["template"]["spec"]
     container = detector_container(deployment)
 
-    assert_restricted(pod, container)
+    assert_restricted(pod, container, token=True)
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert "emptyDir" in volumes[mounts["/tmp"]]
@@ -439,7 +439,7 @@ def test_detector_takes_gpus_credentials_a_claim_and_its_nodes_from_values(tmp_p
     assert container["resources"]["requests"] == VALUES["detector"]["resources"]["requests"]
     assert container["envFrom"] == values["extraEnvFrom"]
     roots = {"name": "MODELLOOP_DETECTOR_ARTIFACT_ROOTS", "value": "file:///data"}
-    assert container["env"] == [roots, *values["extraEnv"]]
+    assert container["env"] == [AUTHENTICATED, AUDIENCE, roots, *values["extraEnv"]]
     (data,) = [m for m in container["volumeMounts"] if m["mountPath"] == "/data"]
     (volume,) = [v for v in pod["volumes"] if v["name"] == data["name"]]
     assert volume["persistentVolumeClaim"] == {"claimName": "datasets"}
@@ -519,9 +519,13 @@ def kustomize_detector() -> dict[str, dict[str, Any]]:
     """manifests/detector's objects, by kind."""
     return {
         doc["kind"]: doc
-        for name in ("deployment.yaml", "service.yaml", "networkpolicy.yaml")
+        for name in ("deployment.yaml", "service.yaml", "networkpolicy.yaml", "rbac.yaml")
         for doc in yaml.safe_load_all((DETECTOR_MANIFESTS / name).read_text())
     }
+
+
+AUTHENTICATED = {"name": "MODELLOOP_DETECTOR_AUTH", "value": "kubernetes"}
+AUDIENCE = {"name": "MODELLOOP_DETECTOR_AUDIENCE", "value": "modelloop-detector"}
 
 
 SERVES_ITS_OWN_NAMESPACE = {
@@ -544,6 +548,71 @@ def test_the_charts_default_detector_runs_as_the_kustomize_one(tmp_path: Path) -
     assert chart["Service"]["spec"]["ports"] == manifests["Service"]["spec"]["ports"]
 
 
+# --- who may call the detector (detector.authentication) ---------------------------------------------------
+
+
+@needs_helm
+def test_detector_authenticates_its_callers_as_its_own_account_bound_to_auth_delegator(
+    tmp_path: Path,
+) -> None:
+    assert VALUES["detector"]["authentication"] == "kubernetes"
+    objects = detector_objects(rendered(tmp_path, {"detector": {"enabled": True}}))
+    account, binding = objects["ServiceAccount"], objects["ClusterRoleBinding"]
+    pod = objects["Deployment"]["spec"]["template"]["spec"]
+
+    assert env_of(objects["Deployment"])["MODELLOOP_DETECTOR_AUTH"] == "kubernetes"
+    assert pod["serviceAccountName"] == account["metadata"]["name"] == "modelloop-detector"
+    assert account["metadata"]["namespace"] == "modelloop-system"
+    assert pod["automountServiceAccountToken"] is True
+    assert account["automountServiceAccountToken"] is False
+    assert binding["metadata"]["name"] == "modelloop-detector-auth-delegator.modelloop-system"
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "ClusterRole",
+        "name": "system:auth-delegator",
+    }
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "modelloop-detector", "namespace": "modelloop-system"}
+    ]
+
+
+@needs_helm
+def test_detector_without_authentication_mounts_no_token_and_is_bound_to_nothing(tmp_path: Path) -> None:
+    values = {"detector": {"enabled": True, "authentication": "none"}}
+    objects = detector_objects(rendered(tmp_path, values))
+    assert sorted(objects) == ["Deployment", "Service", "ServiceAccount"]
+    assert env_of(objects["Deployment"])["MODELLOOP_DETECTOR_AUTH"] == "none"
+    assert_restricted(
+        objects["Deployment"]["spec"]["template"]["spec"], detector_container(objects["Deployment"])
+    )
+
+
+@needs_helm
+def test_detector_binding_is_left_to_the_user_without_rbac_create(tmp_path: Path) -> None:
+    values = {"detector": {"enabled": True}, "rbac": {"create": False}}
+    objects = detector_objects(rendered(tmp_path, values))
+    assert "ClusterRoleBinding" not in objects
+    assert env_of(objects["Deployment"])["MODELLOOP_DETECTOR_AUTH"] == "kubernetes"
+
+
+@needs_helm
+def test_detector_authentication_cannot_be_replaced_by_extra_env(tmp_path: Path) -> None:
+    extra = [{"name": "MODELLOOP_DETECTOR_AUTH", "value": "none"}]
+    result = helm(
+        tmp_path, "template", "modelloop", values={"detector": {"enabled": True, "extraEnv": extra}}
+    )
+    assert result.returncode != 0
+    assert "detector.extraEnv: MODELLOOP_DETECTOR_AUTH is set by detector.authentication" in result.stderr
+
+
+@needs_helm
+def test_helm_refuses_an_unknown_authentication_naming_it(tmp_path: Path) -> None:
+    values = {"detector": {"enabled": True, "authentication": "oidc"}}
+    result = helm(tmp_path, "template", "modelloop", values=values)
+    assert result.returncode != 0
+    assert "/detector/authentication" in result.stderr, result.stderr
+
+
 # --- the drift detector per namespace (detector.mode perNamespace) ---------------------------------------
 
 PER_NAMESPACE = {"enabled": True, "mode": "perNamespace"}
@@ -555,11 +624,13 @@ OPERATOR_POD_LABELS = {
 
 
 def detectors_by_namespace(objects: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
-    """The detectors' objects by namespace, then kind (one of each kind in a namespace)."""
+    """The detectors' objects by namespace, then kind (one of each kind in a namespace); a detector's
+    ClusterRoleBinding counts as its subject's namespace's."""
     found: dict[str, dict[str, dict[str, Any]]] = {}
     for o in objects:
         if o["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "detector":
-            by_kind = found.setdefault(o["metadata"]["namespace"], {})
+            namespace = o["metadata"].get("namespace") or o["subjects"][0]["namespace"]
+            by_kind = found.setdefault(namespace, {})
             assert o["kind"] not in by_kind, f"two {o['kind']}s in {o['metadata']['namespace']}"
             by_kind[o["kind"]] = o
     return found
@@ -583,10 +654,21 @@ def test_per_namespace_detectors_run_in_each_of_their_namespaces_and_serve_it_on
 
     assert sorted(detectors) == ["team-a", "team-b"]
     for namespace, objects in detectors.items():
-        assert sorted(objects) == ["Deployment", "NetworkPolicy", "Service", "ServiceMonitor"]
+        assert sorted(objects) == [
+            "ClusterRoleBinding",
+            "Deployment",
+            "NetworkPolicy",
+            "Service",
+            "ServiceAccount",
+            "ServiceMonitor",
+        ]
+        binding = objects.pop("ClusterRoleBinding")
+        assert binding["metadata"]["name"] == f"modelloop-detector-auth-delegator.{namespace}"
         assert {o["metadata"]["name"] for o in objects.values()} == {"modelloop-detector"}
         deployment, service, monitor = objects["Deployment"], objects["Service"], objects["ServiceMonitor"]
         assert env_of(deployment) == {
+            "MODELLOOP_DETECTOR_AUTH": "kubernetes",
+            "MODELLOOP_DETECTOR_AUDIENCE": "modelloop-detector",
             "MODELLOOP_DETECTOR_ARTIFACT_ROOTS": "file:///var/lib/modelloop",
             "MODELLOOP_DETECTOR_NAMESPACE": namespace,
         }
@@ -594,7 +676,7 @@ def test_per_namespace_detectors_run_in_each_of_their_namespaces_and_serve_it_on
         assert service["spec"]["selector"].items() <= pod_labels.items()
         assert monitor["spec"]["namespaceSelector"] == {"matchNames": [namespace]}
         assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
-        assert_restricted(deployment["spec"]["template"]["spec"], detector_container(deployment))
+        assert_restricted(deployment["spec"]["template"]["spec"], detector_container(deployment), token=True)
 
 
 @needs_helm
@@ -739,7 +821,13 @@ def test_shared_mode_is_the_default_and_its_detector_serves_every_namespace(tmp_
     detectors = detectors_by_namespace(rendered(tmp_path, {**values, "serviceMonitor": {"enabled": True}}))
     assert sorted(detectors) == ["modelloop-system"]
     objects = detectors["modelloop-system"]
-    assert sorted(objects) == ["Deployment", "Service", "ServiceMonitor"]
+    assert sorted(objects) == [
+        "ClusterRoleBinding",
+        "Deployment",
+        "Service",
+        "ServiceAccount",
+        "ServiceMonitor",
+    ]
     assert "MODELLOOP_DETECTOR_NAMESPACE" not in env_of(objects["Deployment"])
     assert objects["ServiceMonitor"]["spec"]["namespaceSelector"] == {"matchNames": ["modelloop-system"]}
     # Spelling the defaults out renders the very same bytes.
@@ -892,7 +980,50 @@ def test_chart_binds_the_operator_cluster_wide_when_a_watched_namespace_is_a_pat
 
 
 @needs_helm
+def test_chart_grants_the_drift_detectors_subresources_as_the_manifests_do(tmp_path: Path) -> None:
+    roles = of_kind(rendered(tmp_path, {}), "ClusterRole")
+
+    def granted(role: str, resource: str) -> set[str]:
+        return {
+            verb
+            for rule in roles[role]["rules"]
+            if resource in rule["resources"] and "modelloop.dev" in rule["apiGroups"]
+            for verb in rule["verbs"]
+        }
+
+    assert granted("modelloop-operator", "inferenceservices/drift") == {"get", "update"}
+    assert granted("modelloop-view", "inferenceservices/drift") == {"get"}
+    assert granted("modelloop-edit", "inferenceservices/drift") == {"get"}
+    assert granted("modelloop-edit", "inferenceservices/feedback") == {"create"}
+    assert granted("modelloop-view", "inferenceservices/feedback") == set()
+
+
+@needs_helm
 def test_chart_creates_no_operator_binding_without_rbac_create(tmp_path: Path) -> None:
     objects = rendered(tmp_path, {"rbac": {"create": False}, "operator": {"watchNamespaces": ["team-a"]}})
     assert of_kind(objects, "RoleBinding") == of_kind(objects, "ClusterRoleBinding") == {}
     assert sorted(of_kind(objects, "ClusterRole")) == ["modelloop-edit", "modelloop-view"]
+
+
+def test_the_operator_shows_detectors_a_token_for_their_audience_only_never_its_api_token(
+    tmp_path: Path,
+) -> None:
+    # The detector's URL is a tenant's: the operator's token for it is a projected one for the detectors'
+    # audience, mounted where MODELLOOP_DETECTOR_TOKEN_FILE's default looks, and the detectors ask for it.
+    from modelloop.settings import DETECTOR_TOKEN
+
+    for objects in (
+        rendered(tmp_path, {"detector": {"enabled": True}}),
+        [d for name in ("operator/deployment.yaml", "detector/deployment.yaml")
+         for d in yaml.safe_load_all((REPO_ROOT / "manifests" / name).read_text()) if d],
+    ):  # fmt: skip
+        deployments = {d["metadata"]["name"]: d for d in objects if d["kind"] == "Deployment"}
+        operator = next(d for n, d in deployments.items() if not n.endswith("detector"))
+        detector = next(d for n, d in deployments.items() if n.endswith("detector"))
+        pod = operator["spec"]["template"]["spec"]
+        [mount] = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "detector-token"]
+        assert f"{mount['mountPath']}/token" == DETECTOR_TOKEN
+        [volume] = [v for v in pod["volumes"] if v["name"] == "detector-token"]
+        [source] = volume["projected"]["sources"]
+        assert source["serviceAccountToken"]["audience"] == "modelloop-detector"
+        assert env_of(detector)["MODELLOOP_DETECTOR_AUDIENCE"] == "modelloop-detector"

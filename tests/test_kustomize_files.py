@@ -94,7 +94,13 @@ def detector_objects() -> dict[str, dict[str, Any]]:
 def test_detector_kustomization_lists_the_detectors_manifests() -> None:
     expected = sorted(p.name for p in DETECTOR.glob("*.yaml") if p.name != "kustomization.yaml")
     assert sorted(kustomization(DETECTOR)["resources"]) == expected
-    assert sorted(detector_objects()) == ["Deployment", "NetworkPolicy", "Service"]
+    assert sorted(detector_objects()) == [
+        "ClusterRoleBinding",
+        "Deployment",
+        "NetworkPolicy",
+        "Service",
+        "ServiceAccount",
+    ]
 
 
 def test_detector_runs_the_detectors_released_image() -> None:
@@ -104,11 +110,11 @@ def test_detector_runs_the_detectors_released_image() -> None:
     assert container["image"] == f"ghcr.io/modelloop/detector:{match.group(1)}"
 
 
-def test_detector_pod_is_non_root_read_only_without_capabilities_or_token() -> None:
+def test_detector_pod_is_non_root_read_only_without_capabilities_with_its_own_token() -> None:
     pod = detector_objects()["Deployment"]["spec"]["template"]["spec"]
     (container,) = pod["containers"]
 
-    assert_restricted(pod, container)
+    assert_restricted(pod, container, token=True)
     volumes = {v["name"]: v for v in pod["volumes"]}
     (tmp,) = [m for m in container["volumeMounts"] if m["mountPath"] == "/tmp"]
     assert "emptyDir" in volumes[tmp["name"]]
@@ -137,6 +143,33 @@ def test_detector_service_reaches_the_detectors_pods_and_never_the_operators() -
         assert (
             not service["spec"]["selector"].items() <= other["spec"]["template"]["metadata"]["labels"].items()
         )
+
+
+def test_detector_authenticates_its_callers_as_its_own_service_account() -> None:
+    objects = detector_objects()
+    account, binding, deployment = (
+        objects["ServiceAccount"],
+        objects["ClusterRoleBinding"],
+        objects["Deployment"],
+    )
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert {"name": "MODELLOOP_DETECTOR_AUTH", "value": "kubernetes"} in container["env"]
+    assert pod["serviceAccountName"] == account["metadata"]["name"]
+    assert pod["automountServiceAccountToken"] is True
+    assert account["automountServiceAccountToken"] is False  # no other pod of the account gets the token
+    # TokenReview and SubjectAccessReview, and nothing else: Kubernetes' own role for it.
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "ClusterRole",
+        "name": "system:auth-delegator",
+    }
+    # The subject has no namespace for kustomize's `namespace:` to write the detector's; the name ends in a
+    # placeholder that the team's replacement (kustomization.yaml's comment) makes the namespace.
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account["metadata"]["name"]}]
+    assert binding["metadata"]["name"] == "modelloop-detector-auth-delegator.NAMESPACE"
+    comment = (DETECTOR / "kustomization.yaml").read_text()
+    assert "select: {kind: ClusterRoleBinding, name: modelloop-detector-auth-delegator.NAMESPACE}" in comment
 
 
 # --- what people may do with modelloop's kinds (manifests/operator/user-roles.yaml) ------------------------
@@ -186,6 +219,24 @@ def test_people_read_status_and_only_the_operator_writes_it(plural: str) -> None
         assert granted(role, f"{plural}/status") == {"get"}
 
 
+def test_viewers_read_drift_registrations_and_editors_also_post_labels_but_never_register() -> None:
+    # The drift detector's subresources (it asks the API server with a SubjectAccessReview): registering a
+    # service's versions and exporting its rows (`update` on drift) are the operator's alone.
+    roles = user_roles()
+    assert granted(roles["view"], "inferenceservices/drift") == {"get"}
+    assert granted(roles["view"], "inferenceservices/feedback") == set()
+    for role in ("edit", "admin"):
+        assert granted(roles[role], "inferenceservices/drift") == {"get"}
+        assert granted(roles[role], "inferenceservices/feedback") == {"create"}
+
+
+def test_the_operator_registers_with_detectors_and_exports_from_them() -> None:
+    rbac = [doc for doc in yaml.safe_load_all((MANIFESTS / "operator" / "rbac.yaml").read_text()) if doc]
+    (role,) = [doc for doc in rbac if doc["kind"] == "ClusterRole"]
+    assert granted(role, "inferenceservices/drift") == {"get", "update"}
+    assert granted(role, "inferenceservices/feedback") == set()
+
+
 def test_user_roles_grant_nothing_outside_modelloops_kinds() -> None:
     for role in user_roles().values():
         for rule in role["rules"]:
@@ -195,8 +246,8 @@ def test_user_roles_grant_nothing_outside_modelloops_kinds() -> None:
 
 
 def test_detector_serves_only_the_namespace_it_is_applied_to() -> None:
-    # No namespace of its own: kustomize's `namespace:` (or kubectl's -n) puts it with the team's models,
-    # and the detector reads which namespace that is from its pod.
+    # No namespace of its own: kustomize's `namespace:` puts it with the team's models, and the detector
+    # reads which namespace that is from its pod.
     assert [kind for kind, doc in detector_objects().items() if "namespace" in doc["metadata"]] == []
     (container,) = detector_objects()["Deployment"]["spec"]["template"]["spec"]["containers"]
     assert {

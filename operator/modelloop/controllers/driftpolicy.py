@@ -110,7 +110,7 @@ class DriftPolicyController:
         self.client = client
         self.writer = StatusWriter(PLURAL, client)
         self.prometheus = Prometheus(settings.prometheus_url, executor=queries)
-        self.detector = DetectorClient()
+        self.detector = DetectorClient(token_file=settings.detector_token_file)
         self.objects: ObjectReconciler[DriftPolicySpec, DriftPolicyStatus] = ObjectReconciler(
             "DriftPolicy",
             "drift_policies",

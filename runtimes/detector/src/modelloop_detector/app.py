@@ -13,7 +13,10 @@ A body is read in chunks up to ``MODELLOOP_DETECTOR_MAX_BODY_BYTES`` and refused
 anything parses it. What a limit refuses (:class:`~modelloop_detector.limits.Refused`) is answered with
 its 4xx and counted in ``modelloop_detector_refused_total{reason}``. A detector set to one namespace
 (:class:`~modelloop_detector.tenancy.Tenancy`) answers 403 to any event, and any path (before its body is
-parsed), that names another.
+read), that names another. With authentication on (:mod:`~modelloop_detector.auth`,
+``MODELLOOP_DETECTOR_AUTH=kubernetes``), every call under ``/v1/`` must then carry a Kubernetes bearer token
+allowed the access the call needs (401, 403, or 503 when the API server cannot tell), checked before its
+body is read; ingestion, ``/metrics`` and ``/healthz`` stay open.
 """
 
 from __future__ import annotations
@@ -28,9 +31,10 @@ from modelloop_contracts import ExportRequest, InvalidMessage, Registration
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from modelloop_detector.api import parse_labels, reference_summary, service_status
+from modelloop_detector.auth import Authorizer, required_access
 from modelloop_detector.events import EVENT_KINDS, EventRejected, read_asgi_event
 from modelloop_detector.export import ExportFailed, export_csv
-from modelloop_detector.limits import FEATURE, NAME, RefusalReason, Refused, check_name
+from modelloop_detector.limits import DNS_LABEL, FEATURE, NAME, RefusalReason, Refused, check_name
 from modelloop_detector.metrics import DetectorMetrics
 from modelloop_detector.service import DriftService, NothingToExport, UnknownService
 
@@ -55,22 +59,27 @@ def _error(status: int, message: str) -> Reply:
 
 
 class DetectorApp:
-    """The ASGI application over one :class:`DriftService`."""
+    """The ASGI application over one :class:`DriftService`; ``authorizer``, where given, checks the callers
+    of ``/v1/`` (None: anyone that reaches the detector may call it)."""
 
-    def __init__(self, service: DriftService, metrics: DetectorMetrics) -> None:
+    def __init__(
+        self, service: DriftService, metrics: DetectorMetrics, authorizer: Authorizer | None = None
+    ) -> None:
         self.service = service
         self.metrics = metrics
+        self.authorizer = authorizer
         self._received = {kind: metrics.events.labels(kind) for kind in EVENT_KINDS.values()}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return  # lifespan: nothing to set up or tear down
+        headers: tuple[tuple[bytes, bytes], ...] = ()
         try:
-            body = await self._read_body(scope, receive)
-            status, payload, content_type = await self._route(scope, body)
+            status, payload, content_type = await self._route(scope, receive)
         except Refused as exc:
             self.metrics.count_refusal(exc.reason)
             status, payload, content_type = _error(exc.status, str(exc))
+            headers = exc.headers
         except Exception as exc:  # a bug must answer 500, not kill the connection
             logger.exception("%s %s failed", scope["method"], scope["path"])
             status, payload, content_type = _error(500, f"internal error ({type(exc).__name__})")
@@ -78,7 +87,11 @@ class DetectorApp:
             {
                 "type": "http.response.start",
                 "status": status,
-                "headers": [(b"content-type", content_type), (b"content-length", str(len(payload)).encode())],
+                "headers": [
+                    (b"content-type", content_type),
+                    (b"content-length", str(len(payload)).encode()),
+                    *headers,
+                ],
             }
         )
         await send({"type": "http.response.body", "body": payload})
@@ -106,9 +119,10 @@ class DetectorApp:
             if not message.get("more_body"):
                 return b"".join(chunks)
 
-    async def _route(self, scope: Scope, body: bytes) -> Reply:
+    async def _route(self, scope: Scope, receive: Receive) -> Reply:
         method, path = scope["method"], scope["path"]
         if path == "/":
+            body = await self._read_body(scope, receive)
             if method != "POST":
                 return _error(405, "POST inference CloudEvents to /")
             return self._ingest(scope, body)
@@ -121,7 +135,16 @@ class DetectorApp:
             return _error(404, f"no such path: {path}")
         resource, namespace, name = parts[1], parts[2], parts[3]
         if resource in ("services", "feedback", "export"):
-            self.service.check_namespace(namespace)  # before the body is parsed
+            self.service.check_namespace(namespace)  # before the body is read
+        access = required_access(method, resource, namespace, name)
+        if access is not None and self.authorizer is not None:
+            # Only names an InferenceService can have go to the API server.
+            limit = self.service.limits.max_name_length
+            check_name("the path's namespace", namespace, DNS_LABEL, limit)
+            check_name("the path's service", name, DNS_LABEL, limit)
+            # Before the body is read: a caller without the right reads nothing and makes nothing be held.
+            await self.authorizer.check(scope["headers"], access)
+        body = await self._read_body(scope, receive)
         try:
             if resource == "services":
                 return await self._services(method, namespace, name, body)

@@ -1,9 +1,11 @@
 """``modelloop-detector``: the drift detector service.
 
-Flags set how windows are judged and which namespace the detector serves (``--namespace``, by default
-``MODELLOOP_DETECTOR_NAMESPACE``: one namespace, or every one when empty); the bounds on what callers may
-make it hold (:class:`Limits`) and the artifact roots (:class:`ArtifactRoots`) are environment variables,
-``MODELLOOP_DETECTOR_*``, so that a deployment sets them once for every pod.
+Flags set how windows are judged, which namespace the detector serves (``--namespace``, by default
+``MODELLOOP_DETECTOR_NAMESPACE``: one namespace, or every one when empty) and whether its API checks
+Kubernetes identities (``--auth``, by default ``MODELLOOP_DETECTOR_AUTH``, else ``none``); the bounds on
+what callers may make it hold (:class:`Limits`), the artifact roots (:class:`ArtifactRoots`) and how it
+reaches the API server (:class:`AuthSettings`) are environment variables, ``MODELLOOP_DETECTOR_*``, so that
+a deployment sets them once for every pod.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import uvicorn
 
 from modelloop_detector.app import DetectorApp
 from modelloop_detector.artifacts import ArtifactRoots
+from modelloop_detector.auth import AUTH_VARIABLE, Authorizer, AuthSettings, build_authorizer
 from modelloop_detector.detectors import DetectorSettings
 from modelloop_detector.evaluation import EvaluationLoop
 from modelloop_detector.limits import Limits
@@ -66,6 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get(NAMESPACE_VARIABLE, ""),
         help="serve only this namespace: events, labels, registrations and exports that name another are "
         f"refused (403); empty: every namespace, a shared detector (default: {NAMESPACE_VARIABLE})",
+    )
+    parser.add_argument(
+        "--auth",
+        default=os.environ.get(AUTH_VARIABLE, "none"),
+        help="who may call /v1/: 'kubernetes' (a bearer token the API server authenticates, and allows "
+        "on inferenceservices/drift or /feedback) or 'none' (whatever reaches the detector); ingestion, "
+        f"/metrics and /healthz stay open (default: {AUTH_VARIABLE}, else none)",
     )
     parser.add_argument("--window-rows", type=_positive_int, default=1000, help="rows a window keeps at most")
     parser.add_argument(
@@ -128,12 +138,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 @dataclass
 class Detector:
-    """A detector process's parts: the service, its metrics, the HTTP app and the evaluation loops."""
+    """A detector process's parts: the service, its metrics, the HTTP app, the evaluation loops and the
+    authorizer of its callers (None: no authentication)."""
 
     service: DriftService
     metrics: DetectorMetrics
     app: DetectorApp
     loops: list[EvaluationLoop]
+    authorizer: Authorizer | None = None
 
     def start(self) -> None:
         """Start the evaluation threads."""
@@ -141,9 +153,11 @@ class Detector:
             loop.start()
 
     def stop(self) -> None:
-        """Stop the evaluation threads."""
+        """Stop the evaluation threads (and the authorizer's)."""
         for loop in self.loops:
             loop.stop()
+        if self.authorizer is not None:
+            self.authorizer.close()
 
 
 def build_detector(
@@ -151,9 +165,10 @@ def build_detector(
     limits: Limits | None = None,
     roots: ArtifactRoots | None = None,
     tenancy: Tenancy | None = None,
+    authorizer: Authorizer | None = None,
 ) -> Detector:
-    """Wire a detector from parsed arguments (and the limits, roots and tenancy, else their defaults:
-    a detector that serves every namespace)."""
+    """Wire a detector from parsed arguments (and the limits, roots, tenancy and authorizer, else their
+    defaults: a detector that serves every namespace, to any caller)."""
     window = WindowSettings(
         window_rows=args.window_rows,
         window_seconds=args.window_seconds,
@@ -182,7 +197,7 @@ def build_detector(
     )
     metrics.watch(service)
     loops = [EvaluationLoop(service, kind, metrics.observe_verdict) for kind in ("fast", "mmd")]
-    return Detector(service, metrics, DetectorApp(service, metrics), loops)
+    return Detector(service, metrics, DetectorApp(service, metrics, authorizer), loops, authorizer)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -192,6 +207,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         limits, roots = Limits.from_env(os.environ), ArtifactRoots.from_env(os.environ)
         tenancy = Tenancy.parse(args.namespace)
+        auth = AuthSettings.parse(args.auth, os.environ)
+        authorizer = build_authorizer(auth)
     except ValueError as exc:
         parser.error(str(exc))
     logging.basicConfig(
@@ -199,10 +216,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    detector = build_detector(args, limits, roots, tenancy)
+    detector = build_detector(args, limits, roots, tenancy, authorizer)
     detector.start()
     logger.info(
-        "modelloop-detector %s listening on %s:%d for %s (window %d rows / %gs; artifact roots %s)",
+        "modelloop-detector %s listening on %s:%d for %s (window %d rows / %gs; artifact roots %s; "
+        "authentication: %s)",
         DETECTOR_VERSION,
         args.host,
         args.port,
@@ -210,6 +228,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.window_rows,
         args.window_seconds,
         roots,
+        auth,
     )
     config = uvicorn.Config(
         detector.app,

@@ -1,7 +1,8 @@
 """What a caller may make the detector hold: every size that comes from a request is bounded here.
 
 One detector serves a whole namespace's services (or, shared, every namespace's), and anything that can
-reach it can post to it; which namespaces it serves is :mod:`~modelloop_detector.tenancy`'s. Each bound
+reach it can post events to it; which namespaces it serves is :mod:`~modelloop_detector.tenancy`'s, who
+may call the rest of its API :mod:`~modelloop_detector.auth`'s. Each bound
 is a setting (an environment variable, default in :class:`Limits`), and what exceeds one is refused with
 a 4xx that names the field, and counted in ``modelloop_detector_refused_total{reason}``
 (:class:`RefusalReason`).
@@ -31,15 +32,26 @@ class RefusalReason(StrEnum):
     OUTSIDE_ARTIFACT_ROOTS = "outside_artifact_roots"
     REFERENCE_TOO_LARGE = "reference_too_large"
     NAMESPACE = "namespace"
+    UNAUTHENTICATED = "unauthenticated"
+    FORBIDDEN = "forbidden"
+    AUTH_UNAVAILABLE = "auth_unavailable"
 
 
 class Refused(ValueError):
-    """A request the detector will not take: HTTP ``status`` with a message naming the field."""
+    """A request the detector will not take: HTTP ``status`` with a message naming the field (and
+    ``headers`` for the answer, such as a 401's ``WWW-Authenticate``)."""
 
-    def __init__(self, reason: RefusalReason, message: str, status: int = 400) -> None:
+    def __init__(
+        self,
+        reason: RefusalReason,
+        message: str,
+        status: int = 400,
+        headers: tuple[tuple[bytes, bytes], ...] = (),
+    ) -> None:
         super().__init__(message)
         self.reason = reason
         self.status = status
+        self.headers = headers
 
 
 @dataclass(frozen=True)

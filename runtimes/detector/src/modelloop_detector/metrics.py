@@ -40,7 +40,7 @@ class DetectorMetrics:
         )
         self.refused = Counter(
             "modelloop_detector_refused",
-            "Requests refused by a limit or the artifact roots, by reason.",
+            "Requests refused by a limit, the artifact roots, the namespace or authentication, by reason.",
             ["reason"],
             registry=self.registry,
         )
