@@ -114,8 +114,13 @@ argocd-health-test: argocd-health-build ## the Argo CD health checks, run by Arg
 alerts-test: prometheus-bin ## promtool's unit tests of the alerts (manifests/monitoring/alerts.test.yaml)
 	hack/test-alerts.sh
 
+# Two workers, each with its own control plane, take whole test files (their fixtures are per file or per
+# session): the suite waits on controllers much of the time, and two files at once fill both cores.
+# E2E_PARALLEL= runs it in one process.
+E2E_PARALLEL ?= -n 2 --dist loadfile
+
 e2e: $(STAMP) $(TRAINER_STAMP) $(SERVER_STAMP) $(SELDON_STAMP) $(DETECTOR_STAMP) cluster-bins kserve-bins helm-bin prometheus-bin images-test ## end-to-end tests on the local control plane (started and stopped by the tests)
-	$(VENV)/bin/pytest e2e -q
+	$(VENV)/bin/pytest e2e -q $(E2E_PARALLEL) --durations=25
 
 # Everything at once: the Go scripts download unlocked and compile one at a time (hack/lib/gobuild.sh), so
 # KServe's slow module resolution overlaps the control plane's compile, the environments' installs and the

@@ -5,7 +5,10 @@ The loop is e2e/loop.py's, with every real part it has (the API server, KServe's
 model server, the detector, Prometheus, the trainer). While it runs, a seeded schedule injects, each after
 a random pause once the system is back from the previous one:
 
-- SIGKILLs of the operator, which is started again at once, as a Deployment's ReplicaSet would;
+- SIGKILLs of the operator's active replica, which is started again at once, as a Deployment's ReplicaSet
+  would; two replicas run with kopf peering (the active one and a standby of lower priority, a 5 s peering
+  lifetime), and each kill waits for a replica to be active again before the next;
+- a SIGKILL of the active replica and then of the standby as it takes over (during the handover);
 - a SIGKILL of kube-apiserver, started again with its own command line (kwok's binary runtime);
 - Prometheus stopped for longer than a rollout step (every query fails meanwhile);
 - the drift detector stopped and started again (its windows start empty);
@@ -42,11 +45,22 @@ from kubernetes.client.exceptions import ApiException
 from e2e.harness import Cluster, start_operator, wait_for
 from e2e.kubelet import report_termination, run_pod, running_held_pods
 from e2e.loop import POLICY, SERVICE, Loop, TrainingKubelet
+from e2e.test_peering import install_peering
 from modelloop.api import GROUP, KINDS
 
 log = logging.getLogger(__name__)
 
-FAULT_KINDS = ("kill-operator", "restart-apiserver", "prometheus-down", "restart-detector")
+FAULT_KINDS = (
+    "kill-operator",
+    "kill-in-handover",
+    "restart-apiserver",
+    "prometheus-down",
+    "restart-detector",
+)
+PEERING = "modelloop"
+PEERING_LIFETIME_SECONDS = 5
+ACTIVE = "active: no peer of higher priority"
+"""What the operator logs when its peering gate lets it act (operator/modelloop/machinery/peering.py)."""
 ROUTE = f"{SERVICE}-traffic"
 ROUTE_GROUP, ROUTE_VERSION, ROUTE_PLURAL = "gateway.networking.k8s.io", "v1", "httproutes"
 PROMETHEUS_DOWN_SECONDS = 10.0  # longer than a step of e2e/loop.py's rollout (4 s) and two analyses
@@ -80,42 +94,89 @@ class Injected:
 
 
 class Operator:
-    """`modelloop run` for the loop's namespace, killed and started again on demand."""
+    """Two replicas of `modelloop run` for the loop's namespace with kopf peering: the active one (priority
+    200, the loop's metrics address) and a standby (100), each killed and started again on demand."""
 
     def __init__(self, loop: Loop) -> None:
         self.loop = loop
         self.log_path = loop.workdir / "operator.log"
+        self.standby_log = loop.workdir / "standby.log"
         self.process: subprocess.Popen[bytes] | None = None
+        self.standby: subprocess.Popen[bytes] | None = None
         self.starts = 0
+        self.standby_starts = 0
 
     def start(self) -> None:
-        self.process = start_operator(
+        """Start the replicas that are not running, and wait until one of them is active."""
+        if self.starts == 0:
+            install_peering(self.loop.cluster, self.loop.namespace)
+        before = _actives(self.log_path) + _actives(self.standby_log)
+        if self.standby is None or self.standby.poll() is not None:
+            # Not scraped: the metrics address is the active replica's.
+            self.standby = self._start(self.standby_log, 100, metrics=False)
+            self.standby_starts += 1
+        self.process = self._start(self.log_path, 200, metrics=True)
+        self.starts += 1
+        # A replica started again waits for its dead predecessor's peering entry to expire.
+        wait_for(
+            lambda: _actives(self.log_path) + _actives(self.standby_log) > before,
+            timeout=PEERING_LIFETIME_SECONDS * 6,
+            what="a replica to be active",
+        )
+
+    def _start(self, log: Path, priority: int, metrics: bool) -> subprocess.Popen[bytes]:
+        args = self.loop.operator_args if metrics else ()
+        return start_operator(
             self.loop.cluster,
             self.loop.namespace,
-            self.log_path,
-            extra_args=self.loop.operator_args,
-            env=self.loop.operator_env,
+            log,
+            extra_args=(*args, "--peering", PEERING, "--priority", str(priority)),
+            env={**self.loop.operator_env, "MODELLOOP_PEERING_LIFETIME": str(PEERING_LIFETIME_SECONDS)},
             timeout=120,
         )
-        self.starts += 1
 
     def kill(self) -> str:
+        """SIGKILL the active replica and start it again."""
         assert self.process is not None
-        pid = self.process.pid
-        alive = self.process.poll() is None
-        self.process.send_signal(signal.SIGKILL)
-        code = self.process.wait()
+        detail = _kill(self.process)
         self.start()
-        return f"pid {pid} ({'running' if alive else f'had exited {self.process.returncode}'}, ended {code})"
+        return detail
+
+    def kill_in_handover(self) -> str:
+        """SIGKILL the active replica, then the standby at the moment it takes over; start both again."""
+        assert self.process is not None and self.standby is not None
+        before = _actives(self.standby_log)
+        leader = _kill(self.process)
+        wait_for(
+            lambda: _actives(self.standby_log) > before,
+            timeout=PEERING_LIFETIME_SECONDS * 6,
+            what="the standby to take over",
+        )
+        standby = _kill(self.standby)
+        self.start()
+        return f"active {leader}, then the standby as it took over: {standby}"
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        for process in (self.process, self.standby):
+            if process is not None and process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+
+
+def _kill(process: subprocess.Popen[bytes]) -> str:
+    pid, alive = process.pid, process.poll() is None
+    process.send_signal(signal.SIGKILL)
+    code = process.wait()
+    return f"pid {pid} ({'running' if alive else 'had exited'}, ended {code})"
+
+
+def _actives(log: Path) -> int:
+    """How many times the replica writing ``log`` became active."""
+    return log.read_text(errors="replace").count(ACTIVE) if log.exists() else 0
 
 
 def restart_apiserver(cluster: Cluster) -> str:
@@ -190,6 +251,8 @@ class Storm(threading.Thread):
     def _inject(self, kind: str) -> str:
         if kind == "kill-operator":
             return self.operator.kill()
+        if kind == "kill-in-handover":
+            return self.operator.kill_in_handover()
         if kind == "restart-apiserver":
             return restart_apiserver(self.loop.cluster)
         if kind == "prometheus-down":

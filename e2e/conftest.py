@@ -19,9 +19,12 @@ from e2e.kserve import KServe, running_kserve
 from e2e.models import Trained, train
 from modelloop.api import GROUP, KINDS
 
-# Overridable so that two suites (say, two checkouts) can each have their own control plane at once.
-E2E_STATE = Path(os.environ.get("MODELLOOP_E2E_DIR") or ROOT / ".cluster" / "e2e")
-E2E_CLUSTER_NAME = os.environ.get("MODELLOOP_E2E_NAME") or "modelloop-e2e"
+# Overridable so that two suites (say, two checkouts) can each have their own control plane at once; each
+# pytest-xdist worker (`make e2e` runs two, a test file each at a time) has its own as well.
+WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+_OWN = f"-{WORKER}" if WORKER else ""
+E2E_STATE = Path((os.environ.get("MODELLOOP_E2E_DIR") or str(ROOT / ".cluster" / "e2e")) + _OWN)
+E2E_CLUSTER_NAME = (os.environ.get("MODELLOOP_E2E_NAME") or "modelloop-e2e") + _OWN
 
 
 @pytest.fixture(scope="session")

@@ -313,6 +313,25 @@ def _live(port: int) -> bool:
         return False
 
 
+def api_server_access(cluster: Cluster, ca_file: Path) -> str:
+    """The URL of ``cluster``'s API server, its CA written to ``ca_file``: what a process that reaches it
+    with a token of its own (a drift detector's TokenReviews) needs."""
+    server = yaml.safe_load(cluster.kubeconfig.read_text())["clusters"][0]["cluster"]
+    if "certificate-authority-data" in server:
+        ca_file.write_bytes(base64.b64decode(server["certificate-authority-data"]))
+    else:
+        ca_file.write_bytes(Path(server["certificate-authority"]).read_bytes())
+    return str(server["server"])
+
+
+def create_token(cluster: Cluster, account: str, namespace: str, audience: str | None = None) -> str:
+    """A token of the ServiceAccount from the TokenRequest API (an hour long): for ``audience``, or the API
+    server's own."""
+    bound = ("--audience", audience) if audience else ()
+    args = ("create", "token", account, "-n", namespace, "--duration=1h", *bound)
+    return cluster.kubectl(*args).stdout.strip()
+
+
 def token_kubeconfig(cluster: Cluster, token: str, path: Path) -> Path:
     """Write a kubeconfig for ``cluster``'s API server that authenticates with ``token`` alone (a
     ServiceAccount's, from ``kubectl create token``), so that a process run with it has exactly that

@@ -28,7 +28,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from e2e.harness import ROOT, SHARED_CRDS, Cluster, PollingLoop, free_port, running_operator, wait_for
+from e2e.harness import (
+    ROOT,
+    SHARED_CRDS,
+    Cluster,
+    PollingLoop,
+    api_server_access,
+    create_token,
+    free_port,
+    running_operator,
+    wait_for,
+)
 from e2e.kserve import KServe
 from e2e.kubelet import HOLD, TRAINER_BIN, run_pod, running_held_pods
 from e2e.prometheus import Prometheus, running_prometheus
@@ -76,12 +86,81 @@ def iris_rows() -> list[tuple[list[float], int]]:
         return [([float(v) for v in row[:4]], int(row[4])) for row in reader]
 
 
-class Detector:
-    """The drift detector's process (runtimes/detector), as its pod would run it, with short windows."""
+DETECTOR_AUDIENCE = "modelloop-detector"
 
-    def __init__(self, workdir: Path) -> None:
+
+@dataclass(frozen=True)
+class DetectorIdentities:
+    """Who deals with the loop's detector, as on a cluster, each a ServiceAccount of the loop's namespace:
+    the detector (bound to ``system:auth-delegator``: it has the API server review its callers), the
+    operator (``inferenceservices/drift`` get and update: registrations, exports) and the labeller who
+    posts feedback (``inferenceservices/feedback`` create, ``drift`` get). Callers' tokens are for the
+    detectors' audience, as the chart mounts the operator's."""
+
+    detector_env: Mapping[str, str]
+    operator_token_file: Path
+    labeller_token: str
+
+
+def detector_identities(cluster: Cluster, namespace: str, workdir: Path) -> DetectorIdentities:
+    accounts = ("drift-detector", "drift-registrar", "labeller")
+    rules = {
+        "drift-registrar": [("drift", ["get", "update"])],
+        "labeller": [("feedback", ["create"]), ("drift", ["get"])],
+    }
+    objects: list[dict[str, Any]] = [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}} for name in accounts
+    ]
+    for name, grants in rules.items():
+        role_rules = [
+            {"apiGroups": ["modelloop.dev"], "resources": [f"inferenceservices/{sub}"], "verbs": verbs}
+            for sub, verbs in grants
+        ]
+        subject = {"kind": "ServiceAccount", "name": name, "namespace": namespace}
+        role_ref = {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name}
+        objects += [
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": name},
+             "rules": role_rules},
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": name},
+             "roleRef": role_ref, "subjects": [subject]},
+        ]  # fmt: skip
+    listing = {"apiVersion": "v1", "kind": "List", "items": objects}
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(listing))
+    delegator = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": f"drift-detector-{namespace}"},
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "ClusterRole",
+            "name": "system:auth-delegator",
+        },
+        "subjects": [{"kind": "ServiceAccount", "name": "drift-detector", "namespace": namespace}],
+    }
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(delegator))
+    own_token, operator_token = workdir / "detector-token", workdir / "operator-detector-token"
+    own_token.write_text(create_token(cluster, "drift-detector", namespace))
+    operator_token.write_text(create_token(cluster, "drift-registrar", namespace, DETECTOR_AUDIENCE))
+    ca_file = workdir / "api-server-ca.crt"
+    env = {
+        "MODELLOOP_DETECTOR_AUTH": "kubernetes",
+        "MODELLOOP_DETECTOR_KUBE_URL": api_server_access(cluster, ca_file),
+        "MODELLOOP_DETECTOR_KUBE_TOKEN_FILE": str(own_token),
+        "MODELLOOP_DETECTOR_KUBE_CA_FILE": str(ca_file),
+        "MODELLOOP_DETECTOR_AUDIENCE": DETECTOR_AUDIENCE,
+    }
+    labeller = create_token(cluster, "labeller", namespace, DETECTOR_AUDIENCE)
+    return DetectorIdentities(env, operator_token, labeller)
+
+
+class Detector:
+    """The drift detector's process (runtimes/detector), as its pod would run it, with short windows; with
+    ``identities``, it authenticates its callers (and the loop's calls show their tokens)."""
+
+    def __init__(self, workdir: Path, identities: DetectorIdentities | None = None) -> None:
         self.port = free_port()
         self.workdir = workdir
+        self.identities = identities
         self.log_path = workdir / "detector.log"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -109,7 +188,11 @@ class Detector:
                 start_new_session=True,
                 # The detector reads references and writes exports only under the artifact store: here,
                 # the test's folder (artifacts/ and recent/).
-                env={**os.environ, "MODELLOOP_DETECTOR_ARTIFACT_ROOTS": f"file://{self.workdir}"},
+                env={
+                    **os.environ,
+                    "MODELLOOP_DETECTOR_ARTIFACT_ROOTS": f"file://{self.workdir}",
+                    **(self.identities.detector_env if self.identities else {}),
+                },
             )
         process = self.process
         wait_for(
@@ -123,8 +206,17 @@ class Detector:
         if self.process is not None:
             terminate_process(self.process, timeout=10)
 
+    def _headers(self) -> dict[str, str]:
+        """The labeller's credentials, where the detector asks for them."""
+        if self.identities is None:
+            return {}
+        return {"Authorization": f"Bearer {self.identities.labeller_token}"}
+
     def state(self, namespace: str, service: str = SERVICE) -> dict[str, Any]:
-        with urllib.request.urlopen(f"{self.url}/v1/services/{namespace}/{service}", timeout=5) as answer:
+        request = urllib.request.Request(
+            f"{self.url}/v1/services/{namespace}/{service}", headers=self._headers()
+        )
+        with urllib.request.urlopen(request, timeout=5) as answer:
             return dict(json.loads(answer.read()))
 
     def post_labels(self, namespace: str, labels: list[dict[str, Any]], service: str = SERVICE) -> None:
@@ -132,7 +224,7 @@ class Detector:
         request = urllib.request.Request(
             f"{self.url}/v1/feedback/{namespace}/{service}",
             data=body,
-            headers={"Content-Type": "application/json"},
+            headers={"Content-Type": "application/json", **self._headers()},
             method="POST",
         )
         with urllib.request.urlopen(request, timeout=5) as answer:
@@ -255,7 +347,8 @@ def drift_loop(
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(RUNTIME))
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(HTTPROUTE_CRD))
     workdir.mkdir(parents=True, exist_ok=True)
-    detector = Detector(workdir)
+    identities = detector_identities(cluster, namespace, workdir)
+    detector = Detector(workdir, identities)
     detector.start()
     try:
         with running_prometheus(workdir / "prometheus") as prometheus:
@@ -275,6 +368,8 @@ def drift_loop(
                     "MODELLOOP_PROMETHEUS_URL": prometheus.url,
                     "MODELLOOP_KSERVE_MODE": "Standard",
                     "MODELLOOP_ARTIFACT_ROOT": f"file://{workdir / 'artifacts'}",
+                    # The operator shows the detector a token for its audience, as the chart mounts it.
+                    "MODELLOOP_DETECTOR_TOKEN_FILE": str(identities.operator_token_file),
                 }
                 loop = Loop(cluster, namespace, workdir, prometheus, detector, serving, training)
                 loop.operator_args, loop.operator_env = ("--metrics", operator_metrics), env

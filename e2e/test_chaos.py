@@ -1,7 +1,8 @@
 """The whole loop under a storm of faults (e2e/chaos.py): it still closes, and every invariant holds.
 
-`make test` runs it at a small size (8 operator SIGKILLs, one fixed seed); `make chaos`
-at full size (30). Each run prints its seed; MODELLOOP_CHAOS_SEED=<seed> replays its schedule.
+`make test` runs it at a small size (8 operator SIGKILLs and one of the standby in a handover, one fixed
+seed); `make chaos` at full size (30). Each run prints its seed; MODELLOOP_CHAOS_SEED=<seed> replays its
+schedule.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def test_the_schedule_is_replayable_from_its_seed() -> None:
     assert schedule(7, 30) != schedule(8, 30)
     kinds = [f.kind for f in schedule(7, 30)]
     assert kinds.count("kill-operator") == 30
-    assert {"restart-apiserver", "prometheus-down", "restart-detector"} <= set(kinds)
+    assert {"kill-in-handover", "restart-apiserver", "prometheus-down", "restart-detector"} <= set(kinds)
 
 
 def test_the_loop_closes_and_keeps_every_invariant_under_a_storm_of_faults(
@@ -103,7 +104,8 @@ def test_the_loop_closes_and_keeps_every_invariant_under_a_storm_of_faults(
     broken = violations(recorder, loop)
     assert storm.error is None, f"a fault could not be injected: {storm.trace}\n" + "\n".join(broken)
     assert [i.kind for i in storm.injected] == [f.kind for f in faults]
-    assert operator.starts == kills + 1
+    assert operator.starts == kills + 2  # the first start, one per kill, one after the handover's
+    assert operator.standby_starts == 2  # the first, and after the handover's kill
     failures = {key: count for key, count in responses.items() if key[1] != 200}
     assert not failures, f"requests failed: {failures}"
     # Every request found a serving pod, but a new version's first moments (the stand-ins' readiness: their

@@ -8,7 +8,6 @@ which KServe's payload logger cannot authenticate, stays open; an API server tha
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import subprocess
@@ -23,6 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
+from e2e import harness
 from e2e.harness import ROOT, Cluster, free_port, wait_for
 from e2e.loop import DETECTOR_BIN
 from e2e.serving import answers_ok, file_tail, terminate_process
@@ -150,11 +150,8 @@ AUDIENCE = "modelloop-detector"
 
 
 def create_token(cluster: Cluster, account: str, namespace: str, audience: str | None = AUDIENCE) -> str:
-    """A token of the ServiceAccount, from the TokenRequest API: for the detectors' audience, or (None) the
-    API server's own."""
-    bound = ["--audience", audience] if audience else []
-    args = ("create", "token", account, "-n", namespace, "--duration=1h", *bound)
-    return cluster.kubectl(*args).stdout.strip()
+    """A token of the ServiceAccount: for the detectors' audience, or (None) the API server's own."""
+    return harness.create_token(cluster, account, namespace, audience)
 
 
 def aggregated_into(cluster: Cluster, role: str, resource: str) -> bool:
@@ -218,16 +215,12 @@ def setup(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             )
 
         # How the detector reaches the API server: the harness's, with its CA and the detector's own token.
-        admin = yaml.safe_load(cluster.kubeconfig.read_text())["clusters"][0]["cluster"]
         ca_file = workdir / "ca.crt"
-        if "certificate-authority-data" in admin:
-            ca_file.write_bytes(base64.b64decode(admin["certificate-authority-data"]))
-        else:
-            ca_file.write_bytes(Path(admin["certificate-authority"]).read_bytes())
+        api_server = harness.api_server_access(cluster, ca_file)
         token_file = workdir / "detector-token"
         token_file.write_text(create_token(cluster, "detector", team_a, audience=None))
         kube = {
-            "MODELLOOP_DETECTOR_KUBE_URL": admin["server"],
+            "MODELLOOP_DETECTOR_KUBE_URL": api_server,
             "MODELLOOP_DETECTOR_KUBE_TOKEN_FILE": str(token_file),
             "MODELLOOP_DETECTOR_KUBE_CA_FILE": str(ca_file),
             "MODELLOOP_DETECTOR_AUDIENCE": AUDIENCE,
