@@ -42,7 +42,7 @@ from kubernetes import config as k8s_config
 from kubernetes import watch as k8s_watch
 from kubernetes.client.exceptions import ApiException
 
-from e2e.harness import Cluster, start_operator, wait_for
+from e2e.harness import Cluster, start_operator, stop_process, wait_for
 from e2e.kubelet import report_termination, run_pod, running_held_pods
 from e2e.loop import POLICY, SERVICE, Loop, TrainingKubelet
 from e2e.test_peering import install_peering
@@ -158,13 +158,8 @@ class Operator:
 
     def stop(self) -> None:
         for process in (self.process, self.standby):
-            if process is not None and process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+            if process is not None:
+                stop_process(process)
 
 
 def _kill(process: subprocess.Popen[bytes]) -> str:

@@ -3,6 +3,8 @@ separate process started the way a user starts it."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import subprocess
 import sys
@@ -38,7 +40,10 @@ def cluster() -> Iterator[Cluster]:
     }
     bin_dir = Path(cluster_script("bin-dir", env=env).strip())
     try:
-        cluster_script("up", env=env)
+        # kwokctl takes the first free port it finds for the API server: two control planes starting at
+        # the same moment (the workers of `make e2e`) would both take it. One starts at a time.
+        with one_at_a_time(ROOT / ".cluster" / "e2e-up.lock"):
+            cluster_script("up", env=env)
         c = Cluster(kubeconfig=E2E_STATE / "kubeconfig", bin_dir=bin_dir, state_dir=E2E_STATE)
         for path in sorted((ROOT / "crds").glob("*.yaml")):
             c.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path))
@@ -56,6 +61,18 @@ def cluster() -> Iterator[Cluster]:
         yield c
     finally:
         cluster_script("down", env=env)
+
+
+@contextlib.contextmanager
+def one_at_a_time(lock_path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``lock_path`` (made if missing) while the block runs: across processes."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with lock_path.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 @pytest.fixture

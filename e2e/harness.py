@@ -287,14 +287,21 @@ def start_operator(
     return process
 
 
-def stop_operator(process: subprocess.Popen[bytes], log_path: Path) -> None:
-    """SIGTERM the operator (SIGKILL after 30 s) and print the end of its log for the test report."""
+def stop_process(process: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    """SIGTERM a process that may still run, and SIGKILL it after ``timeout`` seconds."""
+    if process.poll() is not None:
+        return
     process.send_signal(signal.SIGTERM)
     try:
-        process.wait(timeout=30)
+        process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+def stop_operator(process: subprocess.Popen[bytes], log_path: Path) -> None:
+    """SIGTERM the operator (SIGKILL after 30 s) and print the end of its log for the test report."""
+    stop_process(process)
     sys.stdout.write(f"\n--- operator log ({log_path}) ---\n{log_path.read_text()[-20000:]}\n")
 
 

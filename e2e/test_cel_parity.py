@@ -196,6 +196,14 @@ INFERENCE_SERVICE_DURATIONS: list[tuple[str, str, str, str, str, Any]] = [
         lambda v: {"steps": [50, 100], "analysis": {"interval": v, "metrics": [ANALYSIS_BOUNDED]}},
     ),
     ("step", "rollout.stepInterval", "1s", "168h", "0s", lambda v: {"steps": [100], "stepInterval": v}),
+    (
+        "scale-down-delay",
+        "rollout.scaleDownDelay",
+        "0s",
+        "1h",
+        "61m",
+        lambda v: {"steps": [100], "scaleDownDelay": v},
+    ),
 ]
 
 TRAINING_RUN_CASES = [

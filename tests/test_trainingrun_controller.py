@@ -243,9 +243,8 @@ def test_a_status_that_cannot_be_read_is_refused_and_left_as_it_is(events: list[
     assert events == [("Warning", "InvalidStatus")]
 
 
-def test_a_trainers_reason_that_no_condition_can_hold_is_refused_in_status(
-    events: list[tuple[str, str]],
-) -> None:
+def running_iris_run() -> Any:
+    """The index entry of a Running single run ``ml/iris``."""
     body = {
         "apiVersion": "modelloop.dev/v1alpha1",
         "kind": "TrainingRun",
@@ -257,7 +256,13 @@ def test_a_trainers_reason_that_no_condition_can_hold_is_refused_in_status(
         },
         "status": {"phase": "Running"},
     }
-    run = asyncio.run(training_runs(namespace="ml", name="iris", body=body))[("ml", "iris")]
+    return asyncio.run(training_runs(namespace="ml", name="iris", body=body))[("ml", "iris")]
+
+
+def test_a_trainers_reason_that_no_condition_can_hold_is_refused_in_status(
+    events: list[tuple[str, str]],
+) -> None:
+    run = running_iris_run()
     name = job_name("iris", UID)
     failed = {"status": "Failed", "reason": "data check failed", "message": "column x is empty"}
     job = {
@@ -286,18 +291,7 @@ def test_a_trainers_reason_that_no_condition_can_hold_is_refused_in_status(
 def single_run_reporting(artifact_uri: str) -> tuple[TrainingRunController, RecordingClient]:
     """A single run whose Job succeeded and whose trainer reported ``artifact_uri``, under the operator's
     default artifact root, with the controller that reconciles it."""
-    body = {
-        "apiVersion": "modelloop.dev/v1alpha1",
-        "kind": "TrainingRun",
-        "metadata": {"name": "iris", "namespace": "ml", "uid": UID, "generation": 1, "resourceVersion": "5"},
-        "spec": {
-            "image": "trainer:1",
-            "dataset": {"uri": "sklearn://iris", "format": "sklearn"},
-            "output": {"modelName": "iris"},
-        },
-        "status": {"phase": "Running"},
-    }
-    run = asyncio.run(training_runs(namespace="ml", name="iris", body=body))[("ml", "iris")]
+    run = running_iris_run()
     name = job_name("iris", UID)
     job = {
         "metadata": {"name": name, "annotations": {ANNOTATION_RUN_UID: UID}},
