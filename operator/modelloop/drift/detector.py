@@ -201,8 +201,9 @@ class DetectorClient:
         if status == 401:
             return (
                 f"the detector at {shown} answered 401{said}: the API server did not authenticate the token "
-                f"in {path} ({TOKEN_VARIABLE}), or the detector cannot ask it (its ServiceAccount needs the "
-                "ClusterRole system:auth-delegator)"
+                f"in {path} ({TOKEN_VARIABLE}) for the detector's audience (a projected token's audience "
+                "must be the detector's MODELLOOP_DETECTOR_AUDIENCE), or the detector cannot ask it (its "
+                "ServiceAccount needs the ClusterRole system:auth-delegator)"
             )
         return (
             f"the detector at {shown} answered 403{said}: grant the operator's ServiceAccount the rule "
