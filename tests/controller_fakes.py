@@ -13,8 +13,8 @@ from modelloop.kube import Applied, KubeClient
 class RecordingClient(KubeClient):
     """The API server as a controller sees it: every call recorded in order; status writes answered with
     the next resourceVersion (or, while ``conflicts`` lasts, a conflict); ``objects`` answers GETs by
-    (plural, namespace, name); ModelVersion names in ``taken`` are refused as existing; ``refuse`` makes
-    every write fail with that ApiException."""
+    (plural, namespace, name); every object created is kept in ``created``; ModelVersion names in ``taken``
+    are refused as existing; ``refuse`` makes every write fail with that ApiException."""
 
     def __init__(
         self,
@@ -26,6 +26,7 @@ class RecordingClient(KubeClient):
         self.calls: list[tuple[str, ...]] = []
         self.statuses: list[Mapping[str, Any]] = []
         self.applied: list[Mapping[str, Any]] = []
+        self.created: list[Mapping[str, Any]] = []
         self.versions = versions or []
         self.taken = taken or set()
         self.objects = objects or {}
@@ -95,4 +96,5 @@ class RecordingClient(KubeClient):
         self.calls.append(("create", name))
         if self.refuse is not None:
             raise self.refuse
+        self.created.append(manifest)
         return name not in self.taken

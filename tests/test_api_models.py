@@ -15,6 +15,7 @@ from modelloop.api import (
     Comparison,
     Condition,
     DriftPolicySpec,
+    EstimateBreach,
     InferenceServiceSpec,
     InferenceServiceStatus,
     ModelReference,
@@ -423,9 +424,10 @@ def test_a_training_run_appends_up_to_eight_additional_datasets_of_csv_or_parque
             TrainingRunSpec.model_validate(changed(TRAINING_RUN, "dataset.additional", wrong))
 
 
-def test_a_model_version_records_its_reference_files_and_the_champions_metrics_on_its_data() -> None:
+def test_a_model_version_records_its_reference_files_holdout_and_the_champions_metrics_on_its_data() -> None:
     example = changed(MODEL_VERSION, "artifact.referenceUri", "s3://models/iris/iris-1/reference.csv")
     example["artifact"]["referencePredictionsUri"] = "s3://models/iris/iris-1/reference_predictions.csv"
+    example["artifact"]["holdoutUri"] = "s3://models/iris/iris-1/holdout.csv"
     example["championEvaluation"] = {"version": "iris-v2", "metrics": {"accuracy": 0.94}}
 
     spec = ModelVersionSpec.model_validate(example)
@@ -438,3 +440,57 @@ def test_a_model_version_records_its_reference_files_and_the_champions_metrics_o
     assert spec.champion_evaluation is not None and spec.champion_evaluation.version == "iris-v2"
     with pytest.raises(ValidationError, match=r"championEvaluation\.version"):
         ModelVersionSpec.model_validate(changed(example, "championEvaluation.version", "Iris V2"))
+    for holdout in ("", "s3://" + "x" * 2044):
+        with pytest.raises(ValidationError, match=r"artifact\.holdoutUri"):
+            ModelVersionSpec.model_validate(changed(example, "artifact.holdoutUri", holdout))
+
+
+ESTIMATED_ACCURACY: dict[str, Any] = {
+    "name": "estimated-accuracy",
+    "query": 'min(modelloop_estimated_performance{service="{{name}}",metric="accuracy"})',
+    "threshold": 0.85,
+    "comparison": "LessThan",
+    "estimate": {
+        "lowerQuery": 'min(modelloop_estimated_performance_lower{service="{{name}}",metric="accuracy"})',
+        "upperQuery": 'min(modelloop_estimated_performance_upper{service="{{name}}",metric="accuracy"})',
+    },
+}
+
+
+def test_a_drift_metric_may_read_an_estimate_with_the_queries_of_its_band() -> None:
+    example = changed(DRIFT_POLICY, "metrics", [ESTIMATED_ACCURACY])
+
+    spec = DriftPolicySpec.model_validate(example)
+
+    estimate = spec.metrics[0].estimate
+    assert estimate is not None and estimate.breach_when is EstimateBreach.ESTIMATE, "judged by its value"
+    assert estimate.lower_query.startswith("min(modelloop_estimated_performance_lower{")
+    assert spec.model_dump(mode="json", exclude_none=True)["metrics"] == [
+        {**ESTIMATED_ACCURACY, "estimate": {**ESTIMATED_ACCURACY["estimate"], "breachWhen": "Estimate"}}
+    ]
+    assert DriftPolicySpec.model_validate(DRIFT_POLICY).metrics[0].estimate is None
+
+
+@pytest.mark.parametrize(
+    ("estimate", "field"),
+    [
+        ({"lowerQuery": "", "upperQuery": "max(u)"}, "metrics.0.estimate.lowerQuery"),
+        ({"lowerQuery": "min(l)", "upperQuery": "x" * 4097}, "metrics.0.estimate.upperQuery"),
+        ({"lowerQuery": "min(l)"}, "metrics.0.estimate.upperQuery"),
+        (
+            {"lowerQuery": "min(l)", "upperQuery": "max(u)", "breachWhen": "Always"},
+            "metrics.0.estimate.breachWhen",
+        ),
+        ({"lowerQuery": "min(l)", "upperQuery": "max(u)", "level": 0.95}, "metrics.0.estimate.level"),
+    ],
+    ids=["blank-lower", "long-upper", "no-upper", "unknown-breach-when", "unknown-field"],
+)
+def test_an_estimate_is_bounded_like_the_query_and_refused_naming_the_field(
+    estimate: dict[str, Any], field: str
+) -> None:
+    spec = changed(DRIFT_POLICY, "metrics", [{**ESTIMATED_ACCURACY, "estimate": estimate}])
+
+    with pytest.raises(ValidationError) as refused:
+        DriftPolicySpec.model_validate(spec)
+
+    assert field in {".".join(str(part) for part in error["loc"]) for error in refused.value.errors()}

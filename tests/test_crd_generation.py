@@ -298,6 +298,30 @@ def test_defaults_and_bounds_from_the_models_reach_the_schema() -> None:
     assert "default" not in inference[".spec.model.version"]
 
 
+def test_a_drift_metrics_estimate_is_bounded_like_its_query_and_optional() -> None:
+    drift = dict(walk(schema_of(KINDS[4])))
+    query = drift[".spec.metrics[].query"]
+    for band in ("lowerQuery", "upperQuery"):
+        bounds = {k: drift[f".spec.metrics[].estimate.{band}"][k] for k in ("type", "minLength", "maxLength")}
+        assert (
+            bounds
+            == {k: query[k] for k in ("type", "minLength", "maxLength")}
+            == {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": 4096,
+            }
+        )
+    estimate = drift[".spec.metrics[].estimate"]
+    assert estimate["required"] == ["lowerQuery", "upperQuery"]
+    assert drift[".spec.metrics[].estimate.breachWhen"]["enum"] == ["Estimate", "WholeBand"]
+    assert drift[".spec.metrics[].estimate.breachWhen"]["default"] == "Estimate"
+    assert "estimate" not in drift[".spec.metrics[]"]["required"]
+    version = dict(walk(schema_of(KINDS[1])))
+    assert version[".spec.artifact.holdoutUri"]["maxLength"] == 2048
+    assert "holdoutUri" not in version[".spec.artifact"]["required"]
+
+
 def test_optional_fields_are_left_out_of_required() -> None:
     spec = schema_of(KINDS[0])["properties"]["spec"]
     assert spec["required"] == ["image", "dataset", "output"]

@@ -314,6 +314,150 @@ def test_the_detector_is_told_the_stable_and_canary_versions_with_their_referenc
     )
 
 
+def test_the_detector_is_told_each_versions_held_out_rows_when_it_has_them() -> None:
+    artifact = {"uri": "file:///m/2", "referenceUri": "file:///m/2/reference.csv"}
+    versions = [
+        {"spec": {"version": 2, "artifact": {**artifact, "holdoutUri": "file:///m/2/holdout.csv"}}},
+        {"spec": {"version": 3, "artifact": {**artifact, "referenceUri": "file:///m/3/reference.csv"}}},
+    ]
+
+    registered = detector_versions(versions, RolloutVersions(2, 3))
+
+    assert registered["2"].holdout_uri == "file:///m/2/holdout.csv"
+    assert registered["2"].to_json()["holdoutUri"] == "file:///m/2/holdout.csv"
+    assert registered["3"].holdout_uri is None and "holdoutUri" not in registered["3"].to_json(), (
+        "a version registered before the trainer wrote held-out rows has none"
+    )
+
+
+ESTIMATE_QUERY = 'min(modelloop_estimated_performance{service="iris",metric="accuracy"})'
+
+
+def estimated_spec(comparison: str = "LessThan", breach_when: str | None = None) -> DriftPolicySpec:
+    """A policy whose one metric is the detector's estimate of accuracy, with its band."""
+    estimate = {
+        "lowerQuery": 'min(modelloop_estimated_performance_lower{service="iris",metric="accuracy"})',
+        "upperQuery": 'min(modelloop_estimated_performance_upper{service="iris",metric="accuracy"})',
+    }
+    if breach_when is not None:
+        estimate["breachWhen"] = breach_when
+    metric = {
+        "name": "estimated-accuracy",
+        "query": ESTIMATE_QUERY,
+        "threshold": 0.85,
+        "comparison": comparison,
+        "estimate": estimate,
+    }
+    return make_spec(metrics=[metric])
+
+
+def estimated(
+    spec: DriftPolicySpec, value: float | None, lower: float | None, upper: float | None, at: datetime = T0
+) -> list[Measurement]:
+    return [Measurement(spec.metrics[0], ESTIMATE_QUERY, at, value=value, lower=lower, upper=upper)]
+
+
+def confirm(spec: DriftPolicySpec, value: float, lower: float | None, upper: float | None) -> Decided:
+    """Evaluate once a minute for the whole window (5m) with the same estimate; the last decision."""
+    status: dict[str, Any] = {}
+    for minute in range(6):
+        now = T0 + timedelta(minutes=minute)
+        decision = decide(POLICY, spec, status, estimated(spec, value, lower, upper, now), None, now, 1)
+        status = decision.status
+    return decision
+
+
+def test_a_breached_estimate_is_evidence_that_says_it_was_estimated_and_gives_its_band() -> None:
+    decision = confirm(estimated_spec(), 0.71, 0.64, 0.78)
+
+    assert decision.start_run == run_name(POLICY, T0)
+    assert decision.evidence["estimated-accuracy"] == (
+        "0.71 estimated without labels, band [0.64, 0.78] (breach when < 0.85) at 2026-11-27T12:05:00Z; "
+        f"query: {ESTIMATE_QUERY}"
+    )
+    assert decision.status["evidence"] == {"estimated-accuracy": "0.71"}, "status shows the value as before"
+    assert decision.status["lastValue"] == "estimated-accuracy=0.71"
+
+
+@pytest.mark.parametrize(
+    ("lower", "upper", "band"),
+    [
+        (None, None, "band: no data"),
+        (float("nan"), float("nan"), "band: no data"),
+        (0.64, None, "band [0.64, no data]"),
+        (None, 0.78, "band [no data, 0.78]"),
+    ],
+)
+def test_a_band_without_data_is_left_out_and_the_estimate_still_counts(
+    lower: float | None, upper: float | None, band: str
+) -> None:
+    decision = confirm(estimated_spec(), 0.71, lower, upper)
+
+    assert decision.start_run is not None, "the estimate alone is past its threshold"
+    assert decision.evidence["estimated-accuracy"].startswith(
+        f"0.71 estimated without labels, {band} (breach when < 0.85) at "
+    )
+
+
+def test_an_estimate_within_its_threshold_is_watching_whatever_its_band() -> None:
+    spec = estimated_spec()
+    decision = decide(POLICY, spec, {}, estimated(spec, 0.9, 0.8, 0.97), None, T0, 1)
+    assert decision.status["phase"] == "Watching" and decision.status["lastResult"] == "Watching"
+
+
+@pytest.mark.parametrize(
+    ("comparison", "value", "lower", "upper", "result"),
+    [
+        # Below 0.85 is a breach only when the band's upper bound is below it too.
+        ("LessThan", 0.8, 0.7, 0.84, "Breached"),
+        ("LessThan", 0.8, 0.7, 0.9, "Watching"),
+        ("LessThanOrEqual", 0.8, 0.7, 0.85, "Breached"),
+        ("LessThan", 0.9, 0.7, 0.8, "Watching"),  # the estimate itself must be past the threshold
+        # Above 0.85 is a breach only when the band's lower bound is above it too.
+        ("GreaterThan", 0.9, 0.86, 0.95, "Breached"),
+        ("GreaterThan", 0.9, 0.8, 0.95, "Watching"),
+        ("GreaterThanOrEqual", 0.9, 0.85, 0.95, "Breached"),
+        # The bound that decides has no data: the metric cannot tell, and a breach is never guessed.
+        ("LessThan", 0.8, 0.7, None, "Inconclusive"),
+        ("GreaterThan", 0.9, float("nan"), 0.95, "Inconclusive"),
+        ("LessThan", 0.8, None, 0.84, "Breached"),  # the other bound is not needed
+    ],
+)
+def test_whole_band_breaches_only_when_the_bound_nearer_the_threshold_is_past_it(
+    comparison: str, value: float, lower: float | None, upper: float | None, result: str
+) -> None:
+    spec = estimated_spec(comparison, breach_when="WholeBand")
+
+    decision = decide(POLICY, spec, {}, estimated(spec, value, lower, upper), None, T0, 1)
+
+    assert decision.status["lastResult"] == result
+
+
+def test_whole_band_evidence_and_an_inconclusive_band_say_so() -> None:
+    spec = estimated_spec(breach_when="WholeBand")
+
+    breached = confirm(spec, 0.71, 0.64, 0.78)
+    unknown = decide(POLICY, spec, {}, estimated(spec, 0.71, 0.64, None), None, T0, 1)
+
+    assert (
+        "band [0.64, 0.78] (breach when the whole band is < 0.85)" in breached.evidence["estimated-accuracy"]
+    )
+    assert unknown.status["phase"] == "Inconclusive"
+    assert "estimated-accuracy: 0.71 (band: no data)" in unknown.status["message"]
+    assert unknown.status["evidence"] == {"estimated-accuracy": "0.71 (band: no data)"}
+
+
+def test_an_estimates_evidence_is_cut_at_its_limit() -> None:
+    spec = estimated_spec()
+    long_query = ESTIMATE_QUERY + " or vector(0)" * 200
+    [measurement] = estimated(spec, 0.71, 0.64, 0.78)
+    text = Measurement(spec.metrics[0], long_query, T0, value=0.71, lower=0.64, upper=0.78).evidence()
+
+    assert len(text) == policy.EVIDENCE_TEXT_LIMIT
+    assert text.startswith("0.71 estimated without labels, band [0.64, 0.78]")
+    assert len(measurement.evidence()) < policy.EVIDENCE_TEXT_LIMIT
+
+
 def test_only_prometheuss_own_error_shape_is_read_from_an_error_body() -> None:
     body = (
         b'{"status":"error","errorType":"bad_data","error":"1:1: parse error: unexpected character: \'$\'"}'

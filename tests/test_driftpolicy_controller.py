@@ -14,6 +14,7 @@ from controller_fakes import RecordingClient
 from modelloop import kube
 from modelloop.controllers.driftpolicy import DriftPolicyController
 from modelloop.drift.detector import DetectorError
+from modelloop.serving.analysis import PrometheusRefused, PrometheusUnreachable
 from modelloop.settings import Settings
 
 KEY = ("ml", "iris-drift")
@@ -71,15 +72,22 @@ VERSION_2 = {
 
 
 class Prometheus:
-    """Answers every query with ``value`` and records it."""
+    """Answers every query with ``value`` and records it; a query naming a key of ``answers`` gets that
+    answer instead (an exception is raised, as the real one raises it)."""
 
-    def __init__(self, value: float | None) -> None:
+    def __init__(
+        self, value: float | None, answers: dict[str, float | Exception | None] | None = None
+    ) -> None:
         self.value = value
+        self.answers = answers or {}
         self.queries: list[tuple[str, str]] = []
 
     async def run_query(self, url: str, query: str) -> float | None:
         self.queries.append((url, query))
-        return self.value
+        answer = next((a for key, a in self.answers.items() if key in query), self.value)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
 
 
 class Detector:
@@ -111,16 +119,18 @@ def controller(
     value: float | None,
     runs: dict[Any, Any] | None = None,
     detector: Detector | None = None,
+    answers: dict[str, float | Exception | None] | None = None,
+    versions: list[dict[str, Any]] | None = None,
 ) -> tuple[DriftPolicyController, RecordingClient, Prometheus]:
     client = RecordingClient()
     indexes = {
         "drift_policies": {KEY: [obj]},
         "inference_services": {("ml", "iris"): [SERVICE]},
-        "model_versions": {("ml", "iris"): [VERSION_2]},
+        "model_versions": {("ml", "iris"): versions or [VERSION_2]},
         "training_runs": runs or {},
     }
     made = DriftPolicyController(Settings(), indexes, client)
-    prometheus = Prometheus(value)
+    prometheus = Prometheus(value, answers)
     made.prometheus = prometheus  # type: ignore[assignment]
     made.detector = detector or Detector()  # type: ignore[assignment]
     return made, client, prometheus
@@ -212,3 +222,96 @@ def test_a_training_run_the_api_server_refuses_degrades_the_policy_with_its_mess
         status["message"]
         == "cannot create the retraining's TrainingRun: 403 Forbidden: trainingruns is forbidden"
     )
+
+
+def estimated_policy(breach_when: str | None = None) -> dict[str, Any]:
+    """The policy with the detector's estimate of accuracy as its metric, and its band."""
+    obj = policy()
+    selector = '{service="{{name}}",model="{{model}}",version="{{version}}",metric="accuracy"}'
+    estimate = {
+        "lowerQuery": f"min(modelloop_estimated_performance_lower{selector})",
+        "upperQuery": f"min(modelloop_estimated_performance_upper{selector})",
+    }
+    if breach_when:
+        estimate["breachWhen"] = breach_when
+    obj["spec"]["metrics"] = [
+        {
+            "name": "estimated-accuracy",
+            "query": f"min(modelloop_estimated_performance{selector})",
+            "threshold": 0.85,
+            "comparison": "LessThan",
+            "estimate": estimate,
+        }
+    ]
+    return obj
+
+
+def test_an_estimates_band_is_asked_of_the_same_prometheus_with_the_same_substitutions(
+    posted: list[tuple[str, str, str]],
+) -> None:
+    answers: dict[str, float | Exception | None] = {"_lower": 0.64, "_upper": 0.78}
+    made, client, prometheus = controller(estimated_policy(), 0.71, answers=answers)
+
+    asyncio.run(made.objects.reconcile(KEY))
+
+    selector = '{service="iris",model="iris",version="2",metric="accuracy"}'
+    assert sorted(prometheus.queries) == sorted(
+        [
+            ("http://prometheus:9090", f"min(modelloop_estimated_performance{selector})"),
+            ("http://prometheus:9090", f"min(modelloop_estimated_performance_lower{selector})"),
+            ("http://prometheus:9090", f"min(modelloop_estimated_performance_upper{selector})"),
+        ]
+    )
+    [run] = client.created
+    evidence = run["spec"]["triggeredBy"]["evidence"]["estimated-accuracy"]
+    assert evidence.startswith("0.71 estimated without labels, band [0.64, 0.78] (breach when < 0.85) at ")
+    assert evidence.endswith(f"; query: min(modelloop_estimated_performance{selector})")
+    assert client.statuses[-1]["evidence"] == {"estimated-accuracy": "0.71"}
+
+
+def test_a_band_prometheus_cannot_answer_leaves_the_band_out_and_the_estimate_counts() -> None:
+    unreachable = PrometheusUnreachable("Prometheus at http://prometheus:9090 did not answer within 5s")
+    made, client, _ = controller(estimated_policy(), 0.71, answers={"_lower": unreachable, "_upper": None})
+
+    asyncio.run(made.objects.reconcile(KEY))
+
+    [run] = client.created
+    evidence = run["spec"]["triggeredBy"]["evidence"]["estimated-accuracy"]
+    assert evidence.startswith("0.71 estimated without labels, band: no data (breach when < 0.85) at ")
+    assert client.statuses[-1]["phase"] == "Retraining"
+
+
+def test_a_band_query_prometheus_refuses_degrades_the_policy_naming_it() -> None:
+    refused = PrometheusRefused(
+        "Prometheus at http://prometheus:9090 refused the query: bad_data: parse error"
+    )
+    made, client, _ = controller(estimated_policy(), 0.71, answers={"_upper": refused})
+
+    asyncio.run(made.objects.reconcile(KEY))
+
+    assert not any(call[0] == "create" for call in client.calls)
+    [status] = client.statuses
+    assert status["phase"] == "Degraded" and status["reason"] == "QueryRefused"
+    assert "estimated-accuracy: estimate.upperQuery: Prometheus at" in status["message"]
+    assert "parse error" in status["message"]
+
+
+def test_a_whole_band_estimate_whose_band_has_no_data_is_inconclusive() -> None:
+    made, client, _ = controller(estimated_policy("WholeBand"), 0.71, answers={"_upper": None, "_lower": 0.6})
+
+    asyncio.run(made.objects.reconcile(KEY))
+
+    assert not any(call[0] == "create" for call in client.calls)
+    assert client.statuses[-1]["phase"] == "Inconclusive"
+
+
+def test_the_detector_is_told_the_held_out_rows_of_the_served_version() -> None:
+    artifact = {**VERSION_2["spec"]["artifact"], "holdoutUri": "file:///m/2/holdout.csv"}
+    version = {**VERSION_2, "spec": {**VERSION_2["spec"], "artifact": artifact}}
+    made, _, _ = controller(policy(detector=True), 0.1, versions=[version])
+
+    asyncio.run(made.objects.reconcile(KEY))
+
+    assert isinstance(made.detector, Detector)
+    [(_, _, _, versions, _)] = made.detector.registered
+    assert versions["2"]["holdoutUri"] == "file:///m/2/holdout.csv"

@@ -184,13 +184,14 @@ def test_parse_result_ignores_what_is_not_the_trainers_json() -> None:
     assert parse_result("[1, 2]") is None
 
 
-def test_parse_result_reads_the_reference_files_and_the_champions_evaluation() -> None:
+def test_parse_result_reads_the_reference_files_the_holdout_and_the_champions_evaluation() -> None:
     result = parse_result(
         json.dumps(
             {
                 **SUCCESS,
                 "referenceUri": "s3://m/iris/r/reference.csv",
                 "referencePredictionsUri": "s3://m/iris/r/reference_predictions.csv",
+                "holdoutUri": "s3://m/iris/r/holdout.csv",
                 "champion": {"version": "iris-v3", "metrics": {"accuracy": 0.95, "n": "x"}},
             }
         )
@@ -199,6 +200,7 @@ def test_parse_result_reads_the_reference_files_and_the_champions_evaluation() -
     assert result is not None
     assert result.reference_uri == "s3://m/iris/r/reference.csv"
     assert result.reference_predictions_uri == "s3://m/iris/r/reference_predictions.csv"
+    assert result.holdout_uri == "s3://m/iris/r/holdout.csv"
     assert result.champion == ChampionReport(version="iris-v3", metrics={"accuracy": 0.95})
 
 

@@ -306,6 +306,7 @@ def test_the_champion_the_trainer_reports_is_recorded_and_registered() -> None:
     reported = {
         "referenceUri": "file:///a/ml/iris/iris-runuid/reference.csv",
         "referencePredictionsUri": "file:///a/ml/iris/iris-runuid/reference_predictions.csv",
+        "holdoutUri": "file:///a/ml/iris/iris-runuid/holdout.csv",
         "champion": {"version": "iris-v3", "metrics": {"accuracy": 0.95, "f1_macro": 0.94}},
     }
     job, pod = finished_job(obj, 0.97, **reported)
@@ -320,6 +321,7 @@ def test_the_champion_the_trainer_reports_is_recorded_and_registered() -> None:
     assert (
         spec.artifact.reference_predictions_uri == "file:///a/ml/iris/iris-runuid/reference_predictions.csv"
     )
+    assert spec.artifact.holdout_uri == "file:///a/ml/iris/iris-runuid/holdout.csv"
     assert spec.champion_evaluation is not None
     assert spec.champion_evaluation.version == "iris-v3"
     assert spec.champion_evaluation.metrics == {"accuracy": 0.95, "f1_macro": 0.94}
@@ -336,7 +338,7 @@ def test_a_champion_the_trainer_could_not_evaluate_is_not_registered_as_an_evalu
     assert champion is not None and champion.error == "cannot load s3://..."
     manifest = render_model_version(obj, spec_of(obj), plan.registration.result, 4, {})
     assert "championEvaluation" not in manifest["spec"]
-    assert "referenceUri" not in manifest["spec"]["artifact"]
+    assert not {"referenceUri", "holdoutUri"} & set(manifest["spec"]["artifact"])
 
 
 def test_a_sweeps_trials_evaluate_the_champion_and_the_status_names_it() -> None:

@@ -74,6 +74,7 @@ def test_a_result_inside_the_run_folder_can_be_registered() -> None:
     reported = result(
         reference_uri=f"{FOLDER}/reference.csv",
         reference_predictions_uri=f"{FOLDER}/reference_predictions.csv",
+        holdout_uri=f"{FOLDER}/holdout.csv",
     )
     assert registration_problem(reported, FOLDER) is None
 
@@ -98,11 +99,15 @@ def test_another_teams_artifact_is_refused_naming_the_uri_and_the_folder_it_must
     assert f"{FOLDER}/" in problem.message
 
 
-@pytest.mark.parametrize("field", ["referenceUri", "referencePredictionsUri"])
+@pytest.mark.parametrize("field", ["referenceUri", "referencePredictionsUri", "holdoutUri"])
 def test_reference_data_outside_the_run_folder_is_refused_too(field: str) -> None:
     # The drift detector of the version's namespace reads these: another team's data must not get there.
     foreign = "s3://models/team-b/fraud/run-x-0a0b0c0d/reference.csv"
-    attribute = {"referenceUri": "reference_uri", "referencePredictionsUri": "reference_predictions_uri"}
+    attribute = {
+        "referenceUri": "reference_uri",
+        "referencePredictionsUri": "reference_predictions_uri",
+        "holdoutUri": "holdout_uri",
+    }
 
     problem = registration_problem(result(**{attribute[field]: foreign}), FOLDER)
 

@@ -27,18 +27,23 @@ class InvalidMessage(ValueError):
 
 @dataclass(frozen=True)
 class VersionSpec:
-    """One served version: where its reference sample (and the model's predictions on it) are, and which
-    endpoint serves it."""
+    """One served version: where its reference sample (and the model's predictions on it) are, which
+    endpoint serves it, and where its held-out rows with labels, predictions and probabilities are (the
+    trainer's ``holdout.csv``: what the detector estimates the version's performance from, before labels
+    arrive)."""
 
     reference_uri: str
     predictions_uri: str | None = None
     endpoint: str = DEFAULT_ENDPOINT
+    holdout_uri: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The version's entry of a registration's ``versions``."""
         body = {"referenceUri": self.reference_uri, "endpoint": self.endpoint}
         if self.predictions_uri is not None:
             body["predictionsUri"] = self.predictions_uri
+        if self.holdout_uri is not None:
+            body["holdoutUri"] = self.holdout_uri
         return body
 
 
@@ -159,7 +164,10 @@ def _version_spec(name: Any, spec: Any) -> VersionSpec:
     predictions = spec.get("predictionsUri")
     if predictions is not None and not isinstance(predictions, str):
         raise InvalidMessage(f"version {name!r}: 'predictionsUri' must be a URI")
+    holdout = spec.get("holdoutUri")
+    if holdout is not None and not isinstance(holdout, str):
+        raise InvalidMessage(f"version {name!r}: 'holdoutUri' must be a URI")
     endpoint = spec.get("endpoint", DEFAULT_ENDPOINT)
     if endpoint not in ENDPOINTS:
         raise InvalidMessage(f"version {name!r}: 'endpoint' must be 'default' or 'canary', not {endpoint!r}")
-    return VersionSpec(spec["referenceUri"], predictions or None, endpoint)
+    return VersionSpec(spec["referenceUri"], predictions or None, endpoint, holdout or None)

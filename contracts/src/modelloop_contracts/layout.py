@@ -11,6 +11,12 @@ detector and the next run's champion evaluation read back.
 ``metrics.json``               the run's metrics on its held-out rows
 ``reference.csv``              a sample of the training features: the drift detector's reference
 ``reference_predictions.csv``  the model's predictions on those rows, one column ``prediction``
+``holdout.csv``                the held-out rows the model was evaluated on (never trained on): their
+                               features, then the true label (:data:`HOLDOUT_LABEL_COLUMN`), the model's
+                               prediction (:data:`HOLDOUT_PREDICTION_COLUMN`) and, for a classifier, its
+                               probability of each class (:func:`holdout_probability_column`, in the
+                               order of the model's classes): what the drift detector calibrates its
+                               estimate of the model's performance on, before labels arrive
 ``result.json``                the run's whole result
 =============================  ===========================================================================
 
@@ -53,3 +59,25 @@ REFERENCE_PREDICTIONS_FILE = "reference_predictions.csv"
 PREDICTION_COLUMN = "prediction"
 """The one column of ``reference_predictions.csv``."""
 RESULT_FILE = "result.json"
+HOLDOUT_FILE = "holdout.csv"
+HOLDOUT_LABEL_COLUMN = "modelloop.label"
+"""``holdout.csv``'s column of true labels (a prefix no training table's feature is expected to have)."""
+HOLDOUT_PREDICTION_COLUMN = "modelloop.prediction"
+"""``holdout.csv``'s column of the model's predictions (a class label, or a value for a regressor)."""
+HOLDOUT_PROBABILITY_PREFIX = "modelloop.probability["
+PROBABILITIES_KEY = "probabilities"
+"""Where the model servers put a classifier's class probabilities beside its predictions, one list per row in
+the order of the model's classes: the key of a V1 response (beside ``predictions``), the name of a V2
+response's second output (shape ``[n, classes]``), and the key of a Seldon response's ``meta.tags``."""
+
+
+def holdout_probability_column(label: object) -> str:
+    """The ``holdout.csv`` column of the probability of class ``label``: ``modelloop.probability[<label>]``."""
+    return f"{HOLDOUT_PROBABILITY_PREFIX}{label}]"
+
+
+def holdout_probability_label(column: str) -> str | None:
+    """The class label (as text) of a ``holdout.csv`` probability column; None for any other column."""
+    if column.startswith(HOLDOUT_PROBABILITY_PREFIX) and column.endswith("]"):
+        return column[len(HOLDOUT_PROBABILITY_PREFIX) : -1]
+    return None

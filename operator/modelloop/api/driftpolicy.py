@@ -103,19 +103,59 @@ class RecentData(ApiModel):
     )
 
 
+PromQuery = Annotated[str, StringConstraints(min_length=1, max_length=4096)]
+"""A PromQL query returning one number."""
+QUERY_PLACEHOLDERS = (
+    "{{namespace}}, {{name}} (the InferenceService), {{model}} and {{version}} (the stable version served) "
+    "are substituted"
+)
+
+
+class EstimateBreach(StrEnum):
+    """When an estimated metric counts as breached."""
+
+    ESTIMATE = "Estimate"
+    WHOLE_BAND = "WholeBand"
+
+
+class MetricEstimate(ApiModel):
+    """The metric's query reads an estimate made without labels, and these queries read its band."""
+
+    lower_query: PromQuery = Field(
+        description="PromQL query returning the lower bound of the estimate's band, e.g. "
+        "min(modelloop_estimated_performance_lower{...}); " + QUERY_PLACEHOLDERS + "."
+    )
+    upper_query: PromQuery = Field(
+        description="PromQL query returning the upper bound of the estimate's band, e.g. "
+        "min(modelloop_estimated_performance_upper{...}); " + QUERY_PLACEHOLDERS + "."
+    )
+    breach_when: EstimateBreach = Field(
+        EstimateBreach.ESTIMATE,
+        description="Estimate: the estimate past the threshold is a breach, whatever its band says. "
+        "WholeBand: only when the whole band is past the threshold too (its bound nearer the threshold: the "
+        "upper one for LessThan and LessThanOrEqual, the lower one for GreaterThan and GreaterThanOrEqual), "
+        "so that an estimate within its error of the threshold never retrains; the band missing is then "
+        "inconclusive.",
+    )
+
+
 class DriftMetric(ApiModel):
     """A Prometheus query whose value, compared with a threshold, signals drift."""
 
     name: Annotated[
         str, StringConstraints(min_length=1, max_length=63, pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$")
     ] = Field(description="Name of the signal, an identifier (letters, digits, _ and -), e.g. feature-drift.")
-    query: Annotated[str, StringConstraints(min_length=1, max_length=4096)] = Field(
-        description="PromQL query returning one number; {{namespace}}, {{name}} (the InferenceService), "
-        "{{model}} and {{version}} (the stable version served) are substituted."
-    )
+    query: PromQuery = Field(description="PromQL query returning one number; " + QUERY_PLACEHOLDERS + ".")
     threshold: float = Field(description="The value the query's result is compared with.")
     comparison: Comparison = Field(
         description="The policy is breached while `value <comparison> threshold` holds, e.g. GreaterThan."
+    )
+    estimate: MetricEstimate | None = Field(
+        None,
+        description="Set when the query reads an estimate made without labels, such as the drift "
+        "detector's modelloop_estimated_performance: the operator reads its band too, and a retraining's "
+        "evidence says that the value was estimated and gives its band. A band query without data leaves "
+        "the band out; it makes the metric inconclusive only with breachWhen WholeBand.",
     )
 
 

@@ -74,6 +74,14 @@ class Artifact(ApiModel):
             "The model's predictions on the reference sample, row for row, read by the drift detector."
         ),
     )
+    holdout_uri: Uri | None = Field(
+        None,
+        description=(
+            "The trainer's held-out rows (holdout.csv: features, label, the model's prediction and class "
+            "probabilities), from which the drift detector estimates the model's performance before labels "
+            "arrive."
+        ),
+    )
 
 
 class ChampionEvaluation(ApiModel):

@@ -205,17 +205,37 @@ class DriftPolicyController:
     async def _measure(
         self, url: str | None, metric: DriftMetric, context: QueryContext, model: str, now: datetime
     ) -> Measurement:
-        query = context.render(metric.query).replace("{{model}}", model).replace("{{ model }}", model)
+        """Run the metric's query, and its band's two queries when it is an estimate, at the same time; each
+        takes its own turn at its host and has its own deadline, as every query does."""
+        query = _rendered(metric.query, context, model)
         if url is None:
             error = "no Prometheus to ask: set spec.prometheus.url or MODELLOOP_PROMETHEUS_URL"
             return Measurement(metric, query, now, error=error)
+        queries = {"query": query}
+        if metric.estimate is not None:
+            queries["estimate.lowerQuery"] = _rendered(metric.estimate.lower_query, context, model)
+            queries["estimate.upperQuery"] = _rendered(metric.estimate.upper_query, context, model)
+        answers = dict(
+            zip(queries, await asyncio.gather(*(self._answer(url, q) for q in queries.values())), strict=True)
+        )
+        for field, (_, problem) in answers.items():
+            if isinstance(problem, PrometheusRefused):
+                told = str(problem) if field == "query" else f"{field}: {problem}"
+                return Measurement(metric, query, now, error=told, refused=True)
+        value, problem = answers["query"]
+        if problem is not None:
+            return Measurement(metric, query, now, error=str(problem))
+        # A band Prometheus cannot answer is a band without data: the estimate itself still counts.
+        lower = answers.get("estimate.lowerQuery", (None, None))[0]
+        upper = answers.get("estimate.upperQuery", (None, None))[0]
+        return Measurement(metric, query, now, value=value, lower=lower, upper=upper)
+
+    async def _answer(self, url: str, query: str) -> tuple[float | None, PrometheusUnreachable | None]:
+        """What Prometheus answered to ``query``, or why it did not."""
         try:
-            value = await self.prometheus.run_query(url, query)
-        except PrometheusRefused as error:
-            return Measurement(metric, query, now, error=str(error), refused=True)
-        except PrometheusUnreachable as error:
-            return Measurement(metric, query, now, error=str(error))
-        return Measurement(metric, query, now, value=value)
+            return await self.prometheus.run_query(url, query), None
+        except PrometheusUnreachable as error:  # PrometheusRefused too
+            return None, error
 
     async def _register(
         self,
@@ -296,6 +316,11 @@ class DriftPolicyController:
         if phase is not None and phase != (obj.get("status") or {}).get("phase"):
             meta = obj["metadata"]
             logger.info("DriftPolicy %s/%s is %s", meta["namespace"], meta["name"], phase)
+
+
+def _rendered(template: str, context: QueryContext, model: str) -> str:
+    """A metric's query with its placeholders substituted."""
+    return context.render(template).replace("{{model}}", model).replace("{{ model }}", model)
 
 
 def _refusal(previous: Mapping[str, Any], generation: int, reason: str, message: str) -> dict[str, Any]:

@@ -61,7 +61,8 @@ def detector_versions(
     versions: Iterable[Mapping[str, Any]], served: RolloutVersions
 ) -> dict[str, VersionSpec]:
     """The registration's ``versions``: the service's stable version (endpoint default) and its canary
-    (endpoint canary), each with its reference sample as its ModelVersion records it."""
+    (endpoint canary), each with its reference sample, the model's predictions on it and its held-out rows
+    as its ModelVersion records them; a version without a reference sample is left out."""
     by_number = {v.get("spec", {}).get("version"): v for v in versions}
     registered: dict[str, VersionSpec] = {}
     for number, endpoint in ((served.stable, DEFAULT_ENDPOINT), (served.canary, "canary")):
@@ -69,9 +70,17 @@ def detector_versions(
         artifact = ((version or {}).get("spec") or {}).get("artifact") or {}
         if number is None or not artifact.get("referenceUri"):
             continue
-        predictions = artifact.get("referencePredictionsUri") or None
-        registered[str(number)] = VersionSpec(str(artifact["referenceUri"]), predictions, endpoint)
+        registered[str(number)] = VersionSpec(
+            str(artifact["referenceUri"]),
+            _optional_uri(artifact.get("referencePredictionsUri")),
+            endpoint,
+            holdout_uri=_optional_uri(artifact.get("holdoutUri")),
+        )
     return registered
+
+
+def _optional_uri(value: Any) -> str | None:
+    return str(value) if value else None
 
 
 class TokenFile:

@@ -3,7 +3,10 @@ how far its last retraining has come.
 
 One evaluation judges every metric: a value past its threshold is a breach; no value (no data, NaN, an
 unreachable Prometheus) is inconclusive and never a breach; a query Prometheus refuses makes the policy
-Degraded with Prometheus's own message. A breach counts only once it has held at every evaluation for the
+Degraded with Prometheus's own message. An estimated metric (``estimate``: a value made without labels)
+is judged by its value alone, its band only shown in the evidence, unless it asks to be judged by its whole
+band (``breachWhen: WholeBand``), when the band's bound nearer the threshold must be past it too, and a
+band without data is inconclusive. A breach counts only once it has held at every evaluation for the
 whole ``window``: an inconclusive or clean evaluation in between starts the window again. A confirmed
 breach starts a retraining unless one is in flight (its run trains, or its version is in validation or
 canary), the ``cooldown`` since the last one has not passed, or the budget of the period is spent.
@@ -21,6 +24,7 @@ from modelloop.api import (
     DriftPolicyPhase,
     DriftPolicySpec,
     DriftPolicyStatus,
+    EstimateBreach,
     EvaluationResult,
     parse_duration,
 )
@@ -44,7 +48,8 @@ STARTED = "DriftConfirmed"
 
 @dataclass(frozen=True)
 class Measurement:
-    """One metric's query, run once: its value, or why there is none."""
+    """One metric's query, run once: its value, or why there is none; for an estimated metric (its spec's
+    ``estimate``), the band its two other queries read too."""
 
     metric: DriftMetric
     query: str
@@ -53,30 +58,82 @@ class Measurement:
     error: str | None = None
     refused: bool = False
     """Prometheus refused the query itself (bad PromQL): the policy is wrong, not the data missing."""
+    lower: float | None = None
+    upper: float | None = None
+    """The bounds of an estimate's band; None (or NaN) where its query found no data."""
 
     @property
     def conclusive(self) -> bool:
-        return self.error is None and self.value is not None and not math.isnan(self.value)
+        if self.error is not None or self.value is None or math.isnan(self.value):
+            return False
+        return not self._whole_band or self._decisive_bound is not None
 
     @property
     def breached(self) -> bool:
-        return (
-            self.conclusive
-            and self.value is not None
-            and self.metric.comparison.holds(self.value, self.metric.threshold)
-        )
+        if not self.conclusive or self.value is None:
+            return False
+        comparison, threshold = self.metric.comparison, self.metric.threshold
+        if not comparison.holds(self.value, threshold):
+            return False
+        bound = self._decisive_bound
+        return not self._whole_band or (bound is not None and comparison.holds(bound, threshold))
+
+    @property
+    def band(self) -> tuple[float | None, float | None]:
+        """The estimate's band, (lower, upper), each None when its query found no data."""
+        return _known(self.lower), _known(self.upper)
 
     def shown(self) -> str:
-        """The value as status shows it: ``0.42``, ``no data`` or the error."""
-        if self.conclusive and self.value is not None:
+        """The value as status shows it: ``0.42``, ``no data`` or the error; an estimate that must be
+        judged by its band adds that the band has no data, when it has none."""
+        if self.error is None and self.value is not None and not math.isnan(self.value):
+            if not self.conclusive:
+                return f"{self.value:.6g} (band: no data)"
             return f"{self.value:.6g}"
         return self.error or "no data"
 
     def evidence(self) -> str:
-        """The value, the threshold it was compared with, the time and the query."""
+        """The value, the threshold it was compared with, the time and the query; for an estimate, that it
+        was estimated, and its band."""
         wanted = f"{_SYMBOLS[self.metric.comparison]} {self.metric.threshold:g}"
-        text = f"{self.shown()} (breach when {wanted}) at {_iso(self.time)}; query: {self.query}"
+        if self.metric.estimate is None:
+            text = f"{self.shown()} (breach when {wanted}) at {_iso(self.time)}; query: {self.query}"
+            return text[:EVIDENCE_TEXT_LIMIT]
+        known = self.error is None and _known(self.value) is not None
+        value = f"{self.value:.6g}" if known else self.shown()
+        lower, upper = self.band
+        band = (
+            "band: no data"
+            if lower is None and upper is None
+            else f"band [{_bound_text(lower)}, {_bound_text(upper)}]"
+        )
+        whole = "the whole band is " if self._whole_band else ""
+        text = (
+            f"{value} estimated without labels, {band} (breach when {whole}{wanted}) at {_iso(self.time)}; "
+            f"query: {self.query}"
+        )
         return text[:EVIDENCE_TEXT_LIMIT]
+
+    @property
+    def _whole_band(self) -> bool:
+        estimate = self.metric.estimate
+        return estimate is not None and estimate.breach_when == EstimateBreach.WHOLE_BAND
+
+    @property
+    def _decisive_bound(self) -> float | None:
+        """The band's bound nearer the threshold when the estimate is past it: the upper one of a metric
+        breached below its threshold, the lower one of one breached above."""
+        lower, upper = self.band
+        below = self.metric.comparison in (Comparison.LESS_THAN, Comparison.LESS_THAN_OR_EQUAL)
+        return upper if below else lower
+
+
+def _known(value: float | None) -> float | None:
+    return None if value is None or math.isnan(value) else value
+
+
+def _bound_text(value: float | None) -> str:
+    return "no data" if value is None else f"{value:.6g}"
 
 
 @dataclass(frozen=True)

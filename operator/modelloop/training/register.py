@@ -58,6 +58,8 @@ def render_model_version(
         artifact["referenceUri"] = result.reference_uri
     if result.reference_predictions_uri:
         artifact["referencePredictionsUri"] = result.reference_predictions_uri
+    if result.holdout_uri:
+        artifact["holdoutUri"] = result.holdout_uri
     lineage: dict[str, Any] = {
         "trainingRun": meta["name"],
         "image": spec.image,
@@ -118,9 +120,10 @@ def registration_problem(result: TrainerResult, output_folder: str) -> Registrat
     """Why ``result`` cannot become a ModelVersion, or None when it can.
 
     ``output_folder`` is where the operator told the trainer to write (``training.job.output_uri``, with
-    the trial's folder for a sweep's trial). Every file the version records (the artifact and the drift
-    reference data) must be inside it: the trainer is user code, and a URI it reports outside its folder
-    would register, and serve under this team's name, another run's or another team's model.
+    the trial's folder for a sweep's trial). Every file the version records (the artifact, the drift
+    reference data and the held-out rows) must be inside it: the trainer is user code, and a URI it
+    reports outside its folder would register, and serve under this team's name, another run's or another
+    team's model (or have the detector read another team's data).
     """
     if not result.artifact_uri:
         return RegistrationProblem(RESULT_MISSING, "The trainer reported success but no artifactUri.")
@@ -133,6 +136,7 @@ def registration_problem(result: TrainerResult, output_folder: str) -> Registrat
         ("artifactUri", result.artifact_uri),
         ("referenceUri", result.reference_uri),
         ("referencePredictionsUri", result.reference_predictions_uri),
+        ("holdoutUri", result.holdout_uri),
     ):
         if uri is not None and not within_folder(uri, output_folder):
             shown = uri if len(uri) <= _SHOWN_URI else f"{uri[:_SHOWN_URI]}..."

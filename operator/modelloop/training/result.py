@@ -49,6 +49,9 @@ class TrainerResult:
     artifact_digest: str | None = None
     reference_uri: str | None = None
     reference_predictions_uri: str | None = None
+    holdout_uri: str | None = None
+    """The held-out rows with their labels and the model's predictions and probabilities (``holdout.csv``):
+    what the drift detector estimates the model's performance from before labels arrive."""
     champion: ChampionReport | None = None
     dataset_hash: str | None = None
     code_version: str | None = None
@@ -77,6 +80,7 @@ def parse_result(message: str | None) -> TrainerResult | None:
         artifact_digest=_text(raw.get("artifactDigest")),
         reference_uri=_text(raw.get("referenceUri")),
         reference_predictions_uri=_text(raw.get("referencePredictionsUri")),
+        holdout_uri=_text(raw.get("holdoutUri")),
         champion=_champion(raw.get("champion")),
         dataset_hash=_text(raw.get("datasetHash")),
         code_version=_text(raw.get("codeVersion")),
