@@ -7,7 +7,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from modelloop_detector.payloads import CategoryCodes, PayloadError, parse_request, parse_response
+from modelloop_detector.payloads import (
+    CategoryCodes,
+    PayloadError,
+    ProbabilitiesIgnored,
+    parse_request,
+    parse_response,
+)
 
 FEATURES = ("a", "b", "c")
 
@@ -127,3 +133,63 @@ def test_a_response_without_version_leaves_it_to_the_endpoint() -> None:
 def test_malformed_responses_say_what_is_wrong(body: Any, message: str) -> None:
     with pytest.raises(PayloadError, match=message):
         parse_response(body)
+
+
+def test_v1_probabilities_are_one_row_per_prediction() -> None:
+    response = parse_response({"predictions": [0, 1], "probabilities": [[0.9, 0.1], [0.25, 0.75]]})
+    assert response.probabilities is not None
+    assert response.probabilities.tolist() == [[0.9, 0.1], [0.25, 0.75]]
+    assert response.ignored is None
+
+
+def test_v2_probabilities_are_the_output_named_probabilities() -> None:
+    body = {
+        "model_version": "4",
+        "outputs": [
+            {"name": "output-0", "shape": [2], "datatype": "INT64", "data": [0, 1]},
+            {"name": "probabilities", "shape": [2, 2], "datatype": "FP32", "data": [0.9, 0.1, 0.25, 0.75]},
+        ],
+    }
+    response = parse_response(body)
+    assert response.values.tolist() == [0, 1]
+    assert response.probabilities is not None
+    assert response.probabilities.tolist() == [[0.9, 0.1], [0.25, 0.75]]
+
+
+def test_a_response_without_probabilities_has_none_and_ignores_nothing() -> None:
+    response = parse_response({"predictions": [1.5]})
+    assert (response.probabilities, response.ignored) == (None, None)
+
+
+def test_a_float32_rounding_past_one_is_read_and_clipped() -> None:
+    response = parse_response({"predictions": [1], "probabilities": [[0.0, 1.0000001]]})
+    assert response.probabilities is not None and response.probabilities.tolist() == [[0.0, 1.0]]
+
+
+@pytest.mark.parametrize(
+    ("probabilities", "reason"),
+    [
+        ([[0.9, 0.1]], ProbabilitiesIgnored.ROWS),
+        ([[0.9, 0.1], [0.2]], ProbabilitiesIgnored.SHAPE),
+        ([0.9, 0.1], ProbabilitiesIgnored.SHAPE),
+        ([["a", "b"], ["c", "d"]], ProbabilitiesIgnored.SHAPE),
+        ("0.9", ProbabilitiesIgnored.SHAPE),
+        ([[0.9, 0.1], [1.5, -0.5]], ProbabilitiesIgnored.RANGE),
+        ([[0.9, 0.1], [None, 0.5]], ProbabilitiesIgnored.RANGE),
+    ],
+)
+def test_unusable_probabilities_are_ignored_and_the_predictions_kept(probabilities: Any, reason: str) -> None:
+    response = parse_response({"predictions": [0, 1], "probabilities": probabilities})
+    assert response.values.tolist() == [0, 1]
+    assert (response.probabilities, response.ignored) == (None, reason)
+
+
+def test_a_v2_probabilities_output_of_the_wrong_shape_is_ignored() -> None:
+    body = {
+        "outputs": [
+            {"name": "output-0", "shape": [2], "datatype": "INT64", "data": [0, 1]},
+            {"name": "probabilities", "shape": [4], "datatype": "FP32", "data": [0.9, 0.1, 0.25, 0.75]},
+        ],
+    }
+    response = parse_response(body)
+    assert (response.probabilities, response.ignored) == (None, ProbabilitiesIgnored.SHAPE)

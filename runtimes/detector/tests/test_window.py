@@ -87,3 +87,35 @@ def test_a_window_is_judged_when_it_has_enough_new_rows_or_time(
         evaluation_due(rows=rows, changes=changes, new_rows=new_rows, seconds=seconds, settings=SETTINGS)
         is due
     )
+
+
+def test_probabilities_stay_aligned_with_their_rows_across_the_ring() -> None:
+    window = RowWindow(2, max_rows=5, max_seconds=60, classes=2)
+    for start in range(0, 12, 3):
+        values = np.arange(start, start + 3, dtype=np.float64)
+        # Every other batch comes without probabilities: its rows are NaN.
+        given = np.column_stack([values / 100, 1 - values / 100]) if start % 2 == 0 else None
+        window.append(
+            np.column_stack([values, -values]),
+            values,
+            values.astype(object),
+            [str(int(v)) for v in values],
+            0,
+            given,
+        )
+    snapshot = window.snapshot()
+    assert snapshot.probabilities is not None and snapshot.probabilities.shape == (5, 2)
+    by_row = {
+        int(row): probabilities
+        for row, probabilities in zip(snapshot.features[:, 0], snapshot.probabilities, strict=True)
+    }
+    assert sorted(by_row) == [7, 8, 9, 10, 11]
+    assert all(np.isnan(by_row[row]).all() for row in (9, 10, 11))  # their batch had none
+    assert by_row[7].tolist() == pytest.approx([0.07, 0.93]) and by_row[8][1] == pytest.approx(0.92)
+    assert snapshot.probability_rows() == 2
+
+
+def test_a_window_of_a_version_without_classes_keeps_no_probabilities() -> None:
+    window = RowWindow(2, max_rows=5, max_seconds=60)
+    add(window, 0, 3, now=0)
+    assert window.snapshot().probabilities is None and window.snapshot().probability_rows() == 0

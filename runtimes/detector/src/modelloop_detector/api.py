@@ -13,8 +13,9 @@ from typing import Any
 from modelloop_contracts import InvalidMessage
 
 from modelloop_detector.detectors import Verdict
+from modelloop_detector.estimation import Estimate
 from modelloop_detector.reference import Reference
-from modelloop_detector.service import ServiceState
+from modelloop_detector.service import Estimation, ServiceState, VersionState
 
 
 def parse_labels(body: Any) -> list[tuple[str, Any]]:
@@ -37,9 +38,58 @@ def _short(value: Any) -> str:
     return text if len(text) <= 120 else text[:117] + "..."
 
 
-def reference_summary(reference: Reference) -> dict[str, Any]:
-    """What a registration reply says about one version's reference."""
-    return {"referenceRows": len(reference.rows), "features": list(reference.features)}
+def reference_summary(reference: Reference, estimation: Estimation | None = None) -> dict[str, Any]:
+    """What a registration reply says about one version's reference, and about its holdout where it
+    named one (``estimation``: ``error`` says why a holdout that cannot be used is not)."""
+    summary: dict[str, Any] = {"referenceRows": len(reference.rows), "features": list(reference.features)}
+    if estimation is not None:
+        summary["estimation"] = estimation_summary(estimation)
+    return summary
+
+
+def estimation_summary(estimation: Estimation) -> dict[str, Any]:
+    """How a version's performance is estimated: its holdout, the metrics, or the holdout's problem."""
+    estimator = estimation.estimator
+    return {
+        "holdoutUri": estimation.holdout_uri,
+        "holdoutRows": estimation.holdout_rows,
+        "task": None if estimator is None else estimator.task,
+        "metrics": [] if estimator is None else list(estimator.metrics),
+        "classes": None if estimator is None or estimator.classes is None else list(estimator.classes),
+        "error": estimation.error,
+    }
+
+
+def estimation_status(version: VersionState) -> dict[str, Any] | None:
+    """``GET``'s ``estimation`` of one version: the holdout, the last estimates with their band, and the
+    performance measured on the window's labelled rows; None without a holdout. The caller holds the
+    service's lock."""
+    if version.estimation is None:
+        return None
+    realised = version.realised
+    return {
+        **estimation_summary(version.estimation),
+        "probabilityRows": version.window.probability_rows(),
+        "estimates": [_estimate_record(estimate, version.estimated_at) for estimate in version.estimates],
+        "realised": None
+        if realised is None
+        else {
+            "rows": realised.rows,
+            "time": realised.time,
+            "metrics": {metric: _finite(value) for metric, value in realised.values.items()},
+        },
+    }
+
+
+def _estimate_record(estimate: Estimate, time: float | None) -> dict[str, Any]:
+    return {
+        "metric": estimate.metric,
+        "value": _finite(estimate.value),
+        "lower": _finite(estimate.lower),
+        "upper": _finite(estimate.upper),
+        "rows": estimate.rows,
+        "time": time,
+    }
 
 
 def service_status(state: ServiceState) -> dict[str, Any]:
@@ -64,6 +114,7 @@ def service_status(state: ServiceState) -> dict[str, Any]:
                 "mae": version.feedback.mae(),
             },
             "mmdDevice": version.detectors.device,
+            "estimation": estimation_status(version),
             "verdicts": [
                 record for verdict in version.verdicts.values() for record in verdict_records(verdict)
             ],

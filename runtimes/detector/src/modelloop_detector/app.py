@@ -1,7 +1,7 @@
 """The HTTP API as a bare ASGI application (no framework: ingestion is the hot path).
 
 =======  ====================================  ===========================================
-POST     /                                     KServe's logged inference CloudEvents
+POST     /                                     KServe's and Seldon's logged inference CloudEvents
 PUT/GET  /v1/services/{namespace}/{service}    register what is served / read its state
 DELETE   /v1/services/{namespace}/{service}    forget it
 POST     /v1/feedback/{namespace}/{service}    ground-truth labels by request id
@@ -183,7 +183,10 @@ class DetectorApp:
             result = await asyncio.to_thread(
                 self.service.register, namespace, name, registration, mmd=registration.mmd
             )
-            versions = {key: reference_summary(reference) for key, reference in result.versions.items()}
+            versions = {
+                key: reference_summary(reference, result.estimation.get(key))
+                for key, reference in result.versions.items()
+            }
             if result.errors:
                 message = "; ".join(f"version {key}: {error}" for key, error in result.errors.items())
                 return _json(422, {"error": message, "errors": result.errors, "versions": versions})

@@ -191,6 +191,7 @@ def build_detector(
         detectors,
         on_drop=metrics.count_drop,
         on_refuse=metrics.count_refusal,
+        on_ignore=metrics.count_ignored,
         limits=limits,
         roots=roots,
         tenancy=tenancy,

@@ -1,9 +1,14 @@
-"""KServe's payload-logger CloudEvents, read from HTTP in binary or structured mode.
+"""KServe's and Seldon Core's payload-logger CloudEvents, read from HTTP in binary or structured mode.
 
 KServe's agent (``cmd/agent``) posts each logged request and response as a CloudEvent of type
 ``org.kubeflow.serving.inference.request``/``.response``; a request and its response share the
 event id. Extensions name the InferenceService (``inferenceservicename``, ``namespace``), the
 component and the ``endpoint`` (``default`` or ``canary``) that answered.
+
+Seldon Core v1's executor posts ``io.seldon.serving.inference.request``/``.response`` events with the same
+``inferenceservicename`` (the SeldonDeployment), ``namespace`` and ``endpoint`` (the predictor) extensions,
+but a new id for each event: its ``requestid`` extension (the prediction's puid) is what a request and its
+response share, and so the :attr:`InferenceEvent.id` of a Seldon event (:mod:`~modelloop_detector.seldon`).
 """
 
 from __future__ import annotations
@@ -18,9 +23,20 @@ from cloudevents.exceptions import GenericException
 from cloudevents.http import CloudEvent, from_http
 from modelloop_contracts import DEFAULT_ENDPOINT
 
+from modelloop_detector import seldon
+
 REQUEST_TYPE = "org.kubeflow.serving.inference.request"
 RESPONSE_TYPE = "org.kubeflow.serving.inference.response"
-EVENT_KINDS: dict[str, Literal["request", "response"]] = {REQUEST_TYPE: "request", RESPONSE_TYPE: "response"}
+EventKind = Literal["request", "response"]
+Protocol = Literal["kserve", "seldon"]
+"""How an event's body reads: ``kserve``, KServe's V1/V2 bodies (also what Seldon logs for its ``v2``,
+``kfserving`` and ``tensorflow`` protocols); ``seldon``, Seldon's SeldonMessage."""
+EVENT_KINDS: dict[str, EventKind] = {
+    REQUEST_TYPE: "request",
+    RESPONSE_TYPE: "response",
+    seldon.REQUEST_TYPE: "request",
+    seldon.RESPONSE_TYPE: "response",
+}
 
 
 class DropReason(StrEnum):
@@ -29,6 +45,7 @@ class DropReason(StrEnum):
     NOT_CLOUDEVENT = "not_cloudevent"
     UNKNOWN_TYPE = "unknown_type"
     MISSING_SERVICE = "missing_service"
+    MISSING_REQUEST_ID = "missing_request_id"
     INVALID_JSON = "invalid_json"
     INVALID_PAYLOAD = "invalid_payload"
     FEATURE_MISMATCH = "feature_mismatch"
@@ -47,14 +64,18 @@ class EventRejected(ValueError):
 
 @dataclass(frozen=True)
 class InferenceEvent:
-    """One logged request or response of an InferenceService."""
+    """One logged request or response of an InferenceService (or a SeldonDeployment).
 
-    kind: Literal["request", "response"]
+    ``id`` pairs a request with its response, and names its rows: KServe's event id, Seldon's request id.
+    """
+
+    kind: EventKind
     id: str
     namespace: str
     service: str
     endpoint: str
     body: Any
+    protocol: Protocol = "kserve"
 
 
 def read_event(headers: Mapping[str, str], body: bytes) -> InferenceEvent:
@@ -93,22 +114,38 @@ def _read(attributes: dict[str, str], content_type: str, body: bytes) -> Inferen
     if kind is None:
         raise EventRejected(
             DropReason.UNKNOWN_TYPE,
-            f"event type {event_type!r} is neither {REQUEST_TYPE!r} nor {RESPONSE_TYPE!r}",
+            f"event type {event_type!r} is none of {REQUEST_TYPE!r}, {RESPONSE_TYPE!r} (KServe), "
+            f"{seldon.REQUEST_TYPE!r}, {seldon.RESPONSE_TYPE!r} (Seldon Core)",
         )
     read = event.get_attributes()
     service, namespace = read.get("inferenceservicename"), read.get("namespace")
     if not service or not namespace:
         raise EventRejected(
             DropReason.MISSING_SERVICE,
-            "the event lacks the 'inferenceservicename' and 'namespace' extensions of KServe's logger",
+            "the event lacks the 'inferenceservicename' and 'namespace' extensions of KServe's and "
+            "Seldon's loggers",
         )
+    protocol: Protocol = "kserve"
+    if event_type in (REQUEST_TYPE, RESPONSE_TYPE):
+        event_id = str(event["id"])
+    else:
+        request_id = read.get(seldon.REQUEST_ID_EXTENSION)
+        if not request_id:
+            raise EventRejected(
+                DropReason.MISSING_REQUEST_ID,
+                "the Seldon event lacks the 'requestid' extension that pairs a request with its response",
+            )
+        event_id = str(request_id)
+        if read.get(seldon.PROTOCOL_EXTENSION, seldon.SELDON_PROTOCOL) == seldon.SELDON_PROTOCOL:
+            protocol = "seldon"
     return InferenceEvent(
         kind=kind,
-        id=str(event["id"]),
+        id=event_id,
         namespace=str(namespace),
         service=str(service),
         endpoint=str(read.get("endpoint") or DEFAULT_ENDPOINT),
         body=_json_body(event.data),
+        protocol=protocol,
     )
 
 
@@ -134,7 +171,7 @@ def _json_body(data: Any) -> Any:
     if isinstance(data, dict | list):
         return data
     if data is None or data in (b"", ""):
-        raise EventRejected(DropReason.INVALID_JSON, "the event has no data; KServe logs the JSON body")
+        raise EventRejected(DropReason.INVALID_JSON, "the event has no data; the loggers log the JSON body")
     try:
         return json.loads(data)
     except (ValueError, TypeError) as exc:

@@ -15,6 +15,7 @@ from prometheus_client.registry import Collector
 from modelloop_detector.detectors import Verdict
 from modelloop_detector.events import DropReason
 from modelloop_detector.limits import RefusalReason
+from modelloop_detector.payloads import ProbabilitiesIgnored
 from modelloop_detector.service import DriftService
 
 VERSION_LABELS = ["namespace", "service", "model", "version"]
@@ -44,6 +45,14 @@ class DetectorMetrics:
             ["reason"],
             registry=self.registry,
         )
+        self.ignored = Counter(
+            "modelloop_detector_probabilities_ignored",
+            "Responses whose class probabilities were ignored (their predictions still count), by reason: "
+            "shape (not rows of numbers of one length), rows (not one row per prediction), range (not "
+            "finite, or outside [0, 1]), classes (not as many as the version's classes).",
+            ["reason"],
+            registry=self.registry,
+        )
         self.verdict_seconds = Histogram(
             "modelloop_drift_verdict_seconds",
             "Time to judge one window, by detector.",
@@ -57,6 +66,8 @@ class DetectorMetrics:
             self.dropped.labels(reason.value)
         for refusal in RefusalReason:
             self.refused.labels(refusal.value)
+        for ignored in ProbabilitiesIgnored:
+            self.ignored.labels(ignored.value)
 
     def watch(self, service: DriftService) -> None:
         """Export ``service``'s per-version gauges."""
@@ -69,6 +80,10 @@ class DetectorMetrics:
     def count_refusal(self, reason: RefusalReason) -> None:
         """Count one refused request."""
         self.refused.labels(reason.value).inc()
+
+    def count_ignored(self, reason: ProbabilitiesIgnored) -> None:
+        """Count one response whose probabilities were ignored."""
+        self.ignored.labels(reason.value).inc()
 
     def observe_verdict(self, verdict: Verdict, seconds: float) -> None:
         """Record how long a verdict took."""
@@ -121,6 +136,40 @@ class DriftCollector(Collector):
             "process (after a restart too): its verdicts are then inconclusive; else 0.",
             labels=VERSION_LABELS,
         )
+        performance = [*VERSION_LABELS, "metric"]
+        estimated = GaugeMetricFamily(
+            "modelloop_estimated_performance",
+            "The version's performance on its window estimated before labels arrive, calibrated on its "
+            "holdout: a classifier's accuracy and macro F1 from the served class probabilities (CBPE), a "
+            "regressor's mean absolute error (mae) from its features and predictions (DLE); by metric.",
+            labels=performance,
+        )
+        lower = GaugeMetricFamily(
+            "modelloop_estimated_performance_lower",
+            "The lower bound of the estimate's 95% confidence band.",
+            labels=performance,
+        )
+        upper = GaugeMetricFamily(
+            "modelloop_estimated_performance_upper",
+            "The upper bound of the estimate's 95% confidence band.",
+            labels=performance,
+        )
+        estimated_rows = GaugeMetricFamily(
+            "modelloop_estimated_performance_rows",
+            "The window rows the last estimate used (rows with class probabilities, for a classifier).",
+            labels=VERSION_LABELS,
+        )
+        realised = GaugeMetricFamily(
+            "modelloop_realised_performance",
+            "The version's performance measured on its window's rows whose labels arrived, by metric (the "
+            "estimate's metrics), once enough of them have.",
+            labels=performance,
+        )
+        realised_rows = GaugeMetricFamily(
+            "modelloop_realised_performance_rows",
+            "The labelled window rows the realised performance was measured on.",
+            labels=VERSION_LABELS,
+        )
         services = self.service.services()
         halves, pending_bytes = self.service.pending()
         state_gauges = [
@@ -147,11 +196,33 @@ class DriftCollector(Collector):
                         version.feedback.mae(),
                         version.feedback.labels_total,
                         version.complete,
+                        version.estimates,
+                        version.realised,
                     )
                     for version in state.versions.values()
                 ]
-            for name, window_rows, verdicts, version_accuracy, version_mae, labelled, complete in versions:
+            for (
+                name,
+                window_rows,
+                verdicts,
+                version_accuracy,
+                version_mae,
+                labelled,
+                complete,
+                estimates,
+                measured,
+            ) in versions:
                 base = [state.namespace, state.name, state.model, name]
+                for estimate in estimates:
+                    estimated.add_metric([*base, estimate.metric], estimate.value)
+                    lower.add_metric([*base, estimate.metric], estimate.lower)
+                    upper.add_metric([*base, estimate.metric], estimate.upper)
+                if estimates:
+                    estimated_rows.add_metric(base, max(estimate.rows for estimate in estimates))
+                if measured is not None:
+                    for metric, value in measured.values.items():
+                        realised.add_metric([*base, metric], value)
+                    realised_rows.add_metric(base, measured.rows)
                 rows.add_metric(base, window_rows)
                 inconclusive.add_metric(base, 0.0 if complete else 1.0)
                 labels_total.add_metric(base, labelled)
@@ -169,4 +240,20 @@ class DriftCollector(Collector):
                         for feature in judged.features:
                             score.add_metric([*base, judged.detector, feature.feature], feature.score)
                             p_value.add_metric([*base, judged.detector, feature.feature], feature.p_value)
-        yield from (score, p_value, verdict, rows, inconclusive, accuracy, mae, labels_total, *state_gauges)
+        yield from (
+            score,
+            p_value,
+            verdict,
+            rows,
+            inconclusive,
+            accuracy,
+            mae,
+            labels_total,
+            estimated,
+            lower,
+            upper,
+            estimated_rows,
+            realised,
+            realised_rows,
+            *state_gauges,
+        )

@@ -2,7 +2,11 @@
 
 Pure functions: a body in, arrays out, or a :class:`PayloadError` that says what is wrong with it.
 A request is parsed once into :class:`RequestRows` (positional rows, or columns by feature name);
-:meth:`RequestRows.to_matrix` then lays it out in a reference's feature order.
+:meth:`RequestRows.to_matrix` then lays it out in a reference's feature order. A classifier's response
+may carry its class probabilities beside its predictions (``modelloop_contracts.PROBABILITIES_KEY``: a
+V1 response's key, a V2 response's output): they are kept when they are one row of probabilities per
+prediction, else ignored (:class:`ProbabilitiesIgnored` says why) while the predictions still count.
+Seldon's messages are :mod:`~modelloop_detector.seldon`'s.
 """
 
 from __future__ import annotations
@@ -10,10 +14,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from modelloop_contracts import PROBABILITIES_KEY
 
 FloatArray = npt.NDArray[np.float64]
 ObjectArray = npt.NDArray[np.object_]
@@ -28,12 +34,14 @@ class RequestRows:
     """The rows of one inference request, before they are matched to a reference's features.
 
     Exactly one of ``positional`` (an ``(n, d)`` array, float when every value is a number) and
-    ``columns`` (feature name -> ``n`` values) is set.
+    ``columns`` (feature name -> ``n`` values) is set. ``names``, where the request named the positional
+    columns (Seldon's ``data.names``), are their features' names.
     """
 
     count: int
     positional: npt.NDArray[Any] | None = None
     columns: Mapping[str, npt.NDArray[Any]] | None = None
+    names: tuple[str, ...] | None = None
 
     def to_matrix(self, features: Sequence[str], categorical: Mapping[int, CategoryCodes]) -> FloatArray:
         """The rows as an ``(n, len(features))`` float array in ``features``' order.
@@ -72,6 +80,8 @@ class RequestRows:
                 raise PayloadError(
                     f"rows have {raw.shape[1]} values, the reference has {width} features {list(features)}"
                 )
+            if self.names is not None and self.names != tuple(features) and width > 1:
+                raw = raw[:, _column_order(self.names, features)]
         if not categorical:
             if raw.dtype == np.float64:
                 return raw
@@ -83,6 +93,25 @@ class RequestRows:
         for index, codes in categorical.items():
             matrix[:, index] = codes.encode(raw[:, index])
         return matrix
+
+
+def _column_order(names: Sequence[str], features: Sequence[str]) -> list[int]:
+    """Where each of ``features`` is among the named columns ``names`` (the same names, in any order)."""
+    if len(set(names)) != len(names) or set(names) != set(features):
+        missing = [name for name in features if name not in names]
+        unknown = sorted(set(names).difference(features))
+        duplicated = sorted({name for name in names if names.count(name) > 1})
+        parts = (
+            f"missing {missing}" if missing else "",
+            f"unknown {unknown}" if unknown else "",
+            f"named twice {duplicated}" if duplicated else "",
+        )
+        raise PayloadError(
+            f"the rows' features do not match the reference's {list(features)}: "
+            + "; ".join(part for part in parts if part)
+        )
+    position = {name: index for index, name in enumerate(names)}
+    return [position[name] for name in features]
 
 
 class CategoryCodes:
@@ -156,20 +185,21 @@ def parse_request(body: Any) -> RequestRows:
     if not isinstance(body, dict):
         raise PayloadError("the request body must be a JSON object with 'instances' or 'inputs'")
     if "instances" in body:
-        return _v1_rows(body["instances"], "instances")
+        return parse_rows(body["instances"], "instances")
     inputs = body.get("inputs")
     if inputs is None:
         raise PayloadError("the request body has neither 'instances' (V1) nor 'inputs' (V1 or V2)")
     if isinstance(inputs, list) and inputs and all(_is_v2_tensor(item) for item in inputs):
         return _v2_rows(inputs)
-    return _v1_rows(inputs, "inputs")
+    return parse_rows(inputs, "inputs")
 
 
 def _is_v2_tensor(item: Any) -> bool:
     return isinstance(item, dict) and "data" in item and "shape" in item
 
 
-def _v1_rows(rows: Any, key: str) -> RequestRows:
+def parse_rows(rows: Any, key: str) -> RequestRows:
+    """A list of rows (``key`` names it in errors): lists of values, or objects by feature name."""
     if not isinstance(rows, list) or not rows:
         raise PayloadError(f"'{key}' must be a non-empty list of rows")
     if all(isinstance(row, dict) for row in rows):
@@ -228,24 +258,52 @@ def _tensor(tensor: dict[str, Any]) -> npt.NDArray[Any]:
     return array.reshape(shape)
 
 
+class ProbabilitiesIgnored(StrEnum):
+    """Why a response's probabilities were ignored (its predictions still count): the ``reason`` label of
+    ``modelloop_detector_probabilities_ignored_total``."""
+
+    SHAPE = "shape"
+    """Not a list of rows of numbers of one length (a V2 output: not a numeric ``[n, k]`` tensor)."""
+    ROWS = "rows"
+    """Not one row per prediction."""
+    RANGE = "range"
+    """A value that is not finite or lies outside [0, 1]."""
+    CLASSES = "classes"
+    """Rows of another length than the version's classes (its holdout's)."""
+
+
+PROBABILITY_TOLERANCE = 1e-6
+"""How far outside [0, 1] a probability may lie and still be read (then clipped): a float32 softmax's
+rounding, such as 1.0000001."""
+
+
 @dataclass(frozen=True)
 class ResponsePredictions:
-    """The predictions of one inference response, one per request row, and the version that made them."""
+    """The predictions of one inference response, one per request row, and the version that made them.
+
+    ``probabilities``: a classifier's ``(n, k)`` class probabilities, where the response had usable ones;
+    ``ignored`` says why the response's probabilities were not (None when it had none, or they were used).
+    """
 
     values: ObjectArray
     model_version: str | None
+    probabilities: FloatArray | None = None
+    ignored: ProbabilitiesIgnored | None = None
 
 
 def parse_response(body: Any) -> ResponsePredictions:
-    """The predictions of a V1 (``predictions``) or V2 (``outputs``) response body."""
+    """The predictions of a V1 (``predictions``) or V2 (``outputs``) response body, and its probabilities
+    (V1: ``probabilities``; V2: the output named ``probabilities``)."""
     if not isinstance(body, dict):
         raise PayloadError("the response body must be a JSON object with 'predictions' or 'outputs'")
     version = body.get("model_version")
     model_version = None if version is None or version == "" else str(version)
     if "predictions" in body:
-        values = _one_per_row(body["predictions"], "predictions")
+        values = response_values(body["predictions"], "predictions")
+        given = body.get(PROBABILITIES_KEY)
     elif isinstance(body.get("outputs"), list) and body["outputs"]:
-        output = body["outputs"][0]
+        outputs = body["outputs"]
+        output = outputs[0]
         if not _is_v2_tensor(output):
             raise PayloadError("the response's first output is not a V2 tensor with 'shape' and 'data'")
         shape = output["shape"]
@@ -255,15 +313,62 @@ def parse_response(body: Any) -> ResponsePredictions:
             raise PayloadError(
                 f"output {output.get('name')!r} has shape {shape!r}; one value per row is needed"
             )
-        values = _one_per_row(output["data"], f"output {output.get('name')!r}")
+        values = response_values(output["data"], f"output {output.get('name')!r}")
         if len(values) != shape[0]:
             raise PayloadError(f"output {output.get('name')!r} has {len(values)} values for shape {shape}")
+        given = next(
+            (
+                item
+                for item in outputs[1:]
+                if isinstance(item, dict) and item.get("name") == PROBABILITIES_KEY
+            ),
+            None,
+        )
+        if given is not None:
+            given = _v2_probabilities(given)
     else:
         raise PayloadError("the response body has neither 'predictions' (V1) nor 'outputs' (V2)")
-    return ResponsePredictions(values=values, model_version=model_version)
+    if given is None:
+        return ResponsePredictions(values=values, model_version=model_version)
+    probabilities, ignored = read_probabilities(given, len(values))
+    return ResponsePredictions(values, model_version, probabilities, ignored)
 
 
-def _one_per_row(values: Any, what: str) -> ObjectArray:
+def _v2_probabilities(output: dict[str, Any]) -> Any:
+    # A V2 output of shape [n, k]; anything else is given as it is, for read_probabilities to refuse.
+    if not _is_v2_tensor(output) or str(output.get("datatype", "")).upper() == "BYTES":
+        return output
+    try:
+        return _tensor(output)
+    except PayloadError:
+        return output
+
+
+def read_probabilities(given: Any, rows: int) -> tuple[FloatArray | None, ProbabilitiesIgnored | None]:
+    """``given`` as ``(rows, k)`` class probabilities; or None and why they are ignored. On the hot path:
+    one array conversion and two reductions (NaN carries through them, and fails the range check)."""
+    try:
+        array = np.asarray(given, dtype=np.float64)
+    except (TypeError, ValueError):
+        return None, ProbabilitiesIgnored.SHAPE
+    if array.ndim != 2 or not array.shape[1]:
+        return None, ProbabilitiesIgnored.SHAPE
+    if array.shape[0] != rows:
+        return None, ProbabilitiesIgnored.ROWS
+    low, high = _lowest(array, axis=None), _highest(array, axis=None)
+    if not (low >= -PROBABILITY_TOLERANCE and high <= 1.0 + PROBABILITY_TOLERANCE):
+        return None, ProbabilitiesIgnored.RANGE
+    if low < 0.0 or high > 1.0:
+        np.clip(array, 0.0, 1.0, out=array)
+    return array, None
+
+
+# The ufuncs' reductions themselves: ndarray.min() and max() add a few microseconds each on small arrays.
+_lowest, _highest = np.minimum.reduce, np.maximum.reduce
+
+
+def response_values(values: Any, what: str) -> ObjectArray:
+    """One prediction per row (a class or a number; ``[x]`` is ``x``); ``what`` names them in errors."""
     if not isinstance(values, list) or not values:
         raise PayloadError(f"{what} must be a non-empty list")
     flat = [value[0] if isinstance(value, list) and len(value) == 1 else value for value in values]

@@ -9,6 +9,13 @@ the type the detector's clients write. Everything a caller can make it hold is b
 :class:`~modelloop_detector.artifacts.ArtifactRoots`, and a detector set to one namespace
 (:class:`~modelloop_detector.tenancy.Tenancy`) refuses anything that names another before storing it.
 
+A version registered with a holdout (the trainer's ``holdout.csv``, its ``holdoutUri``) gets a
+:class:`~modelloop_detector.estimation.PerformanceEstimator` calibrated on it: the fast evaluation loop
+estimates the version's performance from its window's class probabilities before any label arrives, and
+measures it (realised performance) on the window's rows whose labels have arrived. A holdout that cannot be
+used leaves the version registered without estimation (:class:`Estimation` says why): its drift is judged
+all the same.
+
 A version's window starts empty when it is registered, in particular when a restarted detector is told
 again what is served: until it has collected a full window (``window_rows`` rows, or ``window_seconds``
 of rows and at least ``min_rows``), its verdicts are *inconclusive* (:attr:`VersionState.complete`),
@@ -30,6 +37,13 @@ from modelloop_contracts import Registration, VersionSpec
 
 from modelloop_detector.artifacts import DEFAULT_ROOTS, ArtifactRoots
 from modelloop_detector.detectors import DetectorSettings, Verdict, VersionDetectors
+from modelloop_detector.estimation import (
+    Estimate,
+    PerformanceEstimator,
+    build_estimator,
+    load_holdout,
+    realised_performance,
+)
 from modelloop_detector.events import DropReason, EventRejected, InferenceEvent
 from modelloop_detector.feedback import FeedbackScore, LabelBook
 from modelloop_detector.limits import (
@@ -46,14 +60,16 @@ from modelloop_detector.payloads import (
     FloatArray,
     ObjectArray,
     PayloadError,
+    ProbabilitiesIgnored,
     RequestRows,
     ResponsePredictions,
     parse_request,
     parse_response,
 )
 from modelloop_detector.reference import Reference, ReferenceError, load_reference
+from modelloop_detector.seldon import parse_seldon_request, parse_seldon_response
 from modelloop_detector.tenancy import Tenancy
-from modelloop_detector.window import RowWindow, WindowRows
+from modelloop_detector.window import RowWindow, WindowRows, WindowSnapshot
 
 logger = logging.getLogger(__name__)
 
@@ -97,9 +113,30 @@ class EvaluationMark:
     time: float = float("-inf")
 
 
+@dataclass(frozen=True)
+class Estimation:
+    """How a version's performance is estimated before labels arrive: the estimator calibrated on its
+    holdout, or, where the holdout could not be used, why not (``error``; the version is registered and
+    its drift judged all the same)."""
+
+    holdout_uri: str
+    estimator: PerformanceEstimator | None = None
+    holdout_rows: int = 0
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Realised:
+    """A version's performance measured on its window's labelled rows (the estimate's metrics)."""
+
+    values: dict[str, float]
+    rows: int
+    time: float
+
+
 @dataclass
 class VersionState:
-    """One version's reference, detectors, window, feedback and last verdicts."""
+    """One version's reference, detectors, window, feedback, last verdicts and performance estimates."""
 
     name: str
     endpoint: str
@@ -118,6 +155,11 @@ class VersionState:
     # tells them once, not at every row.
     woken: bool = False
     verdicts: dict[str, Verdict] = field(default_factory=dict)
+    estimation: Estimation | None = None
+    """None: registered without a holdout."""
+    estimates: tuple[Estimate, ...] = ()
+    estimated_at: float | None = None
+    realised: Realised | None = None
     marks: dict[LoopKind, EvaluationMark] = field(
         default_factory=lambda: {"fast": EvaluationMark(), "mmd": EvaluationMark()}
     )
@@ -187,10 +229,12 @@ class PendingResponse:
 
 @dataclass(frozen=True)
 class RegistrationResult:
-    """What a registration loaded, and the versions whose reference could not be used."""
+    """What a registration loaded, the versions whose reference could not be used, and how the versions
+    that named a holdout are estimated (or why they are not)."""
 
     versions: dict[str, Reference]
     errors: dict[str, str]
+    estimation: dict[str, Estimation] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -207,6 +251,7 @@ class Export:
 Clock = Callable[[], float]
 DropCounter = Callable[[DropReason, int], None]
 RefusalCounter = Callable[[RefusalReason], None]
+IgnoredCounter = Callable[[ProbabilitiesIgnored], None]
 
 
 class DriftService:
@@ -221,6 +266,7 @@ class DriftService:
         clock: Clock = time.time,
         on_drop: DropCounter | None = None,
         on_refuse: RefusalCounter | None = None,
+        on_ignore: IgnoredCounter | None = None,
         limits: Limits | None = None,
         roots: ArtifactRoots | None = None,
         tenancy: Tenancy | None = None,
@@ -233,6 +279,7 @@ class DriftService:
         self.clock = clock
         self._on_drop = on_drop or (lambda reason, count: None)
         self._on_refuse = on_refuse or (lambda reason: None)
+        self._on_ignore = on_ignore or (lambda reason: None)
         self._services: dict[tuple[str, str], ServiceState] = {}
         self._registry_lock = threading.Lock()
         self._pairing: Pairing[PendingRequest | PendingResponse] = Pairing(
@@ -287,7 +334,12 @@ class DriftService:
                 if spec.predictions_uri
                 else None
             )
-            versions[version_name] = VersionSpec(reference, predictions, spec.endpoint)
+            holdout = (
+                self.roots.check(f"versions.{version_name}.holdoutUri", spec.holdout_uri)
+                if spec.holdout_uri
+                else None
+            )
+            versions[version_name] = VersionSpec(reference, predictions, spec.endpoint, holdout)
         with self._registry_lock:
             self._check_room(namespace, name)
         return Registration(
@@ -325,6 +377,7 @@ class DriftService:
             key = (
                 spec.reference_uri,
                 spec.predictions_uri,
+                spec.holdout_uri,
                 registration.categorical,
                 registration.target_column,
                 wants_mmd,
@@ -363,7 +416,11 @@ class DriftService:
                 state.versions = built
         for version_name in current.keys() - built.keys():
             logger.info("%s/%s: version %s is no longer served; forgotten", namespace, name, version_name)
-        return RegistrationResult({key: version.reference for key, version in built.items()}, errors)
+        return RegistrationResult(
+            {key: version.reference for key, version in built.items()},
+            errors,
+            {key: version.estimation for key, version in built.items() if version.estimation is not None},
+        )
 
     def _build_version(
         self, name: str, spec: VersionSpec, registration: Registration, key: tuple[Any, ...], mmd: bool
@@ -380,6 +437,9 @@ class DriftService:
             assert reference.predictions is not None
             prediction_codes = CategoryCodes(list(dict.fromkeys(reference.predictions.tolist())))
         detectors = VersionDetectors(reference, self.detector_settings, prediction_codes, mmd=mmd)
+        estimation = None if spec.holdout_uri is None else self._build_estimation(spec.holdout_uri, reference)
+        estimator = None if estimation is None else estimation.estimator
+        classes = len(estimator.classes) if estimator is not None and estimator.classes else 0
         settings = self.window_settings
         return VersionState(
             name=name,
@@ -389,11 +449,33 @@ class DriftService:
             detectors=detectors,
             prediction_codes=prediction_codes,
             window=RowWindow(
-                reference.width, max_rows=settings.window_rows, max_seconds=settings.window_seconds
+                reference.width,
+                max_rows=settings.window_rows,
+                max_seconds=settings.window_seconds,
+                classes=classes,
             ),
             feedback=FeedbackScore(settings.feedback_window, reference.task),
             collecting_since=self.clock(),
+            estimation=estimation,
         )
+
+    def _build_estimation(self, uri: str, reference: Reference) -> Estimation:
+        """The estimator calibrated on the holdout at ``uri``, or why there is none: a holdout that cannot
+        be used costs the version its estimates, not its registration."""
+        try:
+            holdout = load_holdout(uri, reference, limits=self.limits)
+            estimator = build_estimator(holdout, min_rows=self.window_settings.min_rows)
+        except ValueError as exc:  # ReferenceError, and a holdout the estimator cannot calibrate on
+            if isinstance(exc, ReferenceError) and exc.reason is not None:
+                self._on_refuse(exc.reason)
+            logger.warning("holdout %s cannot be used, no performance estimates: %s", uri, exc)
+            return Estimation(uri, error=str(exc))
+        except Exception:
+            logger.exception("building the performance estimator of holdout %s failed", uri)
+            return Estimation(
+                uri, error=f"no estimator could be built from {uri} (the detector's log says why)"
+            )
+        return Estimation(uri, estimator, holdout.rows)
 
     def unregister(self, namespace: str, name: str) -> bool:
         """Forget a service; whether it was registered."""
@@ -443,11 +525,17 @@ class DriftService:
             if event.kind == "request":
                 half = self._read_request(state, event)
             else:
-                half = PendingResponse(event, parse_response(event.body))
+                seldon = event.protocol == "seldon"
+                predictions = parse_seldon_response(event.body) if seldon else parse_response(event.body)
+                if predictions.ignored is not None:
+                    self._on_ignore(predictions.ignored)
+                half = PendingResponse(event, predictions)
         except PayloadError as exc:
             raise EventRejected(DropReason.INVALID_PAYLOAD, f"{event.kind} {event.id}: {exc}") from None
         now = self.clock()
-        key = (event.namespace, event.service, event.id)
+        # The endpoint too: Seldon's shadow predictor logs the same request id as the one it mirrors
+        # where the caller set the puid (KServe logs a request and its response from one endpoint).
+        key = (event.namespace, event.service, event.endpoint, event.id)
         with self._pairing_lock:
             other, expired = self._pairing.offer(key, half, now, size)
             if other is not None and other.event.kind == event.kind:
@@ -464,7 +552,7 @@ class DriftService:
         return self._append(state, request, response, now)
 
     def _read_request(self, state: ServiceState, event: InferenceEvent) -> PendingRequest:
-        rows = parse_request(event.body)
+        rows = parse_seldon_request(event.body) if event.protocol == "seldon" else parse_request(event.body)
         matrices: dict[str, FloatArray] = {}
         errors: dict[str, str] = {}
         by_layout: dict[int, FloatArray | str] = {}
@@ -491,6 +579,7 @@ class DriftService:
         self, state: ServiceState, request: PendingRequest, response: PendingResponse, now: float
     ) -> int:
         predictions = response.predictions
+        ignored = False
         with state.lock:
             version = state.version_for(predictions.model_version, response.event.endpoint)
             if version is None:
@@ -504,9 +593,18 @@ class DriftService:
                 count = len(features)
                 event_id = request.event.id
                 ids = [event_id] if count == 1 else [f"{event_id}/{index}" for index in range(count)]
-                version.window.expire(now)
-                version.window.append(
-                    features, version.encode_predictions(predictions.values), predictions.values, ids, now
+                window = version.window
+                probabilities = predictions.probabilities if window.classes else None
+                if probabilities is not None and probabilities.shape[1] != window.classes:
+                    probabilities, ignored = None, True
+                window.expire(now)
+                window.append(
+                    features,
+                    version.encode_predictions(predictions.values),
+                    predictions.values,
+                    ids,
+                    now,
+                    probabilities,
                 )
                 version.appended += count
                 version.update_complete(now, self.window_settings)
@@ -519,6 +617,8 @@ class DriftService:
             logger.debug("%s/%s event %s dropped: %s", state.namespace, state.name, request.event.id, drop)
             self._on_drop(drop, 1)
             return 0
+        if ignored:
+            self._on_ignore(ProbabilitiesIgnored.CLASSES)
         if due:
             self.wake()
         return count
@@ -629,8 +729,12 @@ class DriftService:
     def judge(self, state: ServiceState, version: VersionState, kind: LoopKind) -> list[Verdict]:
         """Judge ``version``'s window now with loop ``kind``'s detectors; records and returns the verdicts."""
         now = self.clock()
+        estimator = version.estimation.estimator if version.estimation is not None else None
+        labelled: tuple[list[Any], list[Any]] | None = None
         with state.lock:
             snapshot = version.window.snapshot()
+            if kind == "fast" and estimator is not None:
+                labelled = _labelled_rows(state, version)
             mark = version.marks[kind]
             mark.changes, mark.appended, mark.time = version.window.changes, version.appended, now
             version.woken = False
@@ -642,7 +746,43 @@ class DriftService:
         with state.lock:
             for verdict in verdicts:
                 version.verdicts[verdict.detector] = verdict
+        if estimator is not None:
+            self._estimate(state, version, estimator, snapshot, labelled, now)
         return verdicts
+
+    def _estimate(
+        self,
+        state: ServiceState,
+        version: VersionState,
+        estimator: PerformanceEstimator,
+        snapshot: WindowSnapshot,
+        labelled: tuple[list[Any], list[Any]] | None,
+        now: float,
+    ) -> None:
+        """Estimate ``version``'s performance on the window (once ``min_rows`` of its rows have class
+        probabilities; a regressor's, ``min_rows`` rows with a numeric prediction), and measure it on the
+        window's labelled rows (once ``min_rows`` have a label). What could not be computed keeps its
+        last value, as verdicts do."""
+        realised: Realised | None = None
+        try:
+            estimates = estimator.estimate(snapshot.features, snapshot.probabilities, snapshot.predictions)
+            if labelled is not None and len(labelled[0]) >= self.window_settings.min_rows:
+                predictions, labels = labelled
+                values = realised_performance(estimator.task, predictions, labels, estimator.classes)
+                realised = Realised(values, len(predictions), now) if values else None
+        except Exception:
+            logger.exception(
+                "%s/%s version %s: estimating its performance failed",
+                state.namespace,
+                state.name,
+                version.name,
+            )
+            return
+        with state.lock:
+            if estimates:
+                version.estimates, version.estimated_at = tuple(estimates), now
+            if realised is not None:
+                version.realised = realised
 
     # --- export ----------------------------------------------------------------------------------
 
@@ -687,6 +827,23 @@ class DriftService:
 
 def _label_value(label: Any) -> Any:
     return None if label is None else label.value
+
+
+def _labelled_rows(state: ServiceState, version: VersionState) -> tuple[list[Any], list[Any]]:
+    """The predictions and labels of ``version``'s window rows that have a label. The caller holds the
+    service's lock."""
+    book = state.labels
+    served: list[Any] = []
+    labels: list[Any] = []
+    if not len(book):
+        return served, labels
+    ids, predictions = version.window.predictions_by_id()
+    for row_id, prediction in zip(ids, predictions.tolist(), strict=True):
+        label = book.get(row_id)
+        if label is not None:
+            served.append(prediction)
+            labels.append(label.value)
+    return served, labels
 
 
 def evaluation_due(

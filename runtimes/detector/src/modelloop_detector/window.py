@@ -1,6 +1,8 @@
 """The window of recent rows of one version: a ring buffer bounded by row count and by age.
 
-Rows live in preallocated numpy arrays, so that a verdict copies them out without any conversion.
+Rows live in preallocated numpy arrays, so that a verdict copies them out without any conversion. A
+window of a classifier whose performance is estimated keeps each row's class probabilities too (``classes``
+columns; NaN for a row whose response had none).
 """
 
 from __future__ import annotations
@@ -21,6 +23,14 @@ class WindowSnapshot:
     features: FloatArray
     predictions: FloatArray
     rows: int
+    probabilities: FloatArray | None = None
+    """``(rows, classes)``, NaN where a row has none; None for a window that keeps none."""
+
+    def probability_rows(self) -> int:
+        """How many rows have probabilities."""
+        if self.probabilities is None or not self.rows:
+            return 0
+        return int(np.count_nonzero(~np.isnan(self.probabilities[:, 0])))
 
 
 @dataclass(frozen=True)
@@ -40,10 +50,13 @@ class RowWindow:
     scheduler can tell whether a verdict is stale.
     """
 
-    def __init__(self, width: int, *, max_rows: int, max_seconds: float) -> None:
+    def __init__(self, width: int, *, max_rows: int, max_seconds: float, classes: int = 0) -> None:
         self.width = width
         self.max_rows = max_rows
         self.max_seconds = max_seconds
+        self.classes = classes
+        """How many class probabilities a row keeps (0: none)."""
+        self._probabilities = np.full((max_rows, classes), np.nan) if classes else None
         self._features = np.empty((max_rows, width), dtype=np.float64)
         self._encoded = np.empty(max_rows, dtype=np.float64)
         self._predictions = np.empty(max_rows, dtype=object)
@@ -63,15 +76,26 @@ class RowWindow:
         predictions: ObjectArray,
         ids: Sequence[str],
         now: float,
+        probabilities: FloatArray | None = None,
     ) -> None:
-        """Add rows that arrived at ``now``, evicting the oldest past ``max_rows``."""
+        """Add rows that arrived at ``now``, evicting the oldest past ``max_rows``; ``probabilities``,
+        ``(rows, classes)``, are kept by a window that keeps them (None: NaN rows)."""
         count = len(features)
         if count > self.max_rows:
             features, encoded_predictions = features[-self.max_rows :], encoded_predictions[-self.max_rows :]
             predictions, ids = predictions[-self.max_rows :], ids[-self.max_rows :]
+            if probabilities is not None:
+                probabilities = probabilities[-self.max_rows :]
             count = self.max_rows
         end = (self._start + self._count) % self.max_rows
         first = min(count, self.max_rows - end)
+        if self._probabilities is not None:
+            if probabilities is None:
+                self._probabilities[end : end + first] = np.nan
+                self._probabilities[: count - first] = np.nan
+            else:
+                self._probabilities[end : end + first] = probabilities[:first]
+                self._probabilities[: count - first] = probabilities[first:]
         for target, source in (
             (self._features, features),
             (self._encoded, encoded_predictions),
@@ -102,14 +126,25 @@ class RowWindow:
         return evicted
 
     def snapshot(self) -> WindowSnapshot:
-        """The rows' features and encoded predictions, copied."""
+        """The rows' features, encoded predictions and probabilities, copied."""
+        probabilities = self._probabilities
         if self._count == self.max_rows or self._start + self._count <= self.max_rows:
             span = slice(self._start, self._start + self._count)
             if self._count == self.max_rows:
                 span = slice(0, self.max_rows)
-            return WindowSnapshot(self._features[span].copy(), self._encoded[span].copy(), self._count)
+            return WindowSnapshot(
+                self._features[span].copy(),
+                self._encoded[span].copy(),
+                self._count,
+                None if probabilities is None else probabilities[span].copy(),
+            )
         order = self._order()
-        return WindowSnapshot(self._features[order], self._encoded[order], self._count)
+        return WindowSnapshot(
+            self._features[order],
+            self._encoded[order],
+            self._count,
+            None if probabilities is None else probabilities[order],
+        )
 
     def rows(self) -> WindowRows:
         """Every row, oldest first."""
@@ -120,6 +155,17 @@ class RowWindow:
             ids=self._ids[order].tolist(),
             times=self._times[order],
         )
+
+    def probability_rows(self) -> int:
+        """How many rows have class probabilities."""
+        if self._probabilities is None or not self._count:
+            return 0
+        return int(np.count_nonzero(~np.isnan(self._probabilities[self._order(), 0])))
+
+    def predictions_by_id(self) -> tuple[list[str], ObjectArray]:
+        """The rows' ids and predictions (as served), oldest first."""
+        order = self._order()
+        return self._ids[order].tolist(), self._predictions[order]
 
     def ids(self) -> list[str]:
         """The rows' ids, oldest first."""
