@@ -72,7 +72,8 @@ response's second output (shape ``[n, classes]``), and the key of a Seldon respo
 
 
 def holdout_probability_column(label: object) -> str:
-    """The ``holdout.csv`` column of the probability of class ``label``: ``modelloop.probability[<label>]``."""
+    """The ``holdout.csv`` column of the probability of class ``label``:
+    ``modelloop.probability[<label>]``."""
     return f"{HOLDOUT_PROBABILITY_PREFIX}{label}]"
 
 
