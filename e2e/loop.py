@@ -1,10 +1,18 @@
 """The whole loop on the local control plane: drift → retrain → validate → canary → promote, with no human.
 
-Every part is real except the pods: the operator, KServe's controller and webhooks, KServe's agent (the
-payload logger) in front of the real model server, the real drift detector, a real Prometheus that
-scrapes the model servers and the detector, and the real trainer. The stand-ins play the kubelet only:
-they run each pod's container here, with the pod's own command and environment (e2e/serving.py for
-model servers, e2e/kubelet.py for training pods), and the detector's process stands in for its pod.
+On KServe (``backend="kserve"``, the default), every part is real except the pods: the operator, KServe's
+controller and webhooks, KServe's agent (the payload logger) in front of the real model server, the real
+drift detector, a real Prometheus that scrapes the model servers and the detector, and the real trainer.
+The stand-ins play the kubelet only: they run each pod's container here, with the pod's own command and
+environment (e2e/serving.py for model servers, e2e/kubelet.py for training pods), and the detector's
+process stands in for its pod.
+
+On Seldon Core v1 (``backend="seldon"``), the InferenceService is served by a SeldonDeployment that
+Seldon's real CRD checks; Seldon's Go controller and its service orchestrator (the executor, Seldon's
+payload logger) cannot be built here, so e2e/seldon.py stands in for both: it runs modelloop's real
+Seldon wrapper for each predictor, and in front of it a stand-in for the executor that logs each request
+and response to the detector as Seldon's executor does. The rest is the same: the detector, Prometheus
+(scraping the wrapper's Seldon metrics), the trainer and the operator.
 
 Used by e2e/test_drift_loop.py and by `make demo` (``python -m e2e.loop``).
 """
@@ -42,8 +50,9 @@ from e2e.harness import (
 from e2e.kserve import KServe
 from e2e.kubelet import HOLD, TRAINER_BIN, run_pod, running_held_pods
 from e2e.prometheus import Prometheus, running_prometheus
+from e2e.seldon import PUID_HEADER, SELDON_BIN, SeldonStandIn, seldon_weights
 from e2e.serving import SERVER_BIN, ServingKubelet, answers_ok, terminate_process
-from e2e.traffic import LoadGenerator, httproute_weights
+from e2e.traffic import LoadGenerator, RouteReader, httproute_weights
 
 DETECTOR_BIN = ROOT / ".venvs" / "detector" / "bin"
 RUNTIME = ROOT / "runtimes" / "server" / "clusterservingruntime.yaml"
@@ -58,6 +67,19 @@ ERROR_RATE = (
     'code=~"4..|5.."}[20s]) or vector(0)) / '
     'sum(rate(modelloop_server_requests_total{namespace="{{namespace}}",version="{{version}}"}[20s]))'
 )
+# The same ratio from the Seldon wrapper's metrics (runtimes/seldon's metrics.py): seldon-core labels
+# them deployment_name (the SeldonDeployment, named after the service); namespace is the scrape target's.
+SELDON_SELECT = 'namespace="{{namespace}}",deployment_name="{{name}}",version="{{version}}"'
+SELDON_ERROR_RATE = (
+    f"sum(rate(modelloop_seldon_errors_total{{{SELDON_SELECT}}}[20s]) or vector(0))"
+    f" / sum(rate(modelloop_seldon_requests_total{{{SELDON_SELECT}}}[20s]))"
+)
+BACKENDS = ("kserve", "seldon")
+ERROR_RATES = {"kserve": ERROR_RATE, "seldon": SELDON_ERROR_RATE}
+"""The rollout analysis's error ratio, by backend: each model server's own metrics."""
+REQUEST_ID_HEADERS = {"kserve": "Ce-Id", "seldon": PUID_HEADER}
+"""The header a request's id travels in, by backend: KServe's agent takes ``Ce-Id`` as the event id;
+Seldon's executor takes ``Seldon-Puid`` as the request's puid (its events' ``Ce-Requestid``)."""
 SELECT = 'namespace="{{namespace}}",service="{{name}}",version="{{version}}"'
 DRIFT_QUERY = f'max(modelloop_drift_verdict{{{SELECT},detector="ks"}})'
 ACCURACY_QUERY = f"min(modelloop_feedback_accuracy{{{SELECT}}})"
@@ -65,16 +87,21 @@ ACCURACY_QUERY = f"min(modelloop_feedback_accuracy{{{SELECT}}})"
 log = logging.getLogger(__name__)
 
 
-def runtimes_installed() -> bool:
-    """Whether the trainer, model server and detector environments the loop runs are built (make setup)."""
+def runtimes_installed(backend: str = "kserve") -> bool:
+    """Whether the trainer, model server (KServe's, or the Seldon wrapper) and detector environments the
+    loop runs are built (make setup)."""
+    server = (
+        SELDON_BIN / "seldon-core-microservice" if backend == "seldon" else SERVER_BIN / "modelloop-serve"
+    )
     return all(
         path.exists()
-        for path in (
-            TRAINER_BIN / "modelloop-train",
-            SERVER_BIN / "modelloop-serve",
-            DETECTOR_BIN / "modelloop-detector",
-        )
+        for path in (TRAINER_BIN / "modelloop-train", server, DETECTOR_BIN / "modelloop-detector")
     )
+
+
+def _check_backend(backend: str) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend {backend!r} is not one of {list(BACKENDS)}")
 
 
 def iris_rows() -> list[tuple[list[float], int]]:
@@ -249,15 +276,18 @@ class TrainingKubelet(PollingLoop):
 
 @dataclass
 class LabelledTraffic:
-    """Real requests, one iris row each, through KServe's agent (split by the route's weights), each with
-    its ``Ce-Id``; the true species of every answered row goes to the detector as feedback, a moment later,
-    as ground truth does. ``shifted`` switches the rows to the shifted distribution."""
+    """Real requests, one iris row each, through the payload logger (KServe's agent, or the stand-in for
+    Seldon's executor), split by the route's weights, each with its id in ``id_header`` (``Ce-Id`` for
+    KServe, ``Seldon-Puid`` for Seldon); the true species of every answered row goes to the detector as
+    feedback under that id, a moment later, as ground truth does. ``shifted`` switches the rows to the
+    shifted distribution."""
 
     detector: Detector
     namespace: str
     rows: list[tuple[list[float], int]]
     shifted: bool = False
     seed: int = 0
+    id_header: str = "Ce-Id"
     _labels: list[dict[str, Any]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _random: random.Random = field(init=False)
@@ -275,9 +305,8 @@ class LabelledTraffic:
             self._labels.append({"id": request_id, "label": species})
         return _Body({"instances": [features]}, request_id)
 
-    @staticmethod
-    def headers(body: Mapping[str, Any]) -> Mapping[str, str]:
-        return {"Ce-Id": body.request_id} if isinstance(body, _Body) else {}
+    def headers(self, body: Mapping[str, Any]) -> Mapping[str, str]:
+        return {self.id_header: body.request_id} if isinstance(body, _Body) else {}
 
     def send_feedback(self) -> None:
         with self._lock:
@@ -310,19 +339,36 @@ class Loop:
     workdir: Path
     prometheus: Prometheus
     detector: Detector
-    serving: ServingKubelet
+    serving: ServingKubelet | SeldonStandIn
+    """What runs the model servers: the stand-in kubelet (KServe), or the stand-in for Seldon Core."""
     training: TrainingKubelet
     operator_args: tuple[str, ...] = ()
     operator_env: dict[str, str] = field(default_factory=dict)
+    backend: str = "kserve"
 
     @property
     def artifacts(self) -> Path:
         return self.workdir / "artifacts"
 
+    def route(self) -> RouteReader:
+        """The service's traffic split: KServe's HTTPRoute, or the SeldonDeployment's predictor weights."""
+        if isinstance(self.serving, SeldonStandIn):
+            return seldon_weights(self.serving, SERVICE)
+        return httproute_weights(self.cluster, self.namespace, f"{SERVICE}-traffic")
+
+    def wait_serving(self, version: int, timeout: float = 180) -> None:
+        """Wait until ``version`` serves (on KServe: until a model-server pod serves)."""
+        if isinstance(self.serving, SeldonStandIn):
+            self.serving.wait_serving([f"{SERVICE}-v{version}"], timeout=timeout)
+        else:
+            self.serving.wait_serving(1, timeout=timeout)
+
     @contextlib.contextmanager
     def traffic(self, rate_per_s: float = 30) -> Iterator[tuple[LabelledTraffic, LoadGenerator]]:
-        labelled = LabelledTraffic(self.detector, self.namespace, iris_rows())
-        route = httproute_weights(self.cluster, self.namespace, f"{SERVICE}-traffic")
+        labelled = LabelledTraffic(
+            self.detector, self.namespace, iris_rows(), id_header=REQUEST_ID_HEADERS[self.backend]
+        )
+        route = self.route()
         with (
             LoadGenerator(self.serving, route, rate_per_s, labelled.body, headers=labelled.headers) as load,
             _Feedback(labelled),
@@ -335,26 +381,37 @@ def drift_loop(
     cluster: Cluster,
     namespace: str,
     workdir: Path,
-    kserve: KServe,
+    kserve: KServe | None,
     *,
     training_kubelet: type[TrainingKubelet] = TrainingKubelet,
     operator: bool = True,
+    backend: str = "kserve",
 ) -> Iterator[Loop]:
-    """Prometheus, the detector, the stand-in kubelets (with KServe's agent in front of each model
-    server) and the operator, for ``namespace``; all stopped at the end. With ``operator=False`` the
-    caller runs the operator itself, with the loop's ``operator_args`` and ``operator_env`` (e2e/chaos.py
-    kills and restarts it)."""
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(RUNTIME))
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(HTTPROUTE_CRD))
+    """Prometheus, the detector, the stand-ins for the pods (on KServe: the stand-in kubelet, with KServe's
+    agent in front of each model server; on Seldon: the stand-in for Seldon's controller, with the
+    stand-in for its executor in front of each predictor's wrapper) and the operator, for ``namespace``;
+    all stopped at the end. ``kserve`` (KServe's running controller) is needed on KServe only. With
+    ``operator=False`` the caller runs the operator itself, with the loop's ``operator_args`` and
+    ``operator_env`` (e2e/chaos.py kills and restarts it)."""
+    _check_backend(backend)
+    if backend == "kserve":
+        if kserve is None:
+            raise ValueError("the loop on KServe needs KServe's controller running (kserve is None)")
+        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(RUNTIME))
+        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(HTTPROUTE_CRD))
     workdir.mkdir(parents=True, exist_ok=True)
     identities = detector_identities(cluster, namespace, workdir)
     detector = Detector(workdir, identities)
     detector.start()
     try:
         with running_prometheus(workdir / "prometheus") as prometheus:
-            serving = ServingKubelet(
-                cluster, namespace, workdir / "pods", prometheus, agent_binary=kserve.agent_binary
-            )
+            serving: ServingKubelet | SeldonStandIn
+            if kserve is not None and backend == "kserve":
+                serving = ServingKubelet(
+                    cluster, namespace, workdir / "pods", prometheus, agent_binary=kserve.agent_binary
+                )
+            else:
+                serving = SeldonStandIn(cluster, namespace, workdir / "pods", prometheus)
             # Prometheus scrapes the detector and the operator too (its job label as the PodMonitor sets it).
             operator_metrics = f"127.0.0.1:{free_port()}"
             serving.extra_targets = [
@@ -371,7 +428,9 @@ def drift_loop(
                     # The operator shows the detector a token for its audience, as the chart mounts it.
                     "MODELLOOP_DETECTOR_TOKEN_FILE": str(identities.operator_token_file),
                 }
-                loop = Loop(cluster, namespace, workdir, prometheus, detector, serving, training)
+                loop = Loop(
+                    cluster, namespace, workdir, prometheus, detector, serving, training, backend=backend
+                )
                 loop.operator_args, loop.operator_env = ("--metrics", operator_metrics), env
                 if not operator:
                     yield loop
@@ -417,15 +476,20 @@ def training_template(artifacts: Path, **params: Any) -> dict[str, Any]:
     }
 
 
-def inference_service(detector: Detector) -> dict[str, Any]:
-    """Follows the model (no pinned version): each newly validated version is rolled out by itself."""
+def inference_service(detector: Detector, *, backend: str = "kserve") -> dict[str, Any]:
+    """Follows the model (no pinned version): each newly validated version is rolled out by itself; on
+    KServe in its Standard mode, or on Seldon Core, each logging its payloads to the detector."""
+    _check_backend(backend)
+    on_backend: dict[str, Any] = (
+        {"backend": "seldon"} if backend == "seldon" else {"kserve": {"deploymentMode": "Standard"}}
+    )
     return {
         "apiVersion": "modelloop.dev/v1alpha1",
         "kind": "InferenceService",
         "metadata": {"name": SERVICE},
         "spec": {
             "model": {"name": MODEL},
-            "kserve": {"deploymentMode": "Standard"},
+            **on_backend,
             "predictor": {
                 "minReplicas": 1,
                 "resources": {"cpu": "100m", "memory": "256Mi"},
@@ -438,7 +502,7 @@ def inference_service(detector: Detector) -> dict[str, Any]:
                     "interval": "2s",
                     "failureLimit": 0,
                     "inconclusiveLimit": 100,
-                    "metrics": [{"name": "error-rate", "query": ERROR_RATE, "max": 0.05}],
+                    "metrics": [{"name": "error-rate", "query": ERROR_RATES[backend], "max": 0.05}],
                 },
             },
         },
@@ -505,10 +569,11 @@ def retraining_runs(cluster: Cluster, namespace: str) -> list[dict[str, Any]]:
 
 
 def serve_the_first_model(loop: Loop) -> None:
-    """Train iris-v1 with the real trainer, and serve it behind KServe's agent."""
+    """Train iris-v1 with the real trainer, and serve it behind the payload logger of the loop's backend
+    (KServe's agent, or the stand-in for Seldon's executor)."""
     cluster, namespace = loop.cluster, loop.namespace
     cluster.apply(initial_run(loop.artifacts), namespace)
-    cluster.apply(inference_service(loop.detector), namespace)
+    cluster.apply(inference_service(loop.detector, backend=loop.backend), namespace)
     wait_status(
         cluster,
         "inferenceservices.modelloop.dev",
@@ -518,7 +583,7 @@ def serve_the_first_model(loop: Loop) -> None:
         stableVersion=1,
         phase="Stable",
     )
-    loop.serving.wait_serving(1)
+    loop.wait_serving(1)
 
 
 def main() -> None:
@@ -533,6 +598,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--namespace", default="demo-loop")
+    parser.add_argument("--backend", choices=BACKENDS, default="kserve")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     bin_dir = Path(os.environ["PATH"].split(os.pathsep)[0])
@@ -541,11 +607,13 @@ def main() -> None:
     cluster.kubectl("create", "namespace", namespace, check=False)
     workdir = Path(tempfile.mkdtemp(prefix="modelloop-loop-"))
     say = lambda text: print(f"\n\033[1m-- {text}\033[0m", flush=True)  # noqa: E731
-    with (
-        running_kserve(cluster, workdir / "kserve") as kserve,
-        drift_loop(cluster, namespace, workdir, kserve) as loop,
-    ):
-        say("iris-v1: trained by the real trainer, served by KServe behind its payload logger")
+    with contextlib.ExitStack() as stack:
+        kserve = None
+        if args.backend == "kserve":
+            kserve = stack.enter_context(running_kserve(cluster, workdir / "kserve"))
+        loop = stack.enter_context(drift_loop(cluster, namespace, workdir, kserve, backend=args.backend))
+        served_by = "KServe" if args.backend == "kserve" else "Seldon Core"
+        say(f"iris-v1: trained by the real trainer, served by {served_by} behind its payload logger")
         serve_the_first_model(loop)
         print(cluster.kubectl("get", "modelversions", "-n", namespace).stdout)
         cluster.apply(drift_policy(loop), namespace)

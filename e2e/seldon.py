@@ -21,19 +21,67 @@ API server), and the model server it names runs for real. This stand-in plays th
 :func:`seldon_weights` reads a SeldonDeployment's ``spec.predictors[].traffic`` as a route for
 :class:`e2e.traffic.LoadGenerator`, a ``shadow: true`` predictor as a mirror: Seldon's service orchestrator
 splits by those weights and mirrors to the shadow (Seldon's status has no traffic of its own).
+
+The payload logger: in Seldon Core v1, each predictor's pod runs Seldon's service orchestrator (the
+"executor", Go, ``executor/`` in SeldonIO/seldon-core) in front of the model's container, and the executor
+logs the requests and responses of every graph node whose spec has ``logger: {url, mode}``. The executor
+cannot run here either (it is built from the same Go module), so for a predictor whose graph has a logger
+the stand-in runs :class:`ExecutorStandIn` in front of the wrapper's REST port, and the predictor's
+endpoint is the stand-in's: the load generator's requests go through it. It reproduces what seldon-core
+1.17.1's executor does for one MODEL node on the REST transport and the seldon protocol, read in
+SeldonIO/seldon-core at tag v1.17.1:
+
+- ``executor/api/rest/middlewares.go`` (``puidHeader``): the request's ``Seldon-Puid`` header is the
+  request's id; when it has none, a new UUID is made and set on the request; the answer carries it too;
+- ``executor/api/rest/server.go`` (``predictions``) and ``executor/api/rest/client.go``: the body is
+  forwarded as it came (``Chain`` keeps a SeldonMessage as is) to the model's ``/predict`` with every
+  request header (``Seldon-Puid`` included) and the request's ``Content-Type``; a 200 answer goes back with
+  the model's ``Content-Type`` and its body passed through Go's ``json.HTMLEscape``; another status goes back
+  with the model's body; a model that cannot be reached is a 500 with a SeldonMessage ``status``
+  (``CreateErrorPayload``);
+- ``executor/predictor/predictor_process.go`` (``transformInput``, ``logPayload``): with mode ``all`` or
+  ``request`` the request is logged before the model is called; with ``all`` or ``response`` the answer
+  is logged once the model answered 200 (not an error); a ``Seldon-Skip-Logging: true`` request is not
+  logged; a logger without ``url`` posts to ``REQUEST_LOGGER_DEFAULT_ENDPOINT`` (``http://default-broker``,
+  as Seldon's controller sets it). Each logged payload is queued (``executor/logger/collector.go``: a
+  bounded queue of 10000) and never delays or fails the prediction;
+- ``executor/logger/worker.go`` and ``types.go``, with cloudevents/sdk-go v1.2.0's
+  ``pkg/cloudevents/transport/http/codec_v1.go`` (``HTTPBinaryV1``): each payload is one CloudEvent 1.0,
+  ``POST``-ed in binary mode: ``Ce-Specversion: 1.0``, ``Ce-Type: io.seldon.serving.inference.request``
+  or ``.response``, ``Ce-Source`` the executor's own URL (``http://:<port>/``: it runs without
+  ``--hostname``), ``Ce-Id`` a new UUID for every event (a request and its response do not share it),
+  ``Ce-Time`` (RFC 3339, UTC), ``Content-Type`` the payload's content type, and the extensions
+  ``Ce-Modelid`` (the graph node's name), ``Ce-Requestid`` (the puid: what pairs a request with its
+  response, and the id a client knows its request by), ``Ce-Inferenceservicename`` (the
+  SeldonDeployment's name), ``Ce-Namespace``, ``Ce-Endpoint`` (the predictor's name) and
+  ``Ce-Protocol`` (``seldon``); the body is the request's or the answer's bytes as they were (a gzip
+  ``Content-Encoding`` decoded first). A logger that refuses an event or cannot be reached costs that
+  event only: the failure is logged (``executor.log`` in the predictor's folder) and counted.
+
+Left out, as nothing here uses them: the gRPC transport, the other protocols (tensorflow, v2), graphs of
+more than one node, the feedback endpoint's ``io.seldon.serving.feedback`` events, Kafka logging and the
+executor's own metrics (Prometheus scrapes the wrapper's).
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import gzip
+import http.client
 import json
 import logging
 import os
+import queue
 import shutil
 import subprocess
 import threading
 import time
+import urllib.parse
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +89,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from e2e.harness import ROOT, Cluster, PollingLoop, free_port, wait_for
-from e2e.prometheus import Prometheus
+from e2e.prometheus import Prometheus, Target
 from e2e.serving import (
     MODEL_MOUNT,
     Endpoint,
@@ -83,12 +131,20 @@ class _Predictor:
     process: subprocess.Popen[bytes]
     log_path: Path
     started: float
+    logger: Mapping[str, Any] | None = None
+    """The graph's ``logger``, when it has one: an :class:`ExecutorStandIn` then runs in front."""
+    executor: ExecutorStandIn | None = None
     ready: bool = False
     notes: list[str] = field(default_factory=list)
 
     @property
     def pod(self) -> str:
         return f"{self.deployment}-{self.name}"
+
+    @property
+    def url(self) -> str:
+        """Where the predictor answers: its executor's port where one runs, else the server's."""
+        return self.executor.url if self.executor is not None else f"http://127.0.0.1:{self.port}"
 
 
 class SeldonStandIn(PollingLoop):
@@ -116,6 +172,8 @@ class SeldonStandIn(PollingLoop):
         self._failures: dict[str, str] = {}  # pod-like name -> why it does not serve
         self._lock = threading.Lock()
         self.join_timeout = 60.0
+        self.extra_targets: list[Target] = []
+        """Other scrape targets Prometheus keeps beside the model servers (e.g. a drift detector)."""
 
     # --- the loop -------------------------------------------------------------------------------------
 
@@ -167,7 +225,7 @@ class SeldonStandIn(PollingLoop):
         with self._lock:
             return {
                 s.pod: Endpoint(
-                    f"http://127.0.0.1:{s.port}",
+                    s.url,
                     {DEPLOYMENT_LABEL: s.deployment, PREDICTOR_LABEL: s.name},
                     s.model,
                     "seldon",
@@ -194,6 +252,11 @@ class SeldonStandIn(PollingLoop):
 
     def log_of(self, pod: str) -> str:
         return file_tail(self.workdir / pod / "server.log", chars=100_000)
+
+    def executor_counts(self) -> dict[str, dict[str, int]]:
+        """The payload logger's events of each predictor that logs (``sent``, ``failed``, ``dropped``)."""
+        with self._lock:
+            return {s.pod: s.executor.counts() for s in self._predictors.values() if s.executor is not None}
 
     # --- one predictor --------------------------------------------------------------------------------
 
@@ -261,6 +324,7 @@ class SeldonStandIn(PollingLoop):
             process,
             log_path,
             time.monotonic(),
+            logger=graph.get("logger"),
             notes=notes,
         )
 
@@ -279,12 +343,35 @@ class SeldonStandIn(PollingLoop):
                 self._stop(key)
                 return True
             return False
+        if served.logger is not None:
+            try:
+                served.executor = self._start_executor(served)
+            except Exception as error:
+                self._failures[served.pod] = f"its executor cannot start: {type(error).__name__}: {error}"
+                self._stop(key)
+                return True
         served.ready = True
-        log.info("seldon predictor %s: serving on port %d", served.pod, served.port)
+        log.info("seldon predictor %s: serving at %s", served.pod, served.url)
         return True
+
+    def _start_executor(self, served: _Predictor) -> ExecutorStandIn:
+        assert served.logger is not None
+        executor = ExecutorStandIn(
+            deployment=served.deployment,
+            namespace=self.namespace,
+            predictor=served.name,
+            node=served.model,
+            component_url=f"http://127.0.0.1:{served.port}",
+            logger=served.logger,
+            log_path=served.log_path.with_name("executor.log"),
+        )
+        executor.start()
+        return executor
 
     def _stop(self, key: tuple[str, str, str]) -> None:
         served = self._predictors.pop(key)
+        if served.executor is not None:
+            served.executor.stop()
         terminate_process(served.process)
 
     # --- status and targets ---------------------------------------------------------------------------
@@ -355,7 +442,326 @@ class SeldonStandIn(PollingLoop):
             for s in self._predictors.values()
             if s.ready
         ]
-        self.prometheus.set_targets(sorted(targets, key=lambda t: t[0]))
+        self.prometheus.set_targets([*sorted(targets, key=lambda t: t[0]), *self.extra_targets])
+
+
+# --- the executor's payload logger --------------------------------------------------------------------
+
+REQUEST_EVENT = "io.seldon.serving.inference.request"
+RESPONSE_EVENT = "io.seldon.serving.inference.response"
+PUID_HEADER = "Seldon-Puid"
+SKIP_LOGGING_HEADER = "Seldon-Skip-Logging"
+PREDICTION_PATHS = frozenset({"/api/v0.1/predictions", "/api/v1.0/predictions"})
+MODEL_PREDICT_PATH = "/predict"
+"""Where the executor calls a MODEL node (``executor/api/client/client.go``: ``SeldonPredictPath``)."""
+LOGGER_MODES: Mapping[str, tuple[bool, bool]] = {
+    "all": (True, True),
+    "request": (True, False),
+    "response": (False, True),
+}
+"""``graph.logger.mode`` -> (logs the request, logs the response)."""
+DEFAULT_LOGGER_URL = "http://default-broker"
+LOG_QUEUE_SIZE = 10_000
+MAX_BODY_BYTES = 32 << 20
+# Not forwarded to the model: they describe the caller's connection, not the request.
+_HOP_BY_HOP = frozenset(
+    {"connection", "keep-alive", "transfer-encoding", "te", "upgrade", "host", "content-length", "trailer"}
+)
+_HTML_ESCAPES = {b"<": b"\\u003c", b">": b"\\u003e", b"&": b"\\u0026"}
+
+
+@dataclass(frozen=True)
+class PayloadLog:
+    """One payload the executor logs: what its ``LogRequest`` (``executor/logger/types.go``) carries."""
+
+    url: str
+    type: str
+    body: bytes
+    content_type: str
+    request_id: str
+
+
+def cloudevent_headers(
+    payload: PayloadLog,
+    *,
+    event_id: str,
+    source: str,
+    model_id: str,
+    deployment: str,
+    namespace: str,
+    predictor: str,
+    time_utc: datetime.datetime,
+) -> dict[str, str]:
+    """The headers of ``payload``'s CloudEvent in binary mode, as the executor's worker sends them."""
+    headers = {
+        "Ce-Specversion": "1.0",
+        "Ce-Type": payload.type,
+        "Ce-Source": source,
+        "Ce-Id": event_id,
+        "Ce-Time": _rfc3339_utc(time_utc),
+        "Ce-Modelid": model_id,
+        "Ce-Requestid": payload.request_id,
+        "Ce-Inferenceservicename": deployment,
+        "Ce-Namespace": namespace,
+        "Ce-Endpoint": predictor,
+        "Ce-Protocol": "seldon",
+    }
+    if payload.content_type:
+        headers["Content-Type"] = payload.content_type
+    return headers
+
+
+def _rfc3339_utc(moment: datetime.datetime) -> str:
+    """Go's ``time.RFC3339Nano`` of ``moment`` in UTC: no trailing zeros in the fraction, ``Z``."""
+    utc = moment.astimezone(datetime.UTC)
+    fraction = f"{utc.microsecond:06d}".rstrip("0")
+    return utc.strftime("%Y-%m-%dT%H:%M:%S") + (f".{fraction}" if fraction else "") + "Z"
+
+
+def html_escaped(body: bytes) -> bytes:
+    """Go's ``json.HTMLEscape``, which the executor applies to the answer it writes back."""
+    for raw, escaped in _HTML_ESCAPES.items():
+        body = body.replace(raw, escaped)
+    return body.replace("\u2028".encode(), b"\\u2028").replace("\u2029".encode(), b"\\u2029")
+
+
+class ExecutorStandIn:
+    """Seldon's executor for one predictor, as far as the payload logger goes (the module's docstring says
+    what it reproduces, and where that was read): an HTTP server on a free local port in front of the
+    model server at ``component_url``, which logs the predictions of the graph node ``node`` to
+    ``logger["url"]`` as ``logger["mode"]`` says, from ``workers`` threads that take the events from a
+    bounded queue."""
+
+    def __init__(
+        self,
+        *,
+        deployment: str,
+        namespace: str,
+        predictor: str,
+        node: str,
+        component_url: str,
+        logger: Mapping[str, Any],
+        log_path: Path,
+        workers: int = 2,
+        queue_size: int = LOG_QUEUE_SIZE,
+        timeout_s: float = 60.0,
+    ) -> None:
+        mode = logger.get("mode", "all")
+        if mode not in LOGGER_MODES:
+            raise ValueError(f"graph.logger.mode {mode!r} is not one of {sorted(LOGGER_MODES)}")
+        if not 1 <= workers <= 16 or not 1 <= queue_size <= 1_000_000:
+            raise ValueError(f"workers ({workers}) must be 1..16 and queue_size ({queue_size}) 1..1000000")
+        self.logger_url = str(logger.get("url") or DEFAULT_LOGGER_URL)
+        if urllib.parse.urlsplit(self.logger_url).scheme not in ("http", "https"):
+            raise ValueError(f"graph.logger.url {self.logger_url!r} is not an http(s) URL")
+        self.logs_requests, self.logs_responses = LOGGER_MODES[mode]
+        self.deployment, self.namespace, self.predictor, self.node = deployment, namespace, predictor, node
+        self.component = urllib.parse.urlsplit(component_url)
+        self.log_path = log_path
+        self.timeout_s = timeout_s
+        self._queue: queue.Queue[PayloadLog | None] = queue.Queue(maxsize=queue_size)
+        self._workers = [
+            threading.Thread(target=self._send_events, name=f"executor-logger-{predictor}-{i}", daemon=True)
+            for i in range(workers)
+        ]
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _ExecutorHandler)
+        self._server.daemon_threads = True
+        self._server.executor = self  # type: ignore[attr-defined]
+        self._serving = threading.Thread(
+            target=self._server.serve_forever, name=f"executor-{predictor}", daemon=True
+        )
+        self._lock = threading.Lock()
+        self.sent = self.failed = self.dropped = 0
+        """Events the logger took (2xx), events it refused or that did not reach it, events not queued."""
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def source(self) -> str:
+        """``Ce-Source``: the executor's URL as it makes it, with no ``--hostname`` (``http://:<port>/``)."""
+        return f"http://:{self.port}/"
+
+    def start(self) -> None:
+        for worker in self._workers:
+            worker.start()
+        self._serving.start()
+
+    def stop(self, drain_s: float = 5.0) -> None:
+        """Stop answering, then let the workers send what is queued for up to ``drain_s`` seconds."""
+        self._server.shutdown()
+        self._server.server_close()
+        self._serving.join(timeout=10)
+        deadline = time.monotonic() + drain_s
+        for _ in self._workers:
+            with contextlib.suppress(queue.Full):
+                self._queue.put(None, timeout=max(0.0, deadline - time.monotonic()))
+        for worker in self._workers:
+            worker.join(timeout=max(0.1, deadline - time.monotonic()))
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            return {"sent": self.sent, "failed": self.failed, "dropped": self.dropped}
+
+    # --- a request ------------------------------------------------------------------------------------
+
+    def handle(
+        self, method: str, path: str, headers: Mapping[str, str], body: bytes
+    ) -> tuple[int, dict[str, str], bytes]:
+        """The executor's answer to one request: (status, headers, body); a prediction is logged."""
+        forwarded = {k: v for k, v in headers.items() if k.lower() not in _HOP_BY_HOP}
+        puid = next((v for k, v in forwarded.items() if k.lower() == PUID_HEADER.lower() and v), None)
+        if puid is None:
+            puid = str(uuid.uuid4())
+            forwarded[PUID_HEADER] = puid
+        answer_headers = {
+            PUID_HEADER: puid,
+            "X-Content-Type-Options": "nosniff",
+            "Access-Control-Allow-Origin": "*",
+        }
+        prediction = method == "POST" and path.split("?", 1)[0] in PREDICTION_PATHS
+        skip = _header(forwarded, SKIP_LOGGING_HEADER).strip().lower() in ("1", "t", "true")
+        content_type = _header(forwarded, "Content-Type")
+        if prediction and self.logs_requests and not skip:
+            logged = _decoded(body, _header(forwarded, "Content-Encoding"))
+            self._queue_event(PayloadLog(self.logger_url, REQUEST_EVENT, logged, content_type, puid))
+        try:
+            target = MODEL_PREDICT_PATH if prediction else path
+            status, model_headers, answer = self._call_model(
+                method, target, forwarded, body if method == "POST" else None
+            )
+        except OSError as error:
+            # CreateErrorPayload: a SeldonMessage status.
+            info = f"{type(error).__name__}: {error}"
+            failed = {"status": {"code": 500, "info": info, "status": "FAILURE"}}
+            return 500, answer_headers, json.dumps(failed).encode()
+        answer_type = _header(model_headers, "Content-Type")
+        if status == 200:
+            if prediction and self.logs_responses and not skip:
+                logged = _decoded(answer, _header(model_headers, "Content-Encoding"))
+                self._queue_event(PayloadLog(self.logger_url, RESPONSE_EVENT, logged, answer_type, puid))
+            if answer_type:
+                answer_headers["Content-Type"] = answer_type
+            if _header(model_headers, "Content-Encoding"):
+                answer_headers["Content-Encoding"] = _header(model_headers, "Content-Encoding")
+            else:
+                answer = html_escaped(answer)
+        return status, answer_headers, answer
+
+    def _call_model(
+        self, method: str, path: str, headers: Mapping[str, str], body: bytes | None
+    ) -> tuple[int, dict[str, str], bytes]:
+        connection = http.client.HTTPConnection(
+            self.component.hostname or "127.0.0.1", self.component.port, timeout=self.timeout_s
+        )
+        try:
+            connection.request(method, path, body=body, headers=dict(headers))
+            response = connection.getresponse()
+            return response.status, dict(response.getheaders()), response.read()
+        finally:
+            connection.close()
+
+    # --- the logger's queue and workers ---------------------------------------------------------------
+
+    def _queue_event(self, payload: PayloadLog) -> None:
+        try:
+            self._queue.put_nowait(payload)
+        except queue.Full:
+            with self._lock:
+                self.dropped += 1
+            self._log(f"failed to log request: the log queue is full ({self._queue.maxsize})")
+
+    def _send_events(self) -> None:
+        connection: http.client.HTTPConnection | None = None
+        while (payload := self._queue.get()) is not None:
+            target = urllib.parse.urlsplit(payload.url)
+            headers = cloudevent_headers(
+                payload,
+                event_id=str(uuid.uuid4()),
+                source=self.source,
+                model_id=self.node,
+                deployment=self.deployment,
+                namespace=self.namespace,
+                predictor=self.predictor,
+                time_utc=datetime.datetime.now(datetime.UTC),
+            )
+            try:
+                if connection is None:
+                    https = target.scheme == "https"
+                    kind = http.client.HTTPSConnection if https else http.client.HTTPConnection
+                    connection = kind(target.hostname or "", target.port, timeout=self.timeout_s)
+                connection.request("POST", target.path or "/", body=payload.body, headers=headers)
+                response = connection.getresponse()
+                answer = response.read()
+                if response.will_close:
+                    connection.close()
+                    connection = None
+            except (OSError, http.client.HTTPException) as error:
+                if connection is not None:
+                    connection.close()
+                connection = None
+                self._failed(payload, f"while sending event: {type(error).__name__}: {error}")
+                continue
+            if 200 <= response.status < 300:
+                with self._lock:
+                    self.sent += 1
+            else:
+                detail = f"{response.status} {response.reason}: {answer[:300].decode(errors='replace')}"
+                self._failed(payload, f"error sending cloudevent: {detail}")
+        if connection is not None:
+            connection.close()
+
+    def _failed(self, payload: PayloadLog, why: str) -> None:
+        with self._lock:
+            self.failed += 1
+        self._log(f"Failed to send cloudevent log URL={payload.url} puid={payload.request_id}: {why}")
+
+    def _log(self, line: str) -> None:
+        log.warning("executor of %s/%s: %s", self.deployment, self.predictor, line)
+        with self._lock, self.log_path.open("a") as out:
+            out.write(f"{datetime.datetime.now(datetime.UTC).isoformat()} {line}\n")
+
+
+class _ExecutorHandler(BaseHTTPRequestHandler):
+    """Hands each request to the server's :class:`ExecutorStandIn`."""
+
+    def do_GET(self) -> None:
+        self._relay("GET")
+
+    def do_POST(self) -> None:
+        self._relay("POST")
+
+    def _relay(self, method: str) -> None:
+        executor: ExecutorStandIn = self.server.executor  # type: ignore[attr-defined]
+        length = int(self.headers.get("Content-Length") or 0)
+        if not 0 <= length <= MAX_BODY_BYTES:
+            self.send_error(413, f"a body of at most {MAX_BODY_BYTES} bytes")
+            return
+        body = self.rfile.read(length) if length else b""
+        status, headers, answer = executor.handle(method, self.path, dict(self.headers.items()), body)
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # the executor logs no access lines either
+
+
+def _header(headers: Mapping[str, str], name: str) -> str:
+    return next((v for k, v in headers.items() if k.lower() == name.lower()), "")
+
+
+def _decoded(body: bytes, encoding: str) -> bytes:
+    """A payload as the executor logs it: a gzip-encoded one decoded (``payload.DecompressBytes``)."""
+    return gzip.decompress(body) if encoding.strip().lower() == "gzip" else body
 
 
 def seldon_weights(stand_in: SeldonStandIn, name: str) -> RouteReader:

@@ -3,6 +3,9 @@ falling; the detector reports drift, the DriftPolicy confirms it over its window
 data that includes the shift, the new version is validated against the champion on the same data, and the
 InferenceService rolls it out step by step under analysis and promotes it. The test only plays the
 kubelet (e2e/loop.py says what runs for real) and sends the traffic and the ground truth.
+
+The loop closes on each serving backend: KServe (its agent logs the payloads) and Seldon Core v1 (the
+stand-in for Seldon's executor logs them, as the executor does; e2e/seldon.py).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import pytest
 
 from e2e.harness import Cluster, wait_for
 from e2e.loop import (
+    BACKENDS,
     POLICY,
     SERVICE,
     drift_loop,
@@ -28,6 +32,7 @@ from e2e.loop import (
     status_of,
     wait_status,
 )
+from e2e.seldon import SeldonStandIn
 from e2e.test_monitoring import (
     CHECKED_BY_THE_LOOP,
     GRAFANA_VALUES,
@@ -55,10 +60,25 @@ def lineage(cluster: Cluster, version: str, namespace: str) -> str:
     return result.stdout
 
 
+@pytest.mark.parametrize(
+    "backend",
+    [
+        pytest.param(
+            backend,
+            id=backend,
+            marks=pytest.mark.skipif(
+                not runtimes_installed(backend), reason=f"the {backend} model server runtime is not installed"
+            ),
+        )
+        for backend in BACKENDS
+    ],
+)
 def test_drift_retrains_validates_on_the_same_data_and_promotes_the_new_model_with_no_human(
-    cluster: Cluster, namespace: str, kserve: Any, tmp_path: Path
+    cluster: Cluster, namespace: str, tmp_path: Path, backend: str, request: pytest.FixtureRequest
 ) -> None:
-    with drift_loop(cluster, namespace, tmp_path, kserve) as loop:
+    # KServe's controller (a session fixture) is started for the KServe loop only.
+    kserve = request.getfixturevalue("kserve") if backend == "kserve" else None
+    with drift_loop(cluster, namespace, tmp_path, kserve, backend=backend) as loop:
         serve_the_first_model(loop)
         cluster.apply(drift_policy(loop), namespace)
         with loop.traffic() as (traffic, load):
@@ -72,8 +92,9 @@ def test_drift_retrains_validates_on_the_same_data_and_promotes_the_new_model_wi
         # The dashboard's drift and retraining panels had data while the new version was the challenger:
         # the detector's verdicts and the feedback accuracy of the champion it replaced, and the retraining
         # the policy started, as Prometheus scraped them. (Asked at that moment: the old champion's series
-        # end with its promotion, and the new one is served without the payload logger here, see
-        # ServingKubelet: one KServe agent per host.)
+        # end with its promotion, and on KServe the new one is served without the payload logger here, see
+        # ServingKubelet: one KServe agent per host.) The panels read the detector's and the operator's
+        # series only, which are the same on either backend.
         history = status_of(cluster, "modelversion", "iris-v2", namespace)["history"]
         challenger_since = next(entry["time"] for entry in history if entry["stage"] == "Challenger")
         values = GRAFANA_VALUES | {"job": OPERATOR_JOB, "namespace": namespace}
@@ -85,7 +106,13 @@ def test_drift_retrains_validates_on_the_same_data_and_promotes_the_new_model_wi
                 series = loop.prometheus.query_series(query, at=challenger_since)
                 assert has_a_number(series), f"no data for the panel {panel['title']!r}: {query}"
         state = loop.detector.state(namespace)
-        print("timings:", json.dumps(timings), "\ndetector:", json.dumps(state)[:2000])
+        logged = loop.serving.executor_counts() if isinstance(loop.serving, SeldonStandIn) else {}
+        print(f"{backend} timings:", json.dumps(timings), "\ndetector:", json.dumps(state)[:2000])
+        if backend == "seldon":
+            # The champion's executor logged to the detector, and the detector took every event.
+            print("executor events:", logged)
+            assert logged[f"{SERVICE}-v2"]["sent"] > 0, logged
+            assert all(counts["failed"] == counts["dropped"] == 0 for counts in logged.values()), logged
 
     # The retraining: one run, started by the policy with its evidence and the detector's recent data.
     runs = retraining_runs(cluster, namespace)
