@@ -3,6 +3,7 @@
 Run it in the server's environment, with the Seldon one built beside it (make server-venv seldon-venv):
 
     .venvs/server/bin/python bench/seldon_server.py [--concurrency 8] [--seconds 10] [--rate 200] [--rounds 1]
+        [--compare all|servers|probabilities] [--probability-rounds 30] [--probability-seconds 1]
 
 It extends bench/model_server.py and reuses its pieces: the artifact (a LogisticRegression on iris,
 in the trainer's layout), its two KServe servers (``modelloop-serve``, and a plain ``kserve.Model``
@@ -13,6 +14,13 @@ REST protocol. Every request is a single-row prediction; each server has one wor
 
 Issue 10's target: modelloop's KServe server answers at least 1.3 times the Seldon wrapper's
 requests per second (the exit status is 1 when it does not).
+
+The probabilities comparison (``--compare probabilities``, or ``all``) is bench/model_server.py's, for the
+Seldon wrapper: the LogisticRegression and the trainer's TorchMLP (``model.onnx``) each served twice at
+once, with ``MODELLOOP_SERVE_PROBABILITIES`` true (``meta.tags`` carry ``probabilities``) and false,
+both under the same load at the same time for ``--probability-rounds`` rounds; the cost of a request with
+probabilities over one without, server CPU and wall time, median and range over the rounds. Target: at
+most 1.05.
 """
 
 from __future__ import annotations
@@ -24,9 +32,10 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import model_server
-from model_server import ROW, Endpoint, Results
+from model_server import PROBABILITIES_ENV, PROBABILITIES_TARGET, ROW, Endpoint, ProbabilityPair, Results
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_RATIO = 1.3
@@ -52,16 +61,19 @@ def _arguments() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def _seldon_command(microservice: Path, model_dir: Path) -> Callable[[int], list[str]]:
+def _seldon_command(
+    microservice: Path, model_dir: Path, probabilities: bool = True
+) -> Callable[[int], list[str]]:
     parameters = [
         {"name": "model_uri", "type": "STRING", "value": str(model_dir)},
         {"name": "model_version", "type": "STRING", "value": "bench"},
     ]
+    env = {**SELDON_IMAGE_ENV, PROBABILITIES_ENV: "true" if probabilities else "false"}
 
     def command(port: int) -> list[str]:
         return [
             "env",
-            *(f"{name}={value}" for name, value in SELDON_IMAGE_ENV.items()),
+            *(f"{name}={value}" for name, value in env.items()),
             str(microservice),
             "modelloop_seldon.ModelloopModel",
             f"--http-port={port}",
@@ -70,6 +82,23 @@ def _seldon_command(microservice: Path, model_dir: Path) -> Callable[[int], list
         ]
 
     return command
+
+
+def _seldon_probability_pairs(microservice: Path, sklearn_dir: Path, onnx_dir: Path) -> list[ProbabilityPair]:
+    """The Seldon wrapper on the LogisticRegression and on the TorchMLP, probabilities on and off."""
+
+    def pair_command(model_dir: Path) -> Callable[[int, bool], list[str]]:
+        return lambda port, on: _seldon_command(microservice, model_dir, on)(port)
+
+    def tags_probabilities(answer: Any) -> bool:
+        return "probabilities" in answer.get("meta", {}).get("tags", {})
+
+    return [
+        ProbabilityPair(
+            "sklearn LogisticRegression", pair_command(sklearn_dir), SELDON_REST, tags_probabilities
+        ),
+        ProbabilityPair("TorchMLP as model.onnx", pair_command(onnx_dir), SELDON_REST, tags_probabilities),
+    ]
 
 
 def _report(results: dict[str, Results], rate: float) -> tuple[float, float]:
@@ -102,20 +131,36 @@ def main() -> int:
         return 2
     run = model_server.event_loop_runner()
     print(
-        f"{os.cpu_count()} CPUs; one worker per server; single-row predictions of a LogisticRegression "
-        f"on iris; {args.concurrency} connections for throughput"
+        f"{os.cpu_count()} CPUs; one worker per server; single-row predictions; "
+        f"{args.concurrency} connections for throughput"
     )
-    results = {name: Results([], []) for name in ("modelloop", "kserve", "seldon")}
+    passed = True
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
         model_dir = folder / "model"
         model_dir.mkdir()
         model_server.write_artifact(model_dir)
-        servers = [
-            *model_server.kserve_servers(model_dir),
-            ("seldon", _seldon_command(microservice, model_dir), SELDON_REST),
-        ]
-        model_server.run_rounds(servers, folder, args, run, results)
+        if args.compare in ("all", "servers"):
+            passed = _compare_servers(microservice, model_dir, folder, args, run)
+        if args.compare in ("all", "probabilities"):
+            model_server.write_onnx_artifact(folder / "mlp")
+            pairs = _seldon_probability_pairs(microservice, model_dir, folder / "mlp")
+            results = model_server.compare_probabilities(pairs, folder, args, run)
+            print("the Seldon wrapper:")
+            passed = passed and model_server.report_probabilities(results) <= PROBABILITIES_TARGET
+    return 0 if passed else 1
+
+
+def _compare_servers(
+    microservice: Path, model_dir: Path, folder: Path, args: argparse.Namespace, run: model_server.Runner
+) -> bool:
+    """The three servers on the LogisticRegression; whether issue 10's target holds."""
+    results = {name: Results([], []) for name in ("modelloop", "kserve", "seldon")}
+    servers = [
+        *model_server.kserve_servers(model_dir),
+        ("seldon", _seldon_command(microservice, model_dir), SELDON_REST),
+    ]
+    model_server.run_rounds(servers, folder, args, run, results)
     print(f"medians over {args.rounds} round(s):")
     ratio, kserve_ratio = _report(results, args.rate)
     verdict = "holds" if ratio >= TARGET_RATIO else "does NOT hold"
@@ -123,7 +168,7 @@ def main() -> int:
         f"modelloop's KServe server vs the Seldon wrapper: {ratio:.2f}x the req/s "
         f"(target >= {TARGET_RATIO}: {verdict}); KServe's own vs the Seldon wrapper: {kserve_ratio:.2f}x"
     )
-    return 0 if ratio >= TARGET_RATIO else 1
+    return ratio >= TARGET_RATIO
 
 
 if __name__ == "__main__":

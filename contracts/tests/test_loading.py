@@ -254,3 +254,222 @@ def test_python_scalar_turns_numpy_scalars_into_python_ones_and_leaves_the_rest(
     assert type(python_scalar(np.int64(2))) is int
     assert type(python_scalar(np.float32(0.5))) is float
     assert python_scalar("setosa") == "setosa"
+
+
+# -- labels with probabilities ------------------------------------------------------------------------
+
+
+def served(folder: Path, estimator: Any, rows: np.ndarray, target: np.ndarray) -> Any:
+    """``estimator`` fitted on the rows, written as the trainer writes it, loaded as the servers load it."""
+    joblib.dump(estimator.fit(rows, target), folder / "model.joblib")
+    return load_predictor(folder)
+
+
+def classifiers() -> list[Any]:
+    """The trainer's classifiers, and a few more kinds, each as the servers may meet them."""
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.ensemble import (
+        ExtraTreesClassifier,
+        GradientBoostingClassifier,
+        HistGradientBoostingClassifier,
+        RandomForestClassifier,
+    )
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.naive_bayes import GaussianNB
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVC
+    from sklearn.tree import DecisionTreeClassifier
+
+    return [
+        make_pipeline(SimpleImputer(), RandomForestClassifier(n_estimators=7, random_state=0)),
+        ExtraTreesClassifier(n_estimators=5, random_state=0),
+        DecisionTreeClassifier(max_depth=3, random_state=0),
+        GradientBoostingClassifier(n_estimators=5, random_state=0),
+        HistGradientBoostingClassifier(max_iter=5),
+        LogisticRegression(max_iter=500),
+        GaussianNB(),
+        KNeighborsClassifier(n_neighbors=4),
+        KNeighborsClassifier(n_neighbors=4, weights="distance"),
+        make_pipeline(StandardScaler(), MLPClassifier(hidden_layer_sizes=(4,), max_iter=50, random_state=0)),
+        CalibratedClassifierCV(DecisionTreeClassifier(max_depth=2, random_state=0), cv=3),
+        SVC(probability=True, random_state=0),
+    ]
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.parametrize("binary", [False, True], ids=["three-classes", "two-classes"])
+@pytest.mark.parametrize("index", range(len(classifiers())), ids=lambda i: str(i))
+def test_a_classifiers_labels_with_probabilities_are_exactly_predicts_and_its_probabilities_predict_probas(
+    tmp_path: Path, iris: tuple[np.ndarray, np.ndarray, list[str]], index: int, binary: bool
+) -> None:
+    rows, labels, _ = iris
+    if binary:
+        rows, labels = rows[50:], labels[50:]  # versicolor against virginica: the classes overlap
+    estimator = classifiers()[index]
+
+    predictor = served(tmp_path, estimator, rows, labels)
+    predictions, probabilities = predictor.predict_with_probabilities(rows)
+
+    assert predictions.tolist() == estimator.predict(rows).tolist()
+    assert predictions.tolist() == predictor.predict(rows).tolist()
+    assert probabilities is not None and probabilities.dtype == np.float64
+    assert probabilities.shape == (len(rows), len(predictor.classes or ()))
+    assert np.array_equal(probabilities, estimator.predict_proba(rows))
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_an_svcs_labels_are_its_predictions_where_its_probabilities_say_otherwise(
+    tmp_path: Path, iris: tuple[np.ndarray, np.ndarray, list[str]]
+) -> None:
+    from sklearn.svm import SVC
+
+    rows, labels, _ = iris
+    svc = SVC(probability=True, random_state=0)
+    predictor = served(tmp_path, svc, rows, labels)
+
+    predictions, probabilities = predictor.predict_with_probabilities(rows)
+
+    assert probabilities is not None
+    most_probable = svc.classes_[probabilities.argmax(axis=1)]
+    assert (most_probable != svc.predict(rows)).any(), "Platt scaling disagrees with predict on some row"
+    assert predictions.tolist() == svc.predict(rows).tolist()
+
+
+def test_a_row_whose_largest_probability_is_tied_gets_predicts_label(tmp_path: Path) -> None:
+    """Gradient boosting says the second class where its score is 0, where its probabilities tie at 0.5:
+    the label is predict's, not the first of the tied probabilities."""
+    from sklearn.ensemble import GradientBoostingClassifier
+
+    rows, target = np.array([[0.0], [1.0], [2.0], [3.0]]), np.array(["no", "yes", "no", "yes"])
+    zero_scores = GradientBoostingClassifier(init="zero", learning_rate=0.0, n_estimators=1)
+
+    predictions, probabilities = served(tmp_path, zero_scores, rows, target).predict_with_probabilities(rows)
+
+    assert probabilities is not None and probabilities.tolist() == [[0.5, 0.5]] * 4
+    assert predictions.tolist() == ["yes"] * 4 == zero_scores.predict(rows).tolist()
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::sklearn.exceptions.ConvergenceWarning")
+def test_the_classifiers_that_label_from_their_probabilities_are_known_by_their_class(
+    iris: tuple[np.ndarray, np.ndarray, list[str]],
+) -> None:
+    """One model call for these; scikit-learn moving one of them to another module would lose that."""
+    from modelloop_contracts.loading import _label_rule
+
+    rows, labels, _ = iris
+    rules = [_label_rule(estimator.fit(rows, labels)) for estimator in classifiers()]
+
+    assert rules == [
+        "argmax",
+        "argmax",
+        "argmax",
+        "ordered",
+        "ordered",
+        "ordered",
+        "ordered",
+        "ordered",
+        None,  # distance-weighted votes
+        "ordered",
+        "argmax",
+        None,  # an SVC's probabilities do not decide its labels
+    ]
+
+
+def test_a_regressor_and_a_classifier_without_predict_proba_answer_no_probabilities(
+    diabetes_artifact: Path, tmp_path: Path, iris: tuple[np.ndarray, np.ndarray, list[str]]
+) -> None:
+    from sklearn.svm import SVC
+
+    regressor = load_predictor(diabetes_artifact)
+    rows, labels, _ = iris
+    svc = SVC().fit(rows, labels)
+    joblib.dump(svc, tmp_path / "model.joblib")
+    classifier = load_predictor(tmp_path)
+
+    values, none = regressor.predict_with_probabilities(np.zeros((2, 10)))
+    predictions, nothing = classifier.predict_with_probabilities(rows[:5])
+
+    assert none is None and values.tolist() == regressor.predict(np.zeros((2, 10))).tolist()
+    assert nothing is None and predictions.tolist() == svc.predict(rows[:5]).tolist()
+
+
+def test_a_multi_output_classifier_predicts_as_before_without_probabilities(tmp_path: Path) -> None:
+    from sklearn.ensemble import RandomForestClassifier
+
+    rows = np.arange(20.0).reshape(10, 2)
+    targets = np.column_stack([rows[:, 0] > 9, rows[:, 1] > 5]).astype(int)
+    forest = RandomForestClassifier(n_estimators=3, random_state=0)
+
+    predictions, probabilities = served(tmp_path, forest, rows, targets).predict_with_probabilities(rows)
+
+    assert probabilities is None
+    assert predictions.tolist() == forest.predict(rows).tolist()
+
+
+@needs_onnxruntime
+def test_an_onnx_classifier_answers_its_labels_and_probabilities_in_one_run(tmp_path: Path) -> None:
+    predictor = load_predictor(onnx_folder(tmp_path, "iris"))
+    rows = fixture_rows("iris")
+
+    predictions, probabilities = predictor.predict_with_probabilities(rows)
+
+    assert predictions.tolist() == EXPECTED["iris"]["predictions"] == predictor.predict(rows).tolist()
+    assert probabilities is not None and probabilities.dtype == np.float64
+    assert probabilities.shape == (len(rows), 3)
+    # The graph's float32 softmax: each row sums to 1 up to float32 rounding.
+    assert np.allclose(probabilities.sum(axis=1), 1.0, rtol=0, atol=1e-6)
+    classes = np.asarray(predictor.classes)
+    assert classes[probabilities.argmax(axis=1)].tolist() == predictions.tolist()
+
+
+@needs_onnxruntime
+def test_an_onnx_regressor_answers_no_probabilities(tmp_path: Path) -> None:
+    predictor = load_predictor(onnx_folder(tmp_path, "diabetes"))
+    rows = fixture_rows("diabetes")
+
+    values, probabilities = predictor.predict_with_probabilities(rows)
+
+    assert probabilities is None
+    assert values.tolist() == predictor.predict(rows).tolist()
+
+
+@needs_onnxruntime
+def test_an_onnx_classifier_without_the_probabilities_output_still_answers_its_labels(tmp_path: Path) -> None:
+    onnx = pytest.importorskip("onnx")
+    model = onnx.load(FIXTURES / "iris.onnx")
+    kept = [output for output in model.graph.output if output.name != "probabilities"]
+    del model.graph.output[:]
+    model.graph.output.extend(kept)
+    onnx.save(model, tmp_path / "model.onnx")
+    predictor = load_predictor(tmp_path)
+
+    predictions, probabilities = predictor.predict_with_probabilities(fixture_rows("iris"))
+
+    assert probabilities is None
+    assert predictions.tolist() == EXPECTED["iris"]["predictions"]
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        *[(None, True), ("", True), ("true", True), ("1", True), (" Yes ", True), ("ON", True)],
+        *[("false", False), ("0", False), ("no", False), ("Off", False)],
+    ],
+)
+def test_the_probabilities_switch_is_on_unless_set_off(value: str | None, expected: bool) -> None:
+    from modelloop_contracts.loading import SERVE_PROBABILITIES_ENV, serve_probabilities
+
+    env = {} if value is None else {SERVE_PROBABILITIES_ENV: value}
+
+    assert serve_probabilities(env) is expected
+
+
+def test_a_probabilities_switch_that_is_neither_on_nor_off_is_refused_naming_the_variable() -> None:
+    from modelloop_contracts.loading import serve_probabilities
+
+    with pytest.raises(ValueError, match=r"MODELLOOP_SERVE_PROBABILITIES must be true or false.*'maybe'"):
+        serve_probabilities({"MODELLOOP_SERVE_PROBABILITIES": "maybe"})

@@ -7,6 +7,12 @@ server imports neither scikit-learn for an MLP nor onnxruntime for a scikit-lear
 PyTorch: a folder with the MLP's PyTorch files but no ``model.onnx`` (written before the trainer exported
 ONNX) is refused, saying how to export it.
 
+A :class:`Predictor` answers a classifier's class probabilities beside its labels in one model call where
+the model allows it (:attr:`Predictor.predict_with_probabilities`): the MLP's graph computes both in one
+run; a scikit-learn estimator whose ``predict`` is the largest of its ``predict_proba`` (or of scores that
+its probabilities keep the order of) answers its labels from its probabilities, and any other calls
+``predict`` and ``predict_proba`` both, so that its labels are always exactly what ``predict`` says.
+
 Unpickling a ``model.joblib`` runs whatever code the file asks for, so a model is loaded only once its
 bytes are known to be the ones registered: given the ModelVersion's ``artifact.digest`` (the trainer's
 sha256 of the model file), :func:`load_predictor` reads the file once, checks those bytes and loads the
@@ -20,7 +26,7 @@ import io
 import json
 import re
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,6 +40,7 @@ from modelloop_contracts.layout import (
     ONNX_INPUT,
     ONNX_MANIFEST_KEY,
     ONNX_MODEL_FILE,
+    ONNX_PROBABILITIES_OUTPUT,
     ONNX_VALUE_OUTPUT,
     SKLEARN_MODEL_FILE,
     TORCH_MODEL_FILE,
@@ -56,6 +63,47 @@ TERMINATION_LOG = "/dev/termination-log"
 """Where Kubernetes reads a container's termination message (its ``terminationMessagePath``, by default):
 KServe copies the message of a model server that failed into the InferenceService's ``modelStatus``."""
 _HEX = re.compile(r"[0-9a-fA-F]+")
+
+SERVE_PROBABILITIES_ENV = "MODELLOOP_SERVE_PROBABILITIES"
+"""The model servers' switch for a classifier's class probabilities in their answers (on unless set off)."""
+_SWITCH_VALUES = {
+    **dict.fromkeys(("true", "1", "yes", "on"), True),
+    **dict.fromkeys(("false", "0", "no", "off"), False),
+}
+
+# scikit-learn classifiers (module and class, as scikit-learn 1.9 defines them) whose predict is
+# ``classes_[argmax(predict_proba)]`` in their own code: their labels come from their probabilities as is.
+_PREDICT_IS_ARGMAX_OF_PROBABILITIES = frozenset(
+    {
+        "sklearn.calibration.CalibratedClassifierCV",
+        "sklearn.ensemble._forest.ExtraTreesClassifier",
+        "sklearn.ensemble._forest.RandomForestClassifier",
+        "sklearn.tree._classes.DecisionTreeClassifier",
+        "sklearn.tree._classes.ExtraTreeClassifier",
+    }
+)
+# Classifiers whose predict picks the largest of per-class scores (the first on a tie; a binary model's one
+# score against 0) and whose predict_proba is a function of those scores that keeps their order (softmax,
+# the logistic function, a normalized exp, counts over k): where a row's largest probability is unique, its
+# largest score is that class's too, so the label comes from the probabilities; a row whose largest
+# probability is tied (or NaN) may have been decided by scores closer than the probabilities can tell, and
+# is predicted by predict. A class outside both sets calls predict and predict_proba: what predict says is
+# what is served, whatever the probabilities say (an SVC's Platt-scaled ones may disagree with it).
+_PREDICT_IS_ARGMAX_OF_ORDERED_SCORES = frozenset(
+    {
+        "sklearn.ensemble._gb.GradientBoostingClassifier",
+        "sklearn.ensemble._hist_gradient_boosting.gradient_boosting.HistGradientBoostingClassifier",
+        "sklearn.linear_model._logistic.LogisticRegression",
+        "sklearn.naive_bayes.BernoulliNB",
+        "sklearn.naive_bayes.CategoricalNB",
+        "sklearn.naive_bayes.ComplementNB",
+        "sklearn.naive_bayes.GaussianNB",
+        "sklearn.naive_bayes.MultinomialNB",
+        # Only with uniform weights (counts of neighbours) and for one label per row: see _label_rule.
+        "sklearn.neighbors._classification.KNeighborsClassifier",
+        "sklearn.neural_network._multilayer_perceptron.MLPClassifier",
+    }
+)
 
 
 class ArtifactError(Exception):
@@ -82,6 +130,11 @@ class Predictor:
     """``sklearn``, or ``pytorch`` for the trainer's MLP (run from its ONNX export)."""
     predict: Callable[[Array], Array]
     """Class labels or values for the rows of a 2-D float array; ValueError for rows it cannot take."""
+    predict_with_probabilities: Callable[[Array], tuple[Array, Array | None]]
+    """What :attr:`predict` answers for the rows, and a classifier's probability of each class: float64
+    ``(rows, classes)``, columns in the order of :attr:`classes`; None for a regressor, or a classifier that
+    has no probabilities (no ``predict_proba``). One model call where the model allows it; the labels are
+    always :attr:`predict`'s. ValueError for rows it cannot take."""
     feature_names: tuple[str, ...] | None
     """The features' names in the model's column order, where the training data named them."""
     n_features: int | None
@@ -90,6 +143,22 @@ class Predictor:
     """A classifier's labels (Python scalars); None for a regressor."""
     digest: str | None = None
     """The sha256 digest (``sha256:<hex>``) of the model file loaded."""
+
+
+def serve_probabilities(env: Mapping[str, str]) -> bool:
+    """Whether a model server answers a classifier's probabilities, as :data:`SERVE_PROBABILITIES_ENV` in
+    ``env`` says: on when it is unset or empty; ``true``/``1``/``yes``/``on`` or ``false``/``0``/``no``/
+    ``off`` in any case; ValueError naming the variable for anything else."""
+    return switch_value(env.get(SERVE_PROBABILITIES_ENV) or "true", SERVE_PROBABILITIES_ENV)
+
+
+def switch_value(text: str, name: str) -> bool:
+    """``text`` as an on/off switch (``true``/``1``/``yes``/``on``, ``false``/``0``/``no``/``off``, any
+    case, around spaces); ValueError naming ``name`` for anything else."""
+    value = _SWITCH_VALUES.get(text.strip().lower())
+    if value is None:
+        raise ValueError(f"{name} must be true or false (or 1/0, yes/no, on/off), not {text[:100]!r}")
+    return value
 
 
 def load_predictor(folder: Path, expected_digest: str | None = None) -> Predictor:
@@ -197,16 +266,102 @@ def _load_sklearn(path: Path, payload: bytes) -> Predictor:
     warnings.filterwarnings("ignore", message="X does not have valid feature names", category=UserWarning)
     names = getattr(estimator, "feature_names_in_", None)
     n_features = getattr(estimator, "n_features_in_", None)
+    classes = estimator.classes_ if is_classifier(estimator) else None
+
+    def predict(rows: Array) -> Array:
+        return np.asarray(estimator.predict(rows))
+
     return Predictor(
         framework="sklearn",
-        predict=lambda rows: np.asarray(estimator.predict(rows)),
+        predict=predict,
+        predict_with_probabilities=_sklearn_predict_with_probabilities(estimator, classes, predict),
         feature_names=None if names is None else tuple(str(name) for name in names),
         n_features=None if n_features is None else int(n_features),
-        classes=tuple(python_scalar(label) for label in estimator.classes_)
-        if is_classifier(estimator)
-        else None,
+        classes=None if classes is None else tuple(python_scalar(label) for label in classes),
         digest=_sha256(payload),
     )
+
+
+def _sklearn_predict_with_probabilities(
+    estimator: Any, classes: Any, predict: Callable[[Array], Array]
+) -> Callable[[Array], tuple[Array, Array | None]]:
+    """The estimator's labels and probabilities for rows, in as few model calls as its kind allows (see
+    :data:`_PREDICT_IS_ARGMAX_OF_ORDERED_SCORES`). A classifier of one label per row only: a multi-output
+    one's ``classes_`` is a list of arrays, one per output, and it answers no probabilities."""
+    single_label = isinstance(classes, np.ndarray) and classes.ndim == 1
+    if not single_label or not hasattr(estimator, "predict_proba"):
+        # A Pipeline offers predict_proba only where its last step does (not an SVC without probability).
+
+        def without_probabilities(rows: Array) -> tuple[Array, Array | None]:
+            return predict(rows), None
+
+        return without_probabilities
+    predict_proba = estimator.predict_proba
+    rule = _label_rule(estimator)
+
+    def probabilities_of(rows: Array) -> Array:
+        probabilities = np.asarray(predict_proba(rows), dtype=np.float64)
+        if probabilities.shape != (len(rows), len(classes)):
+            # The model's fault, not the rows': not a ValueError, which the servers answer with a 400.
+            raise RuntimeError(
+                f"predict_proba answered an array of shape {probabilities.shape} for {len(rows)} rows "
+                f"of a model with {len(classes)} classes"
+            )
+        return probabilities
+
+    if rule == "argmax":
+
+        def from_probabilities(rows: Array) -> tuple[Array, Array | None]:
+            probabilities = probabilities_of(rows)
+            return classes.take(probabilities.argmax(axis=1)), probabilities
+
+        return from_probabilities
+    if rule == "ordered":
+        last_column = len(classes) - 1
+
+        def from_unique_largest(rows: Array) -> tuple[Array, Array | None]:
+            probabilities = probabilities_of(rows)
+            best = probabilities.argmax(axis=1)
+            labels = classes.take(best)
+            # Where the first and the last of a row's largest probabilities differ, they are tied (or NaN,
+            # which fills a row whose scores have one): predict decides, from the scores themselves.
+            undecided = best != last_column - probabilities[:, ::-1].argmax(axis=1)
+            if undecided.any():
+                labels[undecided] = predict(np.asarray(rows)[undecided])
+            return labels, probabilities
+
+        return from_unique_largest
+
+    def both(rows: Array) -> tuple[Array, Array | None]:
+        return predict(rows), probabilities_of(rows)
+
+    return both
+
+
+def _label_rule(estimator: Any) -> str | None:
+    """How the labels follow from ``predict_proba``: ``argmax``, ``ordered`` (from a unique largest
+    probability), or None (they do not: predict is called). A pipeline's are its last step's."""
+    final = estimator
+    if _kind(estimator) == "sklearn.pipeline.Pipeline" and estimator.steps:
+        final = estimator.steps[-1][1]
+    kind = _kind(final)
+    if kind in _PREDICT_IS_ARGMAX_OF_PROBABILITIES:
+        return "argmax"
+    if kind not in _PREDICT_IS_ARGMAX_OF_ORDERED_SCORES:
+        return None
+    if kind.endswith(".KNeighborsClassifier") and getattr(final, "weights", None) != "uniform":
+        # Weighted votes are summed in another order by predict than by predict_proba.
+        return None
+    if kind.endswith(".MLPClassifier"):
+        # A multi-label MLP answers an indicator matrix, not a label per row.
+        binarizer = getattr(final, "_label_binarizer", None)
+        if getattr(binarizer, "y_type_", None) not in ("binary", "multiclass"):
+            return None
+    return "ordered"
+
+
+def _kind(value: Any) -> str:
+    return f"{type(value).__module__}.{type(value).__qualname__}"
 
 
 @dataclass(frozen=True)
@@ -214,6 +369,8 @@ class _OnnxManifest:
     task: str
     feature_names: tuple[str, ...]
     classes: tuple[Any, ...] | None
+    has_probabilities: bool
+    """Whether the graph has the probabilities output (a classifier exported by this trainer has)."""
 
 
 def _load_onnx(path: Path, payload: bytes) -> Predictor:
@@ -239,6 +396,9 @@ def _load_onnx(path: Path, payload: bytes) -> Predictor:
             (values,) = run([ONNX_VALUE_OUTPUT], {ONNX_INPUT: _float32_rows(rows, n_features)})
             return np.asarray(values)
 
+        def predict_with_probabilities(rows: Array) -> tuple[Array, Array | None]:
+            return predict(rows), None
+
     else:
         labels = np.asarray(manifest.classes)
 
@@ -246,9 +406,23 @@ def _load_onnx(path: Path, payload: bytes) -> Predictor:
             (index,) = run([ONNX_CLASS_OUTPUT], {ONNX_INPUT: _float32_rows(rows, n_features)})
             return np.asarray(labels[index])
 
+        if manifest.has_probabilities:
+            both = [ONNX_CLASS_OUTPUT, ONNX_PROBABILITIES_OUTPUT]
+
+            def predict_with_probabilities(rows: Array) -> tuple[Array, Array | None]:
+                # One run of the graph for both outputs: the labels are the graph's class index, as predict's.
+                index, probabilities = run(both, {ONNX_INPUT: _float32_rows(rows, n_features)})
+                return np.asarray(labels[index]), np.asarray(probabilities, dtype=np.float64)
+
+        else:
+
+            def predict_with_probabilities(rows: Array) -> tuple[Array, Array | None]:
+                return predict(rows), None
+
     return Predictor(
         framework="pytorch",
         predict=predict,
+        predict_with_probabilities=predict_with_probabilities,
         feature_names=manifest.feature_names,
         n_features=n_features,
         classes=manifest.classes,
@@ -297,7 +471,8 @@ def _onnx_manifest(path: Path, session: onnxruntime.InferenceSession) -> _OnnxMa
     outputs = [node.name for node in session.get_outputs()]
     if output not in outputs:
         raise ArtifactError(f"{path}, a {task} model, has no output {output!r} (it has {outputs})")
-    return _OnnxManifest(task, tuple(names), labels)
+    probabilities = labels is not None and ONNX_PROBABILITIES_OUTPUT in outputs
+    return _OnnxManifest(task, tuple(names), labels, probabilities)
 
 
 def _float32_rows(rows: Array, n_features: int) -> Array:

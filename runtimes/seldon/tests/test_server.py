@@ -65,6 +65,21 @@ def test_an_iris_classifier_answers_the_labels_its_model_predicts(
     assert response.status_code == 200, response.text
     assert response.json()["data"]["ndarray"] == expected.tolist()
     assert set(expected) == {"setosa", "versicolor", "virginica"}
+    # What Seldon's payload logger logs for the drift detector: the version and the class probabilities.
+    probabilities = joblib.load(iris_artifact / "model.joblib").predict_proba(features.to_numpy())
+    assert response.json()["meta"]["tags"] == {"model_version": "3", "probabilities": probabilities.tolist()}
+
+
+def test_with_probabilities_off_the_answer_tags_the_version_only(
+    serve: Callable[..., RunningServer], iris_artifact: Path
+) -> None:
+    server = serve(iris_artifact, version=3, env={"MODELLOOP_SERVE_PROBABILITIES": "false"})
+
+    response = server.predict_rows([SETOSA])
+
+    assert response.status_code == 200, response.text
+    assert response.json()["data"]["ndarray"] == ["setosa"]
+    assert response.json()["meta"]["tags"] == {"model_version": "3"}
 
 
 def test_named_columns_in_another_order_get_the_same_answers(
@@ -103,6 +118,7 @@ def test_a_regressor_answers_its_models_values_in_the_form_it_was_asked(
 
     assert as_ndarray.status_code == as_tensor.status_code == 200, as_tensor.text
     np.testing.assert_allclose(as_ndarray.json()["data"]["ndarray"], expected, rtol=1e-9)
+    assert as_ndarray.json()["meta"]["tags"] == {"model_version": "2024-06-01"}
     tensor = as_tensor.json()["data"]["tensor"]
     assert tensor["shape"] == [20]
     np.testing.assert_allclose(tensor["values"], expected, rtol=1e-9)
@@ -259,5 +275,10 @@ def test_grpc_answers_the_same_when_turned_on(
         refused = model.Predict(json_to_seldon_message({"data": {"ndarray": [SETOSA[:3]]}}), timeout=10)
 
     assert seldon_message_to_json(answer)["data"]["ndarray"] == ["setosa"]
+    probabilities = joblib.load(iris_artifact / "model.joblib").predict_proba(np.array([SETOSA]))
+    assert seldon_message_to_json(answer)["meta"]["tags"] == {
+        "model_version": "3",
+        "probabilities": probabilities.tolist(),
+    }
     assert seldon_message_to_json(refused)["status"]["code"] == 400
     assert server.value("modelloop_seldon_errors_total", reason="invalid_features") == 1

@@ -36,6 +36,29 @@ def test_defaults_suit_kserves_storage_initializer_and_one_worker() -> None:
     assert args.enable_latency_logging is False
 
 
+def test_probabilities_are_served_unless_the_flag_or_the_environment_turns_them_off() -> None:
+    assert build_parser({}).parse_args([]).serve_probabilities is True
+    for value in ("false", "0"):
+        assert (
+            build_parser({"MODELLOOP_SERVE_PROBABILITIES": value}).parse_args([]).serve_probabilities is False
+        )
+    turned_off = build_parser({"MODELLOOP_SERVE_PROBABILITIES": "0"})
+    assert turned_off.parse_args(["--serve_probabilities=true"]).serve_probabilities is True
+    assert build_parser({}).parse_args(["--serve_probabilities=False"]).serve_probabilities is False
+
+
+def test_a_probabilities_switch_that_is_neither_true_nor_false_is_refused_naming_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit):
+        build_parser({"MODELLOOP_SERVE_PROBABILITIES": "sometimes"})
+    assert "MODELLOOP_SERVE_PROBABILITIES must be true or false" in capsys.readouterr().err
+
+    with pytest.raises(SystemExit):
+        build_parser({}).parse_args(["--serve_probabilities=maybe"])
+    assert "--serve_probabilities must be true or false" in capsys.readouterr().err
+
+
 def test_prediction_buckets_must_increase() -> None:
     assert build_parser({}).parse_args(["--prediction_buckets=1,2.5,10"]).prediction_buckets == (
         1.0,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from kserve.errors import InvalidInput
@@ -101,3 +103,63 @@ def test_a_v2_answer_carries_labels_as_bytes_and_numbers_in_their_datatype() -> 
         [2],
         [1.5, 2.5],
     )
+
+
+def test_a_v1_answer_carries_a_classifiers_probabilities_beside_the_predictions() -> None:
+    probabilities = np.array([[0.25, 0.75], [1.0, 0.0]])
+
+    answer = prediction_response({"instances": [[1], [2]]}, np.array(["y", "x"]), "m", "1", probabilities)
+
+    assert answer == {
+        "predictions": ["y", "x"],
+        "probabilities": [[0.25, 0.75], [1.0, 0.0]],
+        "model_version": "1",
+    }
+
+
+def test_a_v2_answer_carries_a_classifiers_probabilities_as_a_second_fp64_output() -> None:
+    request = v2_request(InferInput(name="x", shape=[2, 3], datatype="FP32", data=[0] * 6))
+    probabilities = np.array([[0.25, 0.75], [1.0, 0.0]], dtype=np.float32)
+
+    answer = prediction_response(request, np.array(["y", "x"]), "m", "7", probabilities)
+
+    assert isinstance(answer, InferResponse)
+    body, _ = answer.to_rest()
+    assert isinstance(body, dict)
+    assert body["outputs"] == [
+        {"name": "output-0", "shape": [2], "datatype": "BYTES", "data": ["y", "x"]},
+        {"name": "probabilities", "shape": [2, 2], "datatype": "FP64", "data": [0.25, 0.75, 1.0, 0.0]},
+    ]
+
+
+def test_a_v2_answer_in_binary_carries_the_probabilities_in_binary_too() -> None:
+    request = InferRequest(
+        model_name="m",
+        infer_inputs=[InferInput(name="x", shape=[1, 3], datatype="FP32", data=[0] * 3)],
+        request_id="r-2",
+        parameters={"binary_data_output": True},
+    )
+    probabilities = np.array([[0.125, 0.875]])
+
+    answer = prediction_response(request, np.array([1.5]), "m", "7", probabilities)
+
+    assert isinstance(answer, InferResponse)
+    body, json_length = answer.to_rest()
+    assert isinstance(body, bytes) and json_length is not None
+    head, tail = json.loads(body[:json_length]), body[json_length:]
+    assert [(output["name"], output["datatype"], output["shape"]) for output in head["outputs"]] == [
+        ("output-0", "FP64", [1]),
+        ("probabilities", "FP64", [1, 2]),
+    ]
+    assert [output["parameters"]["binary_data_size"] for output in head["outputs"]] == [8, 16]
+    assert np.frombuffer(tail[8:], dtype=np.float64).tolist() == [0.125, 0.875]
+
+
+def test_a_regressors_answers_carry_no_probabilities() -> None:
+    request = v2_request(InferInput(name="x", shape=[1, 3], datatype="FP32", data=[0] * 3))
+
+    v1 = prediction_response({"instances": [[1]]}, np.array([1.5]), "m", "1")
+    v2 = prediction_response(request, np.array([1.5]), "m", "1")
+
+    assert "probabilities" not in v1
+    assert [output.name for output in v2.outputs] == ["output-0"]

@@ -34,15 +34,22 @@ def expected_labels(artifact: Path, rows: list[list[float]], columns: list[str])
     ]
 
 
-def test_v1_predictions_are_the_estimators_own(
+def expected_probabilities(artifact: Path, rows: list[list[float]], columns: list[str]) -> list[list[float]]:
+    model = joblib.load(artifact / "model.joblib")
+    return [[float(p) for p in row] for row in model.predict_proba(pd.DataFrame(rows, columns=columns))]
+
+
+def test_v1_predictions_and_probabilities_are_the_estimators_own(
     iris_server: RunningServer, iris_artifact: Path, iris_frame: pd.DataFrame
 ) -> None:
     response = iris_server.v1(ROWS)
 
     assert response.status_code == 200, response.text
     columns = list(iris_frame.columns[:4])
+    # JSON carries each float64 as its shortest repr, which reads back as the same float.
     assert response.json() == {
         "predictions": expected_labels(iris_artifact, ROWS, columns),
+        "probabilities": expected_probabilities(iris_artifact, ROWS, columns),
         "model_version": "v7",
     }
     assert response.json()["predictions"] == ["setosa", "versicolor", "virginica"]
@@ -67,7 +74,9 @@ def test_v1_missing_values_reach_the_pipelines_imputer(iris_server: RunningServe
     assert response.json()["predictions"] == ["setosa"]
 
 
-def test_v2_infers_from_one_rows_by_features_tensor(iris_server: RunningServer) -> None:
+def test_v2_infers_from_one_rows_by_features_tensor(
+    iris_server: RunningServer, iris_artifact: Path, iris_frame: pd.DataFrame
+) -> None:
     response = iris_server.v2(
         [
             {
@@ -82,12 +91,46 @@ def test_v2_infers_from_one_rows_by_features_tensor(iris_server: RunningServer) 
     assert response.status_code == 200, response.text
     body = response.json()
     assert (body["model_name"], body["model_version"]) == ("iris", "v7")
-    [output] = body["outputs"]
+    [output, probabilities] = body["outputs"]
     assert (output["datatype"], output["shape"], output["data"]) == (
         "BYTES",
         [3],
         ["setosa", "versicolor", "virginica"],
     )
+    # The request's FP32 rows, as the model sees them: float64 from float32.
+    rows32 = np.asarray(ROWS, dtype=np.float32).astype(np.float64).tolist()
+    expected = expected_probabilities(iris_artifact, rows32, list(iris_frame.columns[:4]))
+    assert (probabilities["name"], probabilities["datatype"], probabilities["shape"]) == (
+        "probabilities",
+        "FP64",
+        [3, 3],
+    )
+    assert probabilities["data"] == [p for row in expected for p in row]
+
+
+def test_v2_answers_only_the_outputs_a_request_asks_for(iris_server: RunningServer) -> None:
+    tensor = {"name": "x", "shape": [1, 4], "datatype": "FP32", "data": ROWS[0]}
+
+    response = httpx_post(
+        iris_server, "/v2/models/iris/infer", {"inputs": [tensor], "outputs": [{"name": "output-0"}]}
+    )
+
+    assert response.status_code == 200, response.text
+    assert [output["name"] for output in response.json()["outputs"]] == ["output-0"]
+
+
+def test_with_probabilities_off_the_answers_carry_predictions_only(serve: Serve, iris_artifact: Path) -> None:
+    server = serve(iris_artifact, name="iris", env={"MODELLOOP_SERVE_PROBABILITIES": "false"})
+
+    v1 = server.v1(ROWS)
+    v2 = server.v2(
+        [{"name": "x", "shape": [3, 4], "datatype": "FP32", "data": [v for row in ROWS for v in row]}]
+    )
+
+    assert v1.status_code == 200, v1.text
+    assert v1.json() == {"predictions": ["setosa", "versicolor", "virginica"], "model_version": "unknown"}
+    assert v2.status_code == 200, v2.text
+    assert [output["name"] for output in v2.json()["outputs"]] == ["output-0"]
 
 
 def test_v2_infers_from_one_tensor_per_named_feature(
@@ -207,6 +250,7 @@ def test_a_regressors_predictions_fill_the_value_histogram(serve: Serve, diabete
 
     assert response.status_code == 200, response.text
     assert np.allclose(response.json()["predictions"], expected)
+    assert "probabilities" not in response.json()
     labels = {"model": "diabetes", "version": "3"}
     assert server.sample("modelloop_server_prediction_value_count", **labels) == 5
     assert server.sample("modelloop_server_prediction_value_sum", **labels) == pytest.approx(expected.sum())
@@ -238,6 +282,19 @@ def test_a_trained_mlp_serves_what_pytorch_predicts(serve: Serve, trained_iris_m
     assert v2.json()["outputs"][0]["data"] == [
         label for label, kept in zip(expected, complete, strict=True) if kept
     ]
+    # The graph's softmax, in the classes' order: each row sums to 1, its largest is the predicted class.
+    classes = ["setosa", "versicolor", "virginica"]
+    probabilities = np.asarray(v1.json()["probabilities"])
+    assert probabilities.shape == (len(rows), 3)
+    assert np.allclose(probabilities.sum(axis=1), 1.0, rtol=0, atol=1e-6)
+    assert [classes[index] for index in probabilities.argmax(axis=1)] == expected
+    second = v2.json()["outputs"][1]
+    assert (second["name"], second["datatype"], second["shape"]) == (
+        "probabilities",
+        "FP64",
+        [complete.sum(), 3],
+    )
+    assert np.allclose(second["data"], probabilities[complete].ravel(), rtol=1e-6, atol=1e-7)
     total = sum(
         server.sample(
             "modelloop_server_predictions_total", model="iris-mlp", version="unknown", **{"class": label}

@@ -66,6 +66,7 @@ def test_a_run_with_the_operators_environment_succeeds_and_leaves_loadable_artif
         "artifactDigest",
         "referenceUri",
         "referencePredictionsUri",
+        "holdoutUri",
         "datasetHash",
         "codeVersion",
         "framework",
@@ -87,6 +88,7 @@ def test_a_run_with_the_operators_environment_succeeds_and_leaves_loadable_artif
     assert result["artifactUri"] == model_file.as_uri()
     assert result["artifactDigest"] == "sha256:" + hashlib.sha256(model_file.read_bytes()).hexdigest()
     assert sorted(path.name for path in output.iterdir()) == [
+        "holdout.csv",
         "metrics.json",
         "model.joblib",
         "reference.csv",

@@ -55,11 +55,12 @@ def test_a_large_result_is_reduced_under_the_limit_and_points_to_the_full_one() 
     assert list(reduced["metrics"]) == [f"f1_class_{index:04d}" for index in range(REDUCED_METRICS)]
 
 
-def test_a_reduced_result_keeps_the_champions_evaluation_and_the_reference_uris() -> None:
+def test_a_reduced_result_keeps_the_champions_evaluation_and_the_reference_and_holdout_uris() -> None:
     champion = {"version": "iris-v3", "metrics": {"accuracy": 0.95, "f1_macro": 0.94}}
     result = {
         **success(400),
         "referencePredictionsUri": "s3://models/iris/iris-rf/reference_predictions.csv",
+        "holdoutUri": "s3://models/iris/iris-rf/holdout.csv",
         "champion": champion,
     }
     message = termination_message(result, "s3://models/iris/iris-rf/result.json")
@@ -69,6 +70,10 @@ def test_a_reduced_result_keeps_the_champions_evaluation_and_the_reference_uris(
     assert reduced["champion"] == champion
     assert reduced["referenceUri"] == result["referenceUri"]
     assert reduced["referencePredictionsUri"] == result["referencePredictionsUri"]
+    assert reduced["holdoutUri"] == result["holdoutUri"]
+    # In the order the operator reads them: the reference files, then the held-out rows.
+    kept = list(reduced)
+    assert kept.index("referencePredictionsUri") + 1 == kept.index("holdoutUri")
 
 
 def test_a_champion_too_large_for_the_message_is_cut_then_dropped_before_the_metrics() -> None:

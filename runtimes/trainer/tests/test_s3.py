@@ -93,8 +93,10 @@ def test_a_dataset_on_s3_trains_and_the_artifacts_land_on_s3(
     result = json.loads(termination_log.read_text())
     assert result["artifactUri"] == f"s3://{BUCKET}/artifacts/iris/iris-rf/model.joblib"
     assert result["referenceUri"] == f"s3://{BUCKET}/artifacts/iris/iris-rf/reference.csv"
+    assert result["holdoutUri"] == f"s3://{BUCKET}/artifacts/iris/iris-rf/holdout.csv"
     listing = s3.list_objects_v2(Bucket=BUCKET, Prefix="artifacts/iris/iris-rf/")
     assert sorted(item["Key"].rsplit("/", 1)[1] for item in listing["Contents"]) == [
+        "holdout.csv",
         "metrics.json",
         "model.joblib",
         "reference.csv",

@@ -9,12 +9,14 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from modelloop_contracts import (
+    PROBABILITIES_KEY,
     TERMINATION_LOG,
     ArtifactError,
     Predictor,
     load_predictor,
     write_termination_message,
 )
+from modelloop_contracts.loading import serve_probabilities, switch_value
 from seldon_core.proto import prediction_pb2
 from seldon_core.utils import construct_response_json, json_to_seldon_message, seldon_message_to_json
 
@@ -31,6 +33,8 @@ DEFAULT_MODEL_URI = "/mnt/models"  # where Seldon's storage initializer puts a g
 VERSION_ENV = "MODELLOOP_MODEL_VERSION"
 DIGEST_ENV = "MODELLOOP_ARTIFACT_DIGEST"  # the ModelVersion's artifact.digest, set by modelloop's operator
 TERMINATION_LOG_ENV = "MODELLOOP_TERMINATION_LOG"
+VERSION_TAG = "model_version"
+"""The key of an answer's ``meta.tags`` that names the version that answered."""
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +67,14 @@ def _leave_termination_message(error: ArtifactError) -> None:
     )
 
 
+def _probabilities_switch(value: bool | str | None) -> bool:
+    if value is None:
+        return serve_probabilities(os.environ)
+    if isinstance(value, bool):
+        return value
+    return switch_value(str(value), "the parameter serve_probabilities")
+
+
 class ModelloopModel:
     """Serves the modelloop artifact at ``model_uri`` and counts its answers under ``model_version``.
 
@@ -71,7 +83,9 @@ class ModelloopModel:
     ``model_version`` is the ``version`` label of the metrics: the parameter, else
     ``$MODELLOOP_MODEL_VERSION``, else ``unknown``. ``artifact_digest`` is the model file's expected digest
     (the ModelVersion's ``artifact.digest``): the parameter, else ``$MODELLOOP_ARTIFACT_DIGEST``, else none
-    (no check).
+    (no check). ``serve_probabilities`` says whether a classifier's answers carry its class probabilities
+    (in ``meta.tags``, see :meth:`predict_raw`): the parameter (``BOOL``, or a ``STRING`` such as ``false``),
+    else ``$MODELLOOP_SERVE_PROBABILITIES``, else true; ValueError, naming it, for a value that is neither.
     """
 
     def __init__(
@@ -79,6 +93,7 @@ class ModelloopModel:
         model_uri: str = DEFAULT_MODEL_URI,
         model_version: str | int | float | None = None,
         artifact_digest: str | None = None,
+        serve_probabilities: bool | str | None = None,
     ) -> None:
         self.model_dir = model_folder(str(model_uri))
         version = os.environ.get(VERSION_ENV) if model_version is None else str(model_version)
@@ -86,6 +101,7 @@ class ModelloopModel:
         self.expected_digest = (
             os.environ.get(DIGEST_ENV) if artifact_digest is None else artifact_digest
         ) or None
+        self.serve_probabilities = _probabilities_switch(serve_probabilities)
         self.predictor: Predictor | None = None
         self.metrics = ServerMetrics(self.version, None)
 
@@ -117,8 +133,12 @@ class ModelloopModel:
     def predict_raw(self, request: Any) -> Any:
         """Answer one prediction request: a SeldonMessage as JSON (REST) or as protobuf (gRPC).
 
-        The answer carries its metrics in ``meta.metrics``, and a failure carries its HTTP status in
-        ``status.code``: 400 for a request the model cannot take, 500 for the server's own faults.
+        A prediction's ``meta.tags`` (beside the request's own tags) carry ``model_version``, the version
+        that answered, and for a classifier with probabilities (unless they are turned off)
+        ``probabilities``: one list per row, in the order of the model's classes. Seldon's payload logger
+        logs the whole answer, so the drift detector gets both. The answer carries its metrics in
+        ``meta.metrics``, and a failure carries its HTTP status in ``status.code``: 400 for a request the
+        model cannot take, 500 for the server's own faults.
         """
         if isinstance(request, prediction_pb2.SeldonMessage):
             answer = self._answer(seldon_message_to_json(request))
@@ -135,15 +155,22 @@ class ModelloopModel:
             if predictor is None:
                 raise RuntimeError(f"the model in {self.model_dir} is not loaded")
             rows = features_from_message(request, predictor.feature_names, predictor.n_features)
+            probabilities = None
             try:
-                predictions = predictor.predict(rows)
+                if self.serve_probabilities:
+                    predictions, probabilities = predictor.predict_with_probabilities(rows)
+                else:
+                    predictions = predictor.predict(rows)
             except ValueError as exc:
                 # scikit-learn and numpy say ValueError for rows the model cannot take (NaN without
                 # an imputer, infinities): the client's to fix, in the model's own words.
                 raise BadRequest(f"the model cannot predict these rows: {exc}", MODEL_REJECTED) from None
             metrics = self.metrics.for_predictions(predictions)
+            tags: dict[str, Any] = {VERSION_TAG: self.version}
+            if probabilities is not None:
+                tags[PROBABILITIES_KEY] = probabilities.tolist()
             response: dict[str, Any] = construct_response_json(
-                self, False, request, predictions, request.get("meta"), metrics
+                self, False, request, predictions, request.get("meta"), metrics, tags
             )
             return response
         except BadRequest as error:

@@ -2,7 +2,9 @@
 
 With an expected digest (``--artifact_digest`` or ``$MODELLOOP_ARTIFACT_DIGEST``, which modelloop's
 operator sets from the ModelVersion), a model file with another digest is never loaded: the server exits
-with the reason, which it also leaves as the container's termination message.
+with the reason, which it also leaves as the container's termination message. A classifier's answers
+carry its class probabilities unless ``--serve_probabilities false`` (or
+``$MODELLOOP_SERVE_PROBABILITIES=false``) turns them off.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from kserve import model_server as kserve_model_server
 from kserve.logging import KSERVE_TRACE_LOGGER_NAME
 from kserve.logging import logger as kserve_logger
 from modelloop_contracts import TERMINATION_LOG, ArtifactError, write_termination_message
+from modelloop_contracts.loading import SERVE_PROBABILITIES_ENV, serve_probabilities, switch_value
 
 from modelloop_server.metrics import PREDICTION_VALUE_BUCKETS, RequestMetricsMiddleware, ServerMetrics
 from modelloop_server.model import ModelloopModel
@@ -59,6 +62,13 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         f"(default: ${TERMINATION_LOG_ENV}, else {TERMINATION_LOG})",
     )
     parser.add_argument(
+        "--serve_probabilities",
+        type=_switch,
+        default=_probabilities_default(parser, env),
+        help="answer a classifier's class probabilities beside its predictions: V1's \"probabilities\", V2's "
+        f'output "probabilities" (default: ${SERVE_PROBABILITIES_ENV}, else true; false or 0 turns it off)',
+    )
+    parser.add_argument(
         "--prediction_buckets",
         type=_bucket_bounds,
         default=PREDICTION_VALUE_BUCKETS,
@@ -70,6 +80,20 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     # KServe's own histograms already measure; off by default, they cost three log writes per request.
     parser.set_defaults(enable_grpc=False, enable_latency_logging=False)
     return parser
+
+
+def _probabilities_default(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> bool:
+    try:
+        return serve_probabilities(env)
+    except ValueError as exc:
+        parser.error(str(exc))
+
+
+def _switch(text: str) -> bool:
+    try:
+        return switch_value(text, "--serve_probabilities")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _bucket_bounds(text: str) -> tuple[float, ...]:
@@ -86,7 +110,12 @@ def serve(args: argparse.Namespace) -> None:
     """Load the model (failing fast with the reason) and run the server until it is stopped."""
     metrics = ServerMetrics(args.model_name, args.model_version, prediction_buckets=args.prediction_buckets)
     model = ModelloopModel(
-        args.model_name, Path(args.model_dir), args.model_version, metrics, args.artifact_digest
+        args.model_name,
+        Path(args.model_dir),
+        args.model_version,
+        metrics,
+        args.artifact_digest,
+        serve_probabilities=args.serve_probabilities,
     )
     model.load()
     # KServe serves this module-level FastAPI app; the middleware must be on it before it starts.

@@ -24,6 +24,10 @@ def load_artifact(model_dir: Path, expected_digest: str | None = None) -> Predic
 class ModelloopModel(kserve.Model):  # type: ignore[misc]
     """Serves the artifact in ``model_dir`` under ``name`` and counts its predictions in ``metrics``.
 
+    With ``serve_probabilities`` (the default), a classifier that has class probabilities answers them
+    beside its predictions (see :func:`~modelloop_server.payloads.prediction_response`), from the same model
+    call where the model allows it: what the drift detector estimates the model's accuracy from.
+
     ``predict`` is synchronous on purpose: KServe then runs it on the event loop itself, which
     for a model that answers in well under a millisecond is cheaper than a hop to a thread pool.
     """
@@ -35,12 +39,14 @@ class ModelloopModel(kserve.Model):  # type: ignore[misc]
         version: str,
         metrics: ServerMetrics,
         expected_digest: str | None = None,
+        serve_probabilities: bool = True,
     ) -> None:
         super().__init__(name)
         self.model_dir = model_dir
         self.version = version
         self.metrics = metrics
         self.expected_digest = expected_digest
+        self.serve_probabilities = serve_probabilities
         self.predictor: Predictor | None = None
         self.ready = False
 
@@ -54,13 +60,18 @@ class ModelloopModel(kserve.Model):  # type: ignore[misc]
         return self.ready
 
     def predict(self, payload: Payload, headers: dict[str, str] | None = None) -> Any:
-        """Predict the request's rows: V1 answers ``{"predictions": [...]}``, V2 an InferResponse."""
+        """Predict the request's rows: V1 answers ``{"predictions": [...]}`` (and a classifier's
+        ``"probabilities"``), V2 an InferResponse."""
         predictor = self.predictor
         if predictor is None:
             raise InferenceError(f"model {self.name} is not loaded")
         features = features_from_request(payload, predictor.feature_names, predictor.n_features)
+        probabilities = None
         try:
-            predictions = predictor.predict(features)
+            if self.serve_probabilities:
+                predictions, probabilities = predictor.predict_with_probabilities(features)
+            else:
+                predictions = predictor.predict(features)
         except ValueError as exc:
             # scikit-learn and numpy say ValueError for inputs the model cannot take (NaN without an
             # imputer, infinities): the client's to fix, so a 400 with the model's own words.
@@ -69,4 +80,4 @@ class ModelloopModel(kserve.Model):  # type: ignore[misc]
             self.metrics.observe_values(predictions)
         else:
             self.metrics.observe_classes(predictions)
-        return prediction_response(payload, predictions, self.name, self.version)
+        return prediction_response(payload, predictions, self.name, self.version, probabilities)

@@ -17,6 +17,7 @@ import numpy as np
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 from kserve.utils.numpy_codec import from_np_dtype
+from modelloop_contracts import PROBABILITIES_KEY
 
 Payload: TypeAlias = dict[str, Any] | InferRequest
 
@@ -38,28 +39,46 @@ def features_from_request(
 
 
 def prediction_response(
-    payload: Payload, predictions: np.ndarray, model_name: str, model_version: str
+    payload: Payload,
+    predictions: np.ndarray,
+    model_name: str,
+    model_version: str,
+    probabilities: np.ndarray | None = None,
 ) -> Any:
     """The V1 (``{"predictions": [...], "model_version": ...}``) or V2 (an InferResponse) answer.
 
-    Both name the version, so that a payload logger's response event says which version answered.
+    Both name the version, so that a payload logger's response event says which version answered. With a
+    classifier's ``probabilities`` (float ``[rows, classes]``, in the order of the model's classes), V1 adds
+    them under ``"probabilities"`` (one list per row) and V2 as a second output named ``probabilities``
+    (FP64, shape ``[rows, classes]``, binary where the request asks for binary outputs, as the first).
     """
     if not isinstance(payload, InferRequest):
-        return {"predictions": predictions.tolist(), "model_version": model_version}
+        answer: dict[str, Any] = {"predictions": predictions.tolist()}
+        if probabilities is not None:
+            answer[PROBABILITIES_KEY] = probabilities.tolist()
+        answer["model_version"] = model_version
+        return answer
+    binary = payload.use_binary_outputs
     if predictions.dtype.kind in "OUS":
         output = InferOutput(name="output-0", shape=[len(predictions)], datatype="BYTES")
-        output.set_data_from_numpy(predictions.astype(np.object_), binary_data=payload.use_binary_outputs)
+        output.set_data_from_numpy(predictions.astype(np.object_), binary_data=binary)
     else:
         output = InferOutput(
             name="output-0", shape=list(predictions.shape), datatype=from_np_dtype(predictions.dtype)
         )
-        output.set_data_from_numpy(predictions, binary_data=payload.use_binary_outputs)
+        output.set_data_from_numpy(predictions, binary_data=binary)
+    outputs = [output]
+    if probabilities is not None:
+        probabilities = np.asarray(probabilities, dtype=np.float64)
+        second = InferOutput(name=PROBABILITIES_KEY, shape=list(probabilities.shape), datatype="FP64")
+        second.set_data_from_numpy(probabilities, binary_data=binary)
+        outputs.append(second)
     return InferResponse(
         response_id=payload.id or str(uuid.uuid4()),
         model_name=model_name,
         model_version=model_version,
-        infer_outputs=[output],
-        use_binary_outputs=payload.use_binary_outputs,
+        infer_outputs=outputs,
+        use_binary_outputs=binary,
         requested_outputs=payload.request_outputs,
     )
 

@@ -3,9 +3,11 @@
 The folder's layout is ``modelloop_contracts.layout``: the model (``model.joblib``, or for PyTorch
 ``model.onnx``, which the servers run, and ``model.pt`` + ``model.json``, which this trainer reads back),
 ``metrics.json``, ``reference.csv`` (a sample of the training features, the reference for drift
-detection), ``reference_predictions.csv`` (the model's predictions on those rows) and ``result.json`` (the
-full result). :func:`read_model` reads such a model back (the champion's); :func:`export_onnx` adds
-``model.onnx`` to a PyTorch model written before the trainer exported one.
+detection), ``reference_predictions.csv`` (the model's predictions on those rows), ``holdout.csv`` (the
+held-out rows with their labels, the model's predictions and a classifier's probabilities: what the drift
+detector calibrates its performance estimate on) and ``result.json`` (the full result). :func:`read_model`
+reads such a model back (the champion's); :func:`export_onnx` adds ``model.onnx`` to a PyTorch model
+written before the trainer exported one.
 """
 
 from __future__ import annotations
@@ -19,8 +21,12 @@ from typing import Any
 
 import fsspec
 import joblib
+import numpy as np
 import pandas as pd
 from modelloop_contracts import (
+    HOLDOUT_FILE,
+    HOLDOUT_LABEL_COLUMN,
+    HOLDOUT_PREDICTION_COLUMN,
     MODEL_FILES,
     ONNX_MODEL_FILE,
     PREDICTION_COLUMN,
@@ -29,6 +35,8 @@ from modelloop_contracts import (
     SKLEARN_MODEL_FILE,
     TORCH_ARCHITECTURE_FILE,
     TORCH_MODEL_FILE,
+    holdout_probability_column,
+    python_scalar,
 )
 
 from modelloop_trainer.errors import FailureReason, TrainerError
@@ -118,6 +126,71 @@ def write_reference(
     predictions_uri = output_file_uri(output_uri, REFERENCE_PREDICTIONS_FILE)
     write_bytes(predictions_uri, predictions.to_csv(index=False, lineterminator="\n").encode())
     return ReferenceFiles(uri=uri, predictions_uri=predictions_uri)
+
+
+def write_holdout(
+    output_uri: str, features: pd.DataFrame, labels: pd.Series, model: Any, *, classifier: bool
+) -> str:
+    """Write the held-out rows as ``holdout.csv`` and return its URI: their features (the columns of
+    ``reference.csv``, in its order), then the true label (``modelloop.label``), ``model``'s prediction
+    (``modelloop.prediction``, what its ``predict`` answers) and, for a ``classifier`` with probabilities,
+    its probability of each class (``modelloop.probability[<label>]``, one column per class in the order
+    of the model's ``classes_``); a classifier without ``predict_proba`` (an SVC without probability=True)
+    gets no probability columns, nor does a regressor.
+
+    The features are written as the CSV writer writes them: a missing value (where the data checks allowed
+    some) is an empty cell, as in ``reference.csv``. The label, prediction and probability columns are never
+    empty: the data checks refuse a missing target, and a model that answers a prediction or probability
+    that is not a finite number fails the run here (TRAINING_FAILED), naming the column, rather than leave
+    the drift detector a file it cannot calibrate on.
+    """
+    try:
+        predictions, probabilities = _predictions_with_probabilities(model, features, classifier)
+    except Exception as exc:
+        raise TrainerError(
+            FailureReason.TRAINING_FAILED,
+            f"predicting the held-out rows failed: {type(exc).__name__}: {exc}",
+        ) from exc
+    columns: dict[str, Any] = {
+        HOLDOUT_LABEL_COLUMN: labels.to_numpy(),
+        HOLDOUT_PREDICTION_COLUMN: predictions,
+    }
+    if probabilities is not None:
+        for index, label in enumerate(model.classes_):
+            columns[holdout_probability_column(python_scalar(label))] = probabilities[:, index]
+    clashing = [name for name in columns if name in features.columns]
+    if clashing:
+        raise TrainerError(
+            FailureReason.DATA_VALIDATION_FAILED,
+            f"the feature column(s) {clashing} have the names of {HOLDOUT_FILE}'s own columns; rename them",
+        )
+    for name, values in columns.items():
+        if name != HOLDOUT_LABEL_COLUMN and values.dtype.kind in "fc" and not np.isfinite(values).all():
+            count = int((~np.isfinite(values)).sum())
+            raise TrainerError(
+                FailureReason.TRAINING_FAILED,
+                f"the model answered {count} value(s) that are not finite numbers in {name!r} for the "
+                f"{len(features)} held-out rows",
+            )
+    table = pd.concat([features.reset_index(drop=True), pd.DataFrame(columns)], axis=1)
+    uri = output_file_uri(output_uri, HOLDOUT_FILE)
+    write_bytes(uri, table.to_csv(index=False, lineterminator="\n").encode())
+    return uri
+
+
+def _predictions_with_probabilities(
+    model: Any, features: pd.DataFrame, classifier: bool
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """What ``model.predict`` answers for ``features``, and a classifier's ``predict_proba`` where it has one
+    (a TorchMLP's both from one forward pass)."""
+    if isinstance(model, TorchMLP):
+        labels, probabilities = model.predictor(features, probabilities=classifier)()
+        return np.asarray(labels), probabilities
+    predictions = np.asarray(model.predict(features))
+    if not classifier or not hasattr(model, "predict_proba"):
+        # A Pipeline has predict_proba only where its last step has (not an SVC without probability=True).
+        return predictions, None
+    return predictions, np.asarray(model.predict_proba(features), dtype=np.float64)
 
 
 def read_model(uri: str) -> Any:

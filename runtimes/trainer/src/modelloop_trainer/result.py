@@ -29,6 +29,7 @@ _KEPT_FIELDS = (
     "framework",
     "referenceUri",
     "referencePredictionsUri",
+    "holdoutUri",
     "additionalRows",
 )
 _STRING_CAPS = (1024, 256, 64)

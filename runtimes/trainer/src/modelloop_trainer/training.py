@@ -20,7 +20,13 @@ from sklearn.base import BaseEstimator
 # scikit-learn's error for a bad parameter value (since 1.2); it has no public import path.
 from sklearn.utils._param_validation import InvalidParameterError
 
-from modelloop_trainer.artifacts import output_file_uri, write_json, write_model, write_reference
+from modelloop_trainer.artifacts import (
+    output_file_uri,
+    write_holdout,
+    write_json,
+    write_model,
+    write_reference,
+)
 from modelloop_trainer.champion import evaluate_champion
 from modelloop_trainer.checks import CheckInput, failure_message, run_checks
 from modelloop_trainer.config import TrainerConfig
@@ -131,6 +137,9 @@ def train(config: TrainerConfig) -> TrainingOutcome:
     reference = write_reference(
         config.output_uri, split.x_train, model, rows=settings.reference_rows, seed=settings.seed
     )
+    holdout_uri = write_holdout(
+        config.output_uri, split.x_test, split.y_test, model, classifier=task == "classification"
+    )
     result: dict[str, Any] = {
         "status": "Succeeded",
         "metrics": metrics,
@@ -138,6 +147,7 @@ def train(config: TrainerConfig) -> TrainingOutcome:
         "artifactDigest": artifact.digest,
         "referenceUri": reference.uri,
         "referencePredictionsUri": reference.predictions_uri,
+        "holdoutUri": holdout_uri,
         "datasetHash": combined.content_hash,
         "codeVersion": config.code_version or default_code_version(),
         "framework": spec.framework,
