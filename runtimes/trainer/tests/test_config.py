@@ -100,6 +100,7 @@ def test_reserved_params_are_kept_from_the_estimator() -> None:
     assert settings.estimator == "SVC"
     assert settings.feature_ranges == {"a": (0.0, None)}
     assert settings.reference_rows == 10
+    assert settings.holdout_rows == TrainingSettings.holdout_rows
     assert rest == {"C": 2.0}
 
 

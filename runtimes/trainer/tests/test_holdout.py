@@ -92,6 +92,22 @@ def test_a_torch_classifiers_probabilities_are_its_own_and_its_predictions_their
     )
 
 
+def test_holdout_rows_caps_the_file_with_a_sample_of_the_held_out_rows_not_the_metrics(
+    run_trainer: RunTrainer,
+) -> None:
+    run = run_trainer(params={"n_estimators": 10, "seed": 2, "holdout_rows": 12})
+
+    table = holdout(run)
+
+    assert len(table) == 12
+    assert run.result["metrics"]["n_test"] == 30  # measured on every held-out row
+    model = joblib.load(run.output / "model.joblib")
+    features = list(pd.read_csv(run.output / "reference.csv").columns)
+    assert table[HOLDOUT_PREDICTION_COLUMN].tolist() == model.predict(table[features]).tolist()
+    again = holdout(run_trainer(params={"n_estimators": 10, "seed": 2, "holdout_rows": 12}))
+    assert again.equals(table), "the sample is the seed's"
+
+
 def test_a_regressors_holdout_has_no_probability_columns(run_trainer: RunTrainer) -> None:
     run = run_trainer(params={"estimator": "Ridge"}, dataset_uri="sklearn://diabetes")
 

@@ -50,6 +50,9 @@ class TrainingSettings:
     max_missing_fraction: float = 0.0
     feature_ranges: Mapping[str, tuple[Bound, Bound]] = field(default_factory=dict)
     reference_rows: int = 500
+    holdout_rows: int = 10_000
+    """At most so many held-out rows go into ``holdout.csv`` (a sample, by ``seed``, beyond): what the drift
+    detector calibrates its estimate on; the metrics are still measured on every held-out row."""
 
     RESERVED_KEYS = frozenset(
         {
@@ -60,6 +63,7 @@ class TrainingSettings:
             "max_missing_fraction",
             "feature_ranges",
             "reference_rows",
+            "holdout_rows",
         }
     )
 
@@ -76,6 +80,7 @@ class TrainingSettings:
             max_missing_fraction=_fraction(reserved, "max_missing_fraction", cls.max_missing_fraction),
             feature_ranges=_feature_ranges(reserved.get("feature_ranges", {})),
             reference_rows=_integer(reserved, "reference_rows", cls.reference_rows, minimum=1),
+            holdout_rows=_integer(reserved, "holdout_rows", cls.holdout_rows, minimum=1),
         )
         return settings, estimator_params
 

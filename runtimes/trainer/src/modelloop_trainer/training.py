@@ -137,8 +137,12 @@ def train(config: TrainerConfig) -> TrainingOutcome:
     reference = write_reference(
         config.output_uri, split.x_train, model, rows=settings.reference_rows, seed=settings.seed
     )
+    held_out_x, held_out_y = split.x_test, split.y_test
+    if len(held_out_x) > settings.holdout_rows:
+        held_out_x = held_out_x.sample(n=settings.holdout_rows, random_state=settings.seed)
+        held_out_y = held_out_y.loc[held_out_x.index]
     holdout_uri = write_holdout(
-        config.output_uri, split.x_test, split.y_test, model, classifier=task == "classification"
+        config.output_uri, held_out_x, held_out_y, model, classifier=task == "classification"
     )
     result: dict[str, Any] = {
         "status": "Succeeded",
