@@ -40,6 +40,7 @@ CHECKED_BY_THE_LOOP = {
     "Drift p-value by feature",
     "Drift verdicts",
     "Feedback accuracy",
+    "Estimated and realised performance",
     "Retrainings started and skipped",
     "Retrainings in the time range",
 }

@@ -42,6 +42,10 @@ DRIFT_DETECTOR_METRICS = {
     "modelloop_drift_p_value",
     "modelloop_drift_verdict",
     "modelloop_feedback_accuracy",
+    "modelloop_estimated_performance",
+    "modelloop_estimated_performance_lower",
+    "modelloop_estimated_performance_upper",
+    "modelloop_realised_performance",
 }
 SEVERITIES = {"critical", "warning", "info"}
 METRIC_NAME = re.compile(r"\bmodelloop_[a-z0-9_]+\b|\bup(?=\{)")
