@@ -1,13 +1,20 @@
 """Ingestion throughput and verdict time of modelloop's drift detector.
 
-    .venvs/detector/bin/python bench/detector_ingest.py [--seconds 10] [--connections 16]
+    .venvs/detector/bin/python bench/detector_ingest.py [--seconds 10] [--connections 16] [--runs 1]
+        [--probabilities] [--throughput-only]
 
 1. CloudEvents per second into ``modelloop-detector`` (its window, pairing and evaluation threads
    on, a 500-row reference like the trainer's; and again with its verdicts held off, which shows
    what ingestion alone costs) against a bare ASGI handler that only reads the
    same events, under the same server (uvicorn, uvloop, httptools). Each server is pinned to one
    core; the load generator (raw HTTP/1.1 over asyncio keep-alive connections, events encoded
-   beforehand in KServe's binary mode, one row of 20 features each) runs on another core.
+   beforehand in KServe's binary mode, one row of 20 features each) runs on another core. Beside
+   events per second, events per second of the server's own CPU time (user and system, from /proc): on
+   a machine where other work competes for the servers' core, that ratio still says what each event
+   costs, where events per second also says how much of the core each server got. With
+   ``--probabilities``, every response carries a classifier's 3 class probabilities and the version is
+   registered with a holdout, so that its window keeps them. ``--runs`` repeats the measurement (the
+   three servers one after the other each time) and reports each run's ratios and their spread.
 2. The time of a window verdict (a 1,000x20 window against 5,000 reference rows, KS per feature)
    through the service (``DriftService.judge``: window copy, alibi-detect's KSDrift, bookkeeping)
    against alibi-detect's ``KSDrift.predict`` alone on the same arrays.
@@ -38,12 +45,15 @@ import pandas as pd
 # wheels beside it); in .venvs/detector it is the same code as the installed (editable) package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "runtimes" / "detector" / "src"))
 
+from modelloop_contracts import HOLDOUT_LABEL_COLUMN, HOLDOUT_PREDICTION_COLUMN, holdout_probability_column
+from modelloop_detector.artifacts import ArtifactRoots
 from modelloop_detector.detectors import DetectorSettings
 from modelloop_detector.events import InferenceEvent
 from modelloop_detector.service import DriftService, Registration, VersionSpec, WindowSettings
 
 DETECTOR = str(Path(sys.executable).with_name("modelloop-detector"))
 FEATURES = 20
+CLASSES = 3
 
 
 async def bare_app(scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
@@ -102,8 +112,9 @@ def http_request(method: str, path: str, headers: dict[str, str], body: bytes) -
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
-def encoded_events(count: int, seed: int) -> list[bytes]:
-    """``count`` request/response pairs in KServe's binary mode, one row each, as raw HTTP requests."""
+def encoded_events(count: int, seed: int, probabilities: bool = False) -> list[bytes]:
+    """``count`` request/response pairs in KServe's binary mode, one row each, as raw HTTP requests;
+    with ``probabilities``, each response carries its class probabilities beside its prediction."""
     rng = np.random.default_rng(seed)
     events = []
     for index in range(count):
@@ -123,7 +134,10 @@ def encoded_events(count: int, seed: int) -> list[bytes]:
             "content-type": "application/json",
         }
         request = json.dumps({"instances": [np.round(rng.normal(size=FEATURES), 4).tolist()]}).encode()
-        response = json.dumps({"predictions": [int(rng.integers(3))]}).encode()
+        answer: dict[str, Any] = {"predictions": [int(rng.integers(CLASSES))]}
+        if probabilities:
+            answer["probabilities"] = [np.round(rng.dirichlet(np.ones(CLASSES)), 6).tolist()]
+        response = json.dumps(answer).encode()
         events.append(
             http_request(
                 "POST", "/", {**common, "ce-type": "org.kubeflow.serving.inference.request"}, request
@@ -162,9 +176,33 @@ async def drive(port: int, events: list[bytes], connections: int, seconds: float
     return counts[0], counts[1]
 
 
-def throughput(args: argparse.Namespace, reference_uri: str) -> dict[str, float]:
+def write_holdout(path: Path, rng: np.random.Generator) -> str:
+    """A classifier's holdout as the trainer writes it (features, label, prediction, probabilities)."""
+    frame = pd.DataFrame(rng.normal(size=(500, FEATURES)), columns=[f"f{i}" for i in range(FEATURES)])
+    probabilities = rng.dirichlet(np.ones(CLASSES), size=len(frame))
+    frame[HOLDOUT_LABEL_COLUMN] = rng.integers(CLASSES, size=len(frame))
+    frame[HOLDOUT_PREDICTION_COLUMN] = probabilities.argmax(axis=1)
+    for index in range(CLASSES):
+        frame[holdout_probability_column(index)] = probabilities[:, index]
+    frame.to_csv(path, index=False)
+    return path.as_uri()
+
+
+def cpu_seconds(pid: int) -> float:
+    """The CPU time a process has used (user and system, all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def throughput(
+    args: argparse.Namespace, reference_uri: str, holdout_uri: str | None
+) -> dict[str, tuple[float, float]]:
+    """Events per second, and per second of the server's CPU time, into the bare handler, the detector,
+    and the detector with its verdicts held off."""
     results = {}
-    events = encoded_events(args.events, seed=1)
+    events = encoded_events(args.events, seed=1, probabilities=args.probabilities)
+    # The files' folder is the detector's artifact root: it reads references only under its roots.
+    env = {**os.environ, "MODELLOOP_DETECTOR_ARTIFACT_ROOTS": reference_uri.rsplit("/", 1)[0]}
     for name in ("bare", "detector", "ingestion"):
         port = free_port()
         if name == "bare":
@@ -173,21 +211,24 @@ def throughput(args: argparse.Namespace, reference_uri: str) -> dict[str, float]
             command = [DETECTOR, "--host", "127.0.0.1", "--port", str(port), "--log-level", "WARNING"]
         if name == "ingestion":  # the same detector, its verdicts held off: what ingestion alone costs
             command += ["--min-rows", str(10**9), "--evaluate-every-seconds", str(10**9)]
-        process = subprocess.Popen(command, preexec_fn=pin(0), stderr=subprocess.DEVNULL)
+        process = subprocess.Popen(command, preexec_fn=pin(0), stderr=subprocess.DEVNULL, env=env)
         try:
             wait_healthy(port, process)
             if name != "bare":
-                registration = json.dumps(
-                    {"model": "bench", "versions": {"1": {"referenceUri": reference_uri}}}
-                )
+                version = {"referenceUri": reference_uri}
+                if holdout_uri is not None:
+                    version["holdoutUri"] = holdout_uri
+                registration = json.dumps({"model": "bench", "versions": {"1": version}})
                 with socket.create_connection(("127.0.0.1", port)) as sock:
                     sock.sendall(http_request("PUT", "/v1/services/ml/bench", {}, registration.encode()))
                     assert b" 200 " in sock.recv(4096)
             asyncio.run(drive(port, events, args.connections, 1.0))  # warm-up
+            used = cpu_seconds(process.pid)
             answered, failed = asyncio.run(drive(port, events, args.connections, args.seconds))
+            used = cpu_seconds(process.pid) - used
             if failed:
                 raise RuntimeError(f"{name}: {failed} events were not accepted")
-            results[name] = answered / args.seconds
+            results[name] = (answered / args.seconds, answered / max(used, 1e-9))
         finally:
             process.terminate()
             process.wait(timeout=30)
@@ -202,6 +243,7 @@ def verdict_times(
     service = DriftService(
         WindowSettings(window_rows=len(window_rows), min_rows=1),
         DetectorSettings(device="cpu", mmd_permutations=10),
+        roots=ArtifactRoots([reference_uri.rsplit("/", 1)[0]]),
     )
     service.register("ml", "bench", Registration(model="bench", versions={"1": VersionSpec(reference_uri)}))
     for index, row in enumerate(window_rows.tolist()):
@@ -252,6 +294,13 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--events", type=int, default=20000, help="distinct request/response pairs cycled")
     parser.add_argument("--repeats", type=int, default=20, help="verdicts timed (median)")
+    parser.add_argument("--runs", type=int, default=1, help="throughput measurements (each: the 3 servers)")
+    parser.add_argument(
+        "--probabilities",
+        action="store_true",
+        help="responses carry 3 class probabilities; the version has a holdout, its window keeps them",
+    )
+    parser.add_argument("--throughput-only", action="store_true", help="skip the verdict timings")
     parser.add_argument("--serve-bare", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_bare:
@@ -267,24 +316,46 @@ def main() -> None:
         columns = [f"f{index}" for index in range(FEATURES)]
         small_uri = Path(folder, "reference-500.csv")
         pd.DataFrame(rng.normal(size=(500, FEATURES)), columns=columns).to_csv(small_uri, index=False)
-        rates = throughput(args, small_uri.as_uri())
-        reference = rng.normal(size=(5000, FEATURES))
-        large_uri = Path(folder, "reference-5000.csv")
-        pd.DataFrame(reference, columns=columns).to_csv(large_uri, index=False)
-        reference = pd.read_csv(large_uri).to_numpy()  # exactly what the service reads
-        window = rng.normal(size=(1000, FEATURES))
-        window[:, 0] += 0.2
-        verdicts = verdict_times(reference, window, args.repeats, large_uri.as_uri())
-        evidently = evidently_time(reference, window, max(1, args.repeats // 5))
+        holdout = write_holdout(Path(folder, "holdout.csv"), rng) if args.probabilities else None
+        runs = []
+        for _ in range(args.runs):
+            load = os.getloadavg()[0]
+            runs.append((throughput(args, small_uri.as_uri(), holdout), load))
+        if not args.throughput_only:
+            reference = rng.normal(size=(5000, FEATURES))
+            large_uri = Path(folder, "reference-5000.csv")
+            pd.DataFrame(reference, columns=columns).to_csv(large_uri, index=False)
+            reference = pd.read_csv(large_uri).to_numpy()  # exactly what the service reads
+            window = rng.normal(size=(1000, FEATURES))
+            window[:, 0] += 0.2
+            verdicts = verdict_times(reference, window, args.repeats, large_uri.as_uri())
+            evidently = evidently_time(reference, window, max(1, args.repeats // 5))
 
-    print(f"\nIngestion: {args.connections} keep-alive connections, 1-row V1 events, each server on one core")
-    print(f"  {'server':<44}{'events/s':>12}{'relative':>10}")
-    for name, label in (
+    body = "1-row V1 events" + (", responses with 3 class probabilities" if args.probabilities else "")
+    print(f"\nIngestion: {args.connections} keep-alive connections, {body}, each server on one core")
+    servers = (
         ("bare", "bare ASGI handler (reads the event only)"),
         ("detector", "modelloop-detector"),
         ("ingestion", "modelloop-detector, verdicts held off"),
-    ):
-        print(f"  {label:<44}{rates[name]:>12,.0f}{rates[name] / rates['bare']:>10.2f}")
+    )
+    for number, (rates, load) in enumerate(runs, 1):
+        if args.runs > 1:
+            print(f" run {number} (1-minute load average {load:.2f} at its start)")
+        print(f"  {'server':<44}{'events/s':>12}{'relative':>10}{'per CPU-s':>12}{'relative':>10}")
+        for name, label in servers:
+            (rate, per_cpu), (bare, bare_per_cpu) = rates[name], rates["bare"]
+            relative, relative_cpu = rate / bare, per_cpu / bare_per_cpu
+            print(f"  {label:<44}{rate:>12,.0f}{relative:>10.2f}{per_cpu:>12,.0f}{relative_cpu:>10.2f}")
+    if args.runs > 1:
+        for name, label in servers[1:]:
+            for index, what in ((0, "events/s"), (1, "events per CPU-second")):
+                ratios = sorted(rates[name][index] / rates["bare"][index] for rates, _ in runs)
+                print(
+                    f"  {label}, {what}: median {statistics.median(ratios):.2f}x of the bare handler "
+                    f"(runs {ratios[0]:.2f}..{ratios[-1]:.2f})"
+                )
+    if args.throughput_only:
+        return
     shape = f"{len(window)}x{FEATURES} window vs {len(reference)} reference rows"
     print(f"\nWindow verdict: {shape} (median of {args.repeats})")
     print(f"  {'what':<44}{'ms':>12}{'relative':>10}")

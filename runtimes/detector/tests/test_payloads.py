@@ -11,9 +11,12 @@ from modelloop_detector.payloads import (
     CategoryCodes,
     PayloadError,
     ProbabilitiesIgnored,
+    one_prediction,
     parse_request,
     parse_response,
+    request_row,
 )
+from modelloop_detector.window import RowWindow
 
 FEATURES = ("a", "b", "c")
 
@@ -193,3 +196,168 @@ def test_a_v2_probabilities_output_of_the_wrong_shape_is_ignored() -> None:
     }
     response = parse_response(body)
     assert (response.probabilities, response.ignored) == (None, ProbabilitiesIgnored.SHAPE)
+
+
+def _general_row(body: Any) -> Any:
+    try:
+        rows = parse_request(body)
+    except PayloadError:
+        return "refused"
+    if rows.positional is None or rows.count != 1:
+        return "not one positional row"
+    try:
+        return rows.to_matrix(FEATURES, {}).tolist()[0]
+    except PayloadError:
+        return "not numbers"
+
+
+def _fast_row(body: Any) -> Any:
+    row = request_row(body)
+    if row is None:
+        return None
+    try:  # what the service does with it: the window's packing
+        return np.frombuffer(RowWindow(len(FEATURES), max_rows=1, max_seconds=1).pack_row(*row)).tolist()
+    except Exception:
+        return None
+
+
+TENSOR = {"name": "x", "shape": [1, 3], "datatype": "FP32"}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"instances": [[1.5, 2.5, 3.5]]},
+        {"instances": [[1, 2, 3]]},
+        {"instances": [[True, 2.0, 3]]},
+        {"instances": [[2**70, 2.0, -0.0]]},
+        {"instances": [[float("nan"), float("inf"), 1e-300]]},
+        {"instances": [["1.5", 2.0, 3.0]]},
+        {"instances": [[None, 2.0, 3.0]]},
+        {"instances": [[[1.0], 2.0, 3.0]]},
+        {"instances": [[1.0, 2.0]]},
+        {"instances": [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]},
+        {"instances": [{"a": 1.0, "b": 2.0, "c": 3.0}]},
+        {"instances": [[]]},
+        {"instances": []},
+        {"instances": None},
+        {"inputs": [[1.0, 2.0, 3.0]]},
+        {"inputs": [{**TENSOR, "data": [1.0, 2.0, 3.0]}]},
+        {"inputs": [{**TENSOR, "data": [[1.0, 2.0, 3.0]]}]},
+        {"inputs": [{**TENSOR, "data": [1, 2, 3], "datatype": "INT64"}]},
+        {"inputs": [{**TENSOR, "data": ["1", "2", "3"], "datatype": "BYTES"}]},
+        {"inputs": [{**TENSOR, "data": [1.0, 2.0]}]},
+        {"inputs": [{**TENSOR, "shape": [3, 1], "data": [1.0, 2.0, 3.0]}]},
+        {"inputs": [{**TENSOR, "shape": [1.0, 3], "data": [1.0, 2.0, 3.0]}]},
+        {"inputs": [{**TENSOR, "shape": [1, 3], "data": []}]},
+        {"inputs": [{**TENSOR, "data": [1.0, 2.0, 3.0]}, {**TENSOR, "name": "y", "data": [1.0, 2.0, 3.0]}]},
+        {"neither": [[1.0, 2.0, 3.0]]},
+        [[1.0, 2.0, 3.0]],
+    ],
+)
+def test_a_one_row_request_read_without_numpy_is_the_general_readers_row(body: Any) -> None:
+    """request_row (and the window's packing after it) answers the row parse_request reads, or nothing,
+    leaving the body to parse_request."""
+    fast = _fast_row(body)
+    if fast is not None:
+        assert repr(fast) == repr(_general_row(body))  # repr: NaN equals nothing
+
+
+def test_the_common_one_row_requests_are_read_without_numpy() -> None:
+    assert _fast_row({"instances": [[1.5, 2, True]]}) == [1.5, 2.0, 1.0]
+    assert _fast_row({"inputs": [{**TENSOR, "data": [[1.0, 2.0, 3.0]]}]}) == [1.0, 2.0, 3.0]
+
+
+def _general_prediction(body: Any) -> Any:
+    try:
+        read = parse_response(body)
+    except PayloadError:
+        return "refused"
+    if len(read.values) != 1:
+        return "not one"
+    probabilities = None if read.probabilities is None else read.probabilities[0].tolist()
+    return read.values.tolist()[0], read.model_version, probabilities, read.ignored
+
+
+PROBABILITIES = {"name": "probabilities", "shape": [1, 2], "datatype": "FP32"}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"predictions": [1]},
+        {"predictions": ["setosa"], "model_version": 3},
+        {"predictions": [[2.5]], "model_version": ""},
+        {"predictions": [[1, 2]]},
+        {"predictions": [{"a": 1}]},
+        {"predictions": [None]},
+        {"predictions": [1, 2]},
+        {"predictions": []},
+        {"predictions": [1], "probabilities": [[0.25, 0.75]]},
+        {"predictions": [1], "probabilities": [[0, 1]]},
+        {"predictions": [1], "probabilities": [[-1e-7, 1.0000001]]},
+        {"predictions": [1], "probabilities": [[-0.1, 1.1]]},
+        {"predictions": [1], "probabilities": [[float("nan"), 0.5]]},
+        {"predictions": [1], "probabilities": [[0.5, float("inf")]]},
+        {"predictions": [1], "probabilities": [[0.5, True]]},
+        {"predictions": [1], "probabilities": [[0.5, "0.5"]]},
+        {"predictions": [1], "probabilities": [[]]},
+        {"predictions": [1], "probabilities": [[0.5], [0.5]]},
+        {"predictions": [1], "probabilities": [0.5, 0.5]},
+        {"predictions": [1], "probabilities": "high"},
+        {"outputs": [{"name": "p", "shape": [1], "datatype": "INT64", "data": [2]}]},
+        {"outputs": [{"name": "p", "shape": [1, 1], "datatype": "INT64", "data": [[2]]}]},
+        {"outputs": [{"name": "p", "shape": [1.0], "datatype": "INT64", "data": [2]}]},
+        {"outputs": [{"name": "p", "shape": [2], "datatype": "INT64", "data": [2]}]},
+        {
+            "outputs": [
+                {"name": "p", "shape": [1], "datatype": "INT64", "data": [1]},
+                {**PROBABILITIES, "data": [0.25, 0.75]},
+            ]
+        },
+        {
+            "outputs": [
+                {"name": "p", "shape": [1], "datatype": "INT64", "data": [1]},
+                {**PROBABILITIES, "data": [[0.25, 0.75]]},
+            ],
+            "model_version": "4",
+        },
+        {
+            "outputs": [
+                {"name": "p", "shape": [1], "datatype": "INT64", "data": [1]},
+                {**PROBABILITIES, "shape": [2], "data": [0.25, 0.75]},
+            ]
+        },
+        {
+            "outputs": [
+                {"name": "p", "shape": [1], "datatype": "INT64", "data": [1]},
+                {**PROBABILITIES, "data": [1.5, -0.5]},
+            ]
+        },
+        {"outputs": [{"name": "p", "shape": [1]}]},
+        {"outputs": []},
+        {"nothing": 1},
+    ],
+)
+def test_a_one_prediction_response_read_without_numpy_is_the_general_readers(body: Any) -> None:
+    """one_prediction answers what parse_response reads of a response of one prediction (its value,
+    version, probabilities or why they are ignored), or nothing, leaving the body to parse_response."""
+    fast = one_prediction(body)
+    if fast is not None:
+        read = (fast.value, fast.model_version, fast.probabilities, fast.ignored)
+        assert repr(read) == repr(_general_prediction(body))
+
+
+def test_the_common_one_prediction_responses_are_read_without_numpy() -> None:
+    assert one_prediction({"predictions": [1], "probabilities": [[0.25, 0.75]], "model_version": "3"}) == (
+        1,
+        "3",
+        [0.25, 0.75],
+        None,
+    )
+    assert one_prediction({"predictions": [1], "probabilities": [[0.5, 1.5]]}) == (
+        1,
+        None,
+        None,
+        ProbabilitiesIgnored.RANGE,
+    )

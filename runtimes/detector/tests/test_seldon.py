@@ -19,7 +19,12 @@ from modelloop_detector.detectors import DetectorSettings
 from modelloop_detector.events import DropReason, EventRejected, InferenceEvent, read_asgi_event, read_event
 from modelloop_detector.limits import Refused
 from modelloop_detector.payloads import PayloadError, ProbabilitiesIgnored
-from modelloop_detector.seldon import parse_seldon_request, parse_seldon_response
+from modelloop_detector.seldon import (
+    parse_seldon_request,
+    parse_seldon_response,
+    seldon_one_prediction,
+    seldon_request_row,
+)
 from modelloop_detector.service import DriftService, WindowSettings
 from modelloop_detector.tenancy import Tenancy
 
@@ -331,3 +336,64 @@ def test_a_detector_process_windows_what_the_executor_posts(detector: Detector, 
             assert answer.status_code == 202, answer.text
     state = detector.wait_for("seldon-iris", lambda s: s["versions"]["3"]["windowRows"] == 5)
     assert state["versions"]["3"]["windowRows"] == 5
+
+
+# --- one row, without numpy ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"data": {"ndarray": [ROW]}},
+        {"data": {"names": FEATURES, "ndarray": [ROW]}},
+        {"data": {"names": [], "ndarray": [ROW]}},
+        {"data": {"names": FEATURES[:2], "ndarray": [ROW]}},
+        {"data": {"names": [1, 2, 3, 4], "ndarray": [ROW]}},
+        {"data": {"ndarray": [ROW, ROW]}},
+        {"data": {"ndarray": [[]]}},
+        {"data": {"tensor": {"shape": [1, 4], "values": ROW}}},
+        {"data": {"ndarray": [{"sepal_length": 1.0}]}},
+        {"jsonData": {"x": 1}},
+    ],
+)
+def test_a_one_row_seldon_request_read_without_numpy_is_the_general_readers_row(body: Any) -> None:
+    fast = seldon_request_row(body)
+    if fast is None:
+        return
+    row, names = fast
+    general = parse_seldon_request(body)
+    assert general.positional is not None and general.count == 1
+    assert np.asarray(row, dtype=np.float64).tolist() == general.positional[0].tolist()
+    assert names == general.names
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        seldon_response([[1]]),
+        seldon_response([2], version=None),
+        seldon_response(["setosa"], version=""),
+        seldon_response([[1]], probabilities=[[0.25, 0.75]]),
+        seldon_response([[1]], probabilities=[[0.5, 1.5]]),
+        seldon_response([[1]], probabilities=[[0.5, "x"]]),
+        seldon_response([[1]], probabilities=[[0.5], [0.5]]),
+        seldon_response([[1], [2]]),
+        seldon_response([[1, 2]]),
+        {"data": {"ndarray": [[1]]}},
+        {"data": {"ndarray": [[1]]}, "meta": {"tags": "x"}},
+        {"data": {"tensor": {"shape": [1], "values": [1.5]}}},
+        {"status": {"status": "FAILURE", "code": 500}},
+    ],
+)
+def test_a_one_prediction_seldon_response_read_without_numpy_is_the_general_readers(body: Any) -> None:
+    fast = seldon_one_prediction(body)
+    if fast is None:
+        return
+    general = parse_seldon_response(body)
+    probabilities = None if general.probabilities is None else general.probabilities[0].tolist()
+    assert (fast.value, fast.model_version, fast.probabilities, fast.ignored) == (
+        general.values.tolist()[0],
+        general.model_version,
+        probabilities,
+        general.ignored,
+    )

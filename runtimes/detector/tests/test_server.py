@@ -217,6 +217,19 @@ def test_events_of_an_unregistered_service_are_accepted_and_counted(detector: De
     assert dropped(detector, "unknown_service") == before + 1
 
 
+def test_received_events_are_counted_by_type_and_exported_as_a_counter(detector: Detector) -> None:
+    def received(kind: str) -> float:
+        return value(detector, "modelloop_detector_events_total", type=kind) or 0.0
+
+    before = {kind: received(kind) for kind in ("request", "response")}
+    detector.send_pair("counted", {"instances": [[1, 2, 3, 4]]}, {"predictions": [0]}, service="nobody")
+    detector.post_event(inference_event("request", "counted-2", {"instances": []}, service="nobody"))
+    assert {kind: received(kind) - before[kind] for kind in before} == {"request": 2, "response": 1}
+    text = detector.client.get("/metrics").text
+    assert "# TYPE modelloop_detector_events_total counter" in text
+    assert re.search(r'^modelloop_detector_events_created\{type="request"\} \d', text, re.MULTILINE)
+
+
 def test_registration_is_idempotent_and_reports_each_version(detector: Detector, tmp_path: Path) -> None:
     good = write_reference(tmp_path, numeric_rows(80, seed=1))
     body = {

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from modelloop_contracts import Registration, VersionSpec
 
-from conftest import artifact_roots, numeric_rows, write_predictions, write_reference
+from conftest import FEATURES, artifact_roots, numeric_rows, write_predictions, write_reference
 from modelloop_detector.api import service_status
 from modelloop_detector.detectors import DetectorSettings
 from modelloop_detector.events import DropReason, EventRejected, InferenceEvent
@@ -258,3 +258,63 @@ def test_a_restarted_detector_reports_inconclusive_in_its_answers_and_metrics(ha
     assert value == 1.0 and labels["version"] == "3"
     state = service_status(restarted.service.service("ml", "iris"))["versions"]["3"]
     assert state["verdictState"] == "Inconclusive"
+
+
+def test_one_row_events_read_without_numpy_fill_the_window_as_the_general_reader_does(
+    tmp_path: Path,
+) -> None:
+    """The same rows, as numbers (read without numpy) and as text (which only numpy's conversion reads),
+    make the same window, row index and label joins, through the window's flushes."""
+    rows = numeric_rows(300, seed=4)
+    uri = write_reference(tmp_path, numeric_rows(60, seed=1))
+    windows = []
+    for as_text in (False, True):
+        running = Harness(tmp_path, window_rows=200)
+        running.register({"3": VersionSpec(uri)})
+        running.service.add_labels("ml", "iris", [("row-7", 1), ("row-250", 2)])
+        for index, row in enumerate(rows.tolist()):
+            running.clock.now += 0.25
+            values = [str(value) for value in row] if as_text else row
+            running.event("request", f"row-{index}", {"instances": [values]})
+            prediction: Any = index % 3 if index % 5 else str(index % 3)
+            assert running.event("response", f"row-{index}", {"predictions": [prediction]}) == 1
+        running.service.add_labels("ml", "iris", [("row-299", 0)])
+        state = running.service.service("ml", "iris")
+        version = state.versions["3"]
+        taken = version.window.rows()
+        windows.append(
+            (
+                len(version.window),
+                version.window.changes,
+                taken.ids,
+                taken.features.tolist(),
+                taken.predictions.tolist(),
+                taken.times.tolist(),
+                version.window.snapshot().predictions.tolist(),
+                list(state.row_index.items()),
+                version.feedback.labels_total,
+                version.feedback.accuracy(),
+            )
+        )
+    assert windows[0] == windows[1]
+    assert windows[0][0] == 200 and windows[0][8] == 3  # two labels waited for their rows, one came after
+
+
+def test_a_request_laid_out_for_a_version_since_replaced_by_another_width_is_a_feature_mismatch(
+    harness: Harness, tmp_path: Path
+) -> None:
+    harness.event("request", "a", {"instances": [ROW]})
+    wider = tmp_path / "wider"
+    wider.mkdir()
+    rows = np.column_stack([numeric_rows(60, seed=1), numeric_rows(60, seed=2)[:, 0]])
+    harness.register(
+        {
+            "3": VersionSpec(write_reference(wider, rows, [*FEATURES, "extra"]), endpoint="default"),
+            "4": VersionSpec(write_reference(tmp_path, numeric_rows(60, seed=1)), endpoint="canary"),
+        }
+    )
+    assert harness.event("response", "a", {"predictions": [0]}) == 0
+    assert harness.drops == {DropReason.FEATURE_MISMATCH: 1}
+    harness.event("request", "b", {"instances": [[*ROW, 1.0]]})
+    assert harness.event("response", "b", {"predictions": [0]}) == 1
+    assert harness.window("3") == ["b"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -119,3 +121,75 @@ def test_a_window_of_a_version_without_classes_keeps_no_probabilities() -> None:
     window = RowWindow(2, max_rows=5, max_seconds=60)
     add(window, 0, 3, now=0)
     assert window.snapshot().probabilities is None and window.snapshot().probability_rows() == 0
+
+
+def _observed(window: RowWindow) -> tuple[Any, ...]:
+    """Everything a window's owner can see of it."""
+    rows, snapshot = window.rows(), window.snapshot()
+    order = np.argsort(snapshot.features[:, 0], kind="stable")
+    probabilities = None
+    if snapshot.probabilities is not None:  # NaN (no probabilities) as -1: NaN equals nothing
+        probabilities = np.nan_to_num(snapshot.probabilities[order], nan=-1.0).tolist()
+    return (
+        len(window),
+        window.changes,
+        rows.ids,
+        rows.features.tolist(),
+        rows.predictions.tolist(),
+        rows.times.tolist(),
+        snapshot.rows,
+        snapshot.features[order].tolist(),
+        snapshot.predictions[order].tolist(),
+        probabilities,
+        window.probability_rows(),
+        window.predictions_by_id()[0],
+    )
+
+
+@pytest.mark.parametrize("max_rows", [1, 3, 7, 200])
+@pytest.mark.parametrize("classes", [0, 2])
+def test_rows_added_one_at_a_time_are_what_batches_of_one_make(max_rows: int, classes: int) -> None:
+    """append_row keeps rows waiting and writes them together: its length, evictions by count and age,
+    changes and every copy are those of appending each row at once, through every flush; and both keep
+    what a plain list of the last rows within the window's age keeps."""
+    rng = np.random.default_rng(max_rows + classes)
+    model: list[tuple[str, float]] = []  # (id, time), oldest first
+    waiting = RowWindow(2, max_rows=max_rows, max_seconds=10, classes=classes)
+    direct = RowWindow(2, max_rows=max_rows, max_seconds=10, classes=classes)
+    now = 0.0
+    for step in range(3 * RowWindow.FLUSH_ROWS + 17):
+        now += float(rng.choice([0.0, 0.05, 0.5, 3.0, 12.0], p=[0.3, 0.4, 0.2, 0.08, 0.02]))
+        features = [float(step), float(rng.normal())]
+        given = None
+        if classes and rng.random() < 0.7:
+            first = float(rng.random())
+            given = [first, 1.0 - first]
+        waiting.append_row(waiting.pack_row(*features), float(step % 3), step % 3, str(step), now, given)
+        direct.append(
+            np.array([features]),
+            np.array([float(step % 3)]),
+            np.array([step % 3], dtype=object),
+            [str(step)],
+            now,
+            None if given is None else np.array([given]),
+        )
+        model = [*model, (str(step), now)][-max_rows:]
+        assert len(waiting) == len(direct) == len(model)
+        if rng.random() < 0.3:
+            young = [(row_id, time) for row_id, time in model if time >= now - 10]
+            assert waiting.expire(now) == direct.expire(now) == len(model) - len(young)
+            model = young
+            assert len(waiting) == len(direct) and waiting.changes == direct.changes
+        if rng.random() < 0.02:
+            assert _observed(waiting) == _observed(direct)
+            assert waiting.ids() == [row_id for row_id, _ in model]
+    assert waiting.expire(now + 10.5) == direct.expire(now + 10.5) == len(model)
+    assert _observed(waiting) == _observed(direct)
+    assert len(waiting) == 0
+
+
+def test_a_row_of_another_width_is_refused_at_once() -> None:
+    window = RowWindow(3, max_rows=5, max_seconds=60)
+    with pytest.raises(ValueError, match="2 features; this window's have 3"):
+        window.append_row(np.array([1.0, 2.0]).tobytes(), 0.0, 0, "a", 0.0)
+    assert len(window) == 0

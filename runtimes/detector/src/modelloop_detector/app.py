@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
 from modelloop_contracts import ExportRequest, InvalidMessage, Registration
@@ -32,7 +32,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from modelloop_detector.api import parse_labels, reference_summary, service_status
 from modelloop_detector.auth import Authorizer, required_access
-from modelloop_detector.events import EVENT_KINDS, EventRejected, read_asgi_event
+from modelloop_detector.events import EventRejected, read_raw_event
 from modelloop_detector.export import ExportFailed, export_csv
 from modelloop_detector.limits import DNS_LABEL, FEATURE, NAME, RefusalReason, Refused, check_name
 from modelloop_detector.metrics import DetectorMetrics
@@ -48,6 +48,8 @@ Reply = tuple[int, bytes, bytes]
 
 JSON = b"application/json"
 ACCEPTED = (202, b'{"accepted":true}', JSON)
+# The headers of the answer to almost every event, made once.
+_ACCEPTED_HEADERS = ((b"content-type", JSON), (b"content-length", str(len(ACCEPTED[1])).encode()))
 
 
 def _json(status: int, body: Any) -> Reply:
@@ -68,21 +70,44 @@ class DetectorApp:
         self.service = service
         self.metrics = metrics
         self.authorizer = authorizer
-        self._received = {kind: metrics.events.labels(kind) for kind in EVENT_KINDS.values()}
+        self._received = metrics.events.counts
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return  # lifespan: nothing to set up or tear down
         headers: tuple[tuple[bytes, bytes], ...] = ()
         try:
-            status, payload, content_type = await self._route(scope, receive)
+            if scope["path"] == "/" and scope["method"] == "POST":  # ingestion: almost every request
+                raw = dict(scope["headers"])  # the last of a repeated header, as a loop would keep
+                limit = self.service.limits.max_body_bytes
+                _check_length(raw, limit)
+                message = await receive()
+                body = message.get("body", b"")
+                if message.get("more_body") or len(body) > limit:
+                    body = await _read_rest(body, message, receive, limit)
+                try:
+                    event = read_raw_event(raw, body)
+                    self._received[event.kind] += 1
+                    self.service.ingest(event, len(body))
+                    reply = ACCEPTED
+                except EventRejected as exc:
+                    self.metrics.count_drop(exc.reason)
+                    reply = _error(400, str(exc))
+            else:
+                reply = await self._route(scope, receive)
         except Refused as exc:
             self.metrics.count_refusal(exc.reason)
-            status, payload, content_type = _error(exc.status, str(exc))
+            reply = _error(exc.status, str(exc))
             headers = exc.headers
         except Exception as exc:  # a bug must answer 500, not kill the connection
             logger.exception("%s %s failed", scope["method"], scope["path"])
-            status, payload, content_type = _error(500, f"internal error ({type(exc).__name__})")
+            reply = _error(500, f"internal error ({type(exc).__name__})")
+        if reply is ACCEPTED:  # most answers: their headers made once
+            start = {"type": "http.response.start", "status": 202, "headers": list(_ACCEPTED_HEADERS)}
+            await send(start)
+            await send({"type": "http.response.body", "body": ACCEPTED[1]})
+            return
+        status, payload, content_type = reply
         await send(
             {
                 "type": "http.response.start",
@@ -96,36 +121,19 @@ class DetectorApp:
         )
         await send({"type": "http.response.body", "body": payload})
 
-    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
-        """The request's body, refused (413) past the limit, whether or not it says its length."""
+    async def _read_body(self, headers: Mapping[bytes, bytes], receive: Receive) -> bytes:
+        """The request's body (``headers``: its raw headers by name), refused (413) past the limit, whether
+        or not it says its length."""
         limit = self.service.limits.max_body_bytes
-        too_large = Refused(
-            RefusalReason.BODY_TOO_LARGE,
-            f"the request body is larger than {limit} bytes (MODELLOOP_DETECTOR_MAX_BODY_BYTES)",
-            413,
-        )
-        for name, value in scope["headers"]:
-            if name == b"content-length" and value.isdigit() and int(value) > limit:
-                raise too_large
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise too_large
-            chunks.append(chunk)
-            if not message.get("more_body"):
-                return b"".join(chunks)
+        _check_length(headers, limit)
+        message = await receive()
+        return await _read_rest(message.get("body", b""), message, receive, limit)
 
     async def _route(self, scope: Scope, receive: Receive) -> Reply:
         method, path = scope["method"], scope["path"]
-        if path == "/":
-            body = await self._read_body(scope, receive)
-            if method != "POST":
-                return _error(405, "POST inference CloudEvents to /")
-            return self._ingest(scope, body)
+        if path == "/":  # not a POST: that is __call__'s
+            await self._read_body(dict(scope["headers"]), receive)
+            return _error(405, "POST inference CloudEvents to /")
         if path == "/healthz":
             return 200, b'{"status":"ok"}', JSON
         if path == "/metrics":
@@ -144,7 +152,7 @@ class DetectorApp:
             check_name("the path's service", name, DNS_LABEL, limit)
             # Before the body is read: a caller without the right reads nothing and makes nothing be held.
             await self.authorizer.check(scope["headers"], access)
-        body = await self._read_body(scope, receive)
+        body = await self._read_body(dict(scope["headers"]), receive)
         try:
             if resource == "services":
                 return await self._services(method, namespace, name, body)
@@ -163,16 +171,6 @@ class DetectorApp:
         return _error(
             404 if resource not in ("services", "feedback", "export") else 405, f"no {method} {path}"
         )
-
-    def _ingest(self, scope: Scope, body: bytes) -> Reply:
-        try:
-            event = read_asgi_event(scope["headers"], body)
-            self._received[event.kind].inc()
-            self.service.ingest(event, len(body))
-        except EventRejected as exc:
-            self.metrics.count_drop(exc.reason)
-            return _error(400, str(exc))
-        return ACCEPTED
 
     async def _services(self, method: str, namespace: str, name: str, body: bytes) -> Reply:
         if method == "PUT":
@@ -214,6 +212,40 @@ class DetectorApp:
         except ExportFailed as exc:
             return _error(422, str(exc))
         return _json(200, table.to_json())
+
+
+def _check_length(headers: Mapping[bytes, bytes], limit: int) -> None:
+    """Refuse a body that says it is larger than ``limit`` before reading it."""
+    length = headers.get(b"content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise _too_large(limit)
+
+
+async def _read_rest(first: bytes, message: Message, receive: Receive, limit: int) -> bytes:
+    """The body that starts with ``first``, the body of ``message``, refused past ``limit``."""
+    if len(first) > limit:
+        raise _too_large(limit)
+    if not message.get("more_body"):
+        return first  # the whole body at once: what a server gives for a small one
+    chunks = [first]
+    size = len(first)
+    while True:
+        message = await receive()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+def _too_large(limit: int) -> Refused:
+    return Refused(
+        RefusalReason.BODY_TOO_LARGE,
+        f"the request body is larger than {limit} bytes (MODELLOOP_DETECTOR_MAX_BODY_BYTES)",
+        413,
+    )
 
 
 def _load(body: bytes) -> Any:

@@ -38,6 +38,9 @@ class LabelBook:
     def __len__(self) -> int:
         return len(self._labels)
 
+    def __bool__(self) -> bool:
+        return bool(self._labels)
+
     def get(self, row_id: str) -> Label | None:
         """The label of ``row_id``, if one arrived."""
         return self._labels.get(row_id)

@@ -1,11 +1,15 @@
 """The detector's Prometheus metrics, in a registry of its own.
 
-Event counters and the verdict-time histogram are ordinary metrics; the per-version gauges are
-read from :class:`DriftService` at scrape time, so a forgotten version's series disappear with it.
+The counters of dropped events, refusals and ignored probabilities and the verdict-time histogram are
+ordinary metrics. The received-events counter, counted at every event, is a plain int per type that
+the HTTP application adds to and :class:`ReceivedEvents` exports at scrape time (a prometheus_client
+counter takes a lock at each increment). The per-version gauges are read from :class:`DriftService` at
+scrape time, so a forgotten version's series disappear with it.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -13,7 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from modelloop_detector.detectors import Verdict
-from modelloop_detector.events import DropReason
+from modelloop_detector.events import EVENT_KINDS, DropReason, EventKind
 from modelloop_detector.limits import RefusalReason
 from modelloop_detector.payloads import ProbabilitiesIgnored
 from modelloop_detector.service import DriftService
@@ -27,12 +31,8 @@ class DetectorMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.events = Counter(
-            "modelloop_detector_events",
-            "Inference CloudEvents received, by type (request|response).",
-            ["type"],
-            registry=self.registry,
-        )
+        self.events = ReceivedEvents()
+        self.registry.register(self.events)
         self.dropped = Counter(
             "modelloop_detector_events_dropped",
             "Inference CloudEvents that did not become window rows, by reason.",
@@ -60,8 +60,6 @@ class DetectorMetrics:
             buckets=VERDICT_SECONDS_BUCKETS,
             registry=self.registry,
         )
-        for kind in ("request", "response"):
-            self.events.labels(kind)
         for reason in DropReason:
             self.dropped.labels(reason.value)
         for refusal in RefusalReason:
@@ -88,6 +86,28 @@ class DetectorMetrics:
     def observe_verdict(self, verdict: Verdict, seconds: float) -> None:
         """Record how long a verdict took."""
         self.verdict_seconds.labels(verdict.detector).observe(seconds)
+
+
+class ReceivedEvents(Collector):
+    """``modelloop_detector_events_total{type}``: :attr:`counts`, one int per event kind, exported at
+    scrape time. Only the HTTP application adds to them, from its event loop's one thread: ``+= 1``
+    on a dict entry, the cheapest count there is, needs no lock with a single writer."""
+
+    NAME = "modelloop_detector_events"
+    HELP = "Inference CloudEvents received, by type (request|response)."
+
+    def __init__(self) -> None:
+        self.counts: dict[EventKind, int] = dict.fromkeys(EVENT_KINDS.values(), 0)
+        self._created = time.time()
+
+    def describe(self) -> Iterable[Metric]:
+        return [CounterMetricFamily(self.NAME, self.HELP, labels=["type"])]
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self.NAME, self.HELP, labels=["type"])
+        for kind, count in list(self.counts.items()):
+            family.add_metric([kind], count, created=self._created)
+        yield family
 
 
 class DriftCollector(Collector):

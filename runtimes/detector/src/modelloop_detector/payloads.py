@@ -7,6 +7,11 @@ may carry its class probabilities beside its predictions (``modelloop_contracts.
 V1 response's key, a V2 response's output): they are kept when they are one row of probabilities per
 prediction, else ignored (:class:`ProbabilitiesIgnored` says why) while the predictions still count.
 Seldon's messages are :mod:`~modelloop_detector.seldon`'s.
+
+What the loggers send most, one row and its one prediction, is also read without numpy
+(:func:`request_row`, :func:`one_prediction`): a numpy call costs more than the whole of such a body.
+Each of them reads exactly what the general functions read from such a body, and answers None for
+anything else, which the general functions then read (and refuse, with their messages).
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -154,6 +159,10 @@ class CategoryCodes:
             self._codes[key] = code
             self._values.append(value.item() if isinstance(value, np.generic) else value)
         return float(code)
+
+    def code(self, value: Any) -> float:
+        """The code of ``value`` (a new one for a value not seen yet, within the limit)."""
+        return self._code(value)
 
     def encode(self, values: npt.NDArray[Any]) -> FloatArray:
         """The codes of ``values``."""
@@ -377,3 +386,175 @@ def response_values(values: Any, what: str) -> ObjectArray:
     array = np.empty(len(flat), dtype=object)
     array[:] = flat
     return array
+
+
+# --- one row, without numpy ---------------------------------------------------------------------
+
+_FLOATS = frozenset({float})
+_NUMBERS = frozenset({float, int})
+
+
+def float_row(values: Any) -> list[float] | None:
+    """``values`` when it is a non-empty list of numbers (JSON's floats, or whole numbers, made floats),
+    as ``np.asarray(values, dtype=np.float64)`` reads them; None for anything else (booleans, text,
+    lists, numbers too large for a float...)."""
+    if type(values) is not list or not values:
+        return None
+    if _FLOATS.issuperset(map(type, values)):
+        return values
+    if not _NUMBERS.issuperset(map(type, values)):
+        return None
+    try:
+        return [float(value) for value in values]
+    except OverflowError:
+        return None
+
+
+def one_row(rows: Any) -> list[Any] | None:
+    """The row of a list of exactly one row (a non-empty list), else None. Its values are not checked:
+    whoever reads them as numbers does (:func:`float_row`, or the window's packing)."""
+    if type(rows) is not list or len(rows) != 1:
+        return None
+    row = rows[0]
+    return row if type(row) is list and row else None
+
+
+def request_row(body: Any) -> list[Any] | None:
+    """The one row of a request of one row, as :func:`parse_request` lays it out: V1's ``instances`` (or
+    ``inputs`` rows), or V2's one numeric input tensor of shape ``[1, d]``; else None. Its values are not
+    checked (:func:`one_row`): where they are all numbers (or booleans), :func:`parse_request` reads them
+    as a ``(1, d)`` float array of the same values."""
+    if type(body) is not dict:
+        return None
+    if "instances" in body:
+        return one_row(body["instances"])
+    inputs = body.get("inputs")
+    if type(inputs) is not list or len(inputs) != 1:
+        return None
+    tensor = inputs[0]
+    if not _is_v2_tensor(tensor):
+        return one_row(inputs)
+    return _tensor_row(tensor)
+
+
+def _tensor_row(tensor: dict[str, Any]) -> list[Any] | None:
+    """The row of a numeric V2 tensor of shape ``[1, d]`` (its data flat or nested), else None; its values
+    not checked (:func:`one_row`)."""
+    shape, data = tensor["shape"], tensor["data"]
+    if (
+        type(shape) is not list
+        or len(shape) != 2
+        or type(shape[0]) is not int
+        or shape[0] != 1
+        or type(shape[1]) is not int
+        or type(data) is not list
+        or not data
+        or str(tensor.get("datatype", "")).upper() == "BYTES"
+    ):
+        return None
+    row = one_row(data) if len(data) == 1 and type(data[0]) is list else data
+    return row if row is not None and len(row) == shape[1] else None
+
+
+class OnePrediction(NamedTuple):
+    """A response of one prediction, read without numpy: what :class:`ResponsePredictions` says of it, its
+    probabilities (where used) one row of floats."""
+
+    value: Any
+    model_version: str | None
+    probabilities: list[float] | None = None
+    ignored: ProbabilitiesIgnored | None = None
+
+
+def one_prediction(body: Any) -> OnePrediction | None:
+    """A V1 response of one prediction (``{"predictions": [x]}``, with ``probabilities`` and
+    ``model_version`` where given) or a V2 one (an output of shape ``[1]`` or ``[1, 1]``), as
+    :func:`parse_response` reads it; else None."""
+    if type(body) is not dict:
+        return None
+    if "predictions" in body:
+        value = one_value(body["predictions"])
+        if value is NOT_ONE:
+            return None
+        given = body.get(PROBABILITIES_KEY)
+    else:
+        outputs = body.get("outputs")
+        if type(outputs) is not list or not outputs:
+            return None
+        output = outputs[0]
+        if not _is_v2_tensor(output) or output["shape"] not in _ONE_VALUE_SHAPES:
+            return None
+        shape = output["shape"]
+        if not all(type(size) is int for size in shape):
+            return None
+        value = one_value(output["data"])
+        if value is NOT_ONE:
+            return None
+        given = next(
+            (
+                item
+                for item in outputs[1:]
+                if isinstance(item, dict) and item.get("name") == PROBABILITIES_KEY
+            ),
+            None,
+        )
+        if given is not None:
+            given = _v2_probability_rows(given)
+            if given is None:
+                return None
+    version = body.get("model_version")
+    model_version = None if version is None or version == "" else str(version)
+    if given is None:
+        return _new(OnePrediction, (value, model_version, None, None))
+    read = probability_row(given)
+    if read is None:
+        return None
+    return _new(OnePrediction, (value, model_version, *read))
+
+
+# A named tuple made with every field, without its __new__ (a Python function): half the cost, per event.
+_new = tuple.__new__
+
+
+NOT_ONE: Any = object()
+"""What :func:`one_value` answers for values that are not one prediction."""
+_ONE_VALUE_SHAPES = ([1], [1, 1])
+
+
+def one_value(values: Any) -> Any:
+    """The one prediction of a list of one (``[x]`` or ``[[x]]``, as :func:`response_values` reads
+    them), or a marker that it is not that."""
+    if type(values) is not list or len(values) != 1:
+        return NOT_ONE
+    value = values[0]
+    if type(value) is list and len(value) == 1:
+        value = value[0]
+    if isinstance(value, (list, dict)):  # a tuple: half the time of a union, on the hot path
+        return NOT_ONE
+    return value
+
+
+def _v2_probability_rows(output: Any) -> list[Any] | None:
+    """A V2 ``probabilities`` output of shape ``[1, k]`` as one row in a list, else None (its values are
+    checked by :func:`probability_row`)."""
+    if not _is_v2_tensor(output):
+        return None
+    row = _tensor_row(output)
+    return None if row is None else [row]
+
+
+def probability_row(given: Any) -> tuple[list[float] | None, ProbabilitiesIgnored | None] | None:
+    """:func:`read_probabilities` of one row given as ``[[p, ...]]`` of numbers, as a list; None when
+    ``given`` is not that."""
+    if type(given) is not list or len(given) != 1:
+        return None
+    row = float_row(given[0])
+    if row is None:
+        return None
+    low, high = min(row), max(row)
+    total = sum(row)  # NaN if a value is: min and max alone may miss one
+    if total != total or low < -PROBABILITY_TOLERANCE or high > 1.0 + PROBABILITY_TOLERANCE:
+        return None, ProbabilitiesIgnored.RANGE
+    if low < 0.0 or high > 1.0:
+        row = [0.0 if value < 0.0 else 1.0 if value > 1.0 else value for value in row]
+    return row, None

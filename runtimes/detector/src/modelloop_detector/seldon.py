@@ -36,10 +36,15 @@ import numpy as np
 from modelloop_contracts import PROBABILITIES_KEY
 
 from modelloop_detector.payloads import (
+    NOT_ONE,
+    OnePrediction,
     PayloadError,
     RequestRows,
     ResponsePredictions,
+    one_row,
+    one_value,
     parse_rows,
+    probability_row,
     read_probabilities,
     response_values,
 )
@@ -106,6 +111,52 @@ def parse_seldon_response(body: Any) -> ResponsePredictions:
         return ResponsePredictions(values=values, model_version=model_version)
     probabilities, ignored = read_probabilities(given, len(values))
     return ResponsePredictions(values, model_version, probabilities, ignored)
+
+
+def seldon_request_row(body: Any) -> tuple[list[Any], tuple[str, ...] | None] | None:
+    """The one row of a SeldonMessage request of one row in ``data.ndarray``, and the names of its columns
+    (``data.names``, None without), as :func:`parse_seldon_request` lays them out; else None. Its values
+    are not checked (:func:`~modelloop_detector.payloads.one_row`)."""
+    if type(body) is not dict:
+        return None
+    data = body.get("data")
+    if type(data) is not dict or "ndarray" not in data:
+        return None
+    row = one_row(data["ndarray"])
+    if row is None:
+        return None
+    names = data.get("names")
+    if not names:
+        return row, None
+    if type(names) is not list or len(names) != len(row) or not all(type(name) is str for name in names):
+        return None
+    return row, tuple(names)
+
+
+def seldon_one_prediction(body: Any) -> OnePrediction | None:
+    """A SeldonMessage response of one prediction in ``data.ndarray``, its version and probabilities from
+    ``meta.tags``, as :func:`parse_seldon_response` reads it; else None."""
+    if type(body) is not dict:
+        return None
+    data = body.get("data")
+    if type(data) is not dict or "ndarray" not in data:
+        return None
+    value = one_value(data["ndarray"])
+    if value is NOT_ONE:
+        return None
+    meta = body.get("meta")
+    tags = meta.get("tags") if isinstance(meta, dict) else None
+    if not isinstance(tags, dict):
+        return OnePrediction(value, None)
+    version = tags.get(VERSION_TAG)
+    model_version = None if version is None or version == "" else str(version)
+    given = tags.get(PROBABILITIES_KEY)
+    if given is None:
+        return OnePrediction(value, model_version)
+    read = probability_row(given)
+    if read is None:
+        return None
+    return OnePrediction(value, model_version, *read)
 
 
 def _data(body: Any, what: str) -> dict[str, Any]:

@@ -25,12 +25,14 @@ which its answers and metrics say, so that a restart never passes silently for "
 from __future__ import annotations
 
 import logging
+import struct
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from types import MappingProxyType
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 from modelloop_contracts import Registration, VersionSpec
@@ -59,15 +61,22 @@ from modelloop_detector.payloads import (
     CategoryCodes,
     FloatArray,
     ObjectArray,
+    OnePrediction,
     PayloadError,
     ProbabilitiesIgnored,
-    RequestRows,
     ResponsePredictions,
+    one_prediction,
     parse_request,
     parse_response,
+    request_row,
 )
 from modelloop_detector.reference import Reference, ReferenceError, load_reference
-from modelloop_detector.seldon import parse_seldon_request, parse_seldon_response
+from modelloop_detector.seldon import (
+    parse_seldon_request,
+    parse_seldon_response,
+    seldon_one_prediction,
+    seldon_request_row,
+)
 from modelloop_detector.tenancy import Tenancy
 from modelloop_detector.window import RowWindow, WindowRows, WindowSnapshot
 
@@ -151,6 +160,9 @@ class VersionState:
     complete: bool = False
     """Whether the window has been full once since: before, its verdicts are inconclusive."""
     appended: int = 0
+    row_width: int = field(init=False)
+    """How many numbers a request's row read without numpy has for this version: its features', 0 when
+    it has categorical ones (their values need the reference's codes)."""
     # The evaluation loops were told that this window is due and have not judged it since: ingestion
     # tells them once, not at every row.
     woken: bool = False
@@ -163,6 +175,9 @@ class VersionState:
     marks: dict[LoopKind, EvaluationMark] = field(
         default_factory=lambda: {"fast": EvaluationMark(), "mmd": EvaluationMark()}
     )
+
+    def __post_init__(self) -> None:
+        self.row_width = 0 if self.reference.categorical else self.reference.width
 
     def update_complete(self, now: float, settings: WindowSettings) -> bool:
         """Mark the window complete once it has held ``window_rows`` rows, or has spanned
@@ -182,6 +197,16 @@ class VersionState:
             return values.astype(np.float64)
         except (TypeError, ValueError):
             return np.full(len(values), np.nan)
+
+    def encode_prediction(self, value: Any) -> float:
+        """One prediction as :meth:`encode_predictions` encodes it (numpy's cast of an object to a float is
+        ``float()``, but for None, which it makes NaN as this does)."""
+        if self.prediction_codes is not None:
+            return self.prediction_codes.code(value)
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            return np.nan
 
 
 @dataclass
@@ -209,22 +234,23 @@ class ServiceState:
         return None
 
 
-@dataclass(frozen=True)
-class PendingRequest:
-    """A parsed request waiting for its response: its rows laid out for each version they fit."""
+class PendingRequest(NamedTuple):
+    """A parsed request waiting for its response: its ``rows`` rows laid out for each version they fit
+    (an ``(n, width)`` array; for a request of one row read without numpy, its numbers packed as the
+    version's window keeps them, :attr:`~modelloop_detector.window.RowWindow.pack_row`)."""
 
     event: InferenceEvent
-    rows: RequestRows
-    matrices: dict[str, FloatArray]
-    errors: dict[str, str]
+    rows: int
+    matrices: dict[str, FloatArray | bytes]
+    errors: Mapping[str, str]
 
 
-@dataclass(frozen=True)
-class PendingResponse:
-    """A parsed response waiting for its request."""
+class PendingResponse(NamedTuple):
+    """A parsed response waiting for its request (a response of one prediction read without numpy: a
+    :class:`OnePrediction`)."""
 
     event: InferenceEvent
-    predictions: ResponsePredictions
+    predictions: ResponsePredictions | OnePrediction
 
 
 @dataclass(frozen=True)
@@ -289,6 +315,7 @@ class DriftService:
         )
         self._pairing_lock = threading.Lock()
         self._wakers: list[Callable[[], None]] = []
+        self._max_ids = window.max_ids
 
     def check_namespace(self, namespace: str) -> None:
         """Refuse (:class:`Refused`, 403) a namespace this detector does not serve. Every method that
@@ -509,7 +536,9 @@ class DriftService:
         completed (0 while its other half is awaited, or when it was dropped). Malformed bodies raise
         :class:`EventRejected`; an event of a namespace this detector does not serve, or with an id longer
         than the limit, :class:`Refused`, before anything of it is kept."""
-        self.check_namespace(event.namespace)
+        tenancy = self.tenancy
+        if tenancy.namespace:
+            tenancy.check(event.namespace)
         if len(event.id) > self.limits.max_id_length:
             raise Refused(
                 RefusalReason.ID_TOO_LONG,
@@ -523,13 +552,16 @@ class DriftService:
         half: PendingRequest | PendingResponse
         try:
             if event.kind == "request":
-                half = self._read_request(state, event)
+                rows = _one_row(state, event)
+                if rows is None:
+                    half = self._read_request(state, event)
+                else:
+                    half = _new(PendingRequest, (event, 1, rows, _NO_ERRORS))
             else:
-                seldon = event.protocol == "seldon"
-                predictions = parse_seldon_response(event.body) if seldon else parse_response(event.body)
+                predictions = _read_response(event)
+                half = _new(PendingResponse, (event, predictions))
                 if predictions.ignored is not None:
                     self._on_ignore(predictions.ignored)
-                half = PendingResponse(event, predictions)
         except PayloadError as exc:
             raise EventRejected(DropReason.INVALID_PAYLOAD, f"{event.kind} {event.id}: {exc}") from None
         now = self.clock()
@@ -553,7 +585,7 @@ class DriftService:
 
     def _read_request(self, state: ServiceState, event: InferenceEvent) -> PendingRequest:
         rows = parse_seldon_request(event.body) if event.protocol == "seldon" else parse_request(event.body)
-        matrices: dict[str, FloatArray] = {}
+        matrices: dict[str, FloatArray | bytes] = {}
         errors: dict[str, str] = {}
         by_layout: dict[int, FloatArray | str] = {}
         for name, version in list(state.versions.items()):
@@ -573,46 +605,38 @@ class DriftService:
         if not matrices and errors:
             message = next(iter(errors.values()))
             raise EventRejected(DropReason.FEATURE_MISMATCH, f"request {event.id}: {message}")
-        return PendingRequest(event, rows, matrices, errors)
+        return PendingRequest(event, rows.count, matrices, errors)
 
     def _append(
         self, state: ServiceState, request: PendingRequest, response: PendingResponse, now: float
     ) -> int:
         predictions = response.predictions
+        count = request.rows
         ignored = False
         with state.lock:
             version = state.version_for(predictions.model_version, response.event.endpoint)
             if version is None:
                 drop = DropReason.UNKNOWN_VERSION
-            elif len(predictions.values) != request.rows.count:
+            elif (1 if isinstance(predictions, OnePrediction) else len(predictions.values)) != count:
                 drop = DropReason.INVALID_PAYLOAD
-            elif version.name not in request.matrices:
+            elif not _fits(request.matrices.get(version.name), version.window):
+                # Laid out for none of this name's (or for one that a registration replaced since).
                 drop = DropReason.FEATURE_MISMATCH
             else:
-                features = request.matrices[version.name]
-                count = len(features)
-                event_id = request.event.id
-                ids = [event_id] if count == 1 else [f"{event_id}/{index}" for index in range(count)]
+                drop = None
                 window = version.window
-                probabilities = predictions.probabilities if window.classes else None
-                if probabilities is not None and probabilities.shape[1] != window.classes:
-                    probabilities, ignored = None, True
                 window.expire(now)
-                window.append(
-                    features,
-                    version.encode_predictions(predictions.values),
-                    predictions.values,
-                    ids,
-                    now,
-                    probabilities,
-                )
+                if count == 1:
+                    ignored = self._append_row(state, version, request, predictions, now)
+                else:
+                    assert isinstance(predictions, ResponsePredictions)
+                    ignored = self._append_rows(state, version, request, predictions, now)
                 version.appended += count
-                version.update_complete(now, self.window_settings)
-                self._index_rows(state, version, ids, predictions.values)
+                if not version.complete:
+                    version.update_complete(now, self.window_settings)
                 due = not version.woken and self._rows_due(version)
                 if due:
                     version.woken = True
-                drop = None
         if drop is not None:
             logger.debug("%s/%s event %s dropped: %s", state.namespace, state.name, request.event.id, drop)
             self._on_drop(drop, 1)
@@ -623,27 +647,95 @@ class DriftService:
             self.wake()
         return count
 
-    def _index_rows(
-        self, state: ServiceState, version: VersionState, ids: list[str], predictions: ObjectArray
-    ) -> None:
-        index, labels = state.row_index, state.labels
-        for row_id, prediction in zip(ids, predictions.tolist(), strict=True):
-            index[row_id] = (version.name, prediction)
-            label = labels.get(row_id)
+    def _append_row(
+        self,
+        state: ServiceState,
+        version: VersionState,
+        request: PendingRequest,
+        predictions: ResponsePredictions | OnePrediction,
+        now: float,
+    ) -> bool:
+        """Append a pair of one row (read with numpy or without) to the window and the row index; whether
+        its probabilities were ignored for their number of classes. The caller holds the lock."""
+        features = request.matrices[version.name]
+        row = features if isinstance(features, bytes) else features[0].tobytes()
+        given: Sequence[float] | None
+        if isinstance(predictions, OnePrediction):
+            value, given = predictions.value, predictions.probabilities
+        else:
+            value = predictions.values[0]
+            given = None if predictions.probabilities is None else predictions.probabilities[0]
+        window = version.window
+        ignored = False
+        if not window.classes:
+            given = None
+        elif given is not None and len(given) != window.classes:
+            given, ignored = None, True
+        row_id = request.event.id
+        window.append_row(row, version.encode_prediction(value), value, row_id, now, given)
+        # _index_row's, inline: once per row
+        index = state.row_index
+        index[row_id] = (version.name, value)
+        if state.labels:
+            label = state.labels.get(row_id)
             if label is not None and label.version is None:
                 label.version = version.name
-                version.feedback.add(prediction, label.value)
-        while len(index) > self.window_settings.max_ids:
+                version.feedback.add(value, label.value)
+        if len(index) > self._max_ids:
+            index.popitem(last=False)
+        return ignored
+
+    def _append_rows(
+        self,
+        state: ServiceState,
+        version: VersionState,
+        request: PendingRequest,
+        predictions: ResponsePredictions,
+        now: float,
+    ) -> bool:
+        """Append a pair of several rows; as :meth:`_append_row`."""
+        features = request.matrices[version.name]
+        assert not isinstance(features, bytes)
+        count = len(features)
+        event_id = request.event.id
+        ids = [f"{event_id}/{index}" for index in range(count)]
+        window = version.window
+        probabilities = predictions.probabilities if window.classes else None
+        ignored = False
+        if probabilities is not None and probabilities.shape[1] != window.classes:
+            probabilities, ignored = None, True
+        window.append(
+            features,
+            version.encode_predictions(predictions.values),
+            predictions.values,
+            ids,
+            now,
+            probabilities,
+        )
+        for row_id, prediction in zip(ids, predictions.values.tolist(), strict=True):
+            self._index_row(state, version, row_id, prediction)
+        return ignored
+
+    def _index_row(self, state: ServiceState, version: VersionState, row_id: str, prediction: Any) -> None:
+        """Remember which version predicted what for ``row_id``, to join its label; join a label that
+        waited for it."""
+        index = state.row_index
+        index[row_id] = (version.name, prediction)
+        label = state.labels.get(row_id)
+        if label is not None and label.version is None:
+            label.version = version.name
+            version.feedback.add(prediction, label.value)
+        while len(index) > self._max_ids:
             index.popitem(last=False)
 
     def _rows_due(self, version: VersionState) -> bool:
         settings = self.window_settings
         if len(version.window) < settings.min_rows:
             return False
-        return any(
-            mark.changes < 0 or version.appended - mark.appended >= settings.evaluate_every_rows
-            for mark in version.marks.values()
-        )
+        for mark in version.marks.values():
+            if mark.changes < 0 or version.appended - mark.appended >= settings.evaluate_every_rows:
+                return True
+        return False
 
     def expire(self) -> None:
         """Expire old rows, unpaired halves and pending labels (called by the evaluation timer)."""
@@ -823,6 +915,64 @@ class DriftService:
             raise NothingToExport(f"service {namespace}/{name} has no rows in its window to export")
         labelled = sum(value is not None for value in columns[target])
         return Export(features=features, target_column=target, columns=columns, rows=count, labelled=labelled)
+
+
+def _one_row(state: ServiceState, event: InferenceEvent) -> dict[str, FloatArray | bytes] | None:
+    """A request of one row of numbers, read without numpy, laid out for every version: its numbers as
+    they are (packed as the versions' windows keep them) for versions without categorical features whose
+    reference has as many, in the same order where the request names them; None where it is anything
+    else, for :func:`parse_request` to read."""
+    row: list[Any] | None
+    names: tuple[str, ...] | None
+    if event.protocol == "seldon":
+        read = seldon_request_row(event.body)
+        if read is None:
+            return None
+        row, names = read
+    else:
+        row, names = request_row(event.body), None
+        if row is None:
+            return None
+    # A registration replaces the dict, never changes it: this one can be read without the lock.
+    versions = state.versions
+    width = len(row)
+    packed = b""
+    for version in versions.values():
+        if version.row_width != width:
+            return None
+        if names is not None and width > 1 and names != version.reference.features:
+            return None
+        if not packed:
+            # Checks that the values are numbers (or booleans), as numpy's float conversion would: any
+            # other (text, None...) goes to parse_request, which converts or refuses it.
+            try:
+                packed = version.window.pack_row(*row)
+            except (struct.error, OverflowError):
+                return None
+    return dict.fromkeys(versions, packed)
+
+
+# A named tuple made with every field, without its __new__ (a Python function): half the cost, per event.
+_new = tuple.__new__
+_NO_ERRORS: Mapping[str, str] = MappingProxyType({})
+
+
+def _fits(features: FloatArray | bytes | None, window: RowWindow) -> bool:
+    """Whether a request's rows laid out for a version (one packed row, or an array) fit its window."""
+    if features is None:
+        return False
+    if isinstance(features, bytes):
+        return len(features) == window.packed_size
+    return int(features.shape[1]) == window.width
+
+
+def _read_response(event: InferenceEvent) -> ResponsePredictions | OnePrediction:
+    """A response's predictions: one read without numpy where it is one, else all of them."""
+    if event.protocol == "seldon":
+        one = seldon_one_prediction(event.body)
+        return parse_seldon_response(event.body) if one is None else one
+    one = one_prediction(event.body)
+    return parse_response(event.body) if one is None else one
 
 
 def _label_value(label: Any) -> Any:
