@@ -325,14 +325,7 @@ def parse_response(body: Any) -> ResponsePredictions:
         values = response_values(output["data"], f"output {output.get('name')!r}")
         if len(values) != shape[0]:
             raise PayloadError(f"output {output.get('name')!r} has {len(values)} values for shape {shape}")
-        given = next(
-            (
-                item
-                for item in outputs[1:]
-                if isinstance(item, dict) and item.get("name") == PROBABILITIES_KEY
-            ),
-            None,
-        )
+        given = _probabilities_output(outputs)
         if given is not None:
             given = _v2_probabilities(given)
     else:
@@ -490,14 +483,7 @@ def one_prediction(body: Any) -> OnePrediction | None:
         value = one_value(output["data"])
         if value is NOT_ONE:
             return None
-        given = next(
-            (
-                item
-                for item in outputs[1:]
-                if isinstance(item, dict) and item.get("name") == PROBABILITIES_KEY
-            ),
-            None,
-        )
+        given = _probabilities_output(outputs)
         if given is not None:
             given = _v2_probability_rows(given)
             if given is None:
@@ -558,3 +544,11 @@ def probability_row(given: Any) -> tuple[list[float] | None, ProbabilitiesIgnore
     if low < 0.0 or high > 1.0:
         row = [0.0 if value < 0.0 else 1.0 if value > 1.0 else value for value in row]
     return row, None
+
+
+def _probabilities_output(outputs: list[Any]) -> Any:
+    """A V2 response's output named ``probabilities`` after its first, if there is one."""
+    return next(
+        (item for item in outputs[1:] if isinstance(item, dict) and item.get("name") == PROBABILITIES_KEY),
+        None,
+    )
