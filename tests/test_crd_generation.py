@@ -190,7 +190,7 @@ def test_status_has_phase_observed_generation_and_conditions_keyed_by_type(info:
 @pytest.mark.parametrize(
     ("info", "columns"),
     [
-        (KINDS[0], ["Phase", "Model", "GPUs", "Metric", "Job", "Age"]),
+        (KINDS[0], ["Phase", "Model", "GPUs", "Metric", "Nodes", "Engine", "Job", "Age"]),
         (KINDS[1], ["Model", "Version", "Metric", "Validated", "Stage", "Age"]),
         (KINDS[2], ["Champion", "Latest", "Versions", "Keep", "Age"]),
         (KINDS[3], ["Model", "Stable", "Canary", "Traffic", "Step", "Phase", "Backend", "URL", "Age"]),
@@ -219,6 +219,7 @@ def test_cel_rules_sit_where_the_rules_apply() -> None:
         ".spec.tolerations[]",
         ".spec.sweep",
         ".spec.sweep.space{}",
+        ".spec.distributed",
     }
     assert training[".spec"] == ["self == oldSelf"]
     assert "gpuProduct" in training[".spec.resources"][0]

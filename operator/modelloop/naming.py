@@ -17,6 +17,10 @@ LABEL_MODEL = f"{GROUP}/model"
 LABEL_TRIAL = f"{GROUP}/trial"
 LABEL_STAGE = f"{GROUP}/stage"
 LABEL_DRIFT_POLICY = f"{GROUP}/drift-policy"
+# On a distributed run's Job or TrainJob and on their pods: which attempt of the gang they are, and (pods)
+# which Job or TrainJob they belong to.
+LABEL_ATTEMPT = f"{GROUP}/attempt"
+LABEL_GANG = f"{GROUP}/gang"
 # On the objects a serving backend owns: the InferenceService they serve, and (Seldon's predictors) the
 # model version a predictor serves.
 LABEL_INFERENCE_SERVICE = f"{GROUP}/inference-service"
@@ -53,6 +57,26 @@ def job_name(run_name: str, run_uid: str, trial: int | None = None) -> str:
     digest = hashlib.sha256(f"{run_uid}/{trial}".encode()).hexdigest()[:6]
     room = _MAX_NAME - len(digest) - 1
     return f"{base[:room].rstrip('-.')}-{digest}"
+
+
+MAX_GANG_NAME = 40
+"""Characters of a distributed run's Job or TrainJob name: its pods' host names add ``-<index>`` (an
+Indexed Job) or ``-node-0-<index>`` (a TrainJob's JobSet), and each must stay a DNS label."""
+
+
+def gang_name(run_name: str, run_uid: str, trial: int | None = None, attempt: int = 0) -> str:
+    """The name of one attempt of a distributed run (or of one trial of its sweep): deterministic, so that a
+    restarted operator finds the gang it created instead of creating another; an RFC 1035 label (a letter
+    first, no dots), as a TrainJob's name must be, at most ``MAX_GANG_NAME`` characters."""
+    base = run_name if trial is None else f"{run_name}-t{trial}"
+    if attempt:
+        base = f"{base}-a{attempt}"
+    digest = hashlib.sha256(f"{run_uid}/{trial}/{attempt}".encode()).hexdigest()[:6]
+    base = base.replace(".", "-")
+    if not base[0].isalpha():
+        base = f"r{base}"
+    room = MAX_GANG_NAME - len(digest) - 1
+    return f"{base[:room].rstrip('-')}-{digest}"
 
 
 def standard_labels(component: str, instance: str) -> dict[str, str]:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Self
+from typing import Annotated, Literal, Self
 
-from pydantic import ConfigDict, Field, StringConstraints, model_validator
+from pydantic import ConfigDict, Field, StringConstraints, WithJsonSchema, model_validator
 
 from .affinity import Affinity
 from .meta import (
@@ -133,6 +133,68 @@ class TrainingResources(ApiModel):
         return self
 
 
+MAX_NODES = 64
+"""Nodes one distributed run may span (each node is one pod)."""
+MAX_PROCS_PER_NODE = 64
+DISTRIBUTED_ESTIMATORS = ("TorchMLP", "TorchMLPClassifier", "TorchMLPRegressor")
+"""The trainer's estimators that train across processes (DistributedDataParallel); scikit-learn's do not."""
+DEFAULT_ESTIMATOR = "RandomForestClassifier"
+"""The trainer's estimator when spec.params names none."""
+
+ProcsPerNode = Annotated[
+    Annotated[int, Field(ge=1, le=MAX_PROCS_PER_NODE)] | Literal["auto", "cpu", "gpu"],
+    WithJsonSchema(
+        {
+            "x-kubernetes-int-or-string": True,
+            "minimum": 1,
+            "maximum": MAX_PROCS_PER_NODE,
+            "pattern": "^(auto|cpu|gpu)$",
+            "maxLength": 4,
+        }
+    ),
+]
+"""Processes per node: a number, or ``gpu`` (one per GPU the node requests), ``cpu`` (one per whole CPU it
+requests) or ``auto`` (``gpu`` when it requests GPUs, else 1)."""
+
+
+class TrainingEngine(StrEnum):
+    """What ran a TrainingRun's training."""
+
+    JOB = "Job"
+    """One pod in a batch/v1 Job (a run without spec.distributed)."""
+    INDEXED_JOB = "IndexedJob"
+    """A gang rendered by modelloop: an Indexed Job and a headless Service."""
+    KUBEFLOW_TRAINER = "KubeflowTrainer"
+    """A Kubeflow Trainer TrainJob (which runs as a JobSet)."""
+
+
+class Distributed(ApiModel):
+    """Training across several nodes with PyTorch DistributedDataParallel under torchrun: a gang of pods,
+    all started together, configured through torchrun's PET_* variables."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            CelRule(
+                rule="type(self.procsPerNode) == int || self.procsPerNode in ['auto', 'cpu', 'gpu']",
+                message="spec.distributed.procsPerNode is a number from 1 to 64, or auto, cpu or gpu",
+                field_path=".procsPerNode",
+            )
+        )
+    )
+
+    nodes: int = Field(ge=1, le=MAX_NODES, description="Nodes (pods) of the gang, each one torchrun agent.")
+    procs_per_node: ProcsPerNode = Field(
+        "auto",
+        description="Worker processes per node: a number, gpu (one per GPU in spec.resources.gpus), cpu (one "
+        "per whole CPU in spec.resources.cpu) or auto (gpu when the run asks for GPUs, else 1).",
+    )
+    runtime: DnsSubdomain | None = Field(
+        None,
+        description="The Kubeflow Trainer ClusterTrainingRuntime a TrainJob references, where Kubeflow "
+        "Trainer is installed; the operator's default (torch-distributed) when unset.",
+    )
+
+
 class ModelOutput(ApiModel):
     """The model that a successful run registers."""
 
@@ -149,6 +211,25 @@ class ModelOutput(ApiModel):
 
 class TrainingRunSpec(ApiModel):
     """The desired training run: what to run, on which data and hardware, and what model it produces."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            CelRule(
+                rule="!has(self.distributed) || self.distributed.procsPerNode != 'gpu' || "
+                "self.resources.gpus > 0",
+                message="spec.distributed.procsPerNode: gpu needs spec.resources.gpus > 0",
+                field_path=".distributed.procsPerNode",
+                reason="FieldValueInvalid",
+            ),
+            CelRule(
+                rule="!has(self.distributed) || self.distributed.procsPerNode != 'cpu' || "
+                "has(self.resources.cpu)",
+                message="spec.distributed.procsPerNode: cpu needs spec.resources.cpu",
+                field_path=".distributed.procsPerNode",
+                reason="FieldValueInvalid",
+            ),
+        )
+    )
 
     image: ImageReference = Field(description="Container image of the trainer.")
     command: list[CommandWord] = Field(
@@ -194,7 +275,14 @@ class TrainingRunSpec(ApiModel):
         None, ge=0, description="Seconds after which a finished Job is deleted; the run keeps its status."
     )
     queue_name: DnsSubdomain | None = Field(
-        None, description="Kueue LocalQueue to submit the Job to (label kueue.x-k8s.io/queue-name)."
+        None,
+        description="Kueue LocalQueue to submit the Job (or a distributed run's whole gang) to (label "
+        "kueue.x-k8s.io/queue-name): it starts suspended until Kueue admits it.",
+    )
+    distributed: Distributed | None = Field(
+        None,
+        description="Train across several nodes (PyTorch DDP under torchrun) on Kubeflow Trainer where it is "
+        "installed, else as an Indexed Job; only the TorchMLP estimators train distributed.",
     )
     output: ModelOutput = Field(description="The model this run registers on success.")
     validation: Validation | None = Field(
@@ -204,6 +292,44 @@ class TrainingRunSpec(ApiModel):
     triggered_by: Trigger | None = Field(
         None, description="What started this run; set by the operator for runs started by a DriftPolicy."
     )
+
+    @model_validator(mode="after")
+    def _check_distributed(self) -> Self:
+        distributed = self.distributed
+        if distributed is None:
+            return self
+        if distributed.procs_per_node == "gpu" and self.resources.gpus <= 0:
+            raise ValueError("spec.distributed.procsPerNode: gpu needs spec.resources.gpus > 0")
+        if distributed.procs_per_node == "cpu" and self.resources.cpu is None:
+            raise ValueError("spec.distributed.procsPerNode: cpu needs spec.resources.cpu")
+        problem = distributed_estimator_problem(self)
+        if problem is not None:
+            raise ValueError(problem)
+        return self
+
+
+def distributed_estimator_problem(spec: TrainingRunSpec) -> str | None:
+    """Why ``spec`` cannot train distributed: an estimator that is not one of the TorchMLP estimators, in
+    spec.params (the trainer's default when it names none) or, where a sweep varies the estimator, among
+    the sweep's values. The admission policy (manifests/admission) says the same."""
+    if spec.distributed is None:
+        return None
+    candidates: list[tuple[str, object]] = []
+    if spec.sweep is not None:
+        listed = spec.sweep.parameters.get("estimator", [])
+        candidates += [("spec.sweep.parameters.estimator", value) for value in listed]
+        ranged = spec.sweep.space.get("estimator")
+        if ranged is not None:
+            candidates += [("spec.sweep.space.estimator", value) for value in ranged.values or ()]
+    if not candidates:
+        candidates = [("spec.params.estimator", spec.params.get("estimator", DEFAULT_ESTIMATOR))]
+    for where, value in candidates:
+        if value not in DISTRIBUTED_ESTIMATORS:
+            return (
+                f"{where}: {value} cannot train across nodes (spec.distributed); only "
+                f"{', '.join(DISTRIBUTED_ESTIMATORS)} do"
+            )
+    return None
 
 
 class TrainingRunStatus(ResourceStatus):
@@ -245,6 +371,16 @@ class TrainingRunStatus(ResourceStatus):
     champion: DnsSubdomain | None = Field(
         None, description="The champion the trainer evaluated on this run's held-out data."
     )
+    engine: TrainingEngine | None = Field(
+        None, description="What ran the training: Job, IndexedJob or KubeflowTrainer (a TrainJob)."
+    )
+    attempt: int | None = Field(
+        None,
+        ge=0,
+        le=101,
+        description="A distributed run's current attempt (0 first): a failed node fails its attempt, and "
+        "each of spec.backoffLimit's retries restarts the whole gang as a new attempt.",
+    )
 
 
 TRAINING_RUN = CrdInfo(
@@ -260,6 +396,8 @@ TRAINING_RUN = CrdInfo(
         PrinterColumn("Model", ".spec.output.modelName", "string", "The model the run registers."),
         PrinterColumn("GPUs", ".spec.resources.gpus", "integer", "GPUs the training Job requests."),
         PrinterColumn("Metric", ".status.keyMetric", "string", "The headline metric of the trained model."),
+        PrinterColumn("Nodes", ".spec.distributed.nodes", "integer", "Nodes of a distributed run.", 1),
+        PrinterColumn("Engine", ".status.engine", "string", "What ran the training.", priority=1),
         PrinterColumn("Job", ".status.jobName", "string", "Name of the training Job.", priority=1),
         AGE_COLUMN,
     ),

@@ -29,6 +29,7 @@ GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 CONTAINER = "trainer"
 DEFAULT_COMMAND = ["modelloop-train"]
+DISTRIBUTED_COMMAND = ["torchrun", "--no-python", "modelloop-train"]
 
 
 @dataclass(frozen=True)
@@ -105,22 +106,13 @@ def render_job(
     """
     meta = run["metadata"]
     name = job_name(meta["name"], meta["uid"], None if trial is None else trial.index)
-    labels = {
-        **user_labels(meta.get("labels")),
-        **standard_labels("trainer", meta["name"]),
-        LABEL_TRAINING_RUN: label_value(meta["name"]),
-        LABEL_MODEL: spec.output.model_name,
-    }
-    if trial is not None:
-        labels[LABEL_TRIAL] = str(trial.index)
-    if spec.queue_name:
-        labels[KUEUE_QUEUE_LABEL] = spec.queue_name
-    params = spec.params if trial is None else {**spec.params, **trial.params}
+    labels = workload_labels(run, spec, trial)
+    params = trial_run_params(spec, trial)
 
     job_spec: dict[str, Any] = {
         "template": {
             "metadata": {"labels": labels, "annotations": run_annotations(run)},
-            "spec": _pod_spec(run, spec, params, artifact_root, trial, champion),
+            "spec": pod_spec(run, spec, params, artifact_root, trial, champion),
         },
     }
     for key, value in (
@@ -132,9 +124,6 @@ def render_job(
             job_spec[key] = value
     if spec.queue_name:
         job_spec["suspend"] = True
-    annotations = run_annotations(run)
-    if trial is not None:
-        annotations[ANNOTATION_TRIAL_PARAMS] = json.dumps(trial.params, separators=(",", ":"))
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -142,11 +131,41 @@ def render_job(
             "name": name,
             "namespace": meta["namespace"],
             "labels": labels,
-            "annotations": annotations,
+            "annotations": workload_annotations(run, trial),
             "ownerReferences": [owner_reference(run, TRAINING_RUN.kind)],
         },
         "spec": job_spec,
     }
+
+
+def workload_labels(run: Mapping[str, Any], spec: TrainingRunSpec, trial: TrialPlan | None) -> dict[str, str]:
+    """The labels of what trains ``run`` (a Job, a TrainJob, their pods): the user's, modelloop's, the
+    run's and the trial's, and the Kueue queue's."""
+    meta = run["metadata"]
+    labels = {
+        **user_labels(meta.get("labels")),
+        **standard_labels("trainer", meta["name"]),
+        LABEL_TRAINING_RUN: label_value(meta["name"]),
+        LABEL_MODEL: spec.output.model_name,
+    }
+    if trial is not None:
+        labels[LABEL_TRIAL] = str(trial.index)
+    if spec.queue_name:
+        labels[KUEUE_QUEUE_LABEL] = spec.queue_name
+    return labels
+
+
+def workload_annotations(run: Mapping[str, Any], trial: TrialPlan | None) -> dict[str, str]:
+    """The annotations of a run's Job or TrainJob: the run's (``run_annotations``) and a trial's params."""
+    annotations = run_annotations(run)
+    if trial is not None:
+        annotations[ANNOTATION_TRIAL_PARAMS] = json.dumps(trial.params, separators=(",", ":"))
+    return annotations
+
+
+def trial_run_params(spec: TrainingRunSpec, trial: TrialPlan | None) -> dict[str, ParamValue]:
+    """The params a run (or one trial of its sweep) trains with: spec.params, a trial's overriding them."""
+    return dict(spec.params) if trial is None else {**spec.params, **trial.params}
 
 
 def trial_index(job: Mapping[str, Any]) -> int | None:
@@ -165,7 +184,7 @@ def job_trial_params(job: Mapping[str, Any]) -> dict[str, ParamValue]:
     return params if isinstance(params, dict) else {}
 
 
-def _pod_spec(
+def pod_spec(
     run: Mapping[str, Any],
     spec: TrainingRunSpec,
     params: Mapping[str, ParamValue],
@@ -197,8 +216,8 @@ def _pod_spec(
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": spec.image,
-        "command": list(spec.command) or list(DEFAULT_COMMAND),
-        "env": _trainer_env(run, spec, params, artifact_root, trial, champion),
+        "command": trainer_command(spec),
+        "env": trainer_env(run, spec, params, artifact_root, trial, champion),
         "terminationMessagePath": contract.RESULT_PATH,
         "terminationMessagePolicy": "File",
         "securityContext": {
@@ -229,7 +248,15 @@ def _pod_spec(
     return pod
 
 
-def _trainer_env(
+def trainer_command(spec: TrainingRunSpec) -> list[str]:
+    """The trainer's entrypoint: spec.command, else modelloop's trainer, under torchrun for a distributed
+    run (torchrun reads its options from the PET_* variables each node's pod gets)."""
+    if spec.command:
+        return list(spec.command)
+    return list(DISTRIBUTED_COMMAND if spec.distributed is not None else DEFAULT_COMMAND)
+
+
+def trainer_env(
     run: Mapping[str, Any],
     spec: TrainingRunSpec,
     params: Mapping[str, ParamValue],

@@ -8,7 +8,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from modelloop.api import TrainingRunPhase
-from modelloop.naming import ANNOTATION_RUN_UID, ANNOTATION_TRAINING_RUN, ANNOTATION_TRIAL_PARAMS, LABEL_TRIAL
+from modelloop.naming import (
+    ANNOTATION_RUN_UID,
+    ANNOTATION_TRAINING_RUN,
+    ANNOTATION_TRIAL_PARAMS,
+    LABEL_ATTEMPT,
+    LABEL_GANG,
+    LABEL_TRIAL,
+)
 from modelloop.training.job import CONTAINER
 from modelloop.training.result import TrainerResult, parse_result
 
@@ -25,6 +32,10 @@ IMAGE_PROBLEMS = frozenset(
 
 
 JOB_CREATED_MESSAGE = "The training Job is created; its pod waits to be scheduled and started."
+GANG_CREATED_MESSAGE = "The gang is created; its pods wait to be scheduled and started."
+COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
+NODE_FAILED = "NodeFailed"
+QUEUED = "Queued"
 
 
 @dataclass(frozen=True)
@@ -42,6 +53,139 @@ class JobObservation:
     @property
     def finished(self) -> bool:
         return self.phase in (TrainingRunPhase.SUCCEEDED, TrainingRunPhase.FAILED)
+
+
+def observe_gang(
+    workload: Mapping[str, Any],
+    pods: Sequence[Mapping[str, Any]],
+    nodes: int,
+    queued: Mapping[str, Any] | None = None,
+) -> JobObservation:
+    """Read one attempt of a distributed run: its Indexed Job or TrainJob (``workload``), its pods, and the
+    Kueue Workload that queues it, if any (``queued``, as ``slim_queued`` keeps it).
+
+    Succeeded when the workload completed (every node), with node 0's result; failed as soon as any node's
+    pod failed (its index, exit code and message), or when the workload failed for another reason
+    (a deadline); pending whole while its queue holds it, with Kueue's reason."""
+    status = workload.get("status") or {}
+    start_time = status.get("startTime")
+    digest = next((d for p in pods if (d := _image_digest(p))), None)
+    failed_pod = _first_failed(pods)
+    failed = _condition(workload, "Failed")
+    if failed_pod is not None:
+        return JobObservation(
+            TrainingRunPhase.FAILED,
+            NODE_FAILED,
+            node_failure_message(failed_pod),
+            start_time,
+            (_terminated(failed_pod) or {}).get("finishedAt") or (failed or {}).get("lastTransitionTime"),
+            parse_result((_terminated(failed_pod) or {}).get("message")),
+            digest,
+        )
+    complete = _condition(workload, "Complete")
+    if complete is not None:
+        rank_zero = [p for p in pods if node_index(p) == 0 and _terminated(p) is not None]
+        newest = sorted(rank_zero, key=lambda p: p["metadata"].get("creationTimestamp") or "")
+        result = parse_result((_terminated(newest[-1]) or {}).get("message")) if newest else None
+        return JobObservation(
+            TrainingRunPhase.SUCCEEDED,
+            "Succeeded",
+            f"All {nodes} nodes completed.",
+            start_time,
+            status.get("completionTime") or complete.get("lastTransitionTime"),
+            result,
+            digest,
+        )
+    if failed is not None:
+        return JobObservation(
+            TrainingRunPhase.FAILED,
+            str(failed.get("reason") or "GangFailed"),
+            str(failed.get("message") or "The gang failed."),
+            start_time,
+            failed.get("lastTransitionTime"),
+            None,
+            digest,
+        )
+    if (workload.get("spec") or {}).get("suspend"):
+        why = (queued or {}).get("message")
+        return JobObservation(
+            TrainingRunPhase.PENDING,
+            QUEUED,
+            f"The gang of {nodes} nodes waits whole to be admitted by its queue (Kueue)"
+            + (f": {why}" if why else "."),
+        )
+    running = [p for p in pods if (p.get("status") or {}).get("phase") == "Running"]
+    if running:
+        return JobObservation(
+            TrainingRunPhase.RUNNING,
+            "Running",
+            f"Training on {len(running)} of {nodes} nodes.",
+            start_time or min(str(p["status"].get("startTime") or "") for p in running) or None,
+            image_digest=digest,
+        )
+    for pod in pods:
+        waiting = _waiting(pod)
+        if waiting is not None and waiting.get("reason") in IMAGE_PROBLEMS:
+            return JobObservation(
+                TrainingRunPhase.PENDING,
+                str(waiting["reason"]),
+                f"Node {node_index(pod)}: {waiting.get('message') or waiting['reason']}",
+                start_time,
+            )
+        scheduled = _condition(pod, "PodScheduled", status="False")
+        if scheduled is not None and scheduled.get("reason") == "Unschedulable":
+            return JobObservation(
+                TrainingRunPhase.PENDING,
+                "Unschedulable",
+                f"Node {node_index(pod)}: {scheduled.get('message') or 'no node fits the pod.'}",
+                start_time,
+            )
+    return JobObservation(TrainingRunPhase.PENDING, "GangCreated", GANG_CREATED_MESSAGE)
+
+
+def node_index(pod: Mapping[str, Any]) -> int | None:
+    """The node rank of a gang's pod: its completion index (annotation, or label since Kubernetes 1.28)."""
+    meta = pod["metadata"]
+    value = (meta.get("annotations") or {}).get(COMPLETION_INDEX) or (meta.get("labels") or {}).get(
+        COMPLETION_INDEX
+    )
+    return int(value) if value is not None and str(value).isdigit() else None
+
+
+def _first_failed(pods: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    """The gang's pod that failed first (its container ended with a non-zero exit code), if any: the
+    others usually fail after it, because it left."""
+    failed = [p for p in pods if (t := _terminated(p)) is not None and t.get("exitCode") not in (0, None)]
+    return min(failed, key=lambda p: str((_terminated(p) or {}).get("finishedAt") or ""), default=None)
+
+
+def node_failure_message(pod: Mapping[str, Any]) -> str:
+    """What a failed node says: its index, its pod, the exit code and the trainer's own explanation (or
+    the termination message's start)."""
+    terminated = _terminated(pod) or {}
+    result = parse_result(terminated.get("message"))
+    why = (
+        f"{result.reason}: {result.message}"
+        if result is not None and not result.succeeded and result.message
+        else str(terminated.get("message") or terminated.get("reason") or "")[:512]
+    )
+    name, code = pod["metadata"]["name"], terminated.get("exitCode")
+    text = f"Node {node_index(pod)} (pod {name}) exited with code {code}"
+    return f"{text}: {why}" if why else f"{text}."
+
+
+def slim_queued(body: Mapping[str, Any]) -> dict[str, Any]:
+    """What the operator keeps of a Kueue Workload: whose it is (its owner's name and uid) and why it waits
+    (the QuotaReserved condition's message while it is False)."""
+    owners = body["metadata"].get("ownerReferences") or ()
+    owner = next((o for o in owners if o.get("controller")), owners[0] if owners else {})
+    reserved = next(
+        (c for c in (body.get("status") or {}).get("conditions") or () if c.get("type") == "QuotaReserved"),
+        None,
+    )
+    waiting = reserved is not None and reserved.get("status") == "False"
+    message = str((reserved or {}).get("message") or "")[:1024] if waiting else ""
+    return {"owner": owner.get("name"), "ownerUid": owner.get("uid"), "message": message}
 
 
 def observe_job(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> JobObservation:
@@ -160,10 +304,14 @@ def slim_job(body: Mapping[str, Any]) -> dict[str, Any]:
     meta = body["metadata"]
     status = body.get("status") or {}
     return {
+        "kind": body.get("kind"),
         "metadata": {
             "name": meta["name"],
+            "uid": meta.get("uid"),
             "annotations": _annotations(meta),
-            "labels": {k: v for k, v in (meta.get("labels") or {}).items() if k == LABEL_TRIAL},
+            "labels": {
+                k: v for k, v in (meta.get("labels") or {}).items() if k in (LABEL_TRIAL, LABEL_ATTEMPT)
+            },
         },
         "spec": {"suspend": (body.get("spec") or {}).get("suspend")},
         "status": {k: status[k] for k in ("conditions", "startTime", "completionTime") if k in status},
@@ -179,9 +327,14 @@ def slim_pod(body: Mapping[str, Any]) -> dict[str, Any]:
             "name": meta["name"],
             "creationTimestamp": meta.get("creationTimestamp"),
             "labels": {
-                k: v for k, v in (meta.get("labels") or {}).items() if k == "batch.kubernetes.io/job-name"
+                k: v
+                for k, v in (meta.get("labels") or {}).items()
+                if k in ("batch.kubernetes.io/job-name", LABEL_GANG, COMPLETION_INDEX)
             },
-            "annotations": _annotations(meta),
+            "annotations": {
+                **_annotations(meta),
+                **{k: v for k, v in (meta.get("annotations") or {}).items() if k == COMPLETION_INDEX},
+            },
         },
         "status": {
             "phase": status.get("phase"),

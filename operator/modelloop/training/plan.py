@@ -17,6 +17,7 @@ from modelloop.api import (
     EarlyStoppingRule,
     Pruning,
     Sweep,
+    TrainingEngine,
     TrainingRunPhase,
     TrainingRunSpec,
     TrainingRunStatus,
@@ -25,7 +26,8 @@ from modelloop.api import (
 )
 from modelloop.api.meta import ParamValue
 from modelloop.conditions import parse_time
-from modelloop.naming import job_name
+from modelloop.naming import LABEL_ATTEMPT, LABEL_GANG, gang_name, job_name
+from modelloop.training.gang import DEFAULT_RUNTIME, engine_for, render_gang
 from modelloop.training.job import (
     ChampionModel,
     TrialPlan,
@@ -34,7 +36,13 @@ from modelloop.training.job import (
     render_job,
     trial_index,
 )
-from modelloop.training.observe import JOB_CREATED_MESSAGE, JobObservation, observe_job
+from modelloop.training.observe import (
+    GANG_CREATED_MESSAGE,
+    JOB_CREATED_MESSAGE,
+    JobObservation,
+    observe_gang,
+    observe_job,
+)
 from modelloop.training.register import RESULT_MISSING, registration_problem, run_key_metric
 from modelloop.training.result import TrainerResult
 from modelloop.training.search import judge_all
@@ -62,11 +70,31 @@ class Registration:
 
 
 @dataclass(frozen=True)
+class GangContext:
+    """What planning a distributed run needs to know of the cluster."""
+
+    trainer_installed: bool = False
+    """Whether the API server serves Kubeflow Trainer's TrainJob."""
+    default_runtime: str = DEFAULT_RUNTIME
+    queued: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    """Kueue's Workloads of the run's gangs, by the name of the Job or TrainJob each queues (as
+    ``slim_queued`` keeps them)."""
+
+    def engine(self, spec: TrainingRunSpec, previous: TrainingRunStatus) -> TrainingEngine:
+        """The run's engine: the one it started on (status.engine), else what the cluster offers now."""
+        if previous.engine in (TrainingEngine.INDEXED_JOB, TrainingEngine.KUBEFLOW_TRAINER):
+            return previous.engine
+        return engine_for(spec, self.trainer_installed)
+
+
+@dataclass(frozen=True)
 class RunPlan:
     """What the controller should do now. ``status`` lacks modelVersion, which registration fills in, and
     the Ready condition and observedGeneration, which ``modelloop.training.report`` adds."""
 
     jobs_to_create: list[dict[str, Any]] = field(default_factory=list)
+    """The objects to create, in order: Jobs, and for a distributed run the Services and TrainJobs of its
+    gangs."""
     jobs_to_delete: list[str] = field(default_factory=list)
     """Jobs (by name) of trials stopped early and, unless the sweep retains them, of finished trials that
     status recorded before, except the best one's; deleted once this plan's status is written."""
@@ -89,9 +117,13 @@ def plan_run(
     artifact_root: str,
     champion: ChampionModel | None = None,
     progress: Mapping[int, Sequence[tuple[int, Mapping[str, float]]]] | None = None,
+    gangs: GangContext | None = None,
 ) -> RunPlan:
-    """Decide the next step of ``run``, whose status is ``previous``, given its Jobs (by name) and their
-    pods.
+    """Decide the next step of ``run``, whose status is ``previous``, given its Jobs (by name; for a
+    distributed run its Indexed Jobs or TrainJobs) and their pods.
+
+    ``gangs`` says, for a distributed run, whether Kubeflow Trainer is installed, its default runtime, and
+    what Kueue says of each gang that waits in a queue.
 
     ``progress`` holds what a sweep's running trials reported since (by trial index: (step, metrics)),
     read from their pods' logs; early stopping judges the curves it adds to.
@@ -99,8 +131,11 @@ def plan_run(
     ``champion`` is the model's current Champion: a Job created now evaluates it too, and the status
     records its name (``status.champion``), which the trainer's own report confirms once it finishes.
     """
+    gangs = gangs or GangContext()
     if spec.sweep is not None:
-        return _plan_sweep(run, spec, previous, jobs, pods, artifact_root, champion, progress or {})
+        return _plan_sweep(run, spec, previous, jobs, pods, artifact_root, champion, progress or {}, gangs)
+    if spec.distributed is not None:
+        return _plan_gang(run, spec, previous, jobs, pods, artifact_root, champion, gangs)
     meta = run["metadata"]
     name = job_name(meta["name"], meta["uid"])
     job = jobs.get(name)
@@ -137,10 +172,19 @@ def _plan_sweep(
     artifact_root: str,
     champion: ChampionModel | None,
     progress: Mapping[int, Sequence[tuple[int, Mapping[str, float]]]],
+    gangs: GangContext,
 ) -> RunPlan:
     sweep = spec.sweep
     assert sweep is not None
     meta = run["metadata"]
+    engine = gangs.engine(spec, previous)
+
+    def trial_name(index: int) -> str:
+        return _workload_name(spec, meta, index)
+
+    def observe(job: Mapping[str, Any], name: str) -> JobObservation:
+        return _observe(spec, job, pods, name, gangs)
+
     metric = sweep.objective.metric
     seed = _seed(spec)
     total = sweep.trial_count()
@@ -158,7 +202,7 @@ def _plan_sweep(
     lingering: list[str] = []
     for name, trial_job in jobs.items():
         index = trial_index(trial_job)
-        if index is None or name != job_name(meta["name"], meta["uid"], index):
+        if index is None or name != trial_name(index):
             continue
         if index < started and index not in trials:
             lingering.append(name)
@@ -172,7 +216,7 @@ def _plan_sweep(
 
     for index in sorted({*trials, *by_index}):
         entry = trials.setdefault(index, Trial(index=index))
-        entry.job_name = name = job_name(meta["name"], meta["uid"], index)
+        entry.job_name = name = trial_name(index)
         job = by_index.get(index)
         if not entry.params and job is not None:
             entry.params = job_trial_params(job)
@@ -183,7 +227,7 @@ def _plan_sweep(
             entry.phase = TrialPhase.PENDING
             to_create.append(TrialPlan(index, dict(entry.params)))
             continue
-        observation = observe_job(job, _pods_of(pods, name))
+        observation = observe(job, name)
         observations[index] = observation
         entry.phase = TrialPhase(observation.phase.value)
         if sweep.early_stopping is not None:
@@ -227,7 +271,7 @@ def _plan_sweep(
             index=started,
             params=params,
             phase=TrialPhase.PENDING,
-            job_name=job_name(meta["name"], meta["uid"], started),
+            job_name=trial_name(started),
             suggested_after=finished_count,
         )
         records.append(record_of(trials[started], metric))  # the next suggestion sees this one running
@@ -265,8 +309,11 @@ def _plan_sweep(
             status.phase, status.reason = TrainingRunPhase.FAILED, "NoSuccessfulTrial"
             status.message = f"None of the {total} trials succeeded with metric {metric}."
         else:
-            best_job = job_name(meta["name"], meta["uid"], best)
-            best_observation = observations.get(best) or _observe_finished(by_index.get(best), pods, best_job)
+            best_job = trial_name(best)
+            best_job_object = by_index.get(best)
+            best_observation = observations.get(best) or (
+                None if best_job_object is None else observe(best_job_object, best_job)
+            )
             status.best_trial, status.metrics = best, dict(trials[best].metrics)
             if best_observation is None or best_observation.result is None:
                 status.phase, status.reason = TrainingRunPhase.FAILED, RESULT_MISSING
@@ -291,8 +338,14 @@ def _plan_sweep(
         status.start_time = min(starts)
     if status.metrics:
         status.key_metric = run_key_metric(spec, status.metrics)
+    if spec.distributed is not None:
+        status.engine = engine
     return RunPlan(
-        jobs_to_create=[render_job(run, spec, artifact_root, trial, champion) for trial in to_create],
+        jobs_to_create=[
+            manifest
+            for trial in to_create
+            for manifest in _render(engine, run, spec, artifact_root, trial, champion, gangs)
+        ],
         jobs_to_delete=_jobs_to_delete(sweep, ordered, by_index, recorded_final, best, lingering),
         registration=registration,
         status=status,
@@ -344,10 +397,130 @@ def prune_message(index: int, pruning: Pruning, metric: str) -> str:
     )
 
 
-def _observe_finished(
-    job: Mapping[str, Any] | None, pods: Sequence[Mapping[str, Any]], name: str
-) -> JobObservation | None:
-    return None if job is None else observe_job(job, _pods_of(pods, name))
+def _workload_name(
+    spec: TrainingRunSpec, meta: Mapping[str, Any], trial: int | None, attempt: int = 0
+) -> str:
+    """The name of a run's Job (or one trial's): a gang's name for a distributed run."""
+    if spec.distributed is not None:
+        return gang_name(meta["name"], meta["uid"], trial, attempt)
+    return job_name(meta["name"], meta["uid"], trial)
+
+
+def _observe(
+    spec: TrainingRunSpec,
+    job: Mapping[str, Any],
+    pods: Sequence[Mapping[str, Any]],
+    name: str,
+    gangs: GangContext,
+) -> JobObservation:
+    """One Job's (or gang's) state, from it and its pods."""
+    if spec.distributed is None:
+        return observe_job(job, _pods_of(pods, name))
+    return observe_gang(job, _gang_pods(pods, name), spec.distributed.nodes, gangs.queued.get(name))
+
+
+def _render(
+    engine: TrainingEngine,
+    run: Mapping[str, Any],
+    spec: TrainingRunSpec,
+    artifact_root: str,
+    trial: TrialPlan | None,
+    champion: ChampionModel | None,
+    gangs: GangContext,
+    attempt: int = 0,
+) -> list[dict[str, Any]]:
+    """What to create for a run (or one trial): its Job, or its gang's objects."""
+    if spec.distributed is None:
+        return [render_job(run, spec, artifact_root, trial, champion)]
+    return render_gang(
+        engine,
+        run,
+        spec,
+        artifact_root,
+        attempt=attempt,
+        trial=trial,
+        champion=champion,
+        default_runtime=gangs.default_runtime,
+    )
+
+
+def _plan_gang(
+    run: Mapping[str, Any],
+    spec: TrainingRunSpec,
+    previous: TrainingRunStatus,
+    jobs: Mapping[str, Mapping[str, Any]],
+    pods: Sequence[Mapping[str, Any]],
+    artifact_root: str,
+    champion: ChampionModel | None,
+    gangs: GangContext,
+) -> RunPlan:
+    """A distributed run: one gang per attempt. A failed attempt (any node failed) is retried whole, as a
+    new gang, while spec.backoffLimit allows; only a gang whose every node completed registers, with
+    node 0's result."""
+    assert spec.distributed is not None
+    meta = run["metadata"]
+    engine = gangs.engine(spec, previous)
+    attempts: dict[int, Mapping[str, Any]] = {}
+    for existing, workload in jobs.items():
+        label = (workload["metadata"].get("labels") or {}).get(LABEL_ATTEMPT)
+        attempt = int(label) if label is not None and label.isdigit() else None
+        if attempt is not None and existing == _workload_name(spec, meta, None, attempt):
+            attempts[attempt] = workload
+    # The attempt status recorded, or a later one whose gang exists (created before the status write).
+    current = max(previous.attempt or 0, max(attempts, default=0))
+    name = _workload_name(spec, meta, None, current)
+    job = attempts.get(current)
+    if job is None:
+        if previous.phase in FINISHED:
+            return RunPlan(status=_carry(previous))
+        status = TrainingRunStatus(
+            phase=TrainingRunPhase.PENDING,
+            job_name=name,
+            reason="GangCreated",
+            message=GANG_CREATED_MESSAGE,
+            champion=previous.champion or (None if champion is None else champion.name),
+            engine=engine,
+            attempt=current,
+            start_time=previous.start_time,
+        )
+        return RunPlan(
+            jobs_to_create=_render(engine, run, spec, artifact_root, None, champion, gangs, current),
+            status=status,
+        )
+    observation = _observe(spec, job, pods, name, gangs)
+    status = _status_of(spec, observation, name)
+    status.champion, status.engine, status.attempt = previous.champion, engine, current
+    status.start_time = previous.start_time or status.start_time
+    # A TrainJob's Jobs would retry a failed pod on their own: a failed attempt's TrainJob goes (once status
+    # records the failure), which stops its other nodes. A failed Indexed Job stopped its pods itself.
+    ended = [name] if observation.phase == TrainingRunPhase.FAILED and job.get("kind") == "TrainJob" else []
+    retries = spec.backoff_limit or 0
+    if observation.phase == TrainingRunPhase.FAILED and current < retries:
+        following = current + 1
+        failure = f"Attempt {current + 1} of {retries + 1} failed: {observation.message}"
+        status = status.model_copy(
+            update={
+                "phase": TrainingRunPhase.RUNNING,
+                "reason": "GangRestarted",
+                "message": f"{failure} The whole gang restarts as attempt {following + 1}.",
+                "attempt": following,
+                "job_name": _workload_name(spec, meta, None, following),
+                "completion_time": None,
+            }
+        )
+        return RunPlan(
+            jobs_to_create=_render(engine, run, spec, artifact_root, None, champion, gangs, following),
+            jobs_to_delete=ended,
+            status=status,
+            events=[("Warning", "AttemptFailed", failure)],
+        )
+    registration = None
+    if observation.phase == TrainingRunPhase.SUCCEEDED:
+        folder = output_uri(spec, run, artifact_root)
+        status, registration = _registration(spec, observation, spec.params, status, folder)
+    elif observation.phase == TrainingRunPhase.FAILED and retries:
+        status.message = f"{status.message} (attempt {current + 1} of {retries + 1}, the last)"
+    return RunPlan(registration=registration, status=status, jobs_to_delete=ended)
 
 
 def _status_of(spec: TrainingRunSpec, observation: JobObservation, name: str) -> TrainingRunStatus:
@@ -389,6 +562,10 @@ def _registration(
     if result.metrics:
         status.key_metric = run_key_metric(spec, result.metrics)
     return status, Registration(result=result, params=dict(params), image_digest=observation.image_digest)
+
+
+def _gang_pods(pods: Sequence[Mapping[str, Any]], gang: str) -> list[Mapping[str, Any]]:
+    return [p for p in pods if (p["metadata"].get("labels") or {}).get(LABEL_GANG) == gang]
 
 
 def _pods_of(pods: Sequence[Mapping[str, Any]], job: str) -> list[Mapping[str, Any]]:

@@ -22,8 +22,9 @@ from modelloop_contracts import RESULT_FILE
 from modelloop_trainer.artifacts import export_onnx, output_file_uri, write_json
 from modelloop_trainer.config import DATASET_FORMATS, TrainerConfig, result_path_from_env
 from modelloop_trainer.dataset import load_dataset
+from modelloop_trainer.distributed import DistributedLaunch, launch_from_env
 from modelloop_trainer.errors import FailureReason, TrainerError
-from modelloop_trainer.result import failure_result, termination_message, write_message
+from modelloop_trainer.result import failure_result, termination_message, write_first_message, write_message
 from modelloop_trainer.training import train
 from modelloop_trainer.version import TRAINER_VERSION
 
@@ -83,12 +84,19 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
 
 
 def run(env: Mapping[str, str]) -> int:
-    """Train as ``env`` says, write the result and return the exit status."""
+    """Train as ``env`` says, write the result and return the exit status.
+
+    In a distributed launch (torchrun, ``WORLD_SIZE`` > 1) only global rank 0 reports a success; the
+    other processes write nothing and return 0. A failure is reported by the process it happened in, its
+    message naming the rank (see :func:`_report`).
+    """
     config: TrainerConfig | None = None
     details: dict[str, Any] = {}
     try:
         config = TrainerConfig.from_env(env)
         outcome = train(config)
+        if not outcome.reports:
+            return 0
         result, details, status = outcome.result, outcome.details, 0
     except TrainerError as exc:
         if exc.__cause__ is not None:
@@ -100,7 +108,18 @@ def run(env: Mapping[str, str]) -> int:
         error = TrainerError(FailureReason.TRAINING_FAILED, f"unexpected error: {type(exc).__name__}: {exc}")
         result, status = failure_result(error), 1
     result_path = config.result_path if config else result_path_from_env(env)
-    return _report(result, {**_identity(config), **details}, config, result_path, status)
+    launch = config.distributed if config else _launch_or_none(env)
+    if launch is not None and status != 0:
+        result = {**result, "message": f"{launch.describe()}: {result['message']}", "rank": launch.rank}
+    return _report(result, {**_identity(config), **details}, config, result_path, status, launch)
+
+
+def _launch_or_none(env: Mapping[str, str]) -> DistributedLaunch | None:
+    """The launch, for naming the rank in a failure that came before the configuration was read."""
+    try:
+        return launch_from_env(env)
+    except TrainerError:
+        return None
 
 
 def _report(
@@ -109,9 +128,17 @@ def _report(
     config: TrainerConfig | None,
     result_path: str,
     status: int,
+    launch: DistributedLaunch | None = None,
 ) -> int:
+    """Keep the full result in the output folder, print the message and write it to ``result_path``.
+
+    In a distributed launch only global rank 0 keeps the full result in the output folder; a failing
+    process of any rank prints and writes its own message. The processes of one pod share its termination
+    message, so a failure's message is written only where none is yet: the first failure, the one that
+    explains the others (peers that lost their connection to it), stays.
+    """
     result_uri = None
-    if config is not None:
+    if config is not None and (launch is None or launch.is_primary):
         # The whole result, with its details, stays in the output folder; the message may be reduced.
         try:
             result_uri = output_file_uri(config.output_uri, RESULT_FILE)
@@ -122,7 +149,10 @@ def _report(
     message = termination_message(result, result_uri)
     print(message, flush=True)
     try:
-        write_message(result_path, message)
+        if launch is not None and status != 0:
+            write_first_message(result_path, message)
+        else:
+            write_message(result_path, message)
     except OSError as exc:
         log.error("cannot write the result to %s (MODELLOOP_RESULT_PATH): %s", result_path, exc)
         return 1

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from modelloop_trainer.distributed import DistributedLaunch, launch_from_env
 from modelloop_trainer.errors import FailureReason, TrainerError
 
 DatasetFormat = Literal["csv", "parquet", "sklearn"]
@@ -172,6 +173,9 @@ class TrainerConfig:
     device: Device = "auto"
     champion: ChampionModel | None = None
     additional_datasets: tuple[AdditionalDataset, ...] = ()
+    distributed: DistributedLaunch | None = None
+    """This process's place in a torchrun launch of several processes (torchrun's variables, see
+    :mod:`modelloop_trainer.distributed`); None when it trains alone."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> TrainerConfig:
@@ -200,6 +204,7 @@ class TrainerConfig:
             device=_device(env.get("MODELLOOP_DEVICE", "").strip() or "auto"),
             champion=_champion(env),
             additional_datasets=_additional_datasets(env.get(ENV_ADDITIONAL_DATASETS, "")),
+            distributed=launch_from_env(env),
         )
 
 

@@ -15,6 +15,7 @@ class FailureReason(StrEnum):
     DEVICE_UNAVAILABLE = "DeviceUnavailable"
     TRAINING_FAILED = "TrainingFailed"
     OUTPUT_UNAVAILABLE = "OutputUnavailable"
+    DISTRIBUTED_NOT_SUPPORTED = "DistributedNotSupported"
 
 
 class TrainerError(Exception):

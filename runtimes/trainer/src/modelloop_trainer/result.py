@@ -7,6 +7,7 @@ points to it (``resultUri``) and says ``"truncated": true``.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
@@ -114,3 +115,23 @@ def write_message(path: str, message: str) -> None:
         os.makedirs(parent, exist_ok=True)
     with open(path, "w", encoding="utf-8") as stream:
         stream.write(message)
+
+
+def write_first_message(path: str, message: str) -> bool:
+    """Write ``message`` to ``path`` unless a message is there already; whether it was written.
+
+    For the failures of a distributed launch's processes, which share one pod's termination message: an
+    exclusive lock on the file orders them, and the first one stays. An empty file (what Kubernetes
+    creates before the container starts) holds no message.
+    """
+    parent = os.path.dirname(path)
+    if parent:
+        os.makedirs(parent, exist_ok=True)
+    with open(path, "a+", encoding="utf-8") as stream:
+        fcntl.flock(stream, fcntl.LOCK_EX)
+        stream.seek(0)
+        if stream.read(1):
+            return False
+        stream.truncate(0)
+        stream.write(message)
+        return True

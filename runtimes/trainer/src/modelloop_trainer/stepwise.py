@@ -28,6 +28,7 @@ from sklearn.ensemble import (
 )
 from sklearn.pipeline import Pipeline
 
+from modelloop_trainer.distributed import DistributedLaunch
 from modelloop_trainer.estimators import Task
 from modelloop_trainer.evaluation import Split, StepScorer
 from modelloop_trainer.progress import StepFilter
@@ -36,12 +37,20 @@ from modelloop_trainer.torch_mlp import TorchMLP
 _BOOSTING = (GradientBoostingClassifier, GradientBoostingRegressor)
 
 
-def fit_with_progress(estimator: Any, split: Split, task: Task) -> Any:
+def fit_with_progress(
+    estimator: Any, split: Split, task: Task, distributed: DistributedLaunch | None = None
+) -> Any:
     """Fit ``estimator`` on the split's training rows, printing a progress line per step; returns it fitted.
 
-    ``estimator`` is a model or a Pipeline whose last step is the model (the imputer in front).
+    ``estimator`` is a model or a Pipeline whose last step is the model (the imputer in front). With
+    ``distributed`` (a TorchMLP in one process of a torchrun launch), only the primary process (global
+    rank 0) evaluates each step and prints its line; the others only train.
     """
     model = estimator.steps[-1][1] if isinstance(estimator, Pipeline) else estimator
+    if distributed is not None and not distributed.is_primary:
+        if not isinstance(model, TorchMLP):
+            raise TypeError(f"{type(model).__name__} cannot train distributed")
+        return model.fit(split.x_train, split.y_train, distributed=distributed)
     if not _has_steps(model):
         return estimator.fit(split.x_train, split.y_train)
     x_train, x_test = split.x_train, split.x_test
@@ -52,7 +61,7 @@ def fit_with_progress(estimator: Any, split: Split, task: Task) -> Any:
         x_test = preprocessing.transform(x_test)
     scorer = StepScorer(split, task)
     if isinstance(model, TorchMLP):
-        _fit_torch_mlp(model, x_train, split.y_train, x_test, scorer)
+        _fit_torch_mlp(model, x_train, split.y_train, x_test, scorer, distributed)
     else:
         _fit_boosting(model, x_train, split.y_train, x_test, scorer)
     return estimator
@@ -69,7 +78,14 @@ def _has_steps(model: Any) -> bool:
     return isinstance(planned, int) and not isinstance(planned, bool) and planned > 0
 
 
-def _fit_torch_mlp(model: TorchMLP, x: Any, y: Any, x_test: Any, scorer: StepScorer) -> None:
+def _fit_torch_mlp(
+    model: TorchMLP,
+    x: Any,
+    y: Any,
+    x_test: Any,
+    scorer: StepScorer,
+    distributed: DistributedLaunch | None,
+) -> None:
     steps = StepFilter(model.epochs)
     predictors: list[Callable[[], tuple[np.ndarray, np.ndarray | None]]] = []
 
@@ -81,7 +97,7 @@ def _fit_torch_mlp(model: TorchMLP, x: Any, y: Any, x_test: Any, scorer: StepSco
         predicted, probabilities = predictors[0]()
         steps.report(epoch, scorer.score(predicted, None if probabilities is None else probabilities[:, 1]))
 
-    model.fit(x, y, on_epoch=on_epoch)
+    model.fit(x, y, on_epoch=on_epoch, distributed=distributed)
 
 
 def _fit_boosting(model: Any, x: Any, y: Any, x_test: Any, scorer: StepScorer) -> None:

@@ -33,6 +33,8 @@ from modelloop_contracts import (
 )
 from sklearn.base import BaseEstimator
 
+from modelloop_trainer.distributed import DistributedLaunch
+
 if TYPE_CHECKING:
     import torch
 
@@ -116,11 +118,26 @@ class TorchMLP(BaseEstimator):  # type: ignore[misc]
 
     # -- training ---------------------------------------------------------------------------------
 
-    def fit(self, features: Any, target: Any, on_epoch: Callable[[int], None] | None = None) -> TorchMLP:
+    def fit(
+        self,
+        features: Any,
+        target: Any,
+        on_epoch: Callable[[int], None] | None = None,
+        distributed: DistributedLaunch | None = None,
+    ) -> TorchMLP:
         """Train from scratch on ``features`` (rows x columns) and ``target``.
 
         ``on_epoch(epoch)`` (from 1) is called after each epoch; it may predict (see :meth:`predictor`),
         which changes neither the weights nor the random streams of the training.
+
+        With ``distributed`` (a process of a torchrun launch, its process group joined), every process
+        is given all the rows and computes the same fill values, standardization and label encoding from
+        them; the network trains wrapped in DistributedDataParallel, each epoch's rows shuffled by a
+        DistributedSampler (seeded with ``seed``, ``set_epoch`` each epoch) and dealt out among the
+        processes. ``batch_size`` is the global batch: each process takes ``ceil(batch_size /
+        world_size)`` rows a step and the gradients are averaged over the processes, so a step moves the
+        weights as one step of a single process would, and an epoch has as many steps. Every process
+        ends with the same weights. CUDA graphs are not used.
         """
         import torch
 
@@ -163,15 +180,18 @@ class TorchMLP(BaseEstimator):  # type: ignore[misc]
             capturable=on_cuda,
         )
         total = torch.zeros((), device=device)
+        self.epoch_seconds_: list[float] = []
+        self.loss_history_: list[float] = []
+        self.graph_replays_ = 0
+        if distributed is not None:
+            self._fit_distributed(distributed, loss_fn, optimizer, inputs, outputs, total, on_epoch)
+            return self
         step = _TrainingStep(self.network_, loss_fn, optimizer, inputs, outputs, total)
         full_batches = len(inputs) // self.batch_size
         use_graph = on_cuda and self.cuda_graph and full_batches * self.epochs > _GRAPH_WARMUP_STEPS + 1
         graph: _GraphedStep | None = None
         # Batches are drawn on the CPU so that CPU and CUDA runs see the same batches.
         order = torch.Generator().manual_seed(self.seed)
-        self.epoch_seconds_: list[float] = []
-        self.loss_history_: list[float] = []
-        self.graph_replays_ = 0
         warm_up_steps = 0
         self.network_.train()
         for epoch in range(1, self.epochs + 1):
@@ -196,6 +216,53 @@ class TorchMLP(BaseEstimator):  # type: ignore[misc]
                 on_epoch(epoch)  # Linear and ReLU only: training and evaluation mode compute the same
         self.network_.eval()
         return self
+
+    def _fit_distributed(
+        self,
+        launch: DistributedLaunch,
+        loss_fn: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        inputs: torch.Tensor,
+        outputs: torch.Tensor,
+        total: torch.Tensor,
+        on_epoch: Callable[[int], None] | None,
+    ) -> None:
+        """The epochs of :meth:`fit` in one process of a launch: DistributedDataParallel, each process on
+        its share of every epoch's rows (see :meth:`fit`)."""
+        import torch
+        from torch.nn.parallel import DistributedDataParallel
+        from torch.utils.data import DistributedSampler, TensorDataset
+
+        on_cuda = inputs.device.type == "cuda"
+        # DDP makes every process start from rank 0's weights (they are equal anyway: same seed).
+        parallel = DistributedDataParallel(
+            self.network_, device_ids=[inputs.device.index] if on_cuda else None
+        )
+        step = _TrainingStep(parallel, loss_fn, optimizer, inputs, outputs, total)
+        # Every process takes the same number of rows a step: the sampler pads each epoch's rows to a
+        # multiple of world_size (repeating a few), so all of them take the same number of steps.
+        sampler: DistributedSampler[int] = DistributedSampler(
+            TensorDataset(torch.arange(len(inputs))),
+            num_replicas=launch.world_size,
+            rank=launch.rank,
+            shuffle=True,
+            seed=self.seed,
+            drop_last=False,
+        )
+        local_batch = -(-self.batch_size // launch.world_size)
+        self.network_.train()
+        for epoch in range(1, self.epochs + 1):
+            started = time.perf_counter()
+            sampler.set_epoch(epoch)
+            share = torch.as_tensor(list(sampler), dtype=torch.long).to(inputs.device)
+            total.zero_()
+            for start in range(0, len(share), local_batch):
+                step(share[start : start + local_batch])
+            self.loss_history_.append(float(total) / max(len(share), 1))  # this process's rows
+            self.epoch_seconds_.append(time.perf_counter() - started)
+            if on_epoch is not None:
+                on_epoch(epoch)
+        self.network_.eval()
 
     # -- prediction -------------------------------------------------------------------------------
 

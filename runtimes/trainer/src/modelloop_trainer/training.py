@@ -31,7 +31,8 @@ from modelloop_trainer.champion import evaluate_champion
 from modelloop_trainer.checks import CheckInput, failure_message, run_checks
 from modelloop_trainer.config import TrainerConfig
 from modelloop_trainer.dataset import append_additional, load_dataset
-from modelloop_trainer.device import resolve_device
+from modelloop_trainer.device import ResolvedDevice, resolve_device
+from modelloop_trainer.distributed import DistributedLaunch, process_group, refuse_unless_distributable
 from modelloop_trainer.errors import FailureReason, TrainerError
 from modelloop_trainer.estimators import (
     EstimatorSpec,
@@ -52,11 +53,16 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrainingOutcome:
-    """A successful run: the result for the termination message, its details, and the fitted model."""
+    """A successful run: the result for the termination message, its details, and the fitted model.
+
+    ``reports`` is False for a process of a distributed launch other than global rank 0: it trained its
+    share and has nothing to write or report (its ``result`` is only ``{"status": "Succeeded"}``).
+    """
 
     result: dict[str, Any]
     details: dict[str, Any] = field(default_factory=dict)
     model: Any = None
+    reports: bool = True
 
 
 def default_code_version() -> str:
@@ -64,15 +70,29 @@ def default_code_version() -> str:
 
 
 def train(config: TrainerConfig) -> TrainingOutcome:
-    """Run the whole training for ``config``; raises TrainerError on any failure a user can fix."""
+    """Run the whole training for ``config``; raises TrainerError on any failure a user can fix.
+
+    In a distributed launch (``config.distributed``) every process runs all of it up to the fit, on all the
+    data, inside the launch's process group; after the fit only global rank 0 goes on to evaluate, write
+    the artifacts and make the result.
+    """
     settings = config.settings
     spec = estimator_spec(settings.estimator)
+    launch = config.distributed
+    if launch is not None:
+        refuse_unless_distributable(spec.name, spec.framework, launch)
     device = resolve_device(config.device, spec.framework)
     # Build once before reading any data, so that a wrong parameter fails at once.
     build_estimator(
         spec, config.estimator_params, task=spec.task or "classification", seed=settings.seed, device=device
     )
+    with process_group(launch, device):
+        return _train(config, spec, device)
 
+
+def _train(config: TrainerConfig, spec: EstimatorSpec, device: ResolvedDevice) -> TrainingOutcome:
+    settings = config.settings
+    launch = config.distributed
     dataset = load_dataset(config.dataset_uri, config.dataset_format)
     log.info(
         "read %d rows x %d columns from %s (%s)", *dataset.frame.shape, dataset.uri, dataset.content_hash
@@ -110,10 +130,14 @@ def train(config: TrainerConfig) -> TrainingOutcome:
     estimator = build_estimator(spec, config.estimator_params, task=task, seed=settings.seed, device=device)
     if split.x_train.isna().any().any():
         estimator = with_imputer(estimator)
-    log.info("training %s (%s) on %d rows, %s", spec.name, task, len(split.x_train), device)
+    where = device if launch is None else f"{device}, {launch.describe()}"
+    log.info("training %s (%s) on %d rows, %s", spec.name, task, len(split.x_train), where)
     started = time.perf_counter()
-    model = _fit(spec, estimator, split, task)
+    model = _fit(spec, estimator, split, task, launch)
     train_seconds = time.perf_counter() - started
+    if launch is not None and not launch.is_primary:
+        log.info("%s trained its share in %.2f s; rank 0 reports", launch.describe(), train_seconds)
+        return TrainingOutcome(result={"status": "Succeeded"}, model=model, reports=False)
     try:
         quality = evaluate(model, split, task)
     except Exception as exc:
@@ -161,6 +185,8 @@ def train(config: TrainerConfig) -> TrainingOutcome:
     }
     if config.additional_datasets:
         result["additionalRows"] = combined.additional_rows
+    if launch is not None:
+        result["distributed"] = launch.summary()
     if champion is not None:
         result["champion"] = champion
     details = {
@@ -172,10 +198,12 @@ def train(config: TrainerConfig) -> TrainingOutcome:
     return TrainingOutcome(result=result, details=details, model=model)
 
 
-def _fit(spec: EstimatorSpec, estimator: BaseEstimator, split: Split, task: Task) -> Any:
+def _fit(
+    spec: EstimatorSpec, estimator: BaseEstimator, split: Split, task: Task, launch: DistributedLaunch | None
+) -> Any:
     """Fit on the training rows, printing progress lines to stdout for an estimator that trains in steps."""
     try:
-        return fit_with_progress(estimator, split, task)
+        return fit_with_progress(estimator, split, task, launch)
     except InvalidParameterError as exc:
         raise TrainerError(FailureReason.INVALID_PARAMETERS, f"{spec.name}: {exc}") from None
     except Exception as exc:
