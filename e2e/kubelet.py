@@ -439,12 +439,10 @@ def run_pod(
         try:
             while process.poll() is None:
                 if stop is not None and stop.is_set():
-                    process.kill()
-                    process.wait()
+                    _kill(process, sandbox_pid)
                     return Execution(name, STOPPED, "", "")
                 if time.monotonic() > deadline:
-                    process.kill()
-                    process.wait()
+                    _kill(process, sandbox_pid)
                     raise subprocess.TimeoutExpired(command, timeout)
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     process.wait(timeout=0.1)
@@ -501,6 +499,19 @@ def _start_program(
         # failed (its stderr says why).
         written = info.read()
     return process, json.loads(written)["child-pid"] if written else None
+
+
+def _kill(process: subprocess.Popen[bytes], sandbox_pid: int | None) -> None:
+    """Kill the program and every process it started, and wait until they are gone: SIGKILL to the first
+    process of the sandbox's process tree ends the whole tree before bwrap, its parent, sees it end (and
+    then bwrap ends)."""
+    if sandbox_pid is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(sandbox_pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=10)
+    process.kill()
+    process.wait()
 
 
 def report_address(cluster: Cluster, pod: Mapping[str, Any], address: str) -> None:

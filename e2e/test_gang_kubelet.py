@@ -33,11 +33,29 @@ from e2e.kubelet import (
 )
 
 # Each process adds its rank + 1 into one sum over the gang; each node's first process reports, in its
-# pod's termination message, the sum and who it was, as the kubelet's sandbox made it.
+# pod's termination message, the sum, who it was as the kubelet's sandbox made it, and the addresses of its
+# TCP connections (gloo's among them) as /proc/net/tcp shows them.
 ALL_REDUCE = """
 import json, os, socket
 import torch
 import torch.distributed as dist
+
+def address(hexadecimal):
+    return socket.inet_ntoa(bytes.fromhex(hexadecimal.split(":")[0])[::-1])
+
+def connections():
+    sockets = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            sockets.add(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:
+            pass
+    with open("/proc/net/tcp") as table:
+        rows = [line.split() for line in table.read().splitlines()[1:]]
+    return sorted({
+        (address(row[1]), address(row[2])) for row in rows
+        if row[3] == "01" and f"socket:[{row[9]}]" in sockets
+    })
 
 dist.init_process_group("gloo")
 total = torch.tensor([float(dist.get_rank() + 1)])
@@ -48,6 +66,7 @@ if os.environ["LOCAL_RANK"] == "0":
         json.dump({
             "sum": total.item(), "world": dist.get_world_size(), "node": int(os.environ["GROUP_RANK"]),
             "host": host, "address": socket.gethostbyname(host), "pod_ip": os.environ["POD_IP"],
+            "connections": connections(),
         }, result)
 dist.destroy_process_group()
 """
@@ -145,6 +164,10 @@ def job_pods(cluster: Cluster, job: str, namespace: str) -> dict[int, dict[str, 
         for p in pods
         if not p["metadata"].get("deletionTimestamp")
     }
+
+
+def children(pid: int) -> list[int]:
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
 def explain(kubelet: GangKubelet) -> str:
@@ -378,6 +401,7 @@ def test_an_indexed_job_gang_rendezvouses_by_host_name_and_all_reduces(
     pods = job_pods(cluster, "train", namespace)
     assert sorted(pods) == [0, 1]
     addresses = set()
+    results: dict[int, dict[str, Any]] = {}
     for index, pod in pods.items():
         name = pod["metadata"]["name"]
         assert executions[name].exit_code == 0, executions[name].stderr
@@ -393,7 +417,13 @@ def test_an_indexed_job_gang_rendezvouses_by_host_name_and_all_reduces(
         assert pod["status"]["podIPs"] == [{"ip": result["address"]}]
         assert result["address"].startswith("127.") and result["address"] != "127.0.0.1"
         addresses.add(result["address"])
+        results[index] = result
     assert len(addresses) == 2
+    # gloo's connections between the pods run from one pod's address to the other's: each process took its
+    # address from its host name.
+    for index, result in results.items():
+        own, other = result["address"], results[1 - index]["address"]
+        assert [own, other] in result["connections"], json.dumps(results)
 
 
 def test_a_killed_worker_fails_the_gang_and_the_deleted_pods_program_is_killed(
@@ -416,7 +446,10 @@ def test_a_killed_worker_fails_the_gang_and_the_deleted_pods_program_is_killed(
                 what=f"pod {name} to join the gang",
             )
         survivor = kubelet.running(names[0])
-        survivor_pids = [survivor.sandbox_pid, survivor.main_pid()]
+        # The sandbox, torchrun (the pod's program), and the worker torchrun started.
+        agent = survivor.main_pid()
+        survivor_pids = [survivor.sandbox_pid, agent, *children(agent)]
+        assert len(survivor_pids) == 3, survivor_pids
 
         kubelet.kill(names[1])
 

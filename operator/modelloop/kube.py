@@ -340,9 +340,10 @@ class KubeClient:
         return refused
 
     async def create_job(self, manifest: Mapping[str, Any]) -> bool:
-        """Create a Job; return False when one of that name exists already (Job names are deterministic, so
-        that is the same Job, created before a restart or by a concurrent reconcile)."""
-        path = f"/apis/batch/v1/namespaces/{quote(manifest['metadata']['namespace'])}/jobs"
+        """Create a Job, or what trains a distributed run (a Service, a TrainJob: by its apiVersion and
+        kind); return False when one of that name exists already (the names are deterministic, so that is
+        the same object, created before a restart or by a concurrent reconcile)."""
+        path = _workload_path(manifest["apiVersion"], manifest["kind"], manifest["metadata"]["namespace"])
         try:
             # The answer (the whole Job) is not parsed: the watch brings it to the index anyway.
             await self.request("POST", path, body=manifest, parse=False)
@@ -369,10 +370,12 @@ class KubeClient:
             raise
         return str(answer)
 
-    async def delete_job(self, namespace: str, name: str) -> bool:
-        """Delete a Job and, in the background, its pods; False when it was gone already."""
+    async def delete_job(
+        self, namespace: str, name: str, api_version: str = "batch/v1", kind: str = "Job"
+    ) -> bool:
+        """Delete a Job (or a TrainJob) and, in the background, its pods; False when it was gone already."""
         options = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Background"}
-        path = f"/apis/batch/v1/namespaces/{quote(namespace)}/jobs/{quote(name)}"
+        path = f"{_workload_path(api_version, kind, namespace)}/{quote(name)}"
         try:
             await self.request("DELETE", path, body=options, parse=False)
         except ApiException as error:
@@ -380,6 +383,12 @@ class KubeClient:
                 return False
             raise
         return True
+
+    async def serves(self, group_version: str, plural: str) -> bool:
+        """Whether the API server serves ``plural`` in ``group_version`` (e.g. Kubeflow Trainer's TrainJobs
+        in trainer.kubeflow.org/v1alpha1): its discovery document lists it."""
+        served = await self.get(f"/apis/{group_version}")
+        return any(r.get("name") == plural for r in (served or {}).get("resources") or ())
 
     async def create_object(self, plural: str, manifest: Mapping[str, Any]) -> bool:
         """Create one of our objects; return False when one of that name exists already (the name is
@@ -494,6 +503,24 @@ class KubeClient:
     ) -> dict[str, Any] | None:
         """One of our objects (or, with ``group_version``, of another API), or None when it does not exist."""
         return await self.get(_path(plural, namespace, name, group_version=group_version))
+
+
+# What the operator creates to train: by (apiVersion, kind), the collection's path under a namespace.
+_WORKLOADS = {
+    ("batch/v1", "Job"): "/apis/batch/v1/namespaces/{namespace}/jobs",
+    ("v1", "Service"): "/api/v1/namespaces/{namespace}/services",
+    (
+        "trainer.kubeflow.org/v1alpha1",
+        "TrainJob",
+    ): "/apis/trainer.kubeflow.org/v1alpha1/namespaces/{namespace}/trainjobs",
+}
+
+
+def _workload_path(api_version: str, kind: str, namespace: str) -> str:
+    template = _WORKLOADS.get((api_version, kind))
+    if template is None:
+        raise ValueError(f"the operator does not create {kind} objects of {api_version}")
+    return template.format(namespace=quote(namespace))
 
 
 def _path(plural: str, namespace: str, name: str | None = None, *, group_version: str | None = None) -> str:

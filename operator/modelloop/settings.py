@@ -6,6 +6,7 @@ Command-line options of ``modelloop run`` override the environment; both end up 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
@@ -16,6 +17,7 @@ LOG_FORMATS: tuple[LogFormat, ...] = ("plain", "full", "json")
 
 
 KSERVE_MODES = ("Knative", "Standard")
+TRAINING_ENGINES = ("auto", "IndexedJob", "KubeflowTrainer")
 DETECTOR_TOKEN = "/var/run/secrets/modelloop.dev/detector/token"
 """Where the chart and kustomize mount the operator's token for drift detectors: a projected ServiceAccount
 token for the audience ``modelloop-detector`` only, worth nothing to the API server. Never the pod's own
@@ -53,6 +55,10 @@ class Settings:
             detector, an InferenceService's analysis Prometheus), as prefixes such as
             ``http://prometheus.monitoring.svc:9090/`` or ``http://drift-detector.{namespace}.svc:8080/``
             (``{namespace}`` stands for the object's own namespace); empty allows every URL.
+        training_runtime: the Kubeflow Trainer ClusterTrainingRuntime a distributed run's TrainJob
+            references when the run names none.
+        training_engine: what runs distributed runs: ``auto`` (Kubeflow Trainer where its TrainJob API is
+            served, else an Indexed Job), ``IndexedJob`` or ``KubeflowTrainer``.
     """
 
     namespaces: tuple[str, ...] = field(default_factory=tuple)
@@ -71,6 +77,8 @@ class Settings:
     trial_progress_seconds: float = 10.0
     allowed_url_prefixes: tuple[str, ...] = field(default_factory=tuple)
     detector_token_file: str = DETECTOR_TOKEN
+    training_runtime: str = "torch-distributed"
+    training_engine: str = "auto"
 
     def __post_init__(self) -> None:
         for prefix in self.allowed_url_prefixes:
@@ -109,7 +117,8 @@ class Settings:
         ``MODELLOOP_PRIORITY``, ``MODELLOOP_PEERING_LIFETIME``, ``MODELLOOP_VERBOSE``,
         ``MODELLOOP_ARTIFACT_ROOT``, ``MODELLOOP_KEEP_ARCHIVED``, ``MODELLOOP_KSERVE_MODE``,
         ``MODELLOOP_GATEWAY``, ``MODELLOOP_PROMETHEUS_URL``, ``MODELLOOP_TRIAL_PROGRESS_SECONDS`` and
-        ``MODELLOOP_ALLOWED_URL_PREFIXES`` (comma-separated) and ``MODELLOOP_DETECTOR_TOKEN_FILE``."""
+        ``MODELLOOP_ALLOWED_URL_PREFIXES`` (comma-separated), ``MODELLOOP_DETECTOR_TOKEN_FILE``,
+        ``MODELLOOP_TRAINING_RUNTIME`` and ``MODELLOOP_TRAINING_ENGINE``."""
         env = os.environ if environ is None else environ
         namespaces = tuple(ns.strip() for ns in env.get("MODELLOOP_NAMESPACES", "").split(",") if ns.strip())
         log_format = env.get("MODELLOOP_LOG_FORMAT", "full").strip().lower()
@@ -127,8 +136,18 @@ class Settings:
         gateway = env.get("MODELLOOP_GATEWAY", "").strip() or cls.gateway
         if gateway.count("/") != 1 or not all(gateway.split("/")):
             raise ValueError(f"MODELLOOP_GATEWAY must be namespace/name, not {gateway!r}")
+        engine = env.get("MODELLOOP_TRAINING_ENGINE", "").strip() or cls.training_engine
+        if engine not in TRAINING_ENGINES:
+            raise ValueError(
+                f"MODELLOOP_TRAINING_ENGINE must be one of {', '.join(TRAINING_ENGINES)}, not {engine!r}"
+            )
+        runtime = env.get("MODELLOOP_TRAINING_RUNTIME", "").strip() or cls.training_runtime
+        if not re.fullmatch(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?", runtime):
+            raise ValueError(f"MODELLOOP_TRAINING_RUNTIME must be a resource name, not {runtime!r}")
         return cls(
             namespaces=namespaces,
+            training_runtime=runtime,
+            training_engine=engine,
             log_format=log_format,
             liveness_endpoint=env.get("MODELLOOP_LIVENESS_ENDPOINT") or None,
             metrics_address=env.get("MODELLOOP_METRICS_ADDRESS") or None,

@@ -42,9 +42,10 @@ from modelloop.reasons import API_REFUSED, INVALID_SPEC, describe_validation_err
 from modelloop.settings import Settings
 from modelloop.slim import slim_object
 from modelloop.training import search
+from modelloop.training.gang import TRAINJOB_API_VERSION, TRAINJOB_GROUP, TRAINJOB_PLURAL, TRAINJOB_VERSION
 from modelloop.training.job import CONTAINER, ChampionModel, current_champion, trial_index
-from modelloop.training.observe import slim_job, slim_pod
-from modelloop.training.plan import RunPlan, plan_run
+from modelloop.training.observe import slim_job, slim_pod, slim_queued
+from modelloop.training.plan import GangContext, RunPlan, plan_run
 from modelloop.training.progress import LOG_LIMIT_BYTES, LOG_TAIL_LINES, Point, parse_progress
 from modelloop.training.register import render_model_version
 from modelloop.training.report import report_refusal, report_run
@@ -53,6 +54,10 @@ from modelloop.training.sweep import FINAL_TRIAL_PHASES
 RunKey = tuple[str, str]  # (namespace, run name)
 PLURAL = TRAINING_RUN.plural
 DEBOUNCE_SECONDS = 0.2
+KUEUE_GROUP = "kueue.x-k8s.io"
+KUEUE_VERSION = "v1beta2"
+# How long the answer to "does the API server serve Kubeflow Trainer's TrainJobs?" is trusted.
+DISCOVERY_SECONDS = 30.0
 
 logger = logging.getLogger(__name__)
 
@@ -146,6 +151,32 @@ async def training_jobs(
     return {(namespace or "", run_of(meta) or ""): slim_job(body)}
 
 
+@kopf.index(TRAINJOB_GROUP, TRAINJOB_VERSION, TRAINJOB_PLURAL, labels={LABEL_TRAINING_RUN: kopf.PRESENT})
+async def training_trainjobs(
+    namespace: str | None, meta: kopf.Meta, body: kopf.Body, **_: Any
+) -> dict[RunKey, dict[str, Any]]:
+    """The Kubeflow Trainer TrainJobs of each distributed TrainingRun (where Trainer is installed)."""
+    return {(namespace or "", run_of(meta) or ""): slim_job(body)}
+
+
+@kopf.index(KUEUE_GROUP, KUEUE_VERSION, "workloads")
+async def queued_workloads(
+    namespace: str | None, body: kopf.Body, **_: Any
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """Kueue's Workloads, by (namespace, the name of the Job or TrainJob each queues): why a gang waits."""
+    queued = slim_queued(body)
+    return {(namespace or "", str(queued["owner"] or "")): queued}
+
+
+@kopf.on.event(KUEUE_GROUP, KUEUE_VERSION, "workloads")
+async def on_queued_workload(namespace: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
+    """Kueue admitted a gang, or says something new of why it waits: look at its run again."""
+    owner = slim_queued(body)["owner"]
+    key = memo.manager.training_runs.gang_runs.get((namespace or "", str(owner or "")))
+    if key is not None:
+        memo.manager.training_runs.queue.add(key)
+
+
 @kopf.index("v1", "pods", labels={LABEL_TRAINING_RUN: kopf.PRESENT})
 async def training_pods(
     namespace: str | None, meta: kopf.Meta, body: kopf.Body, **_: Any
@@ -167,6 +198,7 @@ async def on_training_run(
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={LABEL_TRAINING_RUN: kopf.PRESENT})
+@kopf.on.event(TRAINJOB_GROUP, TRAINJOB_VERSION, TRAINJOB_PLURAL, labels={LABEL_TRAINING_RUN: kopf.PRESENT})
 @kopf.on.event("v1", "pods", labels={LABEL_TRAINING_RUN: kopf.PRESENT})
 async def on_training_workload(namespace: str | None, meta: kopf.Meta, memo: Any, **_: Any) -> None:
     run = run_of(meta)
@@ -207,6 +239,10 @@ class TrainingRunController:
         self._deleted: dict[RunKey, tuple[str, set[str]]] = {}
         # When each run's trial logs were last read: (the run's uid, monotonic time).
         self._progress_read: dict[RunKey, tuple[str, float]] = {}
+        # The run of each gang (Job or TrainJob) by (namespace, name), for Kueue's Workload events.
+        self.gang_runs: dict[tuple[str, str], RunKey] = {}
+        # Whether Kubeflow Trainer's TrainJobs are served, and when that was asked (monotonic time).
+        self._trainer_served: tuple[bool, float] | None = None
         self._search_pool: ThreadPoolExecutor | None = None
         self._log_reads = asyncio.Semaphore(LOG_READS)
         self._sweep_passes = asyncio.Semaphore(SWEEP_PASSES)
@@ -242,6 +278,8 @@ class TrainingRunController:
         self._created.pop(key, None)
         self._deleted.pop(key, None)
         self._progress_read.pop(key, None)
+        for gang in [gang for gang, run in self.gang_runs.items() if run == key]:
+            del self.gang_runs[gang]
 
     def close(self) -> None:
         """Let the search threads go (at shut-down)."""
@@ -265,7 +303,10 @@ class TrainingRunController:
         run, spec, previous, generation = parsed.obj, parsed.spec, parsed.status, parsed.generation
         key = parsed.key
         uid = run["metadata"]["uid"]
-        jobs = {job["metadata"]["name"]: job for job in self._owned(self.indexes["training_jobs"], key, uid)}
+        owned = self._owned(self.indexes["training_jobs"], key, uid)
+        if spec.distributed is not None:
+            owned += self._owned(self.indexes["training_trainjobs"], key, uid)
+        jobs = {job["metadata"]["name"]: job for job in owned}
         deleted_uid, deleted = self._deleted.get(key, (uid, set()))
         deleted = {name for name in deleted if name in jobs} if deleted_uid == uid else set()
         if deleted:
@@ -280,6 +321,7 @@ class TrainingRunController:
         self._created[key] = (uid, created)
         pods = self._owned(self.indexes["training_pods"], key, uid)
         progress = await self._progress(key, run, spec, previous, jobs, pods)
+        gangs = await self._gangs(key, spec, previous, jobs)
         planning = functools.partial(
             plan_run,
             run,
@@ -290,6 +332,7 @@ class TrainingRunController:
             self.settings.artifact_root,
             self._champion(key[0], spec),
             progress,
+            gangs,
         )
         if spec.sweep is not None and (search.uses_optuna(spec.sweep) or spec.sweep.early_stopping):
             plan = await asyncio.get_running_loop().run_in_executor(self._searches(), planning)
@@ -314,7 +357,11 @@ class TrainingRunController:
         # Only once status records why: a pruned trial's Job deleted before would be taken, on the next
         # pass, for one never created, and a finished trial's result would be lost with its Job.
         for name in plan.jobs_to_delete:
-            await self.client.delete_job(key[0], name)
+            kind = (jobs.get(name) or {}).get("kind")
+            if kind == "TrainJob":
+                await self.client.delete_job(key[0], name, TRAINJOB_API_VERSION, kind)
+            else:
+                await self.client.delete_job(key[0], name)
             deleted.add(name)
             self._deleted[key] = (uid, deleted)
         for type_, reason, message in plan.events:
@@ -324,6 +371,41 @@ class TrainingRunController:
             return None
         # A sweep with early stopping has trials running: read their progress again in a while.
         return max(0.0, read[1] + self.settings.trial_progress_seconds - time.monotonic())
+
+    async def _gangs(
+        self,
+        key: RunKey,
+        spec: TrainingRunSpec,
+        previous: TrainingRunStatus,
+        jobs: Mapping[str, Mapping[str, Any]],
+    ) -> GangContext | None:
+        """For a distributed run: whether Kubeflow Trainer may run it (asked only until the run has an
+        engine), and what Kueue says of its gangs."""
+        if spec.distributed is None:
+            return None
+        namespace = key[0]
+        queued = {}
+        for name, job in jobs.items():
+            self.gang_runs[(namespace, name)] = key
+            for workload in self.indexes["queued_workloads"].get((namespace, name), ()):
+                if workload.get("ownerUid") == job["metadata"].get("uid"):
+                    queued[name] = workload
+        installed = previous.engine is None and await self._trainer_installed()
+        return GangContext(
+            trainer_installed=installed, default_runtime=self.settings.training_runtime, queued=queued
+        )
+
+    async def _trainer_installed(self) -> bool:
+        """Whether distributed runs go to Kubeflow Trainer: as the operator is configured, or (``auto``)
+        whether the API server serves TrainJobs, asked at most every ``DISCOVERY_SECONDS``."""
+        engine = self.settings.training_engine
+        if engine != "auto":
+            return engine == "KubeflowTrainer"
+        now = time.monotonic()
+        if self._trainer_served is None or now - self._trainer_served[1] > DISCOVERY_SECONDS:
+            served = await self.client.serves(f"{TRAINJOB_GROUP}/{TRAINJOB_VERSION}", TRAINJOB_PLURAL)
+            self._trainer_served = (served, now)
+        return self._trainer_served[0]
 
     def _searches(self) -> ThreadPoolExecutor:
         if self._search_pool is None:
