@@ -50,7 +50,8 @@ OPERATOR_COMMAND = os.environ.get("BENCH_OPERATOR_COMMAND", str(ROOT / ".venv" /
 EXTRA_ENV = dict(e.split("=", 1) for e in os.environ.get("BENCH_OPERATOR_ENV", "").split() if e)
 
 
-def training_run(i: int) -> dict[str, Any]:
+def single_run(i: int) -> dict[str, Any]:
+    """The i-th TrainingRun: one held pod (kwok keeps it Running)."""
     return {
         "apiVersion": "modelloop.dev/v1alpha1",
         "kind": "TrainingRun",
@@ -63,6 +64,10 @@ def training_run(i: int) -> dict[str, Any]:
             "output": {"modelName": "bench"},
         },
     }
+
+
+training_run = single_run
+"""What the measurement creates (bench/distributed_runs.py swaps in distributed runs)."""
 
 
 def cluster(*args: str) -> str:

@@ -150,6 +150,28 @@ BOUNDS = [
             sweep={**SWEEP, "strategy": "Random", "maxTrials": 2, "space": {"act": {"type": "categorical"}}},
         ),
     ),
+    Bound(
+        "distributed-estimator",
+        "spec.params.estimator: RandomForestClassifier cannot train across nodes (spec.distributed); only "
+        "TorchMLP, TorchMLPClassifier, TorchMLPRegressor do",
+        training_run("ddp", params={"estimator": "TorchMLPClassifier"}, distributed={"nodes": 4}),
+        training_run("ddp-forest", distributed={"nodes": 4}),
+    ),
+    Bound(
+        "distributed-sweep-estimator",
+        "spec.sweep.estimator: SVC cannot train across nodes (spec.distributed)",
+        training_run(
+            "ddp-sweep",
+            params={"estimator": "RandomForestClassifier"},
+            sweep={**SWEEP, "parameters": {"estimator": ["TorchMLP", "TorchMLPClassifier"]}},
+            distributed={"nodes": 2},
+        ),
+        training_run(
+            "ddp-sweep-svc",
+            sweep={**SWEEP, "parameters": {"estimator": ["TorchMLP", "SVC"]}},
+            distributed={"nodes": 2},
+        ),
+    ),
 ]
 
 

@@ -315,6 +315,26 @@ TRAINING_RUN_CASES = [
         )
         for name, message, suffix, valid, invalid in RANGE_CASES
     ),
+    *(
+        Case(
+            kind="TrainingRun",
+            at=".spec",
+            message=f"spec.distributed.procsPerNode: {per} needs spec.resources.{needed}",
+            field="spec.distributed.procsPerNode",
+            valid=training_run(
+                f"per-{per}",
+                params={"estimator": "TorchMLP"},
+                distributed={"nodes": 2, "procsPerNode": per},
+                resources=resources,
+            ),
+            invalid=training_run(
+                f"per-{per}-without",
+                params={"estimator": "TorchMLP"},
+                distributed={"nodes": 2, "procsPerNode": per},
+            ),
+        )
+        for per, needed, resources in (("gpu", "gpus > 0", {"gpus": 2}), ("cpu", "cpu", {"cpu": "4"}))
+    ),
 ]
 
 CASES = [

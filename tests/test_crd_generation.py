@@ -219,7 +219,6 @@ def test_cel_rules_sit_where_the_rules_apply() -> None:
         ".spec.tolerations[]",
         ".spec.sweep",
         ".spec.sweep.space{}",
-        ".spec.distributed",
     }
     assert training[".spec"][-1] == "self == oldSelf"
     assert all("distributed" in rule for rule in training[".spec"][:-1])

@@ -172,16 +172,6 @@ class Distributed(ApiModel):
     """Training across several nodes with PyTorch DistributedDataParallel under torchrun: a gang of pods,
     all started together, configured through torchrun's PET_* variables."""
 
-    model_config = ConfigDict(
-        json_schema_extra=cel_rules(
-            CelRule(
-                rule="type(self.procsPerNode) == int || self.procsPerNode in ['auto', 'cpu', 'gpu']",
-                message="spec.distributed.procsPerNode is a number from 1 to 64, or auto, cpu or gpu",
-                field_path=".procsPerNode",
-            )
-        )
-    )
-
     nodes: int = Field(ge=1, le=MAX_NODES, description="Nodes (pods) of the gang, each one torchrun agent.")
     procs_per_node: ProcsPerNode = Field(
         "auto",
@@ -266,7 +256,8 @@ class TrainingRunSpec(ApiModel):
         None,
         ge=0,
         le=100,
-        description="Retries of the Job before the run fails; Kubernetes' default when unset.",
+        description="Retries of the Job before the run fails; Kubernetes' default when unset. A distributed "
+        "run restarts its whole gang this many times (none when unset).",
     )
     active_deadline_seconds: int | None = Field(
         None, ge=1, description="Time limit of the Job in seconds; the run fails when it is exceeded."

@@ -1,0 +1,194 @@
+"""Distributed TrainingRuns on the local control plane, trained for real.
+
+What runs for real: the API server, the Job controller and the scheduler (kwok's nodes), the operator as a
+user starts it, and every pod's command (`torchrun --no-python modelloop-train`, the real trainer under
+real torchrun with gloo) run by the stand-in kubelet (e2e/kubelet.py: GangKubelet) with the pod's exact
+environment, its `fieldRef`s resolved as the kubelet does, in a sandbox of its own whose host name is the
+pod's and whose /etc/hosts maps every pod's DNS name (`<job>-<index>.<service>`) to that pod's own loopback
+address: torchrun's rendezvous and gloo's connections go over loopback between separate processes that
+find each other by name, as pods do. The one deliberate difference is the network itself.
+
+The Kubeflow Trainer and Kueue cases are in e2e/test_distributed_engines.py.
+"""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from e2e.harness import Cluster, running_operator, wait_for
+from e2e.kubelet import HOLD, TRAINER_BIN, GangKubelet
+
+pytestmark = pytest.mark.skipif(
+    not (TRAINER_BIN / "torchrun").exists(),
+    reason="the trainer runtime is not installed (make trainer-venv)",
+)
+
+# A TorchMLP on the digits (1,797 rows, 10 classes; in scikit-learn, nothing downloaded).
+PARAMS = {"estimator": "TorchMLPClassifier", "epochs": 15, "batch_size": 64, "seed": 7, "hidden_sizes": [64]}
+ACCURACY_TOLERANCE = 0.03
+"""How far a 2-node x 2-process run's held-out accuracy may be from one process's (the trainer's tests
+compare 1 and 4 processes alike)."""
+INDEXED_JOB = {"MODELLOOP_TRAINING_ENGINE": "IndexedJob"}
+
+
+def training_run(name: str, artifacts: Path, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "modelloop.dev/v1alpha1",
+        "kind": "TrainingRun",
+        "metadata": {"name": name, "labels": dict(HOLD)},
+        "spec": {
+            "image": "ghcr.io/modelloop/trainer:0.1.0",
+            "params": PARAMS,
+            "dataset": {"uri": "sklearn://digits", "format": "sklearn"},
+            "output": {"modelName": "digits", "artifactUriPrefix": f"file://{artifacts}"},
+            **spec,
+        },
+    }
+
+
+def status_of(cluster: Cluster, name: str, namespace: str) -> dict[str, Any]:
+    return cluster.get("trainingrun", name, namespace).get("status") or {}
+
+
+def finished(cluster: Cluster, name: str, namespace: str) -> dict[str, Any] | None:
+    status = status_of(cluster, name, namespace)
+    return status if status.get("phase") in ("Succeeded", "Failed") else None
+
+
+def owned(cluster: Cluster, kind: str, name: str, namespace: str) -> list[dict[str, Any]]:
+    """The objects of ``kind`` the run ``name`` owns."""
+    return [
+        obj
+        for obj in cluster.get(kind, namespace=namespace)["items"]
+        if any(o.get("name") == name for o in obj["metadata"].get("ownerReferences") or ())
+    ]
+
+
+def events_of(cluster: Cluster, name: str, namespace: str) -> list[dict[str, Any]]:
+    return [
+        e
+        for e in cluster.get("events", namespace=namespace)["items"]
+        if e.get("involvedObject", {}).get("name") == name
+    ]
+
+
+def test_a_two_node_gang_trains_for_real_on_an_indexed_job_survives_an_operator_kill_and_registers_once(
+    cluster: Cluster, namespace: str, tmp_path: Path
+) -> None:
+    gang = training_run("digits-ddp", tmp_path / "artifacts", distributed={"nodes": 2, "procsPerNode": 2})
+    single = training_run("digits-one", tmp_path / "artifacts")
+    with GangKubelet(cluster, namespace, tmp_path / "kubelet") as kubelet:
+        with running_operator(cluster, namespace, tmp_path / "first.log", env=INDEXED_JOB) as first:
+            cluster.apply(gang, namespace)
+            cluster.apply(single, namespace)
+            job = wait_for(
+                lambda: owned(cluster, "jobs", "digits-ddp", namespace), timeout=60, what="the gang's Job"
+            )[0]
+            pods = wait_for(
+                lambda: (
+                    [p for p in owned_pods(cluster, job, namespace) if p["status"].get("phase") == "Running"]
+                    if len(owned_pods(cluster, job, namespace)) == 2
+                    else None
+                ),
+                timeout=120,
+                what="both nodes' pods running",
+            )
+            for pod in pods:
+                kubelet.running(pod["metadata"]["name"], timeout=60)
+            # The operator dies while the gang trains: the one started next finds the gang it made.
+            first.send_signal(signal.SIGKILL)
+            first.wait()
+        with running_operator(cluster, namespace, tmp_path / "second.log", env=INDEXED_JOB):
+            status = wait_for(
+                lambda: finished(cluster, "digits-ddp", namespace), timeout=420, what="the gang to finish"
+            )
+            one = wait_for(
+                lambda: finished(cluster, "digits-one", namespace), timeout=300, what="the single run"
+            )
+
+    assert status["phase"] == "Succeeded", status
+    assert one["phase"] == "Succeeded", one
+    assert status["engine"] == "IndexedJob" and one["engine"] == "Job"
+    assert status["attempt"] == 0
+    # One Indexed Job (and its Service) however often the operator died; every node ran and ended well.
+    (job,) = owned(cluster, "jobs", "digits-ddp", namespace)
+    assert job["spec"]["completionMode"] == "Indexed" and job["spec"]["completions"] == 2
+    (service,) = owned(cluster, "services", "digits-ddp", namespace)
+    assert service["metadata"]["name"] == job["metadata"]["name"]
+    ran = {e.pod: e for e in kubelet.executions if e.pod.startswith(job["metadata"]["name"])}
+    assert len(ran) == 2 and all(e.exit_code == 0 for e in ran.values()), ran
+    # Node 0 reported the result; node 1 wrote none.
+    by_index = {
+        int(p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"]): p for p in pods
+    }
+    assert ran[by_index[0]["metadata"]["name"]].message and not ran[by_index[1]["metadata"]["name"]].message
+    versions = [
+        v
+        for v in cluster.get("modelversions", namespace=namespace)["items"]
+        if v["spec"]["lineage"]["trainingRun"] == "digits-ddp"
+    ]
+    assert len(versions) == 1
+    assert abs(status["metrics"]["accuracy"] - one["metrics"]["accuracy"]) <= ACCURACY_TOLERANCE, (
+        status["metrics"],
+        one["metrics"],
+    )
+
+
+def owned_pods(cluster: Cluster, job: dict[str, Any], namespace: str) -> list[dict[str, Any]]:
+    return cluster.get(
+        "pods", namespace=namespace, selector=f"batch.kubernetes.io/job-name={job['metadata']['name']}"
+    )["items"]
+
+
+def test_a_killed_worker_fails_its_attempt_with_its_index_and_the_whole_gang_restarts(
+    cluster: Cluster, namespace: str, tmp_path: Path
+) -> None:
+    run = training_run(
+        "digits-crash", tmp_path / "artifacts", distributed={"nodes": 2, "procsPerNode": 1}, backoffLimit=1
+    )
+    with (
+        GangKubelet(cluster, namespace, tmp_path / "kubelet") as kubelet,
+        running_operator(cluster, namespace, tmp_path / "operator.log", env=INDEXED_JOB),
+    ):
+        cluster.apply(run, namespace)
+        first = wait_for(
+            lambda: owned(cluster, "jobs", "digits-crash", namespace), timeout=60, what="the Job"
+        )[0]
+        victim = wait_for(
+            lambda: next(
+                (
+                    p
+                    for p in owned_pods(cluster, first, namespace)
+                    if p["metadata"]["annotations"].get("batch.kubernetes.io/job-completion-index") == "1"
+                    and p["status"].get("phase") == "Running"
+                ),
+                None,
+            ),
+            timeout=120,
+            what="node 1's pod running",
+        )
+        kubelet.running(victim["metadata"]["name"], timeout=60)
+        kubelet.kill(victim["metadata"]["name"])
+        status = wait_for(lambda: finished(cluster, "digits-crash", namespace), timeout=420, what="the run")
+
+    assert status["phase"] == "Succeeded", status
+    assert status["attempt"] == 1
+    jobs = sorted(
+        owned(cluster, "jobs", "digits-crash", namespace),
+        key=lambda j: j["metadata"]["labels"]["modelloop.dev/attempt"],
+    )
+    assert [j["metadata"]["labels"]["modelloop.dev/attempt"] for j in jobs] == ["0", "1"]
+    assert any(
+        c["type"] == "Failed" and c["status"] == "True" for c in jobs[0]["status"].get("conditions") or ()
+    )
+    (failure,) = [e for e in events_of(cluster, "digits-crash", namespace) if e["reason"] == "AttemptFailed"]
+    assert failure["type"] == "Warning"
+    assert "Attempt 1 of 2 failed: Node 1" in failure["message"]
+    assert f"pod {victim['metadata']['name']}" in failure["message"]
+    assert "exited with code 137" in failure["message"]
+    # Only the complete gang registered.
+    assert len(cluster.get("modelversions", namespace=namespace)["items"]) == 1
