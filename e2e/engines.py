@@ -89,9 +89,20 @@ def install_crds(cluster: Cluster, folder: Path) -> None:
     assert files, f"no CRDs in {folder}"
     args = [a for path in files for a in ("-f", str(path))]
     applied = cluster.kubectl("apply", "--server-side", "--force-conflicts", *args, "-o", "name", timeout=120)
-    cluster.kubectl(
-        "wait", "--for=condition=Established", "--timeout=60s", *applied.stdout.split(), timeout=90
-    )
+    names = [name.rpartition("/")[2] for name in applied.stdout.split()]
+
+    # Polled rather than `kubectl wait`, which fails on a CRD so new that it has no conditions yet.
+    def established() -> bool:
+        for name in names:
+            crd = cluster.get("crd", name)
+            if not any(
+                c["type"] == "Established" and c["status"] == "True"
+                for c in crd.get("status", {}).get("conditions") or ()
+            ):
+                return False
+        return True
+
+    wait_for(established, timeout=60, what=f"the CRDs of {folder.name} Established")
 
 
 def remove_trainer_crds(cluster: Cluster) -> None:
@@ -389,7 +400,7 @@ def running_jobset(cluster: Cluster, workdir: Path) -> Iterator[Engine]:
 
     def webhooks_act() -> bool:
         # The defaulter gives an empty pod restart policy OnFailure (the CRD's schema defaults nothing
-        # there); the validator refuses a replicated job with a negative replica count.
+        # there); JobSet registers its validator together with it.
         probe = jobset_manifest("probe", replicas=1)
         defaulted = _dry_run(cluster, probe, "default")
         if defaulted.returncode != 0:

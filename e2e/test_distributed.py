@@ -89,13 +89,7 @@ def test_a_two_node_gang_trains_for_real_on_an_indexed_job_survives_an_operator_
                 lambda: owned(cluster, "jobs", "digits-ddp", namespace), timeout=60, what="the gang's Job"
             )[0]
             pods = wait_for(
-                lambda: (
-                    [p for p in owned_pods(cluster, job, namespace) if p["status"].get("phase") == "Running"]
-                    if len(owned_pods(cluster, job, namespace)) == 2
-                    else None
-                ),
-                timeout=120,
-                what="both nodes' pods running",
+                lambda: running_pods(cluster, job, namespace, 2), timeout=120, what="both nodes' pods running"
             )
             for pod in pods:
                 kubelet.running(pod["metadata"]["name"], timeout=60)
@@ -136,6 +130,14 @@ def test_a_two_node_gang_trains_for_real_on_an_indexed_job_survives_an_operator_
         status["metrics"],
         one["metrics"],
     )
+
+
+def running_pods(
+    cluster: Cluster, job: dict[str, Any], namespace: str, count: int
+) -> list[dict[str, Any]] | None:
+    """The Job's pods once ``count`` of them run, else None."""
+    pods = [p for p in owned_pods(cluster, job, namespace) if p["status"].get("phase") == "Running"]
+    return pods if len(pods) == count else None
 
 
 def owned_pods(cluster: Cluster, job: dict[str, Any], namespace: str) -> list[dict[str, Any]]:

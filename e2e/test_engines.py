@@ -21,10 +21,13 @@ import yaml
 from e2e.engines import (
     QUEUE_LABEL,
     TORCH_RUNTIME,
+    TRAINER_CRDS,
     Engine,
     delete_queue,
     indexed_job,
+    install_crds,
     make_queue,
+    remove_trainer_crds,
     running_jobset,
     running_kueue,
     running_trainer,
@@ -198,17 +201,52 @@ def test_a_trainjob_of_two_nodes_becomes_a_jobset_whose_pods_get_torchs_rendezvo
         },
     )
 
-    assert len(jobs) == 1
+    # One replicated job "node" of one Indexed Job (<trainjob>-node-0) whose parallelism is numNodes, a
+    # headless Service named after the TrainJob, and pods whose hostnames resolve under it.
+    assert seen["jobset_replicated_jobs"] == [{"name": "node", "replicas": 1, "parallelism": 2}]
+    assert seen["jobs"] == ["dist-node-0"]
+    assert {
+        "name": "dist",
+        "clusterIP": "None",
+        "selector": {"jobset.sigs.k8s.io/jobset-name": "dist"},
+    } in seen["services"]
     for index, pod in enumerate(pods):
         labels = pod["metadata"]["labels"]
         assert labels["modelloop.dev/run"] == "dist"
         assert pod["metadata"]["annotations"]["modelloop.dev/note"] == "from runtimePatches"
-        assert labels[COMPLETION_INDEX] == str(index)
-        env = {e["name"]: e for e in container(pod, "node")["env"]}
-        assert env["MODELLOOP_RUN"]["value"] == "dist"
-        assert env["PET_NNODES"]["value"] == "2"
-        assert env["PET_NPROC_PER_NODE"]["value"] == "2"
-        assert "PET_NODE_RANK" in env and "PET_MASTER_ADDR" in env and "PET_MASTER_PORT" in env
+        assert labels[COMPLETION_INDEX] == str(index) and labels["job-name"] == "dist-node-0"
+        assert (pod["spec"]["hostname"], pod["spec"]["subdomain"]) == (f"dist-node-0-{index}", "dist")
+        node = container(pod, "node")
+        assert node["command"] == ["torchrun", "/app/train.py"] and node["args"] == ["--epochs", "1"]
+        assert node["ports"] == [{"containerPort": 29500, "protocol": "TCP"}]
+        # The TrainJob's env first, then Trainer's torch rendezvous (the same on every node: the rank is
+        # the pod's completion index), then the Job controller's JOB_COMPLETION_INDEX.
+        assert node["env"] == [
+            {"name": "MODELLOOP_RUN", "value": "dist"},
+            {"name": "PET_NNODES", "value": "2"},
+            {"name": "PET_NPROC_PER_NODE", "value": "2"},
+            {
+                "name": "PET_NODE_RANK",
+                "valueFrom": {
+                    "fieldRef": {
+                        "apiVersion": "v1",
+                        "fieldPath": f"metadata.annotations['{COMPLETION_INDEX}']",
+                    }
+                },
+            },
+            {"name": "PET_MASTER_ADDR", "value": "dist-node-0-0.dist"},
+            {"name": "PET_MASTER_PORT", "value": "29500"},
+            {
+                "name": "JOB_COMPLETION_INDEX",
+                "valueFrom": {
+                    "fieldRef": {"apiVersion": "v1", "fieldPath": f"metadata.labels['{COMPLETION_INDEX}']"}
+                },
+            },
+        ]
+    completed = {"type": "Complete", "status": "True", "reason": "AllJobsCompleted"}
+    assert {**completed, "message": "jobset completed successfully"} in conditions(done)
+    jobset_completed = {**completed, "type": "Completed", "message": "jobset completed successfully"}
+    assert jobset_completed in conditions(cluster.get(JOBSETS, "dist", namespace))
 
 
 @pytest.mark.timeout(600)
@@ -261,7 +299,19 @@ def test_a_failed_pod_fails_the_jobset_and_the_trainjob(
                 "failed_pod": failing,
             },
         )
-        assert is_true(jobset, "Failed")
+        failure = {
+            "type": "Failed",
+            "status": "True",
+            "reason": "FailedJobs",
+            "message": "jobset failed due to one or more job failures (first failed job: doomed-node-0)",
+        }
+        assert failure in conditions(jobset) and failure in conditions(done)
+        backoff = {"status": "True", "reason": "BackoffLimitExceeded"}
+        assert {
+            "type": "Failed",
+            **backoff,
+            "message": "Job has reached the specified backoff limit",
+        } in conditions(jobs[0])
     finally:
         cluster.kubectl(
             "delete", "clustertrainingruntime", runtime["metadata"]["name"], "--wait=false", check=False
@@ -279,6 +329,10 @@ def pending_workload(cluster: Cluster, namespace: str, kind: str, name: str) -> 
         return None
 
     return wait_for(pending, timeout=TIMEOUT, what=f"a pending Workload of {kind} {name}")
+
+
+def job_uid(cluster: Cluster, resource: str, name: str, namespace: str) -> str:
+    return str(cluster.get(resource, name, namespace)["metadata"]["uid"])
 
 
 def workload_summary(wl: Mapping[str, Any]) -> dict[str, Any]:
@@ -316,6 +370,21 @@ def test_kueue_holds_a_job_that_does_not_fit_and_admits_it_when_the_quota_grows(
 
         wl = pending_workload(cluster, namespace, "Job", "four")
         record(tmp_path, "job-workload-pending", workload_summary(wl))
+        assert wl["apiVersion"] == "kueue.x-k8s.io/v1beta2" and wl["spec"]["queueName"] == queue
+        assert wl["metadata"]["labels"]["kueue.x-k8s.io/job-uid"] == job_uid(
+            cluster, "job", "four", namespace
+        )
+        assert conditions(wl) == [
+            {
+                "type": "QuotaReserved",
+                "status": "False",
+                "reason": "Pending",
+                "message": "couldn't assign flavors to pod set main: insufficient quota for nvidia.com/gpu"
+                f" in flavor {queue}, previously considered podsets requests (0)"
+                " + current podset request (4) > maximum capacity (3)",
+                "observedGeneration": 1,
+            }
+        ]
         assert cluster.get("job", "four", namespace)["spec"]["suspend"] is True
         assert not cluster.get("pods", namespace=namespace, selector="job-name=four")["items"]
 
@@ -355,8 +424,22 @@ def test_kueue_holds_a_trainjob_that_does_not_fit_and_admits_it_when_the_quota_g
         cluster.apply(job, namespace)
 
         wl = pending_workload(cluster, namespace, "TrainJob", "queued")
-        record(tmp_path, "trainjob-workload-pending", workload_summary(wl))
-        assert cluster.get(TRAINJOBS, "queued", namespace)["spec"]["suspend"] is True
+        held = cluster.get(TRAINJOBS, "queued", namespace)
+        record(
+            tmp_path,
+            "trainjob-workload-pending",
+            {**workload_summary(wl), "trainjob_conditions": conditions(held)},
+        )
+        assert held["spec"]["suspend"] is True
+        assert not cluster.get(JOBSETS, namespace=namespace)["items"] or all(
+            js["spec"].get("suspend") for js in cluster.get(JOBSETS, namespace=namespace)["items"]
+        )
+        assert wl["metadata"]["labels"]["kueue.x-k8s.io/job-uid"] == held["metadata"]["uid"]
+        reserved = condition(wl, "QuotaReserved")
+        assert reserved is not None and reserved["reason"] == "Pending"
+        assert reserved["message"].startswith(
+            "couldn't assign flavors to pod set node: insufficient quota for nvidia"
+        )
 
         set_quota(cluster, queue, gpus=4)
 
@@ -382,3 +465,18 @@ def test_kueue_holds_a_trainjob_that_does_not_fit_and_admits_it_when_the_quota_g
         assert len(admitted) == 1 and is_true(admitted[0], "Admitted")
     finally:
         delete_queue(cluster, namespace, queue)
+
+
+def test_without_trainers_crds_a_trainjob_is_refused_as_an_unknown_kind(
+    cluster: Cluster, namespace: str, trainer: Engine
+) -> None:
+    """What an operator without Trainer sees (and falls back on): the kind is not served. The CRDs and the
+    runtime are installed again afterwards, for the rest of the session."""
+    remove_trainer_crds(cluster)
+    try:
+        refused = cluster.apply_result(trainjob_manifest("orphan"), namespace)
+        assert refused.returncode != 0
+        assert 'no matches for kind "TrainJob" in version "trainer.kubeflow.org/v1alpha1"' in refused.stderr
+    finally:
+        install_crds(cluster, TRAINER_CRDS)
+        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(TORCH_RUNTIME))
