@@ -46,7 +46,7 @@ define install-env
 endef
 export KUBECONFIG := $(CURDIR)/.cluster/kubeconfig
 
-.PHONY: help setup chaos venv lock crds cluster-bins kserve-bins helm-bin prometheus-bin cluster cluster-down lint typecheck unit alerts-test argocd-health argocd-health-build argocd-health-test e2e runtime-checks test demo clean
+.PHONY: help setup chaos venv lock crds cluster-bins kserve-bins engine-bins helm-bin prometheus-bin cluster cluster-down lint typecheck unit alerts-test argocd-health argocd-health-build argocd-health-test e2e runtime-checks test demo clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -76,6 +76,9 @@ cluster-bins: ## build the control plane's binaries from their Go modules (once;
 
 kserve-bins: ## build KServe's controller and agent from KServe's Go module (once; cached in ~/.cache/modelloop)
 	hack/build-kserve.sh >/dev/null
+
+engine-bins: ## build Kubeflow Trainer's, JobSet's and Kueue's controllers from their Go modules (once; cached in ~/.cache/modelloop)
+	hack/build-training-engines.sh >/dev/null
 
 helm-bin: ## build Helm from its Go module (once; cached in ~/.cache/modelloop)
 	hack/build-helm.sh >/dev/null
@@ -119,13 +122,13 @@ alerts-test: prometheus-bin ## promtool's unit tests of the alerts (manifests/mo
 # E2E_PARALLEL= runs it in one process.
 E2E_PARALLEL ?= -n 2 --dist loadfile
 
-e2e: $(STAMP) $(TRAINER_STAMP) $(SERVER_STAMP) $(SELDON_STAMP) $(DETECTOR_STAMP) cluster-bins kserve-bins helm-bin prometheus-bin images-test ## end-to-end tests on the local control plane (started and stopped by the tests)
+e2e: $(STAMP) $(TRAINER_STAMP) $(SERVER_STAMP) $(SELDON_STAMP) $(DETECTOR_STAMP) cluster-bins kserve-bins engine-bins helm-bin prometheus-bin images-test ## end-to-end tests on the local control plane (started and stopped by the tests)
 	$(VENV)/bin/pytest e2e -q $(E2E_PARALLEL) --durations=25
 
 # Everything at once: the Go scripts download unlocked and compile one at a time (hack/lib/gobuild.sh), so
 # KServe's slow module resolution overlaps the control plane's compile, the environments' installs and the
 # image builds.
-SETUP_TARGETS := venv trainer-venv server-venv seldon-venv detector-venv cluster-bins kserve-bins helm-bin argocd-health-build prometheus-bin image-tools images-test
+SETUP_TARGETS := venv trainer-venv server-venv seldon-venv detector-venv cluster-bins kserve-bins engine-bins helm-bin argocd-health-build prometheus-bin image-tools images-test
 chaos: $(STAMP) $(TRAINER_STAMP) $(SERVER_STAMP) $(SELDON_STAMP) $(DETECTOR_STAMP) cluster-bins kserve-bins prometheus-bin ## the whole loop under a full storm of faults (30 operator SIGKILLs; MODELLOOP_CHAOS_SEED=N replays a run)
 	MODELLOOP_CHAOS_KILLS=$${MODELLOOP_CHAOS_KILLS:-30} MODELLOOP_CHAOS_SEED=$${MODELLOOP_CHAOS_SEED:-$$(od -An -N3 -tu4 /dev/urandom | tr -d ' ')} \
 	  $(VENV)/bin/pytest e2e/test_chaos.py -q -s
