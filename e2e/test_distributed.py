@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from e2e.engines import remove_trainer_crds
 from e2e.harness import Cluster, running_operator, wait_for
 from e2e.kubelet import HOLD, TRAINER_BIN, GangKubelet
 
@@ -32,7 +33,6 @@ PARAMS = {"estimator": "TorchMLPClassifier", "epochs": 15, "batch_size": 64, "se
 ACCURACY_TOLERANCE = 0.03
 """How far a 2-node x 2-process run's held-out accuracy may be from one process's (the trainer's tests
 compare 1 and 4 processes alike)."""
-INDEXED_JOB = {"MODELLOOP_TRAINING_ENGINE": "IndexedJob"}
 
 
 def training_run(name: str, artifacts: Path, **spec: Any) -> dict[str, Any]:
@@ -79,10 +79,13 @@ def events_of(cluster: Cluster, name: str, namespace: str) -> list[dict[str, Any
 def test_a_two_node_gang_trains_for_real_on_an_indexed_job_survives_an_operator_kill_and_registers_once(
     cluster: Cluster, namespace: str, tmp_path: Path
 ) -> None:
+    # A cluster without Kubeflow Trainer (another test may have installed it): the operator, left at
+    # MODELLOOP_TRAINING_ENGINE=auto, renders the gang itself.
+    remove_trainer_crds(cluster)
     gang = training_run("digits-ddp", tmp_path / "artifacts", distributed={"nodes": 2, "procsPerNode": 2})
     single = training_run("digits-one", tmp_path / "artifacts")
     with GangKubelet(cluster, namespace, tmp_path / "kubelet") as kubelet:
-        with running_operator(cluster, namespace, tmp_path / "first.log", env=INDEXED_JOB) as first:
+        with running_operator(cluster, namespace, tmp_path / "first.log") as first:
             cluster.apply(gang, namespace)
             cluster.apply(single, namespace)
             job = wait_for(
@@ -96,7 +99,7 @@ def test_a_two_node_gang_trains_for_real_on_an_indexed_job_survives_an_operator_
             # The operator dies while the gang trains: the one started next finds the gang it made.
             first.send_signal(signal.SIGKILL)
             first.wait()
-        with running_operator(cluster, namespace, tmp_path / "second.log", env=INDEXED_JOB):
+        with running_operator(cluster, namespace, tmp_path / "second.log"):
             status = wait_for(
                 lambda: finished(cluster, "digits-ddp", namespace), timeout=420, what="the gang to finish"
             )
@@ -154,7 +157,7 @@ def test_a_killed_worker_fails_its_attempt_with_its_index_and_the_whole_gang_res
     )
     with (
         GangKubelet(cluster, namespace, tmp_path / "kubelet") as kubelet,
-        running_operator(cluster, namespace, tmp_path / "operator.log", env=INDEXED_JOB),
+        running_operator(cluster, namespace, tmp_path / "operator.log"),
     ):
         cluster.apply(run, namespace)
         first = wait_for(
