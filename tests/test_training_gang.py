@@ -354,3 +354,44 @@ def test_a_queued_gang_waits_whole_with_kueue_s_reason() -> None:
 
     assert plan.status.phase == "Pending" and plan.status.reason == "Queued"
     assert plan.status.message.endswith(why)
+
+
+def test_each_trial_of_a_distributed_sweep_is_one_gang() -> None:
+    sweep = {
+        "parameters": {"lr": [0.01, 0.001, 0.0001]},
+        "parallelism": 2,
+        "objective": {"metric": "accuracy", "direction": "Maximize"},
+    }
+    obj = run({"sweep": sweep})
+    spec, status = parsed(obj)
+
+    plan = plan_run(obj, spec, status, {}, [], ROOT, gangs=GangContext(trainer_installed=True))
+
+    names = [m["metadata"]["name"] for m in plan.jobs_to_create]
+    assert [m["kind"] for m in plan.jobs_to_create] == ["TrainJob", "TrainJob"]
+    assert names == [gang_name("digits", UID, 0), gang_name("digits", UID, 1)]
+    assert [t.job_name for t in plan.status.trials] == names
+    assert plan.status.engine == TrainingEngine.KUBEFLOW_TRAINER
+    # A trial's gang trains with the trial's params, in the trial's own folder.
+    env = {e["name"]: e["value"] for e in plan.jobs_to_create[1]["spec"]["trainer"]["env"]}
+    assert json.loads(env["MODELLOOP_PARAMS"])["lr"] == 0.001
+    assert env["MODELLOOP_OUTPUT_URI"].endswith("/trial-1")
+
+
+def test_a_drift_policy_retrains_distributed_as_its_template_says() -> None:
+    from modelloop.api import DriftPolicySpec
+    from modelloop.drift.training_run import render_training_run
+
+    template = run()["spec"]
+    policy_spec = DriftPolicySpec.model_validate(
+        {
+            "target": {"inferenceService": "digits"},
+            "metrics": [
+                {"name": "drift", "query": "max(drift)", "threshold": 0.3, "comparison": "GreaterThan"}
+            ],
+            "retrain": {"trainingRunTemplate": template},
+        }
+    )
+    policy = {"metadata": {"name": "digits-drift", "namespace": "ml", "uid": "p-uid"}}
+    rendered = render_training_run(policy, policy_spec, "digits-retrain-1", {"drift": "0.4 > 0.3"})
+    assert rendered["spec"]["distributed"] == {"nodes": 2, "procsPerNode": 2}
