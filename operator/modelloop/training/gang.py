@@ -45,7 +45,7 @@ TRAINJOB_REPLICATED_JOB = "node"
 PATCH_MANAGER = "modelloop.dev/operator"
 
 COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
-MASTER_PORT = 29400
+MASTER_PORT = 29500
 """torchrun's rendezvous port on node 0, as Kubeflow Trainer's torch plugin uses."""
 PET_NNODES = "PET_NNODES"
 PET_NPROC_PER_NODE = "PET_NPROC_PER_NODE"
