@@ -224,9 +224,10 @@ class PodNetwork:
     network (127.x.y.z; the whole of 127.0.0.0/8 reaches this machine), stable for the pod and distinct
     among the pods it knows; and the hosts file that every pod's sandbox mounts as its /etc/hosts, which
     maps each pod's names (:func:`pod_dns_names`) to its address. The file is rewritten in place as pods
-    come and go (same inode: it is bind-mounted, and the C library reads /etc/hosts again at each lookup),
-    a pod's line staying where it was, so that a reader at any moment sees a whole line or none. Where two
-    pods claim a name (a gang restarted under the same names), the one still running wins, then the newer."""
+    come and go (same inode: it is bind-mounted, and the C library reads /etc/hosts again at each lookup);
+    a new pod's line is added at the end and the lines before it are left as they were, so that a lookup
+    while pods come finds every pod known before. Where two pods claim a name (a gang restarted under the
+    same names), the one still running holds it, then the newer."""
 
     def __init__(self, namespace: str, hosts_file: Path) -> None:
         self.namespace = namespace
@@ -302,8 +303,8 @@ class PodNetwork:
             "127.0.0.1\tlocalhost",
         ]
         for key, address in self._addresses.items():
-            pod = self._pods.get(key)
-            names = [n for n in pod_dns_names(pod) if holder[n] == key] if pod is not None else []
+            known = self._pods.get(key)
+            names = [n for n in pod_dns_names(known) if holder[n] == key] if known is not None else []
             if names:
                 lines.append(f"{address}\t{' '.join(names)}")
         return ("\n".join(lines) + "\n").encode()
@@ -334,7 +335,8 @@ class Container:
     address: str
     """The pod's IP."""
     process: subprocess.Popen[bytes]
-    """``bwrap``, whose exit status is the program's (128 + N when signal N killed it)."""
+    """``bwrap``, whose exit status is the program's (128 + N when signal N killed it); without a sandbox,
+    the program itself."""
     sandbox_pid: int | None
     """The pid (on this machine) of the first process of the sandbox's process tree, whose end ends them
     all; None where no sandbox could start."""
@@ -344,15 +346,22 @@ class Container:
         if self.sandbox_pid is None:
             return self.process.pid
         children = Path(f"/proc/{self.sandbox_pid}/task/{self.sandbox_pid}/children")
-        found = wait_for(
-            lambda: self.process.poll() is not None or children.read_text().split(),
+
+        def program() -> int | None:
+            try:
+                listed = children.read_text().split()
+            except FileNotFoundError:
+                listed = []
+            if not listed and self.process.poll() is not None:
+                raise ProcessLookupError(f"the container of pod {self.pod} has ended")
+            return int(listed[0]) if listed else None
+
+        return wait_for(
+            program,
             timeout=timeout,
             interval=0.02,
             what=f"the program of pod {self.pod} to start in its sandbox",
         )
-        if found is True:
-            raise ProcessLookupError(f"the container of pod {self.pod} has ended")
-        return int(found[0])
 
     def kill(self) -> None:
         """SIGKILL the program, as when it crashes or the OOM killer takes it: the container ends with exit

@@ -8,6 +8,7 @@ pods' hosts file changes under a running program."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket
@@ -33,8 +34,9 @@ from e2e.kubelet import (
 )
 
 # Each process adds its rank + 1 into one sum over the gang; each node's first process reports, in its
-# pod's termination message, the sum, who it was as the kubelet's sandbox made it, and the addresses of its
-# TCP connections (gloo's among them) as /proc/net/tcp shows them.
+# pod's termination message, the sum, who it was as the kubelet's sandbox made it, and the TCP connections
+# (gloo's among them) of every process of the gang after the sum, as [node, local, remote] addresses (from
+# /proc/net/tcp).
 ALL_REDUCE = """
 import json, os, socket
 import torch
@@ -60,13 +62,16 @@ def connections():
 dist.init_process_group("gloo")
 total = torch.tensor([float(dist.get_rank() + 1)])
 dist.all_reduce(total)
+node = int(os.environ["GROUP_RANK"])
+everyone = [None] * dist.get_world_size()
+dist.all_gather_object(everyone, [[node, *ends] for ends in connections()])
 if os.environ["LOCAL_RANK"] == "0":
     host = socket.gethostname()
     with open(os.environ["MODELLOOP_RESULT_PATH"], "w") as result:
         json.dump({
-            "sum": total.item(), "world": dist.get_world_size(), "node": int(os.environ["GROUP_RANK"]),
+            "sum": total.item(), "world": dist.get_world_size(), "node": node,
             "host": host, "address": socket.gethostbyname(host), "pod_ip": os.environ["POD_IP"],
-            "connections": connections(),
+            "connections": sorted(c for mine in everyone for c in mine),
         }, result)
 dist.destroy_process_group()
 """
@@ -164,6 +169,11 @@ def job_pods(cluster: Cluster, job: str, namespace: str) -> dict[int, dict[str, 
         for p in pods
         if not p["metadata"].get("deletionTimestamp")
     }
+
+
+def joined(cluster: Cluster, namespace: str, pod: str) -> bool:
+    """Whether the pod's program has said, in its log, that it joined its gang."""
+    return "joined" in pod_log(cluster, namespace, pod)
 
 
 def children(pid: int) -> list[int]:
@@ -420,13 +430,11 @@ def test_an_indexed_job_gang_rendezvouses_by_host_name_and_all_reduces(
         results[index] = result
     assert len(addresses) == 2
     # gloo's connections run to the pods' own addresses (each process listens at the address its host name
-    # resolves to; the dialling end is 127.0.0.1, the kernel's source for loopback), and a process of one
-    # pod dialled the other pod's address.
-    endpoints = {
-        end for result in results.values() for connection in result["connections"] for end in connection
-    }
-    assert endpoints == addresses | {"127.0.0.1"}, json.dumps(results)
-    assert any(["127.0.0.1", results[1 - i]["address"]] in results[i]["connections"] for i in (0, 1)), results
+    # resolves to; the dialling end is 127.0.0.1, the kernel's source address on loopback), and a process of
+    # one pod dialled the other pod's address.
+    connections = results[0]["connections"]
+    assert {end for _, *ends in connections for end in ends} <= addresses | {"127.0.0.1"}, connections
+    assert any(remote == results[1 - node]["address"] for node, _, remote in connections), connections
 
 
 def test_a_killed_worker_fails_the_gang_and_the_deleted_pods_program_is_killed(
@@ -436,17 +444,16 @@ def test_a_killed_worker_fails_the_gang_and_the_deleted_pods_program_is_killed(
     cluster.apply([headless_service("gang"), gang_job("crash", "gang", port, JOIN_AND_WAIT, 1)], namespace)
 
     with GangKubelet(cluster, namespace, tmp_path) as kubelet:
-        pods = wait_for(
-            lambda: (found := job_pods(cluster, "crash", namespace)) and len(found) == 2 and found,
-            timeout=60,
-            what="both pods of the gang",
-        )
+
+        def both() -> dict[int, dict[str, Any]] | None:
+            found = job_pods(cluster, "crash", namespace)
+            return found if len(found) == 2 else None
+
+        pods = wait_for(both, timeout=60, what="both pods of the gang")
         names = {index: pod["metadata"]["name"] for index, pod in pods.items()}
         for name in names.values():
             wait_for(
-                lambda n=name: "joined" in pod_log(cluster, namespace, n),
-                timeout=120,
-                what=f"pod {name} to join the gang",
+                functools.partial(joined, cluster, namespace, name), timeout=120, what=f"pod {name} to join"
             )
         survivor = kubelet.running(names[0])
         # The sandbox, torchrun (the pod's program), and the worker torchrun started.
