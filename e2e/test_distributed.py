@@ -43,7 +43,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 # A TorchMLP on the digits (1,797 rows, 10 classes; in scikit-learn, nothing downloaded).
-PARAMS = {"estimator": "TorchMLPClassifier", "epochs": 15, "batch_size": 64, "seed": 7, "hidden_sizes": [64]}
+PARAMS = {"estimator": "TorchMLPClassifier", "epochs": 15, "batch_size": 64, "seed": 7}
 ACCURACY_TOLERANCE = 0.03
 """How far a 2-node x 2-process run's held-out accuracy may be from one process's (the trainer's tests
 compare 1 and 4 processes alike)."""
