@@ -151,11 +151,12 @@ def plan_run(
                 reason="JobCreated",
                 message=JOB_CREATED_MESSAGE,
                 champion=None if champion is None else champion.name,
+                engine=TrainingEngine.JOB,
             ),
         )
     observation = observe_job(job, _pods_of(pods, name))
     status = _status_of(spec, observation, name)
-    status.champion = previous.champion
+    status.champion, status.engine = previous.champion, TrainingEngine.JOB
     registration = None
     if observation.phase == TrainingRunPhase.SUCCEEDED:
         folder = output_uri(spec, run, artifact_root)
@@ -338,8 +339,7 @@ def _plan_sweep(
         status.start_time = min(starts)
     if status.metrics:
         status.key_metric = run_key_metric(spec, status.metrics)
-    if spec.distributed is not None:
-        status.engine = engine
+    status.engine = engine
     return RunPlan(
         jobs_to_create=[
             manifest

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import json
 import os
+import selectors
+import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 
@@ -240,6 +243,8 @@ def test_a_node_whose_processes_fail_fails_the_launch_and_explains_itself(folder
         "MODELLOOP_TARGET_COLUMN": "target",
     }
     node0, node1 = two_nodes((node0_env, node1_env))
+    for launch in (node0, node1):
+        print(launch.result_path.read_text() if launch.result_path.exists() else "no termination message")
     assert node1.returncode != 0
     assert node0.returncode != 0  # its processes lost their peers: no partial result
     failure = node1.result()
@@ -249,6 +254,60 @@ def test_a_node_whose_processes_fail_fails_the_launch_and_explains_itself(folder
     assert failure["message"].startswith(f"rank {failure['rank']} of 4 (node 1, local rank ")
     assert not node0.result_path.exists() or node0.result()["status"] == "Failed"
     assert not (node0.output / "model.onnx").exists()
+
+
+def test_a_killed_worker_fails_the_launch_without_a_result(folder: Path) -> None:
+    env = trainer_env(folder, "killed", {**CLASSIFIER, "epochs": 5000})
+    process = start_torchrun(env, "--standalone", "--nproc-per-node", "4")
+    try:
+        assert process.stdout is not None
+        first = read_line_until(process.stdout, PROGRESS_PREFIX, deadline=time.monotonic() + LAUNCH_TIMEOUT)
+        assert first is not None, "the workers never reached their first epoch"
+        victim = worker_with_rank(process.pid, 2)
+        os.kill(victim, signal.SIGKILL)  # as the kernel's OOM killer would
+        process.communicate(timeout=LAUNCH_TIMEOUT)  # reads both pipes, so that no worker blocks on them
+        returncode = process.returncode
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert returncode != 0
+    launch_result = Path(env["MODELLOOP_RESULT_PATH"])
+    # The killed worker wrote nothing; a peer that lost it may have explained itself; nobody succeeded.
+    if launch_result.exists():
+        failure = json.loads(launch_result.read_text())
+        assert failure["status"] == "Failed" and failure["rank"] != 2
+    assert not (folder / "killed" / "model.onnx").exists()
+
+
+def read_line_until(stream: IO[str], prefix: str, *, deadline: float) -> str | None:
+    """The first line of ``stream`` starting with ``prefix``; None at its end or at ``deadline``."""
+    with selectors.DefaultSelector() as selector:
+        selector.register(stream, selectors.EVENT_READ)
+        while (left := deadline - time.monotonic()) > 0:
+            if not selector.select(timeout=left):
+                continue
+            line = stream.readline()
+            if not line:
+                return None
+            if line.startswith(prefix):
+                return line
+    return None
+
+
+def worker_with_rank(agent: int, rank: int) -> int:
+    """The process id of the torchrun agent ``agent``'s worker whose RANK is ``rank`` (read from /proc)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue  # ended meanwhile
+        if parent == agent and f"RANK={rank}".encode() in environ:
+            return int(entry.name)
+    raise AssertionError(f"torchrun {agent} has no worker of rank {rank}")
 
 
 def test_a_scikit_learn_estimator_refuses_to_train_distributed(folder: Path) -> None:

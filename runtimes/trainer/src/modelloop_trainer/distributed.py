@@ -114,8 +114,8 @@ def refuse_unless_distributable(
     raise TrainerError(
         FailureReason.DISTRIBUTED_NOT_SUPPORTED,
         f"{estimator} cannot train distributed (WORLD_SIZE {launch.world_size}): only TorchMLP, "
-        "TorchMLPClassifier and TorchMLPRegressor train across processes; drop the run's distributed "
-        "setting or choose a TorchMLP estimator",
+        "TorchMLPClassifier and TorchMLPRegressor train across processes; drop spec.distributed or "
+        "choose a TorchMLP estimator",
     )
 
 

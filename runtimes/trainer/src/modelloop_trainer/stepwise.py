@@ -9,6 +9,8 @@ reporting changes nothing in the model: it is the one a plain ``fit`` builds, bi
   one stage (as scikit-learn's own ``n_iter_no_change`` does on its validation rows). One fit, so the
   lines come as the model trains and a trial that the operator prunes stops early; ``staged_predict``
   after the fit would print them all at the end, when there is nothing left to save.
+- In a distributed launch (a TorchMLP under torchrun), only global rank 0 evaluates and prints the lines;
+  the other processes only train, in step with it.
 - Every other estimator is fitted in one go and prints nothing; its final metrics are in the result.
   That includes ``HistGradientBoosting``: it has no per-iteration hook, fitting it with ``warm_start``
   in chunks re-bins the data and re-predicts the training rows with every tree so far at each chunk
