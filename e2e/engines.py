@@ -109,6 +109,20 @@ def remove_trainer_crds(cluster: Cluster) -> None:
     """Delete Kubeflow Trainer's CRDs (TrainJob, TrainingRuntime, ClusterTrainingRuntime) and wait until the
     API server no longer serves them: a cluster without Trainer, for checking a fallback. Stop Trainer first;
     ``running_trainer`` installs them again."""
+    # Trainer puts finalizers on TrainJobs and on the runtimes they use, and removes them itself: with
+    # Trainer stopped, the CRDs' deletion would wait on them for ever. What Trainer would do at the end,
+    # done here.
+    served = cluster.kubectl("api-resources", "--api-group=trainer.kubeflow.org", "-o", "name").stdout.split()
+    for resource in served:
+        listed = json.loads(cluster.kubectl("get", resource, "-A", "-o", "json").stdout)["items"]
+        for obj in listed:
+            meta = obj["metadata"]
+            if meta.get("finalizers"):
+                where = ["-n", meta["namespace"]] if meta.get("namespace") else []
+                cluster.kubectl(
+                    "patch", resource, meta["name"], *where, "--type=merge",
+                    "-p", '{"metadata":{"finalizers":null}}', check=False,
+                )  # fmt: skip
     cluster.kubectl("delete", "crd", *TRAINER_CRD_NAMES, "--ignore-not-found", "--wait=true", timeout=120)
 
     def gone() -> bool:
