@@ -29,6 +29,18 @@ E2E_STATE = Path((os.environ.get("MODELLOOP_E2E_DIR") or str(ROOT / ".cluster" /
 E2E_CLUSTER_NAME = (os.environ.get("MODELLOOP_E2E_NAME") or "modelloop-e2e") + _OWN
 
 
+# The files whose tests run Kubeflow Trainer's, JobSet's or Kueue's controllers go last: `make e2e` builds
+# those (minutes, cold) in the background while the other files run, and their tests wait for the build.
+ENGINE_FILES = ("test_distributed.py", "test_engines.py")
+ENGINE_BUILD_SECONDS = 1800
+"""How long a test that needs the engines may take, waiting for their build included."""
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run the files that need the training engines last (a stable sort: the order within is kept)."""
+    items.sort(key=lambda item: item.path.name in ENGINE_FILES)
+
+
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[Cluster]:
     """Start the local control plane (its own state, apart from `make cluster`'s), install our CRDs and

@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 
+from e2e.conftest import ENGINE_BUILD_SECONDS
 from e2e.engines import (
     make_queue,
     remove_trainer_crds,
@@ -217,6 +218,7 @@ def pods_of_run(cluster: Cluster, name: str, namespace: str) -> list[dict[str, A
     return cluster.get("pods", namespace=namespace, selector=f"modelloop.dev/training-run={name}")["items"]
 
 
+@pytest.mark.timeout(ENGINE_BUILD_SECONDS)
 def test_a_two_node_gang_trains_for_real_through_kubeflow_trainer_and_jobset(
     cluster: Cluster, namespace: str, tmp_path: Path
 ) -> None:
@@ -294,6 +296,7 @@ def gpu_run(name: str, artifacts: Path, nodes: int, hold: bool = True, **spec: A
     return run
 
 
+@pytest.mark.timeout(ENGINE_BUILD_SECONDS)
 def test_kueue_keeps_a_gang_pending_whole_until_its_quota_fits_every_node(
     cluster: Cluster, namespace: str, tmp_path: Path
 ) -> None:
@@ -331,6 +334,7 @@ def test_kueue_keeps_a_gang_pending_whole_until_its_quota_fits_every_node(
             assert running["message"] == "Training on 4 of 4 nodes."
 
 
+@pytest.mark.timeout(ENGINE_BUILD_SECONDS)
 def test_two_gangs_that_fit_one_at_a_time_run_one_after_the_other(
     cluster: Cluster, namespace: str, tmp_path: Path
 ) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
+from e2e.conftest import ENGINE_BUILD_SECONDS
 from e2e.engines import (
     QUEUE_LABEL,
     TORCH_RUNTIME,
@@ -139,7 +140,7 @@ def conditions(obj: Mapping[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(ENGINE_BUILD_SECONDS)
 def test_a_trainjob_of_two_nodes_becomes_a_jobset_whose_pods_get_torchs_rendezvous_and_it_completes(
     cluster: Cluster, namespace: str, trainer: Engine, tmp_path: Path
 ) -> None:
@@ -249,7 +250,7 @@ def test_a_trainjob_of_two_nodes_becomes_a_jobset_whose_pods_get_torchs_rendezvo
     assert jobset_completed in conditions(cluster.get(JOBSETS, "dist", namespace))
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(ENGINE_BUILD_SECONDS)
 def test_a_failed_pod_fails_the_jobset_and_the_trainjob(
     cluster: Cluster, namespace: str, trainer: Engine, tmp_path: Path
 ) -> None:
@@ -356,7 +357,7 @@ def workload_summary(wl: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(ENGINE_BUILD_SECONDS)
 def test_kueue_holds_a_job_that_does_not_fit_and_admits_it_when_the_quota_grows(
     cluster: Cluster, namespace: str, kueue: Engine, tmp_path: Path
 ) -> None:
@@ -405,7 +406,7 @@ def test_kueue_holds_a_job_that_does_not_fit_and_admits_it_when_the_quota_grows(
         delete_queue(cluster, namespace, queue)
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(ENGINE_BUILD_SECONDS)
 def test_kueue_holds_a_trainjob_that_does_not_fit_and_admits_it_when_the_quota_grows(
     cluster: Cluster, namespace: str, kueue: Engine, tmp_path: Path
 ) -> None:

@@ -48,6 +48,7 @@ build_one() {
   local name="$1" dir="$2" pkg="$3" start
   have "$name" && return 0
   cpu_lock
+  have "$name" && return 0  # built by another instance while this one waited
   start=$(date +%s)
   log "building $name from $pkg (a cold build takes minutes)"
   (cd "$dir" && quiet env CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$BIN/$name.tmp" "$pkg")
@@ -62,6 +63,15 @@ TRAINER_PKG=github.com/kubeflow/trainer/v2/cmd/trainer-controller-manager
 JOBSET_PKG=sigs.k8s.io/jobset
 KUEUE_PKG=sigs.k8s.io/kueue/cmd/kueue
 
+if ! { have trainer-controller-manager && have jobset && have kueue; }; then
+  # One instance at a time (`make e2e` starts one in the background, and the tests that need the
+  # controllers run this script too): a second waits for the first, then finds the binaries built.
+  exec 8>"$CACHE_ROOT/.training-engines.lock"
+  if ! flock -n 8; then
+    log "waiting for another build of the training engines to finish"
+    flock 8
+  fi
+fi
 if ! { have trainer-controller-manager && have jobset && have kueue; }; then
   start=$(date +%s)
   have trainer-controller-manager || resolve_module "$TRAINER_DIR" github.com/kubeflow/trainer/v2 "$TRAINER_VERSION" "$TRAINER_PKG"
