@@ -25,6 +25,7 @@ from modelloop.training.job import (
     CONTAINER,
     ChampionModel,
     TrialPlan,
+    job_manifest,
     pod_spec,
     trainer_command,
     trainer_env,
@@ -150,7 +151,6 @@ def _indexed_job(
     champion: ChampionModel | None,
 ) -> dict[str, Any]:
     assert spec.distributed is not None
-    meta = run["metadata"]
     nodes = spec.distributed.nodes
     labels = _gang_labels(run, spec, name, attempt, trial)
     pod = pod_spec(run, spec, trial_run_params(spec, trial), artifact_root, trial, champion)
@@ -165,24 +165,8 @@ def _indexed_job(
         "backoffLimit": 0,
         "template": {"metadata": {"labels": labels, "annotations": run_annotations(run)}, "spec": pod},
     }
-    if spec.active_deadline_seconds is not None:
-        job_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds
-    if spec.ttl_seconds_after_finished is not None:
-        job_spec["ttlSecondsAfterFinished"] = spec.ttl_seconds_after_finished
-    if spec.queue_name:
-        job_spec["suspend"] = True  # Kueue admits the whole gang (one Workload of `nodes` pods) or none
-    return {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": {
-            "name": name,
-            "namespace": meta["namespace"],
-            "labels": labels,
-            "annotations": workload_annotations(run, trial),
-            "ownerReferences": [owner_reference(run, TRAINING_RUN.kind)],
-        },
-        "spec": job_spec,
-    }
+    # With a queue, Kueue admits the whole gang (one Workload of `nodes` pods) or none of it.
+    return job_manifest(run, spec, name, labels, trial, job_spec)
 
 
 def _pet_env(spec: TrainingRunSpec, master: str) -> list[dict[str, Any]]:

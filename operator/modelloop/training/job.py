@@ -115,8 +115,23 @@ def render_job(
             "spec": pod_spec(run, spec, params, artifact_root, trial, champion),
         },
     }
+    if spec.backoff_limit is not None:
+        job_spec["backoffLimit"] = spec.backoff_limit
+    return job_manifest(run, spec, name, labels, trial, job_spec)
+
+
+def job_manifest(
+    run: Mapping[str, Any],
+    spec: TrainingRunSpec,
+    name: str,
+    labels: Mapping[str, str],
+    trial: TrialPlan | None,
+    job_spec: dict[str, Any],
+) -> dict[str, Any]:
+    """A run's Job (or one of its gangs') around ``job_spec``: with the run's deadline and TTL, suspended for
+    Kueue when the run names a queue, named ``name`` and owned by the run."""
+    meta = run["metadata"]
     for key, value in (
-        ("backoffLimit", spec.backoff_limit),
         ("activeDeadlineSeconds", spec.active_deadline_seconds),
         ("ttlSecondsAfterFinished", spec.ttl_seconds_after_finished),
     ):
