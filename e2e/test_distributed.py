@@ -282,17 +282,15 @@ def test_a_two_node_gang_trains_for_real_through_kubeflow_trainer_and_jobset(
     assert abs(status["metrics"]["accuracy"] - one["metrics"]["accuracy"]) <= ACCURACY_TOLERANCE
 
 
-def gpu_run(name: str, artifacts: Path, nodes: int, hold: bool = True, **spec: Any) -> dict[str, Any]:
+def gpu_run(name: str, artifacts: Path, nodes: int, queue: str, **spec: Any) -> dict[str, Any]:
     run = training_run(
         name,
         artifacts,
         distributed={"nodes": nodes, "procsPerNode": 1},
         resources={"gpus": 1, "cpu": "1", "memory": "1Gi"},
-        queueName="team-a",
+        queueName=queue,
         **spec,
     )
-    if not hold:
-        run["metadata"]["labels"] = {}
     return run
 
 
@@ -301,9 +299,11 @@ def test_kueue_keeps_a_gang_pending_whole_until_its_quota_fits_every_node(
     cluster: Cluster, namespace: str, tmp_path: Path
 ) -> None:
     with running_kueue(cluster, tmp_path / "kueue"):
-        make_queue(cluster, namespace, "team-a", gpus=3)
+        # A queue of the test's own: a ClusterQueue is cluster-wide, and an earlier test's still holds quota.
+        queue = f"q-{namespace}"
+        make_queue(cluster, namespace, queue, gpus=3)
         with running_operator(cluster, namespace, tmp_path / "operator.log"):
-            cluster.apply(gpu_run("big", tmp_path / "artifacts", nodes=4), namespace)
+            cluster.apply(gpu_run("big", tmp_path / "artifacts", nodes=4, queue=queue), namespace)
             # Kueue says why, and the run says what Kueue says: 4 GPUs asked, 3 in the queue.
             status = wait_for(
                 lambda: (
@@ -320,7 +320,7 @@ def test_kueue_keeps_a_gang_pending_whole_until_its_quota_fits_every_node(
             assert job["spec"]["suspend"] is True
             assert pods_of_run(cluster, "big", namespace) == []  # not one node started
 
-            set_quota(cluster, "team-a", gpus=4)
+            set_quota(cluster, queue, gpus=4)
             wait_for(
                 lambda: len(pods_of_run(cluster, "big", namespace)) == 4,
                 timeout=120,
@@ -342,13 +342,14 @@ def test_two_gangs_that_fit_one_at_a_time_run_one_after_the_other(
         running_kueue(cluster, tmp_path / "kueue"),
         GangKubelet(cluster, namespace, tmp_path / "kubelet") as kubelet,
     ):
-        make_queue(cluster, namespace, "team-a", gpus=2)
+        queue = f"q-{namespace}"
+        make_queue(cluster, namespace, queue, gpus=2)
         with running_operator(cluster, namespace, tmp_path / "operator.log"):
-            cluster.apply(gpu_run("first", tmp_path / "artifacts", nodes=2), namespace)
+            cluster.apply(gpu_run("first", tmp_path / "artifacts", nodes=2, queue=queue), namespace)
             wait_for(
                 lambda: pods_of_run(cluster, "first", namespace), timeout=120, what="the first gang's pods"
             )
-            cluster.apply(gpu_run("second", tmp_path / "artifacts", nodes=2), namespace)
+            cluster.apply(gpu_run("second", tmp_path / "artifacts", nodes=2, queue=queue), namespace)
             waiting = wait_for(
                 lambda: (s := status_of(cluster, "second", namespace)).get("reason") == "Queued" and s,
                 timeout=120,
