@@ -68,7 +68,7 @@ def cluster() -> Iterator[Cluster]:
             text=True,
             check=True,
         ).stdout
-        c.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=third_party, timeout=120)
+        c.install_crds(input=third_party, what="the third-party CRDs")
         wait_for(lambda: all_established(c), timeout=60, what="every CRD Established")
         yield c
     finally:

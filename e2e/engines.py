@@ -83,26 +83,10 @@ def engines_bin_dir() -> Path:
 
 
 def install_crds(cluster: Cluster, folder: Path) -> None:
-    """Server-side apply every CRD in ``folder`` (only ``*_*.yaml``: CRD files are named group_plural) and
-    wait until each is Established."""
+    """Install every CRD in ``folder`` (only ``*_*.yaml``: CRD files are named group_plural), Established."""
     files = sorted(path for path in folder.glob("*.yaml") if "_" in path.name)
     assert files, f"no CRDs in {folder}"
-    args = [a for path in files for a in ("-f", str(path))]
-    applied = cluster.kubectl("apply", "--server-side", "--force-conflicts", *args, "-o", "name", timeout=120)
-    names = [name.rpartition("/")[2] for name in applied.stdout.split()]
-
-    # Polled rather than `kubectl wait`, which fails on a CRD so new that it has no conditions yet.
-    def established() -> bool:
-        for name in names:
-            crd = cluster.get("crd", name)
-            if not any(
-                c["type"] == "Established" and c["status"] == "True"
-                for c in crd.get("status", {}).get("conditions") or ()
-            ):
-                return False
-        return True
-
-    wait_for(established, timeout=60, what=f"the CRDs of {folder.name} Established")
+    cluster.install_crds(*files, what=f"the CRDs of {folder.name}")
 
 
 def remove_trainer_crds(cluster: Cluster) -> None:

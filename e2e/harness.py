@@ -189,6 +189,28 @@ class Cluster:
             args += ["-l", selector]
         return json.loads(self.kubectl(*args).stdout)
 
+    def install_crds(self, *paths: Path, what: str = "the CRDs", input: str | None = None) -> list[str]:
+        """Server-side apply the CRDs in ``paths`` (files or folders; or ``input``, YAML text) and wait
+        until each is Established, so that the next request may use its kinds; return their names.
+        Server-side: some third-party CRDs exceed client-side apply's annotation limit. Polled rather
+        than ``kubectl wait``, which fails on a CRD so new that it has no conditions yet."""
+        files = [a for path in paths for a in ("-f", str(path))] or ["-f", "-"]
+        applied = self.kubectl(
+            "apply", "--server-side", "--force-conflicts", *files, "-o", "name", input=input, timeout=120
+        )
+        kind = "customresourcedefinition"
+        names = [n.rpartition("/")[2] for n in applied.stdout.split() if n.startswith(kind)]
+
+        def established() -> bool:
+            for name in names:
+                cond = condition(self.get("crd", name), "Established")
+                if cond is None or cond["status"] != "True":
+                    return False
+            return True
+
+        wait_for(established, timeout=60, what=f"{what} Established")
+        return names
+
     def apply(self, manifest: Manifest, namespace: str) -> None:
         """``kubectl apply`` a manifest given as YAML/JSON text or as objects; fail if it is refused."""
         result = self.apply_result(manifest, namespace)

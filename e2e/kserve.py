@@ -121,14 +121,7 @@ def running_kserve(cluster: Cluster, workdir: Path) -> Iterator[KServe]:
 
 def install_prerequisites(cluster: Cluster) -> None:
     """The CRDs, namespaces, configuration and ClusterServingRuntimes KServe's manager reads."""
-    folders = [SHARED_CRDS / folder for folder in CRD_FOLDERS]
-    # Server-side, as the suite installs third-party CRDs: some exceed client-side apply's annotation limit.
-    files = [arg for folder in folders for arg in ("-f", str(folder))]
-    applied = cluster.kubectl(
-        "apply", "--server-side", "--force-conflicts", *files, "-o", "name", timeout=120
-    )
-    crds = applied.stdout.split()
-    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", *crds, timeout=90)
+    cluster.install_crds(*(SHARED_CRDS / folder for folder in CRD_FOLDERS), what="KServe's CRDs")
     namespaces = [
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}} for name in NAMESPACES
     ]

@@ -547,6 +547,13 @@ def status_of(cluster: Cluster, resource: str, name: str, namespace: str) -> dic
     return dict(json.loads(result.stdout).get("status") or {})
 
 
+# The policy's first verdict needs the detector's window, a scrape and an evaluation: on a loaded 2-core
+# machine (the suite's other worker running training gangs or the training engines' build) that took over
+# two minutes. A test that waits this long is given LOOP_TEST_SECONDS by pytest-timeout.
+WATCHING_SECONDS = 300
+LOOP_TEST_SECONDS = 900
+
+
 def wait_status(
     cluster: Cluster, resource: str, name: str, namespace: str, timeout: float = 120, **expected: Any
 ) -> dict[str, Any]:
@@ -618,7 +625,9 @@ def main() -> None:
         print(cluster.kubectl("get", "modelversions", "-n", namespace).stdout)
         cluster.apply(drift_policy(loop), namespace)
         with loop.traffic() as (traffic, _):
-            wait_status(cluster, "driftpolicy", POLICY, namespace, timeout=120, lastResult="Watching")
+            wait_status(
+                cluster, "driftpolicy", POLICY, namespace, timeout=WATCHING_SECONDS, lastResult="Watching"
+            )
             print(cluster.kubectl("get", "driftpolicy", "-n", namespace).stdout)
             say("The input shifts (petal sizes read 1.8x); feedback labels show accuracy falling")
             timings = run_the_loop(loop, traffic, report=print)

@@ -27,7 +27,9 @@ from e2e.chaos import (
 )
 from e2e.harness import Cluster, wait_for
 from e2e.loop import (
+    LOOP_TEST_SECONDS,
     POLICY,
+    WATCHING_SECONDS,
     drift_loop,
     drift_policy,
     run_the_loop,
@@ -53,6 +55,7 @@ def test_the_schedule_is_replayable_from_its_seed() -> None:
     assert {"kill-in-handover", "restart-apiserver", "prometheus-down", "restart-detector"} <= set(kinds)
 
 
+@pytest.mark.timeout(LOOP_TEST_SECONDS)
 def test_the_loop_closes_and_keeps_every_invariant_under_a_storm_of_faults(
     cluster: Cluster, namespace: str, kserve: Any, tmp_path: Path
 ) -> None:
@@ -76,7 +79,9 @@ def test_the_loop_closes_and_keeps_every_invariant_under_a_storm_of_faults(
             policy["spec"]["retrain"]["trainingRunTemplate"]["backoffLimit"] = 1  # the failed pod is retried
             cluster.apply(policy, namespace)
             with loop.traffic() as (traffic, load):
-                wait_status(cluster, "driftpolicy", POLICY, namespace, timeout=120, lastResult="Watching")
+                wait_status(
+                    cluster, "driftpolicy", POLICY, namespace, timeout=WATCHING_SECONDS, lastResult="Watching"
+                )
                 storm.start()  # with the shift: the faults fall on the loop as it runs
                 timings = run_the_loop(loop, traffic)
                 # The faults left once the loop has closed fall on a loop at rest: it must stay closed.

@@ -326,12 +326,13 @@ def test_kueue_keeps_a_gang_pending_whole_until_its_quota_fits_every_node(
                 timeout=120,
                 what="all four nodes' pods",
             )
-            running = wait_for(
-                lambda: (s := status_of(cluster, "big", namespace)).get("phase") == "Running" and s,
+            # kwok starts the pods one by one: the run is Running from the first, then counts them all.
+            wait_for(
+                lambda: status_of(cluster, "big", namespace).get("message") == "Training on 4 of 4 nodes.",
                 timeout=120,
-                what="the run Running",
+                what="the run Running on all four nodes",
             )
-            assert running["message"] == "Training on 4 of 4 nodes."
+            assert status_of(cluster, "big", namespace)["phase"] == "Running"
 
 
 @pytest.mark.timeout(ENGINE_BUILD_SECONDS)

@@ -21,8 +21,10 @@ import pytest
 from e2e.harness import Cluster, wait_for
 from e2e.loop import (
     BACKENDS,
+    LOOP_TEST_SECONDS,
     POLICY,
     SERVICE,
+    WATCHING_SECONDS,
     drift_loop,
     drift_policy,
     retraining_runs,
@@ -60,6 +62,7 @@ def lineage(cluster: Cluster, version: str, namespace: str) -> str:
     return result.stdout
 
 
+@pytest.mark.timeout(LOOP_TEST_SECONDS)
 @pytest.mark.parametrize(
     "backend",
     [
@@ -83,7 +86,7 @@ def test_drift_retrains_validates_on_the_same_data_and_promotes_the_new_model_wi
         cluster.apply(drift_policy(loop), namespace)
         with loop.traffic() as (traffic, load):
             watching = wait_status(
-                cluster, "driftpolicy", POLICY, namespace, timeout=120, lastResult="Watching"
+                cluster, "driftpolicy", POLICY, namespace, timeout=WATCHING_SECONDS, lastResult="Watching"
             )
             assert watching["evidence"]["input-drift"] == "0"
             timings = run_the_loop(loop, traffic)
@@ -153,6 +156,7 @@ def test_drift_retrains_validates_on_the_same_data_and_promotes_the_new_model_wi
     assert "← TrainingRun " + run["metadata"]["name"] in text
 
 
+@pytest.mark.timeout(LOOP_TEST_SECONDS)
 def test_a_retrained_model_worse_than_the_champion_on_the_same_data_is_rejected_and_never_served(
     cluster: Cluster, namespace: str, kserve: Any, tmp_path: Path
 ) -> None:
@@ -162,7 +166,9 @@ def test_a_retrained_model_worse_than_the_champion_on_the_same_data_is_rejected_
         policy = drift_policy(loop, recent_data=False, estimator="DecisionTreeClassifier", max_depth=1)
         cluster.apply(policy, namespace)
         with loop.traffic() as (traffic, load):
-            wait_status(cluster, "driftpolicy", POLICY, namespace, timeout=120, lastResult="Watching")
+            wait_status(
+                cluster, "driftpolicy", POLICY, namespace, timeout=WATCHING_SECONDS, lastResult="Watching"
+            )
             traffic.shifted = True
             runs = wait_for(lambda: retraining_runs(cluster, namespace), timeout=180, what="the retraining")
             done = wait_status(

@@ -28,9 +28,11 @@ import pytest
 from e2e.harness import Cluster, wait_for
 from e2e.loop import (
     DRIFT_QUERY,
+    LOOP_TEST_SECONDS,
     POLICY,
     SELECT,
     SERVICE,
+    WATCHING_SECONDS,
     Loop,
     drift_loop,
     inference_service,
@@ -87,11 +89,6 @@ class _Body(dict[str, Any]):
     def __init__(self, body: Mapping[str, Any], request_id: str) -> None:
         super().__init__(body)
         self.request_id = request_id
-
-
-# The policy's first verdict needs the detector's window, a scrape and an evaluation: on a loaded 2-core
-# machine (the suite's other worker, the training engines' build) that took over two minutes once.
-WATCHING_SECONDS = 300
 
 
 def between_versicolor_and_virginica(rows: list[tuple[list[float], int]]) -> Any:
@@ -184,7 +181,7 @@ def detector_version(loop: Loop) -> dict[str, Any]:
     return dict(state["versions"]["1"])
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(LOOP_TEST_SECONDS)
 def test_a_harmful_shift_is_seen_in_the_estimate_and_retrains_before_any_label(
     cluster: Cluster, namespace: str, kserve: Any, tmp_path: Path
 ) -> None:
@@ -215,7 +212,7 @@ def test_a_harmful_shift_is_seen_in_the_estimate_and_retrains_before_any_label(
     assert state["estimation"]["estimates"], state
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(LOOP_TEST_SECONDS)
 def test_a_shift_of_a_feature_the_model_ignores_moves_input_drift_not_the_estimate(
     cluster: Cluster, namespace: str, kserve: Any, tmp_path: Path
 ) -> None:

@@ -81,16 +81,9 @@ def instantiate(expr: str, values: Mapping[str, str]) -> str:
     return VARIABLE.sub(value, expr)
 
 
-def install_crds(cluster: Cluster, *paths: Path) -> None:
-    for path in paths:
-        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path))
-    for path in paths:
-        name = yaml.safe_load(path.read_text())["metadata"]["name"]
-        cluster.kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=30s")
-
-
 def test_the_api_server_accepts_the_alerts_the_pod_monitor_and_the_dashboard(cluster: Cluster) -> None:
-    install_crds(cluster, *sorted(PROMETHEUS_OPERATOR_CRDS.glob("*.yaml")))
+    crds = sorted(PROMETHEUS_OPERATOR_CRDS.glob("*.yaml"))
+    cluster.install_crds(*crds, what="the Prometheus Operator's CRDs")
     if cluster.kubectl("get", "namespace", "modelloop-system", check=False).returncode != 0:
         cluster.kubectl("create", "namespace", "modelloop-system")
 
@@ -326,7 +319,8 @@ def test_every_dashboard_query_returns_data_from_a_real_prometheus(
     assert set(CHECKED_BY_THE_LOOP) <= {p["title"] for p in board["panels"]}, (
         "CHECKED_BY_THE_LOOP names unknown panels"
     )
-    install_crds(cluster, HTTPROUTE_CRD)  # the quickstart serves in KServe's Standard mode
+    # The quickstart serves in KServe's Standard mode.
+    cluster.install_crds(HTTPROUTE_CRD, what="the HTTPRoute CRD")
     servers = [
         kserve_server(write_iris_model(SERVER_BIN / "python", tmp_path / "kserve-model"), tmp_path),
         seldon_server(write_iris_model(SELDON_BIN / "python", tmp_path / "seldon-model"), tmp_path),

@@ -214,16 +214,8 @@ def predictor_pod(name: str, track: str, version: str, artifact: Path, script: P
 def test_serving_kubelet_serves_predictor_pods_and_load_follows_the_httproute(
     cluster: Cluster, namespace: str, prometheus: Prometheus, tmp_path: Path
 ) -> None:
-    cluster.kubectl(
-        "apply", "--server-side", "--force-conflicts",
-        "-f", str(SHARED_CRDS / "gateway-api" / "gateway.networking.k8s.io_httproutes.yaml"),
-    )  # fmt: skip
-    wait_for(
-        lambda: (
-            cluster.kubectl("get", "crd", "httproutes.gateway.networking.k8s.io", check=False).returncode == 0
-        ),
-        timeout=30,
-        what="the HTTPRoute CRD",
+    cluster.install_crds(
+        SHARED_CRDS / "gateway-api" / "gateway.networking.k8s.io_httproutes.yaml", what="the HTTPRoute CRD"
     )
     script = tmp_path / "stand_in_server.py"
     script.write_text(STAND_IN_SERVER)
