@@ -19,7 +19,7 @@ build_helm() {
   wrapper_module "$dir" "$HELM_VERSION" "helm.sh/helm/$major/cmd/helm"
   cpu_lock
   log "building helm $HELM_VERSION (a cold build takes minutes)"
-  (cd "$dir" && quiet env CGO_ENABLED=0 go build -trimpath \
+  (cd "$dir" && quiet env CGO_ENABLED=0 go build -trimpath "$TOOL_GCFLAGS" \
     -ldflags "-s -w -X helm.sh/helm/$major/internal/version.version=$HELM_VERSION -X helm.sh/helm/$major/internal/version.metadata=" \
     -o "$BIN/helm.tmp" "helm.sh/helm/$major/cmd/helm")
   mv "$BIN/helm.tmp" "$BIN/helm"

@@ -46,7 +46,7 @@ for r in json.load(sys.stdin).get("Replace") or ():
   cpu_lock
   for c in "${missing[@]}"; do
     log "building kserve $c $KSERVE_VERSION (a cold build takes minutes)"
-    (cd "$dir" && quiet env CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$BIN/$c.tmp" "github.com/kserve/kserve/cmd/$c")
+    (cd "$dir" && quiet env CGO_ENABLED=0 go build -trimpath "$TOOL_GCFLAGS" -ldflags "-s -w" -o "$BIN/$c.tmp" "github.com/kserve/kserve/cmd/$c")
     mv "$BIN/$c.tmp" "$BIN/$c"
   done
 }

@@ -8,19 +8,19 @@
 #
 #   hack/test-argocd-health.sh [go test flags]    e.g. -v -run 'TestLuaHealthScript/.*/InferenceService'
 #
-# The Go caches live in modelloop's cache: the first run downloads Argo CD's dependencies and builds them
-# (minutes); later runs take seconds.
+# The first run downloads Argo CD's dependencies and builds them (minutes; Go's own caches, shared with the
+# other Go builds, with the same flags); later runs take seconds.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CACHE_ROOT="${MODELLOOP_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/modelloop}"
-# No binary is kept: the "bin" folder of gobuild.sh is where the Go caches live.
+# No binary is kept (gobuild.sh's "bin" folder stays empty).
 BIN="$CACHE_ROOT/go"
 # shellcheck source=hack/lib/gobuild.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib/gobuild.sh"
 
 command -v go >/dev/null || { echo "hack/test-argocd-health.sh: needs Go (1.26.3 or newer)" >&2; exit 1; }
-export GOCACHE="$BIN/build" GOMODCACHE="$BIN/mod" GOFLAGS="${GOFLAGS:-} -mod=mod"
+export GOFLAGS="${GOFLAGS:-} -mod=mod" CGO_ENABLED=0
 cd "$ROOT/argocd/healthtest"
 
 # The modules the test builds from, fetched first so that Go's download chatter goes to the log.
@@ -31,4 +31,4 @@ ARGOCD_VERSION=$(go list -m -f '{{.Version}}' github.com/argoproj/argo-cd/v3)
 log "testing the health checks with Argo CD $ARGOCD_VERSION's util/lua (a cold build takes minutes)"
 # -count=1: Go caches a test's result keyed on the files it read, but only on files inside its module; the
 # health checks, the CRDs and the argocd-cm patch are outside. The build itself stays cached.
-go test -count=1 "$@" .
+go test -count=1 -trimpath "$TOOL_GCFLAGS" "$@" .
