@@ -46,7 +46,7 @@ define install-env
 endef
 export KUBECONFIG := $(CURDIR)/.cluster/kubeconfig
 
-.PHONY: help setup chaos venv lock crds cluster-bins kserve-bins engine-bins helm-bin prometheus-bin cluster cluster-down lint typecheck unit alerts-test argocd-health argocd-health-build argocd-health-test e2e runtime-checks test demo clean
+.PHONY: help setup chaos venv lock crds cluster-bins kserve-bins engine-bins helm-bin prometheus-bin cluster cluster-down lint typecheck unit alerts-test argocd-health argocd-health-build argocd-health-test e2e runtime-checks checks test demo clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -148,7 +148,14 @@ RUNTIME_CHECKS := contracts-lint contracts-test trainer-lint trainer-test server
 runtime-checks: ## lint, types and tests of the contracts and the four runtimes, two at a time
 	$(MAKE) -j2 --output-sync=target $(RUNTIME_CHECKS)
 
-test: setup lint typecheck unit alerts-test argocd-health-test runtime-checks e2e ## everything: lint, types, unit and e2e tests (operator and runtimes)
+# Every check that needs no cluster, two at a time, the longest first (the lints, mypy and the unit tests
+# take one core each, and alone would leave the other idle).
+CHECKS := trainer-test server-test seldon-test detector-test unit contracts-test lint typecheck alerts-test argocd-health-test $(filter-out %-test,$(RUNTIME_CHECKS))
+
+checks: ## lint, types, unit tests and the runtimes' checks: everything but the e2e suite, two at a time
+	$(MAKE) --no-print-directory -j2 --output-sync=target $(CHECKS)
+
+test: setup checks e2e ## everything: lint, types, unit and e2e tests (operator and runtimes)
 
 demo: $(STAMP) $(TRAINER_STAMP) $(SERVER_STAMP) $(DETECTOR_STAMP) kserve-bins prometheus-bin ## the whole show on a local control plane, ending with the drift loop
 	hack/demo.sh
