@@ -334,6 +334,27 @@ def test_kueue_keeps_a_gang_pending_whole_until_its_quota_fits_every_node(
             )
             assert status_of(cluster, "big", namespace)["phase"] == "Running"
 
+            # A one-node run that no quota of the queue fits says what Kueue says of its Job too.
+            lone = training_run(
+                "lone",
+                tmp_path / "artifacts",
+                resources={"gpus": 5, "cpu": "1", "memory": "1Gi"},
+                queueName=queue,
+            )
+            cluster.apply(lone, namespace)
+            status = wait_for(
+                lambda: (
+                    (s := status_of(cluster, "lone", namespace)).get("reason") == "Queued"
+                    and "nvidia.com/gpu" in s.get("message", "")
+                    and s
+                ),
+                timeout=120,
+                what="the one-node run Pending with Kueue's reason",
+            )
+            assert status["message"].startswith("The Job waits to be admitted by its queue (Kueue): ")
+            assert status["phase"] == "Pending"
+            assert pods_of_run(cluster, "lone", namespace) == []
+
 
 @pytest.mark.timeout(ENGINE_BUILD_SECONDS)
 def test_two_gangs_that_fit_one_at_a_time_run_one_after_the_other(

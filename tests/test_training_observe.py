@@ -10,7 +10,7 @@ import json
 from typing import Any
 
 from modelloop.api import TrainingRunPhase
-from modelloop.training.observe import observe_job, slim_job, slim_pod
+from modelloop.training.observe import observe_job, slim_job, slim_pod, slim_queued
 from modelloop.training.result import ChampionReport, parse_result
 
 SUCCESS = {
@@ -113,6 +113,24 @@ def test_a_running_pod_makes_the_run_running() -> None:
 def test_a_suspended_job_waits_in_its_queue() -> None:
     observed = observe_job(job(suspend=True), [])
     assert (observed.phase, observed.reason) == (TrainingRunPhase.PENDING, "Queued")
+    assert observed.message == "The Job waits to be admitted by its queue (Kueue)."
+
+
+def test_a_queued_job_carries_kueue_s_reason_while_it_waits_and_runs_once_admitted() -> None:
+    why = "couldn't assign flavors to pod set main: insufficient quota for cpu in flavor default"
+    workload = slim_queued(
+        {
+            "metadata": {"ownerReferences": [{"kind": "Job", "name": "j", "uid": "u", "controller": True}]},
+            "status": {"conditions": [{"type": "QuotaReserved", "status": "False", "message": why}]},
+        }
+    )
+
+    waiting = observe_job(job(suspend=True), [], workload)
+    admitted = observe_job(job(startTime="2026-01-01T00:00:01Z"), [pod(phase="Running")], workload)
+
+    assert (waiting.phase, waiting.reason) == (TrainingRunPhase.PENDING, "Queued")
+    assert waiting.message == f"The Job waits to be admitted by its queue (Kueue): {why}"
+    assert admitted.phase == TrainingRunPhase.RUNNING
 
 
 def test_a_complete_job_carries_the_trainers_result_and_image_digest() -> None:

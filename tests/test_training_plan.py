@@ -8,8 +8,8 @@ from typing import Any
 from modelloop.api import ModelVersionSpec, TrainingRunSpec, TrainingRunStatus
 from modelloop.naming import ANNOTATION_RUN_UID, ANNOTATION_TRIAL_PARAMS, LABEL_TRIAL, job_name
 from modelloop.training.job import ChampionModel, output_uri, render_job
-from modelloop.training.observe import slim_job, slim_pod
-from modelloop.training.plan import plan_run
+from modelloop.training.observe import slim_job, slim_pod, slim_queued
+from modelloop.training.plan import GangContext, plan_run
 from modelloop.training.register import render_model_version, run_key_metric
 from modelloop.training.sweep import grid_point
 
@@ -98,6 +98,34 @@ def test_a_new_run_creates_its_one_job() -> None:
     assert [j["metadata"]["name"] for j in plan.jobs_to_create] == [job_name("iris", UID)]
     assert plan.status.phase == "Pending"
     assert plan.registration is None
+
+
+def test_a_queued_one_node_run_says_what_kueue_says_of_its_job() -> None:
+    obj = run({"queueName": "team-a"}, status={"phase": "Pending", "engine": "Job"})
+    job = render_job(obj, spec_of(obj), "file:///a")
+    name = job["metadata"]["name"]
+    assert job["spec"]["suspend"] is True
+    why = "couldn't assign flavors to pod set main: insufficient quota for cpu in flavor default"
+    workload = slim_queued(
+        {
+            "metadata": {"ownerReferences": [{"kind": "Job", "name": name, "uid": "u", "controller": True}]},
+            "status": {"conditions": [{"type": "QuotaReserved", "status": "False", "message": why}]},
+        }
+    )
+
+    plan = plan_run(
+        obj,
+        spec_of(obj),
+        status_of(obj),
+        {name: job},
+        [],
+        "file:///a",
+        gangs=GangContext(queued={name: workload}),
+    )
+
+    assert (plan.status.phase, plan.status.reason) == ("Pending", "Queued")
+    assert plan.status.message == f"The Job waits to be admitted by its queue (Kueue): {why}"
+    assert plan.jobs_to_create == []
 
 
 def test_an_existing_job_is_never_created_again() -> None:

@@ -163,16 +163,16 @@ async def training_trainjobs(
 async def queued_workloads(
     namespace: str | None, body: kopf.Body, **_: Any
 ) -> dict[tuple[str, str], dict[str, Any]]:
-    """Kueue's Workloads, by (namespace, the name of the Job or TrainJob each queues): why a gang waits."""
+    """Kueue's Workloads, by (namespace, the name of the Job or TrainJob each queues): why a run waits."""
     queued = slim_queued(body)
     return {(namespace or "", str(queued["owner"] or "")): queued}
 
 
 @kopf.on.event(KUEUE_GROUP, KUEUE_VERSION, "workloads")
 async def on_queued_workload(namespace: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
-    """Kueue admitted a gang, or says something new of why it waits: look at its run again."""
+    """Kueue admitted a Job or gang, or says something new of why it waits: look at its run again."""
     owner = slim_queued(body)["owner"]
-    key = memo.manager.training_runs.gang_runs.get((namespace or "", str(owner or "")))
+    key = memo.manager.training_runs.queued_runs.get((namespace or "", str(owner or "")))
     if key is not None:
         memo.manager.training_runs.queue.add(key)
 
@@ -239,8 +239,9 @@ class TrainingRunController:
         self._deleted: dict[RunKey, tuple[str, set[str]]] = {}
         # When each run's trial logs were last read: (the run's uid, monotonic time).
         self._progress_read: dict[RunKey, tuple[str, float]] = {}
-        # The run of each gang (Job or TrainJob) by (namespace, name), for Kueue's Workload events.
-        self.gang_runs: dict[tuple[str, str], RunKey] = {}
+        # The run of each Job, TrainJob or gang of a queued or distributed run, by (namespace, name), for
+        # Kueue's Workload events.
+        self.queued_runs: dict[tuple[str, str], RunKey] = {}
         # Whether Kubeflow Trainer's TrainJobs are served, and when that was asked (monotonic time).
         self._trainer_served: tuple[bool, float] | None = None
         self._search_pool: ThreadPoolExecutor | None = None
@@ -278,8 +279,8 @@ class TrainingRunController:
         self._created.pop(key, None)
         self._deleted.pop(key, None)
         self._progress_read.pop(key, None)
-        for gang in [gang for gang, run in self.gang_runs.items() if run == key]:
-            del self.gang_runs[gang]
+        for gang in [gang for gang, run in self.queued_runs.items() if run == key]:
+            del self.queued_runs[gang]
 
     def close(self) -> None:
         """Let the search threads go (at shut-down)."""
@@ -379,18 +380,20 @@ class TrainingRunController:
         previous: TrainingRunStatus,
         jobs: Mapping[str, Mapping[str, Any]],
     ) -> GangContext | None:
-        """For a distributed run: whether Kubeflow Trainer may run it (asked only until the run has an
-        engine), and what Kueue says of its gangs."""
-        if spec.distributed is None:
+        """For a distributed run, whether Kubeflow Trainer may run it (asked only until the run has an
+        engine); for a run in a queue, what Kueue says of its Jobs (or gangs) that wait."""
+        if spec.distributed is None and spec.queue_name is None:
             return None
         namespace = key[0]
         queued = {}
         for name, job in jobs.items():
-            self.gang_runs[(namespace, name)] = key
+            self.queued_runs[(namespace, name)] = key
             for workload in self.indexes["queued_workloads"].get((namespace, name), ()):
                 if workload.get("ownerUid") == job["metadata"].get("uid"):
                     queued[name] = workload
-        installed = previous.engine is None and await self._trainer_installed()
+        installed = (
+            spec.distributed is not None and previous.engine is None and await self._trainer_installed()
+        )
         return GangContext(
             trainer_installed=installed, default_runtime=self.settings.training_runtime, queued=queued
         )

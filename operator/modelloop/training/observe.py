@@ -107,13 +107,7 @@ def observe_gang(
             digest,
         )
     if (workload.get("spec") or {}).get("suspend"):
-        why = (queued or {}).get("message")
-        return JobObservation(
-            TrainingRunPhase.PENDING,
-            QUEUED,
-            f"The gang of {nodes} nodes waits whole to be admitted by its queue (Kueue)"
-            + (f": {why}" if why else "."),
-        )
+        return _queued(f"The gang of {nodes} nodes waits whole", queued)
     running = [p for p in pods if (p.get("status") or {}).get("phase") == "Running"]
     if running:
         return JobObservation(
@@ -188,8 +182,18 @@ def slim_queued(body: Mapping[str, Any]) -> dict[str, Any]:
     return {"owner": owner.get("name"), "ownerUid": owner.get("uid"), "message": message}
 
 
-def observe_job(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> JobObservation:
-    """Read a Job and its pods the way an engineer would with kubectl describe."""
+def _queued(who: str, queued: Mapping[str, Any] | None) -> JobObservation:
+    """Pending in a Kueue queue, with Kueue's own reason where its Workload gives one."""
+    why = (queued or {}).get("message")
+    message = f"{who} to be admitted by its queue (Kueue)" + (f": {why}" if why else ".")
+    return JobObservation(TrainingRunPhase.PENDING, QUEUED, message)
+
+
+def observe_job(
+    job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], queued: Mapping[str, Any] | None = None
+) -> JobObservation:
+    """Read a Job and its pods the way an engineer would with kubectl describe; ``queued`` is the Kueue
+    Workload that queues it, if any (as ``slim_queued`` keeps it)."""
     status = job.get("status") or {}
     start_time = status.get("startTime")
     newest = sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp") or "")
@@ -227,9 +231,7 @@ def observe_job(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> Jo
             digest,
         )
     if (job.get("spec") or {}).get("suspend"):
-        return JobObservation(
-            TrainingRunPhase.PENDING, "Queued", "The Job waits to be admitted by its queue (Kueue)."
-        )
+        return _queued("The Job waits", queued)
     for pod in reversed(newest):
         if (pod.get("status") or {}).get("phase") == "Running":
             return JobObservation(

@@ -77,7 +77,7 @@ class GangContext:
     """Whether the API server serves Kubeflow Trainer's TrainJob."""
     default_runtime: str = DEFAULT_RUNTIME
     queued: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    """Kueue's Workloads of the run's gangs, by the name of the Job or TrainJob each queues (as
+    """Kueue's Workloads of the run's Jobs, TrainJobs and gangs, by the name of what each queues (as
     ``slim_queued`` keeps them)."""
 
     def engine(self, spec: TrainingRunSpec, previous: TrainingRunStatus) -> TrainingEngine:
@@ -122,8 +122,8 @@ def plan_run(
     """Decide the next step of ``run``, whose status is ``previous``, given its Jobs (by name; for a
     distributed run its Indexed Jobs or TrainJobs) and their pods.
 
-    ``gangs`` says, for a distributed run, whether Kubeflow Trainer is installed, its default runtime, and
-    what Kueue says of each gang that waits in a queue.
+    ``gangs`` says, for a distributed run, whether Kubeflow Trainer is installed and its default runtime,
+    and for any run in a queue what Kueue says of each of its Jobs (or gangs) that waits.
 
     ``progress`` holds what a sweep's running trials reported since (by trial index: (step, metrics)),
     read from their pods' logs; early stopping judges the curves it adds to.
@@ -154,7 +154,7 @@ def plan_run(
                 engine=TrainingEngine.JOB,
             ),
         )
-    observation = observe_job(job, _pods_of(pods, name))
+    observation = observe_job(job, _pods_of(pods, name), gangs.queued.get(name))
     status = _status_of(spec, observation, name)
     status.champion, status.engine = previous.champion, TrainingEngine.JOB
     registration = None
@@ -415,7 +415,7 @@ def _observe(
 ) -> JobObservation:
     """One Job's (or gang's) state, from it and its pods."""
     if spec.distributed is None:
-        return observe_job(job, _pods_of(pods, name))
+        return observe_job(job, _pods_of(pods, name), gangs.queued.get(name))
     return observe_gang(job, _gang_pods(pods, name), spec.distributed.nodes, gangs.queued.get(name))
 
 
