@@ -32,7 +32,8 @@ DETECTOR = str(Path(sys.executable).with_name("modelloop-detector"))
 FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 REQUEST = "org.kubeflow.serving.inference.request"
 RESPONSE = "org.kubeflow.serving.inference.response"
-STARTUP_TIMEOUT = 60.0
+STARTUP_TIMEOUT = 180.0  # a deadline, not a pause: generous for a loaded 2-core machine
+REQUEST_TIMEOUT = 180
 
 
 def numeric_rows(count: int, *, seed: int, shift: float = 0.0) -> np.ndarray:
@@ -187,7 +188,9 @@ def start_detector(*args: str, env: dict[str, str] | None = None) -> Detector:
         env={**os.environ, "CUDA_VISIBLE_DEVICES": "", **(env or {})},
     )
     url = f"http://127.0.0.1:{port}"
-    client = httpx.Client(base_url=url, timeout=30)
+    # A deadline per request, not a pause: the first registration loads the detectors' libraries, which
+    # took over 30 s with the trainer's tests running beside these (`make checks` runs two at a time).
+    client = httpx.Client(base_url=url, timeout=REQUEST_TIMEOUT)
     deadline = time.monotonic() + STARTUP_TIMEOUT
     while True:
         if process.poll() is not None:

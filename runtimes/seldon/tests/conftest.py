@@ -55,7 +55,7 @@ SELDON_ENV = (
     "MODELLOOP_TERMINATION_LOG",
     "MODELLOOP_SERVE_PROBABILITIES",
 )
-STARTUP_TIMEOUT = 60.0
+STARTUP_TIMEOUT = 180.0  # a deadline, not a pause: generous for a loaded 2-core machine
 
 
 @pytest.fixture(scope="session")

@@ -36,7 +36,7 @@ from sklearn.pipeline import make_pipeline
 
 SERVE = str(Path(sys.executable).with_name("modelloop-serve"))
 TRAINER = Path(__file__).resolve().parents[3] / ".venvs" / "trainer" / "bin" / "modelloop-train"
-STARTUP_TIMEOUT = 60.0
+STARTUP_TIMEOUT = 180.0  # a deadline, not a pause: generous for a loaded 2-core machine
 READY_LINE = "Uvicorn running on"
 
 
