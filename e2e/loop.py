@@ -398,7 +398,7 @@ def drift_loop(
         if kserve is None:
             raise ValueError("the loop on KServe needs KServe's controller running (kserve is None)")
         cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(RUNTIME))
-        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(HTTPROUTE_CRD))
+        cluster.install_crds(HTTPROUTE_CRD, what="the HTTPRoute CRD")
     workdir.mkdir(parents=True, exist_ok=True)
     identities = detector_identities(cluster, namespace, workdir)
     detector = Detector(workdir, identities)

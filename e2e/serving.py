@@ -308,6 +308,9 @@ class ServingKubelet(PollingLoop):
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                # The agent's readiness socket is a file in its working directory (hack/build-kserve.sh):
+                # one per pod, as a pod's own network namespace would give it.
+                cwd=served.log_path.parent,
             )
         served.agent = agent
         with contextlib.suppress(AssertionError):  # judged just below

@@ -95,10 +95,21 @@ def test_standard_mode_makes_a_deployment_and_service_whose_pod_gets_the_storage
     hpa = cluster.get("hpa", "iris-predictor", namespace=namespace)
     assert hpa["spec"]["scaleTargetRef"]["name"] == "iris-predictor"
 
+    # KServe may record the model's transition (InProgress, then UpToDate) a reconcile after Ready.
+    obj = wait_for(
+        lambda: (
+            (o := cluster.get(ISVC, "iris", namespace=namespace))["status"]
+            .get("modelStatus", {})
+            .get("transitionStatus")
+            == "UpToDate"
+            and o
+        ),
+        timeout=TIMEOUT,
+        what="the model's transition UpToDate",
+    )
     status = obj["status"]
     assert status["deploymentMode"] == "Standard"
     assert status["clusterServingRuntimeName"] == "kserve-sklearnserver"
-    assert status["modelStatus"]["transitionStatus"] == "UpToDate"
     assert status["modelStatus"]["copies"]["totalCopies"] == 1
     # In-cluster address: the predictor's Service; URLs: the ingress domain template's hosts.
     assert status["address"]["url"] == f"http://iris-predictor.{namespace}.svc.cluster.local"

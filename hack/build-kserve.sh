@@ -2,11 +2,18 @@
 # Builds KServe's controller (cmd/manager) and its payload-logging agent (cmd/agent) from KServe's Go
 # module and caches them, keyed by version, for the e2e suite to run against the local control plane.
 # Idempotent: a binary already in the cache is not built again.
+#
+# One change to the agent, at link time: its readiness socket. KServe's agent listens on the abstract unix
+# socket @/kserve/agent.sock, which is unique within a pod's network namespace; the e2e suite's pods share
+# the machine's, so a second agent (another test's, or a canary's beside its stable pod) failed to bind and
+# exited. Linked with -X main.unixSocketPath=agent.sock, the socket is a file in the agent's working
+# directory, which the stand-in kubelet makes the pod's own folder. Nothing else differs; the cache key
+# names the change.
 set -euo pipefail
 
 KSERVE_VERSION="${KSERVE_VERSION:-v0.20.0}"
 CACHE_ROOT="${MODELLOOP_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/modelloop}"
-BIN="$CACHE_ROOT/bin/kserve-${KSERVE_VERSION}"
+BIN="$CACHE_ROOT/bin/kserve-${KSERVE_VERSION}-agent-socket-per-pod"
 # shellcheck source=hack/lib/gobuild.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib/gobuild.sh"
 
@@ -46,7 +53,9 @@ for r in json.load(sys.stdin).get("Replace") or ():
   cpu_lock
   for c in "${missing[@]}"; do
     log "building kserve $c $KSERVE_VERSION (a cold build takes minutes)"
-    (cd "$dir" && quiet env CGO_ENABLED=0 go build -trimpath "$TOOL_GCFLAGS" -ldflags "-s -w" -o "$BIN/$c.tmp" "github.com/kserve/kserve/cmd/$c")
+    local ld="-s -w"
+    [ "$c" = agent ] && ld="$ld -X main.unixSocketPath=agent.sock"
+    (cd "$dir" && quiet env CGO_ENABLED=0 go build -trimpath "$TOOL_GCFLAGS" -ldflags "$ld" -o "$BIN/$c.tmp" "github.com/kserve/kserve/cmd/$c")
     mv "$BIN/$c.tmp" "$BIN/$c"
   done
 }
