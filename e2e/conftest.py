@@ -15,7 +15,7 @@ from pathlib import Path
 import pydantic
 import pytest
 
-from e2e.harness import ROOT, SHARED_CRDS, Cluster, cluster_script, condition, running_operator, wait_for
+from e2e.harness import ROOT, SHARED_CRDS, Cluster, cluster_script, running_operator
 from e2e.knative import KnativeServing, running_knative
 from e2e.kserve import KServe, running_kserve
 from e2e.models import Trained, train
@@ -57,8 +57,7 @@ def cluster() -> Iterator[Cluster]:
         with one_at_a_time(ROOT / ".cluster" / "e2e-up.lock"):
             cluster_script("up", env=env)
         c = Cluster(kubeconfig=E2E_STATE / "kubeconfig", bin_dir=bin_dir, state_dir=E2E_STATE)
-        for path in sorted((ROOT / "crds").glob("*.yaml")):
-            c.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path))
+        c.install_crds(*sorted((ROOT / "crds").glob("*.yaml")), what="modelloop's CRDs")
         # As a production install has it: the API server records who registered each ModelVersion.
         c.kubectl("apply", "-f", str(ROOT / "manifests" / "admission"))
         # Server-side apply: KServe's and Seldon's CRDs exceed client-side apply's annotation limit.
@@ -69,7 +68,6 @@ def cluster() -> Iterator[Cluster]:
             check=True,
         ).stdout
         c.install_crds(input=third_party, what="the third-party CRDs")
-        wait_for(lambda: all_established(c), timeout=60, what="every CRD Established")
         yield c
     finally:
         cluster_script("down", env=env)
@@ -134,14 +132,6 @@ def knative(cluster: Cluster, namespace: str) -> Iterator[KnativeServing]:
     """The stand-in for Knative Serving's controller, over the test's namespace."""
     with running_knative(cluster, [namespace]) as serving:
         yield serving
-
-
-def all_established(cluster: Cluster) -> bool:
-    """Whether every CRD is Established (a CRD just created may have no status yet)."""
-    crds = cluster.get("crd")["items"]
-    return bool(crds) and all(
-        (cond := condition(crd, "Established")) is not None and cond["status"] == "True" for crd in crds
-    )
 
 
 @pytest.fixture(scope="session")

@@ -202,11 +202,13 @@ class Cluster:
         names = [n.rpartition("/")[2] for n in applied.stdout.split() if n.startswith(kind)]
 
         def established() -> bool:
-            for name in names:
-                cond = condition(self.get("crd", name), "Established")
-                if cond is None or cond["status"] != "True":
-                    return False
-            return True
+            crds = self.get("crd")["items"]  # one request a poll, however many CRDs
+            ready = {
+                c["metadata"]["name"]
+                for c in crds
+                if (e := condition(c, "Established")) and e["status"] == "True"
+            }
+            return ready >= set(names)
 
         wait_for(established, timeout=60, what=f"{what} Established")
         return names

@@ -568,6 +568,13 @@ def wait_status(
     return wait_for(matches, timeout=timeout, interval=0.25, what=f"{resource} {name} with {expected}")
 
 
+def wait_watching(cluster: Cluster, namespace: str) -> dict[str, Any]:
+    """The loop's DriftPolicy once its first verdict is Watching (up to WATCHING_SECONDS)."""
+    return wait_status(
+        cluster, "driftpolicy", POLICY, namespace, timeout=WATCHING_SECONDS, lastResult="Watching"
+    )
+
+
 def retraining_runs(cluster: Cluster, namespace: str) -> list[dict[str, Any]]:
     runs: list[dict[str, Any]] = cluster.get(
         "trainingruns", namespace=namespace, selector=f"modelloop.dev/drift-policy={POLICY}"
@@ -625,9 +632,7 @@ def main() -> None:
         print(cluster.kubectl("get", "modelversions", "-n", namespace).stdout)
         cluster.apply(drift_policy(loop), namespace)
         with loop.traffic() as (traffic, _):
-            wait_status(
-                cluster, "driftpolicy", POLICY, namespace, timeout=WATCHING_SECONDS, lastResult="Watching"
-            )
+            wait_watching(cluster, namespace)
             print(cluster.kubectl("get", "driftpolicy", "-n", namespace).stdout)
             say("The input shifts (petal sizes read 1.8x); feedback labels show accuracy falling")
             timings = run_the_loop(loop, traffic, report=print)

@@ -28,14 +28,13 @@ from e2e.chaos import (
 from e2e.harness import Cluster, wait_for
 from e2e.loop import (
     LOOP_TEST_SECONDS,
-    POLICY,
-    WATCHING_SECONDS,
     drift_loop,
     drift_policy,
     run_the_loop,
     runtimes_installed,
     serve_the_first_model,
     wait_status,
+    wait_watching,
 )
 
 SMALL_KILLS = 8
@@ -79,9 +78,7 @@ def test_the_loop_closes_and_keeps_every_invariant_under_a_storm_of_faults(
             policy["spec"]["retrain"]["trainingRunTemplate"]["backoffLimit"] = 1  # the failed pod is retried
             cluster.apply(policy, namespace)
             with loop.traffic() as (traffic, load):
-                wait_status(
-                    cluster, "driftpolicy", POLICY, namespace, timeout=WATCHING_SECONDS, lastResult="Watching"
-                )
+                wait_watching(cluster, namespace)
                 storm.start()  # with the shift: the faults fall on the loop as it runs
                 timings = run_the_loop(loop, traffic)
                 # The faults left once the loop has closed fall on a loop at rest: it must stay closed.

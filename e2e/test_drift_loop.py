@@ -24,7 +24,6 @@ from e2e.loop import (
     LOOP_TEST_SECONDS,
     POLICY,
     SERVICE,
-    WATCHING_SECONDS,
     drift_loop,
     drift_policy,
     retraining_runs,
@@ -33,6 +32,7 @@ from e2e.loop import (
     serve_the_first_model,
     status_of,
     wait_status,
+    wait_watching,
 )
 from e2e.seldon import SeldonStandIn
 from e2e.test_monitoring import (
@@ -85,9 +85,7 @@ def test_drift_retrains_validates_on_the_same_data_and_promotes_the_new_model_wi
         serve_the_first_model(loop)
         cluster.apply(drift_policy(loop), namespace)
         with loop.traffic() as (traffic, load):
-            watching = wait_status(
-                cluster, "driftpolicy", POLICY, namespace, timeout=WATCHING_SECONDS, lastResult="Watching"
-            )
+            watching = wait_watching(cluster, namespace)
             assert watching["evidence"]["input-drift"] == "0"
             timings = run_the_loop(loop, traffic)
             assert all(code == 200 for (_, code) in load.responses()), load.responses()
@@ -166,9 +164,7 @@ def test_a_retrained_model_worse_than_the_champion_on_the_same_data_is_rejected_
         policy = drift_policy(loop, recent_data=False, estimator="DecisionTreeClassifier", max_depth=1)
         cluster.apply(policy, namespace)
         with loop.traffic() as (traffic, load):
-            wait_status(
-                cluster, "driftpolicy", POLICY, namespace, timeout=WATCHING_SECONDS, lastResult="Watching"
-            )
+            wait_watching(cluster, namespace)
             traffic.shifted = True
             runs = wait_for(lambda: retraining_runs(cluster, namespace), timeout=180, what="the retraining")
             done = wait_status(

@@ -32,7 +32,6 @@ from e2e.loop import (
     POLICY,
     SELECT,
     SERVICE,
-    WATCHING_SECONDS,
     Loop,
     drift_loop,
     inference_service,
@@ -43,6 +42,7 @@ from e2e.loop import (
     training_run,
     training_template,
     wait_status,
+    wait_watching,
 )
 from e2e.traffic import LoadGenerator, httproute_weights
 
@@ -189,9 +189,7 @@ def test_a_harmful_shift_is_seen_in_the_estimate_and_retrains_before_any_label(
         serve(loop)
         cluster.apply(estimate_policy(loop), namespace)
         with unlabelled_traffic(loop) as traffic:
-            watching = wait_status(
-                cluster, "driftpolicy", POLICY, namespace, timeout=WATCHING_SECONDS, lastResult="Watching"
-            )
+            watching = wait_watching(cluster, namespace)
             before = float(watching["evidence"]["estimated-accuracy"])
             assert before >= THRESHOLD, watching["evidence"]
             traffic.shift = between_versicolor_and_virginica(iris_rows())
@@ -221,9 +219,7 @@ def test_a_shift_of_a_feature_the_model_ignores_moves_input_drift_not_the_estima
         serve(loop, **tree)
         cluster.apply(estimate_policy(loop, **tree), namespace)
         with unlabelled_traffic(loop) as traffic:
-            watching = wait_status(
-                cluster, "driftpolicy", POLICY, namespace, timeout=WATCHING_SECONDS, lastResult="Watching"
-            )
+            watching = wait_watching(cluster, namespace)
             before = float(watching["evidence"]["estimated-accuracy"])
             traffic.shift = wider_sepals(iris_rows())
             # The detector sees the input drift (KS on the sepal width)...
