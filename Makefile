@@ -46,7 +46,7 @@ define install-env
 endef
 export KUBECONFIG := $(CURDIR)/.cluster/kubeconfig
 
-.PHONY: help setup chaos venv lock crds cluster-bins kserve-bins engine-bins helm-bin prometheus-bin cluster cluster-down lint typecheck unit alerts-test argocd-health argocd-health-build argocd-health-test e2e runtime-checks checks test demo clean
+.PHONY: help setup chaos venv lock crds cluster-bins kserve-bins engine-bins helm-bin prometheus-bin cluster cluster-down lint typecheck unit alerts-test argocd-health argocd-health-build argocd-health-test e2e runtime-checks checks checks-beside-setup test demo clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -155,7 +155,19 @@ CHECKS := trainer-test server-test seldon-test detector-test unit contracts-test
 checks: ## lint, types, unit tests and the runtimes' checks: everything but the e2e suite, two at a time
 	$(MAKE) --no-print-directory -j2 --output-sync=target $(CHECKS)
 
-test: setup checks e2e ## everything: lint, types, unit and e2e tests (operator and runtimes)
+# `make test` runs the checks while the set-up compiles and builds images: the checks need only the Python
+# environments (and promtool), and they start as soon as those are installed. The Go compiles and the
+# image builds run at a lower priority (MODELLOOP_BUILD_NICE, read by hack/lib/gobuild.sh and
+# hack/images.sh), so the checks go at their own pace and the compiles take the CPU the checks leave (their
+# waits, their last job alone); the compiles have both cores once the checks are done. Argo CD's health
+# test, a Go build, runs after the set-up (it is compiled there).
+BESIDE_SETUP_CHECKS := $(filter-out argocd-health-test,$(CHECKS))
+checks-beside-setup: $(STAMP) $(TRAINER_STAMP) $(SERVER_STAMP) $(SELDON_STAMP) $(DETECTOR_STAMP) prometheus-bin
+	$(MAKE) --no-print-directory -j2 --output-sync=target $(BESIDE_SETUP_CHECKS)
+
+test: ## everything: lint, types, unit and e2e tests (operator and runtimes)
+	MODELLOOP_BUILD_NICE=10 $(MAKE) --no-print-directory -j$(words $(SETUP_TARGETS) checks-beside-setup) $(SETUP_TARGETS) checks-beside-setup
+	$(MAKE) --no-print-directory argocd-health-test e2e
 
 demo: $(STAMP) $(TRAINER_STAMP) $(SERVER_STAMP) $(DETECTOR_STAMP) kserve-bins prometheus-bin ## the whole show on a local control plane, ending with the drift loop
 	hack/demo.sh

@@ -770,6 +770,20 @@ class GangKubelet(PollingLoop):
             raise AssertionError(f"pod {pod} could not be run: {run.error}")
         return run.execution
 
+    def logs(self, tail_lines: int = 30) -> str:
+        """The last lines of every pod's log it ran, with how each ended, for a failing test's message: a
+        gang's failure is explained by its workers' output, which is gone with the test's folder."""
+        with self._lock:
+            runs = list(self._runs.values())
+        parts = []
+        for run in runs:
+            ended = run.error or (f"exit code {run.execution.exit_code}" if run.execution else "running")
+            log_file = self.workdir / f"{run.pod}.log"
+            lines = log_file.read_text(errors="replace").splitlines() if log_file.exists() else []
+            parts.append(f"--- pod {run.pod} ({ended}), last {tail_lines} lines of its log ---")
+            parts.extend(lines[-tail_lines:])
+        return "\n".join(parts)
+
     def stop(self) -> None:
         """Stop polling, kill every program still running, and wait for their threads."""
         super().stop()

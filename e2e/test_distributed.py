@@ -122,7 +122,7 @@ def test_a_two_node_gang_trains_for_real_on_an_indexed_job_survives_an_operator_
                 lambda: finished(cluster, "digits-one", namespace), timeout=300, what="the single run"
             )
 
-    assert status["phase"] == "Succeeded", status
+    assert status["phase"] == "Succeeded", (status, kubelet.logs())
     assert one["phase"] == "Succeeded", one
     assert status["engine"] == "IndexedJob" and one["engine"] == "Job"
     assert status["attempt"] == 0
@@ -195,7 +195,7 @@ def test_a_killed_worker_fails_its_attempt_with_its_index_and_the_whole_gang_res
         kubelet.kill(victim["metadata"]["name"])
         status = wait_for(lambda: finished(cluster, "digits-crash", namespace), timeout=420, what="the run")
 
-    assert status["phase"] == "Succeeded", status
+    assert status["phase"] == "Succeeded", (status, kubelet.logs())
     assert status["attempt"] == 1
     jobs = sorted(
         owned(cluster, "jobs", "digits-crash", namespace),
@@ -264,7 +264,7 @@ def test_a_two_node_gang_trains_for_real_through_kubeflow_trainer_and_jobset(
     finally:
         remove_trainer_crds(cluster)
 
-    assert status["phase"] == "Succeeded", status
+    assert status["phase"] == "Succeeded", (status, kubelet.logs())
     assert status["engine"] == "KubeflowTrainer"
     # One TrainJob, however often the operator died.
     assert len(trainjobs) == 1 and trainjobs[0]["metadata"]["name"] == status["jobName"]
@@ -383,7 +383,7 @@ def test_two_gangs_that_fit_one_at_a_time_run_one_after_the_other(
             )
 
     assert waiting["phase"] == "Pending" and "Kueue" in waiting["message"]
-    assert first["phase"] == second["phase"] == "Succeeded", (first, second)
+    assert first["phase"] == second["phase"] == "Succeeded", (first, second, kubelet.logs())
     # One after the other: the second's nodes started only once the first's had all ended.
     ended = {e.pod: e for e in kubelet.executions}
     first_pods = [p for p in ended if p.startswith(first["jobName"])]

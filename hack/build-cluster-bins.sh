@@ -62,7 +62,7 @@ build_kubernetes() {
   cpu_lock
   for c in "${missing[@]}"; do
     log "building $c $K8S_VERSION (a cold build takes minutes)"
-    (cd "$K8S_DIR" && quiet env CGO_ENABLED=0 go build -trimpath -ldflags "$ld" -o "$BIN/$c.tmp" "k8s.io/kubernetes/cmd/$c")
+    (cd "$K8S_DIR" && quiet env CGO_ENABLED=0 go build -trimpath "$PLANE_GCFLAGS" -ldflags "$ld" -o "$BIN/$c.tmp" "k8s.io/kubernetes/cmd/$c")
     mv "$BIN/$c.tmp" "$BIN/$c"
   done
 }
@@ -72,7 +72,7 @@ build_etcd() {
   resolve_etcd
   cpu_lock
   log "building etcd $ETCD_VERSION"
-  (cd "$ETCD_DIR" && quiet env CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$BIN/etcd.tmp" go.etcd.io/etcd/server/v3)
+  (cd "$ETCD_DIR" && quiet env CGO_ENABLED=0 go build -trimpath "$PLANE_GCFLAGS" -ldflags "-s -w" -o "$BIN/etcd.tmp" go.etcd.io/etcd/server/v3)
   mv "$BIN/etcd.tmp" "$BIN/etcd"
 }
 
@@ -83,7 +83,7 @@ build_kwok() {
     resolve_kwok
     cpu_lock
     log "building $c $KWOK_VERSION"
-    (cd "$KWOK_DIR" && quiet env CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION" -o "$BIN/$c.tmp" "sigs.k8s.io/kwok/cmd/$c")
+    (cd "$KWOK_DIR" && quiet env CGO_ENABLED=0 go build -trimpath "$PLANE_GCFLAGS" -ldflags "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION" -o "$BIN/$c.tmp" "sigs.k8s.io/kwok/cmd/$c")
     mv "$BIN/$c.tmp" "$BIN/$c"
   done
 }

@@ -210,6 +210,23 @@ def test_only_rank_zero_reports_progress_and_the_result(four_processes: Launch) 
         assert f"rank {rank} of 4 (node 0, local rank {rank}) trained its share" in four_processes.stderr
 
 
+def test_the_processes_leave_the_group_together_once_rank_zero_has_written_the_model(
+    four_processes: Launch,
+) -> None:
+    # The others wait for the primary's evaluation and artifacts: none closes its connections under it.
+    assert four_processes.returncode == 0, four_processes.stderr[-4000:]
+    lines = four_processes.stderr.splitlines()
+    evaluated = next(i for i, line in enumerate(lines) if " metrics: " in line)
+    for rank in range(4):
+        left = [
+            i
+            for i, line in enumerate(lines)
+            if f"rank {rank} of 4 (node 0, local rank {rank}) leaves the gloo process group with the others"
+            in line
+        ]
+        assert len(left) == 1 and left[0] > evaluated, four_processes.stderr[-4000:]
+
+
 def test_two_nodes_of_two_processes_train_the_same_model_as_four_processes_on_one(
     folder: Path, four_processes: Launch
 ) -> None:

@@ -125,7 +125,8 @@ def process_group(launch: DistributedLaunch | None, device: Literal["cpu", "cuda
     also when the block raises.
 
     gloo on the CPU, NCCL on CUDA, where each process takes the GPU ``cuda:LOCAL_RANK``. Joining waits
-    at most the launch's timeout for the other processes, and so does every collective operation.
+    at most the launch's timeout for the other processes, and so does every collective operation,
+    leaving included (see :func:`_leave_together`).
     """
     if launch is None:
         yield
@@ -161,8 +162,35 @@ def process_group(launch: DistributedLaunch | None, device: Literal["cpu", "cuda
         ) from exc
     try:
         yield
+        _leave_together(launch, backend)
     finally:
         dist.destroy_process_group()
+
+
+def _leave_together(launch: DistributedLaunch, backend: str) -> None:
+    """Wait, after a block that went well, until every process of the launch has finished its own: the
+    others' shares are trained before the primary evaluates, but they leave the group only once the
+    primary has written the model. A process that left early closes its connections under peers that still
+    hold the group, and gloo may abort such a peer's process (no exit status of its own, no message).
+
+    A process that fails leaves at once (no wait): its peers here see their connections closed, which
+    is no failure of theirs, since their own work is done; the failing process reports why."""
+    import torch.distributed as dist
+
+    try:
+        if backend == "nccl":
+            dist.barrier(device_ids=[launch.local_rank])
+        else:
+            dist.barrier()
+    except Exception as exc:
+        log.warning(
+            "%s: not every process of the launch reached its end (%s: %s); this one's work is done",
+            launch.describe(),
+            type(exc).__name__,
+            exc,
+        )
+        return
+    log.info("%s leaves the %s process group with the others", launch.describe(), backend)
 
 
 def _integer(
