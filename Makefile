@@ -102,7 +102,7 @@ lint: $(STAMP) ## ruff
 typecheck: $(STAMP) ## mypy --strict on operator/modelloop
 	$(VENV)/bin/mypy
 
-unit: $(STAMP) ## unit tests (no cluster)
+unit: $(STAMP) helm-bin ## unit tests (no cluster; the chart's tests render it with Helm)
 	$(VENV)/bin/pytest tests -q
 
 argocd-health: $(STAMP) ## regenerate manifests/argocd/argocd-cm-health.yaml from argocd/resource_customizations
@@ -159,14 +159,15 @@ checks: ## lint, types, unit tests and the runtimes' checks: everything but the 
 # environments (and promtool), and they start as soon as those are installed. The Go compiles and the
 # image builds run at a lower priority (MODELLOOP_BUILD_NICE, read by hack/lib/gobuild.sh and
 # hack/images.sh), so the checks go at their own pace and the compiles take the CPU the checks leave (their
-# waits, their last job alone); the compiles have both cores once the checks are done. Argo CD's health
-# test, a Go build, runs after the set-up (it is compiled there).
-BESIDE_SETUP_CHECKS := $(filter-out argocd-health-test,$(CHECKS))
+# waits, their last job alone); the compiles have both cores once the checks are done. Two checks need a
+# Go build: the unit tests (the chart's tests run Helm, the first compile) start once Helm is built, beside
+# the others; Argo CD's health test runs after the set-up (it is compiled there).
+BESIDE_SETUP_CHECKS := $(filter-out argocd-health-test unit,$(CHECKS))
 checks-beside-setup: $(STAMP) $(TRAINER_STAMP) $(SERVER_STAMP) $(SELDON_STAMP) $(DETECTOR_STAMP) prometheus-bin
 	$(MAKE) --no-print-directory -j2 --output-sync=target $(BESIDE_SETUP_CHECKS)
 
 test: ## everything: lint, types, unit and e2e tests (operator and runtimes)
-	MODELLOOP_BUILD_NICE=10 $(MAKE) --no-print-directory -j$(words $(SETUP_TARGETS) checks-beside-setup) $(SETUP_TARGETS) checks-beside-setup
+	MODELLOOP_BUILD_NICE=10 $(MAKE) --no-print-directory -j$(words $(SETUP_TARGETS) checks-beside-setup unit) $(SETUP_TARGETS) checks-beside-setup unit
 	$(MAKE) --no-print-directory argocd-health-test e2e
 
 demo: $(STAMP) $(TRAINER_STAMP) $(SERVER_STAMP) $(DETECTOR_STAMP) kserve-bins prometheus-bin ## the whole show on a local control plane, ending with the drift loop

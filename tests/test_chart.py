@@ -1005,6 +1005,7 @@ def test_chart_creates_no_operator_binding_without_rbac_create(tmp_path: Path) -
     assert sorted(of_kind(objects, "ClusterRole")) == ["modelloop-edit", "modelloop-view"]
 
 
+@needs_helm
 def test_the_operator_shows_detectors_a_token_for_their_audience_only_never_its_api_token(
     tmp_path: Path,
 ) -> None:
