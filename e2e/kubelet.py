@@ -414,7 +414,7 @@ def run_pod(
     env["MODELLOOP_RESULT_PATH"] = str(termination_log)
     command = container_command(pod, env)
     report_address(cluster, pod, address)
-    log_file = (workdir / f"{name}.log").resolve()
+    log_file = container_log_file(workdir, name).resolve()
     log_file.write_bytes(b"")
     publish_log(cluster, pod, log_file)
     hostname = pod_hostname(pod)
@@ -530,6 +530,11 @@ def report_address(cluster: Cluster, pod: Mapping[str, Any], address: str) -> No
         "patch", "pod", pod["metadata"]["name"], "-n", pod["metadata"]["namespace"], "--subresource=status",
         "--type=merge", "-p", json.dumps({"status": {"podIP": address, "podIPs": [{"ip": address}]}}),
     )  # fmt: skip
+
+
+def container_log_file(workdir: Path, pod: str) -> Path:
+    """Where the stand-in kubelet keeps the output of the pod's container (its log, as kwok serves it)."""
+    return workdir / f"{pod}.log"
 
 
 def publish_log(cluster: Cluster, pod: dict[str, Any], log_file: Path) -> None:
@@ -778,7 +783,7 @@ class GangKubelet(PollingLoop):
         parts = []
         for run in runs:
             ended = run.error or (f"exit code {run.execution.exit_code}" if run.execution else "running")
-            log_file = self.workdir / f"{run.pod}.log"
+            log_file = container_log_file(self.workdir, run.pod)
             lines = log_file.read_text(errors="replace").splitlines() if log_file.exists() else []
             parts.append(f"--- pod {run.pod} ({ended}), last {tail_lines} lines of its log ---")
             parts.extend(lines[-tail_lines:])
