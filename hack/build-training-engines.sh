@@ -71,9 +71,38 @@ KUEUE_PKG=sigs.k8s.io/kueue/cmd/kueue
 # Trainer and Kueue build in one module: Kueue requires Trainer's API, both require Kubernetes v0.35 and
 # controller-runtime v0.23, and so the one module graph moves Trainer from its own v0.35.2 to Kueue's v0.35.3
 # (patch releases) and compiles the client libraries, the largest part of each, once (176 s cold against
-# 227 s for two builds). JobSet v0.11.1 is built on its own: it needs controller-runtime v0.22.
+# 227 s for two builds).
+# JobSet v0.11.1 cannot join that module: it needs controller-runtime v0.22 (v0.23 changed the webhook
+# builder it calls). It builds in a module of its own whose build list is Trainer and Kueue's, with only
+# controller-runtime held at JobSet's own version (JOBSET_OWN): every other package it compiles (the
+# Kubernetes API types and client libraries, gRPC, ...) is then the one Go's build cache already holds
+# from Trainer and Kueue, at the same versions and flags. Its requirements move up by patch releases
+# (Kubernetes v0.35.0 to v0.35.3), as Trainer's do.
 TRAINER_KUEUE_DIR="$WORK/trainer-$TRAINER_VERSION-kueue-$KUEUE_VERSION"
-JOBSET_DIR="$WORK/jobset-$JOBSET_VERSION"
+JOBSET_DIR="$WORK/jobset-$JOBSET_VERSION-with-trainer-$TRAINER_VERSION-kueue-$KUEUE_VERSION"
+JOBSET_OWN=(sigs.k8s.io/controller-runtime)
+
+# resolve_jobset: JOBSET_DIR's module, from TRAINER_KUEUE_DIR's (resolved first).
+resolve_jobset() {
+  local dir="$JOBSET_DIR" gomod own version pins=()
+  mkdir -p "$dir"
+  [ -f "$dir/.resolved" ] && return 0
+  log "resolving sigs.k8s.io/jobset@$JOBSET_VERSION on Trainer and Kueue's module graph"
+  (cd "$dir" && resolve "sigs.k8s.io/jobset@$JOBSET_VERSION" env GOFLAGS=-mod=mod go mod download "sigs.k8s.io/jobset@$JOBSET_VERSION")
+  gomod=$(cd "$dir" && GOFLAGS=-mod=mod go mod download -json "sigs.k8s.io/jobset@$JOBSET_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')
+  for own in "${JOBSET_OWN[@]}"; do
+    version=$(go mod edit -json "$gomod" | python3 -c '
+import json, sys
+print(next(r["Version"] for r in json.load(sys.stdin)["Require"] if r["Path"] == sys.argv[1]))' "$own")
+    pins+=("-replace=$own=$own@$version")
+  done
+  cp "$TRAINER_KUEUE_DIR/go.mod" "$TRAINER_KUEUE_DIR/go.sum" "$dir/"
+  (cd "$dir" && go mod edit -module modelloop.local/jobsetbuild "${pins[@]}")
+  log "holding JobSet's own ${pins[*]#-replace=}"
+  (cd "$dir" && resolve "$JOBSET_PKG@$JOBSET_VERSION and its dependencies" env GOFLAGS=-mod=mod go get "$JOBSET_PKG@$JOBSET_VERSION")
+  touch "$dir/.resolved"
+}
+
 ready() { have trainer-controller-manager && have jobset && have kueue; }
 
 if ! ready; then
@@ -87,14 +116,15 @@ if ! ready; then
 fi
 if ! ready; then
   start=$(date +%s)
-  have jobset || resolve_modules "$JOBSET_DIR" sigs.k8s.io/jobset "$JOBSET_VERSION" "$JOBSET_PKG"
-  { have trainer-controller-manager && have kueue; } || resolve_modules "$TRAINER_KUEUE_DIR" \
+  resolve_modules "$TRAINER_KUEUE_DIR" \
     github.com/kubeflow/trainer/v2 "$TRAINER_VERSION" "$TRAINER_PKG" sigs.k8s.io/kueue "$KUEUE_VERSION" "$KUEUE_PKG"
+  have jobset || resolve_jobset
   log "downloads done in $(($(date +%s) - start))s"
   start=$(date +%s)
-  have jobset || build "$JOBSET_DIR" jobset "$JOBSET_PKG"
+  # Trainer and Kueue first: JobSet's build then finds most of its packages compiled.
   { have trainer-controller-manager && have kueue; } || build "$TRAINER_KUEUE_DIR" \
     trainer-controller-manager "$TRAINER_PKG" kueue "$KUEUE_PKG"
+  have jobset || build "$JOBSET_DIR" jobset "$JOBSET_PKG"
   log "compiles done in $(($(date +%s) - start))s"
 fi
 log "training engine binaries ready in $BIN"

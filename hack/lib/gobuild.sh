@@ -6,8 +6,7 @@
 #   cpu_lock the one build lock, taken before compiling: two Go compiles never compete for this
 #            machine's few cores (`make setup` runs every script at once; the e2e suite may ask too);
 #   quiet (Go's chatter to a log, its tail shown on failure), log, have;
-#   TOOL_GCFLAGS the compiler flags of the tools the tests run briefly, PLANE_GCFLAGS the control plane's
-#            (below).
+#   TOOL_GCFLAGS, PLANE_GCFLAGS: the two sets of compiler flags (below).
 # shellcheck shell=bash
 
 CACHE_ROOT="${CACHE_ROOT:-${MODELLOOP_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/modelloop}}"
@@ -21,12 +20,14 @@ trap 'rm -f "$GOLOG"' EXIT
 RESOLVE_ATTEMPTS="${RESOLVE_ATTEMPTS:-4}"
 RESOLVE_TIMEOUT="${RESOLVE_TIMEOUT:-1200}"
 
-# Helm, KServe's manager and agent, the training engines and the Argo CD health test run briefly, on the
-# tests' few objects: they are compiled without the optimiser and the inliner, which takes 0.70x the time
-# cold (Kueue: 154 s against 221 s on two cores). One set of flags for all of them also lets Go's build
-# cache, which keys on flags, compile the standard library once for them all. The control plane's binaries
-# (etcd, the API server, kwok), busy throughout the suite, keep the optimiser.
-# No DWARF either, in any build: every binary is linked with -s -w, which drops it (0.96x the time, Helm cold).
+# Two sets of flags. The control plane (etcd, the API server, kwok), busy throughout the suite, keeps the
+# optimiser; so does Helm, though it runs briefly, because it builds in the plane's module (see
+# build-cluster-bins.sh) and so finds most of its packages compiled. KServe's manager and agent, the training
+# engines and the Argo CD health test, on module graphs of their own (Kubernetes v0.34, v0.35, v0.36.1), are
+# compiled without the optimiser and the inliner, which takes 0.70x the time cold (Kueue: 154 s against
+# 221 s on two cores); one set of flags for them lets Go's build cache, which keys on flags, compile the
+# standard library once for them.
+# No DWARF in any build: every binary is linked with -s -w, which drops it (0.96x the time, Helm cold).
 TOOL_GCFLAGS="-gcflags=all=-N -l -dwarf=false"
 PLANE_GCFLAGS="-gcflags=all=-dwarf=false"
 
@@ -63,19 +64,4 @@ cpu_lock() {
     flock 9
   fi
   _MODELLOOP_CPU_LOCKED=1
-}
-
-# wrapper_module DIR VERSION PACKAGE...: a module in DIR that requires each PACKAGE's module at VERSION,
-# resolved (its downloads unlocked, retried), so that `go build PACKAGE` in DIR compiles it as `go install
-# PACKAGE@VERSION` would (for a module without replace directives) with nothing left to download.
-wrapper_module() {
-  local dir="$1" version="$2" pkg
-  shift 2
-  mkdir -p "$dir"
-  [ -f "$dir/.resolved" ] && return 0
-  printf 'module modelloop.local/build\n\ngo 1.26\n' > "$dir/go.mod"
-  for pkg in "$@"; do
-    (cd "$dir" && resolve "$pkg@$version and its dependencies" env GOFLAGS=-mod=mod go get "$pkg@$version")
-  done
-  touch "$dir/.resolved"
 }
