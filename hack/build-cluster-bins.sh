@@ -57,12 +57,10 @@ resolve_kubernetes() {
   touch "$dir/.resolved"
 }
 
-# build_list DIR [GO FLAGS]: "path version" of every module in DIR's build list, the version after any replace.
+# build_list DIR: "path version" of every module in DIR's build list, the version after any replace.
 build_list() {
-  local dir="$1"
-  shift
   # shellcheck disable=SC2016  # a Go template
-  (cd "$dir" && GOFLAGS=-mod=mod go list "$@" -m -f '{{.Path}} {{with .Replace}}{{.Version}}{{else}}{{.Version}}{{end}}' all)
+  (cd "$1" && GOFLAGS=-mod=mod go list -m -f '{{.Path}} {{with .Replace}}{{.Version}}{{else}}{{.Version}}{{end}}' all)
 }
 
 # effective_versions DIR PACKAGE...: "package module@version" of every package PACKAGE... compile from.
@@ -126,27 +124,7 @@ PY
 
 if [ "${1:-}" = "--module" ]; then resolve_plane; echo "$PLANE_DIR"; exit 0; fi
 
-# Compiles (one at a time, under the build lock) -----------------------------------------------------
-
-# compile DIR LDFLAGS NAME=PACKAGE...: one `go build` for them all, each PACKAGE to BIN/NAME: what they share
-# compiles once, and one's link overlaps another's compile.
-compile() {
-  local dir="$1" ld="$2" out="$BIN/.partial" pair pkgs=() names=()
-  shift 2
-  for pair in "$@"; do names+=("${pair%%=*}"); pkgs+=("${pair#*=}"); done
-  cpu_lock
-  rm -rf "$out" && mkdir -p "$out"
-  log "building ${names[*]} (a cold build takes minutes)"
-  (cd "$dir" && quiet env CGO_ENABLED=0 go build -trimpath "$PLANE_GCFLAGS" -ldflags "$ld" -o "$out/" "${pkgs[@]}")
-  local pkg file
-  for pair in "$@"; do
-    # go build names a binary after its package's last path element, or the one before a major version.
-    pkg="${pair#*=}" file="${pkg##*/}"
-    [[ "$file" =~ ^v[0-9]+$ ]] && { file="${pkg%/*}"; file="${file##*/}"; }
-    mv "$out/$file" "$BIN/${pair%%=*}"
-  done
-  rmdir "$out"
-}
+# Compiles (one at a time, under the build lock: compile in lib/gobuild.sh) ------------------------------
 
 missing=()
 for c in "${K8S_CMDS[@]}" kwok kwokctl etcd; do have "$c" || missing+=("$c"); done
@@ -161,11 +139,11 @@ if [ ${#missing[@]} -gt 0 ]; then
     for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
       ld+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
     done
-    compile "$PLANE_DIR" "$ld" "${k8s_missing[@]}"
+    compile "$PLANE_DIR" "$PLANE_GCFLAGS" "$ld" "${k8s_missing[@]}"
   fi
-  { have kwok && have kwokctl; } || compile "$PLANE_DIR" "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION" \
+  { have kwok && have kwokctl; } || compile "$PLANE_DIR" "$PLANE_GCFLAGS" "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION" \
     "kwok=${KWOK_PKGS[0]}" "kwokctl=${KWOK_PKGS[1]}"
-  have etcd || compile "$ETCD_DIR" "-s -w" "etcd=$ETCD_PKG"
+  have etcd || compile "$ETCD_DIR" "$PLANE_GCFLAGS" "-s -w" "etcd=$ETCD_PKG"
 fi
 log "binaries ready in $BIN"
 echo "$BIN"

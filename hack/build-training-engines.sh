@@ -48,23 +48,6 @@ for r in json.load(sys.stdin).get("Replace") or ():
   touch "$dir/.resolved"
 }
 
-# build DIR (NAME PACKAGE)...: compiles each PACKAGE in DIR to $BIN/NAME (under the one build lock), in one
-# `go build`, so that what they share compiles once and their links overlap.
-build() {
-  local dir="$1" start out="$BIN/.partial"
-  shift
-  cpu_lock
-  start=$(date +%s)
-  rm -rf "$out" && mkdir -p "$out"
-  local names=() pkgs=()
-  while [ $# -gt 0 ]; do names+=("$1"); pkgs+=("$2"); shift 2; done
-  log "building ${names[*]} (a cold build takes minutes)"
-  (cd "$dir" && quiet env CGO_ENABLED=0 go build -trimpath "$TOOL_GCFLAGS" -ldflags "-s -w" -o "$out/" "${pkgs[@]}")
-  for i in "${!names[@]}"; do mv "$out/${pkgs[$i]##*/}" "$BIN/${names[$i]}"; done
-  rmdir "$out"
-  log "built ${names[*]} in $(($(date +%s) - start))s"
-}
-
 TRAINER_PKG=github.com/kubeflow/trainer/v2/cmd/trainer-controller-manager
 JOBSET_PKG=sigs.k8s.io/jobset
 KUEUE_PKG=sigs.k8s.io/kueue/cmd/kueue
@@ -122,9 +105,9 @@ if ! ready; then
   log "downloads done in $(($(date +%s) - start))s"
   start=$(date +%s)
   # Trainer and Kueue first: JobSet's build then finds most of its packages compiled.
-  { have trainer-controller-manager && have kueue; } || build "$TRAINER_KUEUE_DIR" \
-    trainer-controller-manager "$TRAINER_PKG" kueue "$KUEUE_PKG"
-  have jobset || build "$JOBSET_DIR" jobset "$JOBSET_PKG"
+  { have trainer-controller-manager && have kueue; } || compile "$TRAINER_KUEUE_DIR" "$TOOL_GCFLAGS" "-s -w" \
+    "trainer-controller-manager=$TRAINER_PKG" "kueue=$KUEUE_PKG"
+  have jobset || compile "$JOBSET_DIR" "$TOOL_GCFLAGS" "-s -w" "jobset=$JOBSET_PKG"
   log "compiles done in $(($(date +%s) - start))s"
 fi
 log "training engine binaries ready in $BIN"

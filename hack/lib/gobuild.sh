@@ -6,6 +6,7 @@
 #   cpu_lock the one build lock, taken before compiling: two Go compiles never compete for this
 #            machine's few cores (`make setup` runs every script at once; the e2e suite may ask too);
 #   quiet (Go's chatter to a log, its tail shown on failure), log, have;
+#   compile  one `go build` of several packages into BIN (below);
 #   TOOL_GCFLAGS, PLANE_GCFLAGS: the two sets of compiler flags (below).
 # shellcheck shell=bash
 
@@ -64,4 +65,26 @@ cpu_lock() {
     flock 9
   fi
   _MODELLOOP_CPU_LOCKED=1
+}
+
+# compile DIR GCFLAGS LDFLAGS NAME=PACKAGE...: compiles each PACKAGE in DIR's module to $BIN/NAME, under the
+# one build lock, in one `go build`, so that what they share compiles once and one's link overlaps
+# another's compile.
+compile() {
+  local dir="$1" gcflags="$2" ld="$3" out="$BIN/.partial" start pair pkg file pkgs=() names=()
+  shift 3
+  for pair in "$@"; do names+=("${pair%%=*}"); pkgs+=("${pair#*=}"); done
+  cpu_lock
+  start=$(date +%s)
+  rm -rf "$out" && mkdir -p "$out"
+  log "building ${names[*]} (a cold build takes minutes)"
+  (cd "$dir" && quiet env CGO_ENABLED=0 go build -trimpath "$gcflags" -ldflags "$ld" -o "$out/" "${pkgs[@]}")
+  for pair in "$@"; do
+    # go build names a binary after its package's last path element, or the one before a major version.
+    pkg="${pair#*=}" file="${pkg##*/}"
+    [[ "$file" =~ ^v[0-9]+$ ]] && { file="${pkg%/*}"; file="${file##*/}"; }
+    mv "$out/$file" "$BIN/${pair%%=*}"
+  done
+  rmdir "$out"
+  log "built ${names[*]} in $(($(date +%s) - start))s"
 }
