@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import http.client
 import json
 import logging
 import os
@@ -23,6 +24,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
+
+from e2e.apireader import ApiStatusError, Unsupported, reader_for
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "manifests" / "examples" / "quickstart.yaml"
@@ -181,13 +184,35 @@ class Cluster:
         namespace: str | None = None,
         selector: str | None = None,
     ) -> Any:
-        """``kubectl get -o json``, parsed."""
+        """``kubectl get -o json``, parsed: read over a kept-alive connection (e2e/apireader.py) where
+        that reads exactly what kubectl would, else by kubectl."""
         args = ["get", resource, *([name] if name else []), "-o", "json"]
         if namespace:
             args += ["-n", namespace]
         if selector:
             args += ["-l", selector]
+        reader = reader_for(self.kubeconfig)
+        if reader is not None:
+            try:
+                return reader.get(resource, name, namespace, selector)
+            except Unsupported:
+                pass
+            except ApiStatusError as error:
+                # kubectl's own words for a refusal.
+                said = f"Error from server ({error.reason}): {error.message}"
+                raise KubectlError(f"kubectl {' '.join(args)} failed (1): {said}") from None
+            except (OSError, http.client.HTTPException) as error:
+                raise KubectlError(f"kubectl {' '.join(args)} failed: the API server: {error}") from None
         return json.loads(self.kubectl(*args).stdout)
+
+    def get_or_none(self, resource: str, name: str, namespace: str | None = None) -> Any:
+        """:meth:`get` of one object, or None where there is none (kubectl's NotFound)."""
+        try:
+            return self.get(resource, name, namespace)
+        except KubectlError as error:
+            if "(NotFound)" in str(error):
+                return None
+            raise
 
     def install_crds(self, *paths: Path, what: str = "the CRDs", input: str | None = None) -> list[str]:
         """Server-side apply the CRDs in ``paths`` (files or folders; or ``input``, YAML text) and wait

@@ -40,6 +40,7 @@ from e2e.harness import (
     ROOT,
     SHARED_CRDS,
     Cluster,
+    KubectlError,
     PollingLoop,
     api_server_access,
     create_token,
@@ -541,10 +542,11 @@ def drift_policy(loop: Loop, *, recent_data: bool = True, **params: Any) -> dict
 
 
 def status_of(cluster: Cluster, resource: str, name: str, namespace: str) -> dict[str, Any]:
-    result = cluster.kubectl("get", resource, name, "-n", namespace, "-o", "json", check=False)
-    if result.returncode != 0:
+    try:
+        obj = cluster.get(resource, name, namespace)
+    except KubectlError:
         return {}
-    return dict(json.loads(result.stdout).get("status") or {})
+    return dict(obj.get("status") or {})
 
 
 # The policy's first verdict needs the detector's window, a scrape and an evaluation: on a loaded 2-core

@@ -411,8 +411,12 @@ def running_agent(
     probe = json.loads(env["SERVING_READINESS_PROBE"])
     probe["tcpSocket"]["port"] = model_port
     env["SERVING_READINESS_PROBE"] = json.dumps(probe)
+    # Its readiness socket is agent.sock in its working directory (hack/build-kserve.sh): the test's own
+    # folder, not the checkout, where a killed agent's socket file would refuse the next run's.
     with log_path.open("wb") as log:
-        process = subprocess.Popen([str(binary), *args], env=env, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [str(binary), *args], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=log_path.parent
+        )
     try:
         yield port
     finally:

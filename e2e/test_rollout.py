@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from e2e.harness import ROOT, BackgroundLoop, Cluster, running_operator, wait_for
+from e2e.harness import ROOT, BackgroundLoop, Cluster, KubectlError, running_operator, wait_for
 from e2e.kubelet import TRAINER_BIN
 from e2e.models import Trained, model_version
 from e2e.prometheus import Prometheus, running_prometheus
@@ -126,12 +126,11 @@ class RouteRecorder(BackgroundLoop):
 
     def _loop(self) -> None:
         while not self._stopping.wait(0.5):
-            route = self._cluster.kubectl(
-                "get", "httproutes", self._route, "-n", self._namespace, "-o", "json", check=False
-            )
-            if route.returncode != 0:
+            try:
+                route = self._cluster.get("httproutes", self._route, self._namespace)
+            except KubectlError:
                 continue
-            refs = json.loads(route.stdout)["spec"]["rules"][0]["backendRefs"]
+            refs = route["spec"]["rules"][0]["backendRefs"]
             weights = {ref["name"]: int(ref.get("weight", 1)) for ref in refs}
             if not self.seen or self.seen[-1] != weights:
                 self.seen.append(weights)
@@ -356,9 +355,12 @@ def test_a_killed_operator_resumes_every_step_where_it_was_with_no_traffic_jump(
 
     def record() -> None:
         while not stop.wait(0.25):
-            got = cluster.kubectl("get", KSERVE, "iris", "-n", namespace, "-o", "json", check=False)
-            if got.returncode == 0:
-                percent = json.loads(got.stdout)["spec"]["predictor"].get("canaryTrafficPercent")
+            try:
+                got = cluster.get(KSERVE, "iris", namespace)
+            except KubectlError:
+                continue
+            if got:
+                percent = got["spec"]["predictor"].get("canaryTrafficPercent")
                 if not seen or seen[-1] != percent:
                     seen.append(percent)
 

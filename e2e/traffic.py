@@ -90,7 +90,7 @@ def httproute_weights(cluster: Cluster, namespace: str, name: str, rule: int = 0
     unset), each Service resolved to its pods by its selector."""
 
     def read() -> Mapping[Backend, int]:
-        route = _get_or_none(cluster, "httproutes.gateway.networking.k8s.io", name, namespace)
+        route = cluster.get_or_none("httproutes.gateway.networking.k8s.io", name, namespace)
         if route is None:
             return {}
         rules = route.get("spec", {}).get("rules") or []
@@ -115,7 +115,7 @@ def knative_weights(cluster: Cluster, namespace: str, name: str, component: str 
     ``serving.knative.dev/revision``."""
 
     def read() -> Mapping[Backend, int]:
-        service = _get_or_none(cluster, "inferenceservices.serving.kserve.io", name, namespace)
+        service = cluster.get_or_none("inferenceservices.serving.kserve.io", name, namespace)
         if service is None:
             return {}
         traffic = service.get("status", {}).get("components", {}).get(component, {}).get("traffic") or []
@@ -355,12 +355,3 @@ class LoadGenerator(BackgroundLoop):
             return int(error.code)
         except OSError:
             return NO_RESPONSE
-
-
-def _get_or_none(cluster: Cluster, resource: str, name: str, namespace: str) -> Any:
-    result = cluster.kubectl("get", resource, name, "-n", namespace, "-o", "json", check=False)
-    if result.returncode != 0:
-        if "NotFound" in result.stderr or "not found" in result.stderr:
-            return None
-        raise RuntimeError(f"kubectl get {resource} {name} failed: {result.stderr.strip()}")
-    return json.loads(result.stdout)
