@@ -25,8 +25,6 @@ set -euo pipefail
 shopt -s inherit_errexit
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-# `make test` builds images while its checks run, at a lower priority (see the Makefile's test target).
-if [ -n "${MODELLOOP_BUILD_NICE:-}" ]; then renice -n "$MODELLOOP_BUILD_NICE" -p $$ >/dev/null; fi
 OUT="${MODELLOOP_IMAGES_DIR:-$ROOT/.images}"
 CACHE="${MODELLOOP_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/modelloop}/images"
 ALL=(operator trainer server seldon detector)

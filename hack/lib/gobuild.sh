@@ -32,9 +32,6 @@ RESOLVE_TIMEOUT="${RESOLVE_TIMEOUT:-1200}"
 TOOL_GCFLAGS="-gcflags=all=-N -l -dwarf=false"
 PLANE_GCFLAGS="-gcflags=all=-dwarf=false"
 
-# `make test` compiles while its checks run, at a lower priority (see the Makefile's test target).
-if [ -n "${MODELLOOP_BUILD_NICE:-}" ]; then renice -n "$MODELLOOP_BUILD_NICE" -p $$ >/dev/null; fi
-
 quiet() { "$@" >>"$GOLOG" 2>&1 || { tail -n 40 "$GOLOG" >&2; return 1; }; }
 log() { printf '[build %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 have() { [ -x "$BIN/$1" ]; }
