@@ -80,6 +80,24 @@ def wait_for(
         time.sleep(interval)
 
 
+def wait_for_event(
+    cluster: Cluster,
+    namespace: str,
+    matches: Callable[[Mapping[str, Any]], bool],
+    *,
+    what: str,
+    timeout: float = 30,
+) -> list[dict[str, Any]]:
+    """The namespace's events once one of them ``matches``. An event is posted after the status it tells of
+    (the operator writes both, the event last), so a test that has seen the status waits for the event."""
+
+    def probe() -> list[dict[str, Any]] | None:
+        events: list[dict[str, Any]] = cluster.get("events", namespace=namespace)["items"]
+        return events if any(matches(e) for e in events) else None
+
+    return wait_for(probe, timeout=timeout, what=what)
+
+
 class BackgroundLoop:
     """A thread that runs ``_loop`` (which returns once ``_stopping`` is set), as a context manager:
     the stand-ins and recorders that work beside a test. ``start`` twice is harmless."""

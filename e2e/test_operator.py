@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from e2e.harness import ROOT, Cluster, condition, wait_for
+from e2e.harness import ROOT, Cluster, condition, wait_for, wait_for_event
 from modelloop.kube import KubeClient, PreflightError
 
 QUICKSTART = ROOT / "manifests" / "examples" / "quickstart.yaml"
@@ -51,9 +51,11 @@ def test_operator_sets_phase_generation_and_ready_condition(
     assert ready_condition["reason"] == reason
     assert ready_condition["observedGeneration"] == obj["metadata"]["generation"]
     assert ready_condition["lastTransitionTime"].endswith("Z")
-    events = cluster.get("events", namespace=namespace)["items"]
-    assert any(e["involvedObject"]["name"] == name and e["reason"] == reason for e in events), (
-        f"no {reason} event for {name}: {[(e['involvedObject']['name'], e['reason']) for e in events]}"
+    wait_for_event(
+        cluster,
+        namespace,
+        lambda e: e["involvedObject"]["name"] == name and e["reason"] == reason,
+        what=f"a {reason} event for {name}",
     )
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from e2e.harness import Cluster, condition, wait_for
+from e2e.harness import Cluster, condition, wait_for, wait_for_event
 from e2e.kubelet import HOLD, report_termination
 
 API = "modelloop.dev/v1alpha1"
@@ -222,8 +222,12 @@ def test_gates_and_the_champion_comparison_validate_or_reject_each_version(
     assert table[1].split()[:6] == ["iris-v1", "iris", "1", "accuracy=0.95", "Validated", "Champion"]
     assert table[2].split()[:6] == ["iris-v2", "iris", "2", "accuracy=0.9", "Rejected", "Candidate"]
 
-    events = cluster.get("events", namespace=namespace)["items"]
-    assert any(e["involvedObject"]["name"] == "iris-v2" and e["reason"] == "ChecksFailed" for e in events)
+    wait_for_event(
+        cluster,
+        namespace,
+        lambda e: e["involvedObject"]["name"] == "iris-v2" and e["reason"] == "ChecksFailed",
+        what="the ChecksFailed event of iris-v2",
+    )
 
     # A rejected version cannot be promoted; the refusal is recorded, and nothing else changes.
     request_stage(cluster, "iris-v2", namespace, "Champion")
@@ -275,7 +279,9 @@ def test_stage_changes_keep_their_history_and_retention_removes_only_what_it_may
 
     # Archived: v1 (a user's), v2 (served), v3, v4; keeping one archived version deletes v3 alone.
     assert wait_for(remaining, timeout=60, what="retention") == ["iris-v1", "iris-v2", "iris-v4", "iris-v5"]
-    events = cluster.get("events", namespace=namespace)["items"]
+    events = wait_for_event(
+        cluster, namespace, lambda e: e["reason"] == "Retention", what="a Retention event"
+    )
     assert {e["involvedObject"]["name"] for e in events if e["reason"] == "Retention"} == {"iris-v3"}
     policy_status = cluster.get("modelpolicy", "iris", namespace)["status"]
     assert (policy_status["champion"], policy_status["latestVersion"]) == ("iris-v5", 5)

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from e2e.harness import Cluster, condition, running_operator, wait_for
+from e2e.harness import Cluster, condition, running_operator, wait_for, wait_for_event
 from e2e.kubelet import TRAINER_BIN, run_pod, running_held_pods
 from e2e.test_registry import model_version
 from e2e.test_trainingrun import jobs_of, phase_is, run_status, training_run
@@ -265,10 +265,13 @@ def test_a_request_the_api_server_refuses_reaches_status_and_an_event_and_heals_
     ready = wait_for(refused, timeout=60, what="the refusal in status")
     assert "403" in ready["message"] and "exceeded quota" in ready["message"]
     assert run_status(cluster, "refused", namespace)["phase"] == "Pending"
-    events = cluster.get("events", namespace=namespace)["items"]
-    assert any(
-        e["reason"] == "ApiRequestRefused" and e["type"] == "Warning" and "exceeded quota" in e["message"]
-        for e in events
+    wait_for_event(
+        cluster,
+        namespace,
+        lambda e: (
+            e["reason"] == "ApiRequestRefused" and e["type"] == "Warning" and "exceeded quota" in e["message"]
+        ),
+        what="the ApiRequestRefused event",
     )
 
     # Retrying cannot heal it, but a changed quota does: the back-off retry then goes through.

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from e2e.harness import Cluster, KubectlError, running_operator, wait_for
+from e2e.harness import Cluster, KubectlError, running_operator, wait_for, wait_for_event
 from e2e.kubelet import HOLD, TRAINER_BIN, Execution, run_pod
 from modelloop.cli.render import render_trials
 from modelloop.naming import ANNOTATION_TRIAL_PARAMS
@@ -184,8 +184,12 @@ def test_a_bayesian_sweep_stops_hopeless_trials_registers_the_best_and_survives_
             j["metadata"]["name"] == trial["jobName"]
             for j in cluster.get("jobs", namespace=namespace)["items"]
         ), "a stopped trial's Job is deleted"
-    events = cluster.get("events", namespace=namespace)["items"]
-    assert any(e["reason"] == "TrialPruned" and "worse than the median" in e["message"] for e in events)
+    wait_for_event(
+        cluster,
+        namespace,
+        lambda e: e["reason"] == "TrialPruned" and "worse than the median" in e["message"],
+        what="a TrialPruned event",
+    )
 
     succeeded = [t for t in recorded if t["phase"] == "Succeeded"]
     best = max(succeeded, key=lambda t: (t["metrics"]["accuracy"], -t["index"]))

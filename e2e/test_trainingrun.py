@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from e2e.harness import ROOT, Cluster, condition, running_operator, wait_for
+from e2e.harness import ROOT, Cluster, condition, running_operator, wait_for, wait_for_event
 from e2e.kubelet import HOLD, TRAINER_BIN, run_pod, running_held_pods
 
 GPU_PRODUCT = "NVIDIA-A100-SXM4-80GB"
@@ -109,8 +109,12 @@ def test_an_oversized_run_stays_pending_with_the_schedulers_reason_in_status(
     assert "Insufficient nvidia.com/gpu" in status["message"]
     ready = condition(cluster.get("trainingrun", "too-big", namespace), "Ready")
     assert ready is not None and ready["reason"] == "Unschedulable"
-    events = cluster.get("events", namespace=namespace)["items"]
-    assert any(e["reason"] == "Unschedulable" and e["type"] == "Warning" for e in events)
+    wait_for_event(
+        cluster,
+        namespace,
+        lambda e: e["reason"] == "Unschedulable" and e["type"] == "Warning",
+        what="the Unschedulable event",
+    )
 
 
 @pytest.mark.usefixtures("operator")
