@@ -162,7 +162,7 @@ checks: ## lint, types, unit tests and the runtimes' checks: everything but the 
 # their own, at a lower priority (nice CHECKS_NICE), taking the CPU the suite leaves rather than the
 # suite's; their output goes to CHECKS_LOG and is printed after the suite's, and either failing fails
 # `make test` (every check runs, -k, so that all failures show). At nice 10 a check had a tenth of a core
-# while the suite kept both busy, and the model server's MLP fixture (11 s alone) passed its 120 s
+# while the suite kept both busy, and the model server's MLP fixture (11 s alone) ran past its 120 s
 # timeout; at nice 5 it has a quarter, and beside the suite the runtimes' per-test timeouts (pytest-timeout,
 # there to catch a hang) are CHECKS_TIMEOUT seconds.
 CHECKS_NICE    ?= 5
