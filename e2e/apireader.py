@@ -98,7 +98,7 @@ class ApiReader:
         else:
             raise Unsupported(f"user {sorted(user)}")
         self._local = threading.local()
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._resources: list[Resource] | None = None
         self._discovered_at = 0.0
 
