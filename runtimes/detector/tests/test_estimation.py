@@ -384,9 +384,11 @@ def test_window_of_1000_rows_is_estimated_in_milliseconds(digits: list[Served]) 
     )
     durations = []
     for _ in range(20):
-        started = time.perf_counter()
+        # CPU time, not wall time: `make test` runs this suite niced beside the e2e suite, where a wall
+        # clock measures the scheduler, not the estimate.
+        started = time.process_time()
         served.estimator.estimate(features, probabilities, predictions)
-        durations.append(time.perf_counter() - started)
+        durations.append(time.process_time() - started)
     # Well under 10 ms on an idle core; the bound leaves room for a busy test machine.
     assert float(np.median(durations)) < 0.03
 
