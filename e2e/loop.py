@@ -42,6 +42,7 @@ from e2e.harness import (
     Cluster,
     KubectlError,
     PollingLoop,
+    Timeout,
     api_server_access,
     create_token,
     free_port,
@@ -561,13 +562,20 @@ def wait_status(
 ) -> dict[str, Any]:
     """The status once it has every ``expected`` value; fails at once on a Failed phase not expected."""
 
+    seen: dict[str, Any] = {}
+
     def matches() -> dict[str, Any] | None:
         status = status_of(cluster, resource, name, namespace)
+        seen.update(last=status)
         if status.get("phase") == "Failed" and expected.get("phase") != "Failed":
             raise AssertionError(f"{resource} {name} failed: {status.get('message')}")
         return status if status and all(status.get(k) == v for k, v in expected.items()) else None
 
-    return wait_for(matches, timeout=timeout, interval=0.25, what=f"{resource} {name} with {expected}")
+    try:
+        return wait_for(matches, timeout=timeout, interval=0.25, what=f"{resource} {name} with {expected}")
+    except Timeout as error:
+        # The probe answers None for a status that does not match yet: say which status it was.
+        raise Timeout(f"{error}; its last status: {seen.get('last')!r}") from None
 
 
 def wait_watching(cluster: Cluster, namespace: str) -> dict[str, Any]:
@@ -675,13 +683,18 @@ def run_the_loop(loop: Loop, traffic: LabelledTraffic, report: Any = lambda _: N
     marks["training (run → registered)"] = time.monotonic()
     version = done["modelVersion"]
     report(f"  {version} registered; validating against the champion on the same held-out data")
-    wait_for(
+    judged = wait_for(
         lambda: (
-            status_of(cluster, "modelversion", version, namespace).get("phase") in ("Validated", "Rejected")
+            status
+            if (status := status_of(cluster, "modelversion", version, namespace)).get("phase")
+            in ("Validated", "Rejected")
+            else None
         ),
         timeout=120,
         what=f"{version} validated or rejected",
     )
+    # A rejected version is never rolled out: say so now, not after the wait for a promotion.
+    assert judged["phase"] == "Validated", f"{version} was rejected: {judged.get('message')}"
     marks["validation"] = time.monotonic()
     wait_status(
         cluster,

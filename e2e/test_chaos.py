@@ -39,6 +39,7 @@ from e2e.loop import (
 
 SMALL_KILLS = 8
 SMALL_SEED = 20261206  # `make test` replays one schedule; `make chaos` draws a new seed each run
+CHAMPION_MARGIN = 0.1  # how much worse than the champion the retrained version may be (see below)
 
 pytestmark = pytest.mark.skipif(
     not runtimes_installed(),
@@ -75,7 +76,14 @@ def test_the_loop_closes_and_keeps_every_invariant_under_a_storm_of_faults(
         try:
             serve_the_first_model(loop)
             policy = drift_policy(loop)
-            policy["spec"]["retrain"]["trainingRunTemplate"]["backoffLimit"] = 1  # the failed pod is retried
+            template = policy["spec"]["retrain"]["trainingRunTemplate"]
+            template["backoffLimit"] = 1  # the failed pod is retried
+            # The detector's restart empties its windows: when it falls just before the breach, the
+            # retraining gets a few dozen recent rows, and the new version and the champion can differ by a
+            # row or two of a 42-row hold-out (seen: 0.952 against 0.976, rejected, and the loop waited for
+            # a promotion). This test is about the loop closing under faults; the comparison itself is
+            # test_drift_loop's.
+            template["validation"]["champion"]["margin"] = CHAMPION_MARGIN
             cluster.apply(policy, namespace)
             with loop.traffic() as (traffic, load):
                 wait_watching(cluster, namespace)
