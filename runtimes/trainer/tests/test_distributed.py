@@ -338,8 +338,11 @@ def test_a_scikit_learn_estimator_refuses_to_train_distributed(folder: Path) -> 
     assert failure["message"].startswith(
         f"rank {failure['rank']} of 2 (node 0, local rank {failure['rank']})"
     )
-    # Rank 0 keeps its failed result beside where the artifacts would be, as a single process does.
-    assert sorted(path.name for path in launch.output.iterdir()) == ["result.json"]
+    # No artifacts. Rank 0 keeps its failed result beside where they would be, as a single process does, when
+    # it refuses first; when rank 1 refuses first, torchrun stops rank 0, which may not have written yet, and
+    # then the folder is never made (a run of the checks niced beside the e2e suite found no folder).
+    kept = sorted(path.name for path in launch.output.iterdir()) if launch.output.exists() else []
+    assert kept in ([], ["result.json"])
 
 
 def test_a_regressor_on_two_processes_reaches_the_r2_of_one(folder: Path) -> None:
