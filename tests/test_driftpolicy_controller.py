@@ -122,7 +122,8 @@ def controller(
     answers: dict[str, float | Exception | None] | None = None,
     versions: list[dict[str, Any]] | None = None,
 ) -> tuple[DriftPolicyController, RecordingClient, Prometheus]:
-    client = RecordingClient()
+    # The API server has the policy as the index does, unless a test says otherwise.
+    client = RecordingClient(objects={("driftpolicies", *KEY): obj})
     indexes = {
         "drift_policies": {KEY: [obj]},
         "inference_services": {("ml", "iris"): [SERVICE]},
@@ -142,7 +143,9 @@ def test_a_breach_starts_its_training_run_then_writes_status_once(posted: list[t
     requeue = asyncio.run(made.objects.reconcile(KEY))
 
     assert prometheus.queries == [("http://prometheus:9090", 'max(score{service="iris"})')]
-    [create, write] = client.calls
+    # The policy is read from the API server once, right before the run is made (and not again).
+    [read, create, write] = client.calls
+    assert read == ("get", "driftpolicies", "iris-drift")
     assert create[0] == "create" and create[1].startswith("iris-drift-")
     assert write == ("patch_status", "iris-drift")
     [status] = client.statuses
@@ -315,3 +318,49 @@ def test_the_detector_is_told_the_held_out_rows_of_the_served_version() -> None:
     assert isinstance(made.detector, Detector)
     [(_, _, _, versions, _)] = made.detector.registered
     assert versions["2"]["holdoutUri"] == "file:///m/2/holdout.csv"
+
+
+def test_a_breach_the_index_still_shows_but_the_api_server_has_acted_on_starts_no_second_run() -> None:
+    """A replica that has just taken over still has, in its index, the policy as it was before it stood
+    by: breached for five minutes, past the window. Meanwhile the replica it replaced acted on that
+    breach (its run started, the breach cleared). The pass reads the policy again before it creates
+    anything, and decides on that copy: the run in flight, no second run."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    stale = policy(
+        {
+            "phase": "Breached",
+            "lastResult": "Breached",
+            "observedGeneration": 1,
+            "breachStartTime": iso(now - timedelta(minutes=5)),
+        }
+    )
+    acted = policy(
+        {
+            "phase": "Retraining",
+            "lastResult": "Breached",
+            "observedGeneration": 1,
+            "lastTrainingRun": "iris-drift-1",
+            "lastTriggerTime": iso(now - timedelta(seconds=30)),
+            "retrainings": [iso(now - timedelta(seconds=30))],
+        }
+    )
+    acted["metadata"]["resourceVersion"] = "9"
+    running = {"metadata": {"namespace": "ml", "name": "iris-drift-1"}, "status": {"phase": "Running"}}
+    made, client, _ = controller(stale, 0.9, runs={("ml", "iris-drift-1"): [running]})
+    client.objects[("driftpolicies", *KEY)] = acted
+
+    asyncio.run(made.objects.reconcile(KEY))
+
+    assert not client.created, f"a second run was created: {client.created}"
+    assert [c for c in client.calls if c[0] == "create"] == []
+    # Decided on the fresh copy (a status patch carries what changed from it): the run in flight holds
+    # off another, whatever the metric says.
+    [status] = client.statuses
+    assert status["message"] == (
+        "TrainingRun iris-drift-1 is Running; the breach it confirms starts no other retraining"
+    )
+    assert "phase" not in status and "lastTrainingRun" not in status  # unchanged from the fresh copy
+
+
+def iso(when: datetime) -> str:
+    return when.isoformat().replace("+00:00", "Z")

@@ -194,6 +194,7 @@ class DriftPolicyController:
         trained = ((run or {}).get("status") or {}).get("modelVersion") or None
         decision = decide(name, spec, previous, measurements, in_flight, now, generation, trained)
         if decision.start_run is not None:
+            await self._confirm_current(obj)
             await self._start_run(obj, spec, decision, model)
             metrics.RETRAINING_START_SECONDS.observe((datetime.now(UTC) - now).total_seconds())
         if decision.skipped is not None:
@@ -271,6 +272,28 @@ class DriftPolicyController:
         if self._registered.get(key) != (meta["uid"], served):
             logger.info("DriftPolicy %s/%s: detector serves versions %s", *key, ", ".join(served))
             self._registered[key] = (meta["uid"], served)
+
+    async def _confirm_current(self, obj: Mapping[str, Any]) -> None:
+        """Raise a conflict (the reconcile reads the policy again and decides again) unless ``obj`` is the
+        policy as the API server has it now.
+
+        A retraining is the one thing a pass does that a conflicting status write cannot undo, and its name
+        comes from the breach in the status the pass decided on. The index can be behind the API server:
+        a replica that has just taken over from another still holds what it saw before it stood by, and a
+        breach there may have been acted on since (its status written, the breach cleared) by the replica
+        it replaces. Acting on that copy started a second retraining for one breach, named after the old
+        breach's start. So the policy is read once more before the run is created: a quorum read, once per
+        retraining, never per pass."""
+        meta = obj["metadata"]
+        key = (meta["namespace"], meta["name"])
+        fresh = await self.writer.refresh(*key)
+        current = fresh["metadata"].get("resourceVersion")
+        if current != meta.get("resourceVersion"):
+            raise kube.Conflict(
+                f"DriftPolicy {key[0]}/{key[1]} is at resourceVersion {current}, not the "
+                f"{meta.get('resourceVersion')} this pass decided on",
+                key,
+            )
 
     async def _start_run(
         self, obj: Mapping[str, Any], spec: DriftPolicySpec, decision: PolicyDecision, model: str
