@@ -18,6 +18,7 @@ import json
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -354,15 +355,22 @@ def test_a_killed_operator_resumes_every_step_where_it_was_with_no_traffic_jump(
     stop = threading.Event()
 
     def record() -> None:
-        while not stop.wait(0.25):
+        # One last read after ``stop``: the promotion's apply comes before the status the test waits on,
+        # but a read from before that apply must not be the last one recorded.
+        while True:
+            last = stop.is_set()
             try:
                 got = cluster.get(KSERVE, "iris", namespace)
             except KubectlError:
-                continue
+                time.sleep(0.25)
+                continue  # the last read too is read again
             if got:
                 percent = got["spec"]["predictor"].get("canaryTrafficPercent")
                 if not seen or seen[-1] != percent:
                     seen.append(percent)
+            if last:
+                return
+            stop.wait(0.25)
 
     recorder = threading.Thread(target=record, daemon=True)
     with running_operator(cluster, namespace, log, env=env):
