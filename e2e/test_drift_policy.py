@@ -276,7 +276,8 @@ def test_a_query_prometheus_refuses_makes_the_policy_degraded_with_prometheus_me
     assert "parse error" in status["message"], "Prometheus's own message"
     ready = condition(cluster.get("driftpolicy", "iris-drift", namespace), "Ready")
     assert ready is not None and (ready["status"], ready["reason"]) == ("False", "QueryRefused")
-    assert "QueryRefused" in events(cluster, namespace)
+    # kopf posts the event after the status write: waited for, not read once.
+    wait_for(lambda: "QueryRefused" in events(cluster, namespace), timeout=30, what="a QueryRefused event")
     assert retraining_runs(cluster, namespace) == []
 
 
