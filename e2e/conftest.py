@@ -30,60 +30,21 @@ E2E_CLUSTER_NAME = (os.environ.get("MODELLOOP_E2E_NAME") or "modelloop-e2e") + _
 
 
 # The files whose tests run Kubeflow Trainer's, JobSet's or Kueue's controllers: `make e2e` builds those
-# (minutes, cold) in the background while the other files run, and their tests wait for the build.
+# (minutes, cold) in the background while the suite runs, and their tests wait for the build. pytest-xdist
+# (--dist loadfile) hands out the files with the most tests first, so these two (five tests each) start
+# after most of the suite's light, many-test files (five minutes in, in a warm run of the suite alone).
+# Ordering the files longest first instead was measured, and was worse: the heaviest files then ran beside
+# the engines' compile and the checks, each test took three to five times as long, and one missed its
+# deadline.
 ENGINE_FILES = ("test_distributed.py", "test_engines.py")
 ENGINE_BUILD_SECONDS = 1800
 """How long a test that needs the engines may take, waiting for their build included."""
 
-FILE_ORDER = (
-    # The longest files first (seconds each took in a warm run of the suite alone, two workers), so that
-    # the two workers end together, on short files; pytest-xdist keeps this order only with
-    # --no-loadscope-reorder (`make e2e` passes it), else it hands out the files with the most tests first,
-    # which put the 130 s of sweeps last, beside an idle worker.
-    "test_rollout.py",  # 190
-    "test_sweeps.py",  # 130
-    "test_seldon.py",  # 129
-    "test_drift_loop.py",  # 120
-    "test_chaos.py",  # 112
-    # The engine files once the first five have started (four to six minutes in, cold), so that their
-    # build has had that long.
-    "test_distributed.py",  # 180
-    "test_estimated_drift.py",  # 81
-    "test_drift_policy.py",  # 79
-    "test_peering.py",  # 76
-    "test_engines.py",  # 70
-    "test_cel_parity.py",  # 68
-    "test_user_roles.py",  # 59
-    "test_images.py",  # 49
-    "test_prometheus_harness.py",  # 45
-    "test_helm.py",  # 44
-    "test_gang_kubelet.py",  # 43
-    "test_kustomize.py",  # 41
-    "test_runtime.py",  # 39
-    "test_trainingrun.py",  # 38
-    "test_registry.py",  # 32
-    "test_exec_login.py",  # 29
-    "test_crds.py",  # 26
-    "test_rbac.py",  # 22
-    "test_kserve_controller.py",  # 17
-    "test_operator.py",  # 15
-    "test_watches.py",  # 14
-    "test_monitoring.py",  # 14
-    "test_detector_auth.py",  # 10
-    "test_scheduling.py",  # 8
-    "test_apireader.py",  # 8
-    "test_registry_cli.py",  # 8
-    "test_admission_bounds.py",  # 7
-    "test_pod_logs.py",  # 4
-    "test_metrics.py",  # 3
-)
-"""The order the suite's files run in; a file not listed runs first (its length is not known)."""
-
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Run the files in FILE_ORDER's order (a stable sort: the order within a file is kept)."""
-    rank = {name: index for index, name in enumerate(FILE_ORDER)}
-    items.sort(key=lambda item: rank.get(item.path.name, -1))
+    """In one process (`make e2e E2E_PARALLEL=`), run the engine files last, so that their build has the
+    whole suite's time (a stable sort: the order within is kept); pytest-xdist orders files its own way."""
+    items.sort(key=lambda item: item.path.name in ENGINE_FILES)
 
 
 @pytest.fixture(scope="session")
