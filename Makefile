@@ -120,10 +120,10 @@ alerts-test: prometheus-bin ## promtool's unit tests of the alerts (manifests/mo
 # Two workers, each with its own control plane, take whole test files (their fixtures are per file or per
 # session): the suite waits on controllers much of the time, and two files at once fill both cores.
 # E2E_PARALLEL= runs it in one process.
-E2E_PARALLEL ?= -n 2 --dist loadfile --no-loadscope-reorder
+E2E_PARALLEL ?= -n 2 --dist loadfile
 
 # Kubeflow Trainer's, JobSet's and Kueue's controllers (minutes of compiling, cold) build in the background
-# while the suite starts: the tests that need them wait for the build (e2e/conftest.py orders the files).
+# while the suite starts: the tests that need them wait for the build (e2e/conftest.py says when they start).
 E2E_ENGINE_LOG := .cluster/engine-build.log
 
 e2e: $(STAMP) $(TRAINER_STAMP) $(SERVER_STAMP) $(SELDON_STAMP) $(DETECTOR_STAMP) cluster-bins kserve-bins helm-bin prometheus-bin images-test ## end-to-end tests on the local control plane (started and stopped by the tests)

@@ -30,53 +30,22 @@ E2E_CLUSTER_NAME = (os.environ.get("MODELLOOP_E2E_NAME") or "modelloop-e2e") + _
 
 
 # The files whose tests run Kubeflow Trainer's, JobSet's or Kueue's controllers: `make e2e` builds those
-# (minutes, cold) in the background while the suite runs, and their tests wait for the build.
+# (minutes, cold) in the background while the suite runs, and their tests wait for the build. pytest-xdist
+# (--dist loadfile) hands out the files with the most tests first, so these two (five tests each) start
+# after most of the suite's light, many-test files (five minutes in, in a warm run of the suite alone).
+# Two other orders were measured in cold runs, and were slower (README, "Development"): every file longest
+# first ran the heaviest files beside the engines' compile and the checks, each three to five times as long
+# (one test missed its deadline); the heavy files after the many-test ones, longest first, ran them two at a
+# time, each slower beside the other.
 ENGINE_FILES = ("test_distributed.py", "test_engines.py")
 ENGINE_BUILD_SECONDS = 1800
 """How long a test that needs the engines may take, waiting for their build included."""
 
-HEAVY_FILES = (
-    "test_rollout.py",
-    "test_seldon.py",
-    "test_chaos.py",
-    "test_drift_loop.py",
-    "test_sweeps.py",
-    "test_peering.py",
-    "test_estimated_drift.py",
-)
-"""The files of few tests and much work (a minute to four each, training and serving), longest first."""
-
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The order the suite's files run in (a stable sort: the order within a file is kept).
-
-    On pytest-xdist's workers (`make e2e`, which passes --no-loadscope-reorder so that xdist keeps it):
-    first the files of five tests or more, those with the most first (xdist's own order), light on the
-    CPU while a cold `make test` still compiles the training engines and runs the checks beside the suite;
-    the engine files come last of those, five to ten minutes in. Then HEAVY_FILES, longest first, and last
-    the few short files, so that the two workers end together. xdist's own order ran the sweeps (two
-    tests, two minutes) last, beside an idle worker: 163 s of one idle core in a cold run (2026-12-07).
-    The heavy files must not run first: tried, they ran beside that compile and those checks three to five
-    times slower each, and a sweep test passed its 300 s timeout.
-
-    In one process (`make e2e E2E_PARALLEL=`), the engine files run last, so that their build has the whole
-    suite's time."""
-    if not os.environ.get("PYTEST_XDIST_WORKER"):
-        items.sort(key=lambda item: item.path.name in ENGINE_FILES)
-        return
-    count: dict[str, int] = {}
-    for item in items:
-        count[item.path.name] = count.get(item.path.name, 0) + 1
-
-    def rank(item: pytest.Item) -> tuple[int, int, int]:
-        name = item.path.name
-        if name in HEAVY_FILES:
-            return (1, HEAVY_FILES.index(name), 0)
-        if count[name] >= 5:
-            return (0, name in ENGINE_FILES, -count[name])
-        return (2, -count[name], 0)
-
-    items.sort(key=rank)
+    """In one process (`make e2e E2E_PARALLEL=`), run the engine files last, so that their build has the
+    whole suite's time (a stable sort: the order within is kept); pytest-xdist orders files its own way."""
+    items.sort(key=lambda item: item.path.name in ENGINE_FILES)
 
 
 @pytest.fixture(scope="session")
