@@ -17,12 +17,11 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import pytest
 
@@ -46,6 +45,7 @@ ERROR_RATE = (
     f" / sum(rate(modelloop_server_requests_total{{{SELECT}}}[20s]))"
 )
 KSERVE = "inferenceservices.serving.kserve.io"
+V = TypeVar("V")
 
 
 def inference_service(name: str, mode: str, rollout: dict[str, Any], **spec: Any) -> dict[str, Any]:
@@ -117,24 +117,40 @@ def events(cluster: Cluster, namespace: str, name: str) -> list[dict[str, Any]]:
     ]
 
 
-class RouteRecorder(BackgroundLoop):
-    """Records every distinct set of HTTPRoute weights while a test runs (polled every 0.5 s)."""
+class ChangeRecorder(BackgroundLoop, Generic[V]):
+    """Calls ``read`` every ``interval`` seconds while a test runs and records each value that differs from
+    the last one recorded (a read that fails records nothing). Once stopped, it reads once more (again
+    until a read succeeds): a change made before the stop is recorded even when it fell between two polls,
+    as the promotion's apply does before the status a test waits on."""
 
-    def __init__(self, cluster: Cluster, namespace: str, name: str) -> None:
-        super().__init__("route-recorder")
-        self._cluster, self._namespace, self._route = cluster, namespace, name
-        self.seen: list[dict[str, int]] = []
+    def __init__(self, name: str, read: Callable[[], V], interval: float) -> None:
+        super().__init__(name)
+        self._read, self._interval = read, interval
+        self.seen: list[V] = []
 
     def _loop(self) -> None:
-        while not self._stopping.wait(0.5):
+        while True:
+            last = self._stopping.is_set()
             try:
-                route = self._cluster.get("httproutes", self._route, self._namespace)
+                value = self._read()
             except KubectlError:
+                time.sleep(self._interval)
                 continue
-            refs = route["spec"]["rules"][0]["backendRefs"]
-            weights = {ref["name"]: int(ref.get("weight", 1)) for ref in refs}
-            if not self.seen or self.seen[-1] != weights:
-                self.seen.append(weights)
+            if not self.seen or self.seen[-1] != value:
+                self.seen.append(value)
+            if last:
+                return
+            self._stopping.wait(self._interval)
+
+
+def route_recorder(cluster: Cluster, namespace: str, name: str) -> ChangeRecorder[dict[str, int]]:
+    """Records every distinct set of the HTTPRoute's weights while a test runs (polled every 0.5 s)."""
+
+    def weights() -> dict[str, int]:
+        route = cluster.get("httproutes", name, namespace)
+        return {ref["name"]: int(ref.get("weight", 1)) for ref in route["spec"]["rules"][0]["backendRefs"]}
+
+    return ChangeRecorder("route-recorder", weights, 0.5)
 
 
 @pytest.fixture
@@ -168,7 +184,7 @@ def test_a_healthy_challenger_is_promoted_step_by_step_and_an_unhealthy_one_is_r
     route = httproute_weights(cluster, namespace, "iris-traffic")
     with (
         LoadGenerator(kubelet, route, rate_per_s=25, payload=IRIS_ROW) as load,
-        RouteRecorder(cluster, namespace, "iris-traffic") as recorder,
+        route_recorder(cluster, namespace, "iris-traffic") as recorder,
     ):
         # A newly validated version starts a rollout by itself: the service follows the model.
         cluster.apply(model_version(2, trained["iris-b"]), namespace)
@@ -351,28 +367,13 @@ def test_a_killed_operator_resumes_every_step_where_it_was_with_no_traffic_jump(
     cluster.apply(inference_service("iris", "Knative", {"steps": steps, "stepInterval": "12s"}), namespace)
     log = tmp_path / "operator.log"
     env = {"MODELLOOP_KSERVE_MODE": "Knative"}
-    seen: list[int | None] = []
-    stop = threading.Event()
-
-    def record() -> None:
-        # One last read after ``stop``: the promotion's apply comes before the status the test waits on,
-        # but a read from before that apply must not be the last one recorded.
-        while True:
-            last = stop.is_set()
-            try:
-                got = cluster.get(KSERVE, "iris", namespace)
-            except KubectlError:
-                time.sleep(0.25)
-                continue  # the last read too is read again
-            if got:
-                percent = got["spec"]["predictor"].get("canaryTrafficPercent")
-                if not seen or seen[-1] != percent:
-                    seen.append(percent)
-            if last:
-                return
-            stop.wait(0.25)
-
-    recorder = threading.Thread(target=record, daemon=True)
+    # The canary's share as KServe's InferenceService says it (None: no canary).
+    recorder = ChangeRecorder(
+        "canary-recorder",
+        lambda: cluster.get(KSERVE, "iris", namespace)["spec"]["predictor"].get("canaryTrafficPercent"),
+        0.25,
+    )
+    seen: list[int | None] = recorder.seen
     with running_operator(cluster, namespace, log, env=env):
         wait_status(cluster, "iris", namespace, phase="Stable", stableVersion=1)
     recorder.start()
@@ -392,8 +393,7 @@ def test_a_killed_operator_resumes_every_step_where_it_was_with_no_traffic_jump(
         with running_operator(cluster, namespace, log, env=env):
             wait_status(cluster, "iris", namespace, phase="Promoted", stableVersion=2, timeout=60)
     finally:
-        stop.set()
-        recorder.join(timeout=10)
+        recorder.stop()
     # Each kill ended a live operator, by SIGKILL, mid-rollout: the canary of version 2 at the step it had
     # reached, and a later operator process each time.
     assert [k.alive and k.returncode == -signal.SIGKILL for k in kills] == [True] * len(kills)
